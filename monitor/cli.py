@@ -1,0 +1,178 @@
+"""The `channel-monitor` command: validate, plan, check, run, render, demo.
+
+Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
+the user can cause is printed as a sentence, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from monitor.clock import RealClock, parse_instant
+from monitor.config import ConfigError, load_config
+from monitor.plan import Plan, report
+from monitor.table import render_table
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line; the message is shown as it is."""
+
+
+def load_plan(path: str) -> Plan:
+    """Load and validate the plan file named on the command line."""
+    return Plan(load_config(path))
+
+
+def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
+    """The `--at` (or other) option as an aware instant, now when it is absent."""
+    text = getattr(args, name, None)
+    if not text:
+        return RealClock().now()
+    try:
+        return parse_instant(text, plan.zone)
+    except ValueError as exc:
+        raise UsageError(f"--{name.replace('_', '-')}: {exc}") from None
+
+
+def local(plan: Plan, value: str | None) -> str:
+    """An ISO instant from a report, shortened to `YYYY-MM-DD HH:MM` for tables."""
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).astimezone(plan.zone).strftime("%Y-%m-%d %H:%M")
+
+
+# --- validate --------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config)
+    probed = sum(1 for ref in plan.services if ref.service.probe)
+    config = plan.config
+    print(
+        f"{args.config}: OK: {len(config.channels)} channels, {len(plan.services)} services "
+        f"({probed} probed), {len(config.periods)} periods, {len(config.milestones)} milestones"
+    )
+    return EXIT_OK
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config)
+    if args.transitions:
+        return _transitions(args, plan)
+    data = report(plan, instant(args, plan))
+    if args.format == "json":
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    print(f"{plan.config.monitor.title} @ {local(plan, data['at'])} ({plan.zone.key})")
+    rows = [
+        [
+            s["channel_name"],
+            s["service_name"],
+            s["expected"] + (" (grace)" if s["in_grace"] else ""),
+            s["period"] or "default",
+            local(plan, s["next_change"]),
+        ]
+        for s in data["services"]
+    ]
+    print(render_table(["channel", "service", "expected", "decided by", "next change"], rows))
+    return EXIT_OK
+
+
+def _transitions(args: argparse.Namespace, plan: Plan) -> int:
+    if not args.from_ or not args.until:
+        raise UsageError("--transitions needs --from and --until")
+    start, end = instant(args, plan, "from_"), instant(args, plan, "until")
+    if end <= start:
+        raise UsageError("--until must be after --from")
+    names = {ref.key: ref for ref in plan.services}
+    items = [
+        {
+            "at": t.at.astimezone(plan.zone).isoformat(),
+            "channel": t.channel,
+            "service": t.service,
+            "from": t.from_state,
+            "to": t.to_state,
+            "period": t.period,
+        }
+        for t in plan.transitions(start, end)
+    ]
+    if args.format == "json":
+        print(json.dumps({"transitions": items}, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    rows = []
+    for item in items:
+        ref = names[(item["channel"], item["service"])]
+        rows.append(
+            [
+                local(plan, item["at"]),
+                ref.channel.name,
+                ref.service.name,
+                f"{item['from']} -> {item['to']}",
+                item["period"] or "-",
+            ]
+        )
+    print(render_table(["at", "channel", "service", "change", "period"], rows))
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default="channels.toml", help="plan file (default: channels.toml)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="channel-monitor",
+        description="Hold every service channel to a published cutover plan.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", parents=[common], help="check the plan file, list every error")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", parents=[common], help="what the plan expects of every service")
+    p.add_argument("--at", help="ISO 8601 instant (naive = plan time zone); default now")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--transitions", action="store_true", help="list planned changes instead")
+    p.add_argument("--from", dest="from_", metavar="T", help="with --transitions: start")
+    p.add_argument("--until", metavar="T", help="with --transitions: end (exclusive)")
+    p.set_defaults(func=cmd_plan)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"{count} problem{'s' if count != 1 else ''} found; nothing was done.", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        print(f"channel-monitor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def config_dir(args: argparse.Namespace) -> Path:
+    """The folder of the plan file: default home of the store and the site."""
+    return Path(args.config).resolve().parent

@@ -1,0 +1,570 @@
+"""Load `channels.toml` into typed, validated, immutable plan objects.
+
+Every mistake in a plan file is reported at once, each with the file, the key path (with the
+channel and service ids where they help), the offending value and what was expected: the people
+who edit the plan are civil servants, not Python programmers, so no traceback reaches them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+import types
+import typing
+from datetime import date, datetime, time, timedelta, tzinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = (
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+)  # fmt: skip
+
+State = Literal["up", "down", "any"]
+Kind = Literal["web", "app", "wechat", "alipay", "tax", "platform", "offline"]
+Group = Literal["online", "offline"]
+
+
+class ConfigError(Exception):
+    """A plan file that cannot be used; `problems` lists every message, each self-contained."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- durations -------------------------------------------------------------------------------
+
+
+def parse_duration(value: object) -> timedelta:
+    """Read `"30s"`, `"10m"`, `"2h"`, `"1h30m"`, `"500ms"` (Prometheus style) as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError('expected a duration string such as "30s", "10m" or "2h"')
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value):
+        raise ValueError('expected a duration such as "30s", "10m" or "2h" (units ms, s, m, h, d)')
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """Write a timedelta back in the plan's own notation (`"1h30m"`, `"10s"`)."""
+    ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size:
+            out.append(f"{ms // size}{unit}")
+            ms %= size
+    if ms:
+        out.append(f"{ms}ms")
+    return "".join(out)
+
+
+def _at_least(minimum: timedelta) -> typing.Callable[[timedelta], timedelta]:
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(f"expected a duration of at least {format_duration(minimum)}")
+        return value
+
+    return check
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_at_least(timedelta(seconds=1)))
+]
+
+
+def _check_id(value: str) -> str:
+    if not ID_PATTERN.match(value):
+        raise ValueError("expected an id of lower-case letters, digits and hyphens ([a-z0-9-]+)")
+    return value
+
+
+Id = Annotated[str, AfterValidator(_check_id)]
+
+
+def _check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError('expected an IANA time zone name such as "Asia/Shanghai"') from None
+    return value
+
+
+Zone = Annotated[str, AfterValidator(_check_zone)]
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"expected a valid regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+def _non_empty(value: tuple) -> tuple:
+    # Not `min_length`: pydantic would also report it when some entries are merely invalid.
+    if not value:
+        raise ValueError("expected at least one entry")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+class MonitorSettings(_Model):
+    """The `[monitor]` table: titles, time zone and the defaults every probe inherits."""
+
+    title: str = "渠道状态监测"
+    title_en: str = "Channel status monitor"
+    timezone: Zone = DEFAULT_TIMEZONE
+    interval: PositiveDuration = timedelta(seconds=60)
+    timeout: PositiveDuration = timedelta(seconds=10)
+    grace: Duration = timedelta(minutes=5)
+    failure_threshold: int = Field(default=2, ge=1)
+    success_threshold: int = Field(default=2, ge=1)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+# --- periods ---------------------------------------------------------------------------------
+
+
+def _parse_clock(value: object) -> int:
+    """Minutes since midnight for `"HH:MM"`; `"24:00"` is allowed as an end."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}", value):
+        raise ValueError('expected a time of day "HH:MM" such as "09:00" or "24:00"')
+    hours, minutes = int(value[:2]), int(value[3:])
+    if minutes > 59 or hours > 24 or (hours == 24 and minutes):
+        raise ValueError('expected a time of day between "00:00" and "24:00"')
+    return hours * 60 + minutes
+
+
+class TimeRange(_Model):
+    """A range of clock time inside a day, start inclusive, end exclusive (minutes)."""
+
+    start_time: Annotated[int, BeforeValidator(_parse_clock)]
+    end_time: Annotated[int, BeforeValidator(_parse_clock)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.end_time <= self.start_time:
+            raise ValueError("expected end_time after start_time")
+        return self
+
+
+def _parse_span(value: object, names: tuple[str, ...] | None, low: int, high: int) -> tuple:
+    """One Alertmanager span (`"monday:friday"`, `"1:5"`, `"-1"`) as an inclusive pair."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a string")
+    parts = value.lower().split(":")
+    if len(parts) > 2:
+        raise ValueError('expected a value or a range "a:b"')
+
+    def one(text: str) -> int:
+        if names and text in names:
+            return names.index(text) + 1
+        try:
+            number = int(text)
+        except ValueError:
+            hint = f" ({', '.join(names)})" if names else ""
+            raise ValueError(f"expected a name or number{hint}") from None
+        if names == WEEKDAYS or not (low <= number <= high) or number == 0:
+            raise ValueError(f"expected a value between {low} and {high}")
+        return number
+
+    first = one(parts[0])
+    last = one(parts[-1])
+    if (first > 0) == (last > 0) and first > last:
+        raise ValueError(f'expected a range "a:b" with a not after b, got "{value}"')
+    return first, last
+
+
+def _spans(names: tuple[str, ...] | None, low: int, high: int) -> typing.Callable:
+    def check(values: object) -> tuple:
+        if not isinstance(values, list):
+            raise ValueError("expected a list")
+        return tuple(_parse_span(v, names, low, high) for v in values)
+
+    return check
+
+
+class Period(_Model):
+    """A named window: absolute (`start`/`end`), recurring (Alertmanager vocabulary), or both."""
+
+    id: str = ""
+    title: str = ""
+    title_en: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    weekdays: Annotated[tuple, BeforeValidator(_spans(WEEKDAYS, 1, 7))] | None = None
+    times: tuple[TimeRange, ...] | None = None
+    days_of_month: Annotated[tuple, BeforeValidator(_spans(None, -31, 31))] | None = None
+    months: Annotated[tuple, BeforeValidator(_spans(MONTHS, 1, 12))] | None = None
+    years: Annotated[tuple, BeforeValidator(_spans(None, 1, 9999))] | None = None
+    location: Zone | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _instant(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime.combine(value, time())
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Period:
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError(
+                f"end {self.end.isoformat()} is not after start {self.start.isoformat()}"
+            )
+        return self
+
+    @property
+    def recurring(self) -> bool:
+        fields = (self.weekdays, self.times, self.days_of_month, self.months, self.years)
+        return any(f is not None for f in fields)
+
+
+# --- milestones, channels, services -----------------------------------------------------------
+
+
+class Milestone(_Model):
+    """A dated event of the plan that citizens should know about."""
+
+    at: date | datetime
+    until: date | datetime | None = None
+    title: str
+    title_en: str = ""
+    detail: str = ""
+    detail_en: str = ""
+
+    @field_validator("at", "until", mode="before")
+    @classmethod
+    def _local(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
+        return value
+
+
+class Rule(_Model):
+    """During period `during`, the service is expected to be in `state`."""
+
+    during: str
+    state: State
+
+
+class Probe(_Model):
+    """How to ask one service whether it is serving. Never shown anywhere outside the process."""
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = {}
+    interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] | None = None
+    follow_redirects: bool = True
+    body_matches: Regex | None = None
+    body_not_matches: Regex | None = None
+    max_response_time: PositiveDuration | None = None
+
+    def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
+        return "Probe(...)"
+
+
+class Service(_Model):
+    """One business function on one channel: the unit that is probed and judged."""
+
+    id: Id
+    name: str
+    name_en: str = ""
+    note: str = ""
+    note_en: str = ""
+    default: State = "up"
+    expect: tuple[Rule, ...] = ()
+    probe: Probe | None = None
+
+
+class Channel(_Model):
+    """A way citizens reach the service: a portal, an app, a hall."""
+
+    id: Id
+    name: str
+    name_en: str = ""
+    kind: Kind
+    group: Group
+    note: str = ""
+    note_en: str = ""
+    services: Annotated[tuple[Service, ...], AfterValidator(_non_empty)]
+
+
+class PlanConfig(_Model):
+    """Everything in `channels.toml`."""
+
+    monitor: MonitorSettings = MonitorSettings()
+    periods: dict[str, Period] = {}
+    milestones: tuple[Milestone, ...] = ()
+    channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _period_ids(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("periods"), dict):
+            periods = {}
+            for key, value in data["periods"].items():
+                periods[key] = {**value, "id": key} if isinstance(value, dict) else value
+            data = {**data, "periods": periods}
+        return data
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> PlanConfig:
+    """Read and validate a plan file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the plan file ({exc.strerror or exc})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    return validate_config(data, str(path))
+
+
+def validate_config(data: dict[str, Any], filename: str = "channels.toml") -> PlanConfig:
+    """Validate parsed TOML; field errors and cross-reference errors are reported together."""
+    tz = _plan_zone(data)
+    problems: list[str] = []
+    config: PlanConfig | None = None
+    try:
+        config = PlanConfig.model_validate(data, context={"tz": tz})
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(_describe(error, data, filename))
+    problems.extend(_cross_references(data, filename))
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+def _plan_zone(data: dict[str, Any]) -> ZoneInfo:
+    monitor = data.get("monitor")
+    name = monitor.get("timezone", DEFAULT_TIMEZONE) if isinstance(monitor, dict) else None
+    try:
+        return ZoneInfo(name if isinstance(name, str) else DEFAULT_TIMEZONE)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(DEFAULT_TIMEZONE)
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def key_path(loc: tuple, data: object) -> str:
+    """`channels[3].services[1].expect[0].during (channel "x", service "y")` for a location."""
+    text = ""
+    ids: list[str] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+        node = node[part] if _indexable(node, part) else None
+        parent = loc[index - 1] if index else None
+        if isinstance(part, int) and parent in ("channels", "services") and isinstance(node, dict):
+            ident = node.get("id")
+            if isinstance(ident, str):
+                ids.append(f'{"channel" if parent == "channels" else "service"} "{ident}"')
+    return f"{text} ({', '.join(ids)})" if ids else text
+
+
+def _indexable(node: object, part: object) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    if isinstance(node, list) and isinstance(part, int):
+        return 0 <= part < len(node)
+    return False
+
+
+def _describe(error: dict, data: dict, filename: str) -> str:
+    loc = tuple(p for p in error["loc"] if not _is_internal(p))
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        name = str(loc[-1])
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        message = f'unknown key "{name}"{hint}; allowed keys: {", ".join(allowed)}'
+
+    elif kind == "missing":
+        message = "missing required key"
+    elif kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"got {_quote(value)}; expected one of {expected}"
+    elif kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
+        message = "expected an http:// or https:// URL"  # the URL itself may hold a token
+    else:
+        msg = error["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        message = f"got {_quote(value)}: {msg[0].lower()}{msg[1:]}"
+        if kind == "value_error" and isinstance(value, dict | list | tuple) and not value:
+            message = msg
+        elif kind == "value_error" and isinstance(value, dict):
+            message = msg
+    return f"{filename}: {key_path(loc, data) or '(top level)'}: {message}"
+
+
+def _is_internal(part: object) -> bool:
+    """Pydantic adds union-branch and validator names to locations; users never wrote them."""
+    return isinstance(part, str) and (
+        part.startswith("function-") or part in ("date", "datetime", "tuple[...]")
+    )
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = PlanConfig
+    for part in loc:
+        model = _step(model, part)
+        if model is None:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [name for name in model.model_fields if not (model is Period and name == "id")]
+    return []
+
+
+def _step(annotation: Any, part: object) -> Any:
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return _unwrap(field.annotation) if field else None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (tuple, list) and args:
+        return _unwrap(args[0])
+    if origin is dict and len(args) == 2:
+        return _unwrap(args[1])
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = options[0]
+        else:
+            return annotation
+
+
+def _cross_references(data: dict[str, Any], filename: str) -> list[str]:
+    """Duplicate ids and rules that name unknown periods, checked on the raw data."""
+    problems: list[str] = []
+    periods = data.get("periods") if isinstance(data.get("periods"), dict) else {}
+    for key in periods:
+        if not ID_PATTERN.match(str(key)):
+            problems.append(
+                f"{filename}: periods.{key}: period id {_quote(key)} must use only "
+                "lower-case letters, digits and hyphens ([a-z0-9-]+)"
+            )
+    channels = data.get("channels") if isinstance(data.get("channels"), list) else []
+    seen_channels: dict[str, int] = {}
+    for ci, channel in enumerate(channels):
+        if not isinstance(channel, dict):
+            continue
+        cid = channel.get("id")
+        if isinstance(cid, str):
+            if cid in seen_channels:
+                problems.append(
+                    f"{filename}: {key_path(('channels', ci, 'id'), data)}: duplicate channel id "
+                    f'"{cid}"; it is already used by channels[{seen_channels[cid]}]'
+                )
+            else:
+                seen_channels[cid] = ci
+        services = channel.get("services") if isinstance(channel.get("services"), list) else []
+        seen_services: dict[str, int] = {}
+        for si, service in enumerate(services):
+            if not isinstance(service, dict):
+                continue
+            sid = service.get("id")
+            if isinstance(sid, str):
+                if sid in seen_services:
+                    path = key_path(("channels", ci, "services", si, "id"), data)
+                    problems.append(
+                        f'{filename}: {path}: duplicate service id "{sid}" in this channel; '
+                        f"it is already used by services[{seen_services[sid]}]"
+                    )
+                else:
+                    seen_services[sid] = si
+            rules = service.get("expect") if isinstance(service.get("expect"), list) else []
+            for ri, rule in enumerate(rules):
+                during = rule.get("during") if isinstance(rule, dict) else None
+                if isinstance(during, str) and during not in periods:
+                    close = difflib.get_close_matches(during, list(periods), n=1)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    known = ", ".join(sorted(periods)) or "none"
+                    path = key_path(("channels", ci, "services", si, "expect", ri, "during"), data)
+                    problems.append(
+                        f"{filename}: {path}: unknown period {_quote(during)}{hint}; "
+                        f"expected one of the periods defined under [periods]: {known}"
+                    )
+    return problems
+
+
+def zone_of(config: PlanConfig) -> tzinfo:
+    """The plan's time zone, in which naive instants are read."""
+    return config.monitor.tz

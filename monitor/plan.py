@@ -1,0 +1,277 @@
+"""What the plan expects of every service at any instant, and when that changes.
+
+Pure functions of the validated plan and an instant, no I/O and no clock of their own: this is
+where the product's correctness lives, so it is exact at every boundary (periods include their
+start and exclude their end) and tested without sockets.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+from monitor.config import Channel, Period, PlanConfig, Service
+
+TICK = timedelta(microseconds=1)
+#: How far ahead `next_change` looks for a recurring period before it gives up.
+HORIZON = timedelta(days=400)
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """The state the plan expects, with the rule (index in `expect`) and period that decided it."""
+
+    state: str
+    rule: int | None = None
+    period: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A service together with its channel: the unit that is planned, probed and judged."""
+
+    channel: Channel
+    service: Service
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel.id, self.service.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The expectation of one service changes `from_state` -> `to_state` at `at`."""
+
+    at: datetime
+    channel: str
+    service: str
+    from_state: str
+    to_state: str
+    period: str | None
+
+
+# --- periods ---------------------------------------------------------------------------------
+
+
+def _in_spans(value: int, spans: Iterable[tuple[int, int]]) -> bool:
+    return any(lo <= value <= hi for lo, hi in spans)
+
+
+def _day_spans(spans: Iterable[tuple[int, int]], local: datetime) -> list[tuple[int, int]]:
+    """Resolve negative days of month (-1 is the last day) against the month of `local`."""
+    length = calendar.monthrange(local.year, local.month)[1]
+    return [
+        (lo + length + 1 if lo < 0 else lo, hi + length + 1 if hi < 0 else hi) for lo, hi in spans
+    ]
+
+
+def period_active(period: Period, at: datetime, zone: ZoneInfo) -> bool:
+    """Whether `at` lies inside the period: `[start, end)` and every recurring field matching.
+
+    Recurring fields are read on the wall clock of the period's `location` (else the plan's
+    zone), as Alertmanager's time intervals are.
+    """
+    if period.start is not None and at < period.start:
+        return False
+    if period.end is not None and at >= period.end:
+        return False
+    if not period.recurring:
+        return True
+    local = at.astimezone(ZoneInfo(period.location) if period.location else zone)
+    if period.weekdays is not None and not _in_spans(local.isoweekday(), period.weekdays):
+        return False
+    if period.months is not None and not _in_spans(local.month, period.months):
+        return False
+    if period.years is not None and not _in_spans(local.year, period.years):
+        return False
+    if period.days_of_month is not None and not _in_spans(
+        local.day, _day_spans(period.days_of_month, local)
+    ):
+        return False
+    if period.times is not None:
+        seconds = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
+        if not any(r.start_time * 60 <= seconds < r.end_time * 60 for r in period.times):
+            return False
+    return True
+
+
+def _local_instants(day: date, clock: time, zone: ZoneInfo) -> Iterator[datetime]:
+    """Both readings (fold 0 and 1) of a wall-clock time, as UTC instants."""
+    for fold in (0, 1):
+        yield (
+            datetime.combine(day, clock, tzinfo=zone).replace(fold=fold).astimezone(ZoneInfo("UTC"))
+        )
+
+
+def _offset_change(day: date, zone: ZoneInfo) -> datetime | None:
+    """The instant during `day` when the zone's UTC offset changes (DST), found by bisection."""
+    lo = datetime.combine(day, time(), tzinfo=zone).astimezone(ZoneInfo("UTC"))
+    hi = lo + timedelta(days=1, hours=2)
+    if lo.astimezone(zone).utcoffset() == hi.astimezone(zone).utcoffset():
+        return None
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).utcoffset() == lo.astimezone(zone).utcoffset():
+            lo = mid
+        else:
+            hi = mid
+    return hi.replace(microsecond=0)
+
+
+def period_boundaries(
+    period: Period, start: datetime, end: datetime, zone: ZoneInfo
+) -> list[datetime]:
+    """Every instant in `[start, end)` at which the period may begin or stop being active.
+
+    A superset is fine (callers compare the state on both sides); a missing instant is a bug.
+    """
+    found: set[datetime] = set()
+    for bound in (period.start, period.end):
+        if bound is not None and start <= bound < end:
+            found.add(bound)
+    if period.recurring:
+        local_zone = ZoneInfo(period.location) if period.location else zone
+        lo = max(start, period.start) if period.start else start
+        hi = min(end, period.end) if period.end else end
+        if lo < hi:
+            clocks = {time()}
+            for r in period.times or ():
+                for minutes in (r.start_time, r.end_time):
+                    if minutes < 24 * 60:
+                        clocks.add(time(minutes // 60, minutes % 60))
+            day = lo.astimezone(local_zone).date() - timedelta(days=1)
+            last = hi.astimezone(local_zone).date() + timedelta(days=1)
+            while day <= last:
+                for clock in clocks:
+                    for instant in _local_instants(day, clock, local_zone):
+                        if lo <= instant < hi:
+                            found.add(instant)
+                change = _offset_change(day, local_zone)
+                if change is not None and lo <= change < hi:
+                    found.add(change)
+                day += timedelta(days=1)
+    return sorted(found)
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+class Plan:
+    """The validated plan with its questions: expected state, grace, next change, transitions."""
+
+    def __init__(self, config: PlanConfig) -> None:
+        self.config = config
+        self.zone = config.monitor.tz
+        self.grace = config.monitor.grace
+        self.services = [ServiceRef(c, s) for c in config.channels for s in c.services]
+        self._by_key = {ref.key: ref for ref in self.services}
+
+    def service(self, channel: str, service: str) -> ServiceRef:
+        """The service with these ids; KeyError when the plan has none."""
+        return self._by_key[(channel, service)]
+
+    @cached_property
+    def _periods_of(self) -> dict[tuple[str, str], list[Period]]:
+        out = {}
+        for ref in self.services:
+            ids = dict.fromkeys(rule.during for rule in ref.service.expect)
+            out[ref.key] = [self.config.periods[i] for i in ids]
+        return out
+
+    def expected(self, ref: ServiceRef, at: datetime) -> Expectation:
+        """The expectation at `at`: the last rule whose period is active wins, else `default`."""
+        rules = ref.service.expect
+        for index in range(len(rules) - 1, -1, -1):
+            rule = rules[index]
+            if period_active(self.config.periods[rule.during], at, self.zone):
+                return Expectation(rule.state, index, rule.during)
+        return Expectation(ref.service.default)
+
+    def transitions(
+        self, start: datetime, end: datetime, refs: Iterable[ServiceRef] | None = None
+    ) -> list[Transition]:
+        """Every change of expected state in `[start, end)`, in time order."""
+        out: list[Transition] = []
+        for ref in self.services if refs is None else refs:
+            out.extend(self._service_transitions(ref, start, end))
+        out.sort(key=lambda t: (t.at, t.channel, t.service))
+        return out
+
+    def _service_transitions(
+        self, ref: ServiceRef, start: datetime, end: datetime
+    ) -> list[Transition]:
+        candidates: set[datetime] = set()
+        for period in self._periods_of[ref.key]:
+            candidates.update(period_boundaries(period, start, end, self.zone))
+        if not candidates:
+            return []
+        out = []
+        before = self.expected(ref, min(candidates) - TICK)
+        for at in sorted(candidates):
+            now = self.expected(ref, at)
+            if now.state != before.state:
+                period = now.period or before.period
+                out.append(
+                    Transition(at, ref.channel.id, ref.service.id, before.state, now.state, period)
+                )
+            before = now
+        return out
+
+    def next_change(
+        self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON
+    ) -> datetime | None:
+        """The first instant after `at` at which the expected state of `ref` changes."""
+        window = timedelta(days=2)
+        lo = at + TICK
+        while True:
+            hi = min(at + window, at + horizon)
+            found = self._service_transitions(ref, lo, hi)
+            if found:
+                return found[0].at
+            if hi >= at + horizon or not self._periods_of[ref.key]:
+                return None
+            lo, window = hi, window * 4
+
+    def in_grace(self, ref: ServiceRef, at: datetime) -> bool:
+        """Whether `at` lies within `grace` after a planned change of this service's state."""
+        if self.grace <= timedelta(0):
+            return False
+        return bool(self._service_transitions(ref, at - self.grace + TICK, at + TICK))
+
+    def next_transition(self, at: datetime) -> datetime | None:
+        """The first instant after `at` at which any service's expectation changes."""
+        changes = [self.next_change(ref, at) for ref in self.services]
+        return min((c for c in changes if c is not None), default=None)
+
+
+def report(plan: Plan, at: datetime) -> dict:
+    """The `plan` JSON contract: every service's expectation at `at`, with grace and next change.
+
+    Instants are written in the plan's time zone with their offset.
+    """
+    services = []
+    for ref in plan.services:
+        expectation = plan.expected(ref, at)
+        change = plan.next_change(ref, at)
+        services.append(
+            {
+                "channel": ref.channel.id,
+                "channel_name": ref.channel.name,
+                "service": ref.service.id,
+                "service_name": ref.service.name,
+                "expected": expectation.state,
+                "rule": expectation.rule,
+                "period": expectation.period,
+                "in_grace": plan.in_grace(ref, at),
+                "next_change": change.astimezone(plan.zone).isoformat() if change else None,
+            }
+        )
+    return {
+        "at": at.astimezone(plan.zone).isoformat(),
+        "timezone": plan.zone.key,
+        "services": services,
+    }
