@@ -7,7 +7,9 @@ the user can cause is printed as a sentence, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, load_config
+from monitor.daemon import DEFAULT_PORT
 from monitor.plan import Plan, report
 from monitor.table import render_table
 
@@ -125,6 +128,102 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
     return EXIT_OK
 
 
+# --- check ---------------------------------------------------------------------------------
+
+
+async def check(plan: Plan, at: datetime) -> dict:
+    """Probe every probed service once, concurrently, and judge each single observation
+    against the expectation at `at`. The whole run takes about one timeout."""
+    from monitor.judge import Verdict, single_verdict
+    from monitor.probe import Prober
+
+    data = report(plan, at)
+    timeout = plan.config.monitor.timeout
+    async with Prober() as prober:
+        probed = [ref for ref in plan.services if ref.service.probe is not None]
+        observations = await asyncio.gather(
+            *(
+                prober.probe(ref.service.probe, (ref.service.probe.timeout or timeout))
+                for ref in probed
+            )
+        )
+    by_key = {ref.key: obs for ref, obs in zip(probed, observations, strict=True)}
+    for entry in data["services"]:
+        ref = plan.service(entry["channel"], entry["service"])
+        observation = by_key.get(ref.key)
+        expectation = plan.expected(ref, at)
+        entry["observed"] = (
+            None
+            if observation is None
+            else {
+                "serving": observation.serving,
+                "reason": observation.reason,
+                "status_code": observation.status_code,
+                "duration_seconds": round(observation.duration_seconds, 6),
+            }
+        )
+        verdict = single_verdict(expectation, entry["in_grace"], observation)
+        entry["verdict"] = verdict.value
+    data["mismatches"] = sum(
+        1
+        for s in data["services"]
+        if s["verdict"] in (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
+    )
+    return data
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config)
+    data = asyncio.run(check(plan, instant(args, plan)))
+    if args.format == "json":
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        print(f"{plan.config.monitor.title} @ {local(plan, data['at'])} ({plan.zone.key})")
+        rows = []
+        for s in data["services"]:
+            observed = s["observed"]
+            seen = (
+                "-" if observed is None else ("serving" if observed["serving"] else "not serving")
+            )
+            reason = "" if observed is None else observed["reason"]
+            rows.append(
+                [s["channel_name"], s["service_name"], s["expected"], seen, reason, s["verdict"]]
+            )
+        print(
+            render_table(["channel", "service", "expected", "observed", "reason", "verdict"], rows)
+        )
+        print(f"{data['mismatches']} mismatch(es)")
+    return EXIT_MISMATCH if data["mismatches"] else EXIT_OK
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon, parse_listen, serve
+
+    plan = load_plan(args.config)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    home = config_dir(args)
+    daemon = Daemon(
+        plan,
+        db_path=Path(args.db) if args.db else home / "monitor.db",
+        site_dir=Path(args.site) if args.site else home / "site",
+        host=host,
+        port=port,
+    )
+    asyncio.run(serve(daemon))
+    return EXIT_OK
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -150,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="T", help="with --transitions: end (exclusive)")
     p.set_defaults(func=cmd_plan)
 
+    p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
+    p.add_argument("--at", help="judge against the plan at this instant; default now")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", parents=[common], help="the monitor: probe, judge, store, serve")
+    p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
+    p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
+    p.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"HOST:PORT for /healthz and /metrics (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -36,9 +36,19 @@ _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = (
-    "january", "february", "march", "april", "may", "june",
-    "july", "august", "september", "october", "november", "december",
-)  # fmt: skip
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
 
 State = Literal["up", "down", "any"]
 Kind = Literal["web", "app", "wechat", "alipay", "tax", "platform", "offline"]
@@ -461,9 +471,9 @@ def _describe(error: dict, data: dict, filename: str) -> str:
             msg = msg.removeprefix(prefix)
         message = f"got {_quote(value)}: {msg[0].lower()}{msg[1:]}"
         if kind == "value_error" and isinstance(value, dict | list | tuple) and not value:
-            message = msg
+            message = msg  # an empty table or list: "got []" says nothing
         elif kind == "value_error" and isinstance(value, dict):
-            message = msg
+            message = msg  # a whole table (a period): its message names the fields
     return f"{filename}: {key_path(loc, data) or '(top level)'}: {message}"
 
 

@@ -1,0 +1,117 @@
+"""`channel-monitor run`: the long-running monitor.
+
+Wires plan, store, prober, pipeline and scheduler together, serves `/healthz` (and whatever the
+listeners add: `/metrics`, the site) on one aiohttp server, and shuts down cleanly on SIGINT or
+SIGTERM: scheduling stops, running probes finish (bounded by their timeout), buffered
+observations are written, the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from monitor.clock import Clock, RealClock
+from monitor.pipeline import Listener, Pipeline
+from monitor.plan import Plan
+from monitor.probe import Prober
+from monitor.scheduler import Scheduler
+from monitor.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+#: The default port of `run` (and of the demo): /healthz, /metrics and the site.
+DEFAULT_PORT = 9851
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` or `PORT` -> (host, port); raises ValueError with a clear message."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'"{text}" is not HOST:PORT, e.g. "127.0.0.1:{DEFAULT_PORT}"')
+    return host, int(port)
+
+
+@dataclass
+class Daemon:
+    """Everything `run` starts, so tests can start and stop it in-process too."""
+
+    plan: Plan
+    db_path: Path
+    site_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    clock: Clock = field(default_factory=RealClock)
+    listeners: list[Listener] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.db_path)
+        self.prober = Prober()
+        self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, self.listeners)
+        self.scheduler = Scheduler(self.pipeline)
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.runner: web.AppRunner | None = None
+        self.started = time.monotonic()
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
+        tick = self.scheduler.last_tick
+        age = None if tick is None else round(asyncio.get_running_loop().time() - tick, 3)
+        body = {
+            "status": "ok",
+            "last_tick_age_seconds": age,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "probed_services": len(self.pipeline.probed),
+        }
+        return web.json_response(body)
+
+    async def start(self) -> None:
+        """Resume open incidents, start serving, start scheduling."""
+        resumed = await self.pipeline.resume()
+        if resumed:
+            log.info("resumed %d open incident(s) from the store", resumed)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        self.scheduler.start()
+        log.info("listening on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop in order, losing nothing that was observed."""
+        await self.scheduler.stop()
+        for listener in self.listeners:
+            close = getattr(listener, "close", None)
+            if close is not None:
+                await close()
+        await self.prober.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.store.call(self.store.flush)
+        self.store.close()
+
+
+async def serve(daemon: Daemon) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    print(f"channel-monitor: listening on http://{daemon.host}:{daemon.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()

@@ -1,0 +1,195 @@
+"""Observations held against the plan: verdicts and incident transitions.
+
+Pure: no clock, no I/O. An incident opens after `failure_threshold` consecutive mismatching
+observations in one direction and resolves after `success_threshold` observations that no longer
+break it, so a flapping service does not open and close incidents on every probe. Inside the
+grace after a planned transition, and under an `any` expectation, a mismatch does not count
+(the counter restarts), so an incident can only open once the plan has had time to take effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from monitor.plan import Expectation
+from monitor.probe import Observation
+
+
+class Verdict(StrEnum):
+    """The judgement of one service; the two mismatch words also name incident directions."""
+
+    OK = "ok"
+    UNEXPECTED_UP = "unexpected_up"
+    UNEXPECTED_DOWN = "unexpected_down"
+    UNKNOWN = "unknown"
+
+
+DIRECTIONS = (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
+
+
+def mismatch(expectation: Expectation, serving: bool) -> Verdict | None:
+    """The direction in which one observation breaks the expectation, None when it does not."""
+    if expectation.state == "up" and not serving:
+        return Verdict.UNEXPECTED_DOWN
+    if expectation.state == "down" and serving:
+        return Verdict.UNEXPECTED_UP
+    return None
+
+
+def single_verdict(
+    expectation: Expectation, in_grace: bool, observation: Observation | None
+) -> Verdict:
+    """The verdict of one observation alone (the `check` command): no thresholds."""
+    if observation is None:
+        return Verdict.UNKNOWN
+    direction = mismatch(expectation, observation.serving)
+    return Verdict.OK if direction is None or in_grace else direction
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIncident:
+    """An incident the judge holds open (id assigned by the store)."""
+
+    id: int | None
+    direction: Verdict
+    opened_at: datetime
+    reason: str
+    expected: str
+    period: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """An incident transition: `opened` or `resolved`."""
+
+    kind: str
+    direction: Verdict
+    at: datetime
+    reason: str
+    expected: str
+    period: str | None
+    incident: OpenIncident
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """What the judge remembers of one service between observations."""
+
+    streak_direction: Verdict | None = None
+    streak: int = 0
+    recovering: int = 0
+    incident: OpenIncident | None = None
+    last_at: datetime | None = None
+    last_serving: bool | None = None
+    last_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How many observations open and resolve an incident; when data counts as stale."""
+
+    failure: int = 2
+    success: int = 2
+    stale_after: timedelta = field(default=timedelta(minutes=3))
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One step of the judge: the new state, the verdict and any incident transitions."""
+
+    state: ServiceState
+    verdict: Verdict
+    raw: Verdict | None
+    events: tuple[IncidentEvent, ...] = ()
+
+
+def judge(
+    state: ServiceState,
+    expectation: Expectation,
+    in_grace: bool,
+    observation: Observation,
+    thresholds: Thresholds,
+) -> Judgement:
+    """Fold one observation into the state of its service."""
+    direction = mismatch(expectation, observation.serving)
+    counts = direction is not None and not in_grace and expectation.state != "any"
+    events: list[IncidentEvent] = []
+    incident = state.incident
+    recovering = state.recovering
+
+    # Towards resolving the open incident: anything that no longer breaks it in its direction.
+    if incident is not None:
+        recovering = 0 if direction == incident.direction else recovering + 1
+        if recovering >= thresholds.success:
+            events.append(
+                IncidentEvent(
+                    "resolved",
+                    incident.direction,
+                    observation.at,
+                    observation.reason,
+                    incident.expected,
+                    incident.period,
+                    incident,
+                )
+            )
+            incident, recovering = None, 0
+
+    # Towards opening a new one: consecutive counting mismatches in one direction.
+    if counts and (incident is None or incident.direction != direction):
+        streak = state.streak + 1 if state.streak_direction == direction else 1
+        streak_direction = direction
+    else:
+        streak, streak_direction = 0, None
+    if incident is None and counts and streak >= thresholds.failure:
+        assert direction is not None
+        incident = OpenIncident(
+            None,
+            direction,
+            observation.at,
+            observation.reason,
+            expectation.state,
+            expectation.period,
+        )
+        events.append(
+            IncidentEvent(
+                "opened",
+                direction,
+                observation.at,
+                observation.reason,
+                expectation.state,
+                expectation.period,
+                incident,
+            )
+        )
+        streak, streak_direction, recovering = 0, None, 0
+
+    new_state = ServiceState(
+        streak_direction=streak_direction,
+        streak=streak,
+        recovering=recovering,
+        incident=incident,
+        last_at=observation.at,
+        last_serving=observation.serving,
+        last_reason=observation.reason,
+    )
+    return Judgement(
+        new_state, current_verdict(new_state, observation.at, thresholds), direction, tuple(events)
+    )
+
+
+def current_verdict(state: ServiceState, now: datetime, thresholds: Thresholds) -> Verdict:
+    """The confirmed verdict: the open incident's direction, `ok`, or `unknown` (no fresh data)."""
+    if state.last_at is None or now - state.last_at > thresholds.stale_after:
+        return Verdict.UNKNOWN
+    if state.incident is not None:
+        return state.incident.direction
+    return Verdict.OK
+
+
+def with_incident_id(state: ServiceState, incident_id: int) -> ServiceState:
+    """The state with the store's id filled into its open incident."""
+    if state.incident is None:
+        return state
+    return replace(state, incident=replace(state.incident, id=incident_id))

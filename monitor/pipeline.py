@@ -1,0 +1,190 @@
+"""The probe -> judge -> store path, shared by `run` (driven by the scheduler on the real
+clock) and the demo (driven by its discrete-event replay on a simulated clock).
+
+Downstream parts (metrics, site, alerts) are listeners: they are told about every judged
+observation and every planned transition, and never reach back into probing or the plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from monitor.clock import Clock
+from monitor.judge import (
+    Judgement,
+    ServiceState,
+    Thresholds,
+    Verdict,
+    current_verdict,
+    judge,
+    with_incident_id,
+)
+from monitor.plan import Expectation, Plan, ServiceRef
+from monitor.probe import Observation, Prober
+from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One judged observation, as listeners see it."""
+
+    ref: ServiceRef
+    observation: Observation
+    expectation: Expectation
+    in_grace: bool
+    judgement: Judgement
+    previous_verdict: Verdict
+    incidents: tuple[IncidentRecord, ...] = ()
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.judgement.verdict
+
+
+class Listener(Protocol):
+    """A downstream part of the pipeline (metrics, site, alerts)."""
+
+    async def observed(self, result: Result) -> None: ...
+
+    async def transition(self, at: datetime) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    """Probes services, judges the observations, stores them, tells the listeners."""
+
+    plan: Plan
+    store: Store
+    clock: Clock
+    prober: Prober
+    listeners: list[Listener] = field(default_factory=list)
+    concurrency: int = 100
+
+    def __post_init__(self) -> None:
+        self.states: dict[tuple[str, str], ServiceState] = {}
+        self.running: set[tuple[str, str]] = set()
+        self._limit = asyncio.Semaphore(self.concurrency)
+        self.probed = [ref for ref in self.plan.services if ref.service.probe is not None]
+
+    # --- per-service settings --------------------------------------------------------------
+
+    def interval(self, ref: ServiceRef) -> timedelta:
+        probe = ref.service.probe
+        return (probe and probe.interval) or self.plan.config.monitor.interval
+
+    def timeout(self, ref: ServiceRef) -> timedelta:
+        probe = ref.service.probe
+        return (probe and probe.timeout) or self.plan.config.monitor.timeout
+
+    def thresholds(self, ref: ServiceRef) -> Thresholds:
+        settings = self.plan.config.monitor
+        return Thresholds(
+            failure=settings.failure_threshold,
+            success=settings.success_threshold,
+            stale_after=2 * self.interval(ref) + self.timeout(ref),
+        )
+
+    def verdict(self, ref: ServiceRef, now: datetime | None = None) -> Verdict:
+        """The confirmed verdict of a service now (`unknown` for schedule-only or stale)."""
+        state = self.states.get(ref.key)
+        if state is None:
+            return Verdict.UNKNOWN
+        return current_verdict(state, now or self.clock.now(), self.thresholds(ref))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Take up the incidents the store holds open, so a restart neither forgets nor
+        duplicates them. Returns how many were resumed."""
+        records = await self.store.call(self.store.open_incidents)
+        count = 0
+        for record in records:
+            key = (record.channel, record.business)
+            try:
+                self.plan.service(*key)
+            except KeyError:
+                continue  # the plan no longer has this service; it stays open in the store
+            self.states[key] = ServiceState(incident=as_open_incident(record))
+            count += 1
+        return count
+
+    # --- the path --------------------------------------------------------------------------
+
+    async def probe(self, ref: ServiceRef) -> Result | None:
+        """Probe one service, unless its previous probe is still running."""
+        if ref.key in self.running or ref.service.probe is None:
+            return None
+        self.running.add(ref.key)
+        try:
+            async with self._limit:
+                at = self.clock.now()
+                observation = await self.prober.probe(ref.service.probe, self.timeout(ref), at)
+            return await self.judge(ref, observation)
+        finally:
+            self.running.discard(ref.key)
+
+    async def judge(self, ref: ServiceRef, observation: Observation) -> Result:
+        """Judge an observation against the plan at its instant, store it, tell listeners."""
+        at = observation.at
+        expectation = self.plan.expected(ref, at)
+        in_grace = self.plan.in_grace(ref, at)
+        state = self.states.get(ref.key, ServiceState())
+        thresholds = self.thresholds(ref)
+        previous = current_verdict(state, at, thresholds)
+        judgement = judge(state, expectation, in_grace, observation, thresholds)
+        counted = judgement.raw if (not in_grace and expectation.state != "any") else None
+        self.store.add(
+            PendingObservation(
+                ref.channel.id, ref.service.id, observation, expectation.state, counted
+            )
+        )
+        new_state = judgement.state
+        records: list[IncidentRecord] = []
+        for event in judgement.events:
+            record = await self.store.call(
+                self.store.record_event, ref.channel.id, ref.service.id, event
+            )
+            records.append(record)
+            if event.kind == "opened":
+                new_state = with_incident_id(new_state, record.id)
+            log.warning(
+                "incident %s %s %s/%s: %s",
+                record.id,
+                event.kind,
+                ref.channel.id,
+                ref.service.id,
+                event.direction.value,
+            )
+        self.states[ref.key] = new_state
+        result = Result(
+            ref, observation, expectation, in_grace, judgement, previous, tuple(records)
+        )
+        for listener in self.listeners:
+            try:
+                await listener.observed(result)
+            except Exception:  # a broken listener must not stop probing
+                log.exception("listener %s failed on an observation", type(listener).__name__)
+        return result
+
+    async def probe_all(self, refs: list[ServiceRef] | None = None) -> list[Result]:
+        """Probe many services at once (bounded by the concurrency limit)."""
+        results = await asyncio.gather(*(self.probe(ref) for ref in refs or self.probed))
+        return [r for r in results if r is not None]
+
+    async def planned_transition(self, at: datetime) -> None:
+        """The plan changed its expectations at `at`: tell the listeners at once."""
+        for listener in self.listeners:
+            try:
+                await listener.transition(at)
+            except Exception:
+                log.exception("listener %s failed on a transition", type(listener).__name__)
+
+    async def flush(self) -> None:
+        """Write buffered observations."""
+        await self.store.call(self.store.flush)

@@ -1,0 +1,146 @@
+"""Puts the pipeline on APScheduler 3's AsyncIOScheduler for `run`.
+
+One APScheduler job per distinct probe interval; each run spreads its services evenly over the
+interval with the event loop's own timers, so 10,000 services do not fire in the same
+millisecond and APScheduler's per-job cost is paid once per interval, not once per probe
+(DESIGN.md). A one-shot job fires at every planned transition, so verdicts, metrics and the page
+change at the instant the plan does, and the affected services are probed right away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.pipeline import Pipeline
+from monitor.plan import ServiceRef
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = timedelta(seconds=1)
+PRUNE_EVERY = timedelta(hours=1)
+
+
+class Scheduler:
+    """Runs the pipeline on the wall clock until `stop`."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.aps = AsyncIOScheduler(timezone=UTC)
+        self.tasks: set[asyncio.Task] = set()
+        self.handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        #: Recent lags (seconds) between when a probe was due and when it started.
+        self.lags: deque[float] = deque(maxlen=10_000)
+        self.last_tick: float | None = None
+        self._next_transition: datetime | None = None
+
+    def groups(self) -> dict[timedelta, list[ServiceRef]]:
+        """Probed services grouped by their interval."""
+        out: dict[timedelta, list[ServiceRef]] = defaultdict(list)
+        for ref in self.pipeline.probed:
+            out[self.pipeline.interval(ref)].append(ref)
+        return dict(out)
+
+    def start(self) -> None:
+        """Add the jobs and start; the first round of every interval begins now."""
+        now = datetime.now(UTC)
+        for interval, refs in sorted(self.groups().items()):
+            self.aps.add_job(
+                self._round,
+                IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
+                args=[refs, interval],
+                next_run_time=now,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval.total_seconds())),
+                id=f"probe-{interval.total_seconds()}",
+            )
+        self.aps.add_job(
+            self.pipeline.flush,
+            IntervalTrigger(seconds=FLUSH_EVERY.total_seconds(), timezone=UTC),
+            max_instances=1,
+            coalesce=True,
+            id="flush",
+        )
+        self.aps.add_job(
+            self._prune,
+            IntervalTrigger(seconds=PRUNE_EVERY.total_seconds(), timezone=UTC),
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            id="prune",
+        )
+        self._schedule_after(now)
+        self.aps.start()
+
+    async def _round(self, refs: list[ServiceRef], interval: timedelta) -> None:
+        """Start one round: each service gets its own slot within the interval."""
+        loop = asyncio.get_running_loop()
+        base = loop.time()
+        self.last_tick = base
+        spacing = interval.total_seconds() / max(1, len(refs))
+        for index, ref in enumerate(refs):
+            due = base + index * spacing
+            self.handles[ref.key] = loop.call_at(due, self._launch, ref, due)
+
+    def _launch(self, ref: ServiceRef, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.lags.append(loop.time() - due)
+        if ref.key in self.pipeline.running:
+            return  # the previous probe of this service still runs: never two at once
+        task = loop.create_task(self.pipeline.probe(ref))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("probe task failed", exc_info=task.exception())
+
+    async def _transition(self, at: datetime) -> None:
+        """A planned transition is due: tell listeners, probe the services it concerns."""
+        await self.pipeline.planned_transition(at)
+        changed = {
+            (t.channel, t.service)
+            for t in self.pipeline.plan.transitions(at, at + timedelta(microseconds=1))
+        }
+        refs = [ref for ref in self.pipeline.probed if ref.key in changed]
+        for ref in refs:
+            self._launch(ref, asyncio.get_running_loop().time())
+        # schedule from just after this one, so an early wake-up cannot re-fire it
+        self._schedule_after(at)
+
+    def _schedule_after(self, at: datetime) -> None:
+        upcoming = self.pipeline.plan.next_transition(max(at, self.pipeline.clock.now()))
+        self._next_transition = upcoming
+        if upcoming is not None:
+            self.aps.add_job(
+                self._transition,
+                DateTrigger(run_date=upcoming, timezone=UTC),
+                args=[upcoming],
+                id="transition",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
+
+    async def _prune(self) -> None:
+        await self.pipeline.store.call(self.pipeline.store.prune, self.pipeline.clock.now())
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop scheduling, let running probes finish (bounded), write everything."""
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+        for handle in self.handles.values():
+            handle.cancel()
+        self.handles.clear()
+        if self.tasks:
+            _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        await self.pipeline.flush()
