@@ -61,6 +61,11 @@ class Daemon:
         self.app.router.add_get("/healthz", self.healthz)
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
+        self.attach_parts()
+
+    def attach_parts(self) -> None:
+        """Downstream parts hang themselves on the pipeline (`self.listeners`), the store
+        (`self.store.incident_hooks`) and the web app (`self.app`) here, one line each."""
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
