@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -349,6 +351,65 @@ class Channel(_Model):
     services: Annotated[tuple[Service, ...], AfterValidator(_non_empty)]
 
 
+# --- alert sinks -----------------------------------------------------------------------------
+
+SinkType = Literal["alertmanager", "webhook", "wecom", "dingtalk", "feishu"]
+AlertDirection = Literal["unexpected_up", "unexpected_down"]
+#: Sink types that sign their requests with `secret`.
+SIGNING_SINKS = ("webhook", "dingtalk", "feishu")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(value: object, info: ValidationInfo) -> object:
+    """Replace every `${NAME}` in a string with the environment variable NAME.
+
+    A missing or empty variable is an error that names the variable, never the value."""
+    if not isinstance(value, str):
+        return value
+    env = (info.context or {}).get("env")
+    env = os.environ if env is None else env
+    missing = [name for name in _ENV_REFERENCE.findall(value) if not env.get(name)]
+    if missing:
+        names = ", ".join(f'"{name}"' for name in dict.fromkeys(missing))
+        plural = "s" if len(set(missing)) > 1 else ""
+        raise ValueError(
+            f"environment variable{plural} {names} referenced here "
+            f"{'are' if plural else 'is'} not set or empty; expected "
+            f"{'them' if plural else 'it'} in the environment of channel-monitor"
+        )
+    return _ENV_REFERENCE.sub(lambda m: env[m.group(1)], value)
+
+
+FromEnv = BeforeValidator(_from_environment)
+
+
+class AlertSink(_Model):
+    """One `[[alerts]]` table: where incidents are sent, for which directions.
+
+    `url` and `secret` may hold `${ENV_NAME}` references; neither ever appears in a message."""
+
+    type: SinkType
+    url: Annotated[str, Field(pattern=r"^https?://\S+$"), FromEnv]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = ""
+    secret: Annotated[str, FromEnv] | None = None
+    directions: Annotated[tuple[AlertDirection, ...], AfterValidator(_non_empty)] = (
+        "unexpected_up",
+        "unexpected_down",
+    )
+    send_resolved: bool = True
+
+    @model_validator(mode="after")
+    def _default_name(self) -> AlertSink:
+        if not self.name:
+            object.__setattr__(self, "name", self.type)
+        return self
+
+    def __repr__(self) -> str:  # the URL and the secret may hold tokens
+        return f"AlertSink(type={self.type!r}, name={self.name!r})"
+
+    __str__ = __repr__
+
+
 class PlanConfig(_Model):
     """Everything in `channels.toml`."""
 
@@ -356,6 +417,7 @@ class PlanConfig(_Model):
     periods: dict[str, Period] = {}
     milestones: tuple[Milestone, ...] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]
+    alerts: tuple[AlertSink, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -387,17 +449,23 @@ def load_config(path: str | Path) -> PlanConfig:
     return validate_config(data, str(path))
 
 
-def validate_config(data: dict[str, Any], filename: str = "channels.toml") -> PlanConfig:
-    """Validate parsed TOML; field errors and cross-reference errors are reported together."""
+def validate_config(
+    data: dict[str, Any], filename: str = "channels.toml", env: Mapping[str, str] | None = None
+) -> PlanConfig:
+    """Validate parsed TOML; field errors and cross-reference errors are reported together.
+
+    `${NAME}` references in `[[alerts]]` are read from `env` (default: the process environment).
+    """
     tz = _plan_zone(data)
     problems: list[str] = []
     config: PlanConfig | None = None
     try:
-        config = PlanConfig.model_validate(data, context={"tz": tz})
+        config = PlanConfig.model_validate(data, context={"tz": tz, "env": env})
     except ValidationError as exc:
         for error in exc.errors():
             problems.append(_describe(error, data, filename))
     problems.extend(_cross_references(data, filename))
+    problems.extend(_alert_problems(data, filename))
     if problems:
         raise ConfigError(problems)
     assert config is not None
@@ -465,6 +533,11 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         message = f"got {_quote(value)}; expected one of {expected}"
     elif kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
         message = "expected an http:// or https:// URL"  # the URL itself may hold a token
+    elif loc and loc[0] == "alerts" and loc[-1] in ("url", "secret"):
+        msg = error["msg"].removeprefix("Value error, ")  # never quote a URL or a secret
+        message = msg if kind == "value_error" else f"expected a string ({msg[0].lower()}{msg[1:]})"
+    elif kind == "string_pattern_mismatch" and loc and loc[0] == "alerts" and loc[-1] == "name":
+        message = f"got {_quote(value)}: expected lower-case letters, digits and hyphens"
     else:
         msg = error["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
@@ -572,6 +645,34 @@ def _cross_references(data: dict[str, Any], filename: str) -> list[str]:
                         f"{filename}: {path}: unknown period {_quote(during)}{hint}; "
                         f"expected one of the periods defined under [periods]: {known}"
                     )
+    return problems
+
+
+def _alert_problems(data: dict[str, Any], filename: str) -> list[str]:
+    """Sink names must be unique (they key the outbox); only signing sinks take a secret."""
+    problems: list[str] = []
+    sinks = data.get("alerts") if isinstance(data.get("alerts"), list) else []
+    seen: dict[str, int] = {}
+    for index, sink in enumerate(sinks):
+        if not isinstance(sink, dict):
+            continue
+        kind = sink.get("type")
+        name = sink.get("name") or kind
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    f"{filename}: alerts[{index}].name: duplicate sink name {_quote(name)}; "
+                    f"it is already used by alerts[{seen[name]}]; expected a distinct `name` "
+                    "for each [[alerts]] table (the default name is its type)"
+                )
+            else:
+                seen[name] = index
+        known = kind in typing.get_args(SinkType)
+        if "secret" in sink and known and kind not in SIGNING_SINKS:
+            problems.append(
+                f"{filename}: alerts[{index}].secret: a {kind} sink does not sign its requests; "
+                f"expected `secret` only with type {', '.join(SIGNING_SINKS)}"
+            )
     return problems
 
 
