@@ -1,0 +1,139 @@
+"""The one small interface every sink implements, and the error that tells the sender what to do.
+
+A sink turns an `Alert` into one HTTP request and decides whether the answer means delivered.
+It raises `SinkError` otherwise, with `permanent=True` when sending the same thing again cannot
+help (a rejected payload, an unknown robot key, a bad signature): the sender gives that delivery
+up and moves on. Anything else (connection errors, timeouts, 5xx, 429, rate limits) is retried
+with backoff. Messages never hold the sink's URL or secret: they are logged and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import httpx
+
+from monitor.alerts.message import Alert
+from monitor.config import AlertSink
+
+USER_AGENT = "channel-monitor/0.1 (+alerts)"
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+# httpx logs every request with its full URL at INFO; robot URLs carry their keys.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class SinkError(Exception):
+    """A delivery that did not succeed; `permanent` says retrying cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Sink(ABC):
+    """One configured `[[alerts]]` entry."""
+
+    type: ClassVar[str]
+    #: Whether open incidents are re-sent periodically (Alertmanager forgets silent alerts).
+    refreshes: ClassVar[bool] = False
+
+    def __init__(self, config: AlertSink, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def wants(self, alert: Alert) -> bool:
+        """Whether this sink takes this alert (its directions, `send_resolved`)."""
+        if alert.test:
+            return True
+        if alert.direction not in self.config.directions:
+            return False
+        return not (alert.resolved and not self.config.send_resolved)
+
+    @abstractmethod
+    async def send(self, alert: Alert) -> str:
+        """Deliver one alert; return a short description of the answer; raise SinkError."""
+
+    async def refresh(self, alerts: list[Alert]) -> None:
+        """Re-send what is still open (only sinks with `refreshes`)."""
+        return None
+
+    async def post(
+        self, url: str, body: Any, *, params: dict | None = None, headers: dict | None = None
+    ) -> httpx.Response:
+        """POST JSON; a 2xx answer is returned, anything else raises SinkError."""
+        content = body if isinstance(body, bytes) else json_bytes(body)
+        try:
+            response = await self.client.post(
+                url,
+                content=content,
+                params=params,
+                headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+            )
+        except httpx.TimeoutException:
+            raise SinkError("timeout") from None
+        except httpx.ConnectError:
+            raise SinkError("connection failed") from None
+        except httpx.HTTPError as exc:  # the message of an httpx error may name the URL
+            raise SinkError(f"request failed ({type(exc).__name__})") from None
+        if 200 <= response.status_code < 300:
+            return response
+        status = response.status_code
+        permanent = 400 <= status < 500 and status not in (408, 425, 429)
+        raise SinkError(f"HTTP {status}{_snippet(response)}", permanent=permanent)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def robot_answer(
+    response: httpx.Response, code_keys: tuple[str, ...], transient: frozenset[int]
+) -> str:
+    """Chinese robots answer HTTP 200 with an error code in the body; 0 means delivered."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise SinkError(f"HTTP {response.status_code}, answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise SinkError(f"HTTP {response.status_code}, unexpected answer")
+    for key in code_keys:
+        if key in data:
+            code = data[key]
+            break
+    else:
+        raise SinkError(f"HTTP {response.status_code}, answer without an error code")
+    if code == 0:
+        return f"HTTP {response.status_code}, {code_keys[0]} 0"
+    message = next((str(data[k]) for k in ("errmsg", "msg", "StatusMessage") if k in data), "")
+    text = f"{code_keys[0]} {code}: {_short(message)}"
+    raise SinkError(text, permanent=code not in transient)
+
+
+def json_bytes(body: Any) -> bytes:
+    """Compact UTF-8 JSON, Chinese kept as it is."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    # robots echo hints and request ids, not keys; cut before any URL all the same
+    for marker in ("http://", "https://"):
+        if marker in text:
+            text = text[: text.index(marker)].rstrip(" ,;:")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _snippet(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:
+        return ""
+    text = _short(text)
+    return f" ({text})" if text else ""

@@ -1,0 +1,39 @@
+"""`channel-monitor alerts test`: one clearly marked test message to every configured sink."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from monitor.alerts.base import SinkError
+from monitor.alerts.message import test_alert
+from monitor.alerts.sender import build_sink, new_client
+from monitor.plan import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class SinkAnswer:
+    """What one sink answered."""
+
+    name: str
+    type: str
+    ok: bool
+    answer: str
+
+
+async def send_test(plan: Plan) -> list[SinkAnswer]:
+    """Send the test message to every sink at once; never raises for a sink's failure."""
+    alert = test_alert(datetime.now(UTC), plan.zone.key)
+    async with new_client() as client:
+        sinks = [build_sink(config, client) for config in plan.config.alerts]
+
+        async def one(sink) -> SinkAnswer:
+            try:
+                answer = await sink.send(alert)
+            except SinkError as exc:
+                kind = "permanent" if exc.permanent else "temporary"
+                return SinkAnswer(sink.name, sink.type, False, f"{exc} ({kind})")
+            return SinkAnswer(sink.name, sink.type, True, answer)
+
+        return list(await asyncio.gather(*(one(sink) for sink in sinks)))
