@@ -70,11 +70,13 @@ class Sink(ABC):
     ) -> httpx.Response:
         """POST JSON; a 2xx answer is returned, anything else raises SinkError."""
         content = body if isinstance(body, bytes) else json_bytes(body)
+        target = httpx.URL(url)
+        if params:  # merged: httpx's `params=` would replace the URL's own query (the token)
+            target = target.copy_merge_params(params)
         try:
             response = await self.client.post(
-                url,
+                target,
                 content=content,
-                params=params,
                 headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
             )
         except httpx.TimeoutException:
