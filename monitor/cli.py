@@ -224,6 +224,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- alerts --------------------------------------------------------------------------------
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """Send one clearly marked test message to every configured sink; report each answer."""
+    from monitor.alerts.test import send_test
+
+    plan = load_plan(args.config)
+    if not plan.config.alerts:
+        print(f"{args.config}: no [[alerts]] sinks are configured; nothing was sent.")
+        return EXIT_OK
+    results = asyncio.run(send_test(plan))
+    rows = [[r.name, r.type, "ok" if r.ok else "FAILED", r.answer] for r in results]
+    print(render_table(["sink", "type", "result", "answer"], rows))
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results) - failed} of {len(results)} sink(s) accepted the test message")
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -264,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("alerts", help="alert sinks: send a test message")
+    alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    p = alerts.add_parser(
+        "test", parents=[common], help="send a test message to every [[alerts]] sink"
+    )
+    p.set_defaults(func=cmd_alerts_test)
     return parser
 
 

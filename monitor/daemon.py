@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from monitor import metrics
+from monitor import alerts, metrics
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline
 from monitor.plan import Plan
@@ -68,6 +68,7 @@ class Daemon:
         """Downstream parts hang themselves on the pipeline (`self.listeners`), the store
         (`self.store.incident_hooks`) and the web app (`self.app`) here, one line each."""
         metrics.attach(self)  # the metrics listener and GET /metrics
+        alerts.attach(self)  # the outbox hook on the store and the alert sender
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
