@@ -31,7 +31,7 @@ import bisect
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -165,6 +165,7 @@ class Metrics:
         answers every scrape until the plan changes, exactly as `Plan.expected` and
         `Plan.in_grace` would.
         """
+        now = now.astimezone(UTC)
         cached = self._planned.get(ref.key)
         if (
             cached is not None
@@ -179,10 +180,10 @@ class Metrics:
         if plan.grace > timedelta(0):
             recent = plan.transitions(now - plan.grace + TICK, now + TICK, [ref])
             if recent:
-                grace_until = recent[-1].at + plan.grace
+                grace_until = recent[-1].at.astimezone(UTC) + plan.grace
         fresh = _Planned(
             since=now,
-            until=change if change is not None else now + RECHECK,
+            until=change.astimezone(UTC) if change is not None else now + RECHECK,
             expectation=expectation,
             grace_until=grace_until,
             next_change=change,
@@ -194,7 +195,7 @@ class Metrics:
     # --- the collector ----------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        now = self.clock.now()
+        now = self.clock.now().astimezone(UTC)  # absolute arithmetic, never wall-clock
         plan = self.plan
 
         info = GaugeMetricFamily(
@@ -333,7 +334,7 @@ class Metrics:
 
     def _health(self) -> Iterable[Metric]:
         lags = sorted(self.scheduler.lags) if self.scheduler is not None else []
-        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else 0.0
+        p99 = lags[max(0, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0  # nearest rank
         yield GaugeMetricFamily(
             PREFIX + "scheduler_lag_seconds",
             "99th percentile of the delay between a probe's due time and its start, over the "
