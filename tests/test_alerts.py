@@ -847,3 +847,40 @@ def test_alerts_test_command_without_sinks_and_with_missing_variable(
     err = capsys.readouterr().err
     assert 'alerts[0].url: environment variable "CM_TEST_UNSET"' in err
     assert "h.example.test" not in err
+
+
+# --- the shipped plan ------------------------------------------------------------------------
+
+
+def test_shipped_plan_needs_no_environment_and_its_example_sinks_validate() -> None:
+    import tomllib
+
+    path = Path(__file__).resolve().parent.parent / "channels.toml"
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    assert "alerts" not in data  # commented out: validate, plan, render, demo need no env
+    validate_config(data, env={})
+
+    start = text.index("# [[alerts]]")
+    example = "\n".join(
+        line.removeprefix("# ").removeprefix("#") for line in text[start:].splitlines()
+    )
+    enabled = tomllib.loads(text[:start] + example)
+    env = {
+        name: "x"
+        for name in (
+            "WECOM_KEY",
+            "DINGTALK_TOKEN",
+            "DINGTALK_SECRET",
+            "FEISHU_HOOK",
+            "FEISHU_SECRET",
+            "WEBHOOK_SECRET",
+        )
+    }
+    sinks = validate_config(enabled, env=env).alerts
+    assert sorted(s.type for s in sinks) == sorted(
+        ["alertmanager", "wecom", "dingtalk", "feishu", "webhook"]
+    )
+    with pytest.raises(ConfigError) as info:
+        validate_config(enabled, env={})
+    assert len(info.value.problems) == len(env)
