@@ -220,7 +220,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
     )
-    asyncio.run(serve(daemon))
+    try:
+        asyncio.run(serve(daemon))
+    except OSError as exc:  # e.g. the listen address is in use: bad input, not a mismatch
+        raise UsageError(f"run: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.daemon import parse_listen
+    from monitor.demo.replay import Cadence
+    from monitor.demo.run import DemoOptions, run_demo
+
+    config = load_config(args.config)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    options = DemoOptions(
+        config=config,
+        site=Path(args.site),
+        db=Path(args.db) if args.db else None,
+        host=host,
+        port=port,
+        serve=not args.no_serve,
+        linger=args.linger,
+        cadence=Cadence(),
+    )
+    try:
+        asyncio.run(run_demo(options))
+    except OSError as exc:
+        raise UsageError(f"demo: {exc.strerror or exc}") from None
     return EXIT_OK
 
 
@@ -283,6 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo", parents=[common], help="replay the 2022 cutover on simulated channels"
+    )
+    p.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"HOST:PORT for /metrics and the site (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument("--site", default="site", help="output folder of the page (default: site/)")
+    p.add_argument("--db", help="SQLite store to keep (default: a fresh temporary one)")
+    p.add_argument("--no-serve", action="store_true", help="do not serve /metrics and the site")
+    p.add_argument(
+        "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
+    )
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("alerts", help="alert sinks: send a test message")
     alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -82,20 +82,22 @@ class Daemon:
         }
         return web.json_response(body)
 
-    async def start(self) -> None:
-        """Resume open incidents, start serving, start scheduling."""
+    async def start(self, schedule: bool = True, serve: bool = True) -> None:
+        """Resume open incidents, start serving, start scheduling (the demo drives the
+        pipeline itself and passes `schedule=False`)."""
         resumed = await self.pipeline.resume()
         if resumed:
             log.info("resumed %d open incident(s) from the store", resumed)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-        self.scheduler.start()
-        log.info("listening on http://%s:%d", self.host, self.port)
+        if serve:
+            self.runner = web.AppRunner(self.app, access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, self.host, self.port)
+            await site.start()
+            if self.port == 0:
+                self.port = self.runner.addresses[0][1]
+            log.info("listening on http://%s:%d", self.host, self.port)
+        if schedule:
+            self.scheduler.start()
 
     async def stop(self) -> None:
         """Stop in order, losing nothing that was observed."""

@@ -1,0 +1,137 @@
+"""`channel-monitor demo`: load the real plan, point every service at the simulator, replay
+2022-06-22 12:00 to 2022-07-26 12:00 (Beijing time) through the same path as `run`, write the
+site, serve `/metrics` and the site while it runs, and tell the story as it goes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from monitor.clock import ReplayClock
+from monitor.config import PlanConfig, Probe
+from monitor.daemon import Daemon
+from monitor.plan import Plan
+from monitor.table import render_table
+
+from .faults import scripted_faults
+from .replay import Cadence, Replay, summary_rows
+from .simulator import MAINTENANCE_PATTERN, Simulator
+
+BEIJING_OFFSET = "+08:00"
+REPLAY_START = datetime.fromisoformat("2022-06-22T12:00:00" + BEIJING_OFFSET)
+REPLAY_END = datetime.fromisoformat("2022-07-26T12:00:00" + BEIJING_OFFSET)
+
+
+def simulated(config: PlanConfig, base_url: str) -> PlanConfig:
+    """The plan with every service (schedule-only ones included) probed at the simulator."""
+    channels = []
+    for channel in config.channels:
+        services = []
+        for service in channel.services:
+            probe = Probe(
+                url=f"{base_url}/{channel.id}/{service.id}",
+                timeout=timedelta(seconds=5),
+                body_not_matches=MAINTENANCE_PATTERN,
+            )
+            services.append(service.model_copy(update={"probe": probe}))
+        channels.append(channel.model_copy(update={"services": tuple(services)}))
+    return config.model_copy(update={"channels": tuple(channels)})
+
+
+@dataclass
+class DemoOptions:
+    """What the command line chose."""
+
+    config: PlanConfig
+    site: Path
+    db: Path | None
+    host: str
+    port: int
+    serve: bool
+    linger: bool
+    cadence: Cadence
+
+
+async def run_demo(options: DemoOptions) -> Replay:
+    """Run the whole demo; returns the replay (its tallies and incidents) for tests."""
+    plan = Plan(options.config)
+    clock = ReplayClock(REPLAY_START)
+    faults = scripted_faults(plan)
+    simulator = Simulator(plan, clock, faults)
+    sim_runner = web.AppRunner(simulator.app(), access_log=None)
+    await sim_runner.setup()
+    await web.TCPSite(sim_runner, "127.0.0.1", 0).start()
+    sim_port = sim_runner.addresses[0][1]
+    probed = Plan(simulated(options.config, f"http://127.0.0.1:{sim_port}"))
+
+    with contextlib.ExitStack() as stack:
+        db = options.db
+        if db is None:
+            db = (
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="channel-monitor-")))
+                / "demo.db"
+            )
+        daemon = Daemon(
+            probed,
+            db_path=db,
+            site_dir=options.site,
+            host=options.host,
+            port=options.port,
+            clock=clock,
+        )
+        replay = Replay(
+            probed, daemon.pipeline, clock, REPLAY_START, REPLAY_END, faults, options.cadence
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def interrupt() -> None:
+            replay.stopped = True
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        started = time.monotonic()
+        try:
+            await daemon.start(schedule=False, serve=options.serve)
+            window = f"{REPLAY_START:%Y-%m-%d %H:%M} to {REPLAY_END:%Y-%m-%d %H:%M}"
+            print(f"channel-monitor demo: replaying {window} (Beijing time)")
+            counts = f"{len(probed.services)} services on {len(probed.config.channels)} channels"
+            print(f"  {counts}, simulated at 127.0.0.1:{sim_port}")
+            if options.serve:
+                print(f"  metrics and site: http://{daemon.host}:{daemon.port}/")
+            for fault in faults:
+                print(f"  scripted fault: {fault.story_en}")
+            print()
+            await replay.run()
+            await daemon.pipeline.planned_transition(clock.now())
+            elapsed = time.monotonic() - started
+            print()
+            print(
+                render_table(
+                    ["channel", "service", "planned down", "observed down", "incidents"],
+                    summary_rows(replay),
+                )
+            )
+            print()
+            print(
+                f"replayed in {elapsed:.1f} s: {simulator.requests} probes, "
+                f"{len(replay.incidents)} incident(s); site written to {options.site}"
+            )
+            if options.serve and options.linger and not replay.stopped:
+                print(f"serving http://{daemon.host}:{daemon.port}/ until Ctrl-C")
+                await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await daemon.stop()
+            await sim_runner.cleanup()
+    return replay
