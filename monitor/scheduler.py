@@ -39,6 +39,7 @@ class Scheduler:
         self.lags: deque[float] = deque(maxlen=10_000)
         self.last_tick: float | None = None
         self._next_transition: datetime | None = None
+        self._stopped = False
 
     def groups(self) -> dict[timedelta, list[ServiceRef]]:
         """Probed services grouped by their interval."""
@@ -81,6 +82,8 @@ class Scheduler:
 
     async def _round(self, refs: list[ServiceRef], interval: timedelta) -> None:
         """Start one round: each service gets its own slot within the interval."""
+        if self._stopped:
+            return  # a run APScheduler submitted just before `stop`: start nothing new
         loop = asyncio.get_running_loop()
         base = loop.time()
         self.last_tick = base
@@ -90,6 +93,8 @@ class Scheduler:
             self.handles[ref.key] = loop.call_at(due, self._launch, ref, due)
 
     def _launch(self, ref: ServiceRef, due: float) -> None:
+        if self._stopped:
+            return
         loop = asyncio.get_running_loop()
         self.lags.append(loop.time() - due)
         if ref.key in self.pipeline.running:
@@ -105,6 +110,8 @@ class Scheduler:
 
     async def _transition(self, at: datetime) -> None:
         """A planned transition is due: tell listeners, probe the services it concerns."""
+        if self._stopped:
+            return
         await self.pipeline.planned_transition(at)
         changed = {
             (t.channel, t.service)
@@ -134,6 +141,7 @@ class Scheduler:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop scheduling, let running probes finish (bounded), write everything."""
+        self._stopped = True
         if self.aps.running:
             self.aps.shutdown(wait=False)
         for handle in self.handles.values():

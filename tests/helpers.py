@@ -1,0 +1,270 @@
+"""Shared test helpers: a local channel server in its own thread, a never-answering listener,
+polling with a deadline, and a tiny TOML writer for plans built in tests.
+
+The channel server runs on its own event loop in a background thread, so the same server serves
+synchronous tests (which call `asyncio.run` themselves), async tests and subprocesses alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from datetime import time as clock_time
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+SERVING_TEXT = "<html><body>业务办理 · online service</body></html>"
+MAINTENANCE_TEXT = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
+#: A probe condition that tells the maintenance page apart from the normal one.
+MAINTENANCE_PATTERN = "系统维护"
+
+#: What the server answers, per path (or for every path without its own mode):
+#: `serving` 200 normal page; `maintenance` 200 maintenance notice; `error` 503;
+#: `hold` waits until `release()` (or the server stops) and then serves.
+MODES = ("serving", "maintenance", "error", "hold")
+
+
+class ChannelServer:
+    """An aiohttp server on 127.0.0.1 (free port) whose answers the test switches at will."""
+
+    def __init__(self) -> None:
+        self.default = "serving"
+        self.modes: dict[str, str] = {}
+        self.hits: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gate: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # --- control from the test --------------------------------------------------------------
+
+    def set(self, mode: str, path: str | None = None) -> None:
+        """Answer `path` (every path without its own mode when None) in `mode`."""
+        assert mode in MODES, mode
+        if path is None:
+            self.default = mode
+        else:
+            self.modes[path] = mode
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def hit_count(self, path: str | None = None) -> int:
+        """Requests seen so far on `path` (on every path when None)."""
+        with self._cond:
+            return sum(self.hits.values()) if path is None else self.hits[path]
+
+    def wait_hits(self, count: int, path: str | None = None, timeout: float = 10.0) -> int:
+        """Block until `path` (any path when None) has had `count` requests; return the count."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                seen = sum(self.hits.values()) if path is None else self.hits[path]
+                if seen >= count:
+                    return seen
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{path or 'server'}: {seen} of {count} requests seen")
+                self._cond.wait(left)
+
+    def release(self) -> None:
+        """Let every request held in `hold` mode answer (and later ones pass at once)."""
+        if self._loop is not None and self._gate is not None:
+            self._loop.call_soon_threadsafe(self._gate.set)
+
+    # --- the server ---------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        with self._cond:
+            self.hits[path] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._cond.notify_all()
+        try:
+            mode = self.modes.get(path, self.default)
+            if mode == "hold":
+                assert self._gate is not None
+                await self._gate.wait()
+                mode = "serving"
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+        if mode == "maintenance":
+            return web.Response(text=MAINTENANCE_TEXT, content_type="text/html")
+        if mode == "error":
+            return web.Response(status=503, text="unavailable")
+        return web.Response(text=SERVING_TEXT, content_type="text/html")
+
+    async def _start(self) -> None:
+        self._gate = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def start(self) -> ChannelServer:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())  # type: ignore[union-attr]
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="channel-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the channel server did not start within 10 s")
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self.release()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the channel server did not stop"
+        self._thread = None
+
+    def __enter__(self) -> ChannelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A port that accepts connections (in the kernel's backlog) and never answers: its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        sock.close()
+
+
+def wait_for(
+    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """`wait_for` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+def query(db: str | os.PathLike, sql: str, *params: object) -> list[tuple]:
+    """Run one statement on its own short-lived connection (committed) and return the rows."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        with conn:
+            return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# --- TOML ------------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON escapes are TOML basic-string escapes
+    if isinstance(value, datetime | date | clock_time):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _table(data: dict, path: list[str], out: list[str]) -> None:
+    subtables = []
+    for name, value in data.items():
+        if isinstance(value, dict) or _is_table_array(value):
+            subtables.append((name, value))
+        else:
+            out.append(f"{_key(name)} = {_value(value)}")
+    for name, value in subtables:
+        full = [*path, _key(name)]
+        if isinstance(value, dict):
+            out.append(f"\n[{'.'.join(full)}]")
+            _table(value, full, out)
+        else:
+            for item in value:
+                out.append(f"\n[[{'.'.join(full)}]]")
+                _table(item, full, out)
+
+
+def dump_toml(data: dict) -> str:
+    """Write parsed TOML (dicts, lists, strings, numbers, dates) back as TOML text."""
+    out: list[str] = []
+    _table(data, [], out)
+    return "\n".join(out).lstrip("\n") + "\n"

@@ -1,0 +1,522 @@
+"""`channel-monitor check` and `channel-monitor run` end to end, against real local servers.
+
+`check` runs the real plan (channels.toml, with every service's probe pointed at a local server)
+on the freeze and after it; `run` runs as a real subprocess that is stopped with SIGTERM and
+started again on the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import (
+    MAINTENANCE_PATTERN,
+    ChannelServer,
+    dump_toml,
+    query,
+    silent_listener,
+    wait_for,
+)
+
+from monitor.cli import main
+
+MONITOR = (sys.executable, "-m", "monitor")
+ROOT = Path(__file__).resolve().parent.parent
+REAL_PLAN = ROOT / "channels.toml"
+PLAN_KEYS = {
+    "channel",
+    "channel_name",
+    "service",
+    "service_name",
+    "expected",
+    "rule",
+    "period",
+    "in_grace",
+    "next_change",
+}
+OBSERVED_KEYS = {"serving", "reason", "status_code", "duration_seconds"}
+
+
+def real_plan_data() -> dict:
+    """The real plan (the project's channels.toml), parsed."""
+    return tomllib.loads(REAL_PLAN.read_text("utf-8"))
+
+
+def probe_everything(data: dict, base_url: str, **probe: object) -> dict:
+    """Give every service of the plan a probe of `base_url/<channel>/<service>`."""
+    for channel in data["channels"]:
+        for service in channel["services"]:
+            service["probe"] = {"url": f"{base_url}{channel['id']}/{service['id']}", **probe}
+    return data
+
+
+def write_plan(path: Path, data: dict) -> Path:
+    path.write_text(dump_toml(data), "utf-8")
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    return code, out
+
+
+@pytest.fixture
+def server() -> Iterator[ChannelServer]:
+    with ChannelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def real_plan(tmp_path: Path, server: ChannelServer) -> Path:
+    data = probe_everything(real_plan_data(), server.url("/"))
+    return write_plan(tmp_path / "channels.toml", data)
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def check_json(plan: Path, at: str) -> tuple[int, dict]:
+    """`python -m monitor check --format json` as a real process: exit code and output."""
+    proc = subprocess.run(
+        [*MONITOR, "check", "--config", str(plan), "--at", at, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=plan.parent,
+    )
+    assert proc.stderr == "", proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_check_during_the_freeze_reports_unexpected_up(
+    real_plan: Path, server: ChannelServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, data = check_json(real_plan, "2022-07-01T12:00")
+    assert code == 1
+    assert data["at"] == "2022-07-01T12:00:00+08:00"
+    services = data["services"]
+    total = sum(len(c["services"]) for c in tomllib.loads(real_plan.read_text("utf-8"))["channels"])
+    assert len(services) == total
+    assert server.hit_count() == total, "every service probed exactly once"
+
+    # the JSON is the plan's, plus `observed` and `verdict`
+    plan_code, plan_out = run_cli(
+        capsys, "plan", "--config", str(real_plan), "--at", "2022-07-01T12:00", "--format", "json"
+    )
+    assert plan_code == 0
+    planned = json.loads(plan_out)
+    assert (data["at"], data["timezone"]) == (planned["at"], planned["timezone"])
+    for entry, plan_entry in zip(services, planned["services"], strict=True):
+        assert set(entry) == PLAN_KEYS | {"observed", "verdict"}
+        assert {k: entry[k] for k in PLAN_KEYS} == plan_entry
+        observed = entry["observed"]
+        assert set(observed) == OBSERVED_KEYS
+        assert observed["serving"] is True
+        assert observed["reason"] == "HTTP 200"
+        assert observed["status_code"] == 200
+        assert 0 <= observed["duration_seconds"] < 10
+
+    suspended = [s for s in services if s["expected"] == "down" and not s["in_grace"]]
+    assert suspended, "the freeze suspends something"
+    for entry in services:
+        wanted = "unexpected_up" if entry in suspended else "ok"
+        assert entry["verdict"] == wanted, (entry["channel"], entry["service"])
+    # the services that stay open, and the certificate window, are not mismatches
+    open_ids = {"medical-premium", "social-security-card"}
+    kept_open = [s for s in services if s["service"] in open_ids]
+    assert kept_open
+    assert {s["verdict"] for s in kept_open} == {"ok"}
+    (certificate,) = [s for s in services if s["service"] == "certificate-print"]
+    assert (certificate["expected"], certificate["verdict"]) == ("up", "ok")
+
+
+def test_check_after_the_freeze_exits_0(real_plan: Path, server: ChannelServer) -> None:
+    code, data = check_json(real_plan, "2022-08-01T12:00")
+    assert code == 0, [
+        (s["channel"], s["service"], s["expected"], s["verdict"]) for s in data["services"]
+    ]
+    assert {s["verdict"] for s in data["services"]} == {"ok"}
+    assert all(s["observed"]["serving"] for s in data["services"])
+
+
+SMALL_PLAN = """
+[monitor]
+timezone = "Asia/Shanghai"
+timeout = "{timeout}"
+
+[periods.freeze]
+start = 2022-06-22T18:00:00
+end = 2022-07-25T08:30:00
+
+[[channels]]
+id = "portal"
+name = "门户"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+expect = [{{ during = "freeze", state = "down" }}]
+probe = {{ url = "{url}pension", body_not_matches = "{pattern}" }}
+
+[[channels.services]]
+id = "medical"
+name = "医保缴费"
+probe = {{ url = "{url}medical", body_not_matches = "{pattern}" }}
+
+[[channels.services]]
+id = "kiosk"
+name = "自助机"
+expect = [{{ during = "freeze", state = "down" }}]
+"""
+
+
+def small_plan(tmp_path: Path, url: str, timeout: str = "5s") -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(
+        SMALL_PLAN.format(url=url, pattern=MAINTENANCE_PATTERN, timeout=timeout), "utf-8"
+    )
+    return path
+
+
+def by_service(out: str) -> dict[str, dict]:
+    return {s["service"]: s for s in json.loads(out)["services"]}
+
+
+def test_check_maintenance_page_and_schedule_only(
+    tmp_path: Path, server: ChannelServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = small_plan(tmp_path, server.url("/"))
+    server.set("maintenance", "/pension")  # as planned during the freeze
+    server.set("error", "/medical")  # should be up: unexpected_down
+
+    code, out = run_cli(
+        capsys, "check", "--config", str(plan), "--at", "2022-07-01T12:00", "--format", "json"
+    )
+    assert code == 1
+    services = by_service(out)
+    pension = services["pension"]
+    assert pension["observed"]["serving"] is False
+    assert pension["observed"]["reason"] == "body matches maintenance notice"
+    assert pension["verdict"] == "ok"
+    medical = services["medical"]
+    assert (medical["observed"]["reason"], medical["observed"]["status_code"]) == (
+        "HTTP 503",
+        503,
+    )
+    assert medical["verdict"] == "unexpected_down"
+    kiosk = services["kiosk"]
+    assert kiosk["observed"] is None, "schedule-only: nothing observed"
+    assert kiosk["verdict"] == "unknown"
+    assert kiosk["expected"] == "down"
+    assert json.loads(out)["mismatches"] == 1
+
+    # after the freeze the maintenance page is a mismatch; the unknown kiosk never is
+    server.set("serving", "/medical")
+    code, out = run_cli(
+        capsys, "check", "--config", str(plan), "--at", "2022-08-01T12:00", "--format", "json"
+    )
+    assert code == 1
+    services = by_service(out)
+    assert services["pension"]["verdict"] == "unexpected_down"
+    assert services["medical"]["verdict"] == "ok"
+    assert services["kiosk"]["verdict"] == "unknown"
+
+    server.set("serving", "/pension")
+    code, out = run_cli(
+        capsys, "check", "--config", str(plan), "--at", "2022-08-01T12:00", "--format", "json"
+    )
+    assert code == 0, "an unknown schedule-only service is not a mismatch"
+
+
+def test_check_grace_is_not_a_mismatch(
+    tmp_path: Path, server: ChannelServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = small_plan(tmp_path, server.url("/"))
+    code, out = run_cli(
+        capsys, "check", "--config", str(plan), "--at", "2022-06-22T18:02", "--format", "json"
+    )
+    pension = by_service(out)["pension"]
+    assert (pension["expected"], pension["in_grace"], pension["verdict"]) == ("down", True, "ok")
+    assert code == 0
+    code, out = run_cli(
+        capsys, "check", "--config", str(plan), "--at", "2022-06-22T18:05", "--format", "json"
+    )
+    assert by_service(out)["pension"]["verdict"] == "unexpected_up"
+    assert code == 1
+
+
+def test_check_table(
+    tmp_path: Path, server: ChannelServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = small_plan(tmp_path, server.url("/"))
+    code, out = run_cli(capsys, "check", "--config", str(plan), "--at", "2022-07-01T12:00")
+    assert code == 1
+    lines = out.splitlines()
+    pension = next(line for line in lines if "养老保险" in line)
+    assert "serving" in pension
+    assert "unexpected_up" in pension
+    kiosk = next(line for line in lines if "自助机" in line)
+    assert "unknown" in kiosk
+    assert lines[-1] == "1 mismatch(es)"
+
+
+def test_check_takes_about_one_timeout_not_one_per_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with silent_listener() as url:
+        data = {
+            "monitor": {"timezone": "Asia/Shanghai", "timeout": "1s"},
+            "channels": [
+                {
+                    "id": "portal",
+                    "name": "门户",
+                    "kind": "web",
+                    "group": "online",
+                    "services": [
+                        {"id": f"s{i}", "name": f"服务{i}", "probe": {"url": f"{url}s{i}"}}
+                        for i in range(10)
+                    ],
+                }
+            ],
+        }
+        plan = write_plan(tmp_path / "silent.toml", data)
+        started = time.monotonic()
+        code, out = run_cli(
+            capsys, "check", "--config", str(plan), "--at", "2022-08-01T12:00", "--format", "json"
+        )
+        elapsed = time.monotonic() - started
+    services = json.loads(out)["services"]
+    assert len(services) == 10
+    for entry in services:
+        assert entry["observed"]["reason"] == "timeout after 1s"
+        assert entry["observed"]["serving"] is False
+        assert entry["observed"]["status_code"] is None
+        assert entry["verdict"] == "unexpected_down"
+    assert code == 1
+    assert elapsed < 4, f"ten 1 s timeouts took {elapsed:.1f} s: they ran one after another"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--at", "yesterday"], "--at"),
+        (["--format", "yaml"], None),
+    ],
+)
+def test_check_bad_input_exits_2(
+    tmp_path: Path, server: ChannelServer, argv: list[str], message: str | None
+) -> None:
+    plan = small_plan(tmp_path, server.url("/"))
+    proc = subprocess.run(
+        [*MONITOR, "check", "--config", str(plan), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    if message:
+        assert message in proc.stderr
+    assert server.hit_count() == 0, "nothing is probed on bad input"
+
+
+def test_check_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", "--config", str(tmp_path / "nope.toml")])
+    assert code == 2
+    assert "cannot read the plan file" in capsys.readouterr().err
+
+
+# --- run -------------------------------------------------------------------------------------
+
+RUN_PLAN = """
+[monitor]
+timezone = "Asia/Shanghai"
+interval = "1s"
+timeout = "2s"
+failure_threshold = 2
+success_threshold = 2
+
+[[channels]]
+id = "portal"
+name = "门户"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+default = "down"
+probe = {{ url = "{url}pension", body_not_matches = "{pattern}" }}
+
+[[channels.services]]
+id = "medical"
+name = "医保缴费"
+probe = {{ url = "{url}medical" }}
+
+[[channels.services]]
+id = "kiosk"
+name = "自助机"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunProcess:
+    """`python -m monitor run` as a subprocess with its output in a file."""
+
+    def __init__(self, config: Path, db: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        listen = f"127.0.0.1:{self.port}"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*MONITOR, "run", "--config", str(config), "--db", str(db), "--listen", listen],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=config.parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", errors="replace")
+
+    def healthz(self) -> tuple[int, dict] | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"run exited with {self.proc.returncode}:\n{self.output()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def wait_ticking(self) -> dict:
+        """Wait for /healthz to answer with a tick age; return its body."""
+        status, body = wait_for(
+            lambda: (h := self.healthz()) and h[1]["last_tick_age_seconds"] is not None and h,
+            timeout=30,
+            what="/healthz with a tick",
+        )
+        assert status == 200
+        return body
+
+    def terminate(self, within: float = 5.0) -> int:
+        """SIGTERM; the exit code, which must come within `within` seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            code = self.proc.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"run did not exit within {within} s after SIGTERM") from None
+        assert time.monotonic() - started < within
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RunProcess]]:
+    started: list[RunProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def db_rows(db: Path, sql: str) -> list[tuple]:
+    try:
+        return query(db, sql)
+    except sqlite3.OperationalError:  # the file or its tables are not there yet
+        return []
+
+
+def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
+    tmp_path: Path, server: ChannelServer, processes: list[RunProcess]
+) -> None:
+    config = tmp_path / "channels.toml"
+    config.write_text(RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN), "utf-8")
+    db = tmp_path / "state" / "monitor.db"
+    log = tmp_path / "run.log"
+    server.set("serving")  # pension should be down: unexpected_up
+
+    first = RunProcess(config, db, log)
+    processes.append(first)
+    body = first.wait_ticking()
+    assert 0 <= body["last_tick_age_seconds"] < 30
+    incidents = "SELECT id, business, direction, resolved_at FROM incidents"
+    (opened,) = wait_for(lambda: db_rows(db, incidents), timeout=30, what="an incident")
+    assert opened[1:] == ("pension", "unexpected_up", None)
+
+    assert first.terminate() == 0, first.output()
+    # nothing lost: every request the server answered is an observation in the store
+    stored = db_rows(db, "SELECT count(*) FROM observations")[0][0]
+    assert stored >= 2
+    assert stored == server.hit_count("/pension") + server.hit_count("/medical")
+    assert server.hit_count("/kiosk") == 0, "schedule-only services are never probed"
+
+    # start again on the same store: the open incident is taken up, not opened twice
+    second = RunProcess(config, db, log)
+    processes.append(second)
+    second.wait_ticking()
+    count = "SELECT count(*) FROM observations WHERE business = 'pension'"
+    before = db_rows(db, count)[0][0]
+    wait_for(
+        lambda: db_rows(db, count)[0][0] >= before + 4,
+        timeout=30,
+        what="four more mismatching probes",
+    )
+    assert db_rows(db, incidents) == [opened]
+    assert "resumed 1 open incident" in second.output()
+
+    # the channel puts up its maintenance notice: as planned, the same incident resolves
+    server.set("maintenance", "/pension")
+    (resolved,) = wait_for(
+        lambda: [r for r in db_rows(db, incidents) if r[3] is not None],
+        timeout=30,
+        what="the incident to resolve",
+    )
+    assert resolved[:3] == opened[:3]
+    assert len(db_rows(db, incidents)) == 1
+    assert second.terminate() == 0, second.output()
+    assert "Traceback" not in second.output()
+
+
+def test_run_on_a_busy_address_exits_2_with_a_sentence(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    config = tmp_path / "channels.toml"
+    config.write_text(RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN), "utf-8")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*MONITOR, "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "address already in use" in proc.stderr

@@ -1,0 +1,274 @@
+"""The real scheduler (APScheduler's AsyncIOScheduler) on the wall clock: repeated probes spread
+over the interval, one probe per service at a time, a job at each planned transition, and a
+`stop` that is quick and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from helpers import ChannelServer, async_wait_for
+
+from monitor.clock import RealClock
+from monitor.config import load_config
+from monitor.pipeline import Pipeline, Result
+from monitor.plan import Plan
+from monitor.probe import Prober
+from monitor.scheduler import Scheduler
+from monitor.store import Store
+
+TZ = ZoneInfo("Asia/Shanghai")
+
+HEAD = """
+[monitor]
+timezone = "Asia/Shanghai"
+interval = "1s"
+timeout = "2s"
+grace = "0s"
+"""
+
+CHANNEL = """
+[[channels]]
+id = "portal"
+name = "门户"
+kind = "web"
+group = "online"
+"""
+
+
+def service(sid: str, url: str, extra: str = "", probe_extra: str = "") -> str:
+    return f"""
+[[channels.services]]
+id = "{sid}"
+name = "服务 {sid}"
+{extra}
+[channels.services.probe]
+url = "{url}"
+{probe_extra}
+"""
+
+
+class Recorder:
+    """Keeps every judged observation and every transition, with the wall time it arrived."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.by_service: dict[str, list[Result]] = defaultdict(list)
+        self.transitions: list[tuple[datetime, datetime]] = []
+
+    async def observed(self, result: Result) -> None:
+        self.results.append(result)
+        self.by_service[result.ref.service.id].append(result)
+
+    async def transition(self, at: datetime) -> None:
+        self.transitions.append((at, datetime.now(UTC)))
+
+
+class Running:
+    """Plan, store, prober, pipeline and scheduler; `close` stops whatever still runs."""
+
+    def __init__(self, tmp_path: Path, toml: str) -> None:
+        path = tmp_path / "plan.toml"
+        path.write_text(toml, "utf-8")
+        self.plan = Plan(load_config(path))
+        self.store = Store(tmp_path / "monitor.db")
+        self.prober = Prober()
+        self.recorder = Recorder()
+        self.pipeline = Pipeline(self.plan, self.store, RealClock(), self.prober, [self.recorder])
+        self.scheduler = Scheduler(self.pipeline)
+        self.stopped = False
+
+    async def stop(self) -> float:
+        """Stop the scheduler; return how long `stop` took (seconds)."""
+        started = time.monotonic()
+        await self.scheduler.stop()
+        self.stopped = True
+        return time.monotonic() - started
+
+    async def close(self) -> None:
+        if not self.stopped:
+            await self.stop()
+        await self.prober.close()
+        self.store.close()
+
+    def stored(self) -> int:
+        return self.store.db.execute("SELECT count(*) FROM observations").fetchone()[0]
+
+
+@pytest.fixture
+def server() -> Iterator[ChannelServer]:
+    with ChannelServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def ten(tmp_path: Path, server: ChannelServer) -> AsyncIterator[Running]:
+    toml = HEAD + CHANNEL
+    for i in range(10):
+        toml += service(f"s{i}", server.url(f"/s{i}"))
+    running = Running(tmp_path, toml)
+    yield running
+    await running.close()
+
+
+async def test_services_are_probed_repeatedly_and_spread_over_the_interval(
+    ten: Running, server: ChannelServer
+) -> None:
+    ten.scheduler.start()
+    names = [f"s{i}" for i in range(10)]
+
+    # the first round: ten timers, one per service, spread over the one-second interval
+    handles = await async_wait_for(
+        lambda: len(ten.scheduler.handles) == 10 and dict(ten.scheduler.handles),
+        what="the first round's timers",
+    )
+    due = sorted(h.when() for h in handles.values())
+    assert 0.5 <= due[-1] - due[0] < 1.0
+    gaps = [b - a for a, b in itertools.pairwise(due)]
+    assert min(gaps) == pytest.approx(0.1, abs=0.01), "evenly spread"
+
+    # every service is probed again and again
+    await async_wait_for(
+        lambda: all(len(ten.recorder.by_service[n]) >= 3 for n in names),
+        timeout=20,
+        what="three probes of every service",
+    )
+    first = sorted(ten.recorder.by_service[n][0].observation.at for n in names)
+    assert (first[-1] - first[0]).total_seconds() >= 0.5, "the first round's starts are spread"
+    for name in names:
+        starts = [r.observation.at for r in ten.recorder.by_service[name][:3]]
+        spacing = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+        assert all(s > 0.5 for s in spacing), f"{name} is probed once per interval: {spacing}"
+    assert ten.scheduler.last_tick is not None
+    assert len(ten.scheduler.lags) >= 30
+
+    elapsed = await ten.stop()
+    assert elapsed < 5
+    seen = len(ten.recorder.results)
+    assert ten.stored() == seen, "stop wrote every observation"
+    assert server.hit_count() == seen
+
+
+async def test_no_second_probe_of_a_service_while_its_last_one_runs(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    toml = (
+        HEAD
+        + CHANNEL
+        + service("held", server.url("/held"), probe_extra='timeout = "20s"')
+        + service("quick", server.url("/quick"))
+    )
+    running = Running(tmp_path, toml)
+    try:
+        server.set("hold", "/held")
+        running.scheduler.start()
+        # three rounds have passed for the quick service ...
+        await async_wait_for(lambda: server.hit_count("/quick") >= 4, timeout=15)
+        await async_wait_for(lambda: len(running.recorder.by_service["quick"]) >= 4)
+        # ... and the held one was asked once: its later slots were skipped
+        assert server.hit_count("/held") == 1
+        assert running.recorder.by_service["held"] == []
+        server.release()
+        await async_wait_for(lambda: running.recorder.by_service["held"], what="held result")
+        assert running.recorder.by_service["held"][0].observation.serving is True
+        # and it is probed again afterwards
+        await async_wait_for(lambda: server.hit_count("/held") >= 2, timeout=10)
+    finally:
+        await running.close()
+
+
+def at_whole_second(delay: float) -> datetime:
+    now = datetime.now(UTC)
+    return datetime.fromtimestamp(math.ceil(now.timestamp()) + delay, UTC).astimezone(TZ)
+
+
+async def test_a_planned_transition_fires_at_its_instant(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    start = at_whole_second(2)
+    end = start + timedelta(seconds=1)
+    toml = (
+        HEAD
+        + f"""
+[periods.soon]
+start = {start.isoformat()}
+end = {end.isoformat()}
+"""
+        + CHANNEL
+        # probed once a minute: only the transition job can probe it again within the test
+        + service(
+            "pension",
+            server.url("/pension"),
+            extra='expect = [{ during = "soon", state = "down" }]',
+            probe_extra='interval = "1m"',
+        )
+    )
+    running = Running(tmp_path, toml)
+    try:
+        running.scheduler.start()
+        await async_wait_for(
+            lambda: len(running.recorder.transitions) >= 2,
+            timeout=15,
+            what="both transitions",
+        )
+        (first_at, first_wall), (second_at, second_wall) = running.recorder.transitions[:2]
+        assert first_at == start
+        assert second_at == end
+        # never before the instant, and not a probe interval later either
+        assert start <= first_wall < start + timedelta(seconds=1)
+        assert end <= second_wall < end + timedelta(seconds=1)
+
+        # the service the transition concerns is probed right away, against the new plan
+        def after(at: datetime) -> list[Result]:
+            return [r for r in running.recorder.by_service["pension"] if r.observation.at >= at]
+
+        await async_wait_for(lambda: after(end), timeout=10, what="probe after the end")
+        states = [(r.observation.at >= end, r.expectation.state) for r in after(start)]
+        assert states[0] == (False, "down"), "probed at the start of the period, expected down"
+        assert states[-1] == (True, "up"), "probed at its end, expected up again"
+        assert len(running.recorder.by_service["pension"]) == 3, "start-up, start, end"
+    finally:
+        await running.close()
+
+
+async def test_stop_is_quick_and_writes_everything(tmp_path: Path, server: ChannelServer) -> None:
+    toml = (
+        HEAD
+        + CHANNEL
+        + service("held", server.url("/held"), probe_extra='timeout = "2s"')
+        + service("quick", server.url("/quick"))
+    )
+    running = Running(tmp_path, toml)
+    try:
+        server.set("hold", "/held")
+        running.scheduler.start()
+        await async_wait_for(lambda: server.hit_count("/held") == 1, timeout=10)
+        await async_wait_for(lambda: running.recorder.by_service["quick"], what="a quick probe")
+        # one probe is still in flight: stop waits for it (bounded by its timeout)
+        elapsed = await running.stop()
+        assert elapsed < 5
+        (held,) = running.recorder.by_service["held"]
+        assert held.observation.reason == "timeout after 2s"
+        assert running.stored() == len(running.recorder.results)
+        hits_at_stop = server.hit_count()
+        assert running.scheduler.handles == {}
+        assert not running.scheduler.tasks
+        # a round APScheduler had already submitted when `stop` came starts nothing
+        ((interval, refs),) = running.scheduler.groups().items()
+        await running.scheduler._round(refs, interval)
+        assert running.scheduler.handles == {}
+        # nothing is probed after stop: wait out more than an interval by polling the server
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert server.hit_count() == hits_at_stop
+            await asyncio.sleep(0.05)
+    finally:
+        await running.close()

@@ -1,0 +1,331 @@
+"""The SQLite store: WAL, observations and hourly rollups, retention, incidents and their hooks,
+a read-only reader on the same file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers import query
+
+from monitor.judge import IncidentEvent, OpenIncident, Verdict
+from monitor.probe import Observation
+from monitor.store import (
+    IncidentRecord,
+    PendingObservation,
+    Rollup,
+    Store,
+    as_open_incident,
+)
+
+HOUR = datetime(2022, 7, 1, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "monitor.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    store = Store(db)
+    yield store
+    store.close()
+
+
+def pending(
+    at: datetime,
+    serving: bool,
+    expected: str = "down",
+    duration: float = 0.1,
+    channel: str = "portal",
+    business: str = "pension",
+    status: int | None = 200,
+) -> PendingObservation:
+    mismatch = None
+    if expected == "down" and serving:
+        mismatch = Verdict.UNEXPECTED_UP
+    elif expected == "up" and not serving:
+        mismatch = Verdict.UNEXPECTED_DOWN
+    observation = Observation(
+        at=at,
+        serving=serving,
+        reason=f"HTTP {status}" if status else "connection refused",
+        status_code=status,
+        duration_seconds=duration,
+    )
+    return PendingObservation(channel, business, observation, expected, mismatch)
+
+
+def event(
+    kind: str,
+    at: datetime,
+    direction: Verdict = Verdict.UNEXPECTED_UP,
+    incident_id: int | None = None,
+    reason: str = "HTTP 200",
+) -> IncidentEvent:
+    incident = OpenIncident(incident_id, direction, at, reason, "down", "freeze")
+    return IncidentEvent(kind, direction, at, reason, "down", "freeze", incident)
+
+
+def count(path: Path, table: str) -> int:
+    return query(path, f"SELECT count(*) FROM {table}")[0][0]
+
+
+def test_wal_mode(store: Store, db: Path) -> None:
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert query(db, "PRAGMA journal_mode") == [("wal",)], "WAL is a property of the file"
+
+
+def test_observations_wait_in_the_buffer_until_flush(store: Store, db: Path) -> None:
+    store.add(pending(HOUR, True))
+    store.add(pending(HOUR + timedelta(minutes=1), True))
+    assert count(db, "observations") == 0
+    assert store.flush() == 2
+    assert count(db, "observations") == 2
+    assert store.flush() == 0
+    rows = store.observations("portal", "pension", HOUR)
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        (1, "HTTP 200", "down", "unexpected_up"),
+        (1, "HTTP 200", "down", "unexpected_up"),
+    ]
+    assert rows[0][0] == HOUR.timestamp()
+
+
+def test_hourly_rollups(store: Store) -> None:
+    items = [
+        # hour 1: expected down, three probes, two of them serving (mismatches)
+        pending(HOUR + timedelta(minutes=0), True, "down", duration=0.2),
+        pending(HOUR + timedelta(minutes=20), False, "down", duration=0.5),
+        pending(HOUR + timedelta(minutes=59, seconds=59), True, "down", duration=0.3),
+        # hour 2: one expected up and not serving (mismatch), one `any`, one expected up
+        pending(HOUR + timedelta(hours=1), False, "up", duration=1.5, status=None),
+        pending(HOUR + timedelta(hours=1, minutes=5), True, "any", duration=0.25),
+        pending(HOUR + timedelta(hours=1, minutes=10), True, "up", duration=0.25),
+        # another service in hour 1
+        pending(HOUR + timedelta(minutes=30), True, "up", duration=0.1, business="card"),
+    ]
+    for item in items[:4]:
+        store.add(item)
+    store.flush()
+    for item in items[4:]:
+        store.add(item)
+    store.flush()  # a second flush adds to the same hours
+
+    rollups = {(r.business, r.hour): r for r in store.rollups(HOUR - timedelta(days=1))}
+    assert set(rollups) == {
+        ("card", HOUR),
+        ("pension", HOUR),
+        ("pension", HOUR + timedelta(hours=1)),
+    }
+    first = rollups[("pension", HOUR)]
+    assert (first.probes, first.serving, first.expected_up, first.expected_down) == (3, 2, 0, 3)
+    assert first.mismatches == 2
+    assert first.duration_sum == pytest.approx(1.0)
+    assert first.duration_max == pytest.approx(0.5)
+    second = rollups[("pension", HOUR + timedelta(hours=1))]
+    assert (second.probes, second.serving, second.expected_up, second.expected_down) == (
+        3,
+        2,
+        2,
+        0,
+    )
+    assert second.mismatches == 1
+    assert second.duration_sum == pytest.approx(2.0)
+    assert second.duration_max == pytest.approx(1.5)
+    card = rollups[("card", HOUR)]
+    assert (card.probes, card.serving, card.expected_up, card.mismatches) == (1, 1, 1, 0)
+    # a window selects whole hours
+    assert [r.hour for r in store.rollups(HOUR + timedelta(hours=1))] == [HOUR + timedelta(hours=1)]
+    assert {r.hour for r in store.rollups(HOUR, HOUR + timedelta(hours=1))} == {HOUR}
+
+
+def test_last_observations(store: Store) -> None:
+    store.add(pending(HOUR, True))
+    store.add(pending(HOUR + timedelta(minutes=1), False, status=503))
+    store.add(pending(HOUR, True, business="card"))
+    store.flush()
+    last = store.last_observations()
+    assert set(last) == {("portal", "pension"), ("portal", "card")}
+    newest = last[("portal", "pension")]
+    assert newest.at == HOUR + timedelta(minutes=1)
+    assert (newest.serving, newest.reason, newest.status_code) == (False, "HTTP 503", 503)
+
+
+def test_prune_keeps_7_days_raw_and_400_days_of_rollups(store: Store) -> None:
+    now = HOUR
+    for age in (timedelta(days=8), timedelta(days=7, seconds=1), timedelta(days=6), timedelta(0)):
+        store.add(pending(now - age, True))
+    store.flush()
+    old_rollups = [
+        Rollup("portal", "pension", now - age, 10, 5, 10, 0, 0, 1.0, 0.2)
+        for age in (timedelta(days=401), timedelta(days=399))
+    ]
+    store.add_rollups(old_rollups)
+    store.prune(now)
+    kept = [r[0] for r in store.observations("portal", "pension", now - timedelta(days=30))]
+    assert kept == [(now - timedelta(days=6)).timestamp(), now.timestamp()]
+    hours = [r.hour for r in store.rollups(now - timedelta(days=1000))]
+    assert now - timedelta(days=401) not in hours
+    assert now - timedelta(days=399) in hours
+    # the rollups of the pruned raw observations stay: long history outlives raw data
+    assert now - timedelta(days=8) in hours  # HOUR is on the hour
+
+
+def test_prune_uses_the_configured_retention(db: Path) -> None:
+    store = Store(db, retention=timedelta(hours=1), rollup_retention=timedelta(days=2))
+    try:
+        store.add(pending(HOUR - timedelta(hours=2), True))
+        store.add(pending(HOUR, True))
+        store.flush()
+        store.prune(HOUR + timedelta(minutes=30))
+        assert len(store.observations("portal", "pension", HOUR - timedelta(days=1))) == 1
+        store.prune(HOUR + timedelta(days=3))
+        assert store.rollups(HOUR - timedelta(days=10)) == []
+    finally:
+        store.close()
+
+
+def test_incident_open_and_resolve(store: Store) -> None:
+    opened = store.record_event("portal", "pension", event("opened", HOUR))
+    assert isinstance(opened, IncidentRecord)
+    assert opened.id > 0
+    assert (opened.channel, opened.business, opened.direction) == (
+        "portal",
+        "pension",
+        "unexpected_up",
+    )
+    assert opened.opened_at == HOUR
+    assert opened.resolved_at is None
+    assert (opened.reason, opened.expected, opened.period) == ("HTTP 200", "down", "freeze")
+    assert store.open_incidents() == [opened]
+
+    resolved_at = HOUR + timedelta(minutes=7)
+    resolved = store.record_event(
+        "portal",
+        "pension",
+        event("resolved", resolved_at, incident_id=opened.id, reason="HTTP 503"),
+    )
+    assert resolved.id == opened.id
+    assert resolved.resolved_at == resolved_at
+    assert resolved.resolve_reason == "HTTP 503"
+    assert resolved.reason == "HTTP 200", "the opening reason is kept"
+    assert store.open_incidents() == []
+    assert store.incidents() == [resolved]
+
+
+def test_resolve_without_id_finds_the_open_incident_of_that_direction(store: Store) -> None:
+    up = store.record_event("portal", "pension", event("opened", HOUR))
+    down = store.record_event(
+        "portal", "card", event("opened", HOUR, direction=Verdict.UNEXPECTED_DOWN)
+    )
+    resolved = store.record_event(
+        "portal", "pension", event("resolved", HOUR + timedelta(minutes=3))
+    )
+    assert resolved.id == up.id
+    assert [r.id for r in store.open_incidents()] == [down.id]
+    with pytest.raises(LookupError):
+        store.record_event("portal", "pension", event("resolved", HOUR + timedelta(minutes=4)))
+
+
+def test_open_incidents_in_opening_order_and_back_to_the_judge(store: Store) -> None:
+    later = store.record_event("portal", "b", event("opened", HOUR + timedelta(hours=1)))
+    earlier = store.record_event(
+        "portal", "a", event("opened", HOUR, direction=Verdict.UNEXPECTED_DOWN)
+    )
+    assert [r.id for r in store.open_incidents()] == [earlier.id, later.id]
+    back = as_open_incident(earlier)
+    assert back == OpenIncident(
+        earlier.id, Verdict.UNEXPECTED_DOWN, HOUR, "HTTP 200", "down", "freeze"
+    )
+
+
+def test_record_event_writes_buffered_observations_first(store: Store, db: Path) -> None:
+    store.add(pending(HOUR, True))
+    store.add(pending(HOUR + timedelta(minutes=1), True))
+    store.record_event("portal", "pension", event("opened", HOUR + timedelta(minutes=1)))
+    assert count(db, "observations") == 2
+    assert count(db, "incidents") == 1
+
+
+def test_incident_hooks_run_in_the_same_transaction(store: Store, db: Path) -> None:
+    store.db.execute("CREATE TABLE outbox (incident INTEGER, kind TEXT)")
+    store.db.commit()
+    seen: list[tuple[int, str, bool]] = []
+
+    def outbox(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
+        conn.execute("INSERT INTO outbox VALUES (?, ?)", (record.id, ev.kind))
+        seen.append((record.id, ev.kind, conn.in_transaction))
+
+    store.incident_hooks.append(outbox)
+    opened = store.record_event("portal", "pension", event("opened", HOUR))
+    assert seen == [(opened.id, "opened", True)], "the hook runs before the commit"
+    assert query(db, "SELECT * FROM outbox") == [(opened.id, "opened")]
+
+    def broken(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
+        raise RuntimeError("the alert sink's row cannot be written")
+
+    store.incident_hooks.append(broken)
+    with pytest.raises(RuntimeError):
+        store.record_event("portal", "card", event("opened", HOUR))
+    # neither the incident nor the first hook's row survived
+    assert [r.business for r in store.open_incidents()] == ["pension"]
+    assert count(db, "incidents") == 1
+    assert query(db, "SELECT * FROM outbox") == [(opened.id, "opened")]
+    # a failed resolution leaves the incident open
+    with pytest.raises(RuntimeError):
+        store.record_event(
+            "portal", "pension", event("resolved", HOUR + timedelta(hours=1), incident_id=opened.id)
+        )
+    assert [r.id for r in store.open_incidents()] == [opened.id]
+    # and once the hook is fixed the store works as before
+    store.incident_hooks.remove(broken)
+    resolved = store.record_event(
+        "portal", "pension", event("resolved", HOUR + timedelta(hours=1), incident_id=opened.id)
+    )
+    assert resolved.resolved_at is not None
+    assert store.open_incidents() == []
+
+
+def test_readonly_store_sees_the_data(store: Store, db: Path) -> None:
+    store.add(pending(HOUR, True))
+    opened = store.record_event("portal", "pension", event("opened", HOUR))
+    reader = Store(db, readonly=True)
+    try:
+        assert [r.id for r in reader.open_incidents()] == [opened.id]
+        assert [r.probes for r in reader.rollups(HOUR)] == [1]
+        assert set(reader.last_observations()) == {("portal", "pension")}
+        # the writer keeps writing while the reader is open; the reader sees it
+        store.add(pending(HOUR + timedelta(minutes=1), False))
+        store.flush()
+        assert [r.probes for r in reader.rollups(HOUR)] == [2]
+        with pytest.raises(sqlite3.OperationalError):
+            reader.db.execute("DELETE FROM incidents")
+    finally:
+        reader.close()
+
+
+async def test_call_runs_on_the_store_thread(store: Store) -> None:
+    import threading
+
+    store.add(pending(HOUR, True))
+    written = await store.call(store.flush)
+    assert written == 1
+    name = await store.call(lambda: threading.current_thread().name)
+    assert name.startswith("store")
+    assert name != threading.current_thread().name
+
+
+def test_close_writes_the_buffer(db: Path) -> None:
+    store = Store(db)
+    store.add(pending(HOUR, True))
+    store.close()
+    assert count(db, "observations") == 1
+    again = Store(db)  # reopening an existing file keeps its data
+    try:
+        assert len(again.observations("portal", "pension", HOUR)) == 1
+    finally:
+        again.close()
