@@ -145,7 +145,7 @@ class Store:
         self._lock = threading.Lock()
         self.write_errors = 0
         if readonly:
-            uri = f"file:{self.path}?mode=ro"
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # percent-encodes `?`, `#`, `%`
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -329,3 +329,19 @@ def test_close_writes_the_buffer(db: Path) -> None:
         assert len(again.observations("portal", "pension", HOUR)) == 1
     finally:
         again.close()
+
+
+def test_readonly_store_on_a_path_with_uri_characters(tmp_path: Path) -> None:
+    folder = tmp_path / "state #1 ?x=%20"
+    db = folder / "monitor.db"
+    store = Store(db)
+    try:
+        opened = store.record_event("portal", "pension", event("opened", HOUR))
+        reader = Store(db, readonly=True)
+        try:
+            assert [r.id for r in reader.open_incidents()] == [opened.id]
+        finally:
+            reader.close()
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name], "no stray files"
