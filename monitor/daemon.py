@@ -52,10 +52,12 @@ class Daemon:
     port: int = DEFAULT_PORT
     clock: Clock = field(default_factory=RealClock)
     listeners: list[Listener] = field(default_factory=list)
+    #: Keep-alive probes: only for the demo, whose simulated channels sit on loopback.
+    reuse_connections: bool = False
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
-        self.prober = Prober()
+        self.prober = Prober(reuse_connections=self.reuse_connections)
         self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, self.listeners)
         self.scheduler = Scheduler(self.pipeline)
         self.app = web.Application()

@@ -31,10 +31,10 @@ DIRECTION_WORDS = {
 class Cadence:
     """How densely the replay samples time."""
 
-    quiet: timedelta = timedelta(hours=1)
+    quiet: timedelta = timedelta(hours=2)
     dense: timedelta = timedelta(minutes=5)
-    before: timedelta = timedelta(minutes=30)
-    after: timedelta = timedelta(hours=2)
+    before: timedelta = timedelta(minutes=15)
+    after: timedelta = timedelta(minutes=90)
 
 
 def instants(
@@ -76,6 +76,8 @@ class Replay:
     faults: list[Fault]
     cadence: Cadence = field(default_factory=Cadence)
     say: Callable[[str], None] = print
+    #: Told every instant the clock moves to (the simulator in its own process follows it).
+    follow: Callable[[datetime], None] | None = None
     tallies: dict[tuple[str, str], ServiceTally] = field(
         default_factory=lambda: defaultdict(ServiceTally)
     )
@@ -98,6 +100,8 @@ class Replay:
                 break
             changes = self.plan.transitions(previous + TICK, at + TICK)
             self.clock.set(at)
+            if self.follow is not None:
+                self.follow(at)
             if changes:
                 self._tell_transitions(changes)
                 for when in sorted({t.at for t in changes}):

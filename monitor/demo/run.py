@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from aiohttp import web
-
 from monitor.clock import ReplayClock
 from monitor.config import PlanConfig, Probe
 from monitor.daemon import Daemon
@@ -23,7 +21,7 @@ from monitor.table import render_table
 
 from .faults import scripted_faults
 from .replay import Cadence, Replay, summary_rows
-from .simulator import MAINTENANCE_PATTERN, Simulator
+from .simulator import MAINTENANCE_PATTERN, SimulatorProcess
 
 BEIJING_OFFSET = "+08:00"
 REPLAY_START = datetime.fromisoformat("2022-06-22T12:00:00" + BEIJING_OFFSET)
@@ -65,11 +63,9 @@ async def run_demo(options: DemoOptions) -> Replay:
     plan = Plan(options.config)
     clock = ReplayClock(REPLAY_START)
     faults = scripted_faults(plan)
-    simulator = Simulator(plan, clock, faults)
-    sim_runner = web.AppRunner(simulator.app(), access_log=None)
-    await sim_runner.setup()
-    await web.TCPSite(sim_runner, "127.0.0.1", 0).start()
-    sim_port = sim_runner.addresses[0][1]
+    simulator = SimulatorProcess(options.config, faults, REPLAY_START)
+    loop = asyncio.get_running_loop()
+    sim_port = await loop.run_in_executor(None, simulator.start)
     probed = Plan(simulated(options.config, f"http://127.0.0.1:{sim_port}"))
 
     with contextlib.ExitStack() as stack:
@@ -79,8 +75,10 @@ async def run_demo(options: DemoOptions) -> Replay:
                 Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="channel-monitor-")))
                 / "demo.db"
             )
+        stack.callback(simulator.stop)
         daemon = Daemon(
             probed,
+            reuse_connections=True,
             db_path=db,
             site_dir=options.site,
             host=options.host,
@@ -90,7 +88,7 @@ async def run_demo(options: DemoOptions) -> Replay:
         replay = Replay(
             probed, daemon.pipeline, clock, REPLAY_START, REPLAY_END, faults, options.cadence
         )
-        loop = asyncio.get_running_loop()
+        replay.follow = simulator.set
         stop = asyncio.Event()
 
         def interrupt() -> None:
@@ -123,7 +121,7 @@ async def run_demo(options: DemoOptions) -> Replay:
             )
             print()
             print(
-                f"replayed in {elapsed:.1f} s: {simulator.requests} probes, "
+                f"replayed in {elapsed:.1f} s: {simulator.requests.value} probes, "
                 f"{len(replay.incidents)} incident(s); site written to {options.site}"
             )
             if options.serve and options.linger and not replay.stopped:
@@ -133,5 +131,4 @@ async def run_demo(options: DemoOptions) -> Replay:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await daemon.stop()
-            await sim_runner.cleanup()
     return replay
