@@ -286,7 +286,14 @@ def test_alertmanager_sees_both_directions_fire_and_resolve(
     channel.status["/closed"] = 503  # stops serving, as planned
     channel.status["/open"] = 200  # comes back, as planned
     wait_for(lambda: not active_alerts(am), 40, "both alerts to resolve in Alertmanager")
-    delivered = [r for r in outbox(db) if r[3] is not None]
+    # Alertmanager has it a moment before the sender commits `delivered`
+    delivered = wait_for(
+        lambda: (lambda rows: rows if len(rows) == 4 else None)(
+            [r for r in outbox(db) if r[3] is not None]
+        ),
+        10,
+        "four delivered rows in the outbox",
+    )
     assert sorted(r[1].rsplit("-", 1)[1] for r in delivered) == [
         "opened",
         "opened",

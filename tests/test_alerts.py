@@ -884,3 +884,12 @@ def test_shipped_plan_needs_no_environment_and_its_example_sinks_validate() -> N
     with pytest.raises(ConfigError) as info:
         validate_config(enabled, env={})
     assert len(info.value.problems) == len(env)
+
+
+async def test_start_is_idempotent_even_when_calls_race(store: Store) -> None:
+    sender = make_sender(store, [{"type": "webhook", "url": HOOK_URL}])
+    await asyncio.gather(sender.start(), sender.on_startup(None), sender.observed(None))
+    try:
+        assert len(sender.tasks) == 1
+    finally:
+        await sender.close()

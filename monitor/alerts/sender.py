@@ -137,6 +137,7 @@ class AlertSender:
         self._wakes: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._started = False
         #: Delivered alerts per sink since start (for tests and diagnostics).
         self.delivered: dict[str, int] = {s.name: 0 for s in self.sinks}
         outbox.ensure(store.db)
@@ -165,8 +166,9 @@ class AlertSender:
 
     async def start(self) -> None:
         """Start one task per sink (idempotent)."""
-        if self.tasks or self._closing:
+        if self._started or self._closing:
             return
+        self._started = True  # before any await: on_startup and a listener call may race
         self._loop = asyncio.get_running_loop()
         waiting = await self.store.call(outbox.pending, self.store.db)
         names = {sink.name for sink in self.sinks}
