@@ -30,6 +30,7 @@ import asyncio
 import re
 import ssl
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -59,6 +60,12 @@ REASON_PHRASES = (
 )
 
 _X509_EXPIRED = 10
+
+#: The peer certificates (`getpeercert()` dicts) of the connections the current probe opened,
+#: newest last. aiohttp drops `response.connection` as soon as a small body has arrived, before
+#: the caller sees the response (aio-libs/aiohttp#2205), so the connector records them instead.
+#: Set for the span of one probe; concurrent probes run in separate tasks and never mix.
+_PEER_CERTIFICATES: ContextVar[list[dict] | None] = ContextVar("peer_certificates", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,20 @@ def _trace_config() -> aiohttp.TraceConfig:
     return trace
 
 
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector that records the peer certificate of each connection a probe gets."""
+
+    async def connect(self, *args, **kwargs):  # type: ignore[override]
+        connection = await super().connect(*args, **kwargs)
+        certificates = _PEER_CERTIFICATES.get()
+        transport = connection.transport
+        if certificates is not None and transport is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                certificates.append(ssl_object.getpeercert())
+        return connection
+
+
 class Prober:
     """Probes services over one shared aiohttp session (fresh connection per probe).
 
@@ -102,9 +123,16 @@ class Prober:
     `force_close` still opens a new connection every time.
     """
 
-    def __init__(self, body_cap: int = DEFAULT_BODY_CAP, reuse_connections: bool = False) -> None:
+    def __init__(
+        self,
+        body_cap: int = DEFAULT_BODY_CAP,
+        reuse_connections: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`ssl_context` replaces the default trust store (e.g. one that trusts a private CA)."""
         self.body_cap = body_cap
         self._reuse = reuse_connections
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Prober:
@@ -115,8 +143,8 @@ class Prober:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                force_close=not self._reuse, limit=0, use_dns_cache=False, ssl=True
+            connector = _Connector(
+                force_close=not self._reuse, limit=0, use_dns_cache=False, ssl=self._ssl
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -186,19 +214,25 @@ class Prober:
 
     async def _request(self, spec: Probe, marks: SimpleNamespace) -> dict:
         started = time.perf_counter()
-        async with self._client().request(
-            spec.method,
-            spec.url,
-            headers=spec.headers or None,
-            allow_redirects=spec.follow_redirects,
-            max_redirects=MAX_REDIRECTS,
-            trace_request_ctx=marks,
-        ) as response:
-            status = response.status
-            expiry = _certificate_expiry(response)
-            # Always read (capped): a server that resets or stalls mid-body is not serving.
-            body = await self._read_capped(response)
+        certificates: list[dict] = []
+        token = _PEER_CERTIFICATES.set(certificates)
+        try:
+            async with self._client().request(
+                spec.method,
+                spec.url,
+                headers=spec.headers or None,
+                allow_redirects=spec.follow_redirects,
+                # aiohttp raises on reaching max_redirects; the documented limit follows 10.
+                max_redirects=MAX_REDIRECTS + 1,
+                trace_request_ctx=marks,
+            ) as response:
+                status = response.status
+                # Always read (capped): a server that resets or stalls mid-body is not serving.
+                body = await self._read_capped(response)
+        finally:
+            _PEER_CERTIFICATES.reset(token)
         elapsed = time.perf_counter() - started
+        expiry = _certificate_expiry(certificates[-1] if certificates else None)
         result: dict = {"status_code": status, "tls_expiry": expiry}
         expected = spec.expect_status
         ok_status = status in expected if expected else 200 <= status < 300
@@ -229,13 +263,8 @@ class Prober:
         return b"".join(chunks)
 
 
-def _certificate_expiry(response: aiohttp.ClientResponse) -> datetime | None:
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
+def _certificate_expiry(cert: dict | None) -> datetime | None:
+    """The end date of a `getpeercert()` dict (empty when the certificate was not verified)."""
     not_after = cert.get("notAfter") if cert else None
     if not not_after:
         return None

@@ -1,0 +1,461 @@
+"""The prober against real servers on 127.0.0.1, one test per failure class (issue 3).
+
+Each test checks `serving`, the documented phrase the reason starts with, and the status code.
+Probes that must end by their timeout are also held to timeout + 2 s: a correctness bound, not a
+speed test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from servers import (
+    HOST,
+    RawServer,
+    aiohttp_server,
+    closed_port,
+    make_ca,
+    make_server_cert,
+    never_answer,
+    reset_mid_body,
+    trickle_body,
+    trickle_headers,
+)
+
+from monitor.config import Probe
+from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
+
+SERVING_PAGE = "<html><body>业务办理 · online service</body></html>"
+MAINTENANCE_PAGE = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
+MAINTENANCE_PATTERN = "系统维护"
+SERVING_PATTERN = "业务办理"
+
+#: The correctness bound on a probe that ends by its timeout.
+SLACK = 2.0
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+async def run_probe(prober: Prober, url: str, timeout: float = 5.0, **fields) -> Observation:
+    return await prober.probe(Probe(url=url, **fields), timedelta(seconds=timeout))
+
+
+async def timed(call: Awaitable[Observation]) -> tuple[Observation, float]:
+    started = time.monotonic()
+    observation = await call
+    return observation, time.monotonic() - started
+
+
+def check(observation: Observation, serving: bool, phrase: str, status: int | None) -> None:
+    """`serving`, the reason's leading phrase and the status code, with the whole observation
+    in the failure message."""
+    assert observation.serving is serving, observation
+    assert observation.reason.startswith(phrase), observation
+    assert observation.status_code == status, observation
+    assert any(observation.reason.startswith(p) for p in REASON_PHRASES), observation
+
+
+# --- the well-behaved (and plainly failing) HTTP server ---------------------------------------
+
+
+def channel_app() -> web.Application:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text=SERVING_PAGE, content_type="text/html")
+
+    async def maintenance(_request: web.Request) -> web.Response:
+        return web.Response(text=MAINTENANCE_PAGE, content_type="text/html")
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, text=f"status {code}")
+
+    async def gbk(request: web.Request) -> web.Response:
+        page = MAINTENANCE_PAGE if request.match_info["page"] == "maintenance" else SERVING_PAGE
+        return web.Response(
+            body=page.encode("gbk"), headers={"Content-Type": "text/html; charset=GBK"}
+        )
+
+    async def loop(_request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    async def moved(_request: web.Request) -> web.Response:
+        raise web.HTTPFound("/ok")
+
+    async def chain(request: web.Request) -> web.Response:
+        left = int(request.match_info["left"])
+        if left == 0:
+            return await ok(request)
+        raise web.HTTPFound(f"/chain/{left - 1}")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.2)  # the behaviour under test, not a wait for something
+        return await ok(request)
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/maintenance", maintenance)
+    app.router.add_get("/status/{code:\\d+}", status)
+    app.router.add_get("/gbk/{page}", gbk)
+    app.router.add_get("/loop", loop)
+    app.router.add_get("/moved", moved)
+    app.router.add_get("/chain/{left:\\d+}", chain)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/private/{tail:.*}", ok)
+    return app
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[str]:
+    """Base URL (`http://127.0.0.1:PORT`) of `channel_app`."""
+    async with aiohttp_server(channel_app()) as base:
+        yield base
+
+
+@pytest.fixture
+async def prober() -> AsyncIterator[Prober]:
+    async with Prober() as prober:
+        yield prober
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[RawServer]:
+    """Accepts connections and never answers."""
+    async with RawServer(never_answer) as server:
+        yield server
+
+
+# --- status and body ---------------------------------------------------------------------------
+
+
+async def test_serving_page_is_http_200(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/ok")
+    check(observation, True, "HTTP 200", 200)
+    assert not observation.degraded
+    assert observation.tls_expiry is None
+
+
+async def test_maintenance_notice_on_a_200_is_not_serving(prober: Prober, site: str) -> None:
+    observation = await run_probe(
+        prober, f"{site}/maintenance", body_not_matches=MAINTENANCE_PATTERN
+    )
+    check(observation, False, "body matches maintenance notice", 200)
+
+
+async def test_normal_page_passes_the_maintenance_condition(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/ok", body_not_matches=MAINTENANCE_PATTERN)
+    check(observation, True, "HTTP 200", 200)
+
+
+async def test_body_without_the_expected_text_does_not_match(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/maintenance", body_matches=SERVING_PATTERN)
+    check(observation, False, "body does not match", 200)
+
+
+@pytest.mark.parametrize(
+    ("page", "condition", "serving", "phrase"),
+    [
+        ("maintenance", {"body_not_matches": MAINTENANCE_PATTERN}, False, "body matches"),
+        ("serving", {"body_not_matches": MAINTENANCE_PATTERN}, True, "HTTP 200"),
+        ("serving", {"body_matches": SERVING_PATTERN}, True, "HTTP 200"),
+        ("maintenance", {"body_matches": SERVING_PATTERN}, False, "body does not match"),
+    ],
+)
+async def test_gbk_page_is_decoded_by_its_declared_charset(
+    prober: Prober, site: str, page: str, condition: dict, serving: bool, phrase: str
+) -> None:
+    observation = await run_probe(prober, f"{site}/gbk/{page}", **condition)
+    check(observation, serving, phrase, 200)
+
+
+@pytest.mark.parametrize("code", [404, 500, 503])
+async def test_error_status_is_not_serving(prober: Prober, site: str, code: int) -> None:
+    observation = await run_probe(prober, f"{site}/status/{code}")
+    check(observation, False, f"HTTP {code}", code)
+
+
+async def test_expected_status_makes_an_error_code_serving(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/status/503", expect_status=[503])
+    check(observation, True, "HTTP 503", 503)
+
+
+# --- redirects ---------------------------------------------------------------------------------
+
+
+async def test_redirect_loop_is_too_many_redirects(prober: Prober, site: str) -> None:
+    observation, elapsed = await timed(run_probe(prober, f"{site}/loop"))
+    check(observation, False, "too many redirects", None)
+    assert elapsed < 5.0
+
+
+async def test_redirect_to_a_serving_page_is_followed(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/moved")
+    check(observation, True, "HTTP 200", 200)
+
+
+@pytest.mark.parametrize(
+    ("redirects", "serving", "phrase", "status"),
+    [
+        (MAX_REDIRECTS, True, "HTTP 200", 200),
+        (MAX_REDIRECTS + 1, False, "too many redirects", None),
+    ],
+)
+async def test_at_most_ten_redirects_are_followed(
+    prober: Prober, site: str, redirects: int, serving: bool, phrase: str, status: int | None
+) -> None:
+    """The documented limit: `too many redirects` means more than 10."""
+    assert MAX_REDIRECTS == 10
+    observation = await run_probe(prober, f"{site}/chain/{redirects}")
+    check(observation, serving, phrase, status)
+
+
+async def test_redirect_not_followed_is_its_own_status(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/moved", follow_redirects=False)
+    check(observation, False, "HTTP 302", 302)
+
+
+async def test_redirect_not_followed_but_expected_is_serving(prober: Prober, site: str) -> None:
+    observation = await run_probe(
+        prober, f"{site}/moved", follow_redirects=False, expect_status=[302]
+    )
+    check(observation, True, "HTTP 302", 302)
+
+
+# --- network failures --------------------------------------------------------------------------
+
+
+async def test_closed_port_is_connection_refused(prober: Prober) -> None:
+    observation, elapsed = await timed(run_probe(prober, f"http://{HOST}:{closed_port()}/"))
+    check(observation, False, "connection refused", None)
+    assert elapsed < 5.0
+
+
+async def test_unknown_host_is_dns_lookup_failed(prober: Prober) -> None:
+    observation, elapsed = await timed(run_probe(prober, "http://no-such-host.invalid/"))
+    check(observation, False, "DNS lookup failed", None)
+    assert elapsed < 5.0
+
+
+async def test_server_that_never_answers_times_out(prober: Prober, silent: RawServer) -> None:
+    observation, elapsed = await timed(run_probe(prober, silent.url(), timeout=1))
+    check(observation, False, "timeout after 1s", None)
+    assert silent.connections == 1  # the silence was the server's, not a failed connect
+    assert elapsed < 1 + SLACK
+    assert observation.duration_seconds >= 1.0
+
+
+@pytest.mark.parametrize("handler", [trickle_body, trickle_headers], ids=["body", "headers"])
+async def test_server_that_trickles_a_byte_a_second_times_out(prober: Prober, handler) -> None:
+    async with RawServer(handler) as server:
+        observation, elapsed = await timed(run_probe(prober, server.url(), timeout=1))
+    check(observation, False, "timeout after 1s", None)
+    assert elapsed < 1 + SLACK
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+async def test_server_that_drops_the_connection_mid_body_is_a_reset(
+    prober: Prober, rst: bool
+) -> None:
+    async with RawServer(reset_mid_body(rst)) as server:
+        observation, elapsed = await timed(run_probe(prober, server.url(), timeout=5))
+    check(observation, False, "connection reset", None)
+    assert elapsed < 5.0
+
+
+# --- the body cap ------------------------------------------------------------------------------
+
+
+class HugeBody:
+    """Streams up to 2 GB unless the client hangs up first; counts what it managed to send."""
+
+    LIMIT = 2 * 1024**3
+    CHUNK = b"\0" * 65536
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.done = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = self.LIMIT
+        await response.prepare(request)
+        try:
+            while self.sent < self.LIMIT:
+                await response.write(self.CHUNK)
+                self.sent += len(self.CHUNK)
+        except ConnectionError:
+            pass  # the client closed after its cap: the point of the test
+        finally:
+            self.done.set()
+        return response
+
+
+class CappedReadSpy(Prober):
+    """A Prober that records how many body bytes each probe read."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.read_sizes: list[int] = []
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        body = await super()._read_capped(response)
+        self.read_sizes.append(len(body))
+        return body
+
+
+@pytest.mark.parametrize("cap", [4096, DEFAULT_BODY_CAP])
+async def test_huge_body_is_read_only_up_to_the_cap(cap: int) -> None:
+    huge = HugeBody()
+    app = web.Application()
+    app.router.add_get("/huge", huge.handle)
+    async with aiohttp_server(app) as base, CappedReadSpy(body_cap=cap) as prober:
+        observation, elapsed = await timed(run_probe(prober, f"{base}/huge", timeout=10))
+        await asyncio.wait_for(huge.done.wait(), timeout=10)  # the server saw the hang-up
+    check(observation, True, "HTTP 200", 200)
+    assert elapsed < 10
+    assert prober.read_sizes and all(size <= cap for size in prober.read_sizes)
+    assert huge.sent < 64 * 1024**2, f"server sent {huge.sent} bytes"
+
+
+# --- slow but serving --------------------------------------------------------------------------
+
+
+async def test_response_slower_than_the_limit_is_serving_but_degraded(
+    prober: Prober, site: str
+) -> None:
+    observation = await run_probe(prober, f"{site}/slow", timeout=5, max_response_time="1s")
+    check(observation, True, "response slower than 1s", 200)
+    assert observation.degraded is True
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def tls_app() -> web.Application:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text=SERVING_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    return app
+
+
+async def test_self_signed_certificate_is_not_trusted(prober: Prober, tmp_path: Path) -> None:
+    cert = make_server_cert(tmp_path)
+    async with aiohttp_server(tls_app(), cert.server_context()) as base:
+        observation, elapsed = await timed(run_probe(prober, f"{base}/"))
+    check(observation, False, "TLS certificate not trusted", None)
+    assert elapsed < 5.0
+
+
+async def test_expired_certificate_from_a_trusted_ca_is_expired(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    now = datetime.now(UTC)
+    cert = make_server_cert(
+        tmp_path, issuer=ca, not_before=now - timedelta(days=60), not_after=now - timedelta(days=30)
+    )
+    async with (
+        aiohttp_server(tls_app(), cert.server_context()) as base,
+        Prober(ssl_context=ca.client_context()) as prober,
+    ):
+        observation = await run_probe(prober, f"{base}/")
+    check(observation, False, "TLS certificate expired", None)
+
+
+async def test_certificate_for_another_host_name_is_not_trusted(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    cert = make_server_cert(tmp_path, issuer=ca, dns_names=("portal.example",), ip_addresses=())
+    async with (
+        aiohttp_server(tls_app(), cert.server_context()) as base,
+        Prober(ssl_context=ca.client_context()) as prober,
+    ):
+        observation = await run_probe(prober, f"{base}/")
+    check(observation, False, "TLS certificate not trusted", None)
+
+
+@pytest.mark.parametrize("host", [HOST, "localhost"])
+async def test_trusted_certificate_is_serving_and_records_its_expiry(
+    tmp_path: Path, host: str
+) -> None:
+    ca = make_ca(tmp_path)
+    cert = make_server_cert(tmp_path, issuer=ca)
+    async with (
+        aiohttp_server(tls_app(), cert.server_context()) as base,
+        Prober(ssl_context=ca.client_context()) as prober,
+    ):
+        observation = await run_probe(prober, f"{base.replace(HOST, host)}/")
+    check(observation, True, "HTTP 200", 200)
+    assert observation.tls_expiry is not None
+    assert observation.tls_expiry.tzinfo is not None
+    difference = observation.tls_expiry - cert.cert.not_valid_after_utc
+    assert abs(difference.total_seconds()) <= 1.0
+
+
+# --- timings -----------------------------------------------------------------------------------
+
+
+async def test_phases_are_recorded_for_a_plain_200(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site}/ok")
+    check(observation, True, "HTTP 200", 200)
+    assert observation.connect_seconds is not None and observation.connect_seconds >= 0
+    assert observation.first_byte_seconds is not None and observation.first_byte_seconds >= 0
+    assert observation.duration_seconds >= observation.first_byte_seconds
+
+
+async def test_dns_phase_is_recorded_for_a_host_name(prober: Prober, site: str) -> None:
+    observation = await run_probe(prober, f"{site.replace(HOST, 'localhost')}/ok")
+    check(observation, True, "HTTP 200", 200)
+    assert observation.dns_seconds is not None and observation.dns_seconds >= 0
+
+
+# --- isolation ---------------------------------------------------------------------------------
+
+
+async def test_one_bad_endpoint_does_not_stall_the_others(
+    prober: Prober, site: str, silent: RawServer
+) -> None:
+    timeout = 1.0
+    hung = [run_probe(prober, silent.url(), timeout=timeout) for _ in range(10)]
+    good = [run_probe(prober, f"{site}/ok", timeout=timeout) for _ in range(10)]
+    observations, elapsed = await timed(asyncio.gather(*hung, *good))
+    for observation in observations[:10]:
+        check(observation, False, "timeout after 1s", None)
+    for observation in observations[10:]:
+        check(observation, True, "HTTP 200", 200)
+        assert observation.duration_seconds < timeout  # not queued behind the silent ones
+    assert silent.connections == 10
+    assert elapsed < timeout + SLACK
+
+
+# --- nothing secret in an observation ---------------------------------------------------------
+
+SECRET_HEADERS = {"Authorization": "Bearer h34der-s3cret", "X-Api-Key": "k3y-s3cret"}
+SECRET_PARTS = ("p4th-s3cret", "qu3ry-s3cret", "h0st-s3cret", *SECRET_HEADERS.values())
+
+
+@pytest.mark.parametrize("case", ["served", "refused", "dns", "redirect-loop", "http-error"])
+async def test_observation_holds_no_url_or_header_value(
+    prober: Prober, site: str, case: str
+) -> None:
+    urls = {
+        "served": f"{site}/private/p4th-s3cret?token=qu3ry-s3cret",
+        "refused": f"http://{HOST}:{closed_port()}/p4th-s3cret?token=qu3ry-s3cret",
+        "dns": "http://h0st-s3cret.invalid/p4th-s3cret?token=qu3ry-s3cret",
+        "redirect-loop": f"{site}/loop?token=qu3ry-s3cret",
+        "http-error": f"{site}/status/404?token=qu3ry-s3cret",
+    }
+    url = urls[case]
+    observation = await run_probe(prober, url, headers=SECRET_HEADERS)
+    assert observation.reason  # a real outcome was recorded
+    for text in (repr(observation), str(observation), repr(dataclasses.asdict(observation))):
+        assert url not in text
+        for part in SECRET_PARTS:
+            assert part not in text, (case, text)
