@@ -237,7 +237,8 @@ def test_message_states_direction_plainly_in_chinese_then_english() -> None:
     assert "Observed: not serving (connection refused)" in down
     resolved = resolved_alert().text()
     assert resolved.startswith("【已恢复】")
-    assert "恢复：2022-06-22 18:52:05（持续 42m）" in resolved
+    assert "恢复：2022-06-22 18:52:05（持续 42 分钟）" in resolved
+    assert "Resolved: 2022-06-22 18:52:05 (lasted 42m)" in resolved
     assert "[RESOLVED: UP WHILE EXPECTED DOWN]" in resolved
     assert "probe.example.test" not in up + down + resolved
 

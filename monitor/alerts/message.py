@@ -108,13 +108,16 @@ class Alert:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
         return at.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m-%d %H:%M:%S")
 
-    def duration(self) -> str:
+    def duration(self, chinese: bool = False) -> str:
+        """How long the incident lasted, in whole minutes (`1h05m`, `1 小时 5 分钟`)."""
         if not self.resolved_at:
             return ""
         start = datetime.fromisoformat(self.opened_at.replace("Z", "+00:00"))
         end = datetime.fromisoformat(self.resolved_at.replace("Z", "+00:00"))
         minutes = max(0, round((end - start).total_seconds() / 60))
         hours, minutes = divmod(minutes, 60)
+        if chinese:
+            return f"{hours} 小时 {minutes} 分钟" if hours else f"{minutes} 分钟"
         return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
     def where(self, english: bool = False) -> str:
@@ -153,7 +156,7 @@ class Alert:
                 f"计划：{EXPECTED_ZH.get(self.expected, self.expected)}{period}",
                 f"最新观测：{reason_zh(self.reason)}",
                 f"开始：{self.local(self.opened_at)}",
-                f"恢复：{self.local(self.resolved_at)}（持续 {self.duration()}）",
+                f"恢复：{self.local(self.resolved_at)}（持续 {self.duration(chinese=True)}）",
                 f"事件编号：#{self.incident}",
             ]
         observed = "仍在提供服务" if self.serving else "无法提供服务"
