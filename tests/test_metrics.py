@@ -237,7 +237,7 @@ async def test_cached_expectations_agree_with_the_plan_at_every_boundary(tmp_pat
         for index, at in enumerate(instants):
             rig.clock.set(at)
             if index % 7 == 0:
-                await rig.metrics.transition(at)  # a planned transition clears the cache
+                await rig.metrics.transition(at)  # as the scheduler does; changes nothing
             samples = rig.samples()
             for ref in rig.plan.services:
                 labels = frozenset(svc(*ref.key).items())
@@ -438,7 +438,7 @@ def test_registries_are_private(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     one, two = Rig(tmp_path / "a", at), Rig(tmp_path / "b", at)
     try:
-        one.metrics.probes[("portal", "pension", "serving")] = 5
+        one.metrics.probes[("portal", "pension")][0] = 5  # serving
         assert (
             one.value("channel_monitor_probes_total", **svc("portal", "pension"), result="serving")
             == 5
