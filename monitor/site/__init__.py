@@ -1,0 +1,185 @@
+"""The public status page: static files rendered from the plan and the store.
+
+`attach(daemon)` hangs the site on a running monitor: a pipeline listener that re-renders
+after every verdict change and at every planned transition (coalesced, in a worker process),
+and a handler that serves the site folder on the daemon's web server (`/`, beside `/healthz`
+and `/metrics`, which match first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from monitor.pipeline import Result
+
+if TYPE_CHECKING:
+    from monitor.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+#: Content types the handler sends (the rest are guessed by aiohttp).
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".json": "application/json; charset=utf-8",
+    ".atom": "application/atom+xml; charset=utf-8",
+    ".ics": "text/calendar; charset=utf-8",
+    ".svg": "image/svg+xml; charset=utf-8",
+}
+
+
+# --- the render worker (a separate process) ----------------------------------------------------
+
+_worker: dict = {}
+
+
+def _worker_init(config, site: str, db: str) -> None:
+    from monitor.plan import Plan
+
+    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None)
+
+
+def _worker_render(at: datetime, snapshot) -> float:
+    from monitor.site.render import open_store, render
+
+    if _worker["store"] is None:
+        _worker["store"] = open_store(_worker["db"])
+    return render(_worker["plan"], _worker["site"], at, _worker["store"], snapshot).seconds
+
+
+class SiteListener:
+    """Re-renders the site when what it shows changes.
+
+    A render costs about half a second of CPU, most of it Python holding the GIL, so it runs
+    in one worker process of its own: the event loop keeps probing at full speed (in the demo's
+    fast replay, rendering on a thread tripled the run time). Requests that arrive while a
+    render runs or within `min_interval` of the last one are coalesced into one render.
+    """
+
+    def __init__(self, daemon: Daemon, min_interval: float = 2.0) -> None:
+        self.daemon = daemon
+        self.min_interval = min_interval
+        self.renders = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._task: asyncio.Task | None = None
+        self._dirty = False
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._last = float("-inf")
+        self._not_before: datetime | None = None
+
+    async def observed(self, result: Result) -> None:
+        if result.verdict != result.previous_verdict or result.incidents:
+            self.request()
+
+    async def transition(self, at: datetime) -> None:
+        self._not_before = at if self._not_before is None else max(self._not_before, at)
+        self.request()
+
+    def request(self) -> None:
+        """Ask for a render; many requests in a burst give one render."""
+        self._dirty = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(
+                    self.daemon.plan.config,
+                    str(self.daemon.site_dir),
+                    str(self.daemon.db_path),
+                ),
+            )
+        return self._pool
+
+    async def _run(self) -> None:
+        from monitor.site.model import snapshot_from_pipeline
+
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0 and not self._closing:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._dirty = False
+            at = self.daemon.clock.now()
+            if self._not_before is not None and at < self._not_before:
+                at = self._not_before
+            snapshot = snapshot_from_pipeline(self.daemon.pipeline, at)
+            self._last = time.monotonic()
+            try:
+                seconds = await loop.run_in_executor(self._executor(), _worker_render, at, snapshot)
+                self.renders += 1
+                log.debug("site rendered in %.3f s to %s", seconds, self.daemon.site_dir)
+            except BrokenProcessPool:
+                log.error("the site render worker died; starting a new one")
+                self._pool = None
+            except Exception:
+                log.exception("rendering the site failed")
+
+    async def close(self) -> None:
+        """Finish the render that is due (so the site shows the final state), then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+            self._pool = None
+
+
+def site_handler(site_dir: Path):
+    """Serve the published site; the link is resolved per request, so a swap is seen at once
+    and a request never mixes two versions beyond the file it asked for."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        root = os.path.realpath(site_dir)
+        tail = request.match_info.get("tail", "")
+        path = os.path.realpath(os.path.join(root, tail))
+        if path != root and not path.startswith(root + os.sep):
+            raise web.HTTPNotFound()
+        if os.path.isdir(path):
+            if tail and not tail.endswith("/"):
+                raise web.HTTPFound(f"/{tail}/")
+            path = os.path.join(path, "index.html")
+        if not os.path.isfile(path):
+            raise web.HTTPNotFound()
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        kind = CONTENT_TYPES.get(os.path.splitext(path)[1])
+        if kind:
+            headers["Content-Type"] = kind
+        return web.FileResponse(path, headers=headers)
+
+    return handle
+
+
+def attach(daemon: Daemon) -> SiteListener:
+    """Hang the site on the daemon: a listener on its pipeline, a route on its web app, and a
+    first render when the web server starts."""
+    listener = SiteListener(daemon)
+    daemon.listeners.append(listener)
+
+    async def first_render(_app: web.Application) -> None:
+        listener.request()
+
+    daemon.app.on_startup.append(first_render)
+    daemon.app.router.add_get("/{tail:.*}", site_handler(Path(daemon.site_dir)))
+    return listener

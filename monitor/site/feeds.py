@@ -1,0 +1,644 @@
+"""The machine-readable files beside the page: `status.json` (our schema), the
+Statuspage-compatible `api/v2/*.json`, `calendar.ics` and the per-service SVG badges.
+(`history.atom` is a template.)
+
+Statuspage's public API (v2) is what status aggregators and many client libraries read, so its
+field names are kept exactly: a channel is a group component, each of its services a component;
+planned pauses are scheduled maintenances and the paused components `under_maintenance`; open
+incidents are incidents. Fields Statuspage has and we do not (tweets, postmortems) are present
+with their empty values, so strict clients find every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, date, datetime, timedelta, tzinfo
+
+from monitor.plan import Plan, ServiceRef, period_active, period_boundaries
+from monitor.site.model import Maintenance, Model, ServiceView, milestone_start
+from monitor.site.words import WORDS, reason_text
+from monitor.store import IncidentRecord
+
+PAGE_ID = "channel-monitor"
+SCHEMA_VERSION = 1
+#: Component statuses from best to worst (Statuspage's vocabulary).
+COMPONENT_STATUSES = (
+    "operational",
+    "under_maintenance",
+    "degraded_performance",
+    "partial_outage",
+    "major_outage",
+)
+_INDICATOR_TEXT = {
+    "none": "All Systems Operational",
+    "maintenance": "Service Under Maintenance",
+    "minor": "Minor Service Outage",
+    "major": "Partial System Outage",
+    "critical": "Major System Outage",
+}
+
+
+def iso(at: datetime | None, zone: tzinfo) -> str | None:
+    """An instant in the plan's zone with its offset, to the millisecond (Statuspage style)."""
+    if at is None:
+        return None
+    return at.astimezone(zone).isoformat(timespec="milliseconds")
+
+
+def safe_reason(reason: str | None) -> str | None:
+    """The probe's reason phrase if it is one of the fixed phrases, else `other`."""
+    if not reason:
+        return None
+    return reason if reason_text(reason, "en") != "other reason" else "other"
+
+
+# --- Statuspage --------------------------------------------------------------------------------
+
+
+def component_status(view: ServiceView, at: datetime) -> str:
+    """The Statuspage status of one service: planned pauses are `under_maintenance` (also when
+    a paused service still answers: that is an incident, not a component state); down while it
+    should be up is `major_outage`; slow answers are `degraded_performance`."""
+    if view.expectation.state == "down":
+        return "under_maintenance"
+    if view.state == "broken":
+        return "major_outage"
+    seen = view.seen
+    if seen is not None and seen.serving and seen.reason.startswith("response slower than"):
+        return "degraded_performance"
+    return "operational"
+
+
+def group_status(statuses: list[str]) -> str:
+    """A channel's status from its services': all paused is `under_maintenance`; some broken
+    is `partial_outage`, all broken (of those not paused) `major_outage`."""
+    live = [s for s in statuses if s != "under_maintenance"]
+    if not live:
+        return "under_maintenance"
+    if "major_outage" in live:
+        return "major_outage" if all(s == "major_outage" for s in live) else "partial_outage"
+    return max(live, key=COMPONENT_STATUSES.index)
+
+
+def component_id(ref: ServiceRef) -> str:
+    return f"{ref.channel.id}.{ref.service.id}"
+
+
+def _created(model: Model) -> str | None:
+    starts = [p.start for p in model.plan.config.periods.values() if p.start is not None]
+    return iso(min(starts, default=model.at), model.plan.zone)
+
+
+def page(model: Model) -> dict:
+    config = model.plan.config.monitor
+    return {
+        "id": PAGE_ID,
+        "name": config.title,
+        "url": "/",
+        "time_zone": model.plan.zone.key,
+        "updated_at": iso(model.at, model.plan.zone),
+    }
+
+
+def components(model: Model) -> list[dict]:
+    """Channels as group components, each followed by its services."""
+    created, updated = _created(model), iso(model.at, model.plan.zone)
+    out: list[dict] = []
+    position = 0
+    for channel in model.plan.config.channels:
+        views = [v for v in model.services if v.ref.channel is channel]
+        statuses = [component_status(v, model.at) for v in views]
+        position += 1
+        base = {
+            "created_at": created,
+            "updated_at": updated,
+            "showcase": False,
+            "start_date": None,
+            "page_id": PAGE_ID,
+            "only_show_if_degraded": False,
+        }
+        out.append(
+            {
+                "id": channel.id,
+                "name": channel.name,
+                "status": group_status(statuses),
+                "position": position,
+                "description": channel.note or None,
+                "group_id": None,
+                "group": True,
+                "components": [component_id(v.ref) for v in views],
+                **base,
+            }
+        )
+        for view, status in zip(views, statuses, strict=True):
+            position += 1
+            out.append(
+                {
+                    "id": component_id(view.ref),
+                    "name": view.ref.service.name,
+                    "status": status,
+                    "position": position,
+                    "description": view.ref.service.note or None,
+                    "group_id": channel.id,
+                    "group": False,
+                    **base,
+                }
+            )
+    return out
+
+
+def status(model: Model, comps: list[dict]) -> dict:
+    statuses = [c["status"] for c in comps if not c["group"]]
+    if "major_outage" in statuses:
+        live = [s for s in statuses if s != "under_maintenance"]
+        indicator = "critical" if all(s == "major_outage" for s in live) else "major"
+    elif "partial_outage" in statuses or "degraded_performance" in statuses:
+        indicator = "minor"
+    elif "under_maintenance" in statuses:
+        indicator = "maintenance"
+    else:
+        indicator = "none"
+    return {"indicator": indicator, "description": _INDICATOR_TEXT[indicator]}
+
+
+def _short(comp: dict) -> dict:
+    return {k: comp[k] for k in comp if k != "components"}
+
+
+def incidents(model: Model, by_id: dict[str, dict], unresolved_only: bool) -> list[dict]:
+    zone = model.plan.zone
+    out = []
+    for record in model.history.incidents:
+        if unresolved_only and record.resolved_at is not None:
+            continue
+        out.append(_incident(model, record, by_id, zone))
+    return out
+
+
+def _incident(model: Model, record: IncidentRecord, by_id: dict[str, dict], zone) -> dict:
+    key = f"{record.channel}.{record.business}"
+    comp = by_id.get(key)
+    down = record.direction == "unexpected_down"
+    name = _service_name(model, record)
+    title = f"{name}: {'应开放却无法使用' if down else '应暂停却仍在受理'}"
+    updates = [
+        _update(
+            f"{record.id}-opened",
+            "investigating",
+            title,
+            record.id,
+            record.opened_at,
+            zone,
+            comp,
+            "major_outage" if down else "under_maintenance",
+        )
+    ]
+    if record.resolved_at is not None:
+        updates.insert(
+            0,
+            _update(
+                f"{record.id}-resolved",
+                "resolved",
+                f"{name}: 已恢复正常 / back to plan",
+                record.id,
+                record.resolved_at,
+                zone,
+                comp,
+                "under_maintenance" if record.expected == "down" else "operational",
+            ),
+        )
+    updated = record.resolved_at or record.opened_at
+    return {
+        "id": str(record.id),
+        "name": title,
+        "status": "resolved" if record.resolved_at else "investigating",
+        "created_at": iso(record.opened_at, zone),
+        "updated_at": iso(updated, zone),
+        "monitoring_at": None,
+        "resolved_at": iso(record.resolved_at, zone),
+        "impact": "major" if down else "minor",
+        "shortlink": f"/index.html#incident-{record.id}",
+        "started_at": iso(record.opened_at, zone),
+        "page_id": PAGE_ID,
+        "incident_updates": updates,
+        "components": [_short(comp)] if comp else [],
+    }
+
+
+def _update(uid, state, body, parent, at, zone, comp, new_status) -> dict:
+    return {
+        "id": uid,
+        "status": state,
+        "body": body,
+        "incident_id": str(parent),
+        "created_at": iso(at, zone),
+        "updated_at": iso(at, zone),
+        "display_at": iso(at, zone),
+        "affected_components": (
+            [
+                {
+                    "code": comp["id"],
+                    "name": comp["name"],
+                    "old_status": "operational",
+                    "new_status": new_status,
+                }
+            ]
+            if comp
+            else []
+        ),
+        "deliver_notifications": False,
+        "custom_tweet": None,
+        "tweet_id": None,
+    }
+
+
+def _service_name(model: Model, record: IncidentRecord) -> str:
+    view = model.view((record.channel, record.business))
+    if view is None:
+        return f"{record.channel} · {record.business}"
+    return f"{view.ref.channel.name} · {view.ref.service.name}"
+
+
+def scheduled(model: Model, by_id: dict[str, dict], states: tuple[str, ...]) -> list[dict]:
+    zone = model.plan.zone
+    out = []
+    for item in model.maintenances:
+        state = item.status(model.at)
+        if state not in states:
+            continue
+        out.append(_maintenance(item, state, by_id, zone))
+    return out
+
+
+def _maintenance(item: Maintenance, state: str, by_id: dict[str, dict], zone) -> dict:
+    period = item.period
+    title = (period.title or period.id) if period else "按计划暂停"
+    title_en = (period.title_en or period.id) if period else "Planned pause"
+    names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
+    body = f"{title}：{names}。 / {title_en}: {len(item.services)} service(s) paused as planned."
+    comps = [_short(by_id[component_id(ref)]) for ref in item.services]
+    update = _update(
+        f"{item.id}-{state}",
+        state,
+        body,
+        item.id,
+        item.start,
+        zone,
+        None,
+        "under_maintenance",
+    )
+    update["affected_components"] = [
+        {
+            "code": c["id"],
+            "name": c["name"],
+            "old_status": "operational",
+            "new_status": "under_maintenance",
+        }
+        for c in comps
+    ]
+    return {
+        "id": item.id,
+        "name": title,
+        "status": state,
+        "created_at": iso(item.start, zone),
+        "updated_at": iso(item.start, zone),
+        "monitoring_at": None,
+        "resolved_at": iso(item.end, zone) if state == "completed" else None,
+        "impact": "maintenance",
+        "shortlink": "/index.html",
+        "started_at": iso(item.start, zone),
+        "page_id": PAGE_ID,
+        "incident_updates": [update],
+        "components": comps,
+        "scheduled_for": iso(item.start, zone),
+        "scheduled_until": iso(item.end, zone),
+    }
+
+
+def statuspage(model: Model) -> dict[str, dict]:
+    """The Statuspage v2 files, by path under `api/v2/`."""
+    comps = components(model)
+    by_id = {c["id"]: c for c in comps}
+    head = {"page": page(model)}
+    state = status(model, comps)
+    unresolved = incidents(model, by_id, unresolved_only=True)
+    return {
+        "summary.json": {
+            **head,
+            "components": comps,
+            "incidents": unresolved,
+            "scheduled_maintenances": scheduled(model, by_id, ("scheduled", "in_progress")),
+            "status": state,
+        },
+        "status.json": {**head, "status": state},
+        "components.json": {**head, "components": comps},
+        "incidents.json": {**head, "incidents": incidents(model, by_id, unresolved_only=False)},
+        "incidents/unresolved.json": {**head, "incidents": unresolved},
+        "scheduled-maintenances.json": {
+            **head,
+            "scheduled_maintenances": scheduled(
+                model, by_id, ("scheduled", "in_progress", "completed")
+            ),
+        },
+        "scheduled-maintenances/upcoming.json": {
+            **head,
+            "scheduled_maintenances": scheduled(model, by_id, ("scheduled",)),
+        },
+        "scheduled-maintenances/active.json": {
+            **head,
+            "scheduled_maintenances": scheduled(model, by_id, ("in_progress",)),
+        },
+    }
+
+
+# --- status.json (our own schema) -------------------------------------------------------------
+
+
+def own_status(model: Model, headline: dict[str, str]) -> dict:
+    """Plan, expectations, verdicts and incidents; names from the plan, never a probe."""
+    zone = model.plan.zone
+    config = model.plan.config
+    return {
+        "schema": SCHEMA_VERSION,
+        "generator": "channel-monitor",
+        "at": iso(model.at, zone),
+        "timezone": zone.key,
+        "title": config.monitor.title,
+        "title_en": config.monitor.title_en,
+        "headline": headline,
+        "next_change": iso(model.change.at, zone) if model.change else None,
+        "periods": [
+            {
+                "id": p.id,
+                "title": p.title,
+                "title_en": p.title_en,
+                "start": iso(p.start, zone),
+                "end": iso(p.end, zone),
+                "recurring": p.recurring,
+            }
+            for p in config.periods.values()
+        ],
+        "milestones": [
+            {
+                "at": _day_or_instant(m.at, zone),
+                "until": _day_or_instant(m.until, zone),
+                "title": m.title,
+                "title_en": m.title_en,
+                "detail": m.detail,
+                "detail_en": m.detail_en,
+            }
+            for m in config.milestones
+        ],
+        "services": [
+            {
+                "channel": v.ref.channel.id,
+                "channel_name": v.ref.channel.name,
+                "channel_name_en": v.ref.channel.name_en,
+                "group": v.ref.channel.group,
+                "service": v.ref.service.id,
+                "service_name": v.ref.service.name,
+                "service_name_en": v.ref.service.name_en,
+                "expected": v.expectation.state,
+                "period": v.expectation.period,
+                "next_change": iso(v.next_change, zone),
+                "probed": v.probed,
+                "verdict": v.verdict.value,
+                "state": v.state,
+                "status": component_status(v, model.at),
+                "observed": (
+                    None
+                    if v.seen is None
+                    else {
+                        "at": iso(v.seen.at, zone),
+                        "serving": v.seen.serving,
+                        "reason": safe_reason(v.seen.reason),
+                    }
+                ),
+            }
+            for v in model.services
+        ],
+        "incidents": [
+            {
+                "id": r.id,
+                "channel": r.channel,
+                "service": r.business,
+                "direction": r.direction,
+                "opened_at": iso(r.opened_at, zone),
+                "resolved_at": iso(r.resolved_at, zone),
+                "reason": safe_reason(r.reason),
+                "expected": r.expected,
+                "period": r.period,
+            }
+            for r in model.history.incidents
+        ],
+    }
+
+
+def _day_or_instant(value: date | datetime | None, zone) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return iso(value, zone)
+    return value.isoformat()
+
+
+# --- calendar.ics ------------------------------------------------------------------------------
+
+#: Occurrences of a recurring period written at most (the calendar stays small).
+MAX_OCCURRENCES = 200
+
+
+def _ics_text(value: str) -> str:
+    return (
+        value.replace("\\", "\\\\")
+        .replace(";", "\\;")
+        .replace(",", "\\,")
+        .replace("\r\n", "\\n")
+        .replace("\n", "\\n")
+    )
+
+
+def _fold(line: str) -> str:
+    """Fold a content line at 75 octets without splitting a UTF-8 character (RFC 5545 3.1)."""
+    out, current, size = [], "", 0
+    for char in line:
+        width = len(char.encode("utf-8"))
+        if size + width > 75:
+            out.append(current)
+            current, size = " ", 1
+        current += char
+        size += width
+    out.append(current)
+    return "\r\n".join(out)
+
+
+def _offset_text(offset: timedelta) -> str:
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}{rest:02d}"
+
+
+def vtimezone(zone, start: datetime, end: datetime) -> list[str]:
+    """A VTIMEZONE for `zone` covering `[start, end)`: its offset changes in that span as
+    explicit STANDARD / DAYLIGHT observances (no RRULE, so it is exact for any zone)."""
+    utc_start = start.astimezone(UTC)
+    first = utc_start.astimezone(zone)
+    lines = ["BEGIN:VTIMEZONE", f"TZID:{zone.key}"]
+    observances = [(utc_start, first.utcoffset(), first.utcoffset(), first)]
+    at = utc_start
+    stop = end.astimezone(UTC)
+    previous = first.utcoffset()
+    while at < stop:
+        following = at + timedelta(days=1)
+        offset = following.astimezone(zone).utcoffset()
+        if offset != previous:
+            lo, hi = at, following
+            while hi - lo > timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                lo, hi = (mid, hi) if mid.astimezone(zone).utcoffset() == previous else (lo, mid)
+            hi = hi.replace(microsecond=0)
+            observances.append((hi, previous, offset, hi.astimezone(zone)))
+            previous = offset
+        at = following
+    for _, before, after, local in observances:
+        kind = "DAYLIGHT" if local.dst() else "STANDARD"
+        # DTSTART of an observance is the local time *before* the change (RFC 5545 3.6.5).
+        start_local = (local.replace(tzinfo=None) - (after - before)).strftime("%Y%m%dT%H%M%S")
+        lines += [
+            f"BEGIN:{kind}",
+            f"DTSTART:{start_local}",
+            f"TZOFFSETFROM:{_offset_text(before)}",
+            f"TZOFFSETTO:{_offset_text(after)}",
+            f"TZNAME:{local.tzname()}",
+            f"END:{kind}",
+        ]
+    lines.append("END:VTIMEZONE")
+    return lines
+
+
+def _local(at: datetime, zone) -> str:
+    return at.astimezone(zone).strftime("%Y%m%dT%H%M%S")
+
+
+def _uid(*parts: object) -> str:
+    digest = hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+    return f"{digest}@channel-monitor"
+
+
+def period_occurrences(plan: Plan, period, lo: datetime, hi: datetime) -> list[tuple]:
+    """The active spans of a period inside `[lo, hi)` (an absolute one gives its own span)."""
+    if not period.recurring:
+        return [(period.start, period.end)] if period.start or period.end else []
+    spans: list[tuple] = []
+    bounds = [lo, *period_boundaries(period, lo, hi, plan.zone), hi]
+    start = None
+    for at in sorted(set(bounds)):
+        active = at < hi and period_active(period, at, plan.zone)
+        if active and start is None:
+            start = at
+        elif not active and start is not None:
+            spans.append((start, at))
+            start = None
+            if len(spans) >= MAX_OCCURRENCES:
+                break
+    return spans
+
+
+def calendar(model: Model) -> str:
+    """Every planned period and milestone, as iCalendar text (RFC 5545) in the plan's zone."""
+    plan, zone = model.plan, model.plan.zone
+    lo, hi = model.at - timedelta(days=400), model.at + timedelta(days=400)
+    stamp = model.at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    events: list[list[str]] = []
+    instants: list[datetime] = [model.at]
+    for period in plan.config.periods.values():
+        for start, end in period_occurrences(plan, period, lo, hi):
+            if start is None or end is None:
+                continue  # an open-ended period has no calendar span
+            instants += [start, end]
+            title = period.title or period.id
+            if period.title_en:
+                title += f" / {period.title_en}"
+            events.append(
+                [
+                    f"UID:{_uid('period', period.id, start.isoformat())}",
+                    f"DTSTAMP:{stamp}",
+                    f"DTSTART;TZID={zone.key}:{_local(start, zone)}",
+                    f"DTEND;TZID={zone.key}:{_local(end, zone)}",
+                    f"SUMMARY:{_ics_text(title)}",
+                    "CATEGORIES:PERIOD",
+                    "TRANSP:TRANSPARENT",
+                ]
+            )
+    for index, ms in enumerate(plan.config.milestones):
+        title = ms.title + (f" / {ms.title_en}" if ms.title_en else "")
+        lines = [f"UID:{_uid('milestone', index, ms.at, ms.title)}", f"DTSTAMP:{stamp}"]
+        if isinstance(ms.at, datetime):
+            instants.append(ms.at)
+            lines.append(f"DTSTART;TZID={zone.key}:{_local(ms.at, zone)}")
+            if isinstance(ms.until, datetime):
+                lines.append(f"DTEND;TZID={zone.key}:{_local(ms.until, zone)}")
+            elif ms.until is not None:
+                end = datetime.combine(ms.until + timedelta(days=1), datetime.min.time(), zone)
+                lines.append(f"DTEND;TZID={zone.key}:{_local(end, zone)}")
+        else:
+            instants.append(milestone_start(ms, plan))
+            until = ms.until if ms.until is not None else ms.at
+            if isinstance(until, datetime):
+                until = until.astimezone(zone).date()
+            lines.append(f"DTSTART;VALUE=DATE:{ms.at:%Y%m%d}")
+            lines.append(f"DTEND;VALUE=DATE:{until + timedelta(days=1):%Y%m%d}")
+        lines.append(f"SUMMARY:{_ics_text(title)}")
+        detail = "\n".join(d for d in (ms.detail, ms.detail_en) if d)
+        if detail:
+            lines.append(f"DESCRIPTION:{_ics_text(detail)}")
+        lines += ["CATEGORIES:MILESTONE", "TRANSP:TRANSPARENT"]
+        events.append(lines)
+    out = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//channel-monitor//status page//ZH",
+        "CALSCALE:GREGORIAN",
+        "METHOD:PUBLISH",
+        f"X-WR-CALNAME:{_ics_text(plan.config.monitor.title)}",
+        f"X-WR-TIMEZONE:{zone.key}",
+        *vtimezone(zone, min(instants) - timedelta(days=1), max(instants) + timedelta(days=1)),
+    ]
+    for lines in events:
+        out += ["BEGIN:VEVENT", *lines, "END:VEVENT"]
+    out.append("END:VCALENDAR")
+    return "".join(_fold(line) + "\r\n" for line in out)
+
+
+# --- badges ------------------------------------------------------------------------------------
+
+BADGE_COLOURS = {
+    "open": "#1a7f37",
+    "any": "#9a6700",
+    "closed": "#57606a",
+    "broken": "#cf222e",
+    "leak": "#57606a",  # citizens are told what the plan says: paused
+}
+
+
+def text_width(text: str) -> float:
+    """Approximate width in pixels at 11 px: CJK characters are square, Latin ones narrow."""
+    return sum(11.0 if ord(c) > 0x2E80 else 6.6 for c in text) + 10
+
+
+def badge(view: ServiceView) -> dict:
+    """What the badge template needs: label, message, colour and widths."""
+    state = view.state
+    message = WORDS["zh"][f"state_{'closed' if state == 'leak' else state}"]
+    label = view.ref.service.name
+    left, right = text_width(label), text_width(message)
+    return {
+        "label": label,
+        "message": message,
+        "title": f"{view.ref.channel.name} · {label}: {message}",
+        "colour": BADGE_COLOURS[state],
+        "left": round(left, 1),
+        "right": round(right, 1),
+        "width": round(left + right, 1),
+    }

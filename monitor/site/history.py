@@ -1,0 +1,249 @@
+"""What the store remembers, read for the page: day bars from hourly rollups, and incidents.
+
+The bars are built from aggregate queries (hours summed per local day inside SQLite), not from
+one Python object per rollup hour: 90 days of 76 services is 164,000 hours, which
+`Store.rollups` turns into objects in about two seconds, and the page is re-rendered after every
+verdict change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+
+from monitor.plan import Plan, ServiceRef
+from monitor.store import IncidentRecord, Store
+
+DAYS = 90
+
+#: Kinds of day, in the order the legend lists them.
+KINDS = ("ok", "planned", "down", "up", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """The hours of one service on one local day, summed."""
+
+    probes: int = 0
+    serving: int = 0
+    expected_up: int = 0
+    expected_down: int = 0
+    mismatches: int = 0
+    #: Of `mismatches`, those that were up while expected down (estimated for mixed hours).
+    mismatches_up: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Consecutive days of one kind: one bar segment."""
+
+    kind: str
+    start: int  # index of the first day in the window
+    days: int
+    first: date
+    last: date
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One service's bar: its runs and how many days of each kind."""
+
+    ref: ServiceRef
+    runs: tuple[Run, ...]
+    counts: dict[str, int]  # every kind, 0 when absent
+
+    def paths(self) -> list[tuple[str, str]]:
+        """SVG path data per kind of day, one rectangle per run (`M{x} 0h{w}v1h-{w}z`), in
+        the units of a `0 0 days 1` viewBox: a bar costs a few bytes per run."""
+        out: dict[str, list[str]] = {}
+        for run in self.runs:
+            out.setdefault(run.kind, []).append(f"M{run.start} 0h{run.days}v1h-{run.days}z")
+        return [(kind, "".join(out[kind])) for kind in KINDS if kind in out]
+
+    @property
+    def trouble(self) -> bool:
+        """Whether the service broke its plan on any day of the window."""
+        return bool(self.counts["down"] or self.counts["up"])
+
+
+@dataclass(frozen=True)
+class History:
+    """Everything the page shows of the past."""
+
+    first_day: date
+    last_day: date
+    bars: tuple[Bar, ...] = ()
+    incidents: tuple[IncidentRecord, ...] = ()
+
+
+def window(at: datetime, zone: tzinfo, days: int = DAYS) -> tuple[date, date]:
+    """The first and last local day of the bars: `days` days ending with the day of `at`."""
+    last = at.astimezone(zone).date()
+    return last - timedelta(days=days - 1), last
+
+
+def _midnight(day: date, zone: tzinfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone)
+
+
+def _offset_sql(zone: tzinfo, start: datetime, end: datetime) -> tuple[str, list[float]]:
+    """A SQL expression for the zone's UTC offset (seconds) at `hour`: one value, or a CASE
+    over the offset changes (DST) between `start` and `end`, found day by day and bisected."""
+
+    def offset(at: datetime) -> float:
+        return at.astimezone(zone).utcoffset().total_seconds()  # type: ignore[union-attr]
+
+    at, stop = start.astimezone(UTC), end.astimezone(UTC)
+    first = current = offset(at)
+    changes: list[tuple[float, float]] = []
+    while at < stop:
+        following = at + timedelta(days=1)
+        if offset(following) != current:
+            lo, hi = at, following
+            while hi - lo > timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
+            current = offset(following)
+            changes.append((hi.timestamp(), current))
+        at = following
+    if not changes:
+        return "?", [first]
+    params: list[float] = []
+    previous = first
+    for instant, value in changes:
+        params += [instant, previous]
+        previous = value
+    sql = "CASE " + " ".join("WHEN hour < ? THEN ?" for _ in changes) + " ELSE ? END"
+    return sql, [*params, previous]
+
+
+def day_totals(
+    store: Store, keys: list[tuple[str, str]], zone: tzinfo, first: date, last: date
+) -> dict[tuple[str, str], dict[int, Day]]:
+    """Rollup hours of these services summed per local day (index 0 is `first`)."""
+    start = _midnight(first, zone)
+    end = _midnight(last + timedelta(days=1), zone)
+    offset, offset_params = _offset_sql(zone, start, end)
+    base = start.timestamp() + start.utcoffset().total_seconds()  # type: ignore[union-attr]
+    # One query per service walks the primary key (channel, business, hour), so the cost
+    # follows the window, not the whole retained history. An hour up while expected down can
+    # only come from its expected_down probes; in an hour that saw both expectations (a
+    # planned change inside it) the smaller count is taken.
+    query = (
+        f"SELECT CAST((hour + {offset} - ?) / 86400 AS INTEGER) AS day, "
+        "sum(probes), sum(serving), sum(expected_up), sum(expected_down), sum(mismatches), "
+        "sum(CASE WHEN mismatches = 0 OR expected_down = 0 THEN 0 "
+        "WHEN expected_up = 0 THEN mismatches "
+        "ELSE min(mismatches, expected_down, serving) END) "
+        "FROM rollups WHERE channel = ? AND business = ? AND hour >= ? AND hour < ? "
+        "GROUP BY day"
+    )
+    out: dict[tuple[str, str], dict[int, Day]] = {}
+    for key in keys:
+        rows = store.db.execute(
+            query, [*offset_params, base, *key, start.timestamp(), end.timestamp()]
+        ).fetchall()
+        if rows:
+            out[key] = {int(day): Day(*sums) for day, *sums in rows}
+    return out
+
+
+def planned_down_days(plan: Plan, ref: ServiceRef, first: date, last: date) -> set[int]:
+    """Indexes of the days on which the plan expects the service down at some point."""
+    zone = plan.zone
+    start = _midnight(first, zone)
+    end = _midnight(last + timedelta(days=1), zone)
+    state = plan.expected(ref, start).state
+    cursor = start
+    days: set[int] = set()
+
+    def mark(lo: datetime, hi: datetime) -> None:
+        a = (lo.astimezone(zone).date() - first).days
+        b = ((hi - timedelta(microseconds=1)).astimezone(zone).date() - first).days
+        days.update(range(max(a, 0), min(b, (last - first).days) + 1))
+
+    for change in plan.transitions(start, end, [ref]):
+        if state == "down":
+            mark(cursor, change.at)
+        state, cursor = change.to_state, change.at
+    if state == "down":
+        mark(cursor, end)
+    return days
+
+
+def classify(day: Day | None, planned: bool) -> str:
+    """The kind of one day: observed mismatches first, then planned pause, then data."""
+    if day is not None and day.mismatches:
+        return "down" if day.mismatches > day.mismatches_up else "up"
+    if planned or (day is not None and day.expected_down):
+        return "planned"
+    if day is not None and day.probes:
+        return "ok"
+    return "none"
+
+
+def runs(kinds: list[str], first: date) -> tuple[Run, ...]:
+    """Merge consecutive equal days into runs, so a bar has a few segments, not 90."""
+    out: list[Run] = []
+    start = 0
+    for index in range(1, len(kinds) + 1):
+        if index == len(kinds) or kinds[index] != kinds[start]:
+            out.append(
+                Run(
+                    kinds[start],
+                    start,
+                    index - start,
+                    first + timedelta(days=start),
+                    first + timedelta(days=index - 1),
+                )
+            )
+            start = index
+    return tuple(out)
+
+
+def load(plan: Plan, store: Store | None, at: datetime, incident_limit: int = 500) -> History:
+    """The bars of every service with history, and the incidents of the window, as of `at`.
+
+    Services that were never probed (schedule-only) have no bar. Incidents opened after `at`
+    are left out; those resolved after `at` are shown as still open.
+    """
+    first, last = window(at, plan.zone)
+    if store is None:
+        return History(first, last)
+    totals = day_totals(store, [ref.key for ref in plan.services], plan.zone, first, last)
+    today = (last - first).days
+    bars = []
+    for ref in plan.services:
+        days = totals.get(ref.key)
+        if days is None and ref.service.probe is None:
+            continue
+        days = days or {}
+        planned = planned_down_days(plan, ref, first, last)
+        kinds = [classify(days.get(i), i in planned) for i in range(today + 1)]
+        counts = Counter(kinds)
+        bars.append(Bar(ref, runs(kinds, first), {kind: counts[kind] for kind in KINDS}))
+    since = _midnight(first, plan.zone)
+    incidents = tuple(
+        _as_of(record, at)
+        for record in store.incidents(since, limit=incident_limit)
+        if record.opened_at <= at
+    )
+    return History(first, last, tuple(bars), incidents)
+
+
+def _as_of(record: IncidentRecord, at: datetime) -> IncidentRecord:
+    if record.resolved_at is not None and record.resolved_at > at:
+        return IncidentRecord(
+            record.id,
+            record.channel,
+            record.business,
+            record.direction,
+            record.opened_at,
+            None,
+            record.reason,
+            None,
+            record.expected,
+            record.period,
+        )
+    return record

@@ -1,0 +1,448 @@
+"""What the page says, worked out once from the plan, the verdicts and the history.
+
+Pure: the plan, an instant, a `Snapshot` of what was seen and the `History` go in; a `Model`
+comes out, which the templates and the machine-readable files only format. Nothing of a probe
+(URL, headers, body) is ever copied into the model: only names from the plan, verdicts and
+reasons that `words.reason_text` translates from fixed phrases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from monitor.config import Milestone, Period
+from monitor.judge import Verdict
+from monitor.plan import TICK, Expectation, Plan, ServiceRef, period_boundaries
+from monitor.site.history import History
+from monitor.store import Store
+
+#: Page states of a service, in the order the page lists them.
+STATES = ("broken", "closed", "open", "any", "leak")
+#: How far ahead the page looks for the next planned pause.
+LOOKAHEAD = timedelta(days=180)
+#: How long a pause that is over stays the headline ("... ended on 07-25 08:30").
+RECENT = timedelta(days=14)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """The last observation of a service, as far as the page may tell it."""
+
+    at: datetime
+    serving: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What monitoring knows at one instant: confirmed verdicts and last observations."""
+
+    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+    seen: dict[tuple[str, str], Seen] = field(default_factory=dict)
+
+
+def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
+    """The running pipeline's verdicts and last observations (call on the event loop)."""
+    verdicts = {ref.key: pipeline.verdict(ref, at) for ref in pipeline.plan.services}
+    seen = {
+        key: Seen(state.last_at, bool(state.last_serving), state.last_reason or "")
+        for key, state in pipeline.states.items()
+        if state.last_at is not None
+    }
+    return Snapshot(verdicts, seen)
+
+
+def stale_after(plan: Plan, ref: ServiceRef) -> timedelta:
+    """How old an observation may be and still count (the pipeline's own threshold)."""
+    settings = plan.config.monitor
+    probe = ref.service.probe
+    interval = (probe and probe.interval) or settings.interval
+    timeout = (probe and probe.timeout) or settings.timeout
+    return 2 * interval + timeout
+
+
+def snapshot_from_store(plan: Plan, store: Store | None, at: datetime) -> Snapshot:
+    """Verdicts as of `at` from what the store holds: an incident open at `at` gives its
+    direction, a fresh observation without one gives `ok`, anything else `unknown`."""
+    if store is None:
+        return Snapshot()
+    open_at: dict[tuple[str, str], Verdict] = {}
+    for record in store.incidents(since=at):
+        if record.opened_at <= at and (record.resolved_at is None or record.resolved_at > at):
+            open_at[(record.channel, record.business)] = Verdict(record.direction)
+    verdicts: dict[tuple[str, str], Verdict] = {}
+    seen: dict[tuple[str, str], Seen] = {}
+    for ref in plan.services:
+        limit = stale_after(plan, ref)
+        rows = [r for r in store.observations(*ref.key, at - limit) if r[0] <= at.timestamp()]
+        if rows:
+            stamp, serving, reason = rows[-1][:3]
+            seen[ref.key] = Seen(datetime.fromtimestamp(stamp, at.tzinfo), bool(serving), reason)
+        if ref.key in open_at:
+            verdicts[ref.key] = open_at[ref.key]
+        elif rows:
+            verdicts[ref.key] = Verdict.OK
+        else:
+            verdicts[ref.key] = Verdict.UNKNOWN
+    return Snapshot(verdicts, seen)
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """One service as the page shows it."""
+
+    ref: ServiceRef
+    expectation: Expectation
+    verdict: Verdict
+    state: str
+    next_change: datetime | None
+    seen: Seen | None
+
+    @property
+    def probed(self) -> bool:
+        return self.ref.service.probe is not None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.ref.key
+
+
+def page_state(expectation: Expectation, verdict: Verdict) -> str:
+    """`broken` (down although it should be up), `leak` (up although the plan pauses it),
+    else what the plan says: `closed`, `open` or `any`."""
+    if expectation.state == "down":
+        return "leak" if verdict == Verdict.UNEXPECTED_UP else "closed"
+    if verdict == Verdict.UNEXPECTED_DOWN:
+        return "broken"
+    return "open" if expectation.state == "up" else "any"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One business in one page state, across the channels where it is in that state."""
+
+    state: str
+    services: tuple[ServiceView, ...]
+    alternatives: tuple[ServiceRef, ...] = ()
+
+    @property
+    def first(self) -> ServiceView:
+        return self.services[0]
+
+    def channels(self, group: str) -> list[ServiceRef]:
+        return [s.ref for s in self.services if s.ref.channel.group == group]
+
+    @property
+    def notes(self) -> list[tuple[tuple[ServiceRef, ...], str, str]]:
+        """The business's notes as (channels, zh, en); channels is empty when one note
+        stands for every channel listed, else it names the channels the note is about."""
+        found: dict[tuple[str, str], list[ServiceRef]] = {}
+        for s in self.services:
+            if s.ref.service.note:
+                found.setdefault((s.ref.service.note, s.ref.service.note_en), []).append(s.ref)
+        if len(found) == 1 and len(next(iter(found.values()))) == len(self.services):
+            return [((), *next(iter(found)))]
+        return [(tuple(refs), zh, en) for (zh, en), refs in found.items()]
+
+    @property
+    def next_change(self) -> datetime | None:
+        """The earliest planned change among the services (None when none changes)."""
+        changes = [s.next_change for s in self.services if s.next_change is not None]
+        return min(changes, default=None)
+
+    @property
+    def same_change(self) -> bool:
+        return len({s.next_change for s in self.services}) == 1
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The sentence at the top: the main planned pause (running, just over or coming), when
+    it changes, and the other pauses running beside it."""
+
+    kind: str  # down, down_open, upcoming, upcoming_open, past, ok
+    period: Period | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    broken: int = 0
+    others: tuple[Maintenance, ...] = ()
+
+    @property
+    def target(self) -> datetime | None:
+        """The instant the countdown counts to."""
+        if self.kind == "down":
+            return self.end
+        if self.kind in ("upcoming", "upcoming_open"):
+            return self.start
+        return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """The next planned change: when, and which businesses open or pause."""
+
+    at: datetime
+    to: dict[str, list[ServiceRef]]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A special window: a period that opens services inside a pause (certificate printing)."""
+
+    period: Period
+    services: tuple[ServiceRef, ...]
+    status: str  # upcoming, active, ended
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """A planned pause of some services: one scheduled maintenance of the Statuspage files."""
+
+    period: Period | None
+    start: datetime
+    end: datetime | None
+    services: tuple[ServiceRef, ...]
+
+    def status(self, at: datetime) -> str:
+        if at < self.start:
+            return "scheduled"
+        if self.end is None or at < self.end:
+            return "in_progress"
+        return "completed"
+
+    @property
+    def id(self) -> str:
+        name = self.period.id if self.period else "default"
+        return f"{name}-{self.start.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the page and its files show."""
+
+    plan: Plan
+    at: datetime
+    services: tuple[ServiceView, ...]
+    items: dict[str, tuple[Item, ...]]
+    headline: Headline
+    change: Change | None
+    windows: tuple[Window, ...]
+    milestones: tuple[Milestone, ...]
+    maintenances: tuple[Maintenance, ...]
+    history: History
+
+    @property
+    def title(self) -> str:
+        return self.plan.config.monitor.title
+
+    @property
+    def probed(self) -> int:
+        return sum(1 for s in self.services if s.probed)
+
+    def count(self, state: str) -> int:
+        return sum(len(i.services) for i in self.items.get(state, ()))
+
+    def view(self, key: tuple[str, str]) -> ServiceView | None:
+        return self._views.get(key)
+
+    @property
+    def _views(self) -> dict[tuple[str, str], ServiceView]:
+        return {s.key: s for s in self.services}
+
+
+def build(plan: Plan, at: datetime, snapshot: Snapshot, history: History) -> Model:
+    """Work out the whole page as of `at`."""
+    at = at.astimezone(UTC)
+    pauses = maintenances(plan, at)
+    views = []
+    for ref in plan.services:
+        expectation = plan.expected(ref, at)
+        verdict = snapshot.verdicts.get(ref.key, Verdict.UNKNOWN)
+        views.append(
+            ServiceView(
+                ref,
+                expectation,
+                verdict,
+                page_state(expectation, verdict),
+                plan.next_change(ref, at),
+                snapshot.seen.get(ref.key),
+            )
+        )
+    return Model(
+        plan=plan,
+        at=at,
+        services=tuple(views),
+        items=_items(views),
+        headline=_headline(at, views, pauses),
+        change=_next_change(plan, views),
+        windows=_windows(plan, at, views),
+        milestones=_milestones(plan, at),
+        maintenances=pauses,
+        history=history,
+    )
+
+
+def _items(views: list[ServiceView]) -> dict[str, tuple[Item, ...]]:
+    """Services grouped by page state, then by business name, in plan order."""
+    grouped: dict[str, dict[str, list[ServiceView]]] = {state: {} for state in STATES}
+    for view in views:
+        grouped[view.state].setdefault(view.ref.service.name, []).append(view)
+        if view.state == "leak":  # citizens are told what the plan says: paused
+            grouped["closed"].setdefault(view.ref.service.name, []).append(view)
+    open_by_name = {name: tuple(v.ref for v in found) for name, found in grouped["open"].items()}
+    out: dict[str, tuple[Item, ...]] = {}
+    for state, by_name in grouped.items():
+        items = []
+        for name, found in by_name.items():
+            alternatives = open_by_name.get(name, ()) if state in ("closed", "broken") else ()
+            items.append(Item(state, tuple(found), alternatives))
+        out[state] = tuple(items)
+    return out
+
+
+def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance, ...]) -> Headline:
+    """The main pause is the largest (most services) of those running now, over in the last
+    `RECENT` or coming within `LOOKAHEAD`; a running one wins a tie. Other running pauses are
+    named beside it, except the pieces of the main one (same period, same end)."""
+    broken = sum(1 for v in views if v.state == "broken")
+    running = [p for p in pauses if p.status(at) == "in_progress"]
+    candidates = running + [
+        p
+        for p in pauses
+        if (p.status(at) == "completed" and p.end is not None and p.end >= at - RECENT)
+        or p.status(at) == "scheduled"
+    ]
+    if not candidates:
+        return Headline("ok", broken=broken)
+    main = max(candidates, key=lambda p: (len(p.services), p in running))
+    others = tuple(
+        p for p in running if p is not main and not (p.period is main.period and p.end == main.end)
+    )
+    status = main.status(at)
+    if status == "in_progress":
+        kind = "down" if main.end else "down_open"
+    elif status == "scheduled":
+        kind = "upcoming" if main.end else "upcoming_open"
+    else:
+        kind = "past"
+    return Headline(kind, main.period, main.start, main.end, broken, others)
+
+
+def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:
+    changes = [v.next_change for v in views if v.next_change is not None]
+    if not changes:
+        return None
+    at = min(changes)
+    to: dict[str, list[ServiceRef]] = {}
+    for t in plan.transitions(at, at + TICK):
+        to.setdefault(t.to_state, []).append(plan.service(t.channel, t.service))
+    return Change(at, to)
+
+
+def _windows(plan: Plan, at: datetime, views: list[ServiceView]) -> tuple[Window, ...]:
+    """Periods whose `up` rule overrides an earlier `down` rule of the same service (a window
+    inside a pause), absolute ones only. Shown until they end, and after that while their
+    services are still paused (so "closed on 07-19" stays visible until the pause ends)."""
+    found: dict[str, list[ServiceView]] = {}
+    for view in views:
+        rules = view.ref.service.expect
+        for index, rule in enumerate(rules):
+            if rule.state == "up" and any(r.state == "down" for r in rules[:index]):
+                found.setdefault(rule.during, []).append(view)
+    out = []
+    for period_id, members in found.items():
+        period = plan.config.periods[period_id]
+        if period.recurring or period.start is None or period.end is None:
+            continue
+        if at < period.start:
+            status = "upcoming"
+        elif at < period.end:
+            status = "active"
+        else:
+            status = "ended"
+        if status == "ended" and not any(v.expectation.state == "down" for v in members):
+            continue
+        out.append(Window(period, tuple(v.ref for v in members), status))
+    out.sort(key=lambda w: (w.period.end, w.period.id))
+    return tuple(out)
+
+
+def _milestone_end(milestone: Milestone, plan: Plan) -> datetime:
+    value = milestone.until or milestone.at
+    if isinstance(value, datetime):
+        return value
+    return datetime.combine(value + timedelta(days=1), datetime.min.time(), tzinfo=plan.zone)
+
+
+def milestone_start(milestone: Milestone, plan: Plan) -> datetime:
+    value = milestone.at
+    if isinstance(value, datetime):
+        return value
+    return datetime.combine(value, datetime.min.time(), tzinfo=plan.zone)
+
+
+def _milestones(plan: Plan, at: datetime) -> tuple[Milestone, ...]:
+    """Milestones not yet over at `at`, by date."""
+    ahead = [m for m in plan.config.milestones if _milestone_end(m, plan) > at]
+    ahead.sort(key=lambda m: milestone_start(m, plan))
+    return tuple(ahead)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of time in which one service has one expectation decided by one period."""
+
+    state: str
+    period: str | None
+    start: datetime
+    end: datetime | None  # None: still going at the end of the span looked at
+
+
+def segments(plan: Plan, ref: ServiceRef, lo: datetime, hi: datetime) -> list[Segment]:
+    """The service's expectation over `[lo, hi)` as segments that split wherever the state or
+    the deciding period changes (so the July batch pause after the freeze is its own piece)."""
+    marks = {lo}
+    for period_id in dict.fromkeys(rule.during for rule in ref.service.expect):
+        marks.update(period_boundaries(plan.config.periods[period_id], lo, hi, plan.zone))
+    out: list[Segment] = []
+    for at in sorted(marks):
+        expectation = plan.expected(ref, at)
+        if out and (out[-1].state, out[-1].period) == (expectation.state, expectation.period):
+            continue
+        if out:
+            out[-1] = replace(out[-1], end=at)
+        out.append(Segment(expectation.state, expectation.period, at, None))
+    return out
+
+
+def maintenances(
+    plan: Plan, at: datetime, before: timedelta = timedelta(days=90), after: timedelta = LOOKAHEAD
+) -> tuple[Maintenance, ...]:
+    """Every planned pause overlapping `[at - before, at + after)`: the services paused by one
+    period from one instant to another. A service paused twice by a period (certificate
+    printing before and after its window) is in two pauses."""
+    lo, hi = at - before, at + after
+    found: dict[tuple[str | None, datetime, datetime | None], list[ServiceRef]] = {}
+    for ref in plan.services:
+        for seg in segments(plan, ref, lo, hi):
+            if seg.state != "down":
+                continue
+            start = seg.start
+            period = plan.config.periods.get(seg.period or "")
+            began_before = (
+                start == lo
+                and period is not None
+                and period.start is not None
+                and not period.recurring
+                and period.start < lo
+            )
+            if began_before:
+                start = period.start  # the pause began before the span looked at
+            found.setdefault((seg.period, start, seg.end), []).append(ref)
+    out = [
+        Maintenance(plan.config.periods.get(p or ""), start, end, tuple(refs))
+        for (p, start, end), refs in found.items()
+    ]
+    out.sort(key=lambda m: (m.start, -len(m.services), m.id))
+    return tuple(out)

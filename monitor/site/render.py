@@ -1,0 +1,293 @@
+"""Render the public page and its files from the plan and the store, and publish them at once.
+
+`render(plan, site, at, store=...)` is the whole job: read the history, work out the model,
+format `index.html` (zh-CN), `en/index.html`, `status.json`, the Statuspage files,
+`history.atom`, `calendar.ics` and the badges, and swap them in atomically (`publish`).
+Templates are Jinja2 with autoescape on, so every name from the plan is text, never markup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from monitor.plan import Plan
+from monitor.site import feeds, history
+from monitor.site.model import Model, Snapshot, build, snapshot_from_store
+from monitor.site.publish import publish
+from monitor.site.words import WORDS, Lang, pick
+from monitor.store import Store
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+#: Incidents listed on the page (all of the window are in status.json and history.atom).
+PAGE_INCIDENTS = 20
+#: Headline icon per phase.
+_PHASE_STATE = {
+    "down": "closed",
+    "down_open": "closed",
+    "upcoming": "open",
+    "upcoming_open": "open",
+    "ok": "open",
+    "past": "open",
+}
+
+
+def environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=StrictUndefined,
+    )
+
+
+_ENV = environment()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a render wrote."""
+
+    folder: Path
+    files: dict[str, int]  # relative path -> size in bytes
+    seconds: float
+
+
+def _title(period, lang: Lang) -> str:
+    if period is None:
+        return lang.w["state_closed"]
+    return lang.pick(period.title, period.title_en) or period.id
+
+
+def headline(model: Model, lang: Lang) -> list[Markup]:
+    """The sentences at the top of the page, in one language: the main pause, the other
+    pauses running beside it, and broken services."""
+    h = model.headline
+    title = _title(h.period, lang)
+    quiet = not h.others and not h.broken
+    out: list[Markup] = []
+    if h.kind == "down":
+        out.append(lang.fmt("headline_down", title=title, at=lang.when(h.end, True, True)))
+    elif h.kind == "down_open":
+        out.append(lang.fmt("headline_down_open", title=title))
+    elif h.kind in ("upcoming", "upcoming_open"):
+        start = lang.when(h.start, True, countdown=True)
+        end = lang.when(h.end, True) if h.end else ""
+        text = lang.fmt(f"headline_{h.kind}", title=title, start=start, end=end)
+        out.append(lang.fmt("headline_all_ok") + text if quiet else text)
+    elif h.kind == "past":
+        out.append(lang.fmt("headline_past", title=title, end=lang.when(h.end, True)))
+    elif quiet:
+        out.append(lang.fmt("headline_ok"))
+    for other in h.others:
+        key = "headline_other" if other.end else "headline_other_open"
+        end = lang.when(other.end, True) if other.end else ""
+        n = len(other.services)
+        out.append(lang.fmt(key, n=n, title=_title(other.period, lang), end=end))
+    if h.broken:
+        out.append(lang.fmt("headline_broken", n=h.broken))
+    return out
+
+
+def same_bars(bars: list[history.Bar], lang: Lang) -> list[tuple[str, history.Bar]]:
+    """The bars of one channel with identical days merged into one row that names every
+    service it stands for (most services of a channel share the plan and a clean record)."""
+    rows: dict[tuple, list[history.Bar]] = {}
+    for bar in bars:
+        rows.setdefault(bar.runs, []).append(bar)
+    return [
+        (
+            lang.w["sep"].join(lang.pick(b.ref.service.name, b.ref.service.name_en) for b in group),
+            group[0],
+        )
+        for group in rows.values()
+    ]
+
+
+def _compact(html: str) -> str:
+    """Drop indentation and blank lines (the page has no `<pre>`)."""
+    return re.sub(r"\n\s*\n+", "\n", re.sub(r"\n[ \t]+", "\n", html))
+
+
+def page(model: Model, code: str) -> str:
+    """`index.html` (zh) or `en/index.html` (en)."""
+    lang = Lang(code, model.plan.zone, model.at)
+    refs = {v.key: v.ref for v in model.services}
+    bars = list(model.history.bars)
+    by_channel = [(c, list(b)) for c, b in groupby(bars, key=lambda b: b.ref.channel.id)]
+    config = model.plan.config.monitor
+    sentences = headline(model, lang)
+    html = _ENV.get_template("index.html").render(
+        m=model,
+        L=lang,
+        w=lang.w,
+        root="" if code == "zh" else "../",
+        other_href="en/index.html" if code == "zh" else "../index.html",
+        title=pick(config.title, config.title_en, code),
+        headline=sentences,
+        headline_text=" ".join(t.striptags() for t in sentences),
+        headline_state=(
+            "broken"
+            if model.headline.kind == "ok" and model.headline.broken
+            else _PHASE_STATE[model.headline.kind]
+        ),
+        kinds=history.KINDS,
+        days=(model.history.last_day - model.history.first_day).days + 1,
+        bars_by_channel=by_channel,
+        same_bars=lambda bars: same_bars(bars, lang),
+        incidents=model.history.incidents[:PAGE_INCIDENTS],
+        more_incidents=len(model.history.incidents) > PAGE_INCIDENTS,
+        refs=refs,
+        channel_notes=[c for c in model.plan.config.channels if c.note],
+    )
+    return _compact(html)
+
+
+def atom(model: Model) -> str:
+    zone = model.plan.zone
+    entries = []
+    for record in model.history.incidents:
+        view = model.view((record.channel, record.business))
+        name = (
+            f"{view.ref.channel.name} · {view.ref.service.name}"
+            if view
+            else f"{record.channel} · {record.business}"
+        )
+        down = record.direction == "unexpected_down"
+        what = WORDS["zh"]["incident_down" if down else "incident_up"]
+        reason = WORDS["zh"]["reason"] + "：" + (Lang("zh", zone, model.at).reason(record.reason))
+        state = "已恢复" if record.resolved_at else "仍在持续"
+        entries.append(
+            {
+                "title": f"{name}：{what}（{state}）",
+                "id": _urn("incident", record.id, record.opened_at.timestamp()),
+                "published": feeds.iso(record.opened_at, zone),
+                "updated": feeds.iso(record.resolved_at or record.opened_at, zone),
+                "category": "incident",
+                "content": f"{name}：{what}。{reason}。",
+            }
+        )
+    for item in model.maintenances:
+        period = item.period
+        title = (period.title or period.id) if period else WORDS["zh"]["state_closed"]
+        names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
+        lang = Lang("zh", zone, model.at)
+        end = lang.when_text(item.end, True) if item.end else "待定"
+        entries.append(
+            {
+                "title": f"{title}：{lang.when_text(item.start, True)} – {end}",
+                "id": _urn("maintenance", item.id),
+                "published": feeds.iso(item.start, zone),
+                "updated": feeds.iso(item.start, zone),
+                "category": "planned",
+                "content": f"按计划暂停：{names}（共 {len(item.services)} 项）。",
+            }
+        )
+    entries.sort(key=lambda e: e["updated"], reverse=True)
+    config = model.plan.config.monitor
+    return _ENV.get_template("history.atom").render(
+        title=config.title,
+        subtitle=WORDS["zh"]["incidents"],
+        feed_id=_urn("feed", config.title),
+        updated=feeds.iso(model.at, zone),
+        entries=entries,
+    )
+
+
+def _urn(*parts: object) -> str:
+    name = "channel-monitor/" + "/".join(map(str, parts))
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, name)}"
+
+
+def _json(data: object) -> bytes:
+    return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def files(model: Model) -> dict[str, bytes]:
+    """Every file of the site, by relative path. `index.html` comes last (see `publish`)."""
+    out: dict[str, bytes] = {}
+    for name in ("style.css", "countdown.js"):
+        out[name] = (STATIC / name).read_bytes()
+    zh_lang = Lang("zh", model.plan.zone, model.at)
+    en_lang = Lang("en", model.plan.zone, model.at)
+    heads = {
+        lang.code: " ".join(t.striptags() for t in headline(model, lang))
+        for lang in (zh_lang, en_lang)
+    }
+    out["status.json"] = _json(feeds.own_status(model, heads))
+    for name, data in feeds.statuspage(model).items():
+        out[f"api/v2/{name}"] = _json(data)
+    out["history.atom"] = atom(model).encode("utf-8")
+    out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
+    badge = _ENV.get_template("badge.svg")
+    for view in model.services:
+        path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
+        out[path] = badge.render(b=feeds.badge(view)).encode("utf-8")
+    out["en/index.html"] = page(model, "en").encode("utf-8")
+    out["index.html"] = page(model, "zh").encode("utf-8")
+    return out
+
+
+def render(
+    plan: Plan,
+    site: Path,
+    at: datetime,
+    store: Store | None = None,
+    snapshot: Snapshot | None = None,
+    durable: bool = False,
+) -> Rendered:
+    """Render the site as of `at` and publish it at `site`.
+
+    `store` gives the history (None: no history yet); `snapshot` the verdicts of a running
+    pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
+    before the swap, so not even a power cut can leave the link pointing at unwritten files;
+    the daemon leaves it off (it renders often, and renders again when it starts).
+    """
+    started = time.perf_counter()
+    if at.tzinfo is None:
+        raise ValueError("render needs a timezone-aware instant")
+    past = history.load(plan, store, at)
+    if snapshot is None:
+        snapshot = snapshot_from_store(plan, store, at)
+    model = build(plan, at, snapshot, past)
+    content = files(model)
+    folder = publish(content, Path(site), durable=durable)
+    return Rendered(folder, {k: len(v) for k, v in content.items()}, time.perf_counter() - started)
+
+
+def open_store(db: Path | None) -> Store | None:
+    """The store at `db`, read-only; None when there is none yet (no history, not an error).
+    Raises sqlite3.DatabaseError when the file is not a store."""
+    if db is None or not Path(db).exists():
+        return None
+    store = Store(db, readonly=True)
+    try:
+        store.db.execute("SELECT 1 FROM rollups LIMIT 1").fetchall()
+        store.db.execute("SELECT 1 FROM incidents LIMIT 1").fetchall()
+    except sqlite3.DatabaseError:
+        store.db.close()
+        raise
+    return store
+
+
+def render_from(plan: Plan, site: Path, at: datetime, db: Path | None) -> Rendered:
+    """`channel-monitor render`: the plan and the store file at `db` (if it exists)."""
+    store = open_store(db)
+    try:
+        return render(plan, site, at, store, durable=True)
+    finally:
+        if store is not None:
+            store.db.close()

@@ -1,0 +1,326 @@
+"""The page's words in Chinese and English, and how it writes instants, dates and reasons.
+
+Every instant is written 24-hour and zero-padded, with its zone (`北京时间` / `UTC+8`), inside a
+`<time datetime>` element. Probe reasons are translated from the fixed phrases of
+`monitor.probe`; anything else becomes a generic phrase, so no text from a probe's answer can
+reach the page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+
+from markupsafe import Markup, escape
+
+#: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
+BEIJING_ZONES = frozenset(
+    {"Asia/Shanghai", "Asia/Chongqing", "Asia/Chungking", "Asia/Harbin", "PRC"}
+)
+
+WORDS: dict[str, dict[str, str]] = {
+    "zh": {
+        "lang": "zh-CN",
+        "other_lang": "en",
+        "other_label": "English",
+        "updated": "更新于",
+        "state_open": "可以办理",
+        "state_any": "按计划不作保证",
+        "state_closed": "按计划暂停",
+        "state_broken": "应开放但暂时无法使用",
+        "state_leak": "按计划应暂停，但仍在受理",
+        "count": "{n} 项",
+        "online": "线上",
+        "offline": "线下",
+        "alternatives": "可改到",
+        "resumes": "预计恢复",
+        "resumes_unless": "除另注明外，均预计 {at}恢复办理。",
+        "changes": "计划变化",
+        "opens": "开放",
+        "closes": "截止",
+        "next_change": "下一次计划变化",
+        "to_up": "开放",
+        "to_down": "暂停",
+        "to_any": "不作保证",
+        "change_item": "{names}{to}",
+        "headline_down": "{title}进行中，预计 {at}恢复办理。",
+        "headline_down_open": "{title}进行中，恢复时间待定。",
+        "headline_upcoming": "{title}将于 {start}开始，预计 {end}恢复。",
+        "headline_upcoming_open": "{title}将于 {start}开始。",
+        "headline_ok": "各项业务正常办理。",
+        "headline_all_ok": "各项业务目前正常办理。",
+        "headline_past": "{title}已于 {end}结束，相关业务已恢复办理。",
+        "headline_other": "另有 {n} 项业务按计划暂停（{title}），预计 {end}恢复。",
+        "headline_other_open": "另有 {n} 项业务按计划暂停（{title}）。",
+        "n_services": "{n} 项业务",
+        "headline_broken": "另有 {n} 项按计划应开放的业务暂时无法使用，详见下方。",
+        "countdown_label": "倒计时",
+        "windows": "特别窗口",
+        "window_upcoming": "将于 {start}开放，{end}截止",
+        "window_active": "开放中，{end}截止",
+        "window_ended": "已于 {end}截止",
+        "milestones": "重要日期",
+        "no_milestones": "近期没有其他重要日期。",
+        "history": "近 90 天",
+        "history_note": "每条为一项业务，从左 {start}到右 {end}。按计划暂停的日子以灰色标出，"
+        "不算故障。",
+        "day_ok": "正常",
+        "day_planned": "按计划暂停",
+        "day_down": "意外中断",
+        "day_up": "未按计划暂停",
+        "day_none": "无数据",
+        "days": "{n} 天",
+        "no_history": "还没有监测记录。",
+        "incidents": "事件记录",
+        "no_incidents": "近 90 天没有事件。",
+        "incident_down": "应开放却无法使用",
+        "incident_up": "应暂停却仍在受理（运维信息）",
+        "ongoing": "仍在持续",
+        "lasted": "持续",
+        "reason": "原因",
+        "ops": "运维信息",
+        "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
+        "ops_none": "没有需要运维处理的事项。",
+        "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
+        "channels": "渠道说明",
+        "files": "数据文件",
+        "inferred": "",
+        "hours": "{n} 小时",
+        "minutes": "{n} 分钟",
+        "days_short": "{n} 天",
+        "js_days": "天",
+        "js_hours": "小时",
+        "js_minutes": "分钟",
+        "js_left": "还有",
+        "js_passed": "已到时间，请刷新页面查看最新状态",
+        "sep": "、",
+        "colon": "：",
+        "legend": "图例",
+        "skip": "跳到主要内容",
+        "more_incidents": "仅列出最近 {n} 条，完整记录见 history.atom 与 status.json。",
+    },
+    "en": {
+        "lang": "en",
+        "other_lang": "zh-CN",
+        "other_label": "中文",
+        "updated": "Updated",
+        "state_open": "Available",
+        "state_any": "Not guaranteed by the plan",
+        "state_closed": "Paused as planned",
+        "state_broken": "Should be available, but not working",
+        "state_leak": "Paused by the plan, but still accepting business",
+        "count": "{n}",
+        "online": "Online",
+        "offline": "In person",
+        "alternatives": "Go instead to",
+        "resumes": "Expected back",
+        "resumes_unless": "Unless noted otherwise, all expected back {at}.",
+        "changes": "Plan changes",
+        "opens": "opens",
+        "closes": "closes",
+        "next_change": "Next planned change",
+        "to_up": "open",
+        "to_down": "paused",
+        "to_any": "not guaranteed",
+        "change_item": "{names} → {to}",
+        "headline_down": "{title}: in progress, expected to end {at}.",
+        "headline_down_open": "{title}: in progress, no end date yet.",
+        "headline_upcoming": "{title}: from {start}, expected to end {end}.",
+        "headline_upcoming_open": "{title}: from {start}.",
+        "headline_ok": "All business is available.",
+        "headline_all_ok": "All business is available now.",
+        "headline_past": "{title}: ended {end}; the business it paused is available again.",
+        "headline_other": "{n} more service(s) paused as planned ({title}) until {end}.",
+        "headline_other_open": "{n} more service(s) paused as planned ({title}).",
+        "n_services": "{n} services",
+        "headline_broken": "{n} service(s) that should be available are not working; see below.",
+        "countdown_label": "Countdown",
+        "windows": "Special windows",
+        "window_upcoming": "opens {start}, closes {end}",
+        "window_active": "open now, closes {end}",
+        "window_ended": "closed {end}",
+        "milestones": "Key dates",
+        "no_milestones": "No other key dates ahead.",
+        "history": "Last 90 days",
+        "history_note": "One bar per service, from {start} on the left to {end} on the right. "
+        "Planned pauses are grey and do not count as outages.",
+        "day_ok": "working",
+        "day_planned": "paused as planned",
+        "day_down": "outage",
+        "day_up": "not paused as planned",
+        "day_none": "no data",
+        "days": "{n} d",
+        "no_history": "No monitoring history yet.",
+        "incidents": "Incidents",
+        "no_incidents": "No incidents in the last 90 days.",
+        "incident_down": "should be available but was not",
+        "incident_up": "should be paused but was accepting business (for operators)",
+        "ongoing": "ongoing",
+        "lasted": "lasted",
+        "reason": "reason",
+        "ops": "For operators",
+        "ops_note": "The plan pauses these services, yet monitoring finds them still reachable. "
+        "Please wait until business resumes before using them.",
+        "ops_none": "Nothing for operators to act on.",
+        "probed": "{n} services are checked by automatic monitoring; the rest are shown "
+        "as planned.",
+        "channels": "About the channels",
+        "files": "Data files",
+        "inferred": "",
+        "hours": "{n} h",
+        "minutes": "{n} min",
+        "days_short": "{n} d",
+        "js_days": "d",
+        "js_hours": "h",
+        "js_minutes": "min",
+        "js_left": "in",
+        "js_passed": "time reached; reload the page for the latest state",
+        "sep": ", ",
+        "colon": ": ",
+        "legend": "Legend",
+        "skip": "Skip to the main content",
+        "more_incidents": "Only the latest {n} are listed; history.atom and status.json "
+        "hold them all.",
+    },
+}
+
+_DURATION = r"\d+(?:ms|s|m|h|d)(?:\d+(?:ms|s|m|h|d))*"
+_REASONS: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"HTTP (\d{3})"), "服务器返回 HTTP {0}", "server answered HTTP {0}"),
+    (
+        re.compile(rf"response slower than ({_DURATION})"),
+        "响应慢于 {0}",
+        "response slower than {0}",
+    ),
+    (
+        re.compile(r"body matches maintenance notice"),
+        "页面显示维护公告",
+        "the page shows a maintenance notice",
+    ),
+    (
+        re.compile(r"body does not match"),
+        "页面内容不是正常办理页面",
+        "the page is not the usual service page",
+    ),
+    (re.compile(rf"timeout after ({_DURATION})"), "{0} 内无响应", "no answer within {0}"),
+    (re.compile(r"connection refused"), "连接被拒绝", "connection refused"),
+    (re.compile(r"connection reset"), "连接被中断", "connection dropped"),
+    (re.compile(r"DNS lookup failed"), "域名解析失败", "the name does not resolve"),
+    (re.compile(r"TLS certificate expired"), "证书已过期", "certificate expired"),
+    (re.compile(r"TLS certificate not trusted"), "证书不受信任", "certificate not trusted"),
+    (re.compile(r"TLS handshake failed"), "加密连接失败", "secure connection failed"),
+    (re.compile(r"too many redirects"), "重定向次数过多", "too many redirects"),
+    (re.compile(r"connection failed(?: \(\w+\))?"), "连接失败", "connection failed"),
+]
+
+
+def reason_text(reason: str | None, lang: str) -> str:
+    """A probe reason in the page's language; unknown text never passes through."""
+    if not reason:
+        return ""
+    for pattern, zh, en in _REASONS:
+        match = pattern.fullmatch(reason.strip())
+        if match:
+            return (zh if lang == "zh" else en).format(*match.groups())
+    return "其他原因" if lang == "zh" else "other reason"
+
+
+def zone_label(at: datetime, zone: tzinfo, lang: str) -> str:
+    """`北京时间` (zh, Beijing zones) or `UTC+8` / `UTC-4:30` from the offset at `at`."""
+    if lang == "zh" and getattr(zone, "key", None) in BEIJING_ZONES:
+        return "北京时间"
+    offset = at.astimezone(zone).utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
+
+
+_EN_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class Lang:
+    """One language of the page: its words and how it writes times."""
+
+    code: str
+    zone: tzinfo
+    now: datetime
+
+    @property
+    def w(self) -> dict[str, str]:
+        return WORDS[self.code]
+
+    def local(self, at: datetime) -> datetime:
+        return at.astimezone(self.zone)
+
+    def date_text(self, day: date, year: bool | None = None) -> str:
+        """`2022年7月25日` / `25 Jul 2022`; the year is left out when it is this year's."""
+        if year is None:
+            year = day.year != self.local(self.now).year
+        if self.code == "zh":
+            return (f"{day.year}年" if year else "") + f"{day.month}月{day.day}日"
+        return f"{day.day} {_EN_MONTHS[day.month - 1]}" + (f" {day.year}" if year else "")
+
+    def when_text(self, at: datetime, year: bool | None = None) -> str:
+        """`7月25日 08:30（北京时间）` / `25 Jul 08:30 (UTC+8)`: 24-hour, zero-padded, zoned."""
+        local = self.local(at)
+        zone = zone_label(at, self.zone, self.code)
+        text = f"{self.date_text(local.date(), year)} {local:%H:%M}"
+        return f"{text}（{zone}）" if self.code == "zh" else f"{text} ({zone})"
+
+    def when(self, at: datetime, year: bool | None = None, countdown: bool = False) -> Markup:
+        """An instant as a `<time datetime>` element."""
+        stamp = self.local(at).isoformat(timespec="minutes")
+        extra = Markup(" data-countdown") if countdown else Markup("")
+        return Markup('<time datetime="{}"{}>{}</time>').format(
+            stamp, extra, self.when_text(at, year)
+        )
+
+    def day(self, value: date | datetime, year: bool | None = None) -> Markup:
+        """A date (or the date of an instant, with its time) as a `<time>` element."""
+        if isinstance(value, datetime):
+            return self.when(value, year)
+        return Markup('<time datetime="{}">{}</time>').format(
+            value.isoformat(), self.date_text(value, year)
+        )
+
+    def span(self, start: date, end: date) -> str:
+        """A range of days for a bar's tooltip, `6月22日–7月24日`."""
+        first = self.date_text(start, False)
+        return first if start == end else f"{first}–{self.date_text(end, False)}"
+
+    def duration(self, value: timedelta) -> str:
+        minutes = max(0, int(value.total_seconds() // 60))
+        days, rest = divmod(minutes, 1440)
+        hours, minutes = divmod(rest, 60)
+        parts = []
+        if days:
+            parts.append(self.w["days_short"].format(n=days))
+        if hours:
+            parts.append(self.w["hours"].format(n=hours))
+        if minutes or not parts:
+            parts.append(self.w["minutes"].format(n=minutes))
+        return " ".join(parts)
+
+    def paren(self, text: object) -> Markup:
+        """Text in brackets: full-width in Chinese."""
+        if self.code == "zh":
+            return Markup("（{}）").format(text)
+        return Markup(" ({})").format(text)
+
+    def pick(self, zh: str, en: str) -> str:
+        return pick(zh, en, self.code)
+
+    def reason(self, reason: str | None) -> str:
+        return reason_text(reason, self.code)
+
+    def fmt(self, key: str, **values: object) -> Markup:
+        """A sentence from the word list with escaped (or already safe) values filled in."""
+        return escape(self.w[key]).format(**values) if values else escape(self.w[key])
+
+
+def pick(zh: str, en: str, lang: str) -> str:
+    """The English text where there is one, else the Chinese."""
+    return en if lang == "en" and en else zh
