@@ -227,6 +227,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- render ----------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from monitor.site.render import render_from
+
+    plan = load_plan(args.config)
+    at = instant(args, plan)
+    home = config_dir(args)
+    db = Path(args.db) if args.db else home / "monitor.db"
+    site = Path(args.site) if args.site else home / "site"
+    try:
+        result = render_from(plan, site, at, db)
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"--site {site}: {exc.strerror or exc}") from None
+    size = result.files["index.html"] + result.files["style.css"]
+    print(
+        f"{site}: {len(result.files)} files as of {local(plan, at.isoformat())} "
+        f"({plan.zone.key}); index.html + style.css {size / 1024:.1f} KB; "
+        f"rendered in {result.seconds:.2f} s"
+        + ("" if db.exists() else f" (no store at {db}: no history yet)")
+    )
+    return EXIT_OK
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -317,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("render", parents=[common], help="write the public page (site/) once")
+    p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
+    p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
+    p.add_argument("--at", help="render the page as of this instant; default now")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
         "demo", parents=[common], help="replay the 2022 cutover on simulated channels"
