@@ -2,8 +2,9 @@
 
 - `promtool check rules` and `promtool test rules` on grafana/prometheus/;
 - the dashboards and provisioning files are well formed and use the variables they declare;
-- end to end: a real `channel-monitor run` (subprocess) probes local http and https servers
-  (a test CA trusted through SSL_CERT_FILE) with a plan whose freeze covers now, a real
+- end to end: a real `channel-monitor run` (subprocess; its /metrics passes `promtool check
+  metrics` silently) probes local http and https servers (a test CA trusted through
+  SSL_CERT_FILE) with a plan whose freeze covers now, a real
   `prometheus` scrapes it every second and loads rules.yml, and then EVERY PromQL expression of
   every dashboard panel, every template variable and every rule is evaluated through the HTTP
   API. Dashboard expressions must parse and return data (so a renamed metric fails); rule
@@ -543,13 +544,13 @@ async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> N
                 ):
                     api = Prometheus(session, f"http://127.0.0.1:{prom_port}")
                     try:
-                        await run_checks(api, logs, started, dead_port)
+                        await run_checks(api, logs, started, dead_port, monitor_target)
                     finally:
                         silent_sock.close()  # let the hanging probe fail now, not in 5 minutes
 
 
 async def run_checks(
-    api: Prometheus, logs: Callable[[], str], started: float, dead_port: int
+    api: Prometheus, logs: Callable[[], str], started: float, dead_port: int, monitor: str
 ) -> None:
     async def ready() -> bool:
         try:
@@ -560,6 +561,20 @@ async def run_checks(
 
     await poll(ready, 60, lambda: "prometheus is not ready" + logs())
     ready_at = time.monotonic()
+
+    # -- a real scrape of the running monitor passes `promtool check metrics` silently ------
+    async with api.session.get(f"http://{monitor}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        scrape = await response.read()
+    checked = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=scrape,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked
 
     # -- the alerts this set-up provokes become active, with their names rendered -------------
     wanted = {
