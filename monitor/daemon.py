@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+import monitor.site
 from monitor import alerts, metrics
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline
@@ -71,6 +72,7 @@ class Daemon:
         (`self.store.incident_hooks`) and the web app (`self.app`) here, one line each."""
         metrics.attach(self)  # the metrics listener and GET /metrics
         alerts.attach(self)  # the outbox hook on the store and the alert sender
+        monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""

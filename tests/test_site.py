@@ -1,0 +1,796 @@
+"""The public page and its files: the real plan rendered before, during and after the freeze,
+the Statuspage, iCalendar, Atom and badge files, secrets and markup kept out, the size budget,
+atomic publishing, the `render` command and the page served by the running monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import aiohttp
+import icalendar
+import pytest
+from aiohttp import web
+from site_data import DURING_LATE, REAL_PLAN, add_incident, busy_store, real_plan
+
+from monitor.cli import main
+from monitor.config import validate_config
+from monitor.daemon import Daemon
+from monitor.judge import Verdict
+from monitor.plan import Plan
+from monitor.site import feeds
+from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store
+from monitor.site.publish import publish, work_folder
+from monitor.site.render import open_store, render, render_from
+from monitor.site.words import Lang, reason_text, zone_label
+from monitor.store import Store
+
+BEIJING = "+08:00"
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text + BEIJING)
+
+
+class Sections(HTMLParser):
+    """The text of every `<section>` / `<details>` keyed by its `aria-labelledby` or id."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.text: dict[str, str] = {}
+        self.stack: list[str | None] = []
+        self.all: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("section", "details"):
+            a = dict(attrs)
+            self.stack.append(a.get("aria-labelledby") or a.get("id") or a.get("class"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("section", "details") and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.all.append(data)
+        for key in self.stack:
+            if key:
+                self.text[key] = self.text.get(key, "") + data
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return real_plan()
+
+
+def render_at(plan: Plan, tmp: Path, when: datetime, db: Path | None = None) -> Path:
+    site = tmp / "site"
+    render_from(plan, site, when, db)
+    return site
+
+
+def page(site: Path, name: str = "index.html") -> tuple[str, Sections]:
+    html = (site / name).read_text("utf-8")
+    return html, Sections(html)
+
+
+# --- the real plan at the instants that matter -----------------------------------------------
+
+
+def test_before_the_freeze(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-06-20T12:00:00"))
+    html, s = page(site)
+    lead = s.text["now"]
+    assert "各项业务目前正常办理。" in lead
+    assert "将于 2022年6月22日 18:00（北京时间）开始" in lead
+    assert "预计 2022年7月25日 08:30（北京时间）恢复" in lead
+    assert '<time datetime="2022-06-22T18:00+08:00" data-countdown>' in html
+    assert "h-closed" not in s.text  # nothing is paused yet
+    assert "企业职工基本养老保险业务" in s.text["h-open"]
+    window = s.text["h-win"]
+    assert "将于 6月23日 09:00（北京时间）开放，7月19日 18:00（北京时间）截止" in window
+    _, es = page(site, "en/index.html")
+    assert (
+        "from 22 Jun 2022 18:00 (UTC+8), expected to end 25 Jul 2022 08:30 (UTC+8)"
+        in (es.text["now"])
+    )
+    status = json.loads((site / "status.json").read_text("utf-8"))
+    assert {v["state"] for v in status["services"]} == {"open"}
+
+
+def test_during_the_freeze_inside_the_certificate_window(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-07-01T12:00:00"))
+    _, s = page(site)
+    assert "进行中，预计 2022年7月25日 08:30（北京时间）恢复办理。" in s.text["now"]
+    assert "开放中，7月19日 18:00（北京时间）截止" in s.text["h-win"]
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-open"]
+    assert "企业职工社会保险参保证明查询打印" not in s.text["h-closed"]
+    assert "企业职工基本养老保险业务" in s.text["h-closed"]
+    assert "基本医疗保险费征收" in s.text["h-open"]
+    assert "社会保障卡服务" in s.text["h-open"]
+    # the offline intakes that go on during the freeze, with where to go instead
+    assert "失业保险金、失业补助金和技能提升补贴申领" in s.text["h-open"]
+    assert (
+        "下一次计划变化：7月19日 18:00（北京时间）：企业职工社会保险参保证明查询打印暂停"
+        in (s.text["now"])
+    )
+    # the July batch deductions are their own pause beside the freeze
+    assert "另有 2 项业务按计划暂停（2022年7月灵活就业人员养老保险批扣暂停" in s.text["now"]
+
+
+def test_certificate_printing_closes_at_18_00_on_07_19(plan: Plan, tmp_path: Path) -> None:
+    before = render_at(plan, tmp_path / "a", at("2022-07-19T17:59:59"))
+    after = render_at(plan, tmp_path / "b", at("2022-07-19T18:00:00"))
+    _, s = page(before)
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-open"]
+    _, s = page(after)
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-closed"]
+    assert "已于 7月19日 18:00（北京时间）截止" in s.text["h-win"]
+    status = json.loads((after / "status.json").read_text("utf-8"))
+    cert = next(v for v in status["services"] if v["service"] == "certificate-print")
+    assert (cert["expected"], cert["state"], cert["status"]) == (
+        "down",
+        "closed",
+        "under_maintenance",
+    )
+
+
+def test_during_the_freeze_after_the_certificate_window(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-07-20T12:00:00"))
+    _, s = page(site)
+    assert "进行中，预计 2022年7月25日 08:30（北京时间）恢复办理。" in s.text["now"]
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-closed"]
+    assert "下一次计划变化：7月25日 08:30（北京时间）：53 项业务开放" in s.text["now"]
+    _, es = page(site, "en/index.html")
+    assert "in progress, expected to end 25 Jul 2022 08:30 (UTC+8)" in es.text["now"]
+
+
+def test_after_the_freeze(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-07-26T12:00:00"))
+    _, s = page(site)
+    assert "已于 2022年7月25日 08:30（北京时间）结束，相关业务已恢复办理。" in s.text["now"]
+    assert "另有 2 项业务按计划暂停" in s.text["now"]  # no July batch deduction at all
+    assert "预计 2022年8月1日 00:00（北京时间）恢复" in s.text["now"]
+    assert "企业职工基本养老保险业务" in s.text["h-open"]
+    assert "h-win" not in s.text  # the certificate window is history
+    assert "补缴6、7月社保费及2021社保年度欠费" in s.text["h-ms"]
+    later = render_at(plan, tmp_path / "later", at("2022-08-20T12:00:00"))
+    _, s = page(later)
+    assert s.text["now"].strip().startswith("各项业务正常办理。")
+    assert "h-closed" not in s.text
+    assert "8月15日" not in s.text["h-ms"] and "10月1日" in s.text["h-ms"]
+
+
+def test_every_time_is_zoned_24_hour_and_zero_padded(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-07-01T12:00:00"))
+    for name, zone in (("index.html", "（北京时间）"), ("en/index.html", " (UTC+8)")):
+        html = (site / name).read_text("utf-8")
+        times = re.findall(r'<time datetime="([^"]+)"[^>]*>([^<]+)</time>', html)
+        assert times
+        for stamp, text in times:
+            if "T" in stamp:  # an instant: offset in the attribute, zone and HH:MM in the text
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d\+08:00", stamp)
+                assert zone in text and re.search(r"\b\d\d:\d\d\b", text), text
+            else:  # a date
+                assert re.fullmatch(r"\d{4}-\d\d-\d\d", stamp)
+        assert not re.search(r"\b\d:\d\d\b", re.sub(r"<[^>]+>", "", html))
+
+
+def test_pages_link_each_other_with_hreflang(plan: Plan, tmp_path: Path) -> None:
+    site = render_at(plan, tmp_path, at("2022-07-01T12:00:00"))
+    zh = (site / "index.html").read_text("utf-8")
+    en = (site / "en/index.html").read_text("utf-8")
+    assert '<html lang="zh-CN">' in zh and '<html lang="en">' in en
+    assert '<link rel="alternate" hreflang="en" href="en/index.html">' in zh
+    assert '<link rel="alternate" hreflang="zh-CN" href="../index.html">' in en
+    assert 'href="en/index.html" hreflang="en"' in zh
+    assert 'href="../index.html" hreflang="zh-CN"' in en
+    for html in (zh, en):  # no request leaves the site: no absolute URL anywhere
+        assert not re.search(r'(?:src|href)="(?:https?:)?//', html)
+
+
+def test_state_groups_use_text_and_icons_not_colour_alone() -> None:
+    from monitor.plan import Expectation
+
+    up, down = Expectation("up"), Expectation("down")
+    assert page_state(up, Verdict.OK) == "open"
+    assert page_state(up, Verdict.UNKNOWN) == "open"
+    assert page_state(up, Verdict.UNEXPECTED_DOWN) == "broken"
+    assert page_state(down, Verdict.OK) == "closed"
+    assert page_state(down, Verdict.UNEXPECTED_UP) == "leak"
+    assert page_state(Expectation("any"), Verdict.OK) == "any"
+
+
+def test_broken_and_unexpectedly_open_services(plan: Plan, tmp_path: Path) -> None:
+    when = at("2022-07-01T12:00:00")
+    verdicts = {ref.key: Verdict.OK for ref in plan.services}
+    verdicts[("hubei-zwfw", "portal")] = Verdict.UNEXPECTED_DOWN
+    verdicts[("ehuiban", "pension")] = Verdict.UNEXPECTED_UP
+    seen = {("hubei-zwfw", "portal"): Seen(when, False, "HTTP 503")}
+    render(plan, tmp_path / "site", when, None, Snapshot(verdicts, seen))
+    html, s = page(tmp_path / "site")
+    assert "另有 1 项按计划应开放的业务暂时无法使用" in s.text["now"]
+    assert "应开放但暂时无法使用" in s.text["h-broken"] and "网站门户" in s.text["h-broken"]
+    assert '<use href="#i-broken"/>' in html and '<use href="#i-leak"/>' in html
+    # unexpected up: told to citizens as paused, to operators in the folded section
+    assert "鄂汇办APP" in s.text["h-closed"]
+    assert "按计划应暂停，但仍在受理" in s.text["ops"]
+    assert '<details id="ops"' in html and '<details id="ops" open' not in html
+    summary = json.loads((tmp_path / "site/api/v2/summary.json").read_text("utf-8"))
+    by_id = {c["id"]: c for c in summary["components"]}
+    assert by_id["hubei-zwfw.portal"]["status"] == "major_outage"
+    assert by_id["hubei-zwfw"]["status"] == "partial_outage"
+    assert by_id["ehuiban.pension"]["status"] == "under_maintenance"
+    assert summary["status"]["indicator"] == "major"
+
+
+# --- machine-readable files ------------------------------------------------------------------
+
+PAGE_KEYS = {"id", "name", "url", "time_zone", "updated_at"}
+COMPONENT_KEYS = {
+    "id",
+    "name",
+    "status",
+    "created_at",
+    "updated_at",
+    "position",
+    "description",
+    "showcase",
+    "start_date",
+    "group_id",
+    "page_id",
+    "group",
+    "only_show_if_degraded",
+}
+INCIDENT_KEYS = {
+    "id",
+    "name",
+    "status",
+    "created_at",
+    "updated_at",
+    "monitoring_at",
+    "resolved_at",
+    "impact",
+    "shortlink",
+    "started_at",
+    "page_id",
+    "incident_updates",
+    "components",
+}
+UPDATE_KEYS = {
+    "id",
+    "status",
+    "body",
+    "incident_id",
+    "created_at",
+    "updated_at",
+    "display_at",
+    "affected_components",
+    "deliver_notifications",
+    "custom_tweet",
+    "tweet_id",
+}
+MAINTENANCE_KEYS = INCIDENT_KEYS | {"scheduled_for", "scheduled_until"}
+COMPONENT_STATUSES = {
+    "operational",
+    "degraded_performance",
+    "partial_outage",
+    "major_outage",
+    "under_maintenance",
+}
+
+
+@pytest.fixture(scope="module")
+def busy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return busy_store(tmp_path_factory.mktemp("busy") / "monitor.db")
+
+
+@pytest.fixture(scope="module")
+def busy_site(busy_db: Path) -> Path:
+    site = busy_db.parent / "site"
+    render_from(real_plan(), site, DURING_LATE, busy_db)
+    return site
+
+
+def check_component(component: dict) -> None:
+    keys = COMPONENT_KEYS | ({"components"} if component["group"] else set())
+    assert set(component) == keys
+    assert component["status"] in COMPONENT_STATUSES
+
+
+def test_summary_json_has_statuspage_field_names(busy_site: Path) -> None:
+    summary = json.loads((busy_site / "api/v2/summary.json").read_text("utf-8"))
+    assert set(summary) == {
+        "page",
+        "components",
+        "incidents",
+        "scheduled_maintenances",
+        "status",
+    }
+    assert set(summary["page"]) == PAGE_KEYS
+    assert summary["page"]["time_zone"] == "Asia/Shanghai"
+    for component in summary["components"]:
+        check_component(component)
+    groups = [c for c in summary["components"] if c["group"]]
+    assert len(groups) == 15 and all(c["group_id"] is None for c in groups)
+    children = {c["id"] for c in summary["components"] if not c["group"]}
+    assert children == {i for g in groups for i in g["components"]}
+    assert len(summary["incidents"]) == 1  # only the unresolved one
+    for incident in summary["incidents"]:
+        assert set(incident) == INCIDENT_KEYS
+        assert incident["impact"] in ("none", "minor", "major", "critical")
+        for update in incident["incident_updates"]:
+            assert set(update) == UPDATE_KEYS
+    (freeze,) = [m for m in summary["scheduled_maintenances"] if len(m["components"]) > 50]
+    assert set(freeze) == MAINTENANCE_KEYS
+    assert freeze["status"] == "in_progress" and freeze["impact"] == "maintenance"
+    assert freeze["scheduled_for"] == "2022-06-22T18:00:00.000+08:00"
+    assert freeze["scheduled_until"] == "2022-07-25T08:30:00.000+08:00"
+    for component in freeze["components"]:
+        assert set(component) == COMPONENT_KEYS
+    assert set(summary["status"]) == {"indicator", "description"}
+    assert summary["status"]["indicator"] == "major"  # the portal is down
+
+
+def test_statuspage_files_agree(busy_site: Path, plan: Plan, tmp_path: Path) -> None:
+    api = busy_site / "api/v2"
+    status = json.loads((api / "status.json").read_text("utf-8"))
+    assert set(status) == {"page", "status"}
+    components = json.loads((api / "components.json").read_text("utf-8"))
+    assert set(components) == {"page", "components"}
+    active = json.loads((api / "scheduled-maintenances/active.json").read_text("utf-8"))
+    upcoming = json.loads((api / "scheduled-maintenances/upcoming.json").read_text("utf-8"))
+    assert {m["status"] for m in active["scheduled_maintenances"]} == {"in_progress"}
+    assert upcoming["scheduled_maintenances"] == []
+    paused = {c["id"] for c in components["components"] if c["status"] == "under_maintenance"}
+    assert "hubei-zwfw.certificate-print" in paused and "ehuiban.social-security-card" not in paused
+    # before the freeze the same pause is upcoming, and nothing is under maintenance
+    before = render_at(plan, tmp_path, at("2022-06-20T12:00:00"))
+    upcoming = json.loads(
+        (before / "api/v2/scheduled-maintenances/upcoming.json").read_text("utf-8")
+    )
+    assert {m["status"] for m in upcoming["scheduled_maintenances"]} == {"scheduled"}
+    assert any(m["id"].startswith("freeze-") for m in upcoming["scheduled_maintenances"])
+    summary = json.loads((before / "api/v2/summary.json").read_text("utf-8"))
+    assert summary["status"]["indicator"] == "none"
+
+
+def test_status_json_holds_plan_verdicts_and_incidents(busy_site: Path) -> None:
+    status = json.loads((busy_site / "status.json").read_text("utf-8"))
+    assert status["timezone"] == "Asia/Shanghai" and status["at"].startswith("2022-07-20T12:00")
+    assert {p["id"] for p in status["periods"]} == {"freeze", "certificate-window", "july-batch"}
+    assert len(status["milestones"]) == 13 and len(status["services"]) == 73
+    portal = next(v for v in status["services"] if v["channel"] == "hubei-zwfw" and v["probed"])
+    assert portal["verdict"] == "unexpected_down" and portal["state"] == "broken"
+    assert {i["direction"] for i in status["incidents"]} == {"unexpected_down", "unexpected_up"}
+    assert "进行中" in status["headline"]["zh"] and "in progress" in status["headline"]["en"]
+
+
+def test_calendar_parses_with_time_zones(busy_site: Path, plan: Plan) -> None:
+    raw = (busy_site / "calendar.ics").read_bytes()
+    assert all(len(line) <= 75 for line in raw.split(b"\r\n"))
+    cal = icalendar.Calendar.from_ical(raw)
+    (zone,) = cal.walk("VTIMEZONE")
+    assert str(zone["TZID"]) == "Asia/Shanghai"
+    events = cal.walk("VEVENT")
+    assert len(events) == 3 + 13  # every period and every milestone
+    freeze = next(e for e in events if "停机切换" in str(e["SUMMARY"]))
+    start, end = freeze.decoded("DTSTART"), freeze.decoded("DTEND")
+    assert start == at("2022-06-22T18:00:00") and end == at("2022-07-25T08:30:00")
+    assert freeze["DTSTART"].params["TZID"] == "Asia/Shanghai"
+    deduction = next(e for e in events if "省本级灵活就业人员7、8月" in str(e["SUMMARY"]))
+    assert str(deduction.decoded("DTSTART")) == "2022-08-15"  # a date milestone: all day
+    assert len({str(e["UID"]) for e in events}) == len(events)
+
+
+def test_vtimezone_follows_daylight_saving() -> None:
+    from zoneinfo import ZoneInfo
+
+    lines = feeds.vtimezone(
+        ZoneInfo("America/New_York"), at("2022-01-10T00:00:00"), at("2022-12-20T00:00:00")
+    )
+    text = "\r\n".join(lines)
+    assert "BEGIN:DAYLIGHT" in text and "DTSTART:20220313T020000" in text
+    assert "DTSTART:20221106T020000" in text and "TZOFFSETTO:-0400" in text
+
+
+def test_history_atom_and_badges(busy_site: Path, plan: Plan) -> None:
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    feed = ET.parse(busy_site / "history.atom").getroot()
+    entries = feed.findall("a:entry", ns)
+    assert {e.find("a:category", ns).get("term") for e in entries} == {"incident", "planned"}
+    for entry in entries:
+        assert entry.find("a:id", ns).text.startswith("urn:uuid:")
+        datetime.fromisoformat(entry.find("a:updated", ns).text)
+    for ref in plan.services:
+        svg = ET.parse(busy_site / f"badges/{ref.channel.id}/{ref.service.id}.svg").getroot()
+        assert ref.service.name in "".join(svg.itertext())
+    portal = ET.parse(busy_site / "badges/hubei-zwfw/portal.svg").getroot()
+    assert "应开放但暂时无法使用" in "".join(portal.itertext())
+
+
+# --- history bars and the size budget ----------------------------------------------------------
+
+
+def test_size_budget_with_90_days_of_hourly_history(busy_site: Path) -> None:
+    size = (busy_site / "index.html").stat().st_size + (busy_site / "style.css").stat().st_size
+    en = (busy_site / "en/index.html").stat().st_size + (busy_site / "style.css").stat().st_size
+    print(f"index.html + style.css: {size} bytes; en/index.html + style.css: {en} bytes")
+    assert size < 60 * 1024 and en < 60 * 1024
+    html = (busy_site / "index.html").read_text("utf-8")
+    assert html.count("<svg viewBox=") >= 15  # a bar for every channel at least
+    assert "意外中断" in Sections(html).text["h-hist"]
+
+
+def test_bars_draw_planned_pauses_as_planned(plan: Plan, busy_db: Path) -> None:
+    store = open_store(busy_db)
+    try:
+        from monitor.site import history
+
+        past = history.load(plan, store, DURING_LATE)
+    finally:
+        store.db.close()
+    assert past.last_day - past.first_day == timedelta(days=89)
+    bars = {bar.ref.key: bar for bar in past.bars}
+    card = bars[("ehuiban", "social-security-card")]
+    assert card.counts["planned"] == 0 and card.counts["ok"] == 90
+    pension = bars[("alipay-smart-hrss", "pension")]
+    # 06-22 (the freeze starts at 18:00) to 07-20: 29 days planned, none an outage
+    assert pension.counts["planned"] == 29 and pension.counts["down"] == 0
+    assert [run.kind for run in pension.runs] == ["ok", "planned"]  # runs of equal days merged
+
+
+def test_snapshot_from_the_store_as_of_an_instant(plan: Plan, tmp_path: Path) -> None:
+    db = tmp_path / "monitor.db"
+    opened = at("2022-07-01T10:00:00")
+    add_incident(db, "hubei-zwfw", "portal", "unexpected_down", opened, opened + timedelta(hours=1))
+    store = open_store(db)
+    try:
+        during = snapshot_from_store(plan, store, opened + timedelta(minutes=30))
+        after = snapshot_from_store(plan, store, opened + timedelta(hours=2))
+        before = snapshot_from_store(plan, store, opened - timedelta(minutes=1))
+    finally:
+        store.db.close()
+    key = ("hubei-zwfw", "portal")
+    assert during.verdicts[key] == Verdict.UNEXPECTED_DOWN
+    assert after.verdicts[key] == Verdict.UNKNOWN == before.verdicts[key]  # no observations
+
+
+# --- words -------------------------------------------------------------------------------------
+
+
+def test_reasons_are_translated_and_unknown_text_never_passes() -> None:
+    assert reason_text("HTTP 503", "zh") == "服务器返回 HTTP 503"
+    assert reason_text("timeout after 10s", "en") == "no answer within 10s"
+    assert reason_text("body matches maintenance notice", "zh") == "页面显示维护公告"
+    assert reason_text("connection failed (ClientOSError)", "en") == "connection failed"
+    assert reason_text("HTTP 503 token=abc", "en") == "other reason"
+    assert reason_text("<b>whatever the server said</b>", "zh") == "其他原因"
+    assert feeds.safe_reason("HTTP 200") == "HTTP 200"
+    assert feeds.safe_reason("https://x.example/?token=1") == "other"
+
+
+def test_times_and_zones() -> None:
+    from zoneinfo import ZoneInfo
+
+    shanghai = ZoneInfo("Asia/Shanghai")
+    now = at("2022-07-01T12:00:00")
+    zh, en = Lang("zh", shanghai, now), Lang("en", shanghai, now)
+    assert zh.when_text(at("2022-07-25T08:30:00")) == "7月25日 08:30（北京时间）"
+    assert zh.when_text(at("2023-01-05T07:05:00")) == "2023年1月5日 07:05（北京时间）"
+    assert en.when_text(at("2022-07-25T08:30:00")) == "25 Jul 08:30 (UTC+8)"
+    york = ZoneInfo("America/New_York")
+    assert zone_label(at("2022-07-01T00:00:00"), york, "zh") == "UTC-4"
+    assert zone_label(at("2022-12-01T00:00:00"), york, "en") == "UTC-5"
+    assert zone_label(at("2022-07-01T00:00:00"), ZoneInfo("Asia/Kolkata"), "en") == "UTC+5:30"
+
+
+# --- secrets and markup ------------------------------------------------------------------------
+
+TOKEN = "tok-7f3a9c1e5b"
+HEADER_VALUE = "hdr-2b8d4f6a0c"
+BODY_SECRET = "body-9e1c3a5f7d"
+SCRIPT = "<script>alert(1)</script>"
+
+
+def secret_plan(port: int) -> Plan:
+    url = f"http://127.0.0.1:{port}/svc/check?token={TOKEN}"
+    return Plan(
+        validate_config(
+            {
+                "monitor": {"failure_threshold": 1, "success_threshold": 1, "grace": "0s"},
+                "channels": [
+                    {
+                        "id": "evil",
+                        "name": SCRIPT,
+                        "name_en": SCRIPT,
+                        "kind": "web",
+                        "group": "online",
+                        "note": f"{SCRIPT} <img src=x onerror=alert(2)>",
+                        "services": [
+                            {
+                                "id": "svc",
+                                "name": f"业务{SCRIPT}",
+                                "probe": {
+                                    "url": url,
+                                    "headers": {"Authorization": f"Bearer {HEADER_VALUE}"},
+                                    "body_not_matches": "maintenance",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+
+
+async def test_no_probe_url_header_or_body_reaches_any_file(tmp_path: Path) -> None:
+    seen_headers: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen_headers.append(request.headers.get("Authorization", ""))
+        return web.Response(text=f"{BODY_SECRET} maintenance {TOKEN}", status=200)
+
+    app = web.Application()
+    app.router.add_get("/svc/check", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    plan = secret_plan(port)
+    daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", port=0)
+    try:
+        await daemon.start(schedule=False, serve=False)
+        result = await daemon.pipeline.probe(plan.services[0])
+        assert result is not None and result.verdict == Verdict.UNEXPECTED_DOWN
+        assert seen_headers == [f"Bearer {HEADER_VALUE}"]  # the secrets were really used
+        await daemon.pipeline.flush()
+        await daemon.pipeline.planned_transition(daemon.clock.now())
+    finally:
+        await daemon.stop()
+        await runner.cleanup()
+    # the running monitor's render, then `render` from the store
+    assert (tmp_path / "site/index.html").exists()
+    files = [p for p in (tmp_path / "site").rglob("*") if p.is_file()]
+    render_from(plan, tmp_path / "again", datetime.now().astimezone(), tmp_path / "monitor.db")
+    files += [p for p in (tmp_path / "again").rglob("*") if p.is_file()]
+    assert len(files) > 20
+    secrets = [TOKEN, HEADER_VALUE, BODY_SECRET, "svc/check", f"127.0.0.1:{port}", "Bearer"]
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, (path, secret)
+        if path.suffix in (".html", ".svg", ".atom"):
+            assert b"<script>alert(1)" not in data and b"<img src=x" not in data, path
+    html = (tmp_path / "again/index.html").read_text("utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "页面显示维护公告" in html  # the reason, translated from its fixed phrase
+    text = "".join(Sections(html).all)
+    assert SCRIPT in text  # shown as text, exactly
+
+
+# --- atomic publishing -------------------------------------------------------------------------
+
+
+def test_publish_swaps_whole_folders_and_keeps_site_a_plain_folder(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    publish({"index.html": b"one", "a/b.json": b"1"}, target)
+    publish({"index.html": b"two", "c.json": b"2"}, target)
+    assert target.is_dir() and not target.is_symlink()
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        "c.json",
+        "index.html",
+    ]
+    assert (target / "index.html").read_bytes() == b"two"
+    work = work_folder(target)
+    assert (work / ".gitignore").read_text().strip().endswith("*")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".site.render", "site"]
+
+
+def test_a_crash_mid_render_leaves_the_old_page(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    publish({"index.html": b"old", "status.json": b"{}"}, target)
+
+    class Exploding(dict):
+        def items(self):
+            yield "status.json", b'{"new": true}'
+            raise RuntimeError("crash mid-render")
+
+    with pytest.raises(RuntimeError):
+        publish(Exploding(), target)
+    assert (target / "index.html").read_bytes() == b"old"
+    assert (target / "status.json").read_bytes() == b"{}"
+    assert [p.name for p in work_folder(target).iterdir() if p.is_dir()] == []
+    publish({"index.html": b"new"}, target)
+    assert (target / "index.html").read_bytes() == b"new"
+
+
+def test_readers_never_see_a_half_written_or_mixed_version(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    size = 256 * 1024
+    publish({"index.html": b"0" * size, "status.json": b"0" * size}, target)
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                folder = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                problems.append("no site")  # the exchange never leaves the name empty
+                continue
+            try:
+                contents = []
+                for name in ("index.html", "status.json"):
+                    fd = os.open(name, os.O_RDONLY, dir_fd=folder)
+                    with os.fdopen(fd, "rb") as handle:
+                        contents.append(handle.read())
+            except FileNotFoundError:
+                continue  # that version was removed two publishes later: nothing to compare
+            finally:
+                os.close(folder)
+            reads[0] += 1
+            for data in contents:
+                if len(data) != size or len(set(data)) != 1:
+                    problems.append("half-written file")
+            if contents[0][:1] != contents[1][:1]:
+                problems.append(f"mixed versions {contents[0][:1]!r} {contents[1][:1]!r}")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 40):
+            mark = str(version % 10).encode()
+            publish({"index.html": mark * size, "status.json": mark * size}, target)
+    finally:
+        stop.set()
+        thread.join()
+    assert reads[0] > 0
+    assert problems == []
+
+
+# --- the render command --------------------------------------------------------------------------
+
+
+def test_render_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    site = tmp_path / "out"
+    code = main(
+        [
+            "render",
+            "--config",
+            str(REAL_PLAN),
+            "--db",
+            str(tmp_path / "none.db"),
+            "--site",
+            str(site),
+            "--at",
+            "2022-07-01T12:00",
+        ]
+    )
+    assert code == 0
+    assert "no history yet" in capsys.readouterr().out
+    assert not (tmp_path / "none.db").exists()  # a missing store is not created
+    expected = {
+        "index.html",
+        "en/index.html",
+        "style.css",
+        "countdown.js",
+        "status.json",
+        "api/v2/summary.json",
+        "api/v2/status.json",
+        "api/v2/components.json",
+        "api/v2/scheduled-maintenances/upcoming.json",
+        "api/v2/scheduled-maintenances/active.json",
+        "history.atom",
+        "calendar.ics",
+        "badges/hubei-zwfw/certificate-print.svg",
+    }
+    assert expected <= {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
+    (tmp_path / "bad.db").write_text("not a database")
+    bad = ["render", "--config", str(REAL_PLAN), "--db", str(tmp_path / "bad.db")]
+    code = main([*bad, "--site", str(site)])
+    assert code == 2
+    assert "not a channel-monitor store" in capsys.readouterr().err
+
+
+# --- the running monitor -------------------------------------------------------------------------
+
+
+def probed_plan(port: int) -> Plan:
+    return Plan(
+        validate_config(
+            {
+                "monitor": {"interval": "1s", "timeout": "2s", "grace": "0s"},
+                "channels": [
+                    {
+                        "id": "web",
+                        "name": "测试渠道",
+                        "kind": "web",
+                        "group": "online",
+                        "services": [
+                            {
+                                "id": "home",
+                                "name": "首页",
+                                "probe": {"url": f"http://127.0.0.1:{port}/"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+
+
+async def test_the_running_monitor_renders_and_serves_the_site(tmp_path: Path) -> None:
+    async def home(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", home)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    target = probed_plan(runner.addresses[0][1])
+    daemon = Daemon(target, tmp_path / "monitor.db", tmp_path / "site", port=0)
+    site = tmp_path / "site"
+    try:
+        await daemon.start()
+        base = f"http://127.0.0.1:{daemon.port}"
+        for _ in range(200):  # the first render when the server starts, then verdicts
+            if (site / "status.json").exists():
+                status = json.loads((site / "status.json").read_text("utf-8"))
+                if status["services"][0]["verdict"] == "ok":
+                    break
+            await asyncio.sleep(0.05)
+        assert status["services"][0]["verdict"] == "ok"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/html")
+                assert '<html lang="zh-CN">' in await response.text()
+            async with http.get(f"{base}/en", allow_redirects=False) as response:
+                assert response.status == 302 and response.headers["Location"] == "/en/"
+            async with http.get(f"{base}/en/") as response:
+                assert '<html lang="en">' in await response.text()
+            async with http.get(f"{base}/api/v2/summary.json") as response:
+                assert response.content_type == "application/json"
+            async with http.get(f"{base}/calendar.ics") as response:
+                assert response.content_type == "text/calendar"
+            async with http.get(f"{base}/healthz") as response:
+                assert (await response.json())["status"] == "ok"
+            async with http.get(f"{base}/metrics") as response:
+                assert response.status == 200 and "text/plain" in response.content_type
+            for path in ("/../monitor.db", "/%2e%2e/monitor.db", "/nope.html"):
+                async with http.get(f"{base}{path}") as response:
+                    assert response.status == 404, path
+    finally:
+        await daemon.stop()
+        await runner.cleanup()
+    # at most the previous version is kept beside the page, for readers still inside it
+    assert len([p for p in work_folder(site).iterdir() if p.is_dir()]) <= 1
+
+
+def test_build_is_pure_and_needs_no_store(plan: Plan) -> None:
+    from monitor.site.history import History, window
+
+    first, last = window(DURING_LATE, plan.zone)
+    model = build(plan, DURING_LATE, Snapshot(), History(first, last))
+    assert model.headline.kind == "down" and model.headline.end == at("2022-07-25T08:30:00")
+    assert model.count("closed") + model.count("open") == len(plan.services)
+
+
+def test_store_opened_read_only_is_not_written(tmp_path: Path, plan: Plan) -> None:
+    db = tmp_path / "monitor.db"
+    Store(db).close()
+    before = db.stat().st_mtime_ns
+    render_from(plan, tmp_path / "site", DURING_LATE, db)
+    assert db.stat().st_mtime_ns == before
