@@ -98,7 +98,10 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         n = len(other.services)
         out.append(lang.fmt(key, n=n, title=_title(other.period, lang), end=end))
     if h.broken:
-        out.append(lang.fmt("headline_broken", n=h.broken))
+        icon = Markup(
+            '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-broken"/></svg> '
+        )
+        out.append(icon + lang.fmt("headline_broken", n=h.broken))
     return out
 
 
