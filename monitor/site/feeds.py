@@ -55,7 +55,7 @@ def safe_reason(reason: str | None) -> str | None:
 # --- Statuspage --------------------------------------------------------------------------------
 
 
-def component_status(view: ServiceView, at: datetime) -> str:
+def component_status(view: ServiceView) -> str:
     """The Statuspage status of one service: planned pauses are `under_maintenance` (also when
     a paused service still answers: that is an incident, not a component state); down while it
     should be up is `major_outage`; slow answers are `degraded_performance`."""
@@ -107,7 +107,7 @@ def components(model: Model) -> list[dict]:
     position = 0
     for channel in model.plan.config.channels:
         views = [v for v in model.services if v.ref.channel is channel]
-        statuses = [component_status(v, model.at) for v in views]
+        statuses = [component_status(v) for v in views]
         position += 1
         base = {
             "created_at": created,
@@ -404,7 +404,7 @@ def own_status(model: Model, headline: dict[str, str]) -> dict:
                 "probed": v.probed,
                 "verdict": v.verdict.value,
                 "state": v.state,
-                "status": component_status(v, model.at),
+                "status": component_status(v),
                 "observed": (
                     None
                     if v.seen is None

@@ -41,8 +41,6 @@ class Run:
     kind: str
     start: int  # index of the first day in the window
     days: int
-    first: date
-    last: date
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,21 +181,13 @@ def classify(day: Day | None, planned: bool) -> str:
     return "none"
 
 
-def runs(kinds: list[str], first: date) -> tuple[Run, ...]:
+def runs(kinds: list[str]) -> tuple[Run, ...]:
     """Merge consecutive equal days into runs, so a bar has a few segments, not 90."""
     out: list[Run] = []
     start = 0
     for index in range(1, len(kinds) + 1):
         if index == len(kinds) or kinds[index] != kinds[start]:
-            out.append(
-                Run(
-                    kinds[start],
-                    start,
-                    index - start,
-                    first + timedelta(days=start),
-                    first + timedelta(days=index - 1),
-                )
-            )
+            out.append(Run(kinds[start], start, index - start))
             start = index
     return tuple(out)
 
@@ -222,7 +212,7 @@ def load(plan: Plan, store: Store | None, at: datetime, incident_limit: int = 50
         planned = planned_down_days(plan, ref, first, last)
         kinds = [classify(days.get(i), i in planned) for i in range(today + 1)]
         counts = Counter(kinds)
-        bars.append(Bar(ref, runs(kinds, first), {kind: counts[kind] for kind in KINDS}))
+        bars.append(Bar(ref, runs(kinds), {kind: counts[kind] for kind in KINDS}))
     since = _midnight(first, plan.zone)
     incidents = tuple(
         _as_of(record, at)

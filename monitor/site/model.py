@@ -9,6 +9,7 @@ reasons that `words.reason_text` translates from fixed phrases.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 
 from monitor.config import Milestone, Period
@@ -168,15 +169,6 @@ class Headline:
     broken: int = 0
     others: tuple[Maintenance, ...] = ()
 
-    @property
-    def target(self) -> datetime | None:
-        """The instant the countdown counts to."""
-        if self.kind == "down":
-            return self.end
-        if self.kind in ("upcoming", "upcoming_open"):
-            return self.start
-        return None
-
 
 @dataclass(frozen=True)
 class Change:
@@ -233,10 +225,6 @@ class Model:
     history: History
 
     @property
-    def title(self) -> str:
-        return self.plan.config.monitor.title
-
-    @property
     def probed(self) -> int:
         return sum(1 for s in self.services if s.probed)
 
@@ -244,10 +232,11 @@ class Model:
         return sum(len(i.services) for i in self.items.get(state, ()))
 
     def view(self, key: tuple[str, str]) -> ServiceView | None:
-        return self._views.get(key)
+        """The service with these ids (None for an incident of a service the plan dropped)."""
+        return self.by_key.get(key)
 
-    @property
-    def _views(self) -> dict[tuple[str, str], ServiceView]:
+    @cached_property
+    def by_key(self) -> dict[tuple[str, str], ServiceView]:
         return {s.key: s for s in self.services}
 
 

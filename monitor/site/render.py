@@ -128,7 +128,6 @@ def _compact(html: str) -> str:
 def page(model: Model, code: str) -> str:
     """`index.html` (zh) or `en/index.html` (en)."""
     lang = Lang(code, model.plan.zone, model.at)
-    refs = {v.key: v.ref for v in model.services}
     bars = list(model.history.bars)
     by_channel = [(c, list(b)) for c, b in groupby(bars, key=lambda b: b.ref.channel.id)]
     config = model.plan.config.monitor
@@ -153,7 +152,7 @@ def page(model: Model, code: str) -> str:
         same_bars=lambda bars: same_bars(bars, lang),
         incidents=model.history.incidents[:PAGE_INCIDENTS],
         more_incidents=len(model.history.incidents) > PAGE_INCIDENTS,
-        refs=refs,
+        refs={v.key: v.ref for v in model.services},
         channel_notes=[c for c in model.plan.config.channels if c.note],
     )
     return _compact(html)
@@ -220,7 +219,7 @@ def _json(data: object) -> bytes:
 
 
 def files(model: Model) -> dict[str, bytes]:
-    """Every file of the site, by relative path. `index.html` comes last (see `publish`)."""
+    """Every file of the site, by relative path."""
     out: dict[str, bytes] = {}
     for name in ("style.css", "countdown.js"):
         out[name] = (STATIC / name).read_bytes()

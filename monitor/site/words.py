@@ -37,8 +37,6 @@ WORDS: dict[str, dict[str, str]] = {
         "resumes": "预计恢复",
         "resumes_unless": "除另注明外，均预计 {at}恢复办理。",
         "changes": "计划变化",
-        "opens": "开放",
-        "closes": "截止",
         "next_change": "下一次计划变化",
         "to_up": "开放",
         "to_down": "暂停",
@@ -55,7 +53,6 @@ WORDS: dict[str, dict[str, str]] = {
         "headline_other_open": "另有 {n} 项业务按计划暂停（{title}）。",
         "n_services": "{n} 项业务",
         "headline_broken": "另有 {n} 项按计划应开放的业务暂时无法使用，详见下方。",
-        "countdown_label": "倒计时",
         "windows": "特别窗口",
         "window_upcoming": "将于 {start}开放，{end}截止",
         "window_active": "开放中，{end}截止",
@@ -85,7 +82,6 @@ WORDS: dict[str, dict[str, str]] = {
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
         "channels": "渠道说明",
         "files": "数据文件",
-        "inferred": "",
         "hours": "{n} 小时",
         "minutes": "{n} 分钟",
         "days_short": "{n} 天",
@@ -117,8 +113,6 @@ WORDS: dict[str, dict[str, str]] = {
         "resumes": "Expected back",
         "resumes_unless": "Unless noted otherwise, all expected back {at}.",
         "changes": "Plan changes",
-        "opens": "opens",
-        "closes": "closes",
         "next_change": "Next planned change",
         "to_up": "open",
         "to_down": "paused",
@@ -135,7 +129,6 @@ WORDS: dict[str, dict[str, str]] = {
         "headline_other_open": "{n} more service(s) paused as planned ({title}).",
         "n_services": "{n} services",
         "headline_broken": "{n} service(s) that should be available are not working; see below.",
-        "countdown_label": "Countdown",
         "windows": "Special windows",
         "window_upcoming": "opens {start}, closes {end}",
         "window_active": "open now, closes {end}",
@@ -167,7 +160,6 @@ WORDS: dict[str, dict[str, str]] = {
         "as planned.",
         "channels": "About the channels",
         "files": "Data files",
-        "inferred": "",
         "hours": "{n} h",
         "minutes": "{n} min",
         "days_short": "{n} d",
@@ -285,11 +277,6 @@ class Lang:
         return Markup('<time datetime="{}">{}</time>').format(
             value.isoformat(), self.date_text(value, year)
         )
-
-    def span(self, start: date, end: date) -> str:
-        """A range of days for a bar's tooltip, `6月22日–7月24日`."""
-        first = self.date_text(start, False)
-        return first if start == end else f"{first}–{self.date_text(end, False)}"
 
     def duration(self, value: timedelta) -> str:
         minutes = max(0, int(value.total_seconds() // 60))
