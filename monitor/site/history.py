@@ -53,10 +53,12 @@ class Bar:
 
     def paths(self) -> list[tuple[str, str]]:
         """SVG path data per kind of day, one rectangle per run (`M{x} 0h{w}v1h-{w}z`), in
-        the units of a `0 0 days 1` viewBox: a bar costs a few bytes per run."""
+        the units of a `0 0 days 1` viewBox: a bar costs a few bytes per run. `ok` days are
+        the bar's background (the style sheet), so the common case draws nothing."""
         out: dict[str, list[str]] = {}
         for run in self.runs:
-            out.setdefault(run.kind, []).append(f"M{run.start} 0h{run.days}v1h-{run.days}z")
+            if run.kind != "ok":
+                out.setdefault(run.kind, []).append(f"M{run.start} 0h{run.days}v1h-{run.days}z")
         return [(kind, "".join(out[kind])) for kind in KINDS if kind in out]
 
     @property
