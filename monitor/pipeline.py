@@ -71,6 +71,7 @@ class Pipeline:
         self.running: set[tuple[str, str]] = set()
         self._limit = asyncio.Semaphore(self.concurrency)
         self.probed = [ref for ref in self.plan.services if ref.service.probe is not None]
+        self._thresholds: dict[tuple[str, str], Thresholds] = {}
 
     # --- per-service settings --------------------------------------------------------------
 
@@ -83,12 +84,16 @@ class Pipeline:
         return (probe and probe.timeout) or self.plan.config.monitor.timeout
 
     def thresholds(self, ref: ServiceRef) -> Thresholds:
-        settings = self.plan.config.monitor
-        return Thresholds(
-            failure=settings.failure_threshold,
-            success=settings.success_threshold,
-            stale_after=2 * self.interval(ref) + self.timeout(ref),
-        )
+        """Per service, made once: the plan does not change while the pipeline runs."""
+        thresholds = self._thresholds.get(ref.key)
+        if thresholds is None:
+            settings = self.plan.config.monitor
+            thresholds = self._thresholds[ref.key] = Thresholds(
+                failure=settings.failure_threshold,
+                success=settings.success_threshold,
+                stale_after=2 * self.interval(ref) + self.timeout(ref),
+            )
+        return thresholds
 
     def verdict(self, ref: ServiceRef, now: datetime | None = None) -> Verdict:
         """The confirmed verdict of a service now (`unknown` for schedule-only or stale)."""

@@ -7,6 +7,7 @@ start and exclude their end) and tested without sockets.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from monitor.config import Channel, Period, PlanConfig, Service
 TICK = timedelta(microseconds=1)
 #: How far ahead `next_change` looks for a recurring period before it gives up.
 HORIZON = timedelta(days=400)
+#: How far ahead `in_grace` computes a service's transitions at once.
+GRACE_LOOKAHEAD = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ def period_boundaries(
     found: set[datetime] = set()
     for bound in (period.start, period.end):
         if bound is not None and start <= bound < end:
-            found.add(bound)
+            found.add(bound.astimezone(ZoneInfo("UTC")))  # `bound - TICK` must not be wall time
     if period.recurring:
         local_zone = ZoneInfo(period.location) if period.location else zone
         lo = max(start, period.start) if period.start else start
@@ -160,6 +163,11 @@ def period_boundaries(
 # --- the plan --------------------------------------------------------------------------------
 
 
+def _group(ref: ServiceRef) -> tuple:
+    """What a service's expectations depend on: services alike in this are planned alike."""
+    return (ref.service.default, ref.service.expect)
+
+
 class Plan:
     """The validated plan with its questions: expected state, grace, next change, transitions."""
 
@@ -169,6 +177,15 @@ class Plan:
         self.grace = config.monitor.grace
         self.services = [ServiceRef(c, s) for c in config.channels for s in c.services]
         self._by_key = {ref.key: ref for ref in self.services}
+        #: Services with the same default and rules have the same expectation at every instant,
+        #: so their transitions are computed once per such group (thousands of services of a
+        #: real plan fall into a handful of groups).
+        groups: dict[tuple, int] = {}
+        self._group_of = {
+            ref.key: groups.setdefault(_group(ref), len(groups)) for ref in self.services
+        }
+        #: Per group: `(start, end, change instants)` computed by `in_grace`, see there.
+        self._grace_windows: dict[int, tuple[datetime, datetime, list[datetime]]] = {}
 
     def service(self, channel: str, service: str) -> ServiceRef:
         """The service with these ids; KeyError when the plan has none."""
@@ -184,6 +201,7 @@ class Plan:
 
     def expected(self, ref: ServiceRef, at: datetime) -> Expectation:
         """The expectation at `at`: the last rule whose period is active wins, else `default`."""
+        at = at.astimezone(ZoneInfo("UTC"))  # same-zone datetimes compare on the wall clock
         rules = ref.service.expect
         for index in range(len(rules) - 1, -1, -1):
             rule = rules[index]
@@ -195,9 +213,19 @@ class Plan:
         self, start: datetime, end: datetime, refs: Iterable[ServiceRef] | None = None
     ) -> list[Transition]:
         """Every change of expected state in `[start, end)`, in time order."""
+        start, end = start.astimezone(ZoneInfo("UTC")), end.astimezone(ZoneInfo("UTC"))
         out: list[Transition] = []
+        of_group: dict[int, list[Transition]] = {}
         for ref in self.services if refs is None else refs:
-            out.extend(self._service_transitions(ref, start, end))
+            group = self._group_of[ref.key]
+            found = of_group.get(group)
+            if found is None:
+                found = of_group[group] = self._service_transitions(ref, start, end)
+            channel, service = ref.key
+            out.extend(
+                Transition(t.at, channel, service, t.from_state, t.to_state, t.period)
+                for t in found
+            )
         out.sort(key=lambda t: (t.at, t.channel, t.service))
         return out
 
@@ -225,6 +253,7 @@ class Plan:
         self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON
     ) -> datetime | None:
         """The first instant after `at` at which the expected state of `ref` changes."""
+        at = at.astimezone(ZoneInfo("UTC"))  # absolute, not wall-clock, arithmetic below
         window = timedelta(days=2)
         lo = at + TICK
         while True:
@@ -237,14 +266,31 @@ class Plan:
             lo, window = hi, window * 4
 
     def in_grace(self, ref: ServiceRef, at: datetime) -> bool:
-        """Whether `at` lies within `grace` after a planned change of this service's state."""
+        """Whether `at` lies within `grace` after a planned change of this service's state.
+
+        Asked for every observation, so the transitions of the service's group are computed
+        for a day ahead at once and kept: the changes inside a window do not depend on the
+        window they are looked up in, so the answer is the same as computing `[at - grace, at]`
+        every time.
+        """
+        at = at.astimezone(ZoneInfo("UTC"))  # absolute, not wall-clock, arithmetic below
         if self.grace <= timedelta(0):
             return False
-        return bool(self._service_transitions(ref, at - self.grace + TICK, at + TICK))
+        start, end = at - self.grace + TICK, at + TICK
+        group = self._group_of[ref.key]
+        known = self._grace_windows.get(group)
+        if known is None or not (known[0] <= start and end <= known[1]):
+            until = max(end, start + GRACE_LOOKAHEAD)
+            changes = [t.at for t in self._service_transitions(ref, start, until)]
+            known = self._grace_windows[group] = (start, until, changes)
+        changes = known[2]
+        index = bisect.bisect_left(changes, start)
+        return index < len(changes) and changes[index] < end
 
     def next_transition(self, at: datetime) -> datetime | None:
         """The first instant after `at` at which any service's expectation changes."""
-        changes = [self.next_change(ref, at) for ref in self.services]
+        alike = {self._group_of[ref.key]: ref for ref in self.services}
+        changes = [self.next_change(ref, at) for ref in alike.values()]
         return min((c for c in changes if c is not None), default=None)
 
 

@@ -1,0 +1,782 @@
+"""The plan file's validation: every mistake gets its own precise, actionable message.
+
+Each message must name the file, the key path (with the channel and service ids where they
+help), quote the offending value and say what was expected. All mistakes of one file are
+reported at once, and none of them reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.cli import main
+from monitor.config import (
+    ConfigError,
+    PlanConfig,
+    format_duration,
+    load_config,
+    parse_duration,
+    validate_config,
+)
+
+# A small, valid plan. Every bad config below is this text with one mistake put in, so each
+# test shows exactly the one change that breaks it.
+BASE = """\
+[periods.freeze]
+title = "停机切换"
+start = 2022-06-22T18:00:00
+end = 2022-07-25T08:30:00
+
+[[channels]]
+id = "hubei-portal"
+name = "湖北政务服务网"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "企业职工养老保险"
+expect = [{ during = "freeze", state = "down" }]
+"""
+
+CHANNEL = BASE[BASE.index("[[channels]]") :]
+SERVICE = BASE[BASE.index("[[channels.services]]") :]
+CHANNEL_HEAD = BASE[BASE.index("[[channels]]") : BASE.index("[[channels.services]]")]
+
+PORTAL = '(channel "hubei-portal")'
+PENSION = '(channel "hubei-portal", service "pension")'
+
+
+def with_monitor(lines: str, text: str = BASE) -> str:
+    return f"[monitor]\n{lines}\n\n{text}"
+
+
+def replaced(old: str, new: str, text: str = BASE) -> str:
+    assert text.count(old) == 1, f"the test's edit {old!r} must match exactly once"
+    return text.replace(old, new)
+
+
+def with_probe(lines: str) -> str:
+    return f"{BASE}\n[channels.services.probe]\n{lines}\n"
+
+
+def with_period(lines: str) -> str:
+    return f"[periods.office-hours]\n{lines}\n\n{BASE}"
+
+
+def write(tmp_path: Path, text: str, name: str = "plan.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(tmp_path: Path, text: str) -> tuple[Path, list[str]]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = caught.value.problems
+    assert problems, "a ConfigError must carry at least one problem"
+    assert str(caught.value) == "\n".join(problems)
+    return path, problems
+
+
+def only_problem(tmp_path: Path, text: str) -> tuple[Path, str]:
+    path, problems = problems_of(tmp_path, text)
+    assert len(problems) == 1, problems
+    message = problems[0]
+    assert message.startswith(f"{path}: "), message
+    assert "Traceback" not in message
+    return path, message
+
+
+def test_base_plan_is_valid(tmp_path: Path) -> None:
+    """The starting point of every bad config below is itself fine."""
+    config = load_config(write(tmp_path, BASE))
+    assert [c.id for c in config.channels] == ["hubei-portal"]
+    assert config.periods["freeze"].start.isoformat() == "2022-06-22T18:00:00+08:00"
+
+
+# --- one mistake, one message ----------------------------------------------------------------
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor('failure_threshold = "two"'))
+    assert message.startswith(f"{path}: monitor.failure_threshold: ")
+    assert 'got "two"' in message
+    assert "valid integer" in message
+
+
+def test_wrong_type_for_a_duration(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor("interval = 60"))
+    assert message.startswith(f"{path}: monitor.interval: ")
+    assert "got 60" in message
+    assert 'expected a duration string such as "30s"' in message
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced("expect = [", "expcet = ["))
+    assert message.startswith(f"{path}: channels[0].services[0].expcet {PENSION}: ")
+    assert 'unknown key "expcet"' in message
+    assert 'did you mean "expect"?' in message
+    assert "allowed keys: id, name, name_en, note, note_en, default, expect, probe" in message
+
+
+def test_unknown_key_in_monitor_and_period(tmp_path: Path) -> None:
+    text = with_monitor(
+        'timzone = "UTC"', replaced("[periods.freeze]", "[periods.freeze]\nweekday = []")
+    )
+    path, problems = problems_of(tmp_path, text)
+    assert len(problems) == 2, problems
+    monitor, period = sorted(problems)
+    assert monitor.startswith(f"{path}: monitor.timzone: ")
+    assert 'did you mean "timezone"?' in monitor
+    assert period.startswith(f"{path}: periods.freeze.weekday: ")
+    assert 'did you mean "weekdays"?' in period
+    # `id` is filled in from the table name; the user never writes it, so it is not offered.
+    assert "allowed keys: title, title_en, start, end, weekdays," in period
+    assert " id," not in period
+
+
+def test_unknown_period(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('during = "freeze"', 'during = "frezee"'))
+    assert message.startswith(f"{path}: channels[0].services[0].expect[0].during {PENSION}: ")
+    assert 'unknown period "frezee"' in message
+    assert 'did you mean "freeze"?' in message
+    assert "expected one of the periods defined under [periods]: freeze" in message
+
+
+def test_end_before_start(tmp_path: Path) -> None:
+    text = replaced("end = 2022-07-25T08:30:00", "end = 2022-06-01T08:30:00")
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: periods.freeze: ")
+    assert "end 2022-06-01T08:30:00+08:00" in message
+    assert "is not after start 2022-06-22T18:00:00+08:00" in message
+
+
+def test_end_equal_to_start(tmp_path: Path) -> None:
+    """An empty period is as wrong as a reversed one: the end is exclusive."""
+    text = replaced("end = 2022-07-25T08:30:00", "end = 2022-06-22T18:00:00")
+    _, message = only_problem(tmp_path, text)
+    assert "end 2022-06-22T18:00:00+08:00 is not after start 2022-06-22T18:00:00+08:00" in message
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    text = with_probe('url = "https://zwfw.hubei.gov.cn/"\nbody_not_matches = "(系统维护"')
+    path, message = only_problem(tmp_path, text)
+    prefix = f"{path}: channels[0].services[0].probe.body_not_matches {PENSION}: "
+    assert message.startswith(prefix)
+    assert 'got "(系统维护"' in message
+    assert "expected a valid regular expression" in message
+
+
+def test_bad_zone(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor('timezone = "Asia/Shanghia"'))
+    assert message.startswith(f"{path}: monitor.timezone: ")
+    assert 'got "Asia/Shanghia"' in message
+    assert 'expected an IANA time zone name such as "Asia/Shanghai"' in message
+
+
+def test_bad_period_location(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_period('location = "Europe/Lodnon"'))
+    assert message.startswith(f"{path}: periods.office-hours.location: ")
+    assert 'got "Europe/Lodnon"' in message
+    assert "IANA time zone" in message
+
+
+def test_duplicate_channel_id(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, BASE + "\n" + CHANNEL)
+    assert message.startswith(f"{path}: channels[1].id {PORTAL}: ")
+    assert 'duplicate channel id "hubei-portal"' in message
+    assert "already used by channels[0]" in message
+
+
+def test_duplicate_service_id(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, BASE + "\n" + SERVICE)
+    assert message.startswith(f"{path}: channels[0].services[1].id {PENSION}: ")
+    assert 'duplicate service id "pension" in this channel' in message
+    assert "already used by services[0]" in message
+
+
+def test_same_service_id_in_two_channels_is_fine(tmp_path: Path) -> None:
+    other = replaced('id = "hubei-portal"', 'id = "ehb-app"', CHANNEL)
+    config = load_config(write(tmp_path, BASE + "\n" + other))
+    assert [(c.id, c.services[0].id) for c in config.channels] == [
+        ("hubei-portal", "pension"),
+        ("ehb-app", "pension"),
+    ]
+
+
+def test_bad_service_id_characters(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('id = "pension"', 'id = "Pension_1"'))
+    assert message.startswith(
+        f'{path}: channels[0].services[0].id (channel "hubei-portal", service "Pension_1"): '
+    )
+    assert 'got "Pension_1"' in message
+    assert "expected an id of lower-case letters, digits and hyphens ([a-z0-9-]+)" in message
+
+
+def test_bad_channel_id_characters(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('id = "hubei-portal"', 'id = "湖北 portal"'))
+    assert message.startswith(f'{path}: channels[0].id (channel "湖北 portal"): ')
+    assert 'got "湖北 portal"' in message
+    assert "[a-z0-9-]+" in message
+
+
+def test_bad_period_id_characters(tmp_path: Path) -> None:
+    text = replaced(
+        "[periods.freeze]", "[periods.Cert_Window]\nstart = 2022-06-23T09:00:00\n\n[periods.freeze]"
+    )
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: periods.Cert_Window: ")
+    assert 'period id "Cert_Window"' in message
+    assert "[a-z0-9-]+" in message
+
+
+def test_bad_duration(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor('interval = "5 minutes"'))
+    assert message.startswith(f"{path}: monitor.interval: ")
+    assert 'got "5 minutes"' in message
+    assert 'expected a duration such as "30s", "10m" or "2h" (units ms, s, m, h, d)' in message
+
+
+def test_zero_interval(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor('interval = "0s"'))
+    assert message.startswith(f"{path}: monitor.interval: ")
+    assert 'got "0s"' in message
+    assert "expected a duration of at least 1s" in message
+
+
+def test_bad_probe_duration(tmp_path: Path) -> None:
+    text = with_probe('url = "https://zwfw.hubei.gov.cn/"\ntimeout = "ten seconds"')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].probe.timeout {PENSION}: ")
+    assert 'got "ten seconds"' in message
+    assert "expected a duration" in message
+
+
+def test_zero_threshold(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_monitor("success_threshold = 0"))
+    assert message.startswith(f"{path}: monitor.success_threshold: ")
+    assert "got 0" in message
+    assert "greater than or equal to 1" in message
+
+
+def test_bad_state_literal(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('state = "down"', 'state = "closed"'))
+    assert message.startswith(f"{path}: channels[0].services[0].expect[0].state {PENSION}: ")
+    assert 'got "closed"' in message
+    assert "expected one of 'up', 'down' or 'any'" in message
+
+
+def test_bad_default_state(tmp_path: Path) -> None:
+    text = replaced('name = "企业职工养老保险"', 'name = "企业职工养老保险"\ndefault = "open"')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].default {PENSION}: ")
+    assert 'got "open"' in message
+    assert "expected one of 'up', 'down' or 'any'" in message
+
+
+def test_bad_kind(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('kind = "web"', 'kind = "website"'))
+    assert message.startswith(f"{path}: channels[0].kind {PORTAL}: ")
+    assert 'got "website"' in message
+    assert "expected one of 'web', 'app', 'wechat', 'alipay', 'tax', 'platform' or 'offline'" in (
+        message
+    )
+
+
+def test_bad_group(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('group = "online"', 'group = "both"'))
+    assert message.startswith(f"{path}: channels[0].group {PORTAL}: ")
+    assert 'got "both"' in message
+    assert "expected one of 'online' or 'offline'" in message
+
+
+def test_channel_with_empty_services(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, CHANNEL_HEAD + "services = []\n")
+    assert message == f"{path}: channels[0].services {PORTAL}: expected at least one entry"
+
+
+def test_channel_without_services(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, CHANNEL_HEAD)
+    assert message == f"{path}: channels[0].services {PORTAL}: missing required key"
+
+
+def test_time_of_day_25(tmp_path: Path) -> None:
+    text = with_period('times = [{ start_time = "09:00", end_time = "25:00" }]')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: periods.office-hours.times[0].end_time: ")
+    assert 'got "25:00"' in message
+    assert 'expected a time of day between "00:00" and "24:00"' in message
+
+
+def test_time_of_day_not_hh_mm(tmp_path: Path) -> None:
+    text = with_period('times = [{ start_time = "9:00", end_time = "17:00" }]')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: periods.office-hours.times[0].start_time: ")
+    assert 'got "9:00"' in message
+    assert 'expected a time of day "HH:MM"' in message
+
+
+def test_times_end_not_after_start(tmp_path: Path) -> None:
+    text = with_period('times = [{ start_time = "17:00", end_time = "09:00" }]')
+    path, message = only_problem(tmp_path, text)
+    assert message == f"{path}: periods.office-hours.times[0]: expected end_time after start_time"
+
+
+def test_bad_weekday_name(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_period('weekdays = ["mondy:friday"]'))
+    assert message.startswith(f"{path}: periods.office-hours.weekdays: ")
+    assert '"mondy:friday"' in message
+    assert "expected a name or number (monday, tuesday, wednesday" in message
+
+
+def test_reversed_weekday_range(tmp_path: Path) -> None:
+    _, message = only_problem(tmp_path, with_period('weekdays = ["friday:monday"]'))
+    assert "periods.office-hours.weekdays: " in message
+    assert 'expected a range "a:b" with a not after b, got "friday:monday"' in message
+
+
+def test_day_of_month_zero(tmp_path: Path) -> None:
+    _, message = only_problem(tmp_path, with_period("days_of_month = [0]"))
+    assert "periods.office-hours.days_of_month: got [0]: " in message
+    assert "expected a value between -31 and 31" in message
+
+
+def test_non_http_probe_url_is_not_echoed(tmp_path: Path) -> None:
+    secret = "ftp://monitor:s3cret-token@zwfw.hubei.gov.cn/health?key=abc123"
+    path, message = only_problem(tmp_path, with_probe(f'url = "{secret}"'))
+    assert message == (
+        f"{path}: channels[0].services[0].probe.url {PENSION}: expected an http:// or https:// URL"
+    )
+    for part in ("s3cret", "token", "abc123", "ftp://", "zwfw.hubei.gov.cn"):
+        assert part not in message
+
+
+def test_bad_expect_status(tmp_path: Path) -> None:
+    text = with_probe('url = "https://zwfw.hubei.gov.cn/"\nexpect_status = [200, 700]')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].probe.expect_status[1] {PENSION}: ")
+    assert "got 700" in message
+    assert "less than or equal to 599" in message
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    text = replaced('kind = "web"', "kind = web")
+    line = text.splitlines().index("kind = web") + 1
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: TOML syntax error: ")
+    assert f"line {line}" in message
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "gbk.toml"
+    path.write_bytes(BASE.encode("gbk"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [message] = caught.value.problems
+    assert message.startswith(f"{path}: the file is not UTF-8 text (")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [message] = caught.value.problems
+    assert message.startswith(f"{path}: cannot read the plan file")
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, replaced('group = "online"\n', ""))
+    assert message == f"{path}: channels[0].group {PORTAL}: missing required key"
+
+
+def test_missing_channels(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, '[monitor]\ntitle = "空"\n')
+    assert message == f"{path}: channels: missing required key"
+
+
+def test_milestone_without_title(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, BASE + "\n[[milestones]]\nat = 2022-07-31\n")
+    assert message == f"{path}: milestones[0].title: missing required key"
+
+
+def test_distinct_mistakes_give_distinct_messages(tmp_path: Path) -> None:
+    """At least 15 different mistakes, each with its own message (not one generic text)."""
+    texts = [
+        with_monitor('failure_threshold = "two"'),
+        replaced("expect = [", "expcet = ["),
+        replaced('during = "freeze"', 'during = "frezee"'),
+        replaced("end = 2022-07-25T08:30:00", "end = 2022-06-01T08:30:00"),
+        with_probe('url = "https://a.example/"\nbody_matches = "(x"'),
+        with_monitor('timezone = "Asia/Shanghia"'),
+        BASE + "\n" + CHANNEL,
+        BASE + "\n" + SERVICE,
+        replaced('id = "pension"', 'id = "Pension_1"'),
+        with_monitor('interval = "5 minutes"'),
+        with_monitor("success_threshold = 0"),
+        replaced('state = "down"', 'state = "closed"'),
+        replaced('kind = "web"', 'kind = "website"'),
+        CHANNEL_HEAD + "services = []\n",
+        with_period('times = [{ start_time = "09:00", end_time = "25:00" }]'),
+        with_period('weekdays = ["mondy"]'),
+        with_probe('url = "ftp://a.example/"'),
+        replaced('kind = "web"', "kind = web"),
+        replaced('group = "online"\n', ""),
+    ]
+    messages = []
+    for index, text in enumerate(texts):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        _, message = only_problem(folder, text)
+        messages.append(message.split(": ", 1)[1])  # without the file name
+    assert len(set(messages)) == len(texts) >= 15, messages
+
+
+# --- every mistake at once -------------------------------------------------------------------
+
+MANY = f"""\
+[monitor]
+timezone = "Asia/Shanghia"
+interval = "5 minutes"
+grace = "soon"
+
+[periods.freeze]
+start = 2022-06-22T18:00:00
+end = 2022-06-01T08:30:00
+
+[periods.office-hours]
+weekdays = ["mondy:friday"]
+times = [{{ start_time = "09:00", end_time = "25:00" }}]
+
+[[channels]]
+id = "hubei-portal"
+name = "湖北政务服务网"
+kind = "website"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "企业职工养老保险"
+expcet = [{{ during = "freeze", state = "down" }}]
+expect = [{{ during = "frezee", state = "down" }}, {{ during = "office-hours", state = "shut" }}]
+
+[[channels.services]]
+id = "pension"
+name = "again"
+
+[channels.services.probe]
+url = "gopher://secret-host/"
+body_matches = "[unclosed"
+
+{CHANNEL_HEAD}services = []
+"""
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    path, problems = problems_of(tmp_path, MANY)
+    expected = [
+        'monitor.timezone: got "Asia/Shanghia"',
+        'monitor.interval: got "5 minutes"',
+        'monitor.grace: got "soon"',
+        "periods.freeze: end 2022-06-01T08:30:00+08:00 is not after start",
+        'periods.office-hours.weekdays: got ["mondy:friday"]',
+        'periods.office-hours.times[0].end_time: got "25:00"',
+        f'channels[0].kind {PORTAL}: got "website"',
+        f'channels[0].services[0].expcet {PENSION}: unknown key "expcet"',
+        f'channels[0].services[0].expect[1].state {PENSION}: got "shut"',
+        f'channels[0].services[0].expect[0].during {PENSION}: unknown period "frezee"',
+        f'channels[0].services[1].id {PENSION}: duplicate service id "pension"',
+        f"channels[0].services[1].probe.url {PENSION}: expected an http:// or https:// URL",
+        f'channels[0].services[1].probe.body_matches {PENSION}: got "[unclosed"',
+        f'channels[1].id {PORTAL}: duplicate channel id "hubei-portal"',
+        f"channels[1].services {PORTAL}: expected at least one entry",
+    ]
+    for fragment in expected:
+        hits = [p for p in problems if p.startswith(f"{path}: {fragment}")]
+        assert len(hits) == 1, (fragment, problems)
+    assert len(problems) == len(expected), problems
+    assert not any("secret-host" in p for p in problems)
+
+
+def test_validate_config_reports_field_and_reference_errors_together() -> None:
+    data = {
+        "periods": {"freeze": {"start": "tomorrow"}},
+        "channels": [
+            {
+                "id": "x",
+                "name": "X",
+                "kind": "web",
+                "group": "online",
+                "services": [{"id": "s", "name": "S", "expect": [{"during": "nope"}]}],
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as caught:
+        validate_config(data, "inline.toml")
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith('inline.toml: periods.freeze.start: got "tomorrow": ')
+    assert problems[1] == (
+        'inline.toml: channels[0].services[0].expect[0].state (channel "x", service "s"): '
+        "missing required key"
+    )
+    assert problems[2].startswith(
+        'inline.toml: channels[0].services[0].expect[0].during (channel "x", service "s"): '
+        'unknown period "nope"; expected one of the periods defined under [periods]: freeze'
+    )
+
+
+# --- through the command line ----------------------------------------------------------------
+
+
+def run_validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["validate", "--config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, with_probe('url = "https://zwfw.hubei.gov.cn/"'))
+    code, out, err = run_validate(path, capsys)
+    assert code == 0
+    assert err == ""
+    assert out == (f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n")
+
+
+def test_cli_validate_unknown_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, replaced('during = "freeze"', 'during = "frezee"'))
+    code, out, err = run_validate(path, capsys)
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{path}: channels[0].services[0].expect[0].during {PENSION}: ")
+    assert 'unknown period "frezee" (did you mean "freeze"?)' in lines[0]
+    assert lines[1:] == ["1 problem found; nothing was done."]
+    assert "Traceback" not in err
+
+
+def test_cli_validate_lists_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MANY)
+    code, out, err = run_validate(path, capsys)
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[-1] == "15 problems found; nothing was done."
+    assert all(line.startswith(f"{path}: ") for line in lines[:-1])
+    assert len(lines) == 16
+    assert "Traceback" not in err
+    assert "secret-host" not in err
+
+
+def test_cli_validate_bad_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, with_monitor('timezone = "Asia/Shanghia"'))
+    code, _, err = run_validate(path, capsys)
+    assert code == 2
+    assert f'{path}: monitor.timezone: got "Asia/Shanghia"' in err
+    assert "Traceback" not in err
+
+
+def test_cli_validate_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[[channels]\nid = 1\n")
+    code, out, err = run_validate(path, capsys)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"{path}: TOML syntax error: ")
+    assert "line 1" in err
+    assert "Traceback" not in err
+
+
+def test_cli_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.toml"
+    code, _, err = run_validate(path, capsys)
+    assert code == 2
+    assert err.startswith(f"{path}: cannot read the plan file")
+    assert "Traceback" not in err
+
+
+def test_cli_validate_hides_probe_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, with_probe('url = "file:///etc/shadow?token=zzz"'))
+    code, out, err = run_validate(path, capsys)
+    assert code == 2
+    assert "expected an http:// or https:// URL" in err
+    assert "zzz" not in err + out
+    assert "/etc/shadow" not in err + out
+
+
+# --- defaults --------------------------------------------------------------------------------
+
+MINIMAL = """\
+[[channels]]
+id = "hall"
+name = "社保办事大厅"
+kind = "offline"
+group = "offline"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+"""
+
+
+def test_minimal_config_takes_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert isinstance(config, PlanConfig)
+    monitor = config.monitor
+    assert monitor.timezone == "Asia/Shanghai"
+    assert monitor.tz == ZoneInfo("Asia/Shanghai")
+    assert monitor.interval == timedelta(seconds=60)
+    assert monitor.timeout == timedelta(seconds=10)
+    assert monitor.grace == timedelta(minutes=5)
+    assert monitor.failure_threshold == 2
+    assert monitor.success_threshold == 2
+    assert config.periods == {}
+    assert config.milestones == ()
+    [channel] = config.channels
+    assert (channel.id, channel.name, channel.kind, channel.group) == (
+        "hall",
+        "社保办事大厅",
+        "offline",
+        "offline",
+    )
+    assert channel.name_en == channel.note == channel.note_en == ""
+    [service] = channel.services
+    assert service.default == "up"
+    assert service.expect == ()
+    assert service.probe is None
+
+
+def test_minimal_config_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, MINIMAL)
+    code, out, err = run_validate(path, capsys)
+    assert (code, err) == (0, "")
+    assert out == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones\n"
+
+
+def test_shortest_interval_and_zero_grace_are_valid(tmp_path: Path) -> None:
+    text = with_monitor('interval = "1s"\ntimeout = "1s"\ngrace = "0s"', MINIMAL)
+    monitor = load_config(write(tmp_path, text)).monitor
+    assert monitor.interval == timedelta(seconds=1)
+    assert monitor.timeout == timedelta(seconds=1)
+    assert monitor.grace == timedelta(0)
+
+
+def test_probe_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, with_probe('url = "https://zwfw.hubei.gov.cn/"')))
+    probe = config.channels[0].services[0].probe
+    assert probe is not None
+    assert probe.method == "GET"
+    assert probe.headers == {}
+    assert probe.follow_redirects is True
+    assert probe.expect_status is None
+    assert probe.interval is probe.timeout is probe.max_response_time is None
+    assert "zwfw" not in repr(probe)
+
+
+def test_local_datetimes_are_read_in_the_plan_zone(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, with_monitor('timezone = "Europe/London"')))
+    freeze = config.periods["freeze"]
+    assert freeze.start.utcoffset() == timedelta(hours=1)  # BST in June
+    assert freeze.start.isoformat() == "2022-06-22T18:00:00+01:00"
+
+
+def test_dates_and_offset_datetimes_in_periods(tmp_path: Path) -> None:
+    text = replaced(
+        "start = 2022-06-22T18:00:00\nend = 2022-07-25T08:30:00",
+        "start = 2022-06-22\nend = 2022-07-25T00:30:00Z",
+    )
+    freeze = load_config(write(tmp_path, text)).periods["freeze"]
+    assert freeze.start.isoformat() == "2022-06-22T00:00:00+08:00"
+    assert freeze.end.astimezone(ZoneInfo("Asia/Shanghai")).isoformat() == (
+        "2022-07-25T08:30:00+08:00"
+    )
+
+
+def test_period_ids_come_from_table_names(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, with_period('weekdays = ["monday:friday"]')))
+    assert {key: p.id for key, p in config.periods.items()} == {
+        "office-hours": "office-hours",
+        "freeze": "freeze",
+    }
+    assert config.periods["office-hours"].recurring
+    assert not config.periods["freeze"].recurring
+
+
+# --- durations -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "canonical"),
+    [
+        ("0s", timedelta(0), "0s"),
+        ("1s", timedelta(seconds=1), "1s"),
+        ("30s", timedelta(seconds=30), "30s"),
+        ("10m", timedelta(minutes=10), "10m"),
+        ("2h", timedelta(hours=2), "2h"),
+        ("1d", timedelta(days=1), "1d"),
+        ("500ms", timedelta(milliseconds=500), "500ms"),
+        ("1h30m", timedelta(minutes=90), "1h30m"),
+        ("90m", timedelta(minutes=90), "1h30m"),
+        ("3600s", timedelta(hours=1), "1h"),
+        ("1s500ms", timedelta(milliseconds=1500), "1s500ms"),
+        ("1d2h3m4s5ms", timedelta(days=1, hours=2, minutes=3, seconds=4, milliseconds=5), None),
+    ],
+)
+def test_parse_and_format_duration(text: str, value: timedelta, canonical: str | None) -> None:
+    assert parse_duration(text) == value
+    assert format_duration(value) == (canonical or text)
+    assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize(
+    "text", ["", "5", "m5", "1.5s", "-1s", "1y", "30s ", " 30s", "1S", "5 minutes", "s"]
+)
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", [None, 5, 1.5, ["1s"]])
+def test_parse_duration_rejects_non_strings(value: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration string"):
+        parse_duration(value)
+
+
+def test_parse_duration_passes_timedelta_through() -> None:
+    value = timedelta(seconds=7)
+    assert parse_duration(value) is value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=10**11))
+def test_duration_round_trip_from_milliseconds(ms: int) -> None:
+    value = timedelta(milliseconds=ms)
+    text = format_duration(value)
+    assert parse_duration(text) == value
+    assert format_duration(parse_duration(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=999), st.sampled_from(["d", "h", "m", "s", "ms"])
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_duration_text_round_trip(parts: list[tuple[int, str]]) -> None:
+    text = "".join(f"{n}{unit}" for n, unit in parts)
+    value = parse_duration(text)
+    factor = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    assert value == timedelta(milliseconds=sum(n * factor[u] for n, u in parts))
+    assert parse_duration(format_duration(value)) == value
