@@ -41,7 +41,7 @@ def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
     try:
         return parse_instant(text, plan.zone)
     except ValueError as exc:
-        raise UsageError(f"--{name.replace('_', '-')}: {exc}") from None
+        raise UsageError(f"--{name.rstrip('_').replace('_', '-')}: {exc}") from None
 
 
 def local(plan: Plan, value: str | None) -> str:

@@ -26,6 +26,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -74,12 +76,13 @@ def parse_duration(value: object) -> timedelta:
         return value
     if not isinstance(value, str) or not value:
         raise ValueError('expected a duration string such as "30s", "10m" or "2h"')
-    pos, total = 0, 0.0
+    pos, total, last = 0, 0.0, float("inf")
     for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
+        size = _DURATION_UNITS[match.group(2)]
+        if match.start() != pos or size >= last:
+            break  # a gap, or units repeated or out of order ("1m1m", "5s1m")
+        total += int(match.group(1)) * size
+        pos, last = match.end(), size
     if pos != len(value):
         raise ValueError('expected a duration such as "30s", "10m" or "2h" (units ms, s, m, h, d)')
     return timedelta(seconds=total)
@@ -169,8 +172,8 @@ class MonitorSettings(_Model):
     interval: PositiveDuration = timedelta(seconds=60)
     timeout: PositiveDuration = timedelta(seconds=10)
     grace: Duration = timedelta(minutes=5)
-    failure_threshold: int = Field(default=2, ge=1)
-    success_threshold: int = Field(default=2, ge=1)
+    failure_threshold: StrictInt = Field(default=2, ge=1)
+    success_threshold: StrictInt = Field(default=2, ge=1)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -315,8 +318,8 @@ class Probe(_Model):
     headers: dict[str, str] = {}
     interval: PositiveDuration | None = None
     timeout: PositiveDuration | None = None
-    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] | None = None
-    follow_redirects: bool = True
+    expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
+    follow_redirects: StrictBool = True
     body_matches: Regex | None = None
     body_not_matches: Regex | None = None
     max_response_time: PositiveDuration | None = None
@@ -533,6 +536,9 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         message = f"got {_quote(value)}; expected one of {expected}"
     elif kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
         message = "expected an http:// or https:// URL"  # the URL itself may hold a token
+    elif "probe" in loc and (loc[-1] in ("probe", "url", "headers") or "headers" in loc):
+        # a probe's URL and headers may carry tokens: say what is wrong, never quote them
+        message = f"expected {_expected_shape(loc)} (the value is not repeated here)"
     elif loc and loc[0] == "alerts" and loc[-1] in ("url", "secret"):
         msg = error["msg"].removeprefix("Value error, ")  # never quote a URL or a secret
         message = msg if kind == "value_error" else f"expected a string ({msg[0].lower()}{msg[1:]})"
@@ -548,6 +554,16 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         elif kind == "value_error" and isinstance(value, dict):
             message = msg  # a whole table (a period): its message names the fields
     return f"{filename}: {key_path(loc, data) or '(top level)'}: {message}"
+
+
+def _expected_shape(loc: tuple) -> str:
+    if loc[-1] == "probe":
+        return 'a table such as [channels.services.probe] with url = "https://..."'
+    if loc[-1] == "headers":
+        return 'a table of header names to string values, e.g. headers = { Accept = "text/html" }'
+    if "headers" in loc:
+        return "a string header value"
+    return "an http:// or https:// URL string"
 
 
 def _is_internal(part: object) -> bool:

@@ -235,8 +235,7 @@ def test_transitions_bad_from(capsys: pytest.CaptureFixture[str]) -> None:
         "2022-07-01",
     )
     assert (code, out) == (2, "")
-    # (The option is named "--from-" today: cli.instant() derives it from the dest "from_".)
-    assert err.startswith("channel-monitor: --from")
+    assert err.startswith('channel-monitor: --from: "soon"')
     assert err.endswith(
         ': "soon" is not an ISO 8601 instant such as '
         '"2022-07-01T12:00" or "2022-07-01T12:00:00+08:00"\n'

@@ -772,11 +772,84 @@ def test_duration_round_trip_from_milliseconds(ms: int) -> None:
         ),
         min_size=1,
         max_size=5,
-    )
+        unique_by=lambda part: part[1],
+    ).map(lambda parts: sorted(parts, key=lambda p: ["d", "h", "m", "s", "ms"].index(p[1])))
 )
 def test_duration_text_round_trip(parts: list[tuple[int, str]]) -> None:
+    """Units in decreasing order, each at most once, as Prometheus writes durations."""
     text = "".join(f"{n}{unit}" for n, unit in parts)
     value = parse_duration(text)
     factor = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
     assert value == timedelta(milliseconds=sum(n * factor[u] for n, u in parts))
     assert parse_duration(format_duration(value)) == value
+
+
+SECRET_PLAN = """
+[[channels]]
+id = "a"
+name = "A"
+kind = "web"
+group = "online"
+[[channels.services]]
+id = "s"
+name = "S"
+probe = "https://monitor:s3cret@zwfw.hubei.gov.cn/health"
+[[channels.services]]
+id = "t"
+name = "T"
+[channels.services.probe]
+url = "https://zwfw.hubei.gov.cn/"
+headers = "Bearer s3cret"
+[[channels.services]]
+id = "u"
+name = "U"
+[channels.services.probe]
+url = "https://zwfw.hubei.gov.cn/"
+headers = { Authorization = ["Bearer", "s3cret"] }
+"""
+
+
+def test_probe_values_are_never_quoted_in_errors(tmp_path: Path) -> None:
+    """A probe written as a URL string, or headers of the wrong shape, may hold a token."""
+    path = tmp_path / "plan.toml"
+    path.write_text(SECRET_PLAN, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert all("s3cret" not in p and "Bearer" not in p for p in problems)
+    assert (
+        'channels[0].services[0].probe (channel "a", service "s"): expected a table' in problems[0]
+    )
+    assert "probe.headers (channel" in problems[1]
+    assert "probe.headers.Authorization (channel" in problems[2]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("follow_redirects", '"yes"'),
+        ("expect_status", '["200"]'),
+        ("interval", '"1m1m"'),
+        ("interval", '"5s1m"'),
+    ],
+)
+def test_probe_fields_are_not_coerced(tmp_path: Path, key: str, value: str) -> None:
+    path = tmp_path / "plan.toml"
+    plan = SECRET_PLAN.split('[[channels.services]]\nid = "s"')[0]
+    plan += f'[[channels.services]]\nid = "s"\nname = "S"\n[channels.services.probe]\n'
+    plan += f'url = "https://zwfw.hubei.gov.cn/"\n{key} = {value}\n'
+    path.write_text(plan, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"probe.{key}" in info.value.problems[0]
+
+
+def test_threshold_given_as_string_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text('[monitor]\nfailure_threshold = "2"\n' + SECRET_PLAN.split("probe =")[0])
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f'{path}: monitor.failure_threshold: got "2": input should be a valid integer'
+    ]
