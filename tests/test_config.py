@@ -837,7 +837,7 @@ def test_probe_values_are_never_quoted_in_errors(tmp_path: Path) -> None:
 def test_probe_fields_are_not_coerced(tmp_path: Path, key: str, value: str) -> None:
     path = tmp_path / "plan.toml"
     plan = SECRET_PLAN.split('[[channels.services]]\nid = "s"')[0]
-    plan += f'[[channels.services]]\nid = "s"\nname = "S"\n[channels.services.probe]\n'
+    plan += '[[channels.services]]\nid = "s"\nname = "S"\n[channels.services.probe]\n'
     plan += f'url = "https://zwfw.hubei.gov.cn/"\n{key} = {value}\n'
     path.write_text(plan, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
