@@ -9,8 +9,8 @@ reasons that `words.reason_text` translates from fixed phrases.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from monitor.config import Milestone, Period
 from monitor.judge import Verdict
@@ -293,7 +293,8 @@ def _items(views: list[ServiceView]) -> dict[str, tuple[Item, ...]]:
 def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance, ...]) -> Headline:
     """The main pause is the largest (most services) of those running now, over in the last
     `RECENT` or coming within `LOOKAHEAD`; a running one wins a tie. Other running pauses are
-    named beside it, except the pieces of the main one (same period, same end)."""
+    named beside it, one sentence per period and end; the pieces of the main one (same
+    period, same end, such as certificate printing closing again) count as the main one."""
     broken = sum(1 for v in views if v.state == "broken")
     running = [p for p in pauses if p.status(at) == "in_progress"]
     candidates = running + [
@@ -305,9 +306,14 @@ def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance,
     if not candidates:
         return Headline("ok", broken=broken)
     main = max(candidates, key=lambda p: (len(p.services), p in running))
-    others = tuple(
-        p for p in running if p is not main and not (p.period is main.period and p.end == main.end)
-    )
+    merged: dict[tuple[str | None, datetime | None], Maintenance] = {}
+    for p in running:
+        key = (p.period.id if p.period else None, p.end)
+        if p is main or key == (main.period.id if main.period else None, main.end):
+            continue
+        seen = merged.get(key)
+        merged[key] = p if seen is None else replace(seen, services=seen.services + p.services)
+    others = tuple(merged.values())
     status = main.status(at)
     if status == "in_progress":
         kind = "down" if main.end else "down_open"
