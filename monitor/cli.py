@@ -138,14 +138,10 @@ async def check(plan: Plan, at: datetime) -> dict:
     from monitor.probe import Prober
 
     data = report(plan, at)
-    timeout = plan.config.monitor.timeout
     async with Prober() as prober:
         probed = [ref for ref in plan.services if ref.service.probe is not None]
         observations = await asyncio.gather(
-            *(
-                prober.probe(ref.service.probe, (ref.service.probe.timeout or timeout))
-                for ref in probed
-            )
+            *(prober.probe(ref.service.probe, plan.timeout(ref)) for ref in probed)
         )
     by_key = {ref.key: obs for ref, obs in zip(probed, observations, strict=True)}
     for entry in data["services"]:

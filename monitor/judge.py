@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from monitor.plan import Expectation
+from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.probe import Observation
 
 
@@ -93,6 +93,16 @@ class Thresholds:
     failure: int = 2
     success: int = 2
     stale_after: timedelta = field(default=timedelta(minutes=3))
+
+
+def thresholds_for(plan: Plan, ref: ServiceRef) -> Thresholds:
+    """The plan's thresholds for one service; its data goes stale after two missed probes."""
+    settings = plan.config.monitor
+    return Thresholds(
+        failure=settings.failure_threshold,
+        success=settings.success_threshold,
+        stale_after=2 * plan.interval(ref) + plan.timeout(ref),
+    )
 
 
 @dataclass(frozen=True, slots=True)

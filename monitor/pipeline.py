@@ -21,6 +21,7 @@ from monitor.judge import (
     Verdict,
     current_verdict,
     judge,
+    thresholds_for,
     with_incident_id,
 )
 from monitor.plan import Expectation, Plan, ServiceRef
@@ -76,23 +77,16 @@ class Pipeline:
     # --- per-service settings --------------------------------------------------------------
 
     def interval(self, ref: ServiceRef) -> timedelta:
-        probe = ref.service.probe
-        return (probe and probe.interval) or self.plan.config.monitor.interval
+        return self.plan.interval(ref)
 
     def timeout(self, ref: ServiceRef) -> timedelta:
-        probe = ref.service.probe
-        return (probe and probe.timeout) or self.plan.config.monitor.timeout
+        return self.plan.timeout(ref)
 
     def thresholds(self, ref: ServiceRef) -> Thresholds:
         """Per service, made once: the plan does not change while the pipeline runs."""
         thresholds = self._thresholds.get(ref.key)
         if thresholds is None:
-            settings = self.plan.config.monitor
-            thresholds = self._thresholds[ref.key] = Thresholds(
-                failure=settings.failure_threshold,
-                success=settings.success_threshold,
-                stale_after=2 * self.interval(ref) + self.timeout(ref),
-            )
+            thresholds = self._thresholds[ref.key] = thresholds_for(self.plan, ref)
         return thresholds
 
     def verdict(self, ref: ServiceRef, now: datetime | None = None) -> Verdict:

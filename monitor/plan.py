@@ -199,6 +199,16 @@ class Plan:
             out[ref.key] = [self.config.periods[i] for i in ids]
         return out
 
+    def interval(self, ref: ServiceRef) -> timedelta:
+        """How often the service is probed: its probe's own interval, else the plan's."""
+        probe = ref.service.probe
+        return (probe and probe.interval) or self.config.monitor.interval
+
+    def timeout(self, ref: ServiceRef) -> timedelta:
+        """How long one probe of the service may take: its own timeout, else the plan's."""
+        probe = ref.service.probe
+        return (probe and probe.timeout) or self.config.monitor.timeout
+
     def expected(self, ref: ServiceRef, at: datetime) -> Expectation:
         """The expectation at `at`: the last rule whose period is active wins, else `default`."""
         at = at.astimezone(ZoneInfo("UTC"))  # same-zone datetimes compare on the wall clock

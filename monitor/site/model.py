@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from monitor.config import Milestone, Period
-from monitor.judge import Verdict
+from monitor.judge import Verdict, thresholds_for
 from monitor.plan import TICK, Expectation, Plan, ServiceRef, period_boundaries
 from monitor.site.history import History
 from monitor.store import Store
@@ -56,11 +56,7 @@ def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
 
 def stale_after(plan: Plan, ref: ServiceRef) -> timedelta:
     """How old an observation may be and still count (the pipeline's own threshold)."""
-    settings = plan.config.monitor
-    probe = ref.service.probe
-    interval = (probe and probe.interval) or settings.interval
-    timeout = (probe and probe.timeout) or settings.timeout
-    return 2 * interval + timeout
+    return thresholds_for(plan, ref).stale_after
 
 
 def snapshot_from_store(plan: Plan, store: Store | None, at: datetime) -> Snapshot:
