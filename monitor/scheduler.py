@@ -10,6 +10,7 @@ change at the instant the plan does, and the affected services are probed right 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
@@ -63,7 +64,7 @@ class Scheduler:
                 id=f"probe-{interval.total_seconds()}",
             )
         self.aps.add_job(
-            self.pipeline.flush,
+            self._flush,
             IntervalTrigger(seconds=FLUSH_EVERY.total_seconds(), timezone=UTC),
             max_instances=1,
             coalesce=True,
@@ -135,6 +136,12 @@ class Scheduler:
                 replace_existing=True,
                 misfire_grace_time=None,
             )
+
+    async def _flush(self) -> None:
+        """The periodic write. A shutdown that cancels it mid-write is not an error: the write
+        itself runs on (shielded) and `stop` flushes once more after it."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self.pipeline.flush())
 
     async def _prune(self) -> None:
         await self.pipeline.store.call(self.pipeline.store.prune, self.pipeline.clock.now())
