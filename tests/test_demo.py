@@ -5,11 +5,18 @@ else may open an incident (planned transitions are not faults)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
+from servers import closed_port
 
 from monitor.config import load_config
 from monitor.demo.faults import scripted_faults
@@ -21,17 +28,44 @@ ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "channels.toml"
 
 
+async def _fetch_while_running(port: int, done: asyncio.Event) -> dict[str, str]:
+    """GET /metrics and / from the demo's server while the replay runs (bounded by `done`)."""
+    seen: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        while not done.is_set() and len(seen) < 2:
+            for path in ("/metrics", "/"):
+                if path in seen:
+                    continue
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                        if response.status == 200:
+                            seen[path] = await response.text()
+                except aiohttp.ClientError:
+                    pass  # not listening yet
+            await asyncio.sleep(0.05)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One replay at a higher speed (coarser quiet steps), shared by the tests below."""
-    import asyncio
-
     tmp = tmp_path_factory.mktemp("demo")
     config = load_config(PLAN)
     cadence = Cadence(quiet=timedelta(hours=6))
     site, db = tmp / "site", tmp / "demo.db"
-    options = DemoOptions(config, site, db, "127.0.0.1", 0, True, False, cadence)
-    replay = asyncio.run(run_demo(options))
+    port = closed_port()
+    options = DemoOptions(config, site, db, "127.0.0.1", port, True, False, cadence)
+
+    async def both() -> tuple:
+        done = asyncio.Event()
+        fetching = asyncio.create_task(_fetch_while_running(port, done))
+        try:
+            replay = await run_demo(options)
+        finally:
+            done.set()
+        return replay, await fetching
+
+    replay, served = asyncio.run(both())
     with sqlite3.connect(tmp / "demo.db") as db:
         incidents = db.execute(
             "SELECT channel, business, direction, opened_at, resolved_at FROM incidents "
@@ -43,6 +77,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "config": config,
         "site": site,
         "cadence": cadence,
+        "served": served,
     }
 
 
@@ -102,3 +137,45 @@ def test_dense_steps_surround_each_mark() -> None:
     assert mark in steps
     assert mark + cadence.dense in steps and mark - cadence.dense in steps
     assert steps == sorted(set(steps))
+
+
+def test_metrics_and_page_are_served_while_the_replay_runs(demo: dict) -> None:
+    served = demo["served"]
+    assert "channel_monitor_expected_up{" in served["/metrics"]
+    assert 'lang="zh-CN"' in served["/"]
+
+
+def test_the_site_is_written_with_the_story_of_the_replay(demo: dict) -> None:
+    site = demo["site"]
+    page = (site / "index.html").read_text(encoding="utf-8")
+    english = (site / "en" / "index.html").read_text(encoding="utf-8")
+    assert "楚税通APP" in page and "湖北12333微信公众号" in page
+    assert 'lang="en"' in english
+    assert (site / "status.json").exists() and (site / "calendar.ics").exists()
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    """SIGINT ends the replay at the next round, prints the summary and exits 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "demo", "--no-serve", "--site", str(tmp_path / "site")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # the replay has started once the first plan line shows
+            if " plan " in line:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "interrupted at 06-22 " in out
+    assert "replayed in" in out
+    assert "Traceback" not in err

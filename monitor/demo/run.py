@@ -113,6 +113,9 @@ async def run_demo(options: DemoOptions) -> Replay:
             await daemon.pipeline.planned_transition(clock.now())
             elapsed = time.monotonic() - started
             print()
+            if replay.stopped:
+                reached = clock.now().astimezone(probed.zone)
+                print(f"interrupted at {reached:%m-%d %H:%M}: the summary covers the replay so far")
             print(
                 render_table(
                     ["channel", "service", "planned down", "observed down", "incidents"],
