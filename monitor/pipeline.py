@@ -30,6 +30,9 @@ from monitor.store import IncidentRecord, PendingObservation, Store, as_open_inc
 
 log = logging.getLogger(__name__)
 
+#: The state of a service not judged yet (immutable, so one serves them all).
+_NO_STATE = ServiceState()
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -117,23 +120,24 @@ class Pipeline:
 
     async def probe(self, ref: ServiceRef) -> Result | None:
         """Probe one service, unless its previous probe is still running."""
-        if ref.key in self.running or ref.service.probe is None:
+        key, spec = ref.key, ref.service.probe
+        if key in self.running or spec is None:
             return None
-        self.running.add(ref.key)
+        self.running.add(key)
         try:
             async with self._limit:
                 at = self.clock.now()
-                observation = await self.prober.probe(ref.service.probe, self.timeout(ref), at)
+                observation = await self.prober.probe(spec, self.timeout(ref), at)
             return await self.judge(ref, observation)
         finally:
-            self.running.discard(ref.key)
+            self.running.discard(key)
 
     async def judge(self, ref: ServiceRef, observation: Observation) -> Result:
         """Judge an observation against the plan at its instant, store it, tell listeners."""
         at = observation.at
         expectation = self.plan.expected(ref, at)
         in_grace = self.plan.in_grace(ref, at)
-        state = self.states.get(ref.key, ServiceState())
+        state = self.states.get(ref.key, _NO_STATE)
         thresholds = self.thresholds(ref)
         previous = current_verdict(state, at, thresholds)
         judgement = judge(state, expectation, in_grace, observation, thresholds)
