@@ -1,5 +1,6 @@
 """Shared test helpers: a local channel server in its own thread, a never-answering listener,
-polling with a deadline, and a tiny TOML writer for plans built in tests.
+polling with a deadline, plans written and loaded from TOML, the monitor as a real process
+(`python -m monitor ...`), and the rule for tools a test needs (fail in CI, skip elsewhere).
 
 The channel server runs on its own event loop in a background thread, so the same server serves
 synchronous tests (which call `asyncio.run` themselves), async tests and subprocesses alike.
@@ -11,20 +12,52 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as clock_time
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
+import pytest
 from aiohttp import web
+from servers import closed_port
+
+from monitor.config import load_config
+from monitor.plan import Plan
 
 T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The project's real plan (the 2022 Hubei cutover).
+REAL_PLAN = ROOT / "channels.toml"
+#: The command line of the monitor as a program.
+MONITOR = (sys.executable, "-m", "monitor")
+#: The keys of one service in the JSON of `plan` (and of `check`, which adds two).
+PLAN_KEYS = frozenset(
+    {
+        "channel",
+        "channel_name",
+        "service",
+        "service_name",
+        "expected",
+        "rule",
+        "period",
+        "in_grace",
+        "next_change",
+    }
+)
 
 SERVING_TEXT = "<html><body>业务办理 · online service</body></html>"
 MAINTENANCE_TEXT = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
@@ -178,18 +211,21 @@ def silent_listener() -> Iterator[str]:
         sock.close()
 
 
+def _give_up_after(deadline: float, timeout: float, what: object) -> None:
+    """Fail the wait once `deadline` (a `time.monotonic()` value) has passed."""
+    if time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def wait_for(
     check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> T:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+    while not (value := check()):
+        _give_up_after(deadline, timeout, what or check)
         time.sleep(interval)
+    return value
 
 
 async def async_wait_for(
@@ -197,13 +233,10 @@ async def async_wait_for(
 ) -> T:
     """`wait_for` for async tests: polls without blocking the event loop."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+    while not (value := check()):
+        _give_up_after(deadline, timeout, what or check)
         await asyncio.sleep(interval)
+    return value
 
 
 def query(db: str | os.PathLike, sql: str, *params: object) -> list[tuple]:
@@ -214,6 +247,14 @@ def query(db: str | os.PathLike, sql: str, *params: object) -> list[tuple]:
             return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def db_rows(db: str | os.PathLike, sql: str) -> list[tuple]:
+    """`query` on a store another process writes: no rows while its tables are not there yet."""
+    try:
+        return query(db, sql)
+    except sqlite3.OperationalError:  # the file or its tables are not there yet
+        return []
 
 
 # --- TOML ------------------------------------------------------------------------------------
@@ -268,3 +309,100 @@ def dump_toml(data: dict) -> str:
     out: list[str] = []
     _table(data, [], out)
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+
+def write_plan(path: Path, plan: str | dict) -> Path:
+    """Write a plan file, TOML text as it is or parsed TOML through `dump_toml`; its path."""
+    path.write_text(plan if isinstance(plan, str) else dump_toml(plan), encoding="utf-8")
+    return path
+
+
+def load_plan(path: Path, plan: str | dict) -> Plan:
+    """Write a plan file (`write_plan`) and load it as the monitor does."""
+    return Plan(load_config(write_plan(path, plan)))
+
+
+def real_plan() -> Plan:
+    """The project's real plan, loaded."""
+    return Plan(load_config(REAL_PLAN))
+
+
+# --- tools and processes ---------------------------------------------------------------------
+
+
+def missing(reason: str) -> NoReturn:
+    """Something a test needs is not installed: fail in CI (CI=true), skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
+def require_binary(*names: str, package: str) -> str:
+    """The path of the first of `names` on PATH (a tool from the Debian `package`)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    missing(f"{names[0]} not found (Debian package {package}; .ci/run installs it)")
+
+
+def python_m(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m monitor ARGS` run to its end, its output captured as text."""
+    return subprocess.run(
+        [*MONITOR, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+class MonitorRun(subprocess.Popen):
+    """`python -m monitor run` as a real process on a free port of 127.0.0.1, its output
+    (stdout and stderr) appended to `log`."""
+
+    def __init__(self, config: Path, db: Path, log: Path, env: dict[str, str] | None = None):
+        self.port = closed_port()
+        self.log = log
+        listen = f"127.0.0.1:{self.port}"
+        with open(log, "ab") as out:
+            super().__init__(
+                [*MONITOR, "run", "--config", str(config), "--db", str(db), "--listen", listen],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=config.parent,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", errors="replace")
+
+    def healthz(self) -> tuple[int, dict] | None:
+        """/healthz: its status and body, None while nothing answers; fails if the run ended."""
+        if self.poll() is not None:
+            raise AssertionError(f"run exited with {self.returncode}:\n{self.output()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def wait_ticking(self) -> dict:
+        """Wait for /healthz to answer with a tick age; return its body."""
+        status, body = wait_for(
+            lambda: (h := self.healthz()) and h[1]["last_tick_age_seconds"] is not None and h,
+            timeout=30,
+            what="/healthz with a tick",
+        )
+        assert status == 200
+        return body
+
+    def stop(self, within: float = 5.0) -> int:
+        """SIGTERM; the exit code, which must come within `within` seconds."""
+        self.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            code = self.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"run did not exit within {within} s after SIGTERM") from None
+        assert time.monotonic() - started < within
+        return code

@@ -6,19 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from monitor.config import load_config
+from helpers import real_plan
+
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
 from monitor.store import Rollup, Store
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_PLAN = ROOT / "channels.toml"
 #: An instant inside the freeze, after the certificate window closed.
 DURING_LATE = datetime.fromisoformat("2022-07-20T12:00:00+08:00")
-
-
-def real_plan() -> Plan:
-    return Plan(load_config(REAL_PLAN))
 
 
 def fill_history(

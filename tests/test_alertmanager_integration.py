@@ -14,56 +14,18 @@ missing binary fails the test in CI (CI=true) and skips it elsewhere.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-
-
-def alertmanager_binary() -> str:
-    for name in ("prometheus-alertmanager", "alertmanager"):
-        found = shutil.which(name)
-        if found:
-            return found
-    message = "alertmanager binary not found (Debian package prometheus-alertmanager)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, step: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
+from helpers import MonitorRun, db_rows, require_binary, wait_for, write_plan
+from servers import closed_port
 
 # --- local servers ---------------------------------------------------------------------------
 
@@ -127,21 +89,10 @@ def servers() -> Iterator[list[Server]]:
         server.close()
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    """Every process a test starts; all are killed in teardown, whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-
-
 # --- the plan and the processes --------------------------------------------------------------
 
 
-def write_plan(path: Path, services: list[tuple[str, str | None, str]], sinks: str) -> Path:
+def portal_plan(path: Path, services: list[tuple[str, str | None, str]], sinks: str) -> Path:
     """services: (id, state during the always-active period or None, probe URL)."""
     text = [
         "[monitor]",
@@ -170,27 +121,22 @@ def write_plan(path: Path, services: list[tuple[str, str | None, str]], sinks: s
         if state:
             text.append(f'expect = [{{ during = "freeze", state = "{state}" }}]')
         text += ["[channels.services.probe]", f'url = "{url}"']
-    path.write_text("\n".join(text) + "\n\n" + sinks, encoding="utf-8")
-    return path
+    return write_plan(path, "\n".join(text) + "\n\n" + sinks)
 
 
-def start_monitor(
-    processes: list[subprocess.Popen], plan: Path, db: Path, log: Path
-) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "monitor", "run", "--config", str(plan), "--db", str(db)]
-    command += ["--listen", "127.0.0.1:0"]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+def start_monitor(processes: list[subprocess.Popen], plan: Path, db: Path, log: Path) -> MonitorRun:
+    process = MonitorRun(plan, db, log)
     processes.append(process)
     return process
 
 
 def start_alertmanager(processes: list[subprocess.Popen], tmp: Path) -> str:
-    binary = alertmanager_binary()
+    binary = require_binary(
+        "prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager"
+    )
     config = tmp / "alertmanager.yml"
     config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    port = free_port()
+    port = closed_port()
     command = [
         binary,
         f"--config.file={config}",
@@ -209,7 +155,7 @@ def start_alertmanager(processes: list[subprocess.Popen], tmp: Path) -> str:
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_for(ready, 30, "alertmanager to be ready")
+    wait_for(ready, 30, what="alertmanager to be ready")
     return base
 
 
@@ -221,20 +167,9 @@ def active_alerts(base: str) -> dict[str, dict]:
 
 
 def outbox(db: Path) -> list[tuple]:
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return connection.execute(
-            "SELECT sink, dedup_key, attempts, delivered_at FROM alert_outbox ORDER BY id"
-        ).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        connection.close()
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=20)
+    return db_rows(
+        db, "SELECT sink, dedup_key, attempts, delivered_at FROM alert_outbox ORDER BY id"
+    )
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -248,7 +183,7 @@ def test_alertmanager_sees_both_directions_fire_and_resolve(
     servers.append(channel)
     channel.status["/closed"] = 200  # expected down, serving: 应停未停
     channel.status["/open"] = 503  # expected up, not serving: 应开未开
-    plan = write_plan(
+    plan = portal_plan(
         tmp_path / "plan.toml",
         [("closed", "down", channel.url("/closed")), ("open", None, channel.url("/open"))],
         f'[[alerts]]\ntype = "alertmanager"\nurl = "{am}"\n',
@@ -259,7 +194,7 @@ def test_alertmanager_sees_both_directions_fire_and_resolve(
     firing = wait_for(
         lambda: (lambda a: a if {"closed", "open"} <= set(a) else None)(active_alerts(am)),
         40,
-        "both alerts in Alertmanager",
+        what="both alerts in Alertmanager",
     )
     up, down = firing["closed"], firing["open"]
     assert up["labels"] == {
@@ -285,14 +220,14 @@ def test_alertmanager_sees_both_directions_fire_and_resolve(
 
     channel.status["/closed"] = 503  # stops serving, as planned
     channel.status["/open"] = 200  # comes back, as planned
-    wait_for(lambda: not active_alerts(am), 40, "both alerts to resolve in Alertmanager")
+    wait_for(lambda: not active_alerts(am), 40, what="both alerts to resolve in Alertmanager")
     # Alertmanager has it a moment before the sender commits `delivered`
     delivered = wait_for(
         lambda: (lambda rows: rows if len(rows) == 4 else None)(
             [r for r in outbox(db) if r[3] is not None]
         ),
         10,
-        "four delivered rows in the outbox",
+        what="four delivered rows in the outbox",
     )
     assert sorted(r[1].rsplit("-", 1)[1] for r in delivered) == [
         "opened",
@@ -300,8 +235,7 @@ def test_alertmanager_sees_both_directions_fire_and_resolve(
         "resolved",
         "resolved",
     ]
-    stop(monitor)
-    assert monitor.returncode == 0
+    assert monitor.stop(within=20) == 0
 
 
 def test_sigkill_between_incident_and_delivery_delivers_once_after_restart(
@@ -310,7 +244,7 @@ def test_sigkill_between_incident_and_delivery_delivers_once_after_restart(
     channel, receiver = Server(), Server()
     servers += [channel, receiver]
     receiver.post_status = 503  # the delivery stays pending
-    plan = write_plan(
+    plan = portal_plan(
         tmp_path / "plan.toml",
         [("closed", "down", channel.url("/closed"))],
         f'[[alerts]]\ntype = "webhook"\nurl = "{receiver.url("/hook")}"\n',
@@ -318,7 +252,7 @@ def test_sigkill_between_incident_and_delivery_delivers_once_after_restart(
     db = tmp_path / "monitor.db"
     log = tmp_path / "monitor.log"
     first = start_monitor(processes, plan, db, log)
-    wait_for(lambda: receiver.posts, 40, "the first (refused) delivery attempt")
+    wait_for(lambda: receiver.posts, 40, what="the first (refused) delivery attempt")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     (pending,) = outbox(db)
@@ -326,9 +260,9 @@ def test_sigkill_between_incident_and_delivery_delivers_once_after_restart(
 
     receiver.post_status = 200
     second = start_monitor(processes, plan, db, log)
-    wait_for(receiver.accepted, 40, "the delivery after the restart")
-    wait_for(lambda: outbox(db)[0][3] is not None, 20, "the outbox row marked delivered")
-    stop(second)
+    wait_for(receiver.accepted, 40, what="the delivery after the restart")
+    wait_for(lambda: outbox(db)[0][3] is not None, 20, what="the outbox row marked delivered")
+    second.stop(within=20)
 
     keys = [body["dedup_key"] for body in receiver.accepted()]
     assert keys == ["incident-1-opened"]

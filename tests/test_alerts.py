@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
+from helpers import async_wait_for
 
 from monitor import alerts
 from monitor.alerts import dingtalk, feishu, outbox, webhook, wecom
@@ -520,17 +521,6 @@ def outbox_rows(store: Store) -> list[dict]:
     return outbox.rows(store.db)
 
 
-async def until(check, timeout: float = 5.0, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-
-
 def test_backoff_doubles_up_to_the_cap() -> None:
     delays = [backoff(n, base=1.0, cap=300.0, jitter=0.0) for n in range(1, 12)]
     assert delays == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
@@ -617,7 +607,7 @@ async def test_retries_with_backoff_until_2xx(store: Store) -> None:
     try:
         started = time.monotonic()
         await store.call(store.record_event, "hbzwfw", "social-insurance", open_event())
-        await until(lambda: sender.delivered["webhook"] == 1)
+        await async_wait_for(lambda: sender.delivered["webhook"] == 1)
         elapsed = time.monotonic() - started
     finally:
         await sender.close()
@@ -656,8 +646,8 @@ async def test_a_dead_sink_blocks_neither_the_others_nor_its_own_later_retries(
     try:
         for business in ("social-insurance", "medical"):
             await store.call(store.record_event, "hbzwfw", business, open_event())
-        await until(lambda: sender.delivered["live"] == 2)
-        await until(lambda: dead_route.call_count >= 3)
+        await async_wait_for(lambda: sender.delivered["live"] == 2)
+        await async_wait_for(lambda: dead_route.call_count >= 3)
     finally:
         await sender.close()
     assert live_route.call_count == 2
@@ -703,7 +693,7 @@ async def test_a_permanent_failure_gives_up_that_row_and_goes_on(store: Store) -
     store.record_event("hbzwfw", "social-insurance", resolve_event(up, record.id))
     await sender.start()
     try:
-        await until(lambda: sender.delivered["wecom"] == 1)
+        await async_wait_for(lambda: sender.delivered["wecom"] == 1)
     finally:
         await sender.close()
     assert route.call_count == 2
@@ -725,14 +715,14 @@ async def test_alertmanager_open_alerts_are_resent_and_resolutions_sent_once(
     record = store.record_event("hbzwfw", "social-insurance", up)
     await sender.start()
     try:
-        await until(lambda: route.call_count >= 4)
+        await async_wait_for(lambda: route.call_count >= 4)
         await store.call(
             store.record_event, "hbzwfw", "social-insurance", resolve_event(up, record.id)
         )
-        await until(lambda: sender.delivered["alertmanager"] == 2)
+        await async_wait_for(lambda: sender.delivered["alertmanager"] == 2)
         calls = route.call_count
         resent_after = time.monotonic() + 0.35
-        await until(lambda: time.monotonic() > resent_after)
+        await async_wait_for(lambda: time.monotonic() > resent_after)
     finally:
         await sender.close()
     bodies = [json.loads(c.request.content) for c in route.calls]
@@ -759,8 +749,8 @@ async def test_logs_never_hold_urls_or_secrets(
     await sender.start()
     try:
         await store.call(store.record_event, "hbzwfw", "social-insurance", open_event())
-        await until(lambda: sender.delivered["dingtalk"] == 1)
-        await until(lambda: outbox_rows(store)[0]["attempts"] >= 2)
+        await async_wait_for(lambda: sender.delivered["dingtalk"] == 1)
+        await async_wait_for(lambda: outbox_rows(store)[0]["attempts"] >= 2)
     finally:
         await sender.close()
     text = caplog.text

@@ -8,45 +8,27 @@ started again on the same store.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import sqlite3
-import subprocess
-import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import (
     MAINTENANCE_PATTERN,
+    PLAN_KEYS,
+    REAL_PLAN,
     ChannelServer,
-    dump_toml,
-    query,
+    MonitorRun,
+    db_rows,
+    python_m,
     silent_listener,
     wait_for,
+    write_plan,
 )
 
 from monitor.cli import main
 
-MONITOR = (sys.executable, "-m", "monitor")
-ROOT = Path(__file__).resolve().parent.parent
-REAL_PLAN = ROOT / "channels.toml"
-PLAN_KEYS = {
-    "channel",
-    "channel_name",
-    "service",
-    "service_name",
-    "expected",
-    "rule",
-    "period",
-    "in_grace",
-    "next_change",
-}
 OBSERVED_KEYS = {"serving", "reason", "status_code", "duration_seconds"}
 
 
@@ -63,21 +45,10 @@ def probe_everything(data: dict, base_url: str, **probe: object) -> dict:
     return data
 
 
-def write_plan(path: Path, data: dict) -> Path:
-    path.write_text(dump_toml(data), "utf-8")
-    return path
-
-
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = main(list(argv))
     out = capsys.readouterr().out
     return code, out
-
-
-@pytest.fixture
-def server() -> Iterator[ChannelServer]:
-    with ChannelServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -91,13 +62,7 @@ def real_plan(tmp_path: Path, server: ChannelServer) -> Path:
 
 def check_json(plan: Path, at: str) -> tuple[int, dict]:
     """`python -m monitor check --format json` as a real process: exit code and output."""
-    proc = subprocess.run(
-        [*MONITOR, "check", "--config", str(plan), "--at", at, "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=plan.parent,
-    )
+    proc = python_m("check", "--config", str(plan), "--at", at, "--format", "json", cwd=plan.parent)
     assert proc.stderr == "", proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -187,11 +152,8 @@ expect = [{{ during = "freeze", state = "down" }}]
 
 
 def small_plan(tmp_path: Path, url: str, timeout: str = "5s") -> Path:
-    path = tmp_path / "small.toml"
-    path.write_text(
-        SMALL_PLAN.format(url=url, pattern=MAINTENANCE_PATTERN, timeout=timeout), "utf-8"
-    )
-    return path
+    text = SMALL_PLAN.format(url=url, pattern=MAINTENANCE_PATTERN, timeout=timeout)
+    return write_plan(tmp_path / "small.toml", text)
 
 
 def by_service(out: str) -> dict[str, dict]:
@@ -323,12 +285,7 @@ def test_check_bad_input_exits_2(
     tmp_path: Path, server: ChannelServer, argv: list[str], message: str | None
 ) -> None:
     plan = small_plan(tmp_path, server.url("/"))
-    proc = subprocess.run(
-        [*MONITOR, "check", "--config", str(plan), *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = python_m("check", "--config", str(plan), *argv)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     if message:
@@ -375,92 +332,16 @@ name = "自助机"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RunProcess:
-    """`python -m monitor run` as a subprocess with its output in a file."""
-
-    def __init__(self, config: Path, db: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        listen = f"127.0.0.1:{self.port}"
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*MONITOR, "run", "--config", str(config), "--db", str(db), "--listen", listen],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=config.parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def output(self) -> str:
-        return self.log.read_text("utf-8", errors="replace")
-
-    def healthz(self) -> tuple[int, dict] | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"run exited with {self.proc.returncode}:\n{self.output()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return r.status, json.loads(r.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def wait_ticking(self) -> dict:
-        """Wait for /healthz to answer with a tick age; return its body."""
-        status, body = wait_for(
-            lambda: (h := self.healthz()) and h[1]["last_tick_age_seconds"] is not None and h,
-            timeout=30,
-            what="/healthz with a tick",
-        )
-        assert status == 200
-        return body
-
-    def terminate(self, within: float = 5.0) -> int:
-        """SIGTERM; the exit code, which must come within `within` seconds."""
-        self.proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        try:
-            code = self.proc.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"run did not exit within {within} s after SIGTERM") from None
-        assert time.monotonic() - started < within
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RunProcess]]:
-    started: list[RunProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-def db_rows(db: Path, sql: str) -> list[tuple]:
-    try:
-        return query(db, sql)
-    except sqlite3.OperationalError:  # the file or its tables are not there yet
-        return []
-
-
 def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
-    tmp_path: Path, server: ChannelServer, processes: list[RunProcess]
+    tmp_path: Path, server: ChannelServer, processes: list[MonitorRun]
 ) -> None:
-    config = tmp_path / "channels.toml"
-    config.write_text(RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN), "utf-8")
+    text = RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN)
+    config = write_plan(tmp_path / "channels.toml", text)
     db = tmp_path / "state" / "monitor.db"
     log = tmp_path / "run.log"
     server.set("serving")  # pension should be down: unexpected_up
 
-    first = RunProcess(config, db, log)
+    first = MonitorRun(config, db, log)
     processes.append(first)
     body = first.wait_ticking()
     assert 0 <= body["last_tick_age_seconds"] < 30
@@ -468,7 +349,7 @@ def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
     (opened,) = wait_for(lambda: db_rows(db, incidents), timeout=30, what="an incident")
     assert opened[1:] == ("pension", "unexpected_up", None)
 
-    assert first.terminate() == 0, first.output()
+    assert first.stop() == 0, first.output()
     # nothing lost: every request the server answered is an observation in the store
     stored = db_rows(db, "SELECT count(*) FROM observations")[0][0]
     assert stored >= 2
@@ -476,7 +357,7 @@ def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
     assert server.hit_count("/kiosk") == 0, "schedule-only services are never probed"
 
     # start again on the same store: the open incident is taken up, not opened twice
-    second = RunProcess(config, db, log)
+    second = MonitorRun(config, db, log)
     processes.append(second)
     second.wait_ticking()
     count = "SELECT count(*) FROM observations WHERE business = 'pension'"
@@ -498,25 +379,20 @@ def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
     )
     assert resolved[:3] == opened[:3]
     assert len(db_rows(db, incidents)) == 1
-    assert second.terminate() == 0, second.output()
+    assert second.stop() == 0, second.output()
     assert "Traceback" not in second.output()
 
 
 def test_run_on_a_busy_address_exits_2_with_a_sentence(
     tmp_path: Path, server: ChannelServer
 ) -> None:
-    config = tmp_path / "channels.toml"
-    config.write_text(RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN), "utf-8")
+    text = RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN)
+    config = write_plan(tmp_path / "channels.toml", text)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [*MONITOR, "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = python_m("run", "--config", str(config), "--listen", f"127.0.0.1:{port}")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "address already in use" in proc.stderr

@@ -7,31 +7,15 @@ and once as `python -m monitor` in a subprocess.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers import PLAN_KEYS, REAL_PLAN, python_m, real_plan
 
 from monitor.cli import main
-from monitor.config import load_config
-from monitor.plan import Plan
 from monitor.table import display_width
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_PLAN = ROOT / "channels.toml"
-SERVICE_KEYS = {
-    "channel",
-    "channel_name",
-    "service",
-    "service_name",
-    "expected",
-    "rule",
-    "period",
-    "in_grace",
-    "next_change",
-}
 TRANSITION_KEYS = {"at", "channel", "service", "from", "to", "period"}
 
 
@@ -41,8 +25,13 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def plan_of_real(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`plan ARGS` on the real plan."""
+    return run(capsys, "plan", "--config", str(REAL_PLAN), *args)
+
+
 def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    code, out, err = run(capsys, "plan", "--config", str(REAL_PLAN), "--format", "json", *args)
+    code, out, err = plan_of_real(capsys, "--format", "json", *args)
     assert (code, err) == (0, ""), err
     return json.loads(out)
 
@@ -67,12 +56,12 @@ def test_plan_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data) == {"at", "timezone", "services"}
     assert data["at"] == "2022-06-23T09:00:00+08:00"
     assert data["timezone"] == "Asia/Shanghai"
-    plan = Plan(load_config(REAL_PLAN))
+    plan = real_plan()
     assert [(s["channel"], s["service"]) for s in data["services"]] == [
         ref.key for ref in plan.services
     ]
     for item in data["services"]:
-        assert set(item) == SERVICE_KEYS, item
+        assert set(item) == PLAN_KEYS, item
         ref = plan.service(item["channel"], item["service"])
         assert item["channel_name"] == ref.channel.name
         assert item["service_name"] == ref.service.name
@@ -149,7 +138,7 @@ def test_at_with_an_explicit_offset(
 
 @pytest.mark.parametrize("text", ["tomorrow", "2022-13-01", "2022-06-22T25:00", "22/06/2022"])
 def test_bad_at_is_exit_2_with_a_message(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    code, out, err = run(capsys, "plan", "--config", str(REAL_PLAN), "--at", text)
+    code, out, err = plan_of_real(capsys, "--at", text)
     assert code == 2
     assert out == ""
     assert err == (
@@ -200,7 +189,7 @@ def test_transitions_json(capsys: pytest.CaptureFixture[str]) -> None:
         ("2022-07-19T18:00:00+08:00", "up", "down", "freeze"),
         ("2022-07-25T08:30:00+08:00", "down", "up", "freeze"),
     ]
-    plan = Plan(load_config(REAL_PLAN))
+    plan = real_plan()
     assert len(items) == len(
         plan.transitions(
             datetime.fromisoformat("2022-06-01T00:00+08:00"),
@@ -223,16 +212,8 @@ def test_transitions_window_is_half_open(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_transitions_bad_from(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(
-        capsys,
-        "plan",
-        "--config",
-        str(REAL_PLAN),
-        "--transitions",
-        "--from",
-        "soon",
-        "--until",
-        "2022-07-01",
+    code, out, err = plan_of_real(
+        capsys, "--transitions", "--from", "soon", "--until", "2022-07-01"
     )
     assert (code, out) == (2, "")
     assert err.startswith('channel-monitor: --from: "soon"')
@@ -261,7 +242,7 @@ def test_transitions_bad_from(capsys: pytest.CaptureFixture[str]) -> None:
 def test_transitions_bad_input(
     capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    code, out, err = run(capsys, "plan", "--config", str(REAL_PLAN), "--transitions", *args)
+    code, out, err = plan_of_real(capsys, "--transitions", *args)
     assert (code, out, err) == (2, "", message)
 
 
@@ -310,7 +291,7 @@ def table_of(out: str) -> tuple[list[str], list[int], list[list[str]]]:
 
 
 def test_plan_table_is_aligned_with_chinese_names(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "plan", "--config", str(REAL_PLAN), "--at", "2022-06-23T09:02")
+    code, out, err = plan_of_real(capsys, "--at", "2022-06-23T09:02")
     assert (code, err) == (0, "")
     first = out.splitlines()[0]
     assert first == "湖北省企业职工社保信息系统切换期间渠道状态 @ 2022-06-23 09:02 (Asia/Shanghai)"
@@ -338,16 +319,8 @@ def test_plan_table_is_aligned_with_chinese_names(capsys: pytest.CaptureFixture[
 
 
 def test_transitions_table_is_aligned(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(
-        capsys,
-        "plan",
-        "--config",
-        str(REAL_PLAN),
-        "--transitions",
-        "--from",
-        "2022-06-23T00:00",
-        "--until",
-        "2022-07-20T00:00",
+    code, out, err = plan_of_real(
+        capsys, "--transitions", "--from", "2022-06-23T00:00", "--until", "2022-07-20T00:00"
     )
     assert (code, err) == (0, "")
     header, _, rows = table_of(out)
@@ -373,22 +346,11 @@ def test_transitions_table_is_aligned(capsys: pytest.CaptureFixture[str]) -> Non
 # --- as a program ----------------------------------------------------------------------------
 
 
-def python_m(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_python_m_monitor_validate_default_config() -> None:
     done = python_m("validate")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    plan = Plan(load_config(REAL_PLAN))
+    plan = real_plan()
     config = plan.config
     assert done.stdout.startswith(
         f"channels.toml: OK: {len(config.channels)} channels, {len(plan.services)} services ("

@@ -8,8 +8,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from helpers import load_plan
 
-from monitor.config import load_config
 from monitor.judge import (
     Judgement,
     ServiceState,
@@ -85,9 +85,7 @@ class Run:
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Plan:
-    path = tmp_path / "plan.toml"
-    path.write_text(PLAN, encoding="utf-8")
-    return Plan(load_config(path))
+    return load_plan(tmp_path / "plan.toml", PLAN)
 
 
 @pytest.fixture

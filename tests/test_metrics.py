@@ -8,8 +8,6 @@ are handed to `Pipeline.judge`, so no socket is needed except for the endpoint t
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,11 +16,11 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
+from helpers import load_plan, require_binary
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.clock import ReplayClock
-from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
 from monitor.pipeline import Pipeline
@@ -97,25 +95,11 @@ expect = [{{ during = "weekend", state = "down" }}]
 """
 
 
-def require_binary(name: str) -> str:
-    """The path of a Prometheus tool (Debian package `prometheus`): a missing one fails the
-    test in CI (CI=true) and skips it elsewhere."""
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} not found (Debian package prometheus; .ci/run installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 class Rig:
     """A real pipeline on a replay clock with the metrics listening."""
 
     def __init__(self, tmp_path: Path, at: datetime) -> None:
-        path = tmp_path / "channels.toml"
-        path.write_text(PLAN, encoding="utf-8")
-        self.plan = Plan(load_config(path))
+        self.plan = load_plan(tmp_path / "channels.toml", PLAN)
         self.clock = ReplayClock(at)
         self.store = Store(tmp_path / "monitor.db")
         self.prober = Prober()
@@ -416,7 +400,7 @@ async def test_labels_names_and_no_secrets(rig: Rig) -> None:
 
 
 async def test_a_real_scrape_passes_promtool_check_metrics(rig: Rig) -> None:
-    promtool = require_binary("promtool")
+    promtool = require_binary("promtool", package="prometheus")
     await rig.observe("portal", "pension", True, tls_expiry=datetime(2030, 1, 1, tzinfo=UTC))
     await rig.observe("portal", "medical", False, status_code=None, reason="connection refused")
     rig.scheduler.lags.append(0.01)
@@ -455,12 +439,10 @@ def test_registries_are_private(tmp_path: Path) -> None:
 
 async def test_served_at_metrics_by_the_daemon(tmp_path: Path) -> None:
     """`run` serves /metrics on its own listen address, in the text format, gzip on request."""
-    path = tmp_path / "channels.toml"
-    path.write_text(PLAN.replace("portal.example.invalid", "127.0.0.1:9"), encoding="utf-8")
-    daemon = Daemon(
-        Plan(load_config(path)), db_path=tmp_path / "monitor.db", site_dir=tmp_path / "site",
-        port=0,
-    )  # fmt: skip
+    plan = load_plan(
+        tmp_path / "channels.toml", PLAN.replace("portal.example.invalid", "127.0.0.1:9")
+    )
+    daemon = Daemon(plan, db_path=tmp_path / "monitor.db", site_dir=tmp_path / "site", port=0)
     assert any(isinstance(listener, Metrics) for listener in daemon.listeners)
     assert daemon.pipeline.listeners is daemon.listeners
     await daemon.start()

@@ -5,16 +5,15 @@ and a service is never probed twice at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import MAINTENANCE_PATTERN, ChannelServer, async_wait_for, query
+from helpers import MAINTENANCE_PATTERN, ChannelServer, async_wait_for, load_plan, query
 
 from monitor.clock import ReplayClock
-from monitor.config import load_config
 from monitor.judge import Verdict
 from monitor.pipeline import Pipeline, Result
 from monitor.plan import Plan
@@ -123,16 +122,10 @@ class Broken:
 
 
 @pytest.fixture
-def server() -> Iterator[ChannelServer]:
-    with ChannelServer() as server:
-        yield server
-
-
-@pytest.fixture
 def plan(tmp_path: Path, server: ChannelServer) -> Plan:
-    path = tmp_path / "plan.toml"
-    path.write_text(PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN), "utf-8")
-    return Plan(load_config(path))
+    return load_plan(
+        tmp_path / "plan.toml", PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN)
+    )
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import dump_toml
+from helpers import load_plan, real_plan
 
-from monitor.config import load_config
 from monitor.plan import TICK, Expectation, Plan
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -27,7 +26,6 @@ def at_local(text: str, zone: ZoneInfo = SHANGHAI) -> datetime:
 
 # --- the real plan: the 2022 Hubei cutover ---------------------------------------------------
 
-REAL_PLAN = Path(__file__).resolve().parent.parent / "channels.toml"
 
 #: The seed's boundary instants, Beijing time.
 FREEZE_START = "2022-06-22 18:00"
@@ -62,7 +60,7 @@ CERTIFICATE = ("hubei-zwfw", "certificate-print")
 
 @pytest.fixture(scope="module")
 def real() -> Plan:
-    return Plan(load_config(REAL_PLAN))
+    return real_plan()
 
 
 def second_before(text: str) -> datetime:
@@ -230,9 +228,7 @@ def make_plan(
             }
         ],
     }
-    path = tmp_path / "synthetic.toml"
-    path.write_text(dump_toml(data), encoding="utf-8")
-    return Plan(load_config(path))
+    return load_plan(tmp_path / "synthetic.toml", data)
 
 
 def utc(text: str) -> datetime:
@@ -746,9 +742,7 @@ def test_transitions_of_several_services_in_time_order(tmp_path: Path) -> None:
             },
         ],
     }
-    path = tmp_path / "two.toml"
-    path.write_text(dump_toml(data), encoding="utf-8")
-    plan = Plan(load_config(path))
+    plan = load_plan(tmp_path / "two.toml", data)
     found = plan.transitions(at_local("2022-06-01 00:00"), at_local("2022-08-01 00:00"))
     assert [(t.at, t.channel, t.service, t.to_state) for t in found] == [
         (at_local("2022-06-22 18:00"), "a-app", "pension", "down"),

@@ -16,13 +16,13 @@ from __future__ import annotations
 import bisect
 import itertools
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from helpers import real_plan
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import WEEKDAYS, ConfigError, load_config, validate_config
+from monitor.config import WEEKDAYS, ConfigError, validate_config
 from monitor.plan import TICK, Plan, ServiceRef, Transition
 
 UTC = timezone.utc  # noqa: UP017
@@ -31,7 +31,6 @@ ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "UTC"]
 WEIGHTED_ZONES = [*ZONES, "America/New_York", "Europe/London"]
 STATES = ["up", "down", "any"]
 QUARTER = timedelta(minutes=15)
-REAL_PLAN = Path(__file__).resolve().parent.parent / "channels.toml"
 
 #: The 2022 DST changes of the zones that have them (UTC instants): windows often start near one.
 DST_CHANGES = {
@@ -378,7 +377,7 @@ def test_in_grace_agrees_with_the_transition_list(case: tuple, data: st.DataObje
 
 def test_real_plan_agrees_with_its_transitions_over_the_season() -> None:
     """(a) and (b) over the real plan, 2022-06-01 to 2022-10-31 (Beijing time)."""
-    plan = Plan(load_config(REAL_PLAN))
+    plan = real_plan()
     zone = ZoneInfo("Asia/Shanghai")
     start = datetime(2022, 6, 1, tzinfo=zone)
     end = datetime(2022, 11, 1, tzinfo=zone)

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
 from servers import (
     HOST,
     RawServer,
@@ -33,9 +34,6 @@ from servers import (
 from monitor.config import Probe
 from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
 
-SERVING_PAGE = "<html><body>业务办理 · online service</body></html>"
-MAINTENANCE_PAGE = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
-MAINTENANCE_PATTERN = "系统维护"
 SERVING_PATTERN = "业务办理"
 
 #: The correctness bound on a probe that ends by its timeout.
@@ -69,17 +67,17 @@ def check(observation: Observation, serving: bool, phrase: str, status: int | No
 
 def channel_app() -> web.Application:
     async def ok(_request: web.Request) -> web.Response:
-        return web.Response(text=SERVING_PAGE, content_type="text/html")
+        return web.Response(text=SERVING_TEXT, content_type="text/html")
 
     async def maintenance(_request: web.Request) -> web.Response:
-        return web.Response(text=MAINTENANCE_PAGE, content_type="text/html")
+        return web.Response(text=MAINTENANCE_TEXT, content_type="text/html")
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
         return web.Response(status=code, text=f"status {code}")
 
     async def gbk(request: web.Request) -> web.Response:
-        page = MAINTENANCE_PAGE if request.match_info["page"] == "maintenance" else SERVING_PAGE
+        page = MAINTENANCE_TEXT if request.match_info["page"] == "maintenance" else SERVING_TEXT
         return web.Response(
             body=page.encode("gbk"), headers={"Content-Type": "text/html; charset=GBK"}
         )
@@ -341,7 +339,7 @@ async def test_response_slower_than_the_limit_is_serving_but_degraded(
 
 def tls_app() -> web.Application:
     async def ok(_request: web.Request) -> web.Response:
-        return web.Response(text=SERVING_PAGE, content_type="text/html")
+        return web.Response(text=SERVING_TEXT, content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/", ok)

@@ -25,12 +25,10 @@ deadline; every process is ended in teardown.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import re
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -43,13 +41,9 @@ from typing import TypeVar
 import aiohttp
 import yaml
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from test_metrics import require_binary
+from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, ROOT, SERVING_TEXT, require_binary
+from servers import aiohttp_server, closed_port, make_ca, make_server_cert
 
-ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
 RULES = GRAFANA / "prometheus" / "rules.yml"
 RULES_TEST = GRAFANA / "prometheus" / "rules.test.yml"
@@ -75,8 +69,6 @@ ALERTS = (
     "ChannelTLSCertExpiringSoon",
 )
 CHANNEL_ALERTS = set(ALERTS) - {"ChannelMonitorDown", "ChannelExpectationMissing"}
-SERVING = "<html><body>业务办理 · online service</body></html>"
-MAINTENANCE = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
 T = TypeVar("T")
 
 
@@ -127,7 +119,7 @@ def selectors(expr: str) -> set[str]:
 
 
 def test_promtool_check_rules() -> None:
-    promtool = require_binary("promtool")
+    promtool = require_binary("promtool", package="prometheus")
     result = subprocess.run(
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
@@ -136,7 +128,7 @@ def test_promtool_check_rules() -> None:
 
 
 def test_promtool_test_rules() -> None:
-    promtool = require_binary("promtool")
+    promtool = require_binary("promtool", package="prometheus")
     result = subprocess.run(
         [promtool, "test", "rules", str(RULES_TEST)],
         capture_output=True,
@@ -231,78 +223,6 @@ def test_provisioning_files() -> None:
 # --- end to end ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound to learn its number, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pem(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey):
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def make_certificates(directory: Path, not_after: datetime) -> tuple[Path, ssl.SSLContext]:
-    """A test CA (its PEM file, to trust) and a server context for 127.0.0.1 whose
-    certificate, signed by that CA, ends at `not_after`."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "channel-monitor test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, _ = _pem(directory, "ca", ca, ca_key)
-    server_cert, server_key = _pem(directory, "server", server, key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(server_cert, server_key)
-    return ca_path, context
-
-
-@asynccontextmanager
-async def serve(app: web.Application, context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 (a free port) on this event loop; yields the base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-        scheme = "https" if context is not None else "http"
-        yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 @contextmanager
 def silent_port() -> Iterator[tuple[socket.socket, int]]:
     """A port that accepts connections into the kernel's backlog and never answers."""
@@ -332,10 +252,10 @@ async def poll(
 
 def channel_app() -> web.Application:
     async def serving(_request: web.Request) -> web.Response:
-        return web.Response(text=SERVING, content_type="text/html")
+        return web.Response(text=SERVING_TEXT, content_type="text/html")
 
     async def maintenance(_request: web.Request) -> web.Response:
-        return web.Response(text=MAINTENANCE, content_type="text/html")
+        return web.Response(text=MAINTENANCE_TEXT, content_type="text/html")
 
     async def error(_request: web.Request) -> web.Response:
         return web.Response(status=503, text="unavailable")
@@ -373,14 +293,14 @@ id = "pension"
 name = "养老保险"
 name_en = "Pension insurance"
 expect = [{{ during = "freeze", state = "down" }}]
-probe = {{ url = "{http}/serving", body_not_matches = "系统维护" }}
+probe = {{ url = "{http}/serving", body_not_matches = "{MAINTENANCE_PATTERN}" }}
 
 [[channels.services]]
 id = "unemployment"
 name = "失业保险"
 name_en = "Unemployment insurance"
 expect = [{{ during = "freeze", state = "down" }}]
-probe = {{ url = "{http}/maintenance", body_not_matches = "系统维护" }}
+probe = {{ url = "{http}/maintenance", body_not_matches = "{MAINTENANCE_PATTERN}" }}
 
 [[channels.services]]
 id = "medical"
@@ -476,11 +396,12 @@ def labels_of(item: dict) -> dict[str, str]:
 
 
 async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> None:
-    prometheus_bin = require_binary("prometheus")
+    prometheus_bin = require_binary("prometheus", package="prometheus")
     started = time.monotonic()
     now = datetime.now(UTC)
-    ca_path, expiring = make_certificates(tmp_path, not_after=now + timedelta(days=7))
-    dead_port = free_port()
+    ca = make_ca(tmp_path)
+    expiring = make_server_cert(tmp_path, issuer=ca, not_after=now + timedelta(days=7))
+    dead_port = closed_port()
     monitor_log, prometheus_log = tmp_path / "monitor.log", tmp_path / "prometheus.log"
 
     def logs() -> str:
@@ -491,8 +412,8 @@ async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> N
 
     with silent_port() as (silent_sock, silent):
         async with (
-            serve(channel_app()) as http,
-            serve(channel_app(), expiring) as https,
+            aiohttp_server(channel_app()) as http,
+            aiohttp_server(channel_app(), expiring.server_context()) as https,
         ):
             config = tmp_path / "channels.toml"
             config.write_text(plan_text(http, https, silent, now), encoding="utf-8")
@@ -501,7 +422,7 @@ async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> N
                 "--db", str(tmp_path / "monitor.db"), "--listen", "127.0.0.1:0",
             ]  # fmt: skip
             async with process(
-                monitor_argv, monitor_log, {"SSL_CERT_FILE": str(ca_path)}
+                monitor_argv, monitor_log, {"SSL_CERT_FILE": str(ca.cert_path)}
             ) as monitor:
                 assert monitor.stdout is not None
                 try:
@@ -512,7 +433,7 @@ async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> N
                 assert match, line + logs()
                 monitor_target = f"127.0.0.1:{match.group(1)}"
 
-                prom_port = free_port()
+                prom_port = closed_port()
                 prom_config = tmp_path / "prometheus.yml"
                 prom_config.write_text(
                     yaml.safe_dump(
@@ -568,7 +489,7 @@ async def run_checks(
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         scrape = await response.read()
     checked = subprocess.run(
-        [require_binary("promtool"), "check", "metrics"],
+        [require_binary("promtool", package="prometheus"), "check", "metrics"],
         input=scrape,
         capture_output=True,
         timeout=60,

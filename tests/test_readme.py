@@ -5,19 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from monitor.config import load_config
-from monitor.plan import Plan
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, load_plan
 
 
 def test_readme_example_plan_validates(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
     assert blocks, "the README shows an example plan"
-    path = tmp_path / "example.toml"
-    path.write_text(blocks[0], encoding="utf-8")
-    plan = Plan(load_config(path))
+    plan = load_plan(tmp_path / "example.toml", blocks[0])
     ref = plan.service("hubei-zwfw", "certificate-print")
     assert ref.service.probe is not None
     assert [r.during for r in ref.service.expect] == ["freeze", "certificate-window"]

@@ -9,18 +9,16 @@ import itertools
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import ChannelServer, async_wait_for
+from helpers import ChannelServer, async_wait_for, load_plan
 
 from monitor.clock import RealClock
-from monitor.config import load_config
 from monitor.pipeline import Pipeline, Result
-from monitor.plan import Plan
 from monitor.probe import Prober
 from monitor.scheduler import Scheduler
 from monitor.store import Store
@@ -76,9 +74,7 @@ class Running:
     """Plan, store, prober, pipeline and scheduler; `close` stops whatever still runs."""
 
     def __init__(self, tmp_path: Path, toml: str) -> None:
-        path = tmp_path / "plan.toml"
-        path.write_text(toml, "utf-8")
-        self.plan = Plan(load_config(path))
+        self.plan = load_plan(tmp_path / "plan.toml", toml)
         self.store = Store(tmp_path / "monitor.db")
         self.prober = Prober()
         self.recorder = Recorder()
@@ -101,12 +97,6 @@ class Running:
 
     def stored(self) -> int:
         return self.store.db.execute("SELECT count(*) FROM observations").fetchone()[0]
-
-
-@pytest.fixture
-def server() -> Iterator[ChannelServer]:
-    with ChannelServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -157,18 +147,23 @@ async def test_services_are_probed_repeatedly_and_spread_over_the_interval(
     assert server.hit_count() == seen
 
 
-async def test_no_second_probe_of_a_service_while_its_last_one_runs(
-    tmp_path: Path, server: ChannelServer
-) -> None:
+def held_and_quick(tmp_path: Path, server: ChannelServer, held_timeout: str) -> Running:
+    """Two services: `held`, whose answers the server holds until released, and `quick`."""
+    server.set("hold", "/held")
     toml = (
         HEAD
         + CHANNEL
-        + service("held", server.url("/held"), probe_extra='timeout = "20s"')
+        + service("held", server.url("/held"), probe_extra=f'timeout = "{held_timeout}"')
         + service("quick", server.url("/quick"))
     )
-    running = Running(tmp_path, toml)
+    return Running(tmp_path, toml)
+
+
+async def test_no_second_probe_of_a_service_while_its_last_one_runs(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    running = held_and_quick(tmp_path, server, held_timeout="20s")
     try:
-        server.set("hold", "/held")
         running.scheduler.start()
         # three rounds have passed for the quick service ...
         await async_wait_for(lambda: server.hit_count("/quick") >= 4, timeout=15)
@@ -240,15 +235,8 @@ end = {end.isoformat()}
 
 
 async def test_stop_is_quick_and_writes_everything(tmp_path: Path, server: ChannelServer) -> None:
-    toml = (
-        HEAD
-        + CHANNEL
-        + service("held", server.url("/held"), probe_extra='timeout = "2s"')
-        + service("quick", server.url("/quick"))
-    )
-    running = Running(tmp_path, toml)
+    running = held_and_quick(tmp_path, server, held_timeout="2s")
     try:
-        server.set("hold", "/held")
         running.scheduler.start()
         await async_wait_for(lambda: server.hit_count("/held") == 1, timeout=10)
         await async_wait_for(lambda: running.recorder.by_service["quick"], what="a quick probe")

@@ -4,7 +4,6 @@ atomic publishing, the `render` command and the page served by the running monit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -18,7 +17,9 @@ import aiohttp
 import icalendar
 import pytest
 from aiohttp import web
-from site_data import DURING_LATE, REAL_PLAN, add_incident, busy_store, real_plan
+from helpers import REAL_PLAN, async_wait_for, real_plan
+from servers import aiohttp_server
+from site_data import DURING_LATE, add_incident, busy_store
 
 from monitor.cli import main
 from monitor.config import validate_config
@@ -500,8 +501,8 @@ BODY_SECRET = "body-9e1c3a5f7d"
 SCRIPT = "<script>alert(1)</script>"
 
 
-def secret_plan(port: int) -> Plan:
-    url = f"http://127.0.0.1:{port}/svc/check?token={TOKEN}"
+def secret_plan(base: str) -> Plan:
+    url = f"{base}/svc/check?token={TOKEN}"
     return Plan(
         validate_config(
             {
@@ -541,29 +542,26 @@ async def test_no_probe_url_header_or_body_reaches_any_file(tmp_path: Path) -> N
 
     app = web.Application()
     app.router.add_get("/svc/check", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    plan = secret_plan(port)
-    daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", port=0)
-    try:
-        await daemon.start(schedule=False, serve=False)
-        result = await daemon.pipeline.probe(plan.services[0])
-        assert result is not None and result.verdict == Verdict.UNEXPECTED_DOWN
-        assert seen_headers == [f"Bearer {HEADER_VALUE}"]  # the secrets were really used
-        await daemon.pipeline.flush()
-        await daemon.pipeline.planned_transition(daemon.clock.now())
-    finally:
-        await daemon.stop()
-        await runner.cleanup()
+    async with aiohttp_server(app) as base:
+        plan = secret_plan(base)
+        daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", port=0)
+        try:
+            await daemon.start(schedule=False, serve=False)
+            result = await daemon.pipeline.probe(plan.services[0])
+            assert result is not None and result.verdict == Verdict.UNEXPECTED_DOWN
+            assert seen_headers == [f"Bearer {HEADER_VALUE}"]  # the secrets were really used
+            await daemon.pipeline.flush()
+            await daemon.pipeline.planned_transition(daemon.clock.now())
+        finally:
+            await daemon.stop()
     # the running monitor's render, then `render` from the store
     assert (tmp_path / "site/index.html").exists()
     files = [p for p in (tmp_path / "site").rglob("*") if p.is_file()]
     render_from(plan, tmp_path / "again", datetime.now().astimezone(), tmp_path / "monitor.db")
     files += [p for p in (tmp_path / "again").rglob("*") if p.is_file()]
     assert len(files) > 20
-    secrets = [TOKEN, HEADER_VALUE, BODY_SECRET, "svc/check", f"127.0.0.1:{port}", "Bearer"]
+    address = base.removeprefix("http://")  # 127.0.0.1:PORT of the probed server
+    secrets = [TOKEN, HEADER_VALUE, BODY_SECRET, "svc/check", address, "Bearer"]
     for path in files:
         data = path.read_bytes()
         for secret in secrets:
@@ -705,7 +703,7 @@ def test_render_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 # --- the running monitor -------------------------------------------------------------------------
 
 
-def probed_plan(port: int) -> Plan:
+def probed_plan(base: str) -> Plan:
     return Plan(
         validate_config(
             {
@@ -720,7 +718,7 @@ def probed_plan(port: int) -> Plan:
                             {
                                 "id": "home",
                                 "name": "首页",
-                                "probe": {"url": f"http://127.0.0.1:{port}/"},
+                                "probe": {"url": f"{base}/"},
                             }
                         ],
                     }
@@ -736,45 +734,42 @@ async def test_the_running_monitor_renders_and_serves_the_site(tmp_path: Path) -
 
     app = web.Application()
     app.router.add_get("/", home)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    target = probed_plan(runner.addresses[0][1])
-    daemon = Daemon(target, tmp_path / "monitor.db", tmp_path / "site", port=0)
     site = tmp_path / "site"
-    try:
-        await daemon.start()
-        base = f"http://127.0.0.1:{daemon.port}"
-        for _ in range(200):  # the first render when the server starts, then verdicts
-            if (site / "status.json").exists():
-                status = json.loads((site / "status.json").read_text("utf-8"))
-                if status["services"][0]["verdict"] == "ok":
-                    break
-            await asyncio.sleep(0.05)
-        assert status["services"][0]["verdict"] == "ok"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/") as response:
-                assert response.status == 200
-                assert response.headers["Content-Type"].startswith("text/html")
-                assert '<html lang="zh-CN">' in await response.text()
-            async with http.get(f"{base}/en", allow_redirects=False) as response:
-                assert response.status == 302 and response.headers["Location"] == "/en/"
-            async with http.get(f"{base}/en/") as response:
-                assert '<html lang="en">' in await response.text()
-            async with http.get(f"{base}/api/v2/summary.json") as response:
-                assert response.content_type == "application/json"
-            async with http.get(f"{base}/calendar.ics") as response:
-                assert response.content_type == "text/calendar"
-            async with http.get(f"{base}/healthz") as response:
-                assert (await response.json())["status"] == "ok"
-            async with http.get(f"{base}/metrics") as response:
-                assert response.status == 200 and "text/plain" in response.content_type
-            for path in ("/../monitor.db", "/%2e%2e/monitor.db", "/nope.html"):
-                async with http.get(f"{base}{path}") as response:
-                    assert response.status == 404, path
-    finally:
-        await daemon.stop()
-        await runner.cleanup()
+
+    def verdict() -> str | None:
+        if not (site / "status.json").exists():
+            return None
+        return json.loads((site / "status.json").read_text("utf-8"))["services"][0]["verdict"]
+
+    async with aiohttp_server(app) as home_url:
+        daemon = Daemon(probed_plan(home_url), tmp_path / "monitor.db", site, port=0)
+        try:
+            await daemon.start()
+            base = f"http://127.0.0.1:{daemon.port}"
+            # the first render when the server starts, then verdicts
+            await async_wait_for(lambda: verdict() == "ok", what="a page with the verdict ok")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/") as response:
+                    assert response.status == 200
+                    assert response.headers["Content-Type"].startswith("text/html")
+                    assert '<html lang="zh-CN">' in await response.text()
+                async with http.get(f"{base}/en", allow_redirects=False) as response:
+                    assert response.status == 302 and response.headers["Location"] == "/en/"
+                async with http.get(f"{base}/en/") as response:
+                    assert '<html lang="en">' in await response.text()
+                async with http.get(f"{base}/api/v2/summary.json") as response:
+                    assert response.content_type == "application/json"
+                async with http.get(f"{base}/calendar.ics") as response:
+                    assert response.content_type == "text/calendar"
+                async with http.get(f"{base}/healthz") as response:
+                    assert (await response.json())["status"] == "ok"
+                async with http.get(f"{base}/metrics") as response:
+                    assert response.status == 200 and "text/plain" in response.content_type
+                for path in ("/../monitor.db", "/%2e%2e/monitor.db", "/nope.html"):
+                    async with http.get(f"{base}{path}") as response:
+                        assert response.status == 404, path
+        finally:
+            await daemon.stop()
     # at most the previous version is kept beside the page, for readers still inside it
     assert len([p for p in work_folder(site).iterdir() if p.is_dir()]) <= 1
 

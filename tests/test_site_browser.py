@@ -17,12 +17,14 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from site_data import DURING_LATE, ROOT, busy_store, real_plan
+from helpers import ROOT, missing, real_plan
+from site_data import DURING_LATE, busy_store
 
 from monitor.config import validate_config
 from monitor.plan import Plan
@@ -49,12 +51,6 @@ def chromium_path() -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     return None
-
-
-def missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required in CI)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -152,23 +148,28 @@ def script_plan() -> Plan:
     )
 
 
+@contextmanager
 def open_page(browser, url: str, size: tuple[int, int], js: bool, dark: bool = False):
-    """A page at `url` with everything it did recorded: console errors, requests."""
+    """A page at `url` with everything it did recorded: console errors, requests; its browser
+    context is closed when the block ends."""
     context = browser.new_context(
         viewport={"width": size[0], "height": size[1]},
         java_script_enabled=js,
         color_scheme="dark" if dark else "light",
         locale="zh-CN",
     )
-    page = context.new_page()
-    log = {"errors": [], "requests": [], "dialogs": []}
-    page.on("console", lambda m: log["errors"].append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: log["errors"].append(str(e)))
-    page.on("request", lambda r: log["requests"].append(r.url))
-    page.on("dialog", lambda d: (log["dialogs"].append(d.message), d.dismiss()))
-    page.goto(url, wait_until="load")
-    page.wait_for_timeout(150 if js else 0)
-    return context, page, log
+    try:
+        page = context.new_page()
+        log = {"errors": [], "requests": [], "dialogs": []}
+        page.on("console", lambda m: log["errors"].append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: log["errors"].append(str(e)))
+        page.on("request", lambda r: log["requests"].append(r.url))
+        page.on("dialog", lambda d: (log["dialogs"].append(d.message), d.dismiss()))
+        page.goto(url, wait_until="load")
+        page.wait_for_timeout(150 if js else 0)
+        yield page, log
+    finally:
+        context.close()
 
 
 def assert_local_only(requests: list[str]) -> None:
@@ -196,8 +197,7 @@ def test_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -
     base, _ = served
     path = "busy/index.html" if lang == "zh" else "busy/en/index.html"
     size = VIEWPORTS[viewport]
-    context, page, log = open_page(browser, f"{base}/{path}", size, js)
-    try:
+    with open_page(browser, f"{base}/{path}", size, js) as (page, log):
         assert log["errors"] == []
         assert_local_only(log["requests"])
         assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
@@ -220,15 +220,12 @@ def test_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -
         if update and (lang, viewport, js) == ("zh", "phone", True):
             SCREENSHOT.parent.mkdir(exist_ok=True)
             shutil.copyfile(shot, SCREENSHOT)
-    finally:
-        context.close()
 
 
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 def test_contrast_meets_wcag_aa(browser, served, dark: bool) -> None:
     base, _ = served
-    context, page, log = open_page(browser, f"{base}/busy/index.html", (390, 844), True, dark)
-    try:
+    with open_page(browser, f"{base}/busy/index.html", (390, 844), True, dark) as (page, log):
         assert log["errors"] == []
         colours = page.evaluate(
             """() => {
@@ -250,15 +247,12 @@ def test_contrast_meets_wcag_aa(browser, served, dark: bool) -> None:
             shot = ARTIFACTS / "site-zh-phone-dark.png"
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
-    finally:
-        context.close()
 
 
 def test_countdown_ticks_with_javascript_and_the_page_reads_without(browser, served) -> None:
     base, _ = served
     for js in (True, False):
-        context, page, log = open_page(browser, f"{base}/live/index.html", (390, 844), js)
-        try:
+        with open_page(browser, f"{base}/live/index.html", (390, 844), js) as (page, log):
             assert log["errors"] == []
             assert_local_only(log["requests"])
             lead = page.locator("#now .lead").inner_text()
@@ -268,16 +262,11 @@ def test_countdown_ticks_with_javascript_and_the_page_reads_without(browser, ser
                 assert re.fullmatch(r"还有 3天 (4|5)小时 \d+分钟", countdown), countdown
             else:
                 assert page.locator(".cd").count() == 0
-        finally:
-            context.close()
 
 
 def test_a_channel_named_script_is_text_in_the_browser(browser, served) -> None:
     base, _ = served
     for js in (True, False):
-        context, page, log = open_page(browser, f"{base}/script/index.html", (1280, 800), js)
-        try:
+        with open_page(browser, f"{base}/script/index.html", (1280, 800), js) as (page, log):
             assert log["dialogs"] == [] and log["errors"] == []
             assert "<script>alert(1)</script>" in page.locator("main").inner_text()
-        finally:
-            context.close()
