@@ -327,6 +327,8 @@ class Probe(_Model):
     def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
         return "Probe(...)"
 
+    __str__ = __repr__  # pydantic's own `str` (`%s`, f-strings) would list every field
+
 
 class Service(_Model):
     """One business function on one channel: the unit that is probed and judged."""

@@ -7,6 +7,7 @@ reported at once, and none of them reaches the user as a traceback.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from monitor.config import (
     parse_duration,
     validate_config,
 )
+from monitor.plan import Plan
 
 # A small, valid plan. Every bad config below is this text with one mistake put in, so each
 # test shows exactly the one change that breaks it.
@@ -823,6 +825,21 @@ def test_probe_values_are_never_quoted_in_errors(tmp_path: Path) -> None:
     )
     assert "probe.headers (channel" in problems[1]
     assert "probe.headers.Authorization (channel" in problems[2]
+
+
+def test_a_probe_shows_no_url_or_header_however_it_is_printed(tmp_path: Path) -> None:
+    """`%s` in a log call and f-strings use `str`, not `repr`: both must hide the probe."""
+    text = with_probe(
+        'url = "https://zwfw.hubei.gov.cn/health?token=s3cret"\n'
+        'headers = { Authorization = "Bearer s3cret" }'
+    )
+    ref = Plan(load_config(write(tmp_path, text))).services[0]
+    probe = ref.service.probe
+    assert probe is not None and "s3cret" in probe.url  # the secret is really there
+    logged = logging.LogRecord("monitor", logging.INFO, __file__, 1, "probe %s", (probe,), None)
+    shown_ways = (repr(probe), str(probe), f"{probe}", logged.getMessage(), str(ref.service))
+    for shown in (*shown_ways, str(ref)):
+        assert "s3cret" not in shown and "zwfw.hubei.gov.cn" not in shown, shown
 
 
 @pytest.mark.parametrize(
