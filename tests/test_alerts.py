@@ -483,6 +483,17 @@ async def test_network_errors_are_transient_and_never_name_the_url() -> None:
     assert str(info.value) == "connection failed"
 
 
+#: A URL the plan accepts (`https?://` and no blank) that is not one: its port is not a number.
+UNPARSABLE_URL = "http://[::1/hook?key=unparsable-s3cret"
+
+
+async def test_a_url_that_does_not_parse_is_a_permanent_failure_that_never_names_it() -> None:
+    with pytest.raises(SinkError) as info:
+        await sink({"type": "webhook", "url": UNPARSABLE_URL}).send(opened_alert())
+    assert info.value.permanent
+    assert str(info.value) == "invalid URL"
+
+
 # --- outbox and sender -----------------------------------------------------------------------
 
 
@@ -821,6 +832,19 @@ def test_alerts_test_command_reports_each_sink(
     assert "【测试】" in content and "no action needed" in content
     (test_alert,) = json.loads(am_route.calls.last.request.content)
     assert test_alert["labels"]["alertname"] == "ChannelMonitorTest"
+
+
+def test_alerts_test_command_reports_a_sink_whose_url_does_not_parse(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan.toml", f'[[alerts]]\ntype = "webhook"\nurl = "{UNPARSABLE_URL}"\n'
+    )
+    assert main(["alerts", "test", "--config", str(plan)]) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED" in out and "invalid URL (permanent)" in out
+    assert "0 of 1 sink(s) accepted the test message" in out
+    assert "s3cret" not in out + err and "Traceback" not in out + err
 
 
 def test_alerts_test_command_without_sinks_and_with_missing_variable(

@@ -70,7 +70,10 @@ class Sink(ABC):
     ) -> httpx.Response:
         """POST JSON; a 2xx answer is returned, anything else raises SinkError."""
         content = body if isinstance(body, bytes) else json_bytes(body)
-        target = httpx.URL(url)
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:  # not an HTTPError; its message may quote a part of the URL
+            raise SinkError("invalid URL", permanent=True) from None
         if params:  # merged: httpx's `params=` would replace the URL's own query (the token)
             target = target.copy_merge_params(params)
         try:

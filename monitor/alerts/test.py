@@ -34,6 +34,10 @@ async def send_test(plan: Plan) -> list[SinkAnswer]:
             except SinkError as exc:
                 kind = "permanent" if exc.permanent else "temporary"
                 return SinkAnswer(sink.name, sink.type, False, f"{exc} ({kind})")
+            except Exception as exc:  # as the sender does: named by its type, never its text
+                return SinkAnswer(
+                    sink.name, sink.type, False, f"internal error ({type(exc).__name__})"
+                )
             return SinkAnswer(sink.name, sink.type, True, answer)
 
         return list(await asyncio.gather(*(one(sink) for sink in sinks)))
