@@ -39,7 +39,6 @@ class Scheduler:
         #: Recent lags (seconds) between when a probe was due and when it started.
         self.lags: deque[float] = deque(maxlen=10_000)
         self.last_tick: float | None = None
-        self._next_transition: datetime | None = None
         self._stopped = False
 
     def groups(self) -> dict[timedelta, list[ServiceRef]]:
@@ -126,7 +125,6 @@ class Scheduler:
 
     def _schedule_after(self, at: datetime) -> None:
         upcoming = self.pipeline.plan.next_transition(max(at, self.pipeline.clock.now()))
-        self._next_transition = upcoming
         if upcoming is not None:
             self.aps.add_job(
                 self._transition,

@@ -147,8 +147,8 @@ class SiteListener:
 
 
 def site_handler(site_dir: Path):
-    """Serve the published site; the link is resolved per request, so a swap is seen at once
-    and a request never mixes two versions beyond the file it asked for."""
+    """Serve the published site folder; the path is resolved per request, so a swap of the
+    folder is seen at once, and nothing outside the folder is ever served."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         root = os.path.realpath(site_dir)

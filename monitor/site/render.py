@@ -255,7 +255,7 @@ def render(
 
     `store` gives the history (None: no history yet); `snapshot` the verdicts of a running
     pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
-    before the swap, so not even a power cut can leave the link pointing at unwritten files;
+    before the swap, so not even a power cut can leave `site` holding unwritten files;
     the daemon leaves it off (it renders often, and renders again when it starts).
     """
     started = time.perf_counter()
