@@ -258,6 +258,8 @@ class Prober:
             serving, reason = False, "connection reset"
         except aiohttp.ClientError as exc:
             serving, reason = False, f"connection failed ({type(exc).__name__})"
+        except UnicodeError:  # a host name that cannot be encoded (empty or overlong label)
+            serving, reason = False, "DNS lookup failed"
         finally:
             _PHASES.reset(token)
         return Observation(

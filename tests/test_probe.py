@@ -457,3 +457,12 @@ async def test_observation_holds_no_url_or_header_value(
         assert url not in text
         for part in SECRET_PARTS:
             assert part not in text, (case, text)
+
+
+async def test_malformed_host_name_is_a_dns_failure_not_an_exception() -> None:
+    """An empty or overlong label cannot be encoded; the probe must still return."""
+    async with Prober() as prober:
+        for url in ("http://a..b/", f"http://{'a' * 64}.example/"):
+            observation = await prober.probe(Probe(url=url), timedelta(seconds=2))
+            assert not observation.serving
+            assert observation.reason == "DNS lookup failed"
