@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -236,6 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
     )
+    gc.collect()
+    gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
         run_async(serve(daemon))
     except OSError as exc:  # e.g. the listen address is in use: bad input, not a mismatch

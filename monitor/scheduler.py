@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
 
@@ -36,7 +37,8 @@ class Scheduler:
         self.aps = AsyncIOScheduler(timezone=UTC)
         self.tasks: set[asyncio.Task] = set()
         self.handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        #: Recent lags (seconds) between when a probe was due and when it started.
+        #: Recent lags (seconds) between when a probe was due and when it started, read on
+        #: `time.monotonic` (uvloop's `loop.time()` counts whole milliseconds).
         self.lags: deque[float] = deque(maxlen=10_000)
         self.last_tick: float | None = None
         self._stopped = False
@@ -85,18 +87,19 @@ class Scheduler:
         if self._stopped:
             return  # a run APScheduler submitted just before `stop`: start nothing new
         loop = asyncio.get_running_loop()
-        base = loop.time()
+        base, started = loop.time(), time.monotonic()
         self.last_tick = base
         spacing = interval.total_seconds() / max(1, len(refs))
         for index, ref in enumerate(refs):
-            due = base + index * spacing
-            self.handles[ref.key] = loop.call_at(due, self._launch, ref, due)
+            offset = index * spacing
+            self.handles[ref.key] = loop.call_at(base + offset, self._launch, ref, started + offset)
 
     def _launch(self, ref: ServiceRef, due: float) -> None:
+        """Start a probe of `ref`, due at `due` (`time.monotonic`)."""
         if self._stopped:
             return
+        self.lags.append(time.monotonic() - due)
         loop = asyncio.get_running_loop()
-        self.lags.append(loop.time() - due)
         if ref.key in self.pipeline.running:
             return  # the previous probe of this service still runs: never two at once
         task = loop.create_task(self.pipeline.probe(ref))
@@ -119,7 +122,7 @@ class Scheduler:
         }
         refs = [ref for ref in self.pipeline.probed if ref.key in changed]
         for ref in refs:
-            self._launch(ref, asyncio.get_running_loop().time())
+            self._launch(ref, time.monotonic())
         # schedule from just after this one, so an early wake-up cannot re-fire it
         self._schedule_after(at)
 
