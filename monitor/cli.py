@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         default=f"127.0.0.1:{DEFAULT_PORT}",
-        help=f"HOST:PORT for /healthz and /metrics (default 127.0.0.1:{DEFAULT_PORT})",
+        help=f"HOST:PORT for /healthz, /metrics and the page (default 127.0.0.1:{DEFAULT_PORT})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
