@@ -1,13 +1,16 @@
 """10,000 services at a 30 s interval: scheduling lag, probe rate, CPU and peak memory.
 
     python bench/scale.py [--services 10000] [--interval 30] [--intervals 3] [--target-workers 1]
+                          [--loop run|asyncio] [--no-gc-freeze]
 
-The monitor runs in this process as `run` wires it (plan loaded from TOML, Store on a temporary
-SQLite file, Prober, Pipeline, and the Scheduler on APScheduler's AsyncIOScheduler with its
-interval, flush and prune jobs) without the web server and the downstream listeners; a counting
-listener stands in for them. The target is a local aiohttp server in `--target-workers`
-separate processes: on a 2-core machine it competes with the monitor for the same cores, so the
-numbers are for monitor and target together on this machine.
+The monitor runs in this process as `run` wires it (plan loaded from TOML, `gc.freeze()`, Store on
+a temporary SQLite file, Prober, Pipeline, and the Scheduler on APScheduler's AsyncIOScheduler
+with its interval, flush and prune jobs, on the event loop `run` uses: uvloop where it is
+installed) without the web server and the downstream listeners; a counting listener stands in
+for them. `--loop asyncio` runs it on asyncio's own loop, `--no-gc-freeze` without the freeze.
+The target is a local aiohttp server in `--target-workers` separate processes: on a 2-core
+machine it competes with the monitor for the same cores, so the numbers are for monitor and
+target together on this machine.
 
 Reports the lag between when each probe was due and when it started (p50, p99, max), probes
 completed per second, the monitor's CPU (per probe and as a share of one core), its peak RSS
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from common import Target, load_plan, loadavg, machine, plan_toml, proc_cpu_seconds
 
+from monitor.cli import loop_factory
 from monitor.clock import RealClock
 from monitor.pipeline import Pipeline, Result
 from monitor.probe import Prober
@@ -102,7 +106,7 @@ async def run(args: argparse.Namespace, target: Target, directory: Path) -> dict
     scheduler = Scheduler(pipeline)
     scheduler.lags = collections.deque(maxlen=args.services * (args.intervals + 2))
     out["rss_after_plan_kib"] = rss_kib()
-    if args.gc_freeze:  # an experiment: `run` does not do this (yet)
+    if not args.no_gc_freeze:  # as `run` does
         gc.collect()
         gc.freeze()
 
@@ -165,7 +169,7 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"{args.intervals} intervals ({r['window_s']:.0f} s); {info['cpus']} CPUs "
         f"({info['cpu']}), Python {info['python']}, aiohttp {info['aiohttp']}; "
         f"target: {args.target_workers} process(es) on {args.hosts} addresses"
-        f"{'; gc.freeze() after plan load' if args.gc_freeze else ''}"
+        f"{'; no gc.freeze()' if args.no_gc_freeze else ''}; loop: {r['loop']}"
     )
     rows = [
         ("plan load (10k services, TOML + validation)", f"{r['plan_load_s']:.2f} s"),
@@ -202,7 +206,13 @@ def main() -> int:
     parser.add_argument("--target-workers", type=int, default=1, help="target processes")
     parser.add_argument("--hosts", type=int, default=50, help="target loopback addresses")
     parser.add_argument(
-        "--gc-freeze", action="store_true", help="gc.freeze() after loading the plan (experiment)"
+        "--no-gc-freeze", action="store_true", help="no gc.freeze() after loading the plan"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["run", "asyncio"],
+        default="run",
+        help="the loop `run` uses, or asyncio's",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -212,7 +222,10 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="scale-") as tmp,
         Target(args.target_workers, args.hosts) as t,
     ):
-        result = asyncio.run(asyncio.wait_for(run(args, t, Path(tmp)), budget))
+        factory = loop_factory() if args.loop == "run" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(asyncio.wait_for(run(args, t, Path(tmp)), budget))
+        result["loop"] = "asyncio" if factory is None else factory.__module__.split(".")[0]
     result["load"] = (load_before, loadavg())
     report(args, result)
     return 0
