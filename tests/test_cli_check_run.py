@@ -396,3 +396,39 @@ def test_run_on_a_busy_address_exits_2_with_a_sentence(
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "address already in use" in proc.stderr
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(child) for child in text)
+    return found
+
+
+def test_sigkill_of_run_takes_its_render_worker_with_it(
+    tmp_path: Path, server: ChannelServer, processes: list[MonitorRun]
+) -> None:
+    """A crash must not leave the page's render worker running on its own."""
+    text = RUN_PLAN.format(url=server.url("/"), pattern=MAINTENANCE_PATTERN)
+    config = write_plan(tmp_path / "channels.toml", text)
+    run = MonitorRun(config, tmp_path / "monitor.db", tmp_path / "run.log")
+    processes.append(run)
+    run.wait_ticking()
+    workers = wait_for(lambda: _children(run.pid), timeout=30, what="the render worker")
+    run.kill()
+    run.wait(timeout=10)
+    wait_for(
+        lambda: not any(Path(f"/proc/{w}").exists() and _alive(w) for w in workers),
+        timeout=10,
+        what="the render worker to exit",
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie awaiting its (now gone) parent's wait."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
