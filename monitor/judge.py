@@ -113,6 +113,8 @@ class Judgement:
     verdict: Verdict
     raw: Verdict | None
     events: tuple[IncidentEvent, ...] = ()
+    #: `raw` when it counts towards an incident (outside grace, not under `any`), else None.
+    counted: Verdict | None = None
 
 
 def judge(
@@ -184,9 +186,8 @@ def judge(
         last_serving=observation.serving,
         last_reason=observation.reason,
     )
-    return Judgement(
-        new_state, current_verdict(new_state, observation.at, thresholds), direction, tuple(events)
-    )
+    verdict = current_verdict(new_state, observation.at, thresholds)
+    return Judgement(new_state, verdict, direction, tuple(events), direction if counts else None)
 
 
 def current_verdict(state: ServiceState, now: datetime, thresholds: Thresholds) -> Verdict:

@@ -141,10 +141,9 @@ class Pipeline:
         thresholds = self.thresholds(ref)
         previous = current_verdict(state, at, thresholds)
         judgement = judge(state, expectation, in_grace, observation, thresholds)
-        counted = judgement.raw if (not in_grace and expectation.state != "any") else None
         self.store.add(
             PendingObservation(
-                ref.channel.id, ref.service.id, observation, expectation.state, counted
+                ref.channel.id, ref.service.id, observation, expectation.state, judgement.counted
             )
         )
         new_state = judgement.state
