@@ -236,6 +236,75 @@ def test_broken_and_unexpectedly_open_services(plan: Plan, tmp_path: Path) -> No
     assert summary["status"]["indicator"] == "major"
 
 
+def test_the_headline_claims_only_what_was_seen(plan: Plan, tmp_path: Path) -> None:
+    """Two portals seen working, the rest never observed: the page says so, in the headline,
+    per service and in status.json, and the Statuspage files stay valid."""
+    when = at("2022-07-01T12:00:00")
+    portals = [("si-12333", "portal"), ("hubei-zwfw", "portal")]
+    verdicts = {key: Verdict.OK for key in portals}
+    seen = {key: Seen(when, True, "") for key in portals}
+    render(plan, tmp_path / "site", when, None, Snapshot(verdicts, seen))
+    html, s = page(tmp_path / "site")
+    lead = s.text["now"]
+    assert "73 项业务中，2 项按计划开放，经监测可以办理；17 项按计划开放，未经监测；" in lead
+    assert "54 项按计划暂停。" in lead
+    assert "均可办理" not in lead and "正常办理" not in lead
+    assert "按计划开放，经监测可以办理" in s.text["h-open"] and "网站门户" in s.text["h-open"]
+    assert "基本医疗保险费征收" not in s.text["h-open"]
+    unobserved = s.text["h-unobserved"]
+    assert "按计划开放，未经监测" in unobserved and "基本医疗保险费征收" in unobserved
+    assert "无法确认实际能否办理" in unobserved and "网站门户" not in unobserved
+    assert '<use href="#i-unobserved"/>' in html
+    _, es = page(tmp_path / "site", "en/index.html")
+    assert (
+        "Of 73 services: 2 planned open and seen working; 17 planned open but not observed;"
+        in (es.text["now"])
+    )
+    assert "Planned open, not observed" in es.text["h-unobserved"]
+    status = json.loads((tmp_path / "site/status.json").read_text("utf-8"))
+    assert status["counts"] == {
+        "broken": 0,
+        "closed": 54,
+        "open": 2,
+        "unobserved": 17,
+        "any": 0,
+        "leak": 0,
+    }
+    states = {(v["channel"], v["service"]): v["state"] for v in status["services"]}
+    assert [states[key] for key in portals] == ["open", "open"]
+    assert states[("hubei-etax", "medical-premium")] == "unobserved"
+    assert "not observed" in status["headline"]["en"] and "未经监测" in status["headline"]["zh"]
+    # Statuspage has no "unknown": a component nobody observed stays operational (valid), and
+    # the page's description says how many were not observed
+    summary = json.loads((tmp_path / "site/api/v2/summary.json").read_text("utf-8"))
+    by_id = {c["id"]: c for c in summary["components"]}
+    for component in summary["components"]:
+        check_component(component)
+    assert by_id["hubei-etax.medical-premium"]["status"] == "operational"
+    assert summary["status"]["indicator"] == "maintenance"
+    assert summary["status"]["description"].endswith("(17 of 73 services not observed)")
+    badge = (tmp_path / "site/badges/hubei-etax/medical-premium.svg").read_text("utf-8")
+    assert "按计划开放，未经监测" in badge
+
+
+def test_all_is_well_only_when_all_was_seen(plan: Plan, tmp_path: Path) -> None:
+    when = at("2022-08-20T12:00:00")  # nothing is paused by the plan
+    render(plan, tmp_path / "none", when, None, Snapshot())
+    html, s = page(tmp_path / "none")
+    assert s.text["now"].strip().startswith("目前没有按计划暂停的业务。")
+    assert "73 项按计划开放，未经监测" in s.text["now"]
+    assert 'class="hl st-unobserved"' in html  # no tick for what nobody saw
+    verdicts = {ref.key: Verdict.OK for ref in plan.services}
+    render(plan, tmp_path / "all", when, None, Snapshot(verdicts))
+    html, s = page(tmp_path / "all")
+    assert s.text["now"].strip().startswith("各项业务按计划开放，经监测均可办理。")
+    assert 'class="hl st-open"' in html and "h-unobserved" not in s.text
+    _, es = page(tmp_path / "all", "en/index.html")
+    assert "All business is planned open, and all of it was seen working." in es.text["now"]
+    summary = json.loads((tmp_path / "all/api/v2/summary.json").read_text("utf-8"))
+    assert summary["status"] == {"indicator": "none", "description": "All Systems Operational"}
+
+
 # --- machine-readable files ------------------------------------------------------------------
 
 PAGE_KEYS = {"id", "name", "url", "time_zone", "updated_at"}
