@@ -104,7 +104,7 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         start = lang.when(h.start, True, countdown=True)
         end = lang.when(h.end, True) if h.end else ""
         text = lang.fmt(f"headline_{h.kind}", title=title, start=start, end=end)
-        lead = "headline_all_ok" if seen else "headline_all_plan"
+        lead = "headline_all_ok" if seen else "headline_ok_plan"
         out.append(lang.fmt(lead) + text if quiet else text)
     elif h.kind == "past":
         out.append(lang.fmt("headline_past", title=title, end=lang.when(h.end, True)))
