@@ -90,6 +90,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.example:
+        from monitor.shipped import shipped_text
+
+        sys.stdout.write(shipped_text())
+        return EXIT_OK
     plan = load_plan(args.config)
     if args.transitions:
         return _transitions(args, plan)
@@ -282,8 +287,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.daemon import parse_listen
     from monitor.demo.replay import Cadence
     from monitor.demo.run import DemoOptions, run_demo
+    from monitor.shipped import LABEL, load_shipped
 
-    config = load_config(args.config)
+    # --config wins, then a channels.toml here, then the plan shipped inside the package
+    if args.config is None and not Path("channels.toml").exists():
+        config, source = load_shipped(), LABEL
+    else:
+        source = args.config or "channels.toml"
+        config = load_config(source)
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -299,6 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         linger=args.linger,
         cadence=Cadence(),
     )
+    print(f"channel-monitor demo: {source}")
     try:
         run_async(run_demo(options))
     except OSError as exc:
@@ -348,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transitions", action="store_true", help="list planned changes instead")
     p.add_argument("--from", dest="from_", metavar="T", help="with --transitions: start")
     p.add_argument("--until", metavar="T", help="with --transitions: end (exclusive)")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="print the shipped 2022 plan, to start a plan of your own "
+        "(channel-monitor plan --example > channels.toml)",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
@@ -372,8 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="render the page as of this instant; default now")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser(
-        "demo", parents=[common], help="replay the 2022 cutover on simulated channels"
+    p = sub.add_parser("demo", help="replay the 2022 cutover on simulated channels")
+    p.add_argument(  # not `common`'s: its default would change for every command
+        "--config",
+        help="plan file (default: channels.toml if there is one here, else the 2022 plan "
+        "shipped with channel-monitor)",
     )
     p.add_argument(
         "--listen",
@@ -409,6 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{count} problem{'s' if count != 1 else ''} found; nothing was done.", file=sys.stderr
         )
+        config = getattr(args, "config", None)
+        if config and not Path(config).exists():  # a first run in an empty folder
+            print(
+                f"To start from the 2022 plan shipped with channel-monitor: "
+                f"channel-monitor plan --example > {config}",
+                file=sys.stderr,
+            )
         return EXIT_BAD_INPUT
     except UsageError as exc:
         print(f"channel-monitor: {exc}", file=sys.stderr)

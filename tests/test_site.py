@@ -89,12 +89,15 @@ def test_before_the_freeze(plan: Plan, tmp_path: Path) -> None:
     site = render_at(plan, tmp_path, at("2022-06-20T12:00:00"))
     html, s = page(site)
     lead = s.text["now"]
-    assert "各项业务目前正常办理。" in lead
+    assert "目前没有按计划暂停的业务。" in lead  # nothing observed: no claim that all works
+    assert "73 项业务中，73 项按计划开放，未经监测。" in lead
     assert "将于 2022年6月22日 18:00（北京时间）开始" in lead
     assert "预计 2022年7月25日 08:30（北京时间）恢复" in lead
     assert '<time datetime="2022-06-22T18:00+08:00" data-countdown>' in html
     assert "h-closed" not in s.text  # nothing is paused yet
-    assert "企业职工基本养老保险业务" in s.text["h-open"]
+    assert "h-open" not in s.text  # nothing was seen working either
+    assert "企业职工基本养老保险业务" in s.text["h-unobserved"]
+    assert "按计划开放，未经监测" in s.text["h-unobserved"]
     window = s.text["h-win"]
     assert "将于 6月23日 09:00（北京时间）开放，7月19日 18:00（北京时间）截止" in window
     _, es = page(site, "en/index.html")
@@ -103,7 +106,8 @@ def test_before_the_freeze(plan: Plan, tmp_path: Path) -> None:
         in (es.text["now"])
     )
     status = json.loads((site / "status.json").read_text("utf-8"))
-    assert {v["state"] for v in status["services"]} == {"open"}
+    assert {v["state"] for v in status["services"]} == {"unobserved"}
+    assert status["counts"]["unobserved"] == 73 and status["counts"]["open"] == 0
 
 
 def test_during_the_freeze_inside_the_certificate_window(plan: Plan, tmp_path: Path) -> None:
@@ -111,13 +115,13 @@ def test_during_the_freeze_inside_the_certificate_window(plan: Plan, tmp_path: P
     _, s = page(site)
     assert "进行中，预计 2022年7月25日 08:30（北京时间）恢复办理。" in s.text["now"]
     assert "开放中，7月19日 18:00（北京时间）截止" in s.text["h-win"]
-    assert "企业职工社会保险参保证明查询打印" in s.text["h-open"]
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-unobserved"]
     assert "企业职工社会保险参保证明查询打印" not in s.text["h-closed"]
     assert "企业职工基本养老保险业务" in s.text["h-closed"]
-    assert "基本医疗保险费征收" in s.text["h-open"]
-    assert "社会保障卡服务" in s.text["h-open"]
+    assert "基本医疗保险费征收" in s.text["h-unobserved"]
+    assert "社会保障卡服务" in s.text["h-unobserved"]
     # the offline intakes that go on during the freeze, with where to go instead
-    assert "失业保险金、失业补助金和技能提升补贴申领" in s.text["h-open"]
+    assert "失业保险金、失业补助金和技能提升补贴申领" in s.text["h-unobserved"]
     assert (
         "下一次计划变化：7月19日 18:00（北京时间）：企业职工社会保险参保证明查询打印暂停"
         in (s.text["now"])
@@ -130,7 +134,7 @@ def test_certificate_printing_closes_at_18_00_on_07_19(plan: Plan, tmp_path: Pat
     before = render_at(plan, tmp_path / "a", at("2022-07-19T17:59:59"))
     after = render_at(plan, tmp_path / "b", at("2022-07-19T18:00:00"))
     _, s = page(before)
-    assert "企业职工社会保险参保证明查询打印" in s.text["h-open"]
+    assert "企业职工社会保险参保证明查询打印" in s.text["h-unobserved"]
     _, s = page(after)
     assert "企业职工社会保险参保证明查询打印" in s.text["h-closed"]
     assert "已于 7月19日 18:00（北京时间）截止" in s.text["h-win"]
@@ -156,15 +160,15 @@ def test_during_the_freeze_after_the_certificate_window(plan: Plan, tmp_path: Pa
 def test_after_the_freeze(plan: Plan, tmp_path: Path) -> None:
     site = render_at(plan, tmp_path, at("2022-07-26T12:00:00"))
     _, s = page(site)
-    assert "已于 2022年7月25日 08:30（北京时间）结束，相关业务已恢复办理。" in s.text["now"]
+    assert "已于 2022年7月25日 08:30（北京时间）结束，按计划相关业务已恢复办理。" in s.text["now"]
     assert "另有 2 项业务按计划暂停" in s.text["now"]  # no July batch deduction at all
     assert "预计 2022年8月1日 00:00（北京时间）恢复" in s.text["now"]
-    assert "企业职工基本养老保险业务" in s.text["h-open"]
+    assert "企业职工基本养老保险业务" in s.text["h-unobserved"]
     assert "h-win" not in s.text  # the certificate window is history
-    assert "补缴6、7月社保费及2021社保年度欠费" in s.text["h-ms"]
+    assert "补缴2021社保年度未缴费的月份" in s.text["h-ms"]
     later = render_at(plan, tmp_path / "later", at("2022-08-20T12:00:00"))
     _, s = page(later)
-    assert s.text["now"].strip().startswith("各项业务正常办理。")
+    assert s.text["now"].strip().startswith("目前没有按计划暂停的业务。")
     assert "h-closed" not in s.text
     assert "8月15日" not in s.text["h-ms"] and "10月1日" in s.text["h-ms"]
 
@@ -202,7 +206,7 @@ def test_state_groups_use_text_and_icons_not_colour_alone() -> None:
 
     up, down = Expectation("up"), Expectation("down")
     assert page_state(up, Verdict.OK) == "open"
-    assert page_state(up, Verdict.UNKNOWN) == "open"
+    assert page_state(up, Verdict.UNKNOWN) == "unobserved"
     assert page_state(up, Verdict.UNEXPECTED_DOWN) == "broken"
     assert page_state(down, Verdict.OK) == "closed"
     assert page_state(down, Verdict.UNEXPECTED_UP) == "leak"
@@ -230,6 +234,75 @@ def test_broken_and_unexpectedly_open_services(plan: Plan, tmp_path: Path) -> No
     assert by_id["hubei-zwfw"]["status"] == "partial_outage"
     assert by_id["ehuiban.pension"]["status"] == "under_maintenance"
     assert summary["status"]["indicator"] == "major"
+
+
+def test_the_headline_claims_only_what_was_seen(plan: Plan, tmp_path: Path) -> None:
+    """Two portals seen working, the rest never observed: the page says so, in the headline,
+    per service and in status.json, and the Statuspage files stay valid."""
+    when = at("2022-07-01T12:00:00")
+    portals = [("si-12333", "portal"), ("hubei-zwfw", "portal")]
+    verdicts = {key: Verdict.OK for key in portals}
+    seen = {key: Seen(when, True, "") for key in portals}
+    render(plan, tmp_path / "site", when, None, Snapshot(verdicts, seen))
+    html, s = page(tmp_path / "site")
+    lead = s.text["now"]
+    assert "73 项业务中，2 项按计划开放，经监测可以办理；17 项按计划开放，未经监测；" in lead
+    assert "54 项按计划暂停。" in lead
+    assert "均可办理" not in lead and "正常办理" not in lead
+    assert "按计划开放，经监测可以办理" in s.text["h-open"] and "网站门户" in s.text["h-open"]
+    assert "基本医疗保险费征收" not in s.text["h-open"]
+    unobserved = s.text["h-unobserved"]
+    assert "按计划开放，未经监测" in unobserved and "基本医疗保险费征收" in unobserved
+    assert "无法确认实际能否办理" in unobserved and "网站门户" not in unobserved
+    assert '<use href="#i-unobserved"/>' in html
+    _, es = page(tmp_path / "site", "en/index.html")
+    assert (
+        "Of 73 services: 2 planned open and seen working; 17 planned open but not observed;"
+        in (es.text["now"])
+    )
+    assert "Planned open, not observed" in es.text["h-unobserved"]
+    status = json.loads((tmp_path / "site/status.json").read_text("utf-8"))
+    assert status["counts"] == {
+        "broken": 0,
+        "closed": 54,
+        "open": 2,
+        "unobserved": 17,
+        "any": 0,
+        "leak": 0,
+    }
+    states = {(v["channel"], v["service"]): v["state"] for v in status["services"]}
+    assert [states[key] for key in portals] == ["open", "open"]
+    assert states[("hubei-etax", "medical-premium")] == "unobserved"
+    assert "not observed" in status["headline"]["en"] and "未经监测" in status["headline"]["zh"]
+    # Statuspage has no "unknown": a component nobody observed stays operational (valid), and
+    # the page's description says how many were not observed
+    summary = json.loads((tmp_path / "site/api/v2/summary.json").read_text("utf-8"))
+    by_id = {c["id"]: c for c in summary["components"]}
+    for component in summary["components"]:
+        check_component(component)
+    assert by_id["hubei-etax.medical-premium"]["status"] == "operational"
+    assert summary["status"]["indicator"] == "maintenance"
+    assert summary["status"]["description"].endswith("(17 of 73 services not observed)")
+    badge = (tmp_path / "site/badges/hubei-etax/medical-premium.svg").read_text("utf-8")
+    assert "按计划开放，未经监测" in badge
+
+
+def test_all_is_well_only_when_all_was_seen(plan: Plan, tmp_path: Path) -> None:
+    when = at("2022-08-20T12:00:00")  # nothing is paused by the plan
+    render(plan, tmp_path / "none", when, None, Snapshot())
+    html, s = page(tmp_path / "none")
+    assert s.text["now"].strip().startswith("目前没有按计划暂停的业务。")
+    assert "73 项按计划开放，未经监测" in s.text["now"]
+    assert 'class="hl st-unobserved"' in html  # no tick for what nobody saw
+    verdicts = {ref.key: Verdict.OK for ref in plan.services}
+    render(plan, tmp_path / "all", when, None, Snapshot(verdicts))
+    html, s = page(tmp_path / "all")
+    assert s.text["now"].strip().startswith("各项业务按计划开放，经监测均可办理。")
+    assert 'class="hl st-open"' in html and "h-unobserved" not in s.text
+    _, es = page(tmp_path / "all", "en/index.html")
+    assert "All business is planned open, and all of it was seen working." in es.text["now"]
+    summary = json.loads((tmp_path / "all/api/v2/summary.json").read_text("utf-8"))
+    assert summary["status"] == {"indicator": "none", "description": "All Systems Operational"}
 
 
 # --- machine-readable files ------------------------------------------------------------------
@@ -367,7 +440,7 @@ def test_status_json_holds_plan_verdicts_and_incidents(busy_site: Path) -> None:
     status = json.loads((busy_site / "status.json").read_text("utf-8"))
     assert status["timezone"] == "Asia/Shanghai" and status["at"].startswith("2022-07-20T12:00")
     assert {p["id"] for p in status["periods"]} == {"freeze", "certificate-window", "july-batch"}
-    assert len(status["milestones"]) == 13 and len(status["services"]) == 73
+    assert len(status["milestones"]) == 15 and len(status["services"]) == 73
     portal = next(v for v in status["services"] if v["channel"] == "hubei-zwfw" and v["probed"])
     assert portal["verdict"] == "unexpected_down" and portal["state"] == "broken"
     assert {i["direction"] for i in status["incidents"]} == {"unexpected_down", "unexpected_up"}
@@ -381,7 +454,7 @@ def test_calendar_parses_with_time_zones(busy_site: Path, plan: Plan) -> None:
     (zone,) = cal.walk("VTIMEZONE")
     assert str(zone["TZID"]) == "Asia/Shanghai"
     events = cal.walk("VEVENT")
-    assert len(events) == 3 + 13  # every period and every milestone
+    assert len(events) == 3 + 15  # every period and every milestone
     freeze = next(e for e in events if "停机切换" in str(e["SUMMARY"]))
     start, end = freeze.decoded("DTSTART"), freeze.decoded("DTEND")
     assert start == at("2022-06-22T18:00:00") and end == at("2022-07-25T08:30:00")
@@ -780,7 +853,8 @@ def test_build_is_pure_and_needs_no_store(plan: Plan) -> None:
     first, last = window(DURING_LATE, plan.zone)
     model = build(plan, DURING_LATE, Snapshot(), History(first, last))
     assert model.headline.kind == "down" and model.headline.end == at("2022-07-25T08:30:00")
-    assert model.count("closed") + model.count("open") == len(plan.services)
+    assert model.count("closed") + model.count("unobserved") == len(plan.services)
+    assert model.count("open") == 0  # nothing was observed, so nothing is "seen working"
 
 
 def test_store_opened_read_only_is_not_written(tmp_path: Path, plan: Plan) -> None:

@@ -58,7 +58,10 @@ def safe_reason(reason: str | None) -> str | None:
 def component_status(view: ServiceView) -> str:
     """The Statuspage status of one service: planned pauses are `under_maintenance` (also when
     a paused service still answers: that is an incident, not a component state); down while it
-    should be up is `major_outage`; slow answers are `degraded_performance`."""
+    should be up is `major_outage`; slow answers are `degraded_performance`. A planned-open
+    service nobody observed is `operational` too: Statuspage has no "unknown", and any other
+    status would report a fault nobody saw. What was not observed is told by `status.json`
+    (`state` = `unobserved`) and by the page status' `description`."""
     if view.expectation.state == "down":
         return "under_maintenance"
     if view.state == "broken":
@@ -158,7 +161,11 @@ def status(model: Model, comps: list[dict]) -> dict:
         indicator = "maintenance"
     else:
         indicator = "none"
-    return {"indicator": indicator, "description": _INDICATOR_TEXT[indicator]}
+    description = _INDICATOR_TEXT[indicator]
+    unobserved = model.tally()["unobserved"]
+    if unobserved:  # "operational" of a service nobody saw is the plan's word, not a finding
+        description += f" ({unobserved} of {len(model.services)} services not observed)"
+    return {"indicator": indicator, "description": description}
 
 
 def _short(comp: dict) -> dict:
@@ -366,6 +373,7 @@ def own_status(model: Model, headline: dict[str, str]) -> dict:
         "title": config.monitor.title,
         "title_en": config.monitor.title_en,
         "headline": headline,
+        "counts": model.tally(),
         "next_change": iso(model.change.at, zone) if model.change else None,
         "periods": [
             {
@@ -615,6 +623,7 @@ def calendar(model: Model) -> str:
 
 BADGE_COLOURS = {
     "open": "#1a7f37",
+    "unobserved": "#0969da",
     "any": "#9a6700",
     "closed": "#57606a",
     "broken": "#cf222e",

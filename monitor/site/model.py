@@ -18,8 +18,12 @@ from monitor.plan import TICK, Expectation, Plan, ServiceRef, period_boundaries
 from monitor.site.history import History
 from monitor.store import Store
 
-#: Page states of a service, in the order the page lists them.
-STATES = ("broken", "closed", "open", "any", "leak")
+#: Page states of a service, in the order the page lists them. `open` is planned open and
+#: seen working; `unobserved` is planned open with nothing observed (schedule-only, or no fresh
+#: observation), so the page never claims more than monitoring saw.
+STATES = ("broken", "closed", "open", "unobserved", "any", "leak")
+#: The states in which the plan has the service open (where citizens may go instead).
+PLANNED_OPEN = ("open", "unobserved")
 #: How far ahead the page looks for the next planned pause.
 LOOKAHEAD = timedelta(days=180)
 #: How long a pause that is over stays the headline ("... ended on 07-25 08:30").
@@ -107,12 +111,15 @@ class ServiceView:
 
 def page_state(expectation: Expectation, verdict: Verdict) -> str:
     """`broken` (down although it should be up), `leak` (up although the plan pauses it),
-    else what the plan says: `closed`, `open` or `any`."""
+    `closed` (paused as planned), `any`; a service the plan has open is `open` only when the
+    judge confirmed it (`ok`), else `unobserved`: the plan alone does not show it works."""
     if expectation.state == "down":
         return "leak" if verdict == Verdict.UNEXPECTED_UP else "closed"
     if verdict == Verdict.UNEXPECTED_DOWN:
         return "broken"
-    return "open" if expectation.state == "up" else "any"
+    if expectation.state != "up":
+        return "any"
+    return "open" if verdict == Verdict.OK else "unobserved"
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,23 @@ class Headline:
     end: datetime | None = None
     broken: int = 0
     others: tuple[Maintenance, ...] = ()
+    known: Known | None = None
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the headline may claim: how many services are planned open and seen working,
+    planned open but not observed, and paused as planned (told as paused even when a paused
+    service still answers: that is for operators)."""
+
+    working: int
+    unobserved: int
+    paused: int
+
+    @property
+    def all_seen(self) -> bool:
+        """Every service the plan has open was seen working (so "all is well" is true)."""
+        return self.unobserved == 0 and self.working > 0
 
 
 @dataclass(frozen=True)
@@ -224,8 +248,25 @@ class Model:
     def probed(self) -> int:
         return sum(1 for s in self.services if s.probed)
 
+    @property
+    def unprobed_online(self) -> list[tuple[ServiceRef, ...]]:
+        """Per online channel, its services without a probe: what the operators' section asks
+        the channel operators to supply an address for (offline ones are never probed)."""
+        found: dict[str, list[ServiceRef]] = {}
+        for view in self.services:
+            if view.ref.channel.group == "online" and not view.probed:
+                found.setdefault(view.ref.channel.id, []).append(view.ref)
+        return [tuple(refs) for refs in found.values()]
+
     def count(self, state: str) -> int:
         return sum(len(i.services) for i in self.items.get(state, ()))
+
+    def tally(self) -> dict[str, int]:
+        """Services per page state, each counted once (`count` lists a leak as closed too)."""
+        out = dict.fromkeys(STATES, 0)
+        for view in self.services:
+            out[view.state] += 1
+        return out
 
     def view(self, key: tuple[str, str]) -> ServiceView | None:
         """The service with these ids (None for an incident of a service the plan dropped)."""
@@ -275,7 +316,10 @@ def _items(views: list[ServiceView]) -> dict[str, tuple[Item, ...]]:
         grouped[view.state].setdefault(view.ref.service.name, []).append(view)
         if view.state == "leak":  # citizens are told what the plan says: paused
             grouped["closed"].setdefault(view.ref.service.name, []).append(view)
-    open_by_name = {name: tuple(v.ref for v in found) for name, found in grouped["open"].items()}
+    open_by_name: dict[str, tuple[ServiceRef, ...]] = {}
+    for state in PLANNED_OPEN:  # the plan says where else a business is open
+        for name, found in grouped[state].items():
+            open_by_name[name] = open_by_name.get(name, ()) + tuple(v.ref for v in found)
     out: dict[str, tuple[Item, ...]] = {}
     for state, by_name in grouped.items():
         items = []
@@ -292,6 +336,11 @@ def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance,
     named beside it, one sentence per period and end; the pieces of the main one (same
     period, same end, such as certificate printing closing again) count as the main one."""
     broken = sum(1 for v in views if v.state == "broken")
+    known = Known(
+        working=sum(1 for v in views if v.state == "open"),
+        unobserved=sum(1 for v in views if v.state == "unobserved"),
+        paused=sum(1 for v in views if v.state in ("closed", "leak")),
+    )
     running = [p for p in pauses if p.status(at) == "in_progress"]
     candidates = running + [
         p
@@ -300,7 +349,7 @@ def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance,
         or p.status(at) == "scheduled"
     ]
     if not candidates:
-        return Headline("ok", broken=broken)
+        return Headline("ok", broken=broken, known=known)
     main = max(candidates, key=lambda p: (len(p.services), p in running))
     merged: dict[tuple[str | None, datetime | None], Maintenance] = {}
     for p in running:
@@ -317,7 +366,7 @@ def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance,
         kind = "upcoming" if main.end else "upcoming_open"
     else:
         kind = "past"
-    return Headline(kind, main.period, main.start, main.end, broken, others)
+    return Headline(kind, main.period, main.start, main.end, broken, others, known)
 
 
 def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:

@@ -19,7 +19,7 @@ from itertools import groupby
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from monitor.plan import Plan
 from monitor.site import feeds, history
@@ -72,12 +72,29 @@ def _title(period, lang: Lang) -> str:
     return lang.pick(period.title, period.title_en) or period.id
 
 
+def known(model: Model, lang: Lang) -> Markup | None:
+    """How many services are planned open and seen working, planned open but not observed,
+    and paused as planned (the parts that are not zero), so the headline never claims more
+    than monitoring saw."""
+    k = model.headline.known
+    if k is None:
+        return None
+    counts = (("known_working", k.working), ("known_unobserved", k.unobserved))
+    counts += (("known_paused", k.paused),)
+    parts = [lang.fmt(key, n=n) for key, n in counts if n]
+    if not parts:
+        return None
+    parts_text = escape(lang.w["known_sep"]).join(parts)
+    return lang.fmt("known", total=len(model.services), parts=parts_text)
+
+
 def headline(model: Model, lang: Lang) -> list[Markup]:
     """The sentences at the top of the page, in one language: the main pause, the other
-    pauses running beside it, and broken services."""
+    pauses running beside it, broken services, and what was seen."""
     h = model.headline
     title = _title(h.period, lang)
     quiet = not h.others and not h.broken
+    seen = h.known is not None and h.known.all_seen
     out: list[Markup] = []
     if h.kind == "down":
         out.append(lang.fmt("headline_down", title=title, at=lang.when(h.end, True, True)))
@@ -87,11 +104,12 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         start = lang.when(h.start, True, countdown=True)
         end = lang.when(h.end, True) if h.end else ""
         text = lang.fmt(f"headline_{h.kind}", title=title, start=start, end=end)
-        out.append(lang.fmt("headline_all_ok") + text if quiet else text)
+        lead = "headline_all_ok" if seen else "headline_ok_plan"
+        out.append(lang.fmt(lead) + text if quiet else text)
     elif h.kind == "past":
         out.append(lang.fmt("headline_past", title=title, end=lang.when(h.end, True)))
     elif quiet:
-        out.append(lang.fmt("headline_ok"))
+        out.append(lang.fmt("headline_ok" if seen else "headline_ok_plan"))
     for other in h.others:
         key = "headline_other" if other.end else "headline_other_open"
         end = lang.when(other.end, True) if other.end else ""
@@ -102,7 +120,22 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
             '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-broken"/></svg> '
         )
         out.append(icon + lang.fmt("headline_broken", n=h.broken))
+    sentence = known(model, lang)
+    if sentence is not None:
+        out.append(sentence)
     return out
+
+
+def headline_state(model: Model) -> str:
+    """The headline's icon: a phase with nothing paused shows `open` (a tick) only when every
+    planned-open service was seen working, else `unobserved`."""
+    h = model.headline
+    if h.kind == "ok" and h.broken:
+        return "broken"
+    state = _PHASE_STATE[h.kind]
+    if state == "open" and not (h.known is not None and h.known.all_seen):
+        return "unobserved"
+    return state
 
 
 def same_bars(bars: list[history.Bar], lang: Lang) -> list[tuple[str, history.Bar]]:
@@ -141,11 +174,7 @@ def page(model: Model, code: str) -> str:
         title=pick(config.title, config.title_en, code),
         headline=sentences,
         headline_text=" ".join(t.striptags() for t in sentences),
-        headline_state=(
-            "broken"
-            if model.headline.kind == "ok" and model.headline.broken
-            else _PHASE_STATE[model.headline.kind]
-        ),
+        headline_state=headline_state(model),
         kinds=history.KINDS,
         days=(model.history.last_day - model.history.first_day).days + 1,
         bars_by_channel=by_channel,
