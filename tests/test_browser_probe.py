@@ -26,6 +26,7 @@ from helpers import missing
 from servers import RawServer, aiohttp_server, closed_port, make_server_cert, never_answer
 
 from monitor.browser import BrowserProber, find_chromium, missing_parts
+from monitor.config import BrowserProbe
 from monitor.probe import Prober
 
 NOTICE = "系统升级，暂停办理 · service paused for the upgrade"
@@ -51,16 +52,11 @@ TRACKED = """<!doctype html><html><head><link rel="icon" href="data:,"></head><b
 </body></html>"""
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A browser probe as the plan holds it (config.BrowserProbe's fields)."""
-
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    wait_for: str | None = None
-    text_matches: str | None = None
-    text_not_matches: str | None = "系统升级|暂停办理"
-    kind: str = "browser"
+def page_probe(url: str, **fields: object) -> BrowserProbe:
+    """A browser probe as the plan holds it, looking for the notice unless told otherwise."""
+    return BrowserProbe(
+        kind="browser", url=url, **{"text_not_matches": "系统升级|暂停办理", **fields}
+    )
 
 
 @dataclass
@@ -202,19 +198,19 @@ async def test_notice_written_by_script_is_seen_where_an_http_probe_misses_it(
         seen_by_get = await plain.probe(http, TIMEOUT, at())
     assert seen_by_get.serving, "the notice is not in the HTML: a GET cannot see it"
 
-    observation = await prober.probe(Spec(portal.base + "/"), TIMEOUT, at())
+    observation = await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())
     assert not observation.serving
     assert observation.reason == "rendered text matches maintenance notice"
     assert observation.status_code == 200
 
     portal.notice = NORMAL
-    observation = await prober.probe(Spec(portal.base + "/"), TIMEOUT, at())
+    observation = await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())
     assert observation.serving, observation.reason
     assert observation.reason == "HTTP 200"
 
 
 async def test_text_matches_on_rendered_text(prober: BrowserProber, portal: Portal) -> None:
-    spec = Spec(portal.base + "/", text_matches="业务办理", text_not_matches=None)
+    spec = page_probe(portal.base + "/", text_matches="业务办理", text_not_matches=None)
     assert (await prober.probe(spec, TIMEOUT, at())).serving
     portal.notice = "页面走丢了 · page not found"
     observation = await prober.probe(spec, TIMEOUT, at())
@@ -223,7 +219,7 @@ async def test_text_matches_on_rendered_text(prober: BrowserProber, portal: Port
 
 async def test_wait_for_a_selector_written_late(prober: BrowserProber, portal: Portal) -> None:
     portal.delay = 1.0  # the status line comes a second after load
-    spec = Spec(portal.base + "/", wait_for="#status", text_matches="业务办理")
+    spec = page_probe(portal.base + "/", wait_for="#status", text_matches="业务办理")
     observation = await prober.probe(spec, TIMEOUT, at())
     assert observation.serving, observation.reason
 
@@ -231,14 +227,14 @@ async def test_wait_for_a_selector_written_late(prober: BrowserProber, portal: P
 async def test_selector_that_never_comes_is_a_timeout_within_the_bound(
     prober: BrowserProber, portal: Portal
 ) -> None:
-    spec = Spec(portal.base + "/", wait_for="#nowhere", text_not_matches=None)
+    spec = page_probe(portal.base + "/", wait_for="#nowhere", text_not_matches=None)
     started = perf_counter()
     observation = await prober.probe(spec, timedelta(seconds=3), at())
     assert (observation.serving, observation.reason) == (False, "timeout after 3s")
     assert perf_counter() - started < 3 + 2  # bounded by the timeout (generous margin)
 
     portal.notice = NOTICE  # the notice is there, the selector is not: say what it shows
-    noticed = Spec(portal.base + "/", wait_for="#nowhere")
+    noticed = page_probe(portal.base + "/", wait_for="#nowhere")
     observation = await prober.probe(noticed, timedelta(seconds=3), at())
     assert observation.reason == "rendered text matches maintenance notice"
 
@@ -247,7 +243,9 @@ async def test_a_page_that_never_goes_idle_is_judged_by_what_it_shows(
     prober: BrowserProber, portal: Portal
 ) -> None:
     started = perf_counter()
-    observation = await prober.probe(Spec(portal.base + "/polling"), timedelta(seconds=3), at())
+    observation = await prober.probe(
+        page_probe(portal.base + "/polling"), timedelta(seconds=3), at()
+    )
     assert observation.reason == "rendered text matches maintenance notice"
     assert perf_counter() - started < 3 + 2
 
@@ -260,7 +258,7 @@ async def test_error_status_of_the_main_document(
     prober: BrowserProber, portal: Portal, empty: bool
 ) -> None:
     url = portal.base + "/status/503" + ("?empty=1" if empty else "")
-    observation = await prober.probe(Spec(url), TIMEOUT, at())
+    observation = await prober.probe(page_probe(url), TIMEOUT, at())
     assert (observation.serving, observation.reason) == (False, "HTTP 503")
     assert observation.status_code == 503
 
@@ -268,14 +266,14 @@ async def test_error_status_of_the_main_document(
 async def test_network_failures_use_the_http_probes_reasons(
     prober: BrowserProber, tmp_path: Path
 ) -> None:
-    refused = await prober.probe(Spec(f"http://127.0.0.1:{closed_port()}/"), TIMEOUT, at())
+    refused = await prober.probe(page_probe(f"http://127.0.0.1:{closed_port()}/"), TIMEOUT, at())
     assert (refused.serving, refused.reason) == (False, "connection refused")
-    dns = await prober.probe(Spec("http://no-such-host.invalid/"), TIMEOUT, at())
+    dns = await prober.probe(page_probe("http://no-such-host.invalid/"), TIMEOUT, at())
     assert (dns.serving, dns.reason) == (False, "DNS lookup failed")
 
     async with RawServer(never_answer) as silent:
         started = perf_counter()
-        observation = await prober.probe(Spec(silent.url()), timedelta(seconds=2), at())
+        observation = await prober.probe(page_probe(silent.url()), timedelta(seconds=2), at())
     assert (observation.serving, observation.reason) == (False, "timeout after 2s")
     assert perf_counter() - started < 2 + 2
 
@@ -284,7 +282,7 @@ async def test_network_failures_use_the_http_probes_reasons(
     app.router.add_get("/", _ok)
     self_signed = make_server_cert(tmp_path, stem="self")
     async with aiohttp_server(app, ssl_context=self_signed.server_context()) as base:
-        observation = await prober.probe(Spec(base + "/"), TIMEOUT, at())
+        observation = await prober.probe(page_probe(base + "/"), TIMEOUT, at())
     assert (observation.serving, observation.reason) == (False, "TLS certificate not trusted")
 
 
@@ -305,7 +303,7 @@ async def test_fresh_context_per_probe_and_headers_only_to_the_probed_origin(
         async with aiohttp_server(
             portal.app(other=other_base.replace("127.0.0.1", "localhost"))
         ) as base:
-            spec = Spec(base + "/tracked", headers={"X-Probe-Token": "s3cret-probe-token"})
+            spec = page_probe(base + "/tracked", headers={"X-Probe-Token": "s3cret-probe-token"})
             for _ in range(2):
                 observation = await prober.probe(spec, TIMEOUT, at())
                 assert observation.serving, observation.reason
@@ -320,7 +318,7 @@ async def test_one_browser_and_at_most_two_pages_at_once(
     prober: BrowserProber, portal: Portal
 ) -> None:
     probes = [
-        asyncio.create_task(prober.probe(Spec(portal.base + "/hold"), TIMEOUT, at()))
+        asyncio.create_task(prober.probe(page_probe(portal.base + "/hold"), TIMEOUT, at()))
         for _ in range(4)
     ]
     await wait_until(lambda: portal.held == 2, "two held pages")
@@ -338,7 +336,7 @@ async def test_an_http_probe_completes_while_a_browser_probe_is_in_flight(
 ) -> None:
     from monitor.config import Probe
 
-    slow = asyncio.create_task(prober.probe(Spec(portal.base + "/hold"), TIMEOUT, at()))
+    slow = asyncio.create_task(prober.probe(page_probe(portal.base + "/hold"), TIMEOUT, at()))
     await wait_until(lambda: portal.held == 1, "the browser probe in flight")
     async with Prober() as plain:
         observation = await plain.probe(Probe(url=portal.base + "/api/ping"), TIMEOUT, at())
@@ -349,12 +347,12 @@ async def test_an_http_probe_completes_while_a_browser_probe_is_in_flight(
 
 
 async def test_killed_chromium_is_started_again(prober: BrowserProber, portal: Portal) -> None:
-    assert (await prober.probe(Spec(portal.base + "/"), TIMEOUT, at())).serving
+    assert (await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())).serving
     pids = chromium_processes()
     assert pids, "no Chromium process found under this test"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    observation = await prober.probe(Spec(portal.base + "/"), TIMEOUT, at())
+    observation = await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())
     assert observation.serving, observation.reason
     assert prober.launches == 2
 
@@ -362,7 +360,7 @@ async def test_killed_chromium_is_started_again(prober: BrowserProber, portal: P
 async def test_close_leaves_no_chromium_behind(portal: Portal) -> None:
     require_browser()
     prober = BrowserProber()
-    assert (await prober.probe(Spec(portal.base + "/"), TIMEOUT, at())).serving
+    assert (await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())).serving
     assert chromium_processes()
     await prober.close()
     await wait_until(lambda: not chromium_processes(), "Chromium to exit")
@@ -375,7 +373,7 @@ async def test_without_chromium_the_service_is_unknown_saying_what_to_install(
     tmp_path: Path,
 ) -> None:
     prober = BrowserProber(chromium=str(tmp_path / "no-chromium"))
-    observation = await prober.probe(Spec("http://127.0.0.1:9/"), TIMEOUT, at())
+    observation = await prober.probe(page_probe("http://127.0.0.1:9/"), TIMEOUT, at())
     assert observation.serving is None
     assert observation.reason.startswith("browser not available: Chromium")
     assert "apt-get install chromium" in observation.reason
@@ -385,7 +383,7 @@ async def test_without_playwright_the_service_is_unknown_saying_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "playwright", None)  # as if it were not installed
-    observation = await BrowserProber().probe(Spec("http://127.0.0.1:9/"), TIMEOUT, at())
+    observation = await BrowserProber().probe(page_probe("http://127.0.0.1:9/"), TIMEOUT, at())
     assert observation.serving is None
     assert observation.reason == (
         "browser not available: Playwright (pip install 'channel-monitor[browser]')"
