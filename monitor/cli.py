@@ -1,6 +1,7 @@
-"""The `channel-monitor` command: validate, plan, check, run, render, demo.
+"""The `channel-monitor` command: validate, plan, check, run, render, demo, push.
 
-Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
+Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`) or a push was not
+accepted (`push`), 2 bad input. Every error
 the user can cause is printed as a sentence, never as a traceback.
 """
 
@@ -325,6 +326,84 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if failed else EXIT_OK
 
 
+# --- push ----------------------------------------------------------------------------------
+
+PUSH_TOKEN_VARIABLE = "CHANNEL_MONITOR_PUSH_TOKEN"
+
+
+def count_argument(text: str) -> int:
+    """`--count`: a whole number of at least 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Send one push (cron jobs, kiosk scripts): exit 0 when the monitor accepted it, else 1.
+
+    The standard library's client, so a push costs no import of aiohttp or httpx."""
+    import os
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote, urlsplit
+
+    token = os.environ.get(PUSH_TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise UsageError(
+            f"set {PUSH_TOKEN_VARIABLE} to the service's push token "
+            f"(请在环境变量 {PUSH_TOKEN_VARIABLE} 中设置该服务的推送令牌)"
+        )
+    base = urlsplit(args.url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise UsageError(
+            f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+        )
+    body: dict[str, Any] = {}
+    if args.down:
+        body["serving"] = False
+    if args.reason is not None:
+        body["reason"] = args.reason
+    if args.count is not None:
+        body["count"] = args.count
+    path = f"/push/{quote(args.channel, safe='')}/{quote(args.service, safe='')}"
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=json.dumps(body, ensure_ascii=False).encode("utf-8") if body else b"",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    where = base.netloc.rpartition("@")[2]  # never echo credentials written into the URL
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status, answer = response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read(65536)
+    except (urllib.error.URLError, OSError) as exc:
+        cause = getattr(exc, "reason", exc)
+        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        print(
+            f"channel-monitor push: cannot reach {where}: {text} (无法连接监测服务)",
+            file=sys.stderr,
+        )
+        return EXIT_MISMATCH
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if 200 <= status < 300:
+        verdict = data.get("verdict", "?")
+        print(f"{args.channel}/{args.service}: accepted (HTTP {status}), verdict {verdict}")
+        return EXIT_OK
+    error = data.get("error") or "not accepted"
+    error_zh = data.get("error_zh") or "未被接受"
+    print(
+        f"channel-monitor push: {args.channel}/{args.service}: HTTP {status}: {error} ({error_zh})",
+        file=sys.stderr,
+    )
+    return EXIT_MISMATCH
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -387,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "push",
+        help=f"send the monitor one push for a service (token from ${PUSH_TOKEN_VARIABLE})",
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        help=f"the monitor's base address, e.g. http://127.0.0.1:{DEFAULT_PORT}",
+    )
+    p.add_argument("--channel", required=True, help="channel id in the plan")
+    p.add_argument("--service", required=True, help="service id in the plan")
+    p.add_argument("--down", action="store_true", help="report not serving (default: serving)")
+    p.add_argument("--reason", help="a short reason, at most 200 characters")
+    p.add_argument("--count", type=count_argument, help="business taken since the last push (>= 0)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("alerts", help="alert sinks: send a test message")
     alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -23,6 +23,7 @@ from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline
 from monitor.plan import Plan
 from monitor.probe import Prober
+from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.store import Store
 
@@ -73,6 +74,8 @@ class Daemon:
         metrics.attach(self)  # the metrics listener and GET /metrics
         alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
+        self.push = PushReceiver(self.pipeline)  # POST /push/<channel>/<service>, silences
+        self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
