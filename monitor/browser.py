@@ -22,7 +22,8 @@ Reasons (besides the HTTP probe's `HTTP <code>`, `timeout after <d>`, `connectio
 | `browser not available: <what to install>` | unknown | no Playwright, or no Chromium |
 
 Playwright is an optional extra (`pip install 'channel-monitor[browser]'`); this module imports
-it only when a browser probe first runs, so nothing else pays for it.
+it only when a browser probe first runs, so nothing else pays for it, and `validate` imports
+this module (to say what is missing) without loading aiohttp or Playwright.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from monitor.config import format_duration
-from monitor.probe import Observation
 
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
     from playwright.async_api import Browser, Page, Playwright, Response, Route
+
+    from monitor.probe import Observation
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,9 @@ def unavailable_reason(what: str) -> str:
 def unavailable(at: datetime, what: str) -> Observation:
     """The observation of a browser probe that could not run: neither serving nor not (the
     service's verdict stays `unknown`), with the reason saying what to install."""
-    return Observation(at, None, unavailable_reason(what))  # type: ignore[arg-type]
+    from monitor.probe import Observation  # (not at the top: `validate` imports this module)
+
+    return Observation(at, None, unavailable_reason(what))
 
 
 def net_error_reason(message: str, timeout: timedelta) -> str:
@@ -254,6 +258,8 @@ class BrowserProber:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the page, the network or the browser
         does. Waiting for a free page slot is not counted in the timeout; loading is."""
+        from monitor.probe import Observation
+
         at = at or datetime.now(UTC)
         async with self._pages:
             for attempt in (1, 2):

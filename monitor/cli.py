@@ -84,7 +84,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: OK: {len(config.channels)} channels, {len(plan.services)} services "
         f"({probed} probed), {len(config.periods)} periods, {len(config.milestones)} milestones"
     )
+    warn_browser(plan)
     return EXIT_OK
+
+
+def warn_browser(plan: Plan) -> None:
+    """Say (on stderr, exit code unchanged) when browser probes cannot run on this machine:
+    those services would stay `unknown` until the missing part is installed."""
+    from monitor.browser import missing_parts
+
+    browsers = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
+    what = missing_parts(plan.config.monitor.chromium) if browsers else None
+    if what is not None:
+        print(
+            f"warning: {browsers} browser service(s) will stay unknown here until you install "
+            f"{what} / 警告：{browsers} 个浏览器观测的服务在安装所需组件之前将判定为 unknown",
+            file=sys.stderr,
+        )
 
 
 # --- plan ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from time import perf_counter
 
 import pytest
 from aiohttp import web
-from helpers import missing
+from helpers import missing, python_m, write_plan
 from servers import RawServer, aiohttp_server, closed_port, make_server_cert, never_answer
 
 from monitor.browser import BrowserProber, find_chromium, missing_parts
@@ -395,3 +395,40 @@ def test_chromium_setting_and_path_lookup(tmp_path: Path) -> None:
     if find_chromium() is None:
         missing("Debian's chromium is not installed")
     assert find_chromium(find_chromium()) == find_chromium()
+
+
+BROWSER_PLAN = """
+[monitor]
+CHROMIUM
+
+[[channels]]
+id = "portal"
+name = "政务服务网"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+[channels.services.probe]
+kind = "browser"
+url = "https://portal.example.invalid/"
+text_not_matches = "系统升级|暂停办理"
+"""
+
+
+def test_validate_warns_when_browser_probes_cannot_run_here(tmp_path: Path) -> None:
+    absent = write_plan(
+        tmp_path / "absent.toml",
+        BROWSER_PLAN.replace("CHROMIUM", f'chromium = "{tmp_path / "no-chromium"}"'),
+    )
+    result = python_m("validate", "--config", str(absent))
+    assert result.returncode == 0, result.stderr
+    assert "warning: 1 browser service(s) will stay unknown" in result.stderr
+    assert "apt-get install chromium" in result.stderr and "警告" in result.stderr
+
+    require_browser()
+    present = write_plan(tmp_path / "present.toml", BROWSER_PLAN.replace("CHROMIUM", ""))
+    result = python_m("validate", "--config", str(present))
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
