@@ -192,6 +192,9 @@ class _Visit:
 class BrowserProber:
     """Browser probes over one shared Chromium process (see the module docstring)."""
 
+    #: At most `pages` at once, queued here: the pipeline's general limit is not taken.
+    limits_itself = True
+
     def __init__(self, chromium: str | None = None, pages: int = DEFAULT_PAGES) -> None:
         """`chromium` is the `[monitor] chromium` setting (None: look on PATH)."""
         self.chromium = chromium

@@ -652,8 +652,11 @@ class PlanConfig(_Model):
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path) -> PlanConfig:
-    """Read and validate a plan file; raise ConfigError listing every problem."""
+def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
+    """Read and validate a plan file; raise ConfigError listing every problem.
+
+    `alerts=False` leaves out `[[alerts]]` (`run --no-alerts`): a monitor that sends none need
+    not have its sinks' secrets in its environment."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -665,6 +668,8 @@ def load_config(path: str | Path) -> PlanConfig:
         raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    if not alerts:
+        data.pop("alerts", None)
     return validate_config(data, str(path))
 
 

@@ -56,6 +56,8 @@ PLAN_KEYS = frozenset(
         "period",
         "in_grace",
         "next_change",
+        "observed_by",
+        "not_configured",
     }
 )
 

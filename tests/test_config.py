@@ -554,7 +554,11 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out, err = run_validate(path, capsys)
     assert code == 0
     assert err == ""
-    assert out == (f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n")
+    assert out == (
+        f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n"
+        "coverage 观测方式: http 1, browser 0, prometheus 0, push 0, schedule 0 "
+        "(schedule = not observed 仅按计划)\n"
+    )
 
 
 def test_cli_validate_unknown_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -665,7 +669,11 @@ def test_minimal_config_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     path = write(tmp_path, MINIMAL)
     code, out, err = run_validate(path, capsys)
     assert (code, err) == (0, "")
-    assert out == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones\n"
+    first, second = out.splitlines()
+    assert first == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones"
+    assert second.startswith(
+        "coverage 观测方式: http 0, browser 0, prometheus 0, push 0, schedule 1"
+    )
 
 
 def test_shortest_interval_and_zero_grace_are_valid(tmp_path: Path) -> None:
@@ -1089,3 +1097,69 @@ def test_set_variables_are_substituted_then_validated_without_quoting(
     monkeypatch.setenv("KIOSK_TOKEN", "short-s3cret")
     path, message = only_problem(tmp_path, with_push('token = "${KIOSK_TOKEN}"'))
     assert "s3cret" not in message and "at least 16 characters" in message
+
+
+TWO_SERVICES_UNSET = f"""{BASE}
+[channels.services.probe]
+url = "${{ZWFW_URL}}"
+headers = {{ Authorization = "Bearer ${{ZWFW_TOKEN}}" }}
+
+[[channels.services]]
+id = "kiosk"
+name = "自助终端"
+
+[channels.services.push]
+token = "${{KIOSK_TOKEN}}"
+
+[[channels.services]]
+id = "medical"
+name = "医保缴费"
+
+[channels.services.probe]
+kind = "prometheus"
+url = "${{PROM_URL}}"
+query = 'sum(up{{job="${{JOB}}"}})'
+serving_if = "> 0"
+"""
+
+
+def test_validate_summarises_coverage_and_unset_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ZWFW_URL", "ZWFW_TOKEN", "KIOSK_TOKEN", "JOB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROM_URL", "http://prometheus.internal:9090")
+    path = write(tmp_path, TWO_SERVICES_UNSET)
+    code, out, err = run_validate(path, capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: OK: 1 channels, 3 services (2 probed), 1 periods, 0 milestones"
+    assert lines[1].startswith(
+        "coverage 观测方式: http 1, browser 0, prometheus 1, push 1, schedule 0"
+    )
+    assert lines[2].startswith("not configured 未配置: 3 service(s) stay unknown")
+    assert lines[2].endswith(
+        "ZWFW_URL (1 service), ZWFW_TOKEN (1 service), KIOSK_TOKEN (1 service), JOB (1 service)"
+    )
+    assert "prometheus.internal" not in out
+
+
+def test_validate_strict_fails_while_variables_are_unset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ZWFW_URL", "ZWFW_TOKEN", "KIOSK_TOKEN", "PROM_URL", "JOB"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, TWO_SERVICES_UNSET)
+    assert main(["validate", "--strict", "--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "5 environment variable(s) not set" in err and "Traceback" not in err
+    monkeypatch.setenv("ZWFW_URL", "https://api.example/status")
+    monkeypatch.setenv("ZWFW_TOKEN", "t0ken-value")
+    monkeypatch.setenv("KIOSK_TOKEN", "0123456789abcdef")
+    monkeypatch.setenv("PROM_URL", "http://prometheus.internal:9090")
+    monkeypatch.setenv("JOB", "tax")
+    assert main(["validate", "--strict", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "not configured" not in out
+    for secret in ("t0ken-value", "0123456789abcdef", "api.example"):
+        assert secret not in out

@@ -36,6 +36,12 @@ REASON_ZH = (
     ("TLS handshake failed", "TLS 握手失败"),
     ("too many redirects", "重定向次数过多"),
     ("connection failed", "连接失败"),
+    ("body is not JSON", "返回内容不是 JSON"),
+    ("json condition failed:", "JSON 条件不成立："),
+    ("query value", "查询值"),
+    ("query returned no data", "查询无数据"),
+    ("query failed", "查询失败"),
+    ("not configured: set", "未配置，需设置环境变量"),
 )
 
 

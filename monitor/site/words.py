@@ -80,6 +80,8 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
         "ops_none": "没有需要运维处理的事项。",
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
+        "not_configured": "尚未配置，需设置环境变量 {names}",
+        "schedule_only": "未接入监测，仅按计划展示",
         "channels": "渠道说明",
         "files": "数据文件",
         "hours": "{n} 小时",
@@ -158,6 +160,8 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_none": "Nothing for operators to act on.",
         "probed": "{n} services are checked by automatic monitoring; the rest are shown "
         "as planned.",
+        "not_configured": "not configured yet: set the environment variables {names}",
+        "schedule_only": "not observed, shown as planned",
         "channels": "About the channels",
         "files": "Data files",
         "hours": "{n} h",
@@ -204,6 +208,21 @@ _REASONS: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"TLS handshake failed"), "加密连接失败", "secure connection failed"),
     (re.compile(r"too many redirects"), "重定向次数过多", "too many redirects"),
     (re.compile(r"connection failed(?: \(\w+\))?"), "连接失败", "connection failed"),
+    (re.compile(r"body is not JSON"), "接口返回的不是有效数据", "the service answered with no valid data"),
+    (
+        re.compile(r"json condition failed: .+"),
+        "接口返回的状态表明暂停办理",
+        "the service's answer says it is not open",
+    ),
+    (re.compile(r"query value (\S+) (\S+ \S+)"), "监测指标值 {0}，满足 {1}", "measured value {0}, meets {1}"),
+    (
+        re.compile(r"query value (\S+), not (\S+ \S+)"),
+        "监测指标值 {0}，不满足 {1}",
+        "measured value {0}, not {1}",
+    ),
+    (re.compile(r"query returned no data"), "监测指标暂无数据", "no measurement yet"),
+    (re.compile(r"query failed(?: \(.+\))?"), "监测指标查询失败", "the measurement could not be read"),
+    (re.compile(r"not configured: set .+"), "尚未配置监测", "monitoring not configured yet"),
 ]
 
 
