@@ -27,8 +27,8 @@ The receiver answers:
 | 429 | more than 10 pushes within one second for one service | no |
 
 Tokens are compared in constant time (`hmac.compare_digest`) and never logged, stored or shown.
-Reasons: `push` (a heartbeat), `push count <n>`, `pushed: <the pusher's reason>`,
-`no push for <within>`.
+Reasons: `push` (a heartbeat), `pushed: <the pusher's reason>` (or `pushed: count <n>` when only
+a count came), `no push for <within>`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from monitor.config import format_duration
-from monitor.pipeline import Pipeline, Result
+from monitor.pipeline import Pipeline, Result, not_configured
 from monitor.plan import ServiceRef
 from monitor.probe import Observation
 
@@ -122,9 +122,9 @@ def parse_body(raw: bytes) -> Report:
     if serving is None:
         serving = count > 0 if count is not None else True
     text = _CONTROL.sub(" ", reason).strip() if reason else ""
-    if text:
-        return Report(serving, f"pushed: {text}")
-    return Report(serving, f"push count {count}" if count is not None else "push")
+    if not text and count is not None:
+        text = f"count {count}"
+    return Report(serving, f"pushed: {text}" if text else "push")
 
 
 def _bad(en: str, zh: str) -> PushRefused:
@@ -209,16 +209,20 @@ class PushReceiver:
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_startup(self, _app: web.Application) -> None:
-        self.start()
+        await self.start()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         await self.stop()
 
-    def start(self) -> None:
-        """Start every configured push service's `within` clock now."""
+    async def start(self) -> None:
+        """Start every configured push service's `within` clock now; say of the others that
+        they are not configured (judged `unknown`, reason `not configured: set NAME`)."""
         self._stopped = False
-        for key in self._tokens:
-            self._arm(self.services[key])
+        for key, ref in self.services.items():
+            if key in self._tokens:
+                self._arm(ref)
+            else:
+                await self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
 
     async def stop(self) -> None:
         """Cancel the timers; let silence observations already being judged finish."""

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -204,9 +205,10 @@ def test_rate_limit_is_a_sliding_second() -> None:
             False,
             "pushed: 菜单已关闭",
         ),
-        (b'{"count": 3}', True, "push count 3"),
-        (b'{"count": 0}', False, "push count 0"),
-        (b'{"serving": true, "count": 0}', True, "push count 0"),
+        (b'{"count": 3}', True, "pushed: count 3"),
+        (b'{"count": 0}', False, "pushed: count 0"),
+        (b'{"serving": true, "count": 0}', True, "pushed: count 0"),
+        (b'{"count": 2, "reason": "still open"}', True, "pushed: still open"),
         (b'{"reason": "line\\nbreak\\u0007"}', True, "pushed: line break"),
     ],
 )
@@ -225,12 +227,25 @@ async def test_accepted_pushes_are_judged_and_stored(daemon: Daemon) -> None:
     status, answer = await push(daemon, body='{"serving": false}')
     # two in a row that break "up": the judge's failure threshold (2) opens an incident
     assert answer["verdict"] == Verdict.UNEXPECTED_DOWN
+    # a verdict stays fresh between pushes that come within `within` (1h here)
+    ref = daemon.plan.service(*KEY)
+    later = daemon.pipeline.states[KEY].last_at + timedelta(minutes=59)
+    assert daemon.pipeline.verdict(ref, later) == Verdict.UNEXPECTED_DOWN
     await daemon.pipeline.flush()
     assert stored(daemon.db_path) == [
         ("pension", 1, "push"),
         ("pension", 0, "pushed: 关闭"),
         ("pension", 0, "push"),
     ]
+
+
+async def test_a_push_whose_token_is_not_set_is_unknown_and_says_which_variable(
+    daemon: Daemon,
+) -> None:
+    state = daemon.pipeline.states[("kiosk", "unset")]
+    assert state.last_reason == "not configured: set KIOSK_TOKEN_NOT_SET"
+    assert daemon.pipeline.verdict(daemon.plan.service("kiosk", "unset")) == Verdict.UNKNOWN
+    assert ("kiosk", "unset") not in daemon.push._timers, "no silence for what cannot push"
 
 
 # --- silence ----------------------------------------------------------------------------------
