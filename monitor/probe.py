@@ -74,6 +74,13 @@ REASON_PHRASES = (
     "query returned no data",
     "query failed",
     "not configured: set",
+    # monitor/browser.py and monitor/push.py
+    "rendered text matches maintenance notice",
+    "rendered text does not match",
+    "browser not available:",
+    "no push for",
+    "pushed:",
+    "push",
 )
 
 _X509_EXPIRED = 10

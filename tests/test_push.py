@@ -413,3 +413,27 @@ def test_the_token_never_shows_in_logs_page_metrics_or_store(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "monitor.db") as conn:
         reasons = {r for (r,) in conn.execute("SELECT reason FROM observations")}
     assert {"push", "pushed: token?"} <= reasons
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "push",
+        "pushed: 菜单已关闭",
+        "pushed: count 3",
+        "no push for 5m",
+        "rendered text matches maintenance notice",
+        "rendered text does not match",
+        "browser not available: Playwright (pip install 'channel-monitor[browser]')",
+    ],
+)
+def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
+    from monitor.alerts.message import reason_zh
+    from monitor.probe import REASON_PHRASES
+    from monitor.site.words import reason_text
+
+    assert any(reason.startswith(phrase) for phrase in REASON_PHRASES)
+    assert reason_text(reason, "zh") != "其他原因"
+    assert reason_text(reason, "en") != "other reason"
+    assert "菜单" not in reason_text(reason, "zh"), "a pusher's own words are not published"
+    assert reason_zh(reason) != reason

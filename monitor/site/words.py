@@ -223,6 +223,20 @@ _REASONS: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"query returned no data"), "监测指标暂无数据", "no measurement yet"),
     (re.compile(r"query failed(?: \(.+\))?"), "监测指标查询失败", "the measurement could not be read"),
     (re.compile(r"not configured: set .+"), "尚未配置监测", "monitoring not configured yet"),
+    (
+        re.compile(r"rendered text matches maintenance notice"),
+        "浏览器打开的页面显示维护公告",
+        "the page, opened in a browser, shows a maintenance notice",
+    ),
+    (
+        re.compile(r"rendered text does not match"),
+        "浏览器打开的页面不是正常办理页面",
+        "the page, opened in a browser, is not the usual service page",
+    ),
+    (re.compile(r"browser not available: .+"), "监测用的浏览器不可用", "the monitoring browser is not available"),
+    (re.compile(rf"no push for ({_DURATION})"), "{0} 内未收到渠道推送", "no push from the channel for {0}"),
+    (re.compile(r"push"), "收到渠道推送", "the channel reported in"),
+    (re.compile(r"pushed: .*"), "渠道报告了状态", "the channel reported its state"),
 ]
 
 
