@@ -22,12 +22,16 @@ from time import perf_counter
 
 import pytest
 from aiohttp import web
-from helpers import missing, python_m, write_plan
+from helpers import async_wait_for, load_plan, missing, python_m, write_plan
 from servers import RawServer, aiohttp_server, closed_port, make_server_cert, never_answer
 
 from monitor.browser import BrowserProber, find_chromium, missing_parts
+from monitor.clock import RealClock
 from monitor.config import BrowserProbe
+from monitor.daemon import Daemon
+from monitor.pipeline import Pipeline, make_probers
 from monitor.probe import Prober
+from monitor.store import Store
 
 NOTICE = "系统升级，暂停办理 · service paused for the upgrade"
 NORMAL = "业务办理 · online service"
@@ -172,14 +176,6 @@ def chromium_processes() -> list[int]:
     return found
 
 
-async def wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = perf_counter() + timeout
-    while not condition():
-        if perf_counter() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def at() -> datetime:
     return datetime.now(UTC)
 
@@ -321,7 +317,7 @@ async def test_one_browser_and_at_most_two_pages_at_once(
         asyncio.create_task(prober.probe(page_probe(portal.base + "/hold"), TIMEOUT, at()))
         for _ in range(4)
     ]
-    await wait_until(lambda: portal.held == 2, "two held pages")
+    await async_wait_for(lambda: portal.held == 2, what="two held pages")
     await asyncio.sleep(0.3)  # give a third page every chance to open (it must not)
     assert portal.held == 2
     portal.gate.set()
@@ -337,7 +333,7 @@ async def test_an_http_probe_completes_while_a_browser_probe_is_in_flight(
     from monitor.config import Probe
 
     slow = asyncio.create_task(prober.probe(page_probe(portal.base + "/hold"), TIMEOUT, at()))
-    await wait_until(lambda: portal.held == 1, "the browser probe in flight")
+    await async_wait_for(lambda: portal.held == 1, what="the browser probe in flight")
     async with Prober() as plain:
         observation = await plain.probe(Probe(url=portal.base + "/api/ping"), TIMEOUT, at())
     assert observation.serving
@@ -363,7 +359,7 @@ async def test_close_leaves_no_chromium_behind(portal: Portal) -> None:
     assert (await prober.probe(page_probe(portal.base + "/"), TIMEOUT, at())).serving
     assert chromium_processes()
     await prober.close()
-    await wait_until(lambda: not chromium_processes(), "Chromium to exit")
+    await async_wait_for(lambda: not chromium_processes(), what="Chromium to exit")
 
 
 # --- nothing to run a browser with -----------------------------------------------------------
@@ -432,3 +428,67 @@ def test_validate_warns_when_browser_probes_cannot_run_here(tmp_path: Path) -> N
     result = python_m("validate", "--config", str(present))
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
+
+
+# --- in the pipeline and the daemon ------------------------------------------------------------
+
+TWO_KINDS = """
+[[channels]]
+id = "portal"
+name = "政务服务网"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "scripted"
+name = "脚本页面"
+[channels.services.probe]
+kind = "browser"
+url = "BASE/hold"
+text_not_matches = "系统升级|暂停办理"
+
+[[channels.services]]
+id = "plain"
+name = "普通页面"
+[channels.services.probe]
+url = "BASE/api/ping"
+"""
+
+
+async def test_queued_browser_probes_never_take_the_slots_of_http_probes(
+    portal: Portal, tmp_path: Path
+) -> None:
+    require_browser()
+    plan = load_plan(tmp_path / "channels.toml", TWO_KINDS.replace("BASE", portal.base))
+    probers = make_probers()
+    store = Store(tmp_path / "monitor.db")
+    pipeline = Pipeline(plan, store, RealClock(), probers["http"], probers=probers, concurrency=1)
+    scripted, plain = plan.service("portal", "scripted"), plan.service("portal", "plain")
+    try:
+        slow = asyncio.create_task(pipeline.probe(scripted))
+        await async_wait_for(lambda: portal.held == 1, what="the browser probe in flight")
+        result = await asyncio.wait_for(pipeline.probe(plain), timeout=10)
+        assert result is not None and result.observation.serving
+        assert not slow.done()
+        portal.gate.set()
+        result = await slow
+        assert result is not None and result.observation.serving, result
+    finally:
+        await pipeline.close()
+        store.close()
+    assert not chromium_processes(), "closing the pipeline closes the browser"
+
+
+async def test_daemon_stop_closes_the_browser(portal: Portal, tmp_path: Path) -> None:
+    require_browser()
+    portal.gate.set()
+    plan = load_plan(tmp_path / "channels.toml", TWO_KINDS.replace("BASE", portal.base))
+    daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", port=0)
+    await daemon.start(schedule=False, serve=False)
+    try:
+        result = await daemon.pipeline.probe(plan.service("portal", "scripted"))
+        assert result is not None and result.observation.serving
+        assert chromium_processes()
+    finally:
+        await daemon.stop()
+    await async_wait_for(lambda: not chromium_processes(), what="Chromium to exit")
