@@ -151,7 +151,7 @@ class QueryProber:
         form = {
             "query": spec.query,
             "time": f"{at.timestamp():.3f}",
-            "timeout": f"{max(timeout.total_seconds(), 0.001):.3f}s",  # Prometheus stops too
+            "timeout": f"{max(timeout.total_seconds(), 0.001):.3f}",  # Prometheus stops too
         }
         url = spec.url.rstrip("/") + "/api/v1/query"
         async with self._client().post(url, data=form, headers=spec.headers or None) as response:
