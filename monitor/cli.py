@@ -1,6 +1,7 @@
-"""The `channel-monitor` command: validate, plan, check, run, render, demo.
+"""The `channel-monitor` command: validate, plan, check, run, render, demo, push.
 
-Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
+Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`) or a push was not
+accepted (`push`), 2 bad input. Every error
 the user can cause is printed as a sentence, never as a traceback.
 """
 
@@ -12,13 +13,14 @@ import gc
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.clock import RealClock, parse_instant
-from monitor.config import ConfigError, load_config
+from monitor.config import ConfigError, ObservedBy, load_config
 from monitor.daemon import DEFAULT_PORT
 from monitor.plan import Plan, report
 from monitor.table import render_table
@@ -83,7 +85,55 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: OK: {len(config.channels)} channels, {len(plan.services)} services "
         f"({probed} probed), {len(config.periods)} periods, {len(config.milestones)} milestones"
     )
+    unset = coverage(plan)
+    warn_browser(plan)
+    if unset and args.strict:
+        print(
+            f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
+            "set them or remove the references / 有环境变量未设置",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def coverage(plan: Plan) -> dict[str, int]:
+    """Print how the plan's services are observed, kind by kind, and which environment
+    variables are unset; return those variables with how many services each keeps unobserved.
+    """
+    kinds = dict.fromkeys(typing.get_args(ObservedBy), 0)
+    unset: dict[str, int] = {}
+    for ref in plan.services:
+        kinds[ref.service.observed_by] += 1
+        for name in ref.service.unset:
+            unset[name] = unset.get(name, 0) + 1
+    counts = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+    print(f"coverage 观测方式: {counts} (schedule = not observed 仅按计划)")
+    if unset:
+        waiting = sum(1 for ref in plan.services if ref.service.unset)
+        names = ", ".join(
+            f"{name} ({count} service{'s' if count != 1 else ''})" for name, count in unset.items()
+        )
+        print(
+            f"not configured 未配置: {waiting} service(s) stay unknown until these environment "
+            f"variables are set 设置以下环境变量之前这些服务判定为 unknown: {names}"
+        )
+    return unset
+
+
+def warn_browser(plan: Plan) -> None:
+    """Say (on stderr, exit code unchanged) when browser probes cannot run on this machine:
+    those services would stay `unknown` until the missing part is installed."""
+    from monitor.browser import missing_parts
+
+    browsers = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
+    what = missing_parts(plan.config.monitor.chromium) if browsers else None
+    if what is not None:
+        print(
+            f"warning: {browsers} browser service(s) will stay unknown here until you install "
+            f"{what} / 警告：{browsers} 个浏览器观测的服务在安装所需组件之前将判定为 unknown",
+            file=sys.stderr,
+        )
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -158,17 +208,23 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
 
 
 async def check(plan: Plan, at: datetime) -> dict:
-    """Probe every probed service once, concurrently, and judge each single observation
-    against the expectation at `at`. The whole run takes about one timeout."""
+    """Observe every probed service once, concurrently, with the prober of its kind, and judge
+    each single observation against the expectation at `at`. The whole run takes about one
+    timeout. Services observed by push or not at all have no observation here."""
     from monitor.judge import Verdict, single_verdict
-    from monitor.probe import Prober
+    from monitor.pipeline import make_probers, observe
 
     data = report(plan, at)
-    async with Prober() as prober:
+    probers = make_probers(chromium=plan.config.monitor.chromium)
+    try:
         probed = [ref for ref in plan.services if ref.service.probe is not None]
+        now = RealClock().now()
         observations = await asyncio.gather(
-            *(prober.probe(ref.service.probe, plan.timeout(ref)) for ref in probed)
+            *(observe(probers, ref, plan.timeout(ref), now) for ref in probed)
         )
+    finally:
+        for prober in probers.values():
+            await prober.close()
     by_key = {ref.key: obs for ref, obs in zip(probed, observations, strict=True)}
     for entry in data["services"]:
         ref = plan.service(entry["channel"], entry["service"])
@@ -194,6 +250,9 @@ async def check(plan: Plan, at: datetime) -> dict:
     return data
 
 
+_SEEN = {True: "serving", False: "not serving", None: "unknown"}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
     data = asyncio.run(check(plan, instant(args, plan)))
@@ -204,9 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         rows = []
         for s in data["services"]:
             observed = s["observed"]
-            seen = (
-                "-" if observed is None else ("serving" if observed["serving"] else "not serving")
-            )
+            seen = "-" if observed is None else _SEEN[observed["serving"]]
             reason = "" if observed is None else observed["reason"]
             rows.append(
                 [s["channel_name"], s["service_name"], s["expected"], seen, reason, s["verdict"]]
@@ -224,7 +281,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
 
-    plan = load_plan(args.config)
+    plan = Plan(load_config(args.config, alerts=not args.no_alerts))
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -241,6 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         site_dir=Path(args.site) if args.site else home / "site",
         host=host,
         port=port,
+        alerts=not args.no_alerts,
     )
     gc.collect()
     gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
@@ -337,6 +395,84 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if failed else EXIT_OK
 
 
+# --- push ----------------------------------------------------------------------------------
+
+PUSH_TOKEN_VARIABLE = "CHANNEL_MONITOR_PUSH_TOKEN"
+
+
+def count_argument(text: str) -> int:
+    """`--count`: a whole number of at least 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Send one push (cron jobs, kiosk scripts): exit 0 when the monitor accepted it, else 1.
+
+    The standard library's client, so a push costs no import of aiohttp or httpx."""
+    import os
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote, urlsplit
+
+    token = os.environ.get(PUSH_TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise UsageError(
+            f"set {PUSH_TOKEN_VARIABLE} to the service's push token "
+            f"(请在环境变量 {PUSH_TOKEN_VARIABLE} 中设置该服务的推送令牌)"
+        )
+    base = urlsplit(args.url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise UsageError(
+            f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+        )
+    body: dict[str, Any] = {}
+    if args.down:
+        body["serving"] = False
+    if args.reason is not None:
+        body["reason"] = args.reason
+    if args.count is not None:
+        body["count"] = args.count
+    path = f"/push/{quote(args.channel, safe='')}/{quote(args.service, safe='')}"
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=json.dumps(body, ensure_ascii=False).encode("utf-8") if body else b"",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    where = base.netloc.rpartition("@")[2]  # never echo credentials written into the URL
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status, answer = response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read(65536)
+    except (urllib.error.URLError, OSError) as exc:
+        cause = getattr(exc, "reason", exc)
+        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        print(
+            f"channel-monitor push: cannot reach {where}: {text} (无法连接监测服务)",
+            file=sys.stderr,
+        )
+        return EXIT_MISMATCH
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if 200 <= status < 300:
+        verdict = data.get("verdict", "?")
+        print(f"{args.channel}/{args.service}: accepted (HTTP {status}), verdict {verdict}")
+        return EXIT_OK
+    error = data.get("error") or "not accepted"
+    error_zh = data.get("error_zh") or "未被接受"
+    print(
+        f"channel-monitor push: {args.channel}/{args.service}: HTTP {status}: {error} ({error_zh})",
+        file=sys.stderr,
+    )
+    return EXIT_MISMATCH
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -352,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", parents=[common], help="check the plan file, list every error")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 while any ${NAME} a probe or push needs is unset",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", parents=[common], help="what the plan expects of every service")
@@ -381,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=f"127.0.0.1:{DEFAULT_PORT}",
         help=f"HOST:PORT for /healthz, /metrics and the page (default 127.0.0.1:{DEFAULT_PORT})",
     )
+    p.add_argument(
+        "--no-alerts",
+        action="store_true",
+        help="send no alerts and ignore [[alerts]]: one location of several, judged centrally "
+        "through Prometheus",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
 
@@ -408,6 +555,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "push",
+        help=f"send the monitor one push for a service (token from ${PUSH_TOKEN_VARIABLE})",
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        help=f"the monitor's base address, e.g. http://127.0.0.1:{DEFAULT_PORT}",
+    )
+    p.add_argument("--channel", required=True, help="channel id in the plan")
+    p.add_argument("--service", required=True, help="service id in the plan")
+    p.add_argument("--down", action="store_true", help="report not serving (default: serving)")
+    p.add_argument("--reason", help="a short reason, at most 200 characters")
+    p.add_argument("--count", type=count_argument, help="business taken since the last push (>= 0)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("alerts", help="alert sinks: send a test message")
     alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

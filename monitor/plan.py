@@ -200,8 +200,11 @@ class Plan:
         return out
 
     def interval(self, ref: ServiceRef) -> timedelta:
-        """How often the service is probed: its probe's own interval, else the plan's."""
-        probe = ref.service.probe
+        """How often the service is observed: its probe's own interval, else the plan's; for
+        a push service its `within` (a push or a silence is observed at least that often)."""
+        probe, push = ref.service.probe, ref.service.push
+        if push is not None:
+            return push.within
         return (probe and probe.interval) or self.config.monitor.interval
 
     def timeout(self, ref: ServiceRef) -> timedelta:
@@ -305,7 +308,9 @@ class Plan:
 
 
 def report(plan: Plan, at: datetime) -> dict:
-    """The `plan` JSON contract: every service's expectation at `at`, with grace and next change.
+    """The `plan` JSON contract: every service's expectation at `at`, with grace and next change,
+    how it is observed (`observed_by`) and the unset variables that keep it from being observed
+    (`not_configured`, empty when it is configured or schedule-only).
 
     Instants are written in the plan's time zone with their offset.
     """
@@ -324,6 +329,8 @@ def report(plan: Plan, at: datetime) -> dict:
                 "period": expectation.period,
                 "in_grace": plan.in_grace(ref, at),
                 "next_change": change.astimezone(plan.zone).isoformat() if change else None,
+                "observed_by": ref.service.observed_by,
+                "not_configured": list(ref.service.unset),
             }
         )
     return {

@@ -36,6 +36,18 @@ REASON_ZH = (
     ("TLS handshake failed", "TLS 握手失败"),
     ("too many redirects", "重定向次数过多"),
     ("connection failed", "连接失败"),
+    ("body is not JSON", "返回内容不是 JSON"),
+    ("json condition failed:", "JSON 条件不成立："),
+    ("query value", "查询值"),
+    ("query returned no data", "查询无数据"),
+    ("query failed", "查询失败"),
+    ("not configured: set", "未配置，需设置环境变量"),
+    ("rendered text matches maintenance notice", "浏览器打开的页面显示维护公告"),
+    ("rendered text does not match", "浏览器打开的页面不是正常办理页面"),
+    ("browser not available:", "监测用的浏览器不可用："),
+    ("no push for", "未收到渠道推送，已持续"),
+    ("pushed:", "渠道推送："),
+    ("push", "收到渠道推送"),
 )
 
 

@@ -35,7 +35,7 @@ class Seen:
     """The last observation of a service, as far as the page may tell it."""
 
     at: datetime
-    serving: bool
+    serving: bool | None  # None: the observation could not tell
     reason: str
 
 
@@ -51,7 +51,7 @@ def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
     """The running pipeline's verdicts and last observations (call on the event loop)."""
     verdicts = {ref.key: pipeline.verdict(ref, at) for ref in pipeline.plan.services}
     seen = {
-        key: Seen(state.last_at, bool(state.last_serving), state.last_reason or "")
+        key: Seen(state.last_at, state.last_serving, state.last_reason or "")
         for key, state in pipeline.states.items()
         if state.last_at is not None
     }
@@ -102,7 +102,8 @@ class ServiceView:
 
     @property
     def probed(self) -> bool:
-        return self.ref.service.probe is not None
+        """Observed by a probe or push that has everything it needs."""
+        return self.ref.service.configured
 
     @property
     def key(self) -> tuple[str, str]:
@@ -249,14 +250,16 @@ class Model:
         return sum(1 for s in self.services if s.probed)
 
     @property
-    def unprobed_online(self) -> list[tuple[ServiceRef, ...]]:
-        """Per online channel, its services without a probe: what the operators' section asks
-        the channel operators to supply an address for (offline ones are never probed)."""
-        found: dict[str, list[ServiceRef]] = {}
+    def unobserved(self) -> list[tuple[ServiceRef, list[ServiceView], tuple[str, ...]]]:
+        """Services nobody observes yet, by channel and cause: (the first service's ref, the
+        services, the unset environment variables they wait for; none: no probe or push at
+        all). What the operators' section asks the channel operators to supply."""
+        groups: dict[tuple[str, tuple[str, ...]], list[ServiceView]] = {}
         for view in self.services:
-            if view.ref.channel.group == "online" and not view.probed:
-                found.setdefault(view.ref.channel.id, []).append(view.ref)
-        return [tuple(refs) for refs in found.values()]
+            service = view.ref.service
+            if service.observed_by == "schedule" or service.unset:
+                groups.setdefault((view.ref.channel.id, service.unset), []).append(view)
+        return [(views[0].ref, views, names) for (_, names), views in groups.items()]
 
     def count(self, state: str) -> int:
         return sum(len(i.services) for i in self.items.get(state, ()))

@@ -88,8 +88,10 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
         "ops_none": "没有需要运维处理的事项。",
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
-        "unprobed": "线上渠道中有 {n} 项业务还没有探测地址，只能按计划展示；探测地址需由渠道运营方"
-        "提供，填入 channels.toml 中该业务的 [channels.services.probe]：",
+        "ops_unobserved": "{n} 项业务尚未接入监测，只能按计划展示；探测地址或推送令牌需由渠道运营方提供，"
+        "按 channels.toml 中的注释设置：",
+        "not_configured": "尚未配置，需设置环境变量 {names}",
+        "schedule_only": "未接入监测，仅按计划展示",
         "channels": "渠道说明",
         "files": "数据文件",
         "hours": "{n} 小时",
@@ -178,9 +180,11 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_none": "Nothing for operators to act on.",
         "probed": "{n} services are checked by automatic monitoring; the rest are shown "
         "as planned.",
-        "unprobed": "{n} services on online channels have no probe address yet and can only be "
-        "shown as planned; the channel operator must supply the address, to be entered as the "
-        "service's [channels.services.probe] in channels.toml:",
+        "ops_unobserved": "{n} services are not observed yet and can only be shown as planned; the "
+        "channel operators must supply the probe addresses or push tokens, set as the comments in "
+        "channels.toml say:",
+        "not_configured": "not configured yet: set the environment variables {names}",
+        "schedule_only": "not observed, shown as planned",
         "channels": "About the channels",
         "files": "Data files",
         "hours": "{n} h",
@@ -228,6 +232,35 @@ _REASONS: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"TLS handshake failed"), "加密连接失败", "secure connection failed"),
     (re.compile(r"too many redirects"), "重定向次数过多", "too many redirects"),
     (re.compile(r"connection failed(?: \(\w+\))?"), "连接失败", "connection failed"),
+    (re.compile(r"body is not JSON"), "接口返回的不是有效数据", "the service answered with no valid data"),
+    (
+        re.compile(r"json condition failed: .+"),
+        "接口返回的状态表明暂停办理",
+        "the service's answer says it is not open",
+    ),
+    (re.compile(r"query value (\S+) (\S+ \S+)"), "监测指标值 {0}，满足 {1}", "measured value {0}, meets {1}"),
+    (
+        re.compile(r"query value (\S+), not (\S+ \S+)"),
+        "监测指标值 {0}，不满足 {1}",
+        "measured value {0}, not {1}",
+    ),
+    (re.compile(r"query returned no data"), "监测指标暂无数据", "no measurement yet"),
+    (re.compile(r"query failed(?: \(.+\))?"), "监测指标查询失败", "the measurement could not be read"),
+    (re.compile(r"not configured: set .+"), "尚未配置监测", "monitoring not configured yet"),
+    (
+        re.compile(r"rendered text matches maintenance notice"),
+        "浏览器打开的页面显示维护公告",
+        "the page, opened in a browser, shows a maintenance notice",
+    ),
+    (
+        re.compile(r"rendered text does not match"),
+        "浏览器打开的页面不是正常办理页面",
+        "the page, opened in a browser, is not the usual service page",
+    ),
+    (re.compile(r"browser not available: .+"), "监测用的浏览器不可用", "the monitoring browser is not available"),
+    (re.compile(rf"no push for ({_DURATION})"), "{0} 内未收到渠道推送", "no push from the channel for {0}"),
+    (re.compile(r"push"), "收到渠道推送", "the channel reported in"),
+    (re.compile(r"pushed: .*"), "渠道报告了状态", "the channel reported its state"),
 ]
 
 
