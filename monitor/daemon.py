@@ -58,6 +58,9 @@ class Daemon:
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
+    #: True for the demo: its replay moves the clock, so pushes are rate-limited on that clock
+    #: and their `within` deadlines are asked by the replay (`push.overdue(at)`), not timers.
+    replay: bool = False
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
@@ -80,7 +83,9 @@ class Daemon:
         if self.alerts:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
-        self.push = PushReceiver(self.pipeline)  # POST /push/<channel>/<service>, silences
+        on_clock = (lambda: self.clock.now().timestamp()) if self.replay else None
+        # POST /push/<channel>/<service>, and the silences
+        self.push = PushReceiver(self.pipeline, monotonic=on_clock, timers=not self.replay)
         self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -109,6 +114,8 @@ class Daemon:
             if self.port == 0:
                 self.port = self.runner.addresses[0][1]
             log.info("listening on http://%s:%d", self.host, self.port)
+        else:
+            await self.push.start()  # (when serving, the app's start does it)
         if schedule:
             self.scheduler.start()
 
@@ -122,6 +129,8 @@ class Daemon:
         await self.pipeline.close()  # every kind's prober
         if self.runner is not None:
             await self.runner.cleanup()
+        else:
+            await self.push.stop()
         await self.store.call(self.store.flush)
         self.store.close()
 

@@ -14,6 +14,9 @@ of silence, because the judge opens an incident after `failure_threshold` consec
 observations and needs fresh ones to keep the verdict from going stale. The incident itself,
 like healthchecks.io's alert, opens once and resolves with the pushes that come back. After a
 restart every push service's clock starts at the start: a silence is never inferred from before.
+The deadline is one check, `overdue(at)`, asked with an instant: `run`'s loop timers ask it when
+a `within` has passed on the wall clock, and the demo's replay (`timers=False`) asks it at each
+step of its replay clock, so a silence is found the same way in both.
 
 The receiver answers:
 
@@ -39,8 +42,9 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 
@@ -179,10 +183,17 @@ async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes | None
 class PushReceiver:
     """`POST /push/<channel>/<service>` and the `within` timers of every push service."""
 
-    def __init__(self, pipeline: Pipeline, monotonic: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        monotonic: Callable[[], float] | None = None,
+        timers: bool = True,
+    ) -> None:
         self.pipeline = pipeline
         #: The clock of the rate limit (seconds); the event loop's when None.
         self.monotonic = monotonic
+        #: False when a replay drives the deadlines itself through `overdue(at)`.
+        self.timers = timers
         self.services: dict[Key, ServiceRef] = {
             ref.key: ref for ref in pipeline.plan.services if ref.service.push is not None
         }
@@ -195,8 +206,9 @@ class PushReceiver:
         self._rate = RateLimit()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
-        #: Bumped by every push, so a silence timer that fired meanwhile knows it is late.
-        self._generation: dict[Key, int] = {}
+        #: The instant each configured service's `within` runs from: its last push, its last
+        #: observed silence, or the start.
+        self._since: dict[Key, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
 
@@ -218,8 +230,10 @@ class PushReceiver:
         """Start every configured push service's `within` clock now; say of the others that
         they are not configured (judged `unknown`, reason `not configured: set NAME`)."""
         self._stopped = False
+        now = self.pipeline.clock.now()
         for key, ref in self.services.items():
             if key in self._tokens:
+                self._since[key] = now
                 self._arm(ref)
             else:
                 await self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
@@ -236,27 +250,19 @@ class PushReceiver:
     # --- one push ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Check, judge, answer. Nothing is recorded unless the push is accepted."""
+        """`POST /push/<channel>/<service>`: 202 with the verdict, or the refusal's status."""
         key = (request.match_info["channel"], request.match_info["service"])
+        authorization = request.headers.get("Authorization")
         try:
-            ref = self._check(key, request)
-            raw = await read_capped(request)
-            if raw is None:
-                raise PushRefused(
-                    413,
-                    f"the body is larger than {MAX_BODY // 1024} KiB",
-                    f"请求体超过 {MAX_BODY // 1024} KiB",
-                )
-            report = parse_body(raw)
+            result = await self.receive(key, authorization, lambda: read_capped(request))
         except PushRefused as refused:
             log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
             return refused.response()
-        result = await self.accept(ref, report)
-        log.debug("push to %s/%s: %s", *_printable(key), report.reason)
+        log.debug("push to %s/%s: %s", *_printable(key), result.observation.reason)
         body = {
             "accepted": True,
-            "channel": ref.channel.id,
-            "service": ref.service.id,
+            "channel": result.ref.channel.id,
+            "service": result.ref.service.id,
             "at": result.observation.at.isoformat(),
             "serving": result.observation.serving,
             "expected": result.expectation.state,
@@ -264,7 +270,23 @@ class PushReceiver:
         }
         return web.json_response(body, status=202)
 
-    def _check(self, key: Key, request: web.Request) -> ServiceRef:
+    async def receive(
+        self, key: Key, authorization: str | None, read: Callable[[], Awaitable[bytes | None]]
+    ) -> Result:
+        """Check, read, judge; raises PushRefused, and then nothing is recorded. `read` gives
+        the body, or None when it is over the cap; it is called only once the token matched.
+        The HTTP route and the demo's simulated kiosks both come through here."""
+        ref = self._check(key, authorization)
+        raw = await read()
+        if raw is None:
+            raise PushRefused(
+                413,
+                f"the body is larger than {MAX_BODY // 1024} KiB",
+                f"请求体超过 {MAX_BODY // 1024} KiB",
+            )
+        return await self.accept(ref, parse_body(raw))
+
+    def _check(self, key: Key, authorization: str | None) -> ServiceRef:
         """The service pushed to, or PushRefused: 404, then 401, then 429."""
         ref = self.services.get(key)
         if ref is None:
@@ -274,7 +296,7 @@ class PushReceiver:
                 "此地址没有以推送方式观测的服务",
             )
         token = self._tokens.get(key)
-        if token is None or not bearer_matches(request.headers.get("Authorization"), token):
+        if token is None or not bearer_matches(authorization, token):
             raise PushRefused(
                 401,
                 "missing or wrong token (Authorization: Bearer <token>)",
@@ -291,47 +313,71 @@ class PushReceiver:
     async def accept(self, ref: ServiceRef, report: Report) -> Result:
         """Judge one accepted push as an observation now; restart the service's clock."""
         async with self._lock(ref.key):
-            self._generation[ref.key] = self._generation.get(ref.key, 0) + 1
             observation = Observation(self.pipeline.clock.now(), report.serving, report.reason)
+            self._since[ref.key] = observation.at
             result = await self.pipeline.judge(ref, observation)
             self._arm(ref)
         return result
 
+    async def overdue(self, at: datetime, keys: Iterable[Key] | None = None) -> list[Result]:
+        """Observe, at `at`, the silence of every configured push service (of `keys`, when
+        given) that has had no push for its `within`: the deadline check, asked with an
+        instant by `run`'s timers and by the replay at each of its steps."""
+        results = []
+        for key in list(self._since if keys is None else keys):
+            since = self._since[key]
+            ref = self.services[key]
+            push = ref.service.push
+            assert push is not None
+            if at - since < push.within:
+                continue
+            async with self._lock(key):
+                if at - self._since[key] >= push.within:  # no push came while waiting
+                    results.append(await self._silent(ref, at))
+        return results
+
     # --- silence ----------------------------------------------------------------------------
 
     def _arm(self, ref: ServiceRef) -> None:
-        """(Re)start the service's `within` clock."""
-        if self._stopped:
+        """(Re)start the service's timer for the rest of its `within` (no timers when a replay
+        asks `overdue` itself)."""
+        if self._stopped or not self.timers:
             return
         push = ref.service.push
         assert push is not None
         old = self._timers.pop(ref.key, None)
         if old is not None:
             old.cancel()
-        generation = self._generation.get(ref.key, 0)
+        left = self._since[ref.key] + push.within - self.pipeline.clock.now()
         loop = asyncio.get_running_loop()
-        self._timers[ref.key] = loop.call_later(
-            push.within.total_seconds(), self._silence, ref, generation
-        )
+        self._timers[ref.key] = loop.call_later(max(left.total_seconds(), 0.0), self._silence, ref)
 
-    def _silence(self, ref: ServiceRef, generation: int) -> None:
+    def _silence(self, ref: ServiceRef) -> None:
         self._timers.pop(ref.key, None)
         if self._stopped:
             return
-        task = asyncio.get_running_loop().create_task(self._observe_silence(ref, generation))
+        task = asyncio.get_running_loop().create_task(self._timer_fired(ref))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    async def _observe_silence(self, ref: ServiceRef, generation: int) -> None:
+    async def _timer_fired(self, ref: ServiceRef) -> None:
+        """A timer's deadline came: ask `overdue` now. When it finds nothing (a push came
+        meanwhile, or the wall clock lags the loop's by a hair) and no push re-armed the
+        timer, wait for the rest of the `within`."""
+        found = await self.overdue(self.pipeline.clock.now(), (ref.key,))
+        if not found and ref.key not in self._timers:
+            self._arm(ref)
+
+    async def _silent(self, ref: ServiceRef, at: datetime) -> Result:
+        """Judge the silence of `ref` at `at` and start its `within` again (caller holds the
+        service's lock)."""
         push = ref.service.push
         assert push is not None
-        async with self._lock(ref.key):
-            if self._generation.get(ref.key, 0) != generation:
-                return  # a push came while this timer fired: no silence
-            reason = f"no push for {format_duration(push.within)}"
-            observation = Observation(self.pipeline.clock.now(), False, reason)
-            await self.pipeline.judge(ref, observation)
-            self._arm(ref)  # and again after each further `within` of silence
+        reason = f"no push for {format_duration(push.within)}"
+        self._since[ref.key] = at
+        result = await self.pipeline.judge(ref, Observation(at, False, reason))
+        self._arm(ref)  # and again after each further `within` of silence
+        return result
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
