@@ -333,8 +333,13 @@ def _probe_environment(value: object, info: ValidationInfo) -> object:
     if not isinstance(value, str):
         return value
     env = (info.context or {}).get("env")
-    env = os.environ if env is None else env
-    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1)) or m.group(0), value)
+    return fill_in(value, os.environ if env is None else env)
+
+
+def fill_in(text: str, env: Mapping[str, str]) -> str:
+    """`text` with each `${NAME}` whose variable is set (non-empty) in `env` replaced by its
+    value; the others stay as written."""
+    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1)) or m.group(0), text)
 
 
 ProbeEnv = BeforeValidator(_probe_environment)
