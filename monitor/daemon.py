@@ -80,7 +80,8 @@ class Daemon:
         if self.alerts:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
-        self.push = PushReceiver(self.pipeline)  # POST /push/<channel>/<service>, silences
+        # POST /push/<channel>/<service>; silences timed on the real clock only
+        self.push = PushReceiver(self.pipeline, watch_silence=isinstance(self.clock, RealClock))
         self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ The receiver answers:
 | 404 | no such service, or it is probed or schedule-only | no |
 | 413 | the body is larger than 64 KiB (never read further) | no |
 | 429 | more than 10 pushes within one second for one service | no |
+| 408 | the body did not arrive within 10 seconds | no |
 
 Tokens are compared in constant time (`hmac.compare_digest`) and never logged, stored or shown.
 Reasons: `push` (a heartbeat), `pushed: <the pusher's reason>` (or `pushed: count <n>` when only
@@ -58,6 +59,8 @@ RATE_LIMIT = 10
 RATE_WINDOW = 1.0
 #: The longest `reason` a push may carry.
 MAX_REASON = 200
+#: How long a push body may take to arrive (408 after).
+BODY_TIMEOUT = 10.0
 ROUTE = "/push/{channel}/{service}"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -179,8 +182,18 @@ async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes | None
 class PushReceiver:
     """`POST /push/<channel>/<service>` and the `within` timers of every push service."""
 
-    def __init__(self, pipeline: Pipeline, monotonic: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        monotonic: Callable[[], float] | None = None,
+        watch_silence: bool = True,
+    ) -> None:
+        """`watch_silence` False leaves the `within` timers off: on a replayed clock (the demo)
+        the replay calls `silence` at its own simulated instants instead."""
         self.pipeline = pipeline
+        self.watch_silence = watch_silence
+        #: How long a push body may take to arrive (seconds).
+        self.body_timeout = BODY_TIMEOUT
         #: The clock of the rate limit (seconds); the event loop's when None.
         self.monotonic = monotonic
         self.services: dict[Key, ServiceRef] = {
@@ -240,7 +253,13 @@ class PushReceiver:
         key = (request.match_info["channel"], request.match_info["service"])
         try:
             ref = self._check(key, request)
-            raw = await read_capped(request)
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await read_capped(request)
+            except TimeoutError:  # a pusher that trickles its body holds nothing for long
+                raise PushRefused(
+                    408, "the body did not arrive in time", "请求体未能按时收到"
+                ) from None
             if raw is None:
                 raise PushRefused(
                     413,
@@ -301,7 +320,7 @@ class PushReceiver:
 
     def _arm(self, ref: ServiceRef) -> None:
         """(Re)start the service's `within` clock."""
-        if self._stopped:
+        if self._stopped or not self.watch_silence:
             return
         push = ref.service.push
         assert push is not None
@@ -323,15 +342,22 @@ class PushReceiver:
         task.add_done_callback(self._done)
 
     async def _observe_silence(self, ref: ServiceRef, generation: int) -> None:
-        push = ref.service.push
-        assert push is not None
         async with self._lock(ref.key):
             if self._generation.get(ref.key, 0) != generation:
                 return  # a push came while this timer fired: no silence
-            reason = f"no push for {format_duration(push.within)}"
-            observation = Observation(self.pipeline.clock.now(), False, reason)
-            await self.pipeline.judge(ref, observation)
+            await self._judge_silence(ref)
             self._arm(ref)  # and again after each further `within` of silence
+
+    async def silence(self, ref: ServiceRef) -> Result:
+        """Judge a silence of `ref` now (what the timer does; the demo's replay calls it)."""
+        async with self._lock(ref.key):
+            return await self._judge_silence(ref)
+
+    async def _judge_silence(self, ref: ServiceRef) -> Result:
+        push = ref.service.push
+        assert push is not None
+        reason = f"no push for {format_duration(push.within)}"
+        return await self.pipeline.judge(ref, Observation(self.pipeline.clock.now(), False, reason))
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
