@@ -19,7 +19,7 @@ Reasons (besides the HTTP probe's `HTTP <code>`, `timeout after <d>`, `connectio
 | --- | --- | --- |
 | `rendered text matches maintenance notice` | no | the visible text matched `text_not_matches` |
 | `rendered text does not match` | no | the visible text did not match `text_matches` |
-| `browser not available: <what to install>` | unknown | no Playwright, or no Chromium |
+| `browser not available: install ...` | unknown | no Playwright, or no Chromium (says which) |
 
 Playwright is an optional extra (`pip install 'channel-monitor[browser]'`); this module imports
 it only when a browser probe first runs, so nothing else pays for it, and `validate` imports
@@ -71,8 +71,8 @@ CLOSE_TIMEOUT = 5.0
 #: The visible text read from a page is cut here (a pattern needs no more).
 TEXT_CAP = 1_000_000
 
-INSTALL_PLAYWRIGHT = "Playwright (pip install 'channel-monitor[browser]')"
-INSTALL_CHROMIUM = "Chromium (apt-get install chromium, or set [monitor] chromium)"
+INSTALL_PLAYWRIGHT = "install Playwright (pip install playwright, or the [browser] extra)"
+INSTALL_CHROMIUM = "install Chromium (apt-get install chromium) or set [monitor] chromium"
 
 #: The visible text of the page, as a reader sees it (hidden elements excluded), capped.
 _READ_TEXT = f"() => (document.body ? document.body.innerText : '').slice(0, {TEXT_CAP})"
@@ -132,8 +132,8 @@ def find_chromium(setting: str | None = None) -> str | None:
 
 
 def missing_parts(setting: str | None = None) -> str | None:
-    """What to install before browser probes can run, None when all is there. Looks, but
-    imports nothing, so `validate` stays light."""
+    """What to install before browser probes can run (`install ...`), None when all is there.
+    Looks, but imports nothing, so `validate` stays light."""
     try:
         found = importlib.util.find_spec("playwright") is not None
     except (ImportError, ValueError):  # a broken or blocked install
@@ -233,7 +233,10 @@ class BrowserProber:
             except Exception as exc:
                 log.error("browser: Chromium did not start (%s)", type(exc).__name__)
                 await self._stop_driver()
-                raise BrowserUnavailable(f"a Chromium that starts ({INSTALL_CHROMIUM})") from None
+                raise BrowserUnavailable(
+                    "Chromium did not start; reinstall it (apt-get install --reinstall chromium) "
+                    "or set [monitor] chromium"
+                ) from None
             self.launches += 1
             log.info("browser: Chromium %s started", self._browser.version)
             return self._browser

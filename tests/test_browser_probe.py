@@ -371,8 +371,10 @@ async def test_without_chromium_the_service_is_unknown_saying_what_to_install(
     prober = BrowserProber(chromium=str(tmp_path / "no-chromium"))
     observation = await prober.probe(page_probe("http://127.0.0.1:9/"), TIMEOUT, at())
     assert observation.serving is None
-    assert observation.reason.startswith("browser not available: Chromium")
-    assert "apt-get install chromium" in observation.reason
+    assert observation.reason == (
+        "browser not available: install Chromium (apt-get install chromium) "
+        "or set [monitor] chromium"
+    )
 
 
 async def test_without_playwright_the_service_is_unknown_saying_what_to_install(
@@ -382,7 +384,7 @@ async def test_without_playwright_the_service_is_unknown_saying_what_to_install(
     observation = await BrowserProber().probe(page_probe("http://127.0.0.1:9/"), TIMEOUT, at())
     assert observation.serving is None
     assert observation.reason == (
-        "browser not available: Playwright (pip install 'channel-monitor[browser]')"
+        "browser not available: install Playwright (pip install playwright, or the [browser] extra)"
     )
 
 
@@ -420,7 +422,7 @@ def test_validate_warns_when_browser_probes_cannot_run_here(tmp_path: Path) -> N
     )
     result = python_m("validate", "--config", str(absent))
     assert result.returncode == 0, result.stderr
-    assert "warning: 1 browser service(s) will stay unknown" in result.stderr
+    assert "warning: 1 browser service(s) will stay unknown here: install Chromium" in result.stderr
     assert "apt-get install chromium" in result.stderr and "警告" in result.stderr
 
     require_browser()

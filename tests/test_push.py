@@ -454,7 +454,7 @@ def test_the_token_never_shows_in_logs_page_metrics_or_store(tmp_path: Path) -> 
         "no push for 5m",
         "rendered text matches maintenance notice",
         "rendered text does not match",
-        "browser not available: Playwright (pip install 'channel-monitor[browser]')",
+        "browser not available: install Chromium (apt-get install chromium)",
     ],
 )
 def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
