@@ -206,6 +206,10 @@ class BrowserProber:
 
     # --- the browser process ------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Start Chromium now rather than at the first probe (raises BrowserUnavailable)."""
+        await self._ensure_browser()
+
     async def _ensure_browser(self) -> Browser:
         """The running browser, started (again) when there is none or it died."""
         async with self._launching:
