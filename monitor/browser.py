@@ -77,8 +77,12 @@ INSTALL_CHROMIUM = "install Chromium (apt-get install chromium) or set [monitor]
 #: The visible text of the page, as a reader sees it (hidden elements excluded), capped.
 _READ_TEXT = f"() => (document.body ? document.body.innerText : '').slice(0, {TEXT_CAP})"
 
-#: A pattern compiled once, not looked up in `re`'s cache on every probe.
-_pattern = functools.lru_cache(maxsize=256)(re.compile)
+try:  # RE2 (time linear in the text, whatever the page shows) where the plan's patterns use it
+    from monitor.config import body_pattern as _compile  # type: ignore[attr-defined]
+except ImportError:  # (until the hardened probe's RE2 patterns are merged)
+    _compile = re.compile
+#: A pattern compiled once, not looked up in a cache of `re` on every probe.
+_pattern = functools.lru_cache(maxsize=256)(_compile)
 
 #: Chromium's network error codes, read from Playwright's message, as the HTTP probe's phrases.
 _NET_ERRORS = (
