@@ -215,48 +215,48 @@ async def test_an_answer_that_is_not_prometheus() -> None:
 # --- k of n: two locations, one Prometheus, a central judge ---------------------------------
 
 
-LOCATION_PLAN = """\
+PENSION_ON_THE_PORTAL = """\
+[[channels]]
+id = "portal"
+name = "湖北政务服务网"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+"""
+
+LOCATION_PLAN = (
+    """\
 [monitor]
 interval = "1s"
 timeout = "1s"
 failure_threshold = 1
 success_threshold = 1
 
-[[channels]]
-id = "portal"
-name = "湖北政务服务网"
-kind = "web"
-group = "online"
-
-[[channels.services]]
-id = "pension"
-name = "养老保险"
-
-[channels.services.probe]
-url = "{target}"
-
 [[alerts]]
 type = "webhook"
 url = "${{LOCATION_HOOK_URL}}"
+
 """
+    + PENSION_ON_THE_PORTAL
+    + """
+[channels.services.probe]
+url = "{target}"
+"""
+)
 
-CENTRAL_PLAN = """\
-[[channels]]
-id = "portal"
-name = "湖北政务服务网"
-kind = "web"
-group = "online"
-
-[[channels.services]]
-id = "pension"
-name = "养老保险"
-
+CENTRAL_PLAN = (
+    PENSION_ON_THE_PORTAL
+    + """
 [channels.services.probe]
 kind = "prometheus"
 url = "{prometheus}"
 query = 'count(channel_monitor_probe_success{{channel="portal",business="pension"}} == 1)'
 serving_if = ">= 2"
 """
+)
 
 
 def central(config: Path) -> tuple[int, dict]:
