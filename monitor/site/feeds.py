@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
+from monitor import reasons
 from monitor.plan import Plan, ServiceRef, period_active, period_boundaries
 from monitor.site.model import Maintenance, Model, ServiceView, milestone_start
-from monitor.site.words import WORDS, reason_text
+from monitor.site.words import WORDS
 from monitor.store import IncidentRecord
 
 PAGE_ID = "channel-monitor"
@@ -46,10 +47,11 @@ def iso(at: datetime | None, zone: tzinfo) -> str | None:
 
 
 def safe_reason(reason: str | None) -> str | None:
-    """The probe's reason phrase if it is one of the fixed phrases, else `other`."""
+    """The probe's reason phrase if it is one of the fixed phrases (its private tail left out),
+    else `other`."""
     if not reason:
         return None
-    return reason if reason_text(reason, "en") != "other reason" else "other"
+    return reasons.public_phrase(reason) or "other"
 
 
 # --- Statuspage --------------------------------------------------------------------------------
