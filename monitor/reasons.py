@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass, field
 
 _DURATION = r"\d+(?:ms|s|m|h|d)(?:\d+(?:ms|s|m|h|d))*"
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?Inf|NaN"
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Inf|inf)|NaN|nan"
+#: One setting name, or several (`A, B`) when a probe needs more than one.
+_NAMES = r"[A-Za-z_]\w*(?:(?:, | and )[A-Za-z_]\w*)*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ PARTS: dict[str, Part] = {
     "expr": Part(r".+", public=False),
     "what": Part(r".+", public=False),
     "text": Part(r".*", public=False),
-    "name": Part(r"[A-Za-z_][A-Za-z0-9_]*", public=False),
+    "name": Part(_NAMES, public=False),
     "type": Part(r"[A-Za-z_][\w.]*", public=False),
 }
 

@@ -149,3 +149,22 @@ def test_every_reason_the_monitor_writes_is_in_the_table() -> None:
                 assert any(text.startswith(p) for p in reasons.PHRASES), where
             seen += 1
     assert seen >= 10  # the probe's own reasons at least: the scan still finds them
+
+
+@pytest.mark.parametrize(
+    ("text", "zh"),
+    [
+        ("query value 1e+06 >= 0.5", "监测指标 1e+06 >= 0.5"),
+        ("query value NaN > 0", "监测指标 NaN > 0"),
+        ("query value -Inf < 1", "监测指标 -Inf < 1"),
+        (
+            "not configured: set ZWFW_TOKEN, KIOSK_PUSH_TOKEN",
+            "未配置：请设置 ZWFW_TOKEN, KIOSK_PUSH_TOKEN",
+        ),
+        ("json condition failed: code == `0`", "返回的 JSON 不满足条件：code == `0`"),
+        ("response slower than 1m30s", "响应慢于 1m30s"),
+        ("no push for 5m", "5m 内未收到渠道推送"),
+    ],
+)
+def test_tails_the_new_kinds_write(text: str, zh: str) -> None:
+    assert reasons.describe(text, "zh") == zh
