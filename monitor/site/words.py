@@ -178,6 +178,7 @@ WORDS: dict[str, dict[str, str]] = {
     },
 }
 
+
 def reason_text(reason: str | None, lang: str) -> str:
     """A probe reason in the page's language (from `monitor.reasons`, without the parts
     citizens must not read); unknown text never passes through."""
