@@ -46,6 +46,10 @@ _INDICATOR_TEXT = {
 _NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
+#: Whether a text holds a character `xml_text` drops (a search is cheaper than a rebuild).
+has_not_xml = _NOT_XML.search
+
+
 def xml_text(value: str) -> str:
     """Text with the characters XML 1.0 forbids dropped: every page, feed and badge writes
     its text through this (the templates through their environment's `finalize`)."""

@@ -47,10 +47,9 @@ _PHASE_STATE = {
 def _finalize(value: object) -> object:
     """Every value a template writes, with the characters XML 1.0 forbids dropped (a name
     holding `\\v` would otherwise make the feed and the badges ill-formed)."""
-    if isinstance(value, Markup):
-        return Markup(feeds.xml_text(str(value)))
-    if isinstance(value, str):
-        return feeds.xml_text(value)
+    if isinstance(value, str) and feeds.has_not_xml(value):  # rare: search, then rebuild
+        text = feeds.xml_text(value)
+        return Markup(text) if isinstance(value, Markup) else text
     return value
 
 
