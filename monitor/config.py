@@ -186,6 +186,30 @@ class MonitorSettings(_Model):
         return ZoneInfo(self.timezone)
 
 
+class SiteSettings(_Model):
+    """The `[site]` table: where the published page lives. With `base_url`, the page's language
+    links, the feeds' links and the calendar's URLs are absolute (search engines and feed
+    readers want them so); without it they stay relative, and the folder can be served
+    anywhere."""
+
+    base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_folder(cls, data: object) -> object:
+        # Checked on the table, not the field, so the error does not quote the value: a URL
+        # given by mistake with a user and password in it stays out of the message.
+        value = data.get("base_url") if isinstance(data, dict) else None
+        host = r"(?:[^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+        if isinstance(value, str) and not re.fullmatch(rf"https?://{host}/(?:[^\s?#]*/)?", value):
+            raise ValueError(
+                "base_url: expected an absolute http:// or https:// URL of the page's folder, "
+                'ending in "/", without user, query or fragment, e.g. '
+                '"https://status.example.gov.cn/" (the value is not repeated here)'
+            )
+        return data
+
+
 # --- periods ---------------------------------------------------------------------------------
 
 
@@ -379,10 +403,15 @@ class Comparison(typing.NamedTuple):
         """Whether `value <op> number` (a NaN never holds, as in PromQL)."""
         return _OPERATORS[self.op](value, self.number)
 
+    def negated(self) -> Comparison:
+        """The comparison that holds exactly when this one does not (for numbers)."""
+        return Comparison(_NEGATION[self.op], self.number)
+
     def __str__(self) -> str:
         return f"{self.op} {self.number:g}"
 
 
+_NEGATION = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
 _OPERATORS: dict[str, typing.Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
@@ -633,6 +662,7 @@ class PlanConfig(_Model):
     """Everything in `channels.toml`."""
 
     monitor: MonitorSettings = MonitorSettings()
+    site: SiteSettings = SiteSettings()
     periods: dict[str, Period] = {}
     milestones: tuple[Milestone, ...] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]

@@ -35,9 +35,10 @@ from helpers import ChannelServer, MonitorRun, python_m, require_binary, wait_fo
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from servers import RawServer, aiohttp_server, closed_port, never_answer
 
-from monitor.config import PrometheusProbe
+from monitor import reasons
+from monitor.config import PrometheusProbe, _parse_comparison
 from monitor.probe import REASON_PHRASES, Observation
-from monitor.query import QueryProber
+from monitor.query import QueryProber, format_value, judged
 
 #: The correctness bound on a query that ends by its timeout.
 SLACK = 2.0
@@ -158,7 +159,9 @@ async def test_queries_against_real_prometheus(tmp_path: Path) -> None:
             seen = await ask(pension)
             assert (seen.serving, seen.reason) == (True, "query value 3 > 0")
             seen = await ask(pension, "> 5")
-            assert (seen.serving, seen.reason) == (False, "query value 3, not > 5")
+            assert (seen.serving, seen.reason) == (False, "query value 3 <= 5")
+            seen = await ask(pension, "!= 3")
+            assert (seen.serving, seen.reason) == (False, "query value 3 == 3")
             seen = await ask(pension, "== 3")
             assert (seen.serving, seen.reason) == (True, "query value 3 == 3")
             seen = await ask("sum(payments_total) / 16", "< 1")
@@ -303,10 +306,23 @@ def test_two_locations_agree_through_prometheus(
                     interval=0.5,
                     what="one location left",
                 )
-                assert entry["observed"]["reason"] == "query value 1, not >= 2"
+                assert entry["observed"]["reason"] == "query value 1 < 2"
                 assert (code, entry["verdict"]) == (1, "unexpected_down")
         finally:
             for run in (a, b):
                 if run.poll() is None:
                     run.kill()
                     run.wait()
+
+
+@pytest.mark.parametrize("op", [">", ">=", "<", "<=", "==", "!="])
+@pytest.mark.parametrize("value", [-1.0, 0.0, 0.5, 1.0])
+def test_the_reason_is_true_as_written(op: str, value: float) -> None:
+    """Met or not, the reason states how the value compares, and that statement holds."""
+    probe = spec("http://prometheus.internal:9090", "up", f"{op} 0.5")
+    serving, reason = judged(probe, value)
+    assert serving is probe.serving_if.holds(value)
+    stated = reason.removeprefix(f"query value {format_value(value)} ")
+    assert _parse_comparison(stated).holds(value), reason
+    assert (stated == str(probe.serving_if)) is serving
+    assert reasons.lookup(reason) is not None
