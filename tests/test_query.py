@@ -44,7 +44,7 @@ from monitor.query import QueryProber, format_value, judged
 SLACK = 2.0
 
 
-def spec(url: str, query: str, serving_if: str = "> 0", **fields: str) -> PrometheusProbe:
+def spec(url: str, query: str, serving_if: str = "> 0", **fields: object) -> PrometheusProbe:
     return PrometheusProbe.model_validate(
         {"kind": "prometheus", "url": url, "query": query, "serving_if": serving_if, **fields}
     )
@@ -213,6 +213,33 @@ async def test_an_answer_that_is_not_prometheus() -> None:
     async with aiohttp_server(app) as base, QueryProber() as prober:
         seen = await prober.probe(spec(base, "up"), timedelta(seconds=5))
     assert (seen.serving, seen.reason) == (None, "query failed (HTTP 404, not a Prometheus answer)")
+
+
+async def test_headers_are_sent_and_a_refusal_is_a_failed_query() -> None:
+    """A Prometheus behind a proxy that wants a token: the probe's headers go with the query,
+    and a refusal says only its status, never the token or the proxy's words."""
+    seen_headers: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen_headers.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer s3cret-token":
+            return web.Response(status=401, text="token s3cret? no")
+        form = await request.post()
+        value = "1" if form.get("query") == "up" else "0"
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "scalar", "result": [0, value]}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/prometheus/api/v1/query", proxy)
+    async with aiohttp_server(app) as base, QueryProber() as prober:
+        url = f"{base}/prometheus/"
+        good = spec(url, "up", "== 1", headers={"Authorization": "Bearer s3cret-token"})
+        seen = await prober.probe(good, timedelta(seconds=5))
+        assert (seen.serving, seen.reason) == (True, "query value 1 == 1")
+        seen = await prober.probe(spec(url, "up", "== 1"), timedelta(seconds=5))
+    assert (seen.serving, seen.reason) == (None, "query failed (HTTP 401, not a Prometheus answer)")
+    assert seen_headers == ["Bearer s3cret-token", ""]
 
 
 # --- k of n: two locations, one Prometheus, a central judge ---------------------------------
