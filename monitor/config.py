@@ -8,6 +8,7 @@ who edit the plan are civil servants, not Python programmers, so no traceback re
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -574,10 +575,11 @@ class Service(_Model):
             return self.probe.kind
         return "push" if self.push is not None else "schedule"
 
-    @property
+    @functools.cached_property
     def unset(self) -> tuple[str, ...]:
         """Unset environment variables its probe or push needs: while any are, the service is
-        not configured and is judged `unknown` (`not configured: set NAME`)."""
+        not configured and is judged `unknown` (`not configured: set NAME`). Asked on every
+        probe, so worked out once."""
         way = self.probe or self.push
         return way.unset if way is not None else ()
 
