@@ -19,7 +19,7 @@ Reasons (besides the HTTP probe's `HTTP <code>`, `timeout after <d>`, `connectio
 | --- | --- | --- |
 | `rendered text matches maintenance notice` | no | the visible text matched `text_not_matches` |
 | `rendered text does not match` | no | the visible text did not match `text_matches` |
-| `browser not available: <what to install>` | unknown | no Playwright, or no Chromium |
+| `browser not available: install ...` | unknown | no Playwright, or no Chromium (says which) |
 
 Playwright is an optional extra (`pip install 'channel-monitor[browser]'`); this module imports
 it only when a browser probe first runs, so nothing else pays for it, and `validate` imports
@@ -71,14 +71,18 @@ CLOSE_TIMEOUT = 5.0
 #: The visible text read from a page is cut here (a pattern needs no more).
 TEXT_CAP = 1_000_000
 
-INSTALL_PLAYWRIGHT = "Playwright (pip install 'channel-monitor[browser]')"
-INSTALL_CHROMIUM = "Chromium (apt-get install chromium, or set [monitor] chromium)"
+INSTALL_PLAYWRIGHT = "install Playwright (pip install playwright, or the [browser] extra)"
+INSTALL_CHROMIUM = "install Chromium (apt-get install chromium) or set [monitor] chromium"
 
 #: The visible text of the page, as a reader sees it (hidden elements excluded), capped.
 _READ_TEXT = f"() => (document.body ? document.body.innerText : '').slice(0, {TEXT_CAP})"
 
-#: A pattern compiled once, not looked up in `re`'s cache on every probe.
-_pattern = functools.lru_cache(maxsize=256)(re.compile)
+try:  # RE2 (time linear in the text, whatever the page shows) where the plan's patterns use it
+    from monitor.config import body_pattern as _compile  # type: ignore[attr-defined]
+except ImportError:  # (until the hardened probe's RE2 patterns are merged)
+    _compile = re.compile
+#: A pattern compiled once, not looked up in a cache of `re` on every probe.
+_pattern = functools.lru_cache(maxsize=256)(_compile)
 
 #: Chromium's network error codes, read from Playwright's message, as the HTTP probe's phrases.
 _NET_ERRORS = (
@@ -132,8 +136,8 @@ def find_chromium(setting: str | None = None) -> str | None:
 
 
 def missing_parts(setting: str | None = None) -> str | None:
-    """What to install before browser probes can run, None when all is there. Looks, but
-    imports nothing, so `validate` stays light."""
+    """What to install before browser probes can run (`install ...`), None when all is there.
+    Looks, but imports nothing, so `validate` stays light."""
     try:
         found = importlib.util.find_spec("playwright") is not None
     except (ImportError, ValueError):  # a broken or blocked install
@@ -206,6 +210,10 @@ class BrowserProber:
 
     # --- the browser process ------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Start Chromium now rather than at the first probe (raises BrowserUnavailable)."""
+        await self._ensure_browser()
+
     async def _ensure_browser(self) -> Browser:
         """The running browser, started (again) when there is none or it died."""
         async with self._launching:
@@ -233,7 +241,10 @@ class BrowserProber:
             except Exception as exc:
                 log.error("browser: Chromium did not start (%s)", type(exc).__name__)
                 await self._stop_driver()
-                raise BrowserUnavailable(f"a Chromium that starts ({INSTALL_CHROMIUM})") from None
+                raise BrowserUnavailable(
+                    "Chromium did not start; reinstall it (apt-get install --reinstall chromium) "
+                    "or set [monitor] chromium"
+                ) from None
             self.launches += 1
             log.info("browser: Chromium %s started", self._browser.version)
             return self._browser

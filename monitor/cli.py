@@ -130,8 +130,8 @@ def warn_browser(plan: Plan) -> None:
     what = missing_parts(plan.config.monitor.chromium) if browsers else None
     if what is not None:
         print(
-            f"warning: {browsers} browser service(s) will stay unknown here until you install "
-            f"{what} / 警告：{browsers} 个浏览器观测的服务在安装所需组件之前将判定为 unknown",
+            f"warning: {browsers} browser service(s) will stay unknown here: {what} / "
+            f"警告：{browsers} 个浏览器观测的服务在装好 Playwright 和 Chromium 之前判定为 unknown",
             file=sys.stderr,
         )
 

@@ -8,6 +8,7 @@ who edit the plan are civil servants, not Python programmers, so no traceback re
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -184,6 +185,30 @@ class MonitorSettings(_Model):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+class SiteSettings(_Model):
+    """The `[site]` table: where the published page lives. With `base_url`, the page's language
+    links, the feeds' links and the calendar's URLs are absolute (search engines and feed
+    readers want them so); without it they stay relative, and the folder can be served
+    anywhere."""
+
+    base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_folder(cls, data: object) -> object:
+        # Checked on the table, not the field, so the error does not quote the value: a URL
+        # given by mistake with a user and password in it stays out of the message.
+        value = data.get("base_url") if isinstance(data, dict) else None
+        host = r"(?:[^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+        if isinstance(value, str) and not re.fullmatch(rf"https?://{host}/(?:[^\s?#]*/)?", value):
+            raise ValueError(
+                "base_url: expected an absolute http:// or https:// URL of the page's folder, "
+                'ending in "/", without user, query or fragment, e.g. '
+                '"https://status.example.gov.cn/" (the value is not repeated here)'
+            )
+        return data
 
 
 # --- periods ---------------------------------------------------------------------------------
@@ -384,10 +409,15 @@ class Comparison(typing.NamedTuple):
         """Whether `value <op> number` (a NaN never holds, as in PromQL)."""
         return _OPERATORS[self.op](value, self.number)
 
+    def negated(self) -> Comparison:
+        """The comparison that holds exactly when this one does not (for numbers)."""
+        return Comparison(_NEGATION[self.op], self.number)
+
     def __str__(self) -> str:
         return f"{self.op} {self.number:g}"
 
 
+_NEGATION = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
 _OPERATORS: dict[str, typing.Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
@@ -550,10 +580,11 @@ class Service(_Model):
             return self.probe.kind
         return "push" if self.push is not None else "schedule"
 
-    @property
+    @functools.cached_property
     def unset(self) -> tuple[str, ...]:
         """Unset environment variables its probe or push needs: while any are, the service is
-        not configured and is judged `unknown` (`not configured: set NAME`)."""
+        not configured and is judged `unknown` (`not configured: set NAME`). Asked on every
+        probe, so worked out once."""
         way = self.probe or self.push
         return way.unset if way is not None else ()
 
@@ -638,6 +669,7 @@ class PlanConfig(_Model):
     """Everything in `channels.toml`."""
 
     monitor: MonitorSettings = MonitorSettings()
+    site: SiteSettings = SiteSettings()
     periods: dict[str, Period] = {}
     milestones: tuple[Milestone, ...] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]

@@ -58,9 +58,6 @@ class Daemon:
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
-    #: True for the demo: its replay moves the clock, so pushes are rate-limited on that clock
-    #: and their `within` deadlines are asked by the replay (`push.overdue(at)`), not timers.
-    replay: bool = False
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
@@ -83,9 +80,12 @@ class Daemon:
         if self.alerts:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
-        on_clock = (lambda: self.clock.now().timestamp()) if self.replay else None
-        # POST /push/<channel>/<service>, and the silences
-        self.push = PushReceiver(self.pipeline, monotonic=on_clock, timers=not self.replay)
+        # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
+        # replayed one (the demo) the rate limit counts its seconds and the replay asks
+        # `push.overdue(at)` at each step, with no wall-clock timers
+        real = isinstance(self.clock, RealClock)
+        on_clock = None if real else (lambda: self.clock.now().timestamp())
+        self.push = PushReceiver(self.pipeline, monotonic=on_clock, watch_silence=real)
         self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:

@@ -48,40 +48,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from monitor.config import HttpProbe, format_duration
+from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
 
 DEFAULT_BODY_CAP = 256 * 1024
 MAX_REDIRECTS = 10
 USER_AGENT = "channel-monitor/0.1 (+status probe)"
-
-REASON_PHRASES = (
-    "HTTP",
-    "response slower than",
-    "body matches maintenance notice",
-    "body does not match",
-    "timeout after",
-    "connection refused",
-    "connection reset",
-    "DNS lookup failed",
-    "TLS certificate expired",
-    "TLS certificate not trusted",
-    "TLS handshake failed",
-    "too many redirects",
-    "connection failed",
-    "body is not JSON",
-    "json condition failed:",
-    # from other kinds and the pipeline (monitor/query.py, monitor/pipeline.py)
-    "query value",
-    "query returned no data",
-    "query failed",
-    "not configured: set",
-    # monitor/browser.py and monitor/push.py
-    "rendered text matches maintenance notice",
-    "rendered text does not match",
-    "browser not available:",
-    "no push for",
-    "pushed:",
-    "push",
-)
 
 _X509_EXPIRED = 10
 

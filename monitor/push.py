@@ -15,8 +15,9 @@ observations and needs fresh ones to keep the verdict from going stale. The inci
 like healthchecks.io's alert, opens once and resolves with the pushes that come back. After a
 restart every push service's clock starts at the start: a silence is never inferred from before.
 The deadline is one check, `overdue(at)`, asked with an instant: `run`'s loop timers ask it when
-a `within` has passed on the wall clock, and the demo's replay (`timers=False`) asks it at each
-step of its replay clock, so a silence is found the same way in both.
+a `within` has passed on the wall clock; on a replayed clock (the demo, `watch_silence=False`)
+there are no timers and the replay asks it at each of its steps, so a silence is found the same
+way in both.
 
 The receiver answers:
 
@@ -28,6 +29,7 @@ The receiver answers:
 | 404 | no such service, or it is probed or schedule-only | no |
 | 413 | the body is larger than 64 KiB (never read further) | no |
 | 429 | more than 10 pushes within one second for one service | no |
+| 408 | the body did not arrive within 10 seconds | no |
 
 Tokens are compared in constant time (`hmac.compare_digest`) and never logged, stored or shown.
 Reasons: `push` (a heartbeat), `pushed: <the pusher's reason>` (or `pushed: count <n>` when only
@@ -62,6 +64,8 @@ RATE_LIMIT = 10
 RATE_WINDOW = 1.0
 #: The longest `reason` a push may carry.
 MAX_REASON = 200
+#: How long a push body may take to arrive (408 after).
+BODY_TIMEOUT = 10.0
 ROUTE = "/push/{channel}/{service}"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -187,13 +191,16 @@ class PushReceiver:
         self,
         pipeline: Pipeline,
         monotonic: Callable[[], float] | None = None,
-        timers: bool = True,
+        watch_silence: bool = True,
     ) -> None:
+        """`watch_silence` False leaves the `within` timers off: on a replayed clock (the demo)
+        the replay asks `overdue(at)` at its own simulated instants instead."""
         self.pipeline = pipeline
+        self.watch_silence = watch_silence
+        #: How long a push body may take to arrive (seconds).
+        self.body_timeout = BODY_TIMEOUT
         #: The clock of the rate limit (seconds); the event loop's when None.
         self.monotonic = monotonic
-        #: False when a replay drives the deadlines itself through `overdue(at)`.
-        self.timers = timers
         self.services: dict[Key, ServiceRef] = {
             ref.key: ref for ref in pipeline.plan.services if ref.service.push is not None
         }
@@ -254,7 +261,7 @@ class PushReceiver:
         key = (request.match_info["channel"], request.match_info["service"])
         authorization = request.headers.get("Authorization")
         try:
-            result = await self.receive(key, authorization, lambda: read_capped(request))
+            result = await self.receive(key, authorization, lambda: self._read(request))
         except PushRefused as refused:
             log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
             return refused.response()
@@ -269,6 +276,16 @@ class PushReceiver:
             "verdict": result.verdict.value,
         }
         return web.json_response(body, status=202)
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body (None when over the cap), within `body_timeout` or PushRefused(408)."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await read_capped(request)
+        except TimeoutError:  # a pusher that trickles its body holds nothing for long
+            raise PushRefused(
+                408, "the body did not arrive in time", "请求体未能按时收到"
+            ) from None
 
     async def receive(
         self, key: Key, authorization: str | None, read: Callable[[], Awaitable[bytes | None]]
@@ -341,7 +358,7 @@ class PushReceiver:
     def _arm(self, ref: ServiceRef) -> None:
         """(Re)start the service's timer for the rest of its `within` (no timers when a replay
         asks `overdue` itself)."""
-        if self._stopped or not self.timers:
+        if self._stopped or not self.watch_silence:
             return
         push = ref.service.push
         assert push is not None
@@ -378,6 +395,11 @@ class PushReceiver:
         result = await self.pipeline.judge(ref, Observation(at, False, reason))
         self._arm(ref)  # and again after each further `within` of silence
         return result
+
+    async def silence(self, ref: ServiceRef) -> Result:
+        """Judge a silence of `ref` now, due or not (`overdue` asks whether it is due)."""
+        async with self._lock(ref.key):
+            return await self._silent(ref, self.pipeline.clock.now())
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)

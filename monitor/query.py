@@ -11,8 +11,8 @@ prober, failures come back as an Observation with a reason, never as an exceptio
 
 | phrase | serving | meaning |
 | --- | --- | --- |
-| `query value <v> <op> <n>` | yes | the value meets `serving_if`, e.g. `query value 3 > 0` |
-| `query value <v>, not <op> <n>` | no | the value does not meet `serving_if` |
+| `query value <v> <op> <n>` | by `serving_if` | the value and how it compares, always true as |
+| | | written: `query value 3 > 0` meets `serving_if = "> 0"`, `query value 0 <= 0` does not |
 | `query returned no data` | `no_data` | an empty result (or NaN): `unknown` by default |
 | `query failed (<why>)` | unknown | Prometheus could not be asked or its answer is not one value |
 
@@ -90,9 +90,9 @@ def judged(spec: PrometheusProbe, value: float | None) -> tuple[bool | None, str
     if value is None or math.isnan(value):
         return {"unknown": None, "down": False, "up": True}[spec.no_data], NO_DATA
     condition = spec.serving_if
-    if condition.holds(value):
-        return True, f"query value {format_value(value)} {condition}"
-    return False, f"query value {format_value(value)}, not {condition}"
+    serving = condition.holds(value)
+    relation = condition if serving else condition.negated()
+    return serving, f"query value {format_value(value)} {relation}"
 
 
 class QueryProber:

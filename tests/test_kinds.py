@@ -154,7 +154,7 @@ def test_an_observation_that_cannot_tell_neither_opens_nor_resolves() -> None:
     def step(state: ServiceState, serving: bool | None) -> tuple[ServiceState, Verdict]:
         nonlocal at
         at += timedelta(minutes=1)
-        reason = {True: "query value 3 > 0", False: "query value 0, not > 0"}.get(
+        reason = {True: "query value 3 > 0", False: "query value 0 <= 0"}.get(
             serving, "query returned no data"
         )
         judgement = judge(state, expected_down, False, Observation(at, serving, reason), thresholds)

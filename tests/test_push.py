@@ -177,6 +177,22 @@ async def test_a_chunked_body_over_the_cap_is_refused_without_reading_it_all(
     assert KEY not in daemon.pipeline.states
 
 
+async def test_a_body_that_trickles_is_refused_in_time(daemon: Daemon) -> None:
+    daemon.push.body_timeout = 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    try:
+        writer.write(
+            b"POST /push/kiosk/pension HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n{{".encode()
+        )
+        await writer.drain()  # one byte of ten, then nothing
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"408"
+    assert KEY not in daemon.pipeline.states
+
+
 async def test_more_than_ten_pushes_a_second_are_refused(daemon: Daemon) -> None:
     answers = await asyncio.gather(*(push(daemon) for _ in range(15)))
     codes = sorted(status for status, _ in answers)
@@ -288,6 +304,19 @@ async def test_silence_is_observed_when_within_has_passed_and_again_while_it_las
     finally:
         await daemon.stop()
     assert daemon.push._timers == {}, "stopping cancels the timers"
+
+
+async def test_on_a_replayed_clock_silence_is_the_replays_to_observe(tmp_path: Path) -> None:
+    start = datetime(2022, 6, 22, 12, tzinfo=UTC)
+    plan = load_plan(tmp_path / "channels.toml", PLAN.replace("WITHIN", "1s"))
+    daemon = Daemon(plan, tmp_path / "m.db", tmp_path / "site", port=0, clock=ReplayClock(start))
+    await daemon.start(schedule=False)
+    try:
+        assert daemon.push._timers == {}, "no wall-clock timers on a replayed clock"
+        result = await daemon.push.silence(plan.service(*KEY))
+        assert (result.observation.at, result.observation.reason) == (start, "no push for 1s")
+    finally:
+        await daemon.stop()
 
 
 # --- the push command -------------------------------------------------------------------------
@@ -425,7 +454,7 @@ def test_the_token_never_shows_in_logs_page_metrics_or_store(tmp_path: Path) -> 
         "no push for 5m",
         "rendered text matches maintenance notice",
         "rendered text does not match",
-        "browser not available: Playwright (pip install 'channel-monitor[browser]')",
+        "browser not available: install Chromium (apt-get install chromium)",
     ],
 )
 def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
@@ -457,7 +486,7 @@ async def test_overdue_follows_the_clock_it_is_asked_with(tmp_path: Path) -> Non
     start = datetime(2022, 6, 22, 10, tzinfo=UTC)
     clock = ReplayClock(start)
     plan = push_plan(tmp_path, "5m")
-    daemon = Daemon(plan, tmp_path / "m.db", tmp_path / "site", port=0, clock=clock, replay=True)
+    daemon = Daemon(plan, tmp_path / "m.db", tmp_path / "site", port=0, clock=clock)
     await daemon.start(schedule=False, serve=False)
     receiver = daemon.push
     try:

@@ -35,15 +35,16 @@ from helpers import ChannelServer, MonitorRun, python_m, require_binary, wait_fo
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from servers import RawServer, aiohttp_server, closed_port, never_answer
 
-from monitor.config import PrometheusProbe
+from monitor import reasons
+from monitor.config import PrometheusProbe, _parse_comparison
 from monitor.probe import REASON_PHRASES, Observation
-from monitor.query import QueryProber
+from monitor.query import QueryProber, format_value, judged
 
 #: The correctness bound on a query that ends by its timeout.
 SLACK = 2.0
 
 
-def spec(url: str, query: str, serving_if: str = "> 0", **fields: str) -> PrometheusProbe:
+def spec(url: str, query: str, serving_if: str = "> 0", **fields: object) -> PrometheusProbe:
     return PrometheusProbe.model_validate(
         {"kind": "prometheus", "url": url, "query": query, "serving_if": serving_if, **fields}
     )
@@ -158,7 +159,9 @@ async def test_queries_against_real_prometheus(tmp_path: Path) -> None:
             seen = await ask(pension)
             assert (seen.serving, seen.reason) == (True, "query value 3 > 0")
             seen = await ask(pension, "> 5")
-            assert (seen.serving, seen.reason) == (False, "query value 3, not > 5")
+            assert (seen.serving, seen.reason) == (False, "query value 3 <= 5")
+            seen = await ask(pension, "!= 3")
+            assert (seen.serving, seen.reason) == (False, "query value 3 == 3")
             seen = await ask(pension, "== 3")
             assert (seen.serving, seen.reason) == (True, "query value 3 == 3")
             seen = await ask("sum(payments_total) / 16", "< 1")
@@ -212,51 +215,78 @@ async def test_an_answer_that_is_not_prometheus() -> None:
     assert (seen.serving, seen.reason) == (None, "query failed (HTTP 404, not a Prometheus answer)")
 
 
+async def test_headers_are_sent_and_a_refusal_is_a_failed_query() -> None:
+    """A Prometheus behind a proxy that wants a token: the probe's headers go with the query,
+    and a refusal says only its status, never the token or the proxy's words."""
+    seen_headers: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen_headers.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer s3cret-token":
+            return web.Response(status=401, text="token s3cret? no")
+        form = await request.post()
+        value = "1" if form.get("query") == "up" else "0"
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "scalar", "result": [0, value]}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/prometheus/api/v1/query", proxy)
+    async with aiohttp_server(app) as base, QueryProber() as prober:
+        url = f"{base}/prometheus/"
+        good = spec(url, "up", "== 1", headers={"Authorization": "Bearer s3cret-token"})
+        seen = await prober.probe(good, timedelta(seconds=5))
+        assert (seen.serving, seen.reason) == (True, "query value 1 == 1")
+        seen = await prober.probe(spec(url, "up", "== 1"), timedelta(seconds=5))
+    assert (seen.serving, seen.reason) == (None, "query failed (HTTP 401, not a Prometheus answer)")
+    assert seen_headers == ["Bearer s3cret-token", ""]
+
+
 # --- k of n: two locations, one Prometheus, a central judge ---------------------------------
 
 
-LOCATION_PLAN = """\
+PENSION_ON_THE_PORTAL = """\
+[[channels]]
+id = "portal"
+name = "湖北政务服务网"
+kind = "web"
+group = "online"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+"""
+
+LOCATION_PLAN = (
+    """\
 [monitor]
 interval = "1s"
 timeout = "1s"
 failure_threshold = 1
 success_threshold = 1
 
-[[channels]]
-id = "portal"
-name = "湖北政务服务网"
-kind = "web"
-group = "online"
-
-[[channels.services]]
-id = "pension"
-name = "养老保险"
-
-[channels.services.probe]
-url = "{target}"
-
 [[alerts]]
 type = "webhook"
 url = "${{LOCATION_HOOK_URL}}"
+
 """
+    + PENSION_ON_THE_PORTAL
+    + """
+[channels.services.probe]
+url = "{target}"
+"""
+)
 
-CENTRAL_PLAN = """\
-[[channels]]
-id = "portal"
-name = "湖北政务服务网"
-kind = "web"
-group = "online"
-
-[[channels.services]]
-id = "pension"
-name = "养老保险"
-
+CENTRAL_PLAN = (
+    PENSION_ON_THE_PORTAL
+    + """
 [channels.services.probe]
 kind = "prometheus"
 url = "{prometheus}"
 query = 'count(channel_monitor_probe_success{{channel="portal",business="pension"}} == 1)'
 serving_if = ">= 2"
 """
+)
 
 
 def central(config: Path) -> tuple[int, dict]:
@@ -303,10 +333,23 @@ def test_two_locations_agree_through_prometheus(
                     interval=0.5,
                     what="one location left",
                 )
-                assert entry["observed"]["reason"] == "query value 1, not >= 2"
+                assert entry["observed"]["reason"] == "query value 1 < 2"
                 assert (code, entry["verdict"]) == (1, "unexpected_down")
         finally:
             for run in (a, b):
                 if run.poll() is None:
                     run.kill()
                     run.wait()
+
+
+@pytest.mark.parametrize("op", [">", ">=", "<", "<=", "==", "!="])
+@pytest.mark.parametrize("value", [-1.0, 0.0, 0.5, 1.0])
+def test_the_reason_is_true_as_written(op: str, value: float) -> None:
+    """Met or not, the reason states how the value compares, and that statement holds."""
+    probe = spec("http://prometheus.internal:9090", "up", f"{op} 0.5")
+    serving, reason = judged(probe, value)
+    assert serving is probe.serving_if.holds(value)
+    stated = reason.removeprefix(f"query value {format_value(value)} ")
+    assert _parse_comparison(stated).holds(value), reason
+    assert (stated == str(probe.serving_if)) is serving
+    assert reasons.lookup(reason) is not None

@@ -194,7 +194,6 @@ async def run_demo(options: DemoOptions) -> Replay:
             host=options.host,
             port=options.port,
             clock=clock,
-            replay=True,
         )
         replay = Replay(
             probed, daemon.pipeline, clock, REPLAY_START, options.end, faults, options.cadence
