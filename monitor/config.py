@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -592,6 +592,12 @@ class Service(_Model):
     def configured(self) -> bool:
         """Observed by a probe or push that has everything it needs."""
         return self.observed_by != "schedule" and not self.unset
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy works out `unset` again: its probe or push may have been replaced."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("unset", None)
+        return copy
 
 
 class Channel(_Model):

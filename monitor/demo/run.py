@@ -140,7 +140,7 @@ def browser_line(plan: Plan) -> str | None:
     what = missing_parts(plan.config.monitor.chromium)
     if what is not None:
         return (
-            f"  browser: not available here, install {what}; the {count} services observed by "
+            f"  browser: not available here ({what}); the {count} services observed by "
             "browser stay unknown 浏览器不可用，这些服务判定为 unknown"
         )
     return (
