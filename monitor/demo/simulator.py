@@ -182,30 +182,26 @@ class SharedClock:
         return datetime.fromtimestamp(self.value.value, UTC)
 
 
-def serve_in_process(
-    config: PlanConfig,
-    faults: Sequence[Fault],
-    tokens: Mapping[tuple[str, str], str],
-    instant: Any,
-    requests: Any,
-    ready: Any,
-    stop: Any,
-) -> None:
+@dataclass(frozen=True)
+class World:
+    """What the simulator's process needs to build its Simulator (picklable)."""
+
+    config: PlanConfig
+    faults: tuple[Fault, ...]
+    tokens: Mapping[tuple[str, str], str]
+
+    def simulator(self, clock: Clock) -> Simulator:
+        return Simulator(Plan(self.config), clock, self.faults, self.tokens)
+
+
+def serve_in_process(world: World, instant: Any, requests: Any, ready: Any, stop: Any) -> None:
     """Entry point of the simulator's own process: serve on a free loopback port, report the
     port through `ready`, count requests in `requests`, and return when `stop` is set."""
-    asyncio.run(_serve(config, faults, tokens, instant, requests, ready, stop))
+    asyncio.run(_serve(world, instant, requests, ready, stop))
 
 
-async def _serve(
-    config: PlanConfig,
-    faults: Sequence[Fault],
-    tokens: Mapping[tuple[str, str], str],
-    instant: Any,
-    requests: Any,
-    ready: Any,
-    stop: Any,
-) -> None:
-    simulator = Simulator(Plan(config), SharedClock(instant), faults, tokens)
+async def _serve(world: World, instant: Any, requests: Any, ready: Any, stop: Any) -> None:
+    simulator = world.simulator(SharedClock(instant))
     runner = web.AppRunner(simulator.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -237,9 +233,7 @@ class SimulatorProcess:
         self.process = context.Process(
             target=serve_in_process,
             args=(
-                config,
-                list(faults),
-                dict(tokens or {}),
+                World(config, tuple(faults), dict(tokens or {})),
                 self.instant,
                 self.requests,
                 self._ready,
