@@ -18,14 +18,14 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from monitor.clock import ReplayClock
-from monitor.config import PlanConfig, fill_in
+from monitor.config import Channel, PlanConfig, Service, fill_in
 from monitor.daemon import Daemon
 from monitor.plan import Plan
 from monitor.table import render_table
@@ -74,6 +74,15 @@ def simulator_addresses(config: PlanConfig, base_url: str) -> dict[str, str]:
     }
 
 
+def each_service(config: PlanConfig, change: Callable[[Channel, Service], Service]) -> PlanConfig:
+    """The plan with every service replaced by `change(channel, service)`."""
+    channels = [
+        channel.model_copy(update={"services": tuple(change(channel, s) for s in channel.services)})
+        for channel in config.channels
+    ]
+    return config.model_copy(update={"channels": tuple(channels)})
+
+
 def with_environment(config: PlanConfig, env: Mapping[str, str]) -> PlanConfig:
     """The plan as `run` would load it with `env` set: each `${NAME}` in a probe's or push's
     address, headers, body, query or token filled in from `env` where it names a variable."""
@@ -88,35 +97,29 @@ def with_environment(config: PlanConfig, env: Mapping[str, str]) -> PlanConfig:
             update["headers"] = {k: fill_in(v, env) for k, v in way.headers.items()}
         return way.model_copy(update=update)
 
-    channels = []
-    for channel in config.channels:
-        services = []
-        for service in channel.services:
-            if service.unset:
-                update = {"probe": filled(service.probe)} if service.probe else {}
-                if service.push is not None:
-                    update["push"] = filled(service.push)
-                service = service.model_copy(update=update)
-            services.append(service)
-        channels.append(channel.model_copy(update={"services": tuple(services)}))
-    return config.model_copy(update={"channels": tuple(channels)})
+    def change(_channel: Channel, service: Service) -> Service:
+        if not service.unset:
+            return service
+        update = {"probe": filled(service.probe)} if service.probe else {}
+        if service.push is not None:
+            update["push"] = filled(service.push)
+        return service.model_copy(update=update)
+
+    return each_service(config, change)
 
 
 def kept_home(config: PlanConfig, base_url: str) -> PlanConfig:
     """The plan with every probe that names a real address (the portals' homepages) pointed at
     the simulator's page of its service instead: the demo never reaches beyond this machine."""
-    channels = []
-    for channel in config.channels:
-        services = []
-        for service in channel.services:
-            probe = service.probe
-            if probe is not None and not service.unset and not probe.url.startswith(base_url):
-                url = f"{base_url}/page/{channel.id}/{service.id}"
-                probe = probe.model_copy(update={"url": url})
-                service = service.model_copy(update={"probe": probe})
-            services.append(service)
-        channels.append(channel.model_copy(update={"services": tuple(services)}))
-    return config.model_copy(update={"channels": tuple(channels)})
+
+    def change(channel: Channel, service: Service) -> Service:
+        probe = service.probe
+        if probe is None or service.unset or probe.url.startswith(base_url):
+            return service
+        url = f"{base_url}/page/{channel.id}/{service.id}"
+        return service.model_copy(update={"probe": probe.model_copy(update={"url": url})})
+
+    return each_service(config, change)
 
 
 def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
