@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from monitor.config import format_duration
 
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
-    from playwright.async_api import Browser, Page, Playwright, Response, Route
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, Route
 
     from monitor.probe import Observation
 
@@ -188,9 +188,10 @@ def judge_text(spec: BrowserSpec, text: str) -> tuple[bool, str] | None:
 
 @dataclass(slots=True)
 class _Visit:
-    """What one page load saw of its main document."""
+    """What one page load saw of its main document, and the closing of its context."""
 
     status: int | None = None
+    closing: asyncio.Task | None = None
 
 
 class BrowserProber:
@@ -207,6 +208,8 @@ class BrowserProber:
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self.launches = 0  # how many times Chromium was started (tests, logs)
+        #: Contexts being closed after their probe answered (each still holds its page slot).
+        self._closing: set[asyncio.Task] = set()
 
     # --- the browser process ------------------------------------------------------------------
 
@@ -258,6 +261,8 @@ class BrowserProber:
 
     async def close(self) -> None:
         """Close the browser and Playwright's driver (`run` stopping)."""
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=CLOSE_TIMEOUT)
         async with self._launching:
             browser, self._browser = self._browser, None
             if browser is not None:
@@ -275,7 +280,9 @@ class BrowserProber:
         from monitor.probe import Observation
 
         at = at or datetime.now(UTC)
-        async with self._pages:
+        await self._pages.acquire()
+        visit = _Visit()
+        try:
             for attempt in (1, 2):
                 try:
                     browser = await self._ensure_browser()
@@ -290,12 +297,26 @@ class BrowserProber:
                 except _BrowserGone:
                     # Chromium died under this probe, which says nothing about the service:
                     # start it again and look once more.
+                    if visit.closing is not None:
+                        await visit.closing
                     await self._discard(browser)
                     if attempt == 1:
                         continue
                     return unavailable(at, "Chromium stopped during the probe; it restarts")
                 return Observation(at, serving, reason, visit.status, perf_counter() - started)
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            # The answer does not wait for the context to close (a busy machine can take
+            # seconds), but the page slot stays taken until it has: never more than `pages`.
+            if visit.closing is None or visit.closing.done():
+                self._pages.release()
+            else:
+                self._closing.add(visit.closing)
+                visit.closing.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task) -> None:
+        self._closing.discard(task)
+        self._pages.release()
 
     async def _discard(self, browser: Browser) -> None:
         """Forget a browser that died (or hangs) so the next probe starts a new one."""
@@ -336,11 +357,18 @@ class BrowserProber:
             return False, net_error_reason(message, timeout)
         finally:
             if context is not None:
-                try:
-                    await asyncio.wait_for(context.close(), CLOSE_TIMEOUT)
-                except Exception:  # a browser that cannot close a context is not fit to go on
-                    log.warning("browser: a context did not close; Chromium is started again")
-                    await self._discard(browser)
+                visit.closing = asyncio.get_running_loop().create_task(
+                    self._close_context(browser, context)
+                )
+
+    async def _close_context(self, browser: Browser, context: BrowserContext) -> None:
+        """Close one probe's context; a browser that cannot is not fit to go on."""
+        try:
+            await asyncio.wait_for(context.close(), CLOSE_TIMEOUT)
+        except Exception:
+            if browser.is_connected():
+                log.warning("browser: a context did not close; Chromium is started again")
+            await self._discard(browser)
 
     async def _load(
         self, page: Page, spec: BrowserSpec, timeout: timedelta, deadline: float, visit: _Visit
