@@ -59,10 +59,15 @@ def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
     text = getattr(args, name, None)
     if not text:
         return RealClock().now()
+    return parse_option(text, plan, f"--{name.rstrip('_').replace('_', '-')}")
+
+
+def parse_option(text: str, plan: Plan, option: str) -> datetime:
+    """An instant given on the command line (naive = the plan's zone); bad input names the option."""
     try:
         return parse_instant(text, plan.zone)
     except ValueError as exc:
-        raise UsageError(f"--{name.rstrip('_').replace('_', '-')}: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def local(plan: Plan, value: str | None) -> str:
@@ -147,6 +152,34 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
         )
     print(render_table(["at", "channel", "service", "change", "period"], rows))
     return EXIT_OK
+
+
+def cmd_plan_diff(args: argparse.Namespace) -> int:
+    """Compare two plan files; both are validated first and every error of either is listed."""
+    from monitor.diff import as_json, as_text, default_range, diff_plans
+
+    plans, problems = [], []
+    for path in (args.old, args.new):
+        try:
+            plans.append(load_plan(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    old, new = plans
+    start, end = default_range(old.config, new.config, RealClock().now())
+    if args.diff_from:
+        start = parse_option(args.diff_from, new, "--from")
+    if args.diff_until:
+        end = parse_option(args.diff_until, new, "--until")
+    if end <= start:
+        raise UsageError("--until must be after --from")
+    result = diff_plans(old, new, start, end)
+    if args.diff_format == "json":
+        print(json.dumps(as_json(result), ensure_ascii=False, indent=2))
+    else:
+        print(as_text(result))
+    return EXIT_OK if result.same_expectations else EXIT_MISMATCH
 
 
 # --- check ---------------------------------------------------------------------------------
@@ -349,6 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_", metavar="T", help="with --transitions: start")
     p.add_argument("--until", metavar="T", help="with --transitions: end (exclusive)")
     p.set_defaults(func=cmd_plan)
+    actions = p.add_subparsers(dest="plan_action", metavar="ACTION")
+    d = actions.add_parser(
+        "diff", help="what changing the plan OLD to NEW changes (exit 1 if expectations differ)"
+    )
+    d.add_argument("old", metavar="OLD", help="the plan file in force")
+    d.add_argument("new", metavar="NEW", help="the changed plan file")
+    d.add_argument(
+        "--from",
+        dest="diff_from",
+        metavar="T",
+        help="start (default: a day before the first instant either plan names)",
+    )
+    d.add_argument(
+        "--until",
+        dest="diff_until",
+        metavar="T",
+        help="end, exclusive (default: a day after the last instant either plan names)",
+    )
+    d.add_argument("--format", dest="diff_format", choices=["table", "json"], default="table")
+    d.set_defaults(func=cmd_plan_diff)
 
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
     p.add_argument("--at", help="judge against the plan at this instant; default now")
