@@ -63,7 +63,7 @@ def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
 
 
 def parse_option(text: str, plan: Plan, option: str) -> datetime:
-    """An instant given on the command line (naive = the plan's zone); bad input names the option."""
+    """An instant from the command line (naive: the plan's zone); bad input names the option."""
     try:
         return parse_instant(text, plan.zone)
     except ValueError as exc:

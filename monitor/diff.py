@@ -331,7 +331,9 @@ def as_json(result: PlanDiff) -> dict:
         "channels": [_item(i) for i in result.channels],
         "services": [_item(i) for i in result.services],
         "probes": [_item(i, show=False) for i in result.probes],
-        "settings": [{"key": f.name, "before": f.before, "after": f.after} for f in result.settings],
+        "settings": [
+            {"key": f.name, "before": f.before, "after": f.after} for f in result.settings
+        ],
         "alerts": [_item(i, show=False) for i in result.alerts],
     }
 
