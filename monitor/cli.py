@@ -1,4 +1,5 @@
-"""The `channel-monitor` command: validate, plan, check, run, render, demo.
+"""The `channel-monitor` command: validate, plan (and plan diff), check, run, render, report,
+demo, alerts test.
 
 Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
 the user can cause is printed as a sentence, never as a traceback.
@@ -308,6 +309,43 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- report --------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Planned against observed from the store, read-only; every format to standard output."""
+    import sqlite3
+
+    from monitor.config import parse_duration
+    from monitor.report import ReportError, build_report, open_readonly
+    from monitor.report_formats import render
+
+    plan = load_plan(args.config)
+    db_path = Path(args.db) if args.db else config_dir(args) / "monitor.db"
+    start = parse_option(args.from_, plan, "--from") if args.from_ else None
+    end = parse_option(args.until, plan, "--until") if args.until else None
+    cover = None
+    if args.cover:
+        try:
+            cover = parse_duration(args.cover)
+        except ValueError as exc:
+            raise UsageError(f"--cover: {exc}") from None
+        if cover.total_seconds() <= 0:
+            raise UsageError("--cover: expected a duration above zero")
+    try:
+        db = open_readonly(db_path)
+        try:
+            report = build_report(plan, db, start, end, cover=cover, resolution=args.resolution)
+        finally:
+            db.close()
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
+    print(render(report, args.format))
+    return EXIT_OK
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -424,6 +462,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument("--at", help="render the page as of this instant; default now")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "report", parents=[common], help="planned against observed per service and channel"
+    )
+    p.add_argument(
+        "--db", help="SQLite store, opened read-only (default: monitor.db beside the config)"
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="T", help="start (default: the first stored hour)"
+    )
+    p.add_argument(
+        "--until", metavar="T", help="end, exclusive (default: the end of the last stored hour)"
+    )
+    p.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
+    p.add_argument(
+        "--cover",
+        metavar="DURATION",
+        help="how long one observation stands at most (default: twice the service's interval)",
+    )
+    p.add_argument(
+        "--resolution",
+        choices=["auto", "raw", "hourly"],
+        default="auto",
+        help="raw observations where kept, else hourly rollups (auto); or force one",
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "demo", parents=[common], help="replay the 2022 cutover on simulated channels"
