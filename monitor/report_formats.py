@@ -293,10 +293,12 @@ h2 { font-size: 12pt; margin: 0 0 2mm; border-bottom: 1.5pt solid #111; }
 h3 { font-size: 10.5pt; margin: 4mm 0 1mm; }
 .en { color: #444; font-weight: normal; }
 p.meta { margin: 0 0 1mm; }
-table { border-collapse: collapse; width: 100%; margin: 1mm 0 3mm; }
+table { border-collapse: collapse; width: 100%; margin: 1mm 0 3mm; font-size: 8.5pt; }
+th:first-child, td:first-child { width: 30%; }
+table.incidents th:first-child, table.incidents td:first-child { width: 2.5em; }
 th, td { border-bottom: 0.5pt solid #999; padding: 1mm 1.2mm; text-align: left;
   vertical-align: top; }
-th { background: #eee; font-size: 8.5pt; }
+th { background: #eee; font-size: 8pt; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.total td { font-weight: bold; border-top: 1pt solid #111; }
 thead { display: table-header-group; }
@@ -382,7 +384,8 @@ def _html_incidents(report: Report, line: ChannelLine) -> str:
             _html_evidence(report, item.last),
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    body = "".join(rows)
+    return f'<table class="incidents"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def as_html(report: Report) -> str:
