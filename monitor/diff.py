@@ -179,6 +179,8 @@ def _plain(value: object) -> object:
         return format_duration(value)
     if isinstance(value, BaseModel):
         return {k: _plain(v) for k, v in value.model_dump().items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value

@@ -284,3 +284,31 @@ def test_invalid_plans_exit_2_with_the_errors_validate_prints(tmp_path: Path) ->
         and "--from" in nonsense.stderr
         and "Traceback" not in nonsense.stderr
     )
+
+
+def test_milestones_settings_and_sinks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = variant()
+    old["alerts"] = [{"type": "webhook", "url": "https://hooks.example.org/T0KEN-old"}]
+    new = variant()
+    new["milestones"][0]["at"] = datetime(2022, 6, 22, 20)
+    new["milestones"].append({"at": datetime(2022, 7, 25, 8, 30), "title": "恢复办理"})
+    new["monitor"]["interval"] = "30s"
+    new["alerts"] = [{"type": "webhook", "url": "https://hooks.example.org/T0KEN-new"}]
+    result = diff(tmp_path, old, new, *RANGE)
+    assert result.same_expectations  # nothing here changes what any service is expected to do
+    assert [(m.key, m.change) for m in result.milestones] == [
+        ("恢复办理", "added"),
+        ("停机开始", "changed"),
+    ]
+    [moved] = [m for m in result.milestones if m.change == "changed"]
+    assert [(f.name, f.before, f.after) for f in moved.fields] == [
+        ("at", "2022-06-22T18:00:00+08:00", "2022-06-22T20:00:00+08:00")
+    ]
+    assert [(f.name, f.before, f.after) for f in result.settings] == [("interval", "1m", "30s")]
+    [sink] = result.alerts
+    assert (sink.key, sink.change, [f.name for f in sink.fields]) == ("webhook", "changed", ["url"])
+    assert all(f.before is None and f.after is None for f in sink.fields)
+    paths = [str(write_plan(tmp_path / n, p)) for n, p in (("a.toml", old), ("b.toml", new))]
+    assert main(["plan", "diff", *paths]) == 0
+    out = capsys.readouterr()[0]
+    assert "T0KEN" not in out and "monitor.interval  1m" in out
