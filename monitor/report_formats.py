@@ -214,7 +214,8 @@ HEADERS = [
 ]
 
 
-def _cells(times: Times, incidents: list[IncidentLine]) -> list[str]:
+def _time_values(times: Times) -> list[str]:
+    """The times as the table and the HTML show them, in the order of their headings."""
     return [
         span_text(times.planned_up),
         span_text(times.planned_down),
@@ -223,8 +224,11 @@ def _cells(times: Times, incidents: list[IncidentLine]) -> list[str]:
         span_text(times.unobserved),
         span_text(times.matched),
         _share(times.availability),
-        ", ".join(i.direction for i in incidents) or "-",
     ]
+
+
+def _cells(times: Times, incidents: list[IncidentLine]) -> list[str]:
+    return [*_time_values(times), ", ".join(i.direction for i in incidents) or "-"]
 
 
 def _evidence_text(report: Report, item: Evidence | None) -> str:
@@ -325,16 +329,7 @@ TIME_HEADS = [
 
 
 def _time_cells(times: Times) -> str:
-    values = [
-        span_text(times.planned_up),
-        span_text(times.planned_down),
-        span_text(times.observed),
-        span_text(times.observed_down),
-        span_text(times.unobserved),
-        span_text(times.matched),
-        _share(times.availability),
-    ]
-    return "".join(f'<td class="n">{escape(v)}</td>' for v in values)
+    return "".join(f'<td class="n">{escape(v)}</td>' for v in _time_values(times))
 
 
 def _head(first: list[tuple[str, str]]) -> str:

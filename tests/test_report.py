@@ -13,10 +13,12 @@ import json
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import load_plan, missing, python_m, write_plan
+from helpers import load_plan, python_m, write_plan
+from test_site_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 from monitor.cli import main
 from monitor.judge import ServiceState, judge, thresholds_for, with_incident_id
@@ -37,6 +39,9 @@ from monitor.report import (
 )
 from monitor.report_formats import as_csv, as_html, as_json, as_text
 from monitor.store import PendingObservation, Store
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MINUTE = timedelta(minutes=1)
@@ -350,36 +355,25 @@ def test_bad_input_exits_2_with_a_sentence(tmp_path: Path) -> None:
     assert all("Traceback" not in r.stderr for r in (nowhere, result, empty, backwards, cover))
 
 
-def test_html_prints_on_a4_one_page_per_channel_without_requests(setup: tuple) -> None:
+def test_html_prints_on_a4_one_page_per_channel_without_requests(
+    browser: Browser,  # noqa: F811  (the fixture imported above)
+    setup: tuple,
+) -> None:
     """Printed by the real Chromium: A4 pages, the summary then one page per channel (the
     hand-made report is short enough that each fits one page), and not one request."""
-    from test_site_browser import CHROMIUM_FLAGS, chromium_path
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright's Python package is not installed")
-    executable = chromium_path()
-    if executable is None:
-        missing("Debian's chromium is not installed (apt-get install chromium)")
     plan, db = setup
     page_html = as_html(report_of(plan, db))
     requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.on("request", lambda request: requests.append(request.url))
-            page.set_content(page_html, wait_until="load")
-            pdf = page.pdf(prefer_css_page_size=True)
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.on("request", lambda request: requests.append(request.url))
+        page.set_content(page_html, wait_until="load")
+        pdf = page.pdf(prefer_css_page_size=True)
+    finally:
+        page.close()
     assert [url for url in requests if not url.startswith("data:")] == []
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == 1 + len(plan.config.channels)
-    boxes = {
-        tuple(float(v) for v in box.split())
-        for box in re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf)
-    }
+    boxes = set(re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf))
     assert len(boxes) == 1
-    [(_, _, width, height)] = boxes
+    [_, _, width, height] = [float(v) for v in boxes.pop().split()]
     assert (round(width / 72 * 25.4), round(height / 72 * 25.4)) == (210, 297)  # mm
