@@ -443,13 +443,18 @@ def build_report(
     split = min(max(boundary, start), end)
     used = "raw" if split <= start else "hourly" if split >= end else "mixed"
     incidents = _incidents(db, start, end, now)
+    #: Services with the same default and rules are planned alike: their pieces are shared.
+    alike: dict[tuple, list[Piece]] = {}
     channels = []
     for channel in plan.config.channels:
         lines = []
         for service in channel.services:
             ref = plan.service(channel.id, service.id)
             times = Times()
-            pieces = plan_pieces(plan, ref, start, end)
+            group = (service.default, service.expect)
+            pieces = alike.get(group)
+            if pieces is None:
+                pieces = alike[group] = plan_pieces(plan, ref, start, end)
             _planned(pieces, times)
             # Whatever the store holds counts, probe or not: a plan that lost a probe (or the
             # demo, which probes schedule-only services too) still has its history.
