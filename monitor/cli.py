@@ -335,14 +335,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         db = open_readonly(db_path)
         try:
-            report = build_report(plan, db, start, end, cover=cover, resolution=args.resolution)
+            result = build_report(plan, db, start, end, cover=cover, resolution=args.resolution)
         finally:
             db.close()
     except ReportError as exc:
         raise UsageError(str(exc)) from None
     except sqlite3.Error as exc:
         raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
-    print(render(report, args.format))
+    print(render(result, args.format))
     return EXIT_OK
 
 
