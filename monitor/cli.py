@@ -1,4 +1,5 @@
-"""The `channel-monitor` command: validate, plan, check, run, render, demo.
+"""The `channel-monitor` command: validate, plan (and plan diff), check, run, render, report,
+demo, alerts test.
 
 Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
 the user can cause is printed as a sentence, never as a traceback.
@@ -59,10 +60,15 @@ def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
     text = getattr(args, name, None)
     if not text:
         return RealClock().now()
+    return parse_option(text, plan, f"--{name.rstrip('_').replace('_', '-')}")
+
+
+def parse_option(text: str, plan: Plan, option: str) -> datetime:
+    """An instant from the command line (naive: the plan's zone); bad input names the option."""
     try:
         return parse_instant(text, plan.zone)
     except ValueError as exc:
-        raise UsageError(f"--{name.rstrip('_').replace('_', '-')}: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def local(plan: Plan, value: str | None) -> str:
@@ -152,6 +158,34 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
         )
     print(render_table(["at", "channel", "service", "change", "period"], rows))
     return EXIT_OK
+
+
+def cmd_plan_diff(args: argparse.Namespace) -> int:
+    """Compare two plan files; both are validated first and every error of either is listed."""
+    from monitor.diff import as_json, as_text, default_range, diff_plans
+
+    plans, problems = [], []
+    for path in (args.old, args.new):
+        try:
+            plans.append(load_plan(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    old, new = plans
+    start, end = default_range(old.config, new.config, RealClock().now())
+    if args.diff_from:
+        start = parse_option(args.diff_from, new, "--from")
+    if args.diff_until:
+        end = parse_option(args.diff_until, new, "--until")
+    if end <= start:
+        raise UsageError("--until must be after --from")
+    result = diff_plans(old, new, start, end)
+    if args.diff_format == "json":
+        print(json.dumps(as_json(result), ensure_ascii=False, indent=2))
+    else:
+        print(as_text(result))
+    return EXIT_OK if result.same_expectations else EXIT_MISMATCH
 
 
 # --- check ---------------------------------------------------------------------------------
@@ -280,6 +314,43 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- report --------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Planned against observed from the store, read-only; every format to standard output."""
+    import sqlite3
+
+    from monitor.config import parse_duration
+    from monitor.report import ReportError, build_report, open_readonly
+    from monitor.report_formats import render
+
+    plan = load_plan(args.config)
+    db_path = Path(args.db) if args.db else config_dir(args) / "monitor.db"
+    start = parse_option(args.from_, plan, "--from") if args.from_ else None
+    end = parse_option(args.until, plan, "--until") if args.until else None
+    cover = None
+    if args.cover:
+        try:
+            cover = parse_duration(args.cover)
+        except ValueError as exc:
+            raise UsageError(f"--cover: {exc}") from None
+        if cover.total_seconds() <= 0:
+            raise UsageError("--cover: expected a duration above zero")
+    try:
+        db = open_readonly(db_path)
+        try:
+            result = build_report(plan, db, start, end, cover=cover, resolution=args.resolution)
+        finally:
+            db.close()
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
+    print(render(result, args.format))
+    return EXIT_OK
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -367,6 +438,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(channel-monitor plan --example > channels.toml)",
     )
     p.set_defaults(func=cmd_plan)
+    actions = p.add_subparsers(dest="plan_action", metavar="ACTION")
+    d = actions.add_parser(
+        "diff", help="what changing the plan OLD to NEW changes (exit 1 if expectations differ)"
+    )
+    d.add_argument("old", metavar="OLD", help="the plan file in force")
+    d.add_argument("new", metavar="NEW", help="the changed plan file")
+    d.add_argument(
+        "--from",
+        dest="diff_from",
+        metavar="T",
+        help="start (default: a day before the first instant either plan names)",
+    )
+    d.add_argument(
+        "--until",
+        dest="diff_until",
+        metavar="T",
+        help="end, exclusive (default: a day after the last instant either plan names)",
+    )
+    d.add_argument("--format", dest="diff_format", choices=["table", "json"], default="table")
+    d.set_defaults(func=cmd_plan_diff)
 
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
     p.add_argument("--at", help="judge against the plan at this instant; default now")
@@ -389,6 +480,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument("--at", help="render the page as of this instant; default now")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "report", parents=[common], help="planned against observed per service and channel"
+    )
+    p.add_argument(
+        "--db", help="SQLite store, opened read-only (default: monitor.db beside the config)"
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="T", help="start (default: the first stored hour)"
+    )
+    p.add_argument(
+        "--until", metavar="T", help="end, exclusive (default: the end of the last stored hour)"
+    )
+    p.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
+    p.add_argument(
+        "--cover",
+        metavar="DURATION",
+        help="how long one observation stands at most (default: twice the service's interval)",
+    )
+    p.add_argument(
+        "--resolution",
+        choices=["auto", "raw", "hourly"],
+        default="auto",
+        help="raw observations where kept, else hourly rollups (auto); or force one",
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="replay the 2022 cutover on simulated channels")
     p.add_argument(  # not `common`'s: its default would change for every command

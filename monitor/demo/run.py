@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from monitor.clock import ReplayClock
-from monitor.config import PlanConfig, Probe
+from monitor.config import PlanConfig, Probe, format_duration
 from monitor.daemon import Daemon
 from monitor.plan import Plan
-from monitor.table import render_table
+from monitor.report import build_report, open_readonly
+from monitor.report_formats import as_text
 
 from .faults import scripted_faults
-from .replay import Cadence, Replay, summary_rows
+from .replay import Cadence, Replay
 from .simulator import MAINTENANCE_PATTERN, SimulatorProcess
 
 BEIJING_OFFSET = "+08:00"
@@ -42,6 +43,21 @@ def simulated(config: PlanConfig, base_url: str) -> PlanConfig:
             services.append(service.model_copy(update={"probe": probe}))
         channels.append(channel.model_copy(update={"services": tuple(services)}))
     return config.model_copy(update={"channels": tuple(channels)})
+
+
+def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str:
+    """The demo's closing table: `channel-monitor report` on the replay's own store.
+
+    The replay probes every `cadence.quiet` through quiet stretches, so an observation stands
+    for up to that long here (in production twice the probe interval): the report then counts
+    the same down time the story tells.
+    """
+    store = open_readonly(db)
+    try:
+        report = build_report(plan, store, REPLAY_START, end, cover=cadence.quiet)
+    finally:
+        store.close()
+    return as_text(report)
 
 
 @dataclass
@@ -116,17 +132,20 @@ async def run_demo(options: DemoOptions) -> Replay:
             if replay.stopped:
                 reached = clock.now().astimezone(probed.zone)
                 print(f"interrupted at {reached:%m-%d %H:%M}: the summary covers the replay so far")
-            print(
-                render_table(
-                    ["channel", "service", "planned down", "observed down", "incidents"],
-                    summary_rows(replay),
-                )
-            )
-            print()
+            end = REPLAY_END if not replay.stopped else clock.now()
+            if end > REPLAY_START:
+                print(closing_report(plan, db, end, options.cadence))
+                print()
             print(
                 f"replayed in {elapsed:.1f} s: {simulator.requests.value} probes, "
                 f"{len(replay.incidents)} incident(s); site written to {options.site}"
             )
+            if options.db is not None:
+                print(
+                    f"the same report again: channel-monitor report --db {options.db} "
+                    f"--from {REPLAY_START:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
+                    f"--cover {format_duration(options.cadence.quiet)}"
+                )
             if options.serve and options.linger and not replay.stopped:
                 print(f"serving http://{daemon.host}:{daemon.port}/ until Ctrl-C")
                 await stop.wait()
