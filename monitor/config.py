@@ -180,6 +180,30 @@ class MonitorSettings(_Model):
         return ZoneInfo(self.timezone)
 
 
+class SiteSettings(_Model):
+    """The `[site]` table: where the published page lives. With `base_url`, the page's language
+    links, the feeds' links and the calendar's URLs are absolute (search engines and feed
+    readers want them so); without it they stay relative, and the folder can be served
+    anywhere."""
+
+    base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_folder(cls, data: object) -> object:
+        # Checked on the table, not the field, so the error does not quote the value: a URL
+        # given by mistake with a user and password in it stays out of the message.
+        value = data.get("base_url") if isinstance(data, dict) else None
+        host = r"(?:[^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+        if isinstance(value, str) and not re.fullmatch(rf"https?://{host}/(?:[^\s?#]*/)?", value):
+            raise ValueError(
+                "base_url: expected an absolute http:// or https:// URL of the page's folder, "
+                'ending in "/", without user, query or fragment, e.g. '
+                '"https://status.example.gov.cn/" (the value is not repeated here)'
+            )
+        return data
+
+
 # --- periods ---------------------------------------------------------------------------------
 
 
@@ -419,6 +443,7 @@ class PlanConfig(_Model):
     """Everything in `channels.toml`."""
 
     monitor: MonitorSettings = MonitorSettings()
+    site: SiteSettings = SiteSettings()
     periods: dict[str, Period] = {}
     milestones: tuple[Milestone, ...] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]

@@ -41,26 +41,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from monitor.config import Probe, format_duration
+from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
 
 DEFAULT_BODY_CAP = 256 * 1024
 MAX_REDIRECTS = 10
 USER_AGENT = "channel-monitor/0.1 (+status probe)"
-
-REASON_PHRASES = (
-    "HTTP",
-    "response slower than",
-    "body matches maintenance notice",
-    "body does not match",
-    "timeout after",
-    "connection refused",
-    "connection reset",
-    "DNS lookup failed",
-    "TLS certificate expired",
-    "TLS certificate not trusted",
-    "TLS handshake failed",
-    "too many redirects",
-    "connection failed",
-)
 
 _X509_EXPIRED = 10
 

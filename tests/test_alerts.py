@@ -26,7 +26,7 @@ from monitor import alerts
 from monitor.alerts import dingtalk, feishu, outbox, webhook, wecom
 from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.base import Sink, SinkError
-from monitor.alerts.message import Alert, reason_zh
+from monitor.alerts.message import Alert, reason_en, reason_zh
 from monitor.alerts.sender import AlertSender, alert_for, backoff, build_sink
 from monitor.cli import main
 from monitor.clock import ReplayClock
@@ -229,7 +229,8 @@ def test_message_states_direction_plainly_in_chinese_then_english() -> None:
     up = opened_alert("unexpected_up").text()
     assert up.startswith("【应停未停】湖北政务服务网 · 社保缴费")
     assert "计划：应停止服务（时段：系统切换冻结期）" in up
-    assert "观测：仍在提供服务（HTTP 200）" in up
+    assert "观测：仍在提供服务（服务器返回 HTTP 200）" in up
+    assert "Observed: serving (server answered HTTP 200)" in up
     assert "开始：2022-06-22 18:10:05（Asia/Shanghai）" in up
     assert up.index("应停未停") < up.index("[UP WHILE EXPECTED DOWN]")
     down = opened_alert("unexpected_down").text()
@@ -244,9 +245,13 @@ def test_message_states_direction_plainly_in_chinese_then_english() -> None:
     assert "probe.example.test" not in up + down + resolved
 
 
-def test_reason_translation() -> None:
-    assert reason_zh("timeout after 10s") == "超时，等待 10s"
-    assert reason_zh("HTTP 503") == "HTTP 503"
+def test_reason_translation_is_the_tables() -> None:
+    # The page's words (tests/test_reasons.py), not a second set that drifts.
+    assert reason_zh("timeout after 10s") == "10s 内无响应"
+    assert reason_zh("connection reset") == "连接被中断"
+    assert reason_en("connection reset") == "connection dropped"
+    # Operators read the private tail the page leaves out; unknown text reaches them as it is.
+    assert reason_zh("not configured: set WECOM_KEY") == "未配置：请设置 WECOM_KEY"
     assert reason_zh("something new") == "something new"
 
 
@@ -274,7 +279,7 @@ async def test_wecom_markdown_payload() -> None:
     assert content.startswith(
         '### <font color="warning">【应停未停】湖北政务服务网 · 社保缴费</font>\n'
     )
-    assert "> 观测：仍在提供服务（HTTP 200）" in content
+    assert "> 观测：仍在提供服务（服务器返回 HTTP 200）" in content
     assert "**[UP WHILE EXPECTED DOWN] Hubei government services portal / social" in content
     assert len(content.encode()) <= 4096
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from monitor import reasons
+
 #: The two directions in plain words; the Chinese ones are what operators say.
 DIRECTION_ZH = {"unexpected_up": "应停未停", "unexpected_down": "应开未开"}
 DIRECTION_EN = {
@@ -21,30 +23,16 @@ DIRECTION_EN = {
 EXPECTED_ZH = {"up": "应正常服务", "down": "应停止服务", "any": "不作要求"}
 EXPECTED_EN = {"up": "expected up", "down": "expected down", "any": "no expectation"}
 
-#: Probe reasons start with a fixed English phrase (monitor/probe.py); these are their Chinese.
-REASON_ZH = (
-    ("HTTP", "HTTP"),
-    ("response slower than", "响应慢于"),
-    ("body matches maintenance notice", "页面显示维护公告"),
-    ("body does not match", "页面内容不符合预期"),
-    ("timeout after", "超时，等待"),
-    ("connection refused", "连接被拒绝"),
-    ("connection reset", "连接被重置"),
-    ("DNS lookup failed", "域名解析失败"),
-    ("TLS certificate expired", "TLS 证书已过期"),
-    ("TLS certificate not trusted", "TLS 证书不受信任"),
-    ("TLS handshake failed", "TLS 握手失败"),
-    ("too many redirects", "重定向次数过多"),
-    ("connection failed", "连接失败"),
-)
-
 
 def reason_zh(reason: str) -> str:
-    """The Chinese of a probe reason (`connection refused` -> `连接被拒绝`)."""
-    for phrase, chinese in REASON_ZH:
-        if reason.startswith(phrase):
-            return chinese + reason[len(phrase) :]
-    return reason
+    """The Chinese of a probe reason (`connection refused` -> `连接被拒绝`), from the one table
+    in `monitor.reasons`; a reason it lacks is passed on as it is (operators read alerts)."""
+    return reasons.describe(reason, "zh") or reason
+
+
+def reason_en(reason: str) -> str:
+    """The English of a probe reason, from the same table as the Chinese."""
+    return reasons.describe(reason, "en") or reason
 
 
 def iso(value: datetime) -> str:
@@ -182,7 +170,7 @@ class Alert:
             return [
                 f"Incident: {direction}, resolved",
                 f"Plan: {expected}{period}",
-                f"Last observation: {self.reason}",
+                f"Last observation: {reason_en(self.reason)}",
                 f"Opened: {self.local(self.opened_at)}",
                 f"Resolved: {self.local(self.resolved_at)} (lasted {self.duration()})",
                 f"Incident #{self.incident}",
@@ -191,7 +179,7 @@ class Alert:
         return [
             f"Incident: {direction}",
             f"Plan: {expected}{period}",
-            f"Observed: {observed} ({self.reason})",
+            f"Observed: {observed} ({reason_en(self.reason)})",
             f"Since: {self.local(self.opened_at)} ({self.timezone})",
             f"Incident #{self.incident}",
         ]

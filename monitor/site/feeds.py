@@ -12,11 +12,13 @@ with their empty values, so strict clients find every key.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
+from monitor import reasons
 from monitor.plan import Plan, ServiceRef, period_active, period_boundaries
 from monitor.site.model import Maintenance, Model, ServiceView, milestone_start
-from monitor.site.words import WORDS, reason_text
+from monitor.site.words import WORDS
 from monitor.store import IncidentRecord
 
 PAGE_ID = "channel-monitor"
@@ -38,6 +40,31 @@ _INDICATOR_TEXT = {
 }
 
 
+#: What XML 1.0 forbids (C0 controls but tab, LF and CR; surrogates; U+FFFE, U+FFFF), and the
+#: C1 controls, which HTML forbids in text: none belongs in a name, and one makes a feed or badge
+#: unreadable to every strict parser.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+#: Whether a text holds a character `xml_text` drops (a search is cheaper than a rebuild).
+has_not_xml = _NOT_XML.search
+
+
+def xml_text(value: str) -> str:
+    """Text with the characters XML 1.0 forbids dropped: every page, feed and badge writes
+    its text through this (the templates through their environment's `finalize`)."""
+    return _NOT_XML.sub("", value)
+
+
+def link(model: Model, path: str, relative: str | None = None) -> str:
+    """The address of `path` (relative to the site's folder) as the files write it: absolute
+    under the plan's `[site] base_url` when it has one, else `relative` (default: `path`)."""
+    base = model.plan.config.site.base_url
+    if base:
+        return base + path
+    return path if relative is None else relative
+
+
 def iso(at: datetime | None, zone: tzinfo) -> str | None:
     """An instant in the plan's zone with its offset, to the millisecond (Statuspage style)."""
     if at is None:
@@ -46,10 +73,11 @@ def iso(at: datetime | None, zone: tzinfo) -> str | None:
 
 
 def safe_reason(reason: str | None) -> str | None:
-    """The probe's reason phrase if it is one of the fixed phrases, else `other`."""
+    """The probe's reason phrase if it is one of the fixed phrases (its private tail left out),
+    else `other`."""
     if not reason:
         return None
-    return reason if reason_text(reason, "en") != "other reason" else "other"
+    return reasons.public_phrase(reason) or "other"
 
 
 # --- Statuspage --------------------------------------------------------------------------------
@@ -97,7 +125,7 @@ def page(model: Model) -> dict:
     return {
         "id": PAGE_ID,
         "name": config.title,
-        "url": "/",
+        "url": link(model, "", "/"),
         "time_zone": model.plan.zone.key,
         "updated_at": iso(model.at, model.plan.zone),
     }
@@ -224,7 +252,9 @@ def _incident(model: Model, record: IncidentRecord, by_id: dict[str, dict], zone
         "monitoring_at": None,
         "resolved_at": iso(record.resolved_at, zone),
         "impact": "major" if down else "minor",
-        "shortlink": f"/index.html#incident-{record.id}",
+        "shortlink": link(
+            model, f"index.html#incident-{record.id}", f"/index.html#incident-{record.id}"
+        ),
         "started_at": iso(record.opened_at, zone),
         "page_id": PAGE_ID,
         "incident_updates": updates,
@@ -273,11 +303,17 @@ def scheduled(model: Model, by_id: dict[str, dict], states: tuple[str, ...]) -> 
         state = item.status(model.at)
         if state not in states:
             continue
-        out.append(_maintenance(item, state, by_id, zone))
+        out.append(
+            _maintenance(
+                item, state, by_id, zone, model.at, link(model, "index.html", "/index.html")
+            )
+        )
     return out
 
 
-def _maintenance(item: Maintenance, state: str, by_id: dict[str, dict], zone) -> dict:
+def _maintenance(
+    item: Maintenance, state: str, by_id: dict[str, dict], zone, at: datetime, shortlink: str
+) -> dict:
     period = item.period
     title = (period.title or period.id) if period else "按计划暂停"
     title_en = (period.title_en or period.id) if period else "Planned pause"
@@ -307,12 +343,12 @@ def _maintenance(item: Maintenance, state: str, by_id: dict[str, dict], zone) ->
         "id": item.id,
         "name": title,
         "status": state,
-        "created_at": iso(item.start, zone),
-        "updated_at": iso(item.start, zone),
+        "created_at": iso(item.announced, zone),
+        "updated_at": iso(item.changed(at), zone),
         "monitoring_at": None,
         "resolved_at": iso(item.end, zone) if state == "completed" else None,
         "impact": "maintenance",
-        "shortlink": "/index.html",
+        "shortlink": shortlink,
         "started_at": iso(item.start, zone),
         "page_id": PAGE_ID,
         "incident_updates": [update],
@@ -457,12 +493,15 @@ MAX_OCCURRENCES = 200
 
 
 def _ics_text(value: str) -> str:
+    # RFC 5545 TEXT allows no control characters either.
     return (
-        value.replace("\\", "\\\\")
+        xml_text(value)
+        .replace("\\", "\\\\")
         .replace(";", "\\;")
         .replace(",", "\\,")
         .replace("\r\n", "\\n")
         .replace("\n", "\\n")
+        .replace("\r", "\\n")
     )
 
 
@@ -558,6 +597,9 @@ def calendar(model: Model) -> str:
     plan, zone = model.plan, model.plan.zone
     lo, hi = model.at - timedelta(days=400), model.at + timedelta(days=400)
     stamp = model.at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = plan.config.site.base_url
+    # Only with a base address: an iCalendar URI must be absolute (RFC 5545 3.3.13).
+    url = [f"URL;VALUE=URI:{base}index.html"] if base else []
     events: list[list[str]] = []
     instants: list[datetime] = [model.at]
     for period in plan.config.periods.values():
@@ -577,6 +619,7 @@ def calendar(model: Model) -> str:
                     f"SUMMARY:{_ics_text(title)}",
                     "CATEGORIES:PERIOD",
                     "TRANSP:TRANSPARENT",
+                    *url,
                 ]
             )
     for index, ms in enumerate(plan.config.milestones):
@@ -601,7 +644,7 @@ def calendar(model: Model) -> str:
         detail = "\n".join(d for d in (ms.detail, ms.detail_en) if d)
         if detail:
             lines.append(f"DESCRIPTION:{_ics_text(detail)}")
-        lines += ["CATEGORIES:MILESTONE", "TRANSP:TRANSPARENT"]
+        lines += ["CATEGORIES:MILESTONE", "TRANSP:TRANSPARENT", *url]
         events.append(lines)
     out = [
         "BEGIN:VCALENDAR",
@@ -611,6 +654,7 @@ def calendar(model: Model) -> str:
         "METHOD:PUBLISH",
         f"X-WR-CALNAME:{_ics_text(plan.config.monitor.title)}",
         f"X-WR-TIMEZONE:{zone.key}",
+        *([f"SOURCE;VALUE=URI:{base}calendar.ics", *url] if base else []),
         *vtimezone(zone, min(instants) - timedelta(days=1), max(instants) + timedelta(days=1)),
     ]
     for lines in events:

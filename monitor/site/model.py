@@ -215,6 +215,8 @@ class Maintenance:
     start: datetime
     end: datetime | None
     services: tuple[ServiceRef, ...]
+    #: Whether it began before the span looked at, at an instant not worked out.
+    began_earlier: bool = False
 
     def status(self, at: datetime) -> str:
         if at < self.start:
@@ -225,8 +227,29 @@ class Maintenance:
 
     @property
     def id(self) -> str:
+        """Stable across renders and unique among the pauses of one render: one period can
+        pause services from one instant to several ends (the freeze, with certificate printing
+        reopening early), so the end is part of it; a start before the span looked at (which
+        moves with every render) is written `before`."""
+
+        def stamp(at: datetime | None, unknown: str) -> str:
+            return unknown if at is None else at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
         name = self.period.id if self.period else "default"
-        return f"{name}-{self.start.strftime('%Y%m%dT%H%M%SZ')}"
+        start = stamp(None if self.began_earlier else self.start, "before")
+        return f"{name}-{start}-{stamp(self.end, 'open')}"
+
+    @property
+    def announced(self) -> datetime:
+        """When the page first lists it: `LOOKAHEAD` before it starts (its start when that is
+        not known)."""
+        return self.start if self.began_earlier else self.start - LOOKAHEAD
+
+    def changed(self, at: datetime) -> datetime:
+        """Its last change as of `at` (listed, started, ended): never after `at`, and the same
+        in every render between two changes, so a feed entry is not dated in the future."""
+        marks = (self.announced, self.start, self.end)
+        return max((t for t in marks if t is not None and t <= at), default=at)
 
 
 @dataclass(frozen=True)
@@ -481,7 +504,7 @@ def maintenances(
                 start = period.start  # the pause began before the span looked at
             found.setdefault((seg.period, start, seg.end), []).append(ref)
     out = [
-        Maintenance(plan.config.periods.get(p or ""), start, end, tuple(refs))
+        Maintenance(plan.config.periods.get(p or ""), start, end, tuple(refs), start == lo)
         for (p, start, end), refs in found.items()
     ]
     out.sort(key=lambda m: (m.start, -len(m.services), m.id))

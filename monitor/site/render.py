@@ -44,6 +44,15 @@ _PHASE_STATE = {
 }
 
 
+def _finalize(value: object) -> object:
+    """Every value a template writes, with the characters XML 1.0 forbids dropped (a name
+    holding `\\v` would otherwise make the feed and the badges ill-formed)."""
+    if isinstance(value, str) and feeds.has_not_xml(value):  # rare: search, then rebuild
+        text = feeds.xml_text(value)
+        return Markup(text) if isinstance(value, Markup) else text
+    return value
+
+
 def environment() -> Environment:
     return Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -51,6 +60,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=StrictUndefined,
+        finalize=_finalize,
     )
 
 
@@ -170,6 +180,8 @@ def page(model: Model, code: str) -> str:
         L=lang,
         w=lang.w,
         root="" if code == "zh" else "../",
+        # Search engines want the language alternates absolute; without a base, relative.
+        alternates=feeds.link(model, "", "" if code == "zh" else "../"),
         other_href="en/index.html" if code == "zh" else "../index.html",
         title=pick(config.title, config.title_en, code),
         headline=sentences,
@@ -185,6 +197,10 @@ def page(model: Model, code: str) -> str:
         channel_notes=[c for c in model.plan.config.channels if c.note],
     )
     return _compact(html)
+
+
+#: A planned pause's state in the feed's titles, so a reader sees the change that dated it.
+_PAUSE_STATE = {"scheduled": "已安排", "in_progress": "进行中", "completed": "已结束"}
 
 
 def atom(model: Model) -> str:
@@ -217,12 +233,13 @@ def atom(model: Model) -> str:
         names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
         lang = Lang("zh", zone, model.at)
         end = lang.when_text(item.end, True) if item.end else "待定"
+        state = _PAUSE_STATE[item.status(model.at)]
         entries.append(
             {
-                "title": f"{title}：{lang.when_text(item.start, True)} – {end}",
+                "title": f"{title}：{lang.when_text(item.start, True)} – {end}（{state}）",
                 "id": _urn("maintenance", item.id),
-                "published": feeds.iso(item.start, zone),
-                "updated": feeds.iso(item.start, zone),
+                "published": feeds.iso(item.announced, zone),
+                "updated": feeds.iso(item.changed(model.at), zone),
                 "category": "planned",
                 "content": f"按计划暂停：{names}（共 {len(item.services)} 项）。",
             }
@@ -234,6 +251,8 @@ def atom(model: Model) -> str:
         subtitle=WORDS["zh"]["incidents"],
         feed_id=_urn("feed", config.title),
         updated=feeds.iso(model.at, zone),
+        home=feeds.link(model, "index.html"),
+        self_href=feeds.link(model, "history.atom"),
         entries=entries,
     )
 

@@ -1,18 +1,19 @@
 """The page's words in Chinese and English, and how it writes instants, dates and reasons.
 
 Every instant is written 24-hour and zero-padded, with its zone (`北京时间` / `UTC+8`), inside a
-`<time datetime>` element. Probe reasons are translated from the fixed phrases of
-`monitor.probe`; anything else becomes a generic phrase, so no text from a probe's answer can
+`<time datetime>` element. Probe reasons are translated through the one table of
+`monitor.reasons`; anything else becomes a generic phrase, so no text from a probe's answer can
 reach the page.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 
 from markupsafe import Markup, escape
+
+from monitor import reasons
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
 BEIJING_ZONES = frozenset(
@@ -201,45 +202,16 @@ WORDS: dict[str, dict[str, str]] = {
     },
 }
 
-_DURATION = r"\d+(?:ms|s|m|h|d)(?:\d+(?:ms|s|m|h|d))*"
-_REASONS: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"HTTP (\d{3})"), "服务器返回 HTTP {0}", "server answered HTTP {0}"),
-    (
-        re.compile(rf"response slower than ({_DURATION})"),
-        "响应慢于 {0}",
-        "response slower than {0}",
-    ),
-    (
-        re.compile(r"body matches maintenance notice"),
-        "页面显示维护公告",
-        "the page shows a maintenance notice",
-    ),
-    (
-        re.compile(r"body does not match"),
-        "页面内容不是正常办理页面",
-        "the page is not the usual service page",
-    ),
-    (re.compile(rf"timeout after ({_DURATION})"), "{0} 内无响应", "no answer within {0}"),
-    (re.compile(r"connection refused"), "连接被拒绝", "connection refused"),
-    (re.compile(r"connection reset"), "连接被中断", "connection dropped"),
-    (re.compile(r"DNS lookup failed"), "域名解析失败", "the name does not resolve"),
-    (re.compile(r"TLS certificate expired"), "证书已过期", "certificate expired"),
-    (re.compile(r"TLS certificate not trusted"), "证书不受信任", "certificate not trusted"),
-    (re.compile(r"TLS handshake failed"), "加密连接失败", "secure connection failed"),
-    (re.compile(r"too many redirects"), "重定向次数过多", "too many redirects"),
-    (re.compile(r"connection failed(?: \(\w+\))?"), "连接失败", "connection failed"),
-]
-
 
 def reason_text(reason: str | None, lang: str) -> str:
-    """A probe reason in the page's language; unknown text never passes through."""
+    """A probe reason in the page's language (from `monitor.reasons`, without the parts
+    citizens must not read); unknown text never passes through."""
     if not reason:
         return ""
-    for pattern, zh, en in _REASONS:
-        match = pattern.fullmatch(reason.strip())
-        if match:
-            return (zh if lang == "zh" else en).format(*match.groups())
-    return "其他原因" if lang == "zh" else "other reason"
+    text = reasons.describe(reason, lang, public=True)
+    if text is None:
+        return "其他原因" if lang == "zh" else "other reason"
+    return text
 
 
 def zone_label(at: datetime, zone: tzinfo, lang: str) -> str:
