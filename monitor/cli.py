@@ -13,13 +13,14 @@ import gc
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.clock import RealClock, parse_instant
-from monitor.config import ConfigError, load_config
+from monitor.config import ConfigError, ObservedBy, load_config
 from monitor.daemon import DEFAULT_PORT
 from monitor.plan import Plan, report
 from monitor.table import render_table
@@ -89,7 +90,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.config}: OK: {len(config.channels)} channels, {len(plan.services)} services "
         f"({probed} probed), {len(config.periods)} periods, {len(config.milestones)} milestones"
     )
+    unset = coverage(plan)
+    if unset and args.strict:
+        print(
+            f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
+            "set them or remove the references / 有环境变量未设置",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def coverage(plan: Plan) -> dict[str, int]:
+    """Print how the plan's services are observed, kind by kind, and which environment
+    variables are unset; return those variables with how many services each keeps unobserved.
+    """
+    kinds = dict.fromkeys(typing.get_args(ObservedBy), 0)
+    unset: dict[str, int] = {}
+    for ref in plan.services:
+        kinds[ref.service.observed_by] += 1
+        for name in ref.service.unset:
+            unset[name] = unset.get(name, 0) + 1
+    counts = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+    print(f"coverage 观测方式: {counts} (schedule = not observed 仅按计划)")
+    if unset:
+        waiting = sum(1 for ref in plan.services if ref.service.unset)
+        names = ", ".join(
+            f"{name} ({count} service{'s' if count != 1 else ''})" for name, count in unset.items()
+        )
+        print(
+            f"not configured 未配置: {waiting} service(s) stay unknown until these environment "
+            f"variables are set 设置以下环境变量之前这些服务判定为 unknown: {names}"
+        )
+    return unset
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -192,17 +225,23 @@ def cmd_plan_diff(args: argparse.Namespace) -> int:
 
 
 async def check(plan: Plan, at: datetime) -> dict:
-    """Probe every probed service once, concurrently, and judge each single observation
-    against the expectation at `at`. The whole run takes about one timeout."""
+    """Observe every probed service once, concurrently, with the prober of its kind, and judge
+    each single observation against the expectation at `at`. The whole run takes about one
+    timeout. Services observed by push or not at all have no observation here."""
     from monitor.judge import Verdict, single_verdict
-    from monitor.probe import Prober
+    from monitor.pipeline import make_probers, observe
 
     data = report(plan, at)
-    async with Prober() as prober:
+    probers = make_probers()
+    try:
         probed = [ref for ref in plan.services if ref.service.probe is not None]
+        now = RealClock().now()
         observations = await asyncio.gather(
-            *(prober.probe(ref.service.probe, plan.timeout(ref)) for ref in probed)
+            *(observe(probers, ref, plan.timeout(ref), now) for ref in probed)
         )
+    finally:
+        for prober in probers.values():
+            await prober.close()
     by_key = {ref.key: obs for ref, obs in zip(probed, observations, strict=True)}
     for entry in data["services"]:
         ref = plan.service(entry["channel"], entry["service"])
@@ -228,6 +267,9 @@ async def check(plan: Plan, at: datetime) -> dict:
     return data
 
 
+_SEEN = {True: "serving", False: "not serving", None: "unknown"}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
     data = asyncio.run(check(plan, instant(args, plan)))
@@ -238,9 +280,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         rows = []
         for s in data["services"]:
             observed = s["observed"]
-            seen = (
-                "-" if observed is None else ("serving" if observed["serving"] else "not serving")
-            )
+            seen = "-" if observed is None else _SEEN[observed["serving"]]
             reason = "" if observed is None else observed["reason"]
             rows.append(
                 [s["channel_name"], s["service_name"], s["expected"], seen, reason, s["verdict"]]
@@ -258,7 +298,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
 
-    plan = load_plan(args.config)
+    plan = Plan(load_config(args.config, alerts=not args.no_alerts))
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -275,6 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         site_dir=Path(args.site) if args.site else home / "site",
         host=host,
         port=port,
+        alerts=not args.no_alerts,
     )
     gc.collect()
     gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
@@ -423,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", parents=[common], help="check the plan file, list every error")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 while any ${NAME} a probe or push needs is unset",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", parents=[common], help="what the plan expects of every service")
@@ -471,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         default=f"127.0.0.1:{DEFAULT_PORT}",
         help=f"HOST:PORT for /healthz, /metrics and the page (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--no-alerts",
+        action="store_true",
+        help="send no alerts and ignore [[alerts]]: one location of several, judged centrally "
+        "through Prometheus",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)

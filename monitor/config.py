@@ -8,6 +8,7 @@ who edit the plan are civil servants, not Python programmers, so no traceback re
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -25,9 +26,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,6 +40,8 @@ from pydantic import (
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+#: `${NAME}`: a value read from the environment of channel-monitor.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = (
@@ -174,6 +179,8 @@ class MonitorSettings(_Model):
     grace: Duration = timedelta(minutes=5)
     failure_threshold: StrictInt = Field(default=2, ge=1)
     success_threshold: StrictInt = Field(default=2, ge=1)
+    #: The Chromium binary for browser probes; default `chromium` (or `chromium-browser`) on PATH.
+    chromium: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -334,28 +341,214 @@ class Rule(_Model):
     state: State
 
 
-class Probe(_Model):
-    """How to ask one service whether it is serving. Never shown anywhere outside the process."""
+#: How a service can be observed (DESIGN.md's "kind"); `schedule` means not at all.
+ObservedBy = Literal["http", "browser", "prometheus", "push", "schedule"]
+#: The kinds a `[channels.services.probe]` table may name; `http` when `kind` is absent.
+PROBE_KINDS = ("http", "browser", "prometheus")
+_URL_PATTERN = r"^(https?://\S+|.*\$\{[A-Za-z_][A-Za-z0-9_]*\}.*)$"
+_COMPARISON = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    headers: dict[str, str] = {}
+
+def _probe_environment(value: object, info: ValidationInfo) -> object:
+    """Replace each `${NAME}` whose variable is set; leave the others as written.
+
+    Unlike a sink's, a probe's or a push's unset variable is not an error: the service stays in
+    the plan, not configured (`Service.unset`), so a plan can ship before every address is known.
+    """
+    if not isinstance(value, str):
+        return value
+    env = (info.context or {}).get("env")
+    env = os.environ if env is None else env
+    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1)) or m.group(0), value)
+
+
+ProbeEnv = BeforeValidator(_probe_environment)
+#: An http(s) URL, or one still holding an unset `${NAME}` (checked once the variable is set).
+ProbeUrl = Annotated[str, ProbeEnv, Field(pattern=_URL_PATTERN)]
+Headers = dict[str, Annotated[str, ProbeEnv]]
+
+
+def _unset_names(*values: object) -> tuple[str, ...]:
+    """The `${NAME}` references left in values after `_probe_environment` (unset variables)."""
+    names: list[str] = []
+    for value in values:
+        texts = value.values() if isinstance(value, dict) else (value,)
+        for text in texts:
+            if isinstance(text, str):
+                names.extend(_ENV_REFERENCE.findall(text))
+    return tuple(dict.fromkeys(names))
+
+
+def _check_jmespath(value: str) -> str:
+    import jmespath  # only validation and JSON probes need it
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        jmespath.compile(value)
+    except JMESPathError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"expected a JMESPath expression ({detail})") from None
+    return value
+
+
+JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
+
+
+class Comparison(typing.NamedTuple):
+    """`serving_if = "> 0"`: an operator and the number the query's value is compared with."""
+
+    op: str
+    number: float
+
+    def holds(self, value: float) -> bool:
+        """Whether `value <op> number` (a NaN never holds, as in PromQL)."""
+        return _OPERATORS[self.op](value, self.number)
+
+    def negated(self) -> Comparison:
+        """The comparison that holds exactly when this one does not (for numbers)."""
+        return Comparison(_NEGATION[self.op], self.number)
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.number:g}"
+
+
+_NEGATION = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
+_OPERATORS: dict[str, typing.Callable[[float, float], bool]] = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def _parse_comparison(value: object) -> Comparison:
+    if isinstance(value, Comparison):
+        return value
+    match = _COMPARISON.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            'expected a comparison such as "> 0" or ">= 2" '
+            "(one of > >= < <= == != followed by a number)"
+        )
+    return Comparison(match.group(1), float(match.group(2)))
+
+
+class _ProbeBase(_Model):
+    """What every probe kind shares. Never shown anywhere outside the process."""
+
+    kind: str  # each kind narrows it to its own name
+    url: ProbeUrl
+    headers: Headers = {}
     interval: PositiveDuration | None = None
     timeout: PositiveDuration | None = None
+
+    def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
+        return f"{type(self).__name__}(kind={self.kind!r})"
+
+    __str__ = __repr__  # pydantic's own `str` (`%s`, f-strings) would list every field
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        """Names of the unset environment variables this probe refers to."""
+        return _unset_names(self.url, self.headers)
+
+
+class HttpProbe(_ProbeBase):
+    """One HTTP request: status, body conditions and, for APIs, conditions on the JSON answer."""
+
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    body: Annotated[str, ProbeEnv] | None = None
+    json_conditions: tuple[JmesPath, ...] = Field(default=(), alias="json")
     expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
     follow_redirects: StrictBool = True
     body_matches: Regex | None = None
     body_not_matches: Regex | None = None
     max_response_time: PositiveDuration | None = None
 
-    def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
-        return "Probe(...)"
+    @model_validator(mode="after")
+    def _body_needs_post(self) -> HttpProbe:
+        if self.body is not None and self.method != "POST":
+            raise ValueError('expected `body` only with method = "POST"')
+        return self
 
-    __str__ = __repr__  # pydantic's own `str` (`%s`, f-strings) would list every field
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.url, self.headers, self.body)
+
+
+#: Old name of the HTTP probe, kept for code written before the other kinds.
+Probe = HttpProbe
+
+
+class BrowserProbe(_ProbeBase):
+    """A page built by script: loaded in headless Chromium, judged on its rendered text."""
+
+    kind: Literal["browser"]
+    wait_for: str | None = None
+    text_matches: Regex | None = None
+    text_not_matches: Regex | None = None
+    # A browser is slow and costly: look less often and wait longer than for a GET.
+    interval: PositiveDuration | None = timedelta(minutes=5)
+    timeout: PositiveDuration | None = timedelta(seconds=30)
+
+
+class PrometheusProbe(_ProbeBase):
+    """An instant PromQL query whose single value says whether the service is serving."""
+
+    kind: Literal["prometheus"]
+    query: Annotated[str, ProbeEnv, Field(min_length=1)]
+    serving_if: Annotated[Comparison, BeforeValidator(_parse_comparison)]
+    no_data: Literal["unknown", "down", "up"] = "unknown"
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.url, self.headers, self.query)
+
+
+def _probe_kind(value: object) -> str | None:
+    """The discriminator of a probe table: its `kind`, `http` when absent."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "http")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "kind", "http")
+
+
+AnyProbe = Annotated[
+    Annotated[HttpProbe, Tag("http")]
+    | Annotated[BrowserProbe, Tag("browser")]
+    | Annotated[PrometheusProbe, Tag("prometheus")],
+    Discriminator(_probe_kind),
+]
+
+
+class Push(_Model):
+    """Observed from the inside: the channel's own systems send the monitor pushes."""
+
+    token: Annotated[str, ProbeEnv]
+    within: PositiveDuration = timedelta(minutes=5)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if not _ENV_REFERENCE.search(value) and len(value) < 16:
+            raise ValueError("expected a token of at least 16 characters")
+        return value
+
+    def __repr__(self) -> str:  # the token is a secret
+        return "Push(...)"
+
+    __str__ = __repr__
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.token)
 
 
 class Service(_Model):
-    """One business function on one channel: the unit that is probed and judged."""
+    """One business function on one channel: the unit that is observed and judged."""
 
     id: Id
     name: str
@@ -364,7 +557,36 @@ class Service(_Model):
     note_en: str = ""
     default: State = "up"
     expect: tuple[Rule, ...] = ()
-    probe: Probe | None = None
+    probe: AnyProbe | None = None
+    push: Push | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Service:
+        if self.probe is not None and self.push is not None:
+            raise ValueError(
+                "expected either [channels.services.probe] or [channels.services.push], not both"
+            )
+        return self
+
+    @property
+    def observed_by(self) -> ObservedBy:
+        """How the service is observed: its probe's kind, `push`, or `schedule` (not at all)."""
+        if self.probe is not None:
+            return self.probe.kind
+        return "push" if self.push is not None else "schedule"
+
+    @functools.cached_property
+    def unset(self) -> tuple[str, ...]:
+        """Unset environment variables its probe or push needs: while any are, the service is
+        not configured and is judged `unknown` (`not configured: set NAME`). Asked on every
+        probe, so worked out once."""
+        way = self.probe or self.push
+        return way.unset if way is not None else ()
+
+    @property
+    def configured(self) -> bool:
+        """Observed by a probe or push that has everything it needs."""
+        return self.observed_by != "schedule" and not self.unset
 
 
 class Channel(_Model):
@@ -386,7 +608,6 @@ SinkType = Literal["alertmanager", "webhook", "wecom", "dingtalk", "feishu"]
 AlertDirection = Literal["unexpected_up", "unexpected_down"]
 #: Sink types that sign their requests with `secret`.
 SIGNING_SINKS = ("webhook", "dingtalk", "feishu")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _from_environment(value: object, info: ValidationInfo) -> object:
@@ -463,8 +684,11 @@ class PlanConfig(_Model):
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path) -> PlanConfig:
-    """Read and validate a plan file; raise ConfigError listing every problem."""
+def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
+    """Read and validate a plan file; raise ConfigError listing every problem.
+
+    `alerts=False` leaves out `[[alerts]]` (`run --no-alerts`): a monitor that sends none need
+    not have its sinks' secrets in its environment."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -476,6 +700,8 @@ def load_config(path: str | Path) -> PlanConfig:
         raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    if not alerts:
+        data.pop("alerts", None)
     return validate_config(data, str(path))
 
 
@@ -546,16 +772,22 @@ def _indexable(node: object, part: object) -> bool:
 
 
 def _describe(error: dict, data: dict, filename: str) -> str:
-    loc = tuple(p for p in error["loc"] if not _is_internal(p))
+    raw = tuple(p for p in error["loc"] if not _is_internal(p))
+    loc = _without_tags(raw)
     kind = error["type"]
     value = error.get("input")
+    secret = _may_hold_secret(loc)
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(raw[:-1])
         name = str(loc[-1])
         close = difflib.get_close_matches(name, allowed, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         message = f'unknown key "{name}"{hint}; allowed keys: {", ".join(allowed)}'
 
+    elif kind in ("union_tag_invalid", "union_tag_not_found") and isinstance(value, dict):
+        loc = (*loc, "kind")
+        kinds = ", ".join(f'"{k}"' for k in PROBE_KINDS)
+        message = f"got {_quote(value.get('kind'))}; expected one of {kinds}"
     elif kind == "missing":
         message = "missing required key"
     elif kind == "literal_error":
@@ -563,8 +795,10 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         message = f"got {_quote(value)}; expected one of {expected}"
     elif kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
         message = "expected an http:// or https:// URL"  # the URL itself may hold a token
-    elif "probe" in loc and (loc[-1] in ("probe", "url", "headers") or "headers" in loc):
-        # a probe's URL and headers may carry tokens: say what is wrong, never quote them
+    elif secret and kind == "value_error":  # our own messages, which never quote the value
+        message = error["msg"].removeprefix("Value error, ")
+    elif secret:
+        # a probe's URL, headers and body and a push token may carry tokens: never quote them
         message = f"expected {_expected_shape(loc)} (the value is not repeated here)"
     elif loc and loc[0] == "alerts" and loc[-1] in ("url", "secret"):
         msg = error["msg"].removeprefix("Value error, ")  # never quote a URL or a secret
@@ -579,17 +813,35 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         if kind == "value_error" and isinstance(value, dict | list | tuple) and not value:
             message = msg  # an empty table or list: "got []" says nothing
         elif kind == "value_error" and isinstance(value, dict):
-            message = msg  # a whole table (a period): its message names the fields
+            message = msg  # a whole table (a period, a probe): its message names the fields
     return f"{filename}: {key_path(loc, data) or '(top level)'}: {message}"
+
+
+def _without_tags(loc: tuple) -> tuple:
+    """Pydantic names the chosen probe kind after `probe` in a location; users never wrote it."""
+    return tuple(
+        part
+        for index, part in enumerate(loc)
+        if not (index and loc[index - 1] == "probe" and part in PROBE_KINDS)
+    )
+
+
+def _may_hold_secret(loc: tuple) -> bool:
+    """Whether the value at `loc` may carry a token: a probe's URL, headers or body, a push."""
+    if "probe" in loc:
+        return loc[-1] in ("probe", "url", "headers", "body") or "headers" in loc
+    return "push" in loc and loc[-1] in ("push", "token")
 
 
 def _expected_shape(loc: tuple) -> str:
     if loc[-1] == "probe":
         return 'a table such as [channels.services.probe] with url = "https://..."'
+    if loc[-1] == "push":
+        return 'a table such as [channels.services.push] with token = "${PUSH_TOKEN}"'
     if loc[-1] == "headers":
         return 'a table of header names to string values, e.g. headers = { Accept = "text/html" }'
-    if "headers" in loc:
-        return "a string header value"
+    if "headers" in loc or loc[-1] in ("body", "token"):
+        return "a string"
     return "an http:// or https:// URL string"
 
 
@@ -606,23 +858,50 @@ def _allowed_keys(loc: tuple) -> list[str]:
         model = _step(model, part)
         if model is None:
             return []
+    model = _unwrap(model)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return [name for name in model.model_fields if not (model is Period and name == "id")]
+        return [
+            field.alias or name
+            for name, field in model.model_fields.items()
+            if not (model is Period and name == "id")
+        ]
     return []
 
 
 def _step(annotation: Any, part: object) -> Any:
+    kinds = _tagged_models(annotation)
+    if kinds:  # a union of probe kinds: pydantic's location names the one it chose
+        return kinds.get(str(part))
     annotation = _unwrap(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(str(part))
-        return _unwrap(field.annotation) if field else None
+        field = next(
+            (f for n, f in annotation.model_fields.items() if (f.alias or n) == str(part)), None
+        )
+        return field.annotation if field else None
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (tuple, list) and args:
-        return _unwrap(args[0])
+        return args[0]
     if origin is dict and len(args) == 2:
-        return _unwrap(args[1])
+        return args[1]
     return None
+
+
+def _tagged_models(annotation: Any) -> dict[str, type[BaseModel]]:
+    """`{"http": HttpProbe, ...}` for a discriminated union of models, else empty."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return {}
+    found = {}
+    for option in typing.get_args(annotation):
+        found.update(_tagged_models(option))
+        if typing.get_origin(option) is Annotated:
+            inner, *extras = typing.get_args(option)
+            for extra in extras:
+                if isinstance(extra, Tag):
+                    found[extra.tag] = inner
+    return found
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -20,9 +20,8 @@ from aiohttp import web
 import monitor.site
 from monitor import alerts, metrics
 from monitor.clock import Clock, RealClock
-from monitor.pipeline import Listener, Pipeline
+from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
-from monitor.probe import Prober
 from monitor.scheduler import Scheduler
 from monitor.store import Store
 
@@ -55,11 +54,17 @@ class Daemon:
     listeners: list[Listener] = field(default_factory=list)
     #: Keep-alive probes: only for the demo, whose simulated channels sit on loopback.
     reuse_connections: bool = False
+    #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
+    #: through Prometheus, sends no alerts of its own.
+    alerts: bool = True
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
-        self.prober = Prober(reuse_connections=self.reuse_connections)
-        self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, self.listeners)
+        probers = make_probers(self.reuse_connections)
+        self.prober = probers["http"]
+        self.pipeline = Pipeline(
+            self.plan, self.store, self.clock, self.prober, self.listeners, probers=probers
+        )
         self.scheduler = Scheduler(self.pipeline)
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
@@ -71,7 +76,8 @@ class Daemon:
         """Downstream parts hang themselves on the pipeline (`self.listeners`), the store
         (`self.store.incident_hooks`) and the web app (`self.app`) here, one line each."""
         metrics.attach(self)  # the metrics listener and GET /metrics
-        alerts.attach(self)  # the outbox hook on the store and the alert sender
+        if self.alerts:
+            alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -110,7 +116,7 @@ class Daemon:
             close = getattr(listener, "close", None)
             if close is not None:
                 await close()
-        await self.prober.close()
+        await self.pipeline.close()  # every kind's prober
         if self.runner is not None:
             await self.runner.cleanup()
         await self.store.call(self.store.flush)

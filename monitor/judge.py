@@ -29,8 +29,11 @@ class Verdict(StrEnum):
 DIRECTIONS = (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
 
 
-def mismatch(expectation: Expectation, serving: bool) -> Verdict | None:
-    """The direction in which one observation breaks the expectation, None when it does not."""
+def mismatch(expectation: Expectation, serving: bool | None) -> Verdict | None:
+    """The direction in which one observation breaks the expectation, None when it does not
+    (or cannot tell: `serving` None)."""
+    if serving is None:
+        return None
     if expectation.state == "up" and not serving:
         return Verdict.UNEXPECTED_DOWN
     if expectation.state == "down" and serving:
@@ -42,7 +45,7 @@ def single_verdict(
     expectation: Expectation, in_grace: bool, observation: Observation | None
 ) -> Verdict:
     """The verdict of one observation alone (the `check` command): no thresholds."""
-    if observation is None:
+    if observation is None or observation.serving is None:
         return Verdict.UNKNOWN
     direction = mismatch(expectation, observation.serving)
     return Verdict.OK if direction is None or in_grace else direction
@@ -124,7 +127,15 @@ def judge(
     observation: Observation,
     thresholds: Thresholds,
 ) -> Judgement:
-    """Fold one observation into the state of its service."""
+    """Fold one observation into the state of its service.
+
+    An observation that cannot tell (`serving` None) changes no counter and no incident: it
+    only makes the verdict `unknown` until an observation that can tell arrives."""
+    if observation.serving is None:
+        unknown = replace(
+            state, last_at=observation.at, last_serving=None, last_reason=observation.reason
+        )
+        return Judgement(unknown, Verdict.UNKNOWN, None)
     direction = mismatch(expectation, observation.serving)
     counts = direction is not None and not in_grace and expectation.state != "any"
     events: list[IncidentEvent] = []
@@ -191,8 +202,11 @@ def judge(
 
 
 def current_verdict(state: ServiceState, now: datetime, thresholds: Thresholds) -> Verdict:
-    """The confirmed verdict: the open incident's direction, `ok`, or `unknown` (no fresh data)."""
+    """The confirmed verdict: the open incident's direction, `ok`, or `unknown` (no fresh data,
+    or the last observation could not tell)."""
     if state.last_at is None or now - state.last_at > thresholds.stale_after:
+        return Verdict.UNKNOWN
+    if state.last_serving is None:
         return Verdict.UNKNOWN
     if state.incident is not None:
         return state.incident.direction

@@ -21,11 +21,16 @@ Operator adds a `service` target label to every scrape, so ours would arrive ren
 Families (all `channel_monitor_`; per service unless marked):
 
 - `business_info` (1, with `channel_name`, `business_name`, their English forms, `kind`,
-  `group`), `expected_up` (1 up, 0 down, absent under `any`), `expectation_enforced` (0 in grace
+  `group`, `observed_by`: `http`, `browser`, `prometheus`, `push` or `schedule`, and
+  `configured`: `false` while a `${NAME}` its probe or push needs is unset),
+  `expected_up` (1 up, 0 down, absent under `any`), `expectation_enforced` (0 in grace
   or under `any`), `next_transition_timestamp_seconds{to}`, `probe_interval_seconds`;
-- from the last probe: `probe_success`, `probe_http_status_code` (0 without an answer),
-  `last_probe_timestamp_seconds`, `tls_cert_expiry_timestamp_seconds` (last certificate seen);
-- `probe_duration_seconds` (histogram), `probes_total{result="serving"|"not_serving"}`,
+- from the last probe: `probe_success` (absent while the last observation could not tell,
+  e.g. a query without data or a service not configured), `probe_http_status_code` (0
+  without an answer), `last_probe_timestamp_seconds`, `tls_cert_expiry_timestamp_seconds`
+  (last certificate seen);
+- `probe_duration_seconds` (histogram),
+  `probes_total{result="serving"|"not_serving"|"unknown"}`,
   `mismatch{direction}` (1 while an incident is open), `incidents_total{direction}`;
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
   `scheduler_lag_max_seconds`, `probes_in_flight`, `store_write_errors_total`,
@@ -61,7 +66,9 @@ PREFIX = "channel_monitor_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Probe duration buckets (seconds): local answers take milliseconds, timeouts seconds.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-RESULTS = ("serving", "not_serving")
+RESULTS = ("serving", "not_serving", "unknown")
+#: Index into RESULTS by an observation's `serving`.
+_RESULT_INDEX = {True: 0, False: 1, None: 2}
 #: How long a cached expectation is trusted when the plan names no next change.
 RECHECK = timedelta(hours=1)
 
@@ -184,6 +191,8 @@ class Metrics:
                 business_name_en=service.name_en or service.name,
                 kind=channel.kind,
                 group=channel.group,
+                observed_by=service.observed_by,
+                configured="false" if service.unset else "true",
             )
             labels = self._info_cache[ref.key] = f"{self._key_labels(ref.key)},{names}"
         return labels
@@ -198,7 +207,7 @@ class Metrics:
             self.tls_expiry[key] = observation.tls_expiry.timestamp()
         if key not in self.probes:
             self._counters(key)
-        self.probes[key][0 if observation.serving else 1] += 1
+        self.probes[key][_RESULT_INDEX[observation.serving]] += 1
         self.durations[key].observe(observation.duration_seconds, self.buckets)
         for event in result.judgement.events:
             if event.kind == "opened":
@@ -311,10 +320,12 @@ class Metrics:
             out,
             "probe_success",
             "gauge",
-            "Whether the last probe found the service serving (1) or not (0).",
+            "Whether the last probe found the service serving (1) or not (0); absent while "
+            "the last observation could not tell.",
         )
         for key, observation in last:
-            family.add(self._key_labels(key), 1 if observation.serving else 0)
+            if observation.serving is not None:
+                family.add(self._key_labels(key), 1 if observation.serving else 0)
         family = _Family(
             out,
             "probe_http_status_code",
@@ -355,7 +366,10 @@ class Metrics:
             append(f"{name}_count{{{labels}}} {running}\n")
             append(f"{name}_sum{{{labels}}} {_number(histogram.total)}\n")
         family = _Family(
-            out, "probes_total", "counter", "Probes by result: serving or not_serving."
+            out,
+            "probes_total",
+            "counter",
+            "Probes by result: serving, not_serving, or unknown (could not tell).",
         )
         for key, counts in self.probes.items():
             labels = self._key_labels(key)

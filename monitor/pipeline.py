@@ -11,7 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from monitor.clock import Clock
 from monitor.judge import (
@@ -51,6 +51,44 @@ class Result:
         return self.judgement.verdict
 
 
+class KindProber(Protocol):
+    """What observes one kind of probe (monitor/probe.py, monitor/query.py, ...): one
+    signature for all, and failures come back as an Observation with a reason, never raised."""
+
+    async def probe(self, spec: Any, timeout: timedelta, at: datetime) -> Observation: ...
+
+    async def close(self) -> None: ...
+
+
+def not_configured(ref: ServiceRef, at: datetime) -> Observation:
+    """The observation of a service whose probe or push needs unset environment variables."""
+    return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
+
+
+def make_probers(reuse_connections: bool = False) -> dict[str, KindProber]:
+    """One prober per kind of probe, for `run` and `check` alike."""
+    from monitor.query import QueryProber
+
+    return {"http": Prober(reuse_connections=reuse_connections), "prometheus": QueryProber()}
+
+
+async def observe(
+    probers: dict[str, KindProber], ref: ServiceRef, timeout: timedelta, at: datetime
+) -> Observation | None:
+    """Observe a probed service once with the prober of its kind; None when it has no probe
+    (schedule-only, or observed by push) or no prober of its kind is running."""
+    spec = ref.service.probe
+    if spec is None:
+        return None
+    if ref.service.unset:
+        return not_configured(ref, at)
+    prober = probers.get(spec.kind)
+    if prober is None:
+        log.error("no prober for %s probes: %s/%s not probed", spec.kind, *ref.key)
+        return None
+    return await prober.probe(spec, timeout, at)
+
+
 class Listener(Protocol):
     """A downstream part of the pipeline (metrics, site, alerts)."""
 
@@ -61,7 +99,11 @@ class Listener(Protocol):
 
 @dataclass
 class Pipeline:
-    """Probes services, judges the observations, stores them, tells the listeners."""
+    """Probes services, judges the observations, stores them, tells the listeners.
+
+    `prober` probes `kind = "http"`; `probers` holds the probers of the other kinds by kind.
+    A service whose probe needs unset environment variables is not probed: each time it is due
+    it is judged `unknown`, reason `not configured: set NAME`, so every output says so."""
 
     plan: Plan
     store: Store
@@ -69,11 +111,14 @@ class Pipeline:
     prober: Prober
     listeners: list[Listener] = field(default_factory=list)
     concurrency: int = 100
+    probers: dict[str, KindProber] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.states: dict[tuple[str, str], ServiceState] = {}
         self.running: set[tuple[str, str]] = set()
         self._limit = asyncio.Semaphore(self.concurrency)
+        self.probers = {"http": self.prober, **self.probers}
+        #: Every service observed by a probe of any kind, configured or not.
         self.probed = [ref for ref in self.plan.services if ref.service.probe is not None]
         self._thresholds: dict[tuple[str, str], Thresholds] = {}
 
@@ -120,15 +165,15 @@ class Pipeline:
 
     async def probe(self, ref: ServiceRef) -> Result | None:
         """Probe one service, unless its previous probe is still running."""
-        key, spec = ref.key, ref.service.probe
-        if key in self.running or spec is None:
+        key = ref.key
+        if key in self.running or ref.service.probe is None:
             return None
         self.running.add(key)
         try:
             async with self._limit:
                 at = self.clock.now()
-                observation = await self.prober.probe(spec, self.timeout(ref), at)
-            return await self.judge(ref, observation)
+                observation = await observe(self.probers, ref, self.timeout(ref), at)
+            return None if observation is None else await self.judge(ref, observation)
         finally:
             self.running.discard(key)
 
@@ -141,11 +186,16 @@ class Pipeline:
         thresholds = self.thresholds(ref)
         previous = current_verdict(state, at, thresholds)
         judgement = judge(state, expectation, in_grace, observation, thresholds)
-        self.store.add(
-            PendingObservation(
-                ref.channel.id, ref.service.id, observation, expectation.state, judgement.counted
+        if observation.serving is not None:  # the store keeps what was seen, not what was not
+            self.store.add(
+                PendingObservation(
+                    ref.channel.id,
+                    ref.service.id,
+                    observation,
+                    expectation.state,
+                    judgement.counted,
+                )
             )
-        )
         new_state = judgement.state
         records: list[IncidentRecord] = []
         for event in judgement.events:
@@ -186,6 +236,11 @@ class Pipeline:
                 await listener.transition(at)
             except Exception:
                 log.exception("listener %s failed on a transition", type(listener).__name__)
+
+    async def close(self) -> None:
+        """Close every prober (their sessions)."""
+        for prober in self.probers.values():
+            await prober.close()
 
     async def flush(self) -> None:
         """Write buffered observations."""

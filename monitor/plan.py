@@ -305,7 +305,9 @@ class Plan:
 
 
 def report(plan: Plan, at: datetime) -> dict:
-    """The `plan` JSON contract: every service's expectation at `at`, with grace and next change.
+    """The `plan` JSON contract: every service's expectation at `at`, with grace and next change,
+    how it is observed (`observed_by`) and the unset variables that keep it from being observed
+    (`not_configured`, empty when it is configured or schedule-only).
 
     Instants are written in the plan's time zone with their offset.
     """
@@ -324,6 +326,8 @@ def report(plan: Plan, at: datetime) -> dict:
                 "period": expectation.period,
                 "in_grace": plan.in_grace(ref, at),
                 "next_change": change.astimezone(plan.zone).isoformat() if change else None,
+                "observed_by": ref.service.observed_by,
+                "not_configured": list(ref.service.unset),
             }
         )
     return {

@@ -22,12 +22,19 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `TLS handshake failed` | no | TLS failed for another reason |
 | `too many redirects` | no | more than 10 redirects |
 | `connection failed` | no | any other network error |
+| `body is not JSON` | no | `json` conditions are set, but the (capped) body is not JSON |
+| `json condition failed: <expr>` | no | a `json` condition, as written, is not truthy |
+
+Other kinds add their own phrases (monitor/query.py). `serving` is None when an observation
+cannot tell either way (a query without data, a service not configured): the judge then says
+`unknown`, and such an observation neither opens nor resolves an incident.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import socket
 import ssl
@@ -40,7 +47,7 @@ from time import perf_counter
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from monitor.config import Probe, format_duration
+from monitor.config import HttpProbe, format_duration
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
 
 DEFAULT_BODY_CAP = 256 * 1024
@@ -51,6 +58,50 @@ _X509_EXPIRED = 10
 
 #: A body condition compiled once per pattern, not looked up in `re`'s cache on every probe.
 _pattern = functools.lru_cache(maxsize=1024)(re.compile)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expression(text: str):  # -> jmespath.parser.ParsedResult
+    import jmespath  # only plans with JSON conditions pay for the import
+
+    return jmespath.compile(text)
+
+
+def json_failure(body: bytes, conditions: tuple[str, ...]) -> str | None:
+    """The reason the answer fails its `json` conditions, None when every one holds.
+
+    The expressions were compiled at validation; each holds when its result is truthy in
+    JMESPath's sense (not null, false, or an empty string, list or object; 0 is truthy).
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested deeper than Python
+        return "body is not JSON"
+    for condition in conditions:
+        try:
+            result = _expression(condition).search(document)
+        except Exception:  # a runtime type error in a function call: the condition fails
+            result = None
+        if not _truthy(result):
+            return f"json condition failed: {condition}"
+    return None
+
+
+def _truthy(value: object) -> bool:
+    """JMESPath's truth: null, false and empty strings, lists and objects are false; 0 is true."""
+    if value is None or value is False:
+        return False
+    return bool(value) if isinstance(value, str | list | dict) else True
+
+
+@functools.lru_cache(maxsize=256)
+def _content_type(body: str) -> str:
+    """Content-Type of a request body the plan gave none for: JSON if it parses as JSON."""
+    try:
+        json.loads(body)
+    except ValueError:
+        return "text/plain; charset=utf-8"
+    return "application/json"
 
 
 class _Phases:
@@ -80,7 +131,8 @@ class Observation:
     """One probe's outcome. Holds no URL, header or body: it may be stored and published."""
 
     at: datetime
-    serving: bool
+    #: True serving, False not serving, None when the observation could not tell.
+    serving: bool | None
     reason: str
     status_code: int | None = None
     duration_seconds: float = 0.0
@@ -197,7 +249,7 @@ class Prober:
             self._resolver = None
 
     async def probe(
-        self, spec: Probe, timeout: timedelta, at: datetime | None = None
+        self, spec: HttpProbe, timeout: timedelta, at: datetime | None = None
     ) -> Observation:
         """Probe `spec` once; never raises for anything the network or the server does."""
         at = at or datetime.now(UTC)
@@ -260,14 +312,21 @@ class Prober:
             degraded,
         )
 
-    async def _request(self, spec: Probe, started: float) -> tuple[int, float, bool, str, bool]:
+    async def _request(self, spec: HttpProbe, started: float) -> tuple[int, float, bool, str, bool]:
         """(status, first byte, serving, reason, degraded) of a request that got an answer;
         the first byte is the time from `started` until the (last) answer's headers."""
         requested = perf_counter()
+        headers = spec.headers or None
+        data = None
+        if spec.body is not None:
+            data = spec.body.encode()
+            if not any(name.lower() == "content-type" for name in spec.headers):
+                headers = {**spec.headers, "Content-Type": _content_type(spec.body)}
         async with self._client().request(
             spec.method,
             spec.url,
-            headers=spec.headers or None,
+            headers=headers,
+            data=data,
             allow_redirects=spec.follow_redirects,
             # aiohttp raises on reaching max_redirects; the documented limit follows 10.
             max_redirects=MAX_REDIRECTS + 1,
@@ -286,6 +345,10 @@ class Prober:
                 return status, first_byte, False, "body matches maintenance notice", False
             if spec.body_matches and not _pattern(spec.body_matches).search(text):
                 return status, first_byte, False, "body does not match", False
+        if spec.json_conditions:
+            failure = json_failure(body, spec.json_conditions)
+            if failure is not None:
+                return status, first_byte, False, failure, False
         limit = spec.max_response_time
         if limit is not None and elapsed > limit.total_seconds():
             reason = f"response slower than {format_duration(limit)}"
@@ -293,17 +356,21 @@ class Prober:
         return status, first_byte, True, f"HTTP {status}", False
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        """At most `body_cap` bytes; the rest is never read (the connection is closed)."""
-        content = response.content
-        chunks: list[bytes] = []
-        remaining = self.body_cap
-        while remaining > 0 and not content.at_eof():
-            chunk = await content.read(min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+        return await read_capped(response, self.body_cap)
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """At most `cap` bytes of the body; the rest is never read (the connection is closed)."""
+    content = response.content
+    chunks: list[bytes] = []
+    remaining = cap
+    while remaining > 0 and not content.at_eof():
+        chunk = await content.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _certificate_expiry(cert: dict | None) -> datetime | None:

@@ -163,6 +163,13 @@ REASONS: tuple[Reason, ...] = (
     Reason("query returned no data", "监测指标查询无数据", "the metric query returned no data"),
     Reason("query failed", "监测指标查询失败", "the metric query failed"),
     Reason(
+        "query failed ({what})",
+        "监测指标查询失败（{what}）",
+        "the metric query failed ({what})",
+        "监测指标查询失败",
+        "the metric query failed",
+    ),
+    Reason(
         "no push for {duration}",
         "{duration} 内未收到渠道推送",
         "no push from the channel for {duration}",

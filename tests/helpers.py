@@ -56,6 +56,8 @@ PLAN_KEYS = frozenset(
         "period",
         "in_grace",
         "next_change",
+        "observed_by",
+        "not_configured",
     }
 )
 
@@ -360,13 +362,30 @@ class MonitorRun(subprocess.Popen):
     """`python -m monitor run` as a real process on a free port of 127.0.0.1, its output
     (stdout and stderr) appended to `log`."""
 
-    def __init__(self, config: Path, db: Path, log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        db: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.port = closed_port()
         self.log = log
         listen = f"127.0.0.1:{self.port}"
         with open(log, "ab") as out:
             super().__init__(
-                [*MONITOR, "run", "--config", str(config), "--db", str(db), "--listen", listen],
+                [
+                    *MONITOR,
+                    "run",
+                    "--config",
+                    str(config),
+                    "--db",
+                    str(db),
+                    "--listen",
+                    listen,
+                    *args,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=config.parent,

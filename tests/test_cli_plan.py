@@ -76,6 +76,8 @@ def test_plan_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
             assert (rule.during, rule.state) == (item["period"], item["expected"])
         if item["next_change"] is not None:
             assert assert_beijing_iso(item["next_change"]) > assert_beijing_iso(data["at"])
+        assert item["observed_by"] == ref.service.observed_by
+        assert item["not_configured"] == list(ref.service.unset)
 
 
 def test_plan_json_certificate_window_opens(capsys: pytest.CaptureFixture[str]) -> None:

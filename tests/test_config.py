@@ -18,8 +18,13 @@ from hypothesis import strategies as st
 
 from monitor.cli import main
 from monitor.config import (
+    BrowserProbe,
     ConfigError,
+    HttpProbe,
     PlanConfig,
+    Probe,
+    PrometheusProbe,
+    Service,
     format_duration,
     load_config,
     parse_duration,
@@ -549,7 +554,11 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out, err = run_validate(path, capsys)
     assert code == 0
     assert err == ""
-    assert out == (f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n")
+    assert out == (
+        f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n"
+        "coverage 观测方式: http 1, browser 0, prometheus 0, push 0, schedule 0 "
+        "(schedule = not observed 仅按计划)\n"
+    )
 
 
 def test_cli_validate_unknown_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -660,7 +669,11 @@ def test_minimal_config_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     path = write(tmp_path, MINIMAL)
     code, out, err = run_validate(path, capsys)
     assert (code, err) == (0, "")
-    assert out == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones\n"
+    first, second = out.splitlines()
+    assert first == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones"
+    assert second.startswith(
+        "coverage 观测方式: http 0, browser 0, prometheus 0, push 0, schedule 1"
+    )
 
 
 def test_shortest_interval_and_zero_grace_are_valid(tmp_path: Path) -> None:
@@ -870,3 +883,283 @@ def test_threshold_given_as_string_is_an_error(tmp_path: Path) -> None:
     assert info.value.problems == [
         f'{path}: monitor.failure_threshold: got "2": input should be a valid integer'
     ]
+
+
+# --- kinds of observation (issue 11) -----------------------------------------------------------
+
+
+def with_push(lines: str) -> str:
+    return f"{BASE}\n[channels.services.push]\n{lines}\n"
+
+
+def service_of(tmp_path: Path, text: str) -> Service:
+    return load_config(write(tmp_path, text)).channels[0].services[0]
+
+
+def test_each_kind_is_read_into_its_own_type(tmp_path: Path) -> None:
+    http = service_of(tmp_path, with_probe('url = "https://a.example/"'))
+    assert isinstance(http.probe, HttpProbe) and http.probe.kind == "http"
+    assert http.observed_by == "http" and Probe is HttpProbe
+    browser = service_of(tmp_path, with_probe('kind = "browser"\nurl = "https://a.example/"'))
+    assert isinstance(browser.probe, BrowserProbe) and browser.observed_by == "browser"
+    # a browser is slow and costly: it looks less often and waits longer unless told otherwise
+    assert browser.probe.interval == timedelta(minutes=5)
+    assert browser.probe.timeout == timedelta(seconds=30)
+    query = 'kind = "prometheus"\nurl = "http://p.example:9090"\nquery = "up"\nserving_if = ">=2"'
+    prometheus = service_of(tmp_path, with_probe(query))
+    assert isinstance(prometheus.probe, PrometheusProbe)
+    assert prometheus.probe.serving_if == ((">=", 2.0))
+    assert str(prometheus.probe.serving_if) == ">= 2"
+    assert prometheus.probe.no_data == "unknown"
+    push = service_of(tmp_path, with_push('token = "0123456789abcdef"'))
+    assert push.observed_by == "push" and push.push is not None
+    assert push.push.within == timedelta(minutes=5)
+    assert service_of(tmp_path, BASE).observed_by == "schedule"
+    for service in (http, browser, prometheus, push):
+        assert "a.example" not in repr(service.probe) and "0123" not in repr(service.push)
+
+
+def test_browser_probe_keeps_its_own_interval(tmp_path: Path) -> None:
+    text = with_probe('kind = "browser"\nurl = "https://a.example/"\ninterval = "1m"')
+    config = load_config(write(tmp_path, text))
+    ref = Plan(config).services[0]
+    assert Plan(config).interval(ref) == timedelta(minutes=1)
+    assert Plan(config).timeout(ref) == timedelta(seconds=30)
+
+
+def test_monitor_chromium_path(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, with_monitor('chromium = "/opt/chromium/chrome"')))
+    assert config.monitor.chromium == "/opt/chromium/chrome"
+    assert load_config(write(tmp_path, BASE)).monitor.chromium is None
+
+
+def test_json_conditions_are_kept_as_written(tmp_path: Path) -> None:
+    text = with_probe('url = "https://a.example/"\njson = ["code == `0`", "data.open"]')
+    probe = service_of(tmp_path, text).probe
+    assert isinstance(probe, HttpProbe)
+    assert probe.json_conditions == ("code == `0`", "data.open")
+
+
+def test_json_condition_that_does_not_compile(tmp_path: Path) -> None:
+    text = with_probe('url = "https://a.example/"\njson = ["code == `0`", "data.["]')
+    path, message = only_problem(tmp_path, text)
+    where = f"{path}: channels[0].services[0].probe.json[1] {PENSION}"
+    assert message.startswith(f'{where}: got "data.["')
+    assert "expected a JMESPath expression" in message
+
+
+def test_json_conditions_must_be_a_list(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_probe('url = "https://a.example/"\njson = "a"'))
+    assert message.startswith(f"{path}: channels[0].services[0].probe.json {PENSION}: got")
+
+
+def test_body_only_with_post_and_never_quoted(tmp_path: Path) -> None:
+    text = with_probe('url = "https://a.example/"\nbody = "{\\"token\\": \\"s3cret\\"}"')
+    path, message = only_problem(tmp_path, text)
+    assert message == (
+        f"{path}: channels[0].services[0].probe {PENSION}: "
+        'expected `body` only with method = "POST"'
+    )
+    text = with_probe('url = "https://a.example/"\nmethod = "POST"\nbody = 5')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].probe.body {PENSION}: ")
+    assert "not repeated" in message and "5" not in message.split(":", 2)[2]
+
+
+def test_unknown_probe_kind(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_probe('kind = "grpc"\nurl = "https://a/"'))
+    assert message == (
+        f'{path}: channels[0].services[0].probe.kind {PENSION}: got "grpc"; '
+        'expected one of "http", "browser", "prometheus"'
+    )
+
+
+def test_unknown_key_of_a_kind_lists_that_kinds_keys(tmp_path: Path) -> None:
+    text = with_probe('kind = "browser"\nurl = "https://a/"\nwiat_for = "#status"')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].probe.wiat_for {PENSION}: ")
+    assert 'did you mean "wait_for"?' in message
+    assert "allowed keys: kind, url, headers, interval, timeout, wait_for, text_matches" in message
+    text = with_probe('url = "https://a/"\njsn = ["a"]')
+    path, message = only_problem(tmp_path, text)
+    assert 'did you mean "json"?' in message and "json_conditions" not in message
+
+
+def test_browser_bad_text_regex(tmp_path: Path) -> None:
+    text = with_probe('kind = "browser"\nurl = "https://a/"\ntext_not_matches = "(升级"')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: channels[0].services[0].probe.text_not_matches {PENSION}: ")
+    assert "expected a valid regular expression" in message
+
+
+@pytest.mark.parametrize("serving_if", ["> x", "0", ">", "=> 1", "> 1 2", "~ 3"])
+def test_bad_serving_if(tmp_path: Path, serving_if: str) -> None:
+    query = f'kind = "prometheus"\nurl = "http://p:9090"\nquery = "up"\nserving_if = "{serving_if}"'
+    path, message = only_problem(tmp_path, with_probe(query))
+    assert message.startswith(f"{path}: channels[0].services[0].probe.serving_if {PENSION}: ")
+    assert 'expected a comparison such as "> 0"' in message
+
+
+@pytest.mark.parametrize(
+    ("text", "op", "number"),
+    [("> 0", ">", 0.0), (">=2", ">=", 2.0), ("== 1", "==", 1.0), ("!= -1.5", "!=", -1.5)],
+)
+def test_serving_if_forms(tmp_path: Path, text: str, op: str, number: float) -> None:
+    query = f'kind = "prometheus"\nurl = "http://p:9090"\nquery = "up"\nserving_if = "{text}"'
+    probe = service_of(tmp_path, with_probe(query)).probe
+    assert isinstance(probe, PrometheusProbe)
+    assert (probe.serving_if.op, probe.serving_if.number) == (op, number)
+
+
+def test_prometheus_probe_needs_query_and_serving_if(tmp_path: Path) -> None:
+    path, problems = problems_of(tmp_path, with_probe('kind = "prometheus"\nurl = "http://p/"'))
+    assert problems == [
+        f"{path}: channels[0].services[0].probe.query {PENSION}: missing required key",
+        f"{path}: channels[0].services[0].probe.serving_if {PENSION}: missing required key",
+    ]
+
+
+def test_bad_no_data(tmp_path: Path) -> None:
+    query = 'kind = "prometheus"\nurl = "http://p/"\nquery = "up"\nserving_if = ">0"'
+    path, message = only_problem(tmp_path, with_probe(f'{query}\nno_data = "maybe"'))
+    where = f"{path}: channels[0].services[0].probe.no_data {PENSION}"
+    assert message.startswith(f'{where}: got "maybe"')
+
+
+def test_probe_and_push_together(tmp_path: Path) -> None:
+    text = with_probe('url = "https://a/"') + '\n[channels.services.push]\ntoken = "${T}"\n'
+    path, message = only_problem(tmp_path, text)
+    assert message == (
+        f"{path}: channels[0].services[0] {PENSION}: expected either "
+        "[channels.services.probe] or [channels.services.push], not both"
+    )
+
+
+def test_push_token_too_short_is_not_quoted(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_push('token = "kiosk-42"'))
+    assert message == (
+        f"{path}: channels[0].services[0].push.token {PENSION}: "
+        "expected a token of at least 16 characters"
+    )
+    path, message = only_problem(tmp_path, with_push("token = 12345678901234567890"))
+    assert message.startswith(f"{path}: channels[0].services[0].push.token {PENSION}: expected")
+    assert "1234" not in message
+
+
+def test_push_within_and_unknown_key(tmp_path: Path) -> None:
+    text = with_push('token = "0123456789abcdef"\nwithin = "0s"\ntokn = "x"')
+    path, problems = problems_of(tmp_path, text)
+    assert problems == [
+        f'{path}: channels[0].services[0].push.within {PENSION}: got "0s": '
+        "expected a duration of at least 1s",
+        f'{path}: channels[0].services[0].push.tokn {PENSION}: unknown key "tokn" '
+        '(did you mean "token"?); allowed keys: token, within',
+    ]
+
+
+def test_unset_variables_leave_the_service_not_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZWFW_URL", raising=False)
+    monkeypatch.setenv("ZWFW_TOKEN", "")  # empty counts as unset
+    monkeypatch.setenv("ZWFW_HOST", "api.example")
+    text = with_probe(
+        'url = "${ZWFW_URL}"\nmethod = "POST"\nbody = "{}"\n'
+        'headers = { Authorization = "Bearer ${ZWFW_TOKEN}", Host = "${ZWFW_HOST}" }'
+    )
+    service = service_of(tmp_path, text)
+    assert service.unset == ("ZWFW_URL", "ZWFW_TOKEN")
+    assert not service.configured and service.observed_by == "http"
+    assert service.probe is not None and service.probe.headers["Host"] == "api.example"
+    monkeypatch.delenv("KIOSK_TOKEN", raising=False)
+    push = service_of(tmp_path, with_push('token = "${KIOSK_TOKEN}"'))
+    assert push.unset == ("KIOSK_TOKEN",) and not push.configured
+    query = 'kind = "prometheus"\nurl = "http://p/"\nquery = "${Q}"\nserving_if = ">0"'
+    monkeypatch.delenv("Q", raising=False)
+    assert service_of(tmp_path, with_probe(query)).unset == ("Q",)
+
+
+def test_set_variables_are_substituted_then_validated_without_quoting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZWFW_URL", "https://api.example/status")
+    monkeypatch.setenv("KIOSK_TOKEN", "0123456789abcdef0123")
+    service = service_of(tmp_path, with_probe('url = "${ZWFW_URL}"'))
+    assert service.probe is not None and service.probe.url == "https://api.example/status"
+    assert service.configured and service.unset == ()
+    push = service_of(tmp_path, with_push('token = "${KIOSK_TOKEN}"'))
+    assert push.push is not None and push.push.token == "0123456789abcdef0123"
+    monkeypatch.setenv("ZWFW_URL", "ftp://user:s3cret@api.example/")
+    path, message = only_problem(tmp_path, with_probe('url = "${ZWFW_URL}"'))
+    assert message == (
+        f"{path}: channels[0].services[0].probe.url {PENSION}: expected an http:// or https:// URL"
+    )
+    monkeypatch.setenv("KIOSK_TOKEN", "short-s3cret")
+    path, message = only_problem(tmp_path, with_push('token = "${KIOSK_TOKEN}"'))
+    assert "s3cret" not in message and "at least 16 characters" in message
+
+
+TWO_SERVICES_UNSET = f"""{BASE}
+[channels.services.probe]
+url = "${{ZWFW_URL}}"
+headers = {{ Authorization = "Bearer ${{ZWFW_TOKEN}}" }}
+
+[[channels.services]]
+id = "kiosk"
+name = "自助终端"
+
+[channels.services.push]
+token = "${{KIOSK_TOKEN}}"
+
+[[channels.services]]
+id = "medical"
+name = "医保缴费"
+
+[channels.services.probe]
+kind = "prometheus"
+url = "${{PROM_URL}}"
+query = 'sum(up{{job="${{JOB}}"}})'
+serving_if = "> 0"
+"""
+
+
+def test_validate_summarises_coverage_and_unset_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ZWFW_URL", "ZWFW_TOKEN", "KIOSK_TOKEN", "JOB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROM_URL", "http://prometheus.internal:9090")
+    path = write(tmp_path, TWO_SERVICES_UNSET)
+    code, out, err = run_validate(path, capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: OK: 1 channels, 3 services (2 probed), 1 periods, 0 milestones"
+    assert lines[1].startswith(
+        "coverage 观测方式: http 1, browser 0, prometheus 1, push 1, schedule 0"
+    )
+    assert lines[2].startswith("not configured 未配置: 3 service(s) stay unknown")
+    assert lines[2].endswith(
+        "ZWFW_URL (1 service), ZWFW_TOKEN (1 service), KIOSK_TOKEN (1 service), JOB (1 service)"
+    )
+    assert "prometheus.internal" not in out
+
+
+def test_validate_strict_fails_while_variables_are_unset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ZWFW_URL", "ZWFW_TOKEN", "KIOSK_TOKEN", "PROM_URL", "JOB"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, TWO_SERVICES_UNSET)
+    assert main(["validate", "--strict", "--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "5 environment variable(s) not set" in err and "Traceback" not in err
+    monkeypatch.setenv("ZWFW_URL", "https://api.example/status")
+    monkeypatch.setenv("ZWFW_TOKEN", "t0ken-value")
+    monkeypatch.setenv("KIOSK_TOKEN", "0123456789abcdef")
+    monkeypatch.setenv("PROM_URL", "http://prometheus.internal:9090")
+    monkeypatch.setenv("JOB", "tax")
+    assert main(["validate", "--strict", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "not configured" not in out
+    for secret in ("t0ken-value", "0123456789abcdef", "api.example"):
+        assert secret not in out

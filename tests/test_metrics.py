@@ -365,6 +365,8 @@ async def test_labels_names_and_no_secrets(rig: Rig) -> None:
         "business_name_en",
         "kind",
         "group",
+        "observed_by",
+        "configured",
         "to",
         "result",
         "direction",
@@ -395,6 +397,8 @@ async def test_labels_names_and_no_secrets(rig: Rig) -> None:
             "business_name_en": "社保卡",
             "kind": "offline",
             "group": "offline",
+            "observed_by": "schedule",
+            "configured": "true",
         }
     ]
 

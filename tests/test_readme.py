@@ -24,3 +24,20 @@ def test_readme_names_the_two_setup_commands() -> None:
     assert "pip install -e '.[test]' && python3 -m pytest -q" in text
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "python3 -m pytest -q" in ci
+
+
+def test_readme_examples_of_each_kind_validate(tmp_path: Path) -> None:
+    """Every example of the kinds section is a working probe or push table as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Kinds of observation") : text.index("## Commands")]
+    blocks = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    base = (
+        '[[channels]]\nid = "c"\nname = "渠道"\nkind = "web"\ngroup = "online"\n\n'
+        '[[channels.services]]\nid = "s"\nname = "业务"\n\n'
+    )
+    kinds = []
+    for index, block in enumerate(blocks):
+        plan = load_plan(tmp_path / f"kind-{index}.toml", base + block)
+        kinds.append(plan.service("c", "s").service.observed_by)
+    assert kinds == ["http", "browser", "prometheus", "push", "prometheus"]
+    assert "scrape_configs:" in section and "run --no-alerts" in section

@@ -35,7 +35,7 @@ class Seen:
     """The last observation of a service, as far as the page may tell it."""
 
     at: datetime
-    serving: bool
+    serving: bool | None  # None: the observation could not tell
     reason: str
 
 
@@ -51,7 +51,7 @@ def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
     """The running pipeline's verdicts and last observations (call on the event loop)."""
     verdicts = {ref.key: pipeline.verdict(ref, at) for ref in pipeline.plan.services}
     seen = {
-        key: Seen(state.last_at, bool(state.last_serving), state.last_reason or "")
+        key: Seen(state.last_at, state.last_serving, state.last_reason or "")
         for key, state in pipeline.states.items()
         if state.last_at is not None
     }
@@ -102,7 +102,8 @@ class ServiceView:
 
     @property
     def probed(self) -> bool:
-        return self.ref.service.probe is not None
+        """Observed by a probe or push that has everything it needs."""
+        return self.ref.service.configured
 
     @property
     def key(self) -> tuple[str, str]:
@@ -272,14 +273,18 @@ class Model:
         return sum(1 for s in self.services if s.probed)
 
     @property
-    def unprobed_online(self) -> list[tuple[ServiceRef, ...]]:
-        """Per online channel, its services without a probe: what the operators' section asks
-        the channel operators to supply an address for (offline ones are never probed)."""
-        found: dict[str, list[ServiceRef]] = {}
+    def not_configured(self) -> tuple[ServiceView, ...]:
+        """Services with a probe or push that waits for unset environment variables."""
+        return tuple(s for s in self.services if s.ref.service.unset)
+
+    @property
+    def schedule_only(self) -> list[tuple[ServiceRef, list[ServiceView]]]:
+        """Services observed in no way, by channel (the first service's ref names it)."""
+        by_channel: dict[str, list[ServiceView]] = {}
         for view in self.services:
-            if view.ref.channel.group == "online" and not view.probed:
-                found.setdefault(view.ref.channel.id, []).append(view.ref)
-        return [tuple(refs) for refs in found.values()]
+            if view.ref.service.observed_by == "schedule":
+                by_channel.setdefault(view.ref.channel.id, []).append(view)
+        return [(views[0].ref, views) for views in by_channel.values()]
 
     def count(self, state: str) -> int:
         return sum(len(i.services) for i in self.items.get(state, ()))

@@ -89,8 +89,10 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
         "ops_none": "没有需要运维处理的事项。",
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
-        "unprobed": "线上渠道中有 {n} 项业务还没有探测地址，只能按计划展示；探测地址需由渠道运营方"
-        "提供，填入 channels.toml 中该业务的 [channels.services.probe]：",
+        "unobserved": "{n} 项业务还没有接入监测，只能按计划展示；探测地址、推送令牌或环境变量需由渠道"
+        "运营方提供，填入 channels.toml 中该业务的 [channels.services.probe] 或 push，或设置所列变量：",
+        "not_configured": "尚未配置，需设置环境变量 {names}",
+        "schedule_only": "未接入监测，仅按计划展示",
         "channels": "渠道说明",
         "files": "数据文件",
         "hours": "{n} 小时",
@@ -179,9 +181,11 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_none": "Nothing for operators to act on.",
         "probed": "{n} services are checked by automatic monitoring; the rest are shown "
         "as planned.",
-        "unprobed": "{n} services on online channels have no probe address yet and can only be "
-        "shown as planned; the channel operator must supply the address, to be entered as the "
-        "service's [channels.services.probe] in channels.toml:",
+        "unobserved": "{n} services are not observed yet and can only be shown as planned; the "
+        "channel operator must supply the probe address, push token or the variables listed, "
+        "for the service's [channels.services.probe] or push in channels.toml:",
+        "not_configured": "not configured yet: set the environment variables {names}",
+        "schedule_only": "not observed, shown as planned",
         "channels": "About the channels",
         "files": "Data files",
         "hours": "{n} h",

@@ -1,0 +1,168 @@
+"""A Prometheus query as an observation: `kind = "prometheus"`.
+
+Some services are best seen from the inside, through counters their own systems already export:
+a payment counter that still moves during the freeze means business is still being taken. And
+several monitors in several locations agree through the same door: Prometheus scrapes them all,
+and one query counts how many see the service serving (k of n).
+
+One instant query (`/api/v1/query`) per probe, at the observation's instant, must return a
+single value (a vector of one sample, or a scalar); `serving_if` compares it. Like the HTTP
+prober, failures come back as an Observation with a reason, never as an exception.
+
+| phrase | serving | meaning |
+| --- | --- | --- |
+| `query value <v> <op> <n>` | by `serving_if` | the value and how it compares, always true as |
+| | | written: `query value 3 > 0` meets `serving_if = "> 0"`, `query value 0 <= 0` does not |
+| `query returned no data` | `no_data` | an empty result (or NaN): `unknown` by default |
+| `query failed (<why>)` | unknown | Prometheus could not be asked or its answer is not one value |
+
+A query that fails says nothing about the service (the observer failed, not the channel), so
+it is `unknown`, never `down`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from time import perf_counter
+
+import aiohttp
+
+from monitor.config import PrometheusProbe, format_duration
+from monitor.probe import USER_AGENT, Observation, read_capped
+
+#: An instant query for one value is small; a bigger answer is not one value anyway.
+ANSWER_CAP = 1024 * 1024
+NO_DATA = "query returned no data"
+
+
+class QueryFailed(Exception):
+    """Prometheus could not be asked, or its answer is not a single value (`str` says why)."""
+
+
+def format_value(value: float) -> str:
+    """A sample value as people read it: `3`, `0.25`, `1.5e+09`, `NaN`, `+Inf`."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def single_value(answer: object) -> float | None:
+    """The one value of a `/api/v1/query` answer; None for an empty vector.
+
+    Raises QueryFailed for an error answer, a matrix, a string or more than one sample: a
+    comparison on one of many series would depend on which came first."""
+    if not isinstance(answer, dict) or answer.get("status") != "success":
+        kind = answer.get("errorType") if isinstance(answer, dict) else None
+        raise QueryFailed(str(kind) if isinstance(kind, str) and kind.isidentifier() else "error")
+    data = answer.get("data")
+    kind = data.get("resultType") if isinstance(data, dict) else None
+    result = data.get("result") if isinstance(data, dict) else None
+    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
+        return _number(result[1])
+    if kind != "vector" or not isinstance(result, list):
+        raise QueryFailed(f"{kind if kind in ('matrix', 'string') else 'unexpected'} result")
+    if not result:
+        return None
+    if len(result) > 1:
+        raise QueryFailed(f"{len(result)} series, expected one")
+    sample = result[0].get("value") if isinstance(result[0], dict) else None
+    if not isinstance(sample, list) or len(sample) != 2:
+        raise QueryFailed("unexpected result")
+    return _number(sample[1])
+
+
+def _number(text: object) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise QueryFailed("unexpected result") from None
+
+
+def judged(spec: PrometheusProbe, value: float | None) -> tuple[bool | None, str]:
+    """(serving, reason) for the query's value; NaN counts as no data."""
+    if value is None or math.isnan(value):
+        return {"unknown": None, "down": False, "up": True}[spec.no_data], NO_DATA
+    condition = spec.serving_if
+    serving = condition.holds(value)
+    relation = condition if serving else condition.negated()
+    return serving, f"query value {format_value(value)} {relation}"
+
+
+class QueryProber:
+    """Asks Prometheus servers instant queries over one shared aiohttp session.
+
+    Unlike the HTTP prober, connections are kept alive: the server asked is the observer's own
+    infrastructure, not the channel, so its connection set-up is not what is being observed.
+    """
+
+    def __init__(self, answer_cap: int = ANSWER_CAP) -> None:
+        self.answer_cap = answer_cap
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> QueryProber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT},
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(
+        self, spec: PrometheusProbe, timeout: timedelta, at: datetime | None = None
+    ) -> Observation:
+        """Ask once; never raises for anything the network or the server does."""
+        at = at or datetime.now(UTC)
+        started = perf_counter()
+        try:
+            async with asyncio.timeout(timeout.total_seconds()):
+                value = await self._ask(spec, timeout, at)
+            serving, reason = judged(spec, value)
+        except TimeoutError:
+            serving, reason = None, f"query failed (timeout after {format_duration(timeout)})"
+        except QueryFailed as exc:
+            serving, reason = None, f"query failed ({exc})"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            serving = None
+            reason = f"query failed ({'connection refused' if refused else 'connection failed'})"
+        except (aiohttp.ClientError, OSError, UnicodeError):
+            serving, reason = None, "query failed (connection failed)"
+        return Observation(at, serving, reason, None, perf_counter() - started)
+
+    async def _ask(self, spec: PrometheusProbe, timeout: timedelta, at: datetime) -> float | None:
+        form = {
+            "query": spec.query,
+            "time": f"{at.timestamp():.3f}",
+            "timeout": f"{max(timeout.total_seconds(), 0.001):.3f}",  # Prometheus stops too
+        }
+        url = spec.url.rstrip("/") + "/api/v1/query"
+        async with self._client().post(url, data=form, headers=spec.headers or None) as response:
+            body = await read_capped(response, self.answer_cap + 1)
+            status = response.status
+        if len(body) > self.answer_cap:
+            raise QueryFailed("answer too large")
+        try:
+            answer = json.loads(body)
+        except (ValueError, RecursionError):
+            raise QueryFailed(f"HTTP {status}, not a Prometheus answer") from None
+        if status != 200 and isinstance(answer, dict) and answer.get("status") == "success":
+            raise QueryFailed(f"HTTP {status}")
+        return single_value(answer)
