@@ -89,8 +89,9 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
         "ops_none": "没有需要运维处理的事项。",
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
-        "unobserved": "{n} 项业务还没有接入监测，只能按计划展示；探测地址、推送令牌或环境变量需由渠道"
-        "运营方提供，填入 channels.toml 中该业务的 [channels.services.probe] 或 push，或设置所列变量：",
+        "unobserved": "{n} 项业务还没有接入监测，只能按计划展示；探测地址、推送令牌或环境变量"
+        "需由渠道运营方提供，填入 channels.toml 中该业务的 [channels.services.probe] 或 "
+        "push，或设置所列变量：",
         "not_configured": "尚未配置，需设置环境变量 {names}",
         "schedule_only": "未接入监测，仅按计划展示",
         "channels": "渠道说明",
