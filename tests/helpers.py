@@ -77,6 +77,9 @@ class ChannelServer:
         self.default = "serving"
         self.modes: dict[str, str] = {}
         self.hits: Counter[str] = Counter()
+        #: POST requests as (path, headers, parsed JSON body), in arrival order: the server
+        #: doubles as a webhook receiver that counts what it was sent.
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._cond = threading.Condition()
@@ -117,6 +120,11 @@ class ChannelServer:
                     raise AssertionError(f"{path or 'server'}: {seen} of {count} requests seen")
                 self._cond.wait(left)
 
+    def received(self, path: str | None = None) -> list[Any]:
+        """The JSON bodies POSTed to `path` (to any path when None), in arrival order."""
+        with self._cond:
+            return [body for where, _, body in self.posts if path is None or where == path]
+
     def release(self) -> None:
         """Let every request held in `hold` mode answer (and later ones pass at once)."""
         if self._loop is not None and self._gate is not None:
@@ -126,6 +134,15 @@ class ChannelServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.path
+        if request.method == "POST":
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", errors="replace")
+            with self._cond:
+                self.posts.append((path, dict(request.headers), body))
+                self._cond.notify_all()
         with self._cond:
             self.hits[path] += 1
             self.in_flight += 1
@@ -360,13 +377,30 @@ class MonitorRun(subprocess.Popen):
     """`python -m monitor run` as a real process on a free port of 127.0.0.1, its output
     (stdout and stderr) appended to `log`."""
 
-    def __init__(self, config: Path, db: Path, log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        db: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.port = closed_port()
         self.log = log
         listen = f"127.0.0.1:{self.port}"
         with open(log, "ab") as out:
             super().__init__(
-                [*MONITOR, "run", "--config", str(config), "--db", str(db), "--listen", listen],
+                [
+                    *MONITOR,
+                    "run",
+                    "--config",
+                    str(config),
+                    "--db",
+                    str(db),
+                    "--listen",
+                    listen,
+                    *args,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=config.parent,
