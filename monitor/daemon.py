@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 import monitor.site
-from monitor import alerts, metrics
+from monitor import alerts, metrics, notice_watch
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline
 from monitor.plan import Plan
@@ -55,6 +55,8 @@ class Daemon:
     listeners: list[Listener] = field(default_factory=list)
     #: Keep-alive probes: only for the demo, whose simulated channels sit on loopback.
     reuse_connections: bool = False
+    #: Operators' notices (monitor/notice.py): shown on the page, watched while running.
+    notices_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
@@ -65,6 +67,7 @@ class Daemon:
         self.app.router.add_get("/healthz", self.healthz)
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
+        self.notice_board: notice_watch.NoticeBoard | None = None
         self.attach_parts()
 
     def attach_parts(self) -> None:
@@ -73,6 +76,7 @@ class Daemon:
         metrics.attach(self)  # the metrics listener and GET /metrics
         alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
+        notice_watch.attach(self)  # operators' notices: on the page, to the robots
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
