@@ -7,6 +7,7 @@ also across a restart, with an edit of the file picked up while it runs.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tomllib
 import urllib.request
@@ -16,7 +17,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import ChannelServer, MonitorRun, db_rows, load_plan, python_m, wait_for, write_plan
+from helpers import (
+    ROOT,
+    ChannelServer,
+    MonitorRun,
+    db_rows,
+    load_plan,
+    python_m,
+    real_plan,
+    wait_for,
+    write_plan,
+)
 
 from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.message import Alert
@@ -378,3 +389,11 @@ def test_a_notify_notice_is_sent_once_across_a_restart_and_edits_show_while_runn
     wait_for(lambda: "Cause found." in page(), 30, what="the edit on the served page")
     assert second.stop(within=20) == 0
     assert _notices_received(server) == keys
+
+
+def test_the_readme_example_validates_against_the_real_plan(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "[[notices]]" in b]
+    notices = validate_notices(tomllib.loads(block), "README.md", real_plan())
+    (notice,) = notices.notices
+    assert notice.notify and notice.service_keys() == [("hubei-zwfw", "certificate-print")]
