@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,7 @@ class NoticeBoard:
         self._stamp = self._stat()
         self.current: NoticesFile = load_notices(self.path, daemon.plan, self._incident_ids())
         self._queued: set[str] = set()
+        self._next_due: datetime | None = None
         self._task: asyncio.Task | None = None
         self._closing = asyncio.Event()
 
@@ -91,12 +92,27 @@ class NoticeBoard:
     # --- one look at the file ---------------------------------------------------------------
 
     async def check(self) -> None:
-        """Re-read the file if it changed, then queue the updates that are due."""
+        """Re-read the file if it changed, show an update whose time has come, then queue
+        the updates that are due."""
         stamp = self._stat()
         if stamp != self._stamp:
             self._stamp = stamp
             await self.reload()
+        now = self.daemon.clock.now()
+        if self._next_due is not None and now >= self._next_due:
+            self._request_render()
+        self._next_due = self._upcoming(now)
         await self.notify()
+
+    def _upcoming(self, now: datetime) -> datetime | None:
+        """The earliest update dated after `now` (written ahead of its time)."""
+        later = [u.at for n in self.current.notices for u in n.updates if u.at > now]
+        return min(later, default=None)
+
+    def _request_render(self) -> None:
+        site = self._site()
+        if site is not None:
+            site.request()
 
     async def reload(self) -> bool:
         """Validate the file and show it; a broken one leaves the last good notices."""
@@ -115,9 +131,7 @@ class NoticeBoard:
         self.current = fresh if self.path.exists() else EMPTY
         self.reloads += 1
         log.info("notices: %s re-read, %d notice(s)", self.path, len(fresh.notices))
-        site = self._site()
-        if site is not None:
-            site.request()
+        self._request_render()
         return True
 
     async def notify(self) -> int:

@@ -33,7 +33,7 @@ from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.message import Alert
 from monitor.alerts.webhook import WebhookSink
 from monitor.config import AlertSink, ConfigError
-from monitor.notice import load_notices, validate_notices
+from monitor.notice import add_notice, add_update, load_notices, validate_notices
 
 PLAN = """\
 [monitor]
@@ -387,6 +387,12 @@ def test_a_notify_notice_is_sent_once_across_a_restart_and_edits_show_while_runn
             return response.read().decode("utf-8")
 
     wait_for(lambda: "Cause found." in page(), 30, what="the edit on the served page")
+    broken = tmp_path / "broken.toml"  # a broken edit, put in place in one rename
+    broken.write_text('[[notices]]\nid = "Bad"\n', encoding="utf-8")
+    broken.replace(tmp_path / "notices.toml")
+    wait_for(lambda: "not applied" in second.output(), 30, what="the broken edit refused")
+    assert "notices[0].id" in second.output()
+    assert "Cause found." in page()  # the last good notices stay
     assert second.stop(within=20) == 0
     assert _notices_received(server) == keys
 
@@ -397,3 +403,36 @@ def test_the_readme_example_validates_against_the_real_plan(tmp_path: Path) -> N
     notices = validate_notices(tomllib.loads(block), "README.md", real_plan())
     (notice,) = notices.notices
     assert notice.notify and notice.service_keys() == [("hubei-zwfw", "certificate-print")]
+
+
+def test_editing_keeps_the_layout_or_writes_anew_when_it_cannot(tmp_path: Path) -> None:
+    plan = load_plan(tmp_path / "channels.toml", PLAN)
+    path = tmp_path / "new" / "notices.toml"
+    add_notice(path, plan, ident="one", title="一", title_en="One")
+    add_notice(path, plan, ident="two", title="二", title_en="Two", services=["portal/print"])
+    text = path.read_text("utf-8")
+    text = text.replace('[[notices]]\nid = "two"', '# the second one\n[[notices]]\nid = "two"')
+    path.write_text(text, encoding="utf-8")
+    at = datetime(2022, 7, 6, 13, 20, tzinfo=plan.zone)
+    item, kept = add_update(
+        path, plan, ident="one", status="investigating", text="查", text_en="Looking", at=at
+    )
+    assert kept and item.updates[0].at == at
+    text = path.read_text("utf-8")
+    assert text.index("[[notices.updates]]") < text.index("# the second one")
+    assert text.index("# the second one") + len("# the second one\n") == text.index(
+        '[[notices]]\nid = "two"'
+    )
+
+    inline = tmp_path / "inline.toml"  # updates as an inline array: cannot append a table
+    inline.write_text(
+        '[[notices]]\nid = "one"\ntitle = "一"\ntitle_en = "One"\nupdates = [{ at = '
+        '2022-07-06T13:00:00, status = "investigating", text = "查", text_en = "Looking" }]\n',
+        encoding="utf-8",
+    )
+    item, kept = add_update(
+        inline, plan, ident="one", status="resolved", text="好了", text_en="Done", at=at
+    )
+    assert not kept
+    assert [u.status for u in item.updates] == ["investigating", "resolved"]
+    assert load_notices(inline, plan).notices == (item,)
