@@ -15,11 +15,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, load_config
 from monitor.daemon import DEFAULT_PORT
+from monitor.notice import Status
 from monitor.plan import Plan, report
 from monitor.table import render_table
 
@@ -528,15 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status",
         required=True,
-        choices=[
-            "investigating",
-            "identified",
-            "monitoring",
-            "resolved",
-            "scheduled",
-            "in_progress",
-            "completed",
-        ],
+        choices=get_args(Status),
     )
     p.add_argument("--text", required=True, help="what to say, in Chinese")
     p.add_argument("--text-en", required=True, help="what to say, in English")

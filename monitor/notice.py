@@ -237,20 +237,18 @@ def _cross_references(
     problems: list[str] = []
     notices = data.get("notices") if isinstance(data.get("notices"), list) else []
     known = {f"{c}/{s}" for c, s in (ref.key for ref in plan.services)}
-    seen: dict[str, int] = {}
+    ids = [n.get("id") if isinstance(n, dict) else None for n in notices]
     for index, notice in enumerate(notices):
         if not isinstance(notice, dict):
             continue
         where = ("notices", index)
-        ident = notice.get("id")
-        if isinstance(ident, str):
-            if ident in seen:
-                problems.append(
-                    f"{filename}: {key_path((*where, 'id'), data)}: duplicate notice id "
-                    f"{_quote(ident)}; it is already used by notices[{seen[ident]}]"
-                )
-            else:
-                seen[ident] = index
+        ident = ids[index]
+        first = ids.index(ident)
+        if isinstance(ident, str) and first < index:
+            problems.append(
+                f"{filename}: {key_path((*where, 'id'), data)}: duplicate notice id "
+                f"{_quote(ident)}; it is already used by notices[{first}]"
+            )
         services = notice.get("services") if isinstance(notice.get("services"), list) else []
         for si, ref in enumerate(services):
             if isinstance(ref, str) and _SERVICE_REF.match(ref) and ref not in known:

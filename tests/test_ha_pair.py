@@ -119,6 +119,16 @@ def delivered(db: Path, kind: str) -> set[str]:
     return {sink for sink, key in rows if key == f"incident-1-{kind}"}
 
 
+def wait_delivered_by_both(homes: list[Path], kind: str) -> None:
+    """Both monitors (their stores in `homes`) delivered `kind` to both Alertmanagers: from
+    here on, anything more at the receiver would be a duplicate."""
+    wait_for(
+        lambda: all(delivered(home / "monitor.db", kind) == {"am-0", "am-1"} for home in homes),
+        40,
+        what=f"both monitors to deliver {kind} to both Alertmanagers",
+    )
+
+
 def notifications(receiver: ChannelServer) -> list[tuple[str, list[dict]]]:
     """What the Alertmanagers told the receiver: (status, labels of each alert) per POST."""
     return [
@@ -156,15 +166,9 @@ def test_ha_pair_notifies_once_per_transition(
         monitor.wait_ticking()
     receiver.wait_hits(4, "/pay", timeout=30)  # both monitors probe, see it serving
 
+    homes = [tmp_path / "a", tmp_path / "b"]
     receiver.set("error", "/pay")  # down while expected up: 应开未开
-    wait_for(
-        lambda: all(
-            delivered(tmp / "monitor.db", "opened") == {"am-0", "am-1"}
-            for tmp in (tmp_path / "a", tmp_path / "b")
-        ),
-        40,
-        what="both monitors to deliver the opened incident to both Alertmanagers",
-    )
+    wait_delivered_by_both(homes, "opened")
     firing = wait_for(lambda: notifications(receiver), 30, what="the firing notification")
     stays(lambda: len(notifications(receiver)) == 1, QUIET, receiver)
     assert firing[0] == (
@@ -180,14 +184,7 @@ def test_ha_pair_notifies_once_per_transition(
     )
 
     receiver.set("serving", "/pay")  # back to plan
-    wait_for(
-        lambda: all(
-            delivered(tmp / "monitor.db", "resolved") == {"am-0", "am-1"}
-            for tmp in (tmp_path / "a", tmp_path / "b")
-        ),
-        40,
-        what="both monitors to deliver the resolution to both Alertmanagers",
-    )
+    wait_delivered_by_both(homes, "resolved")
     wait_for(lambda: len(notifications(receiver)) == 2, 30, what="the resolved notification")
     stays(lambda: len(notifications(receiver)) == 2, QUIET, receiver)
     assert [status for status, _ in notifications(receiver)] == ["firing", "resolved"]
