@@ -305,7 +305,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serve=not args.no_serve,
         linger=args.linger,
         cadence=Cadence(),
-        notices=notices_file(args),
+        notices=demo_notices(args),
     )
     try:
         run_async(run_demo(options))
@@ -341,6 +341,15 @@ def notices_file(args: argparse.Namespace) -> Path:
     from monitor.notice import default_path
 
     return Path(args.notices) if getattr(args, "notices", None) else default_path(args.config)
+
+
+def demo_notices(args: argparse.Namespace) -> Path:
+    """The demo's notices: `--notices` or `notices.toml` beside the plan as elsewhere, else
+    the ones shipped with the demo (the team's words during the replayed cutover)."""
+    from monitor.demo import NOTICES
+
+    path = notices_file(args)
+    return path if args.notices or path.exists() else NOTICES
 
 
 def store_incidents(db: Path) -> set[int] | None:

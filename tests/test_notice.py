@@ -436,3 +436,14 @@ def test_editing_keeps_the_layout_or_writes_anew_when_it_cannot(tmp_path: Path) 
     assert not kept
     assert [u.status for u in item.updates] == ["investigating", "resolved"]
     assert load_notices(inline, plan).notices == (item,)
+
+
+def test_the_demos_notices_validate_and_tell_the_scripted_fault() -> None:
+    from monitor.demo import NOTICES
+
+    notices = load_notices(NOTICES, real_plan())
+    by_id = {n.id: n for n in notices.notices}
+    assert by_id["cutover-2022"].planned
+    printing = by_id["certificate-print-0706"]
+    assert printing.service_keys() == [("hubei-zwfw", "certificate-print")]
+    assert [u.status for u in printing.updates] == ["investigating", "identified", "resolved"]
