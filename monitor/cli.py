@@ -356,14 +356,16 @@ def store_incidents(db: Path) -> set[int] | None:
     """Incident numbers in the store at `db` (None when there is no store to check against)."""
     import sqlite3
 
+    from monitor.store import Store
+
     if not db.exists():
         return None
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        store = Store(db, readonly=True)
         try:
-            return {row[0] for row in conn.execute("SELECT id FROM incidents")}
+            return {record.id for record in store.incidents(limit=1_000_000)}
         finally:
-            conn.close()
+            store.close()
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
 

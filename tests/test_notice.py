@@ -447,3 +447,15 @@ def test_the_demos_notices_validate_and_tell_the_scripted_fault() -> None:
     printing = by_id["certificate-print-0706"]
     assert printing.service_keys() == [("hubei-zwfw", "certificate-print")]
     assert [u.status for u in printing.updates] == ["investigating", "identified", "resolved"]
+
+
+def test_render_checks_a_notices_incident_against_the_store(home: Path) -> None:
+    from monitor.store import Store
+
+    Store(home / "monitor.db").close()  # a store without incidents
+    services = 'services = ["portal/print"]'
+    text = NOTICES.replace(services, services + "\nincident = 5")
+    (home / "notices.toml").write_text(text, encoding="utf-8")
+    result = python_m("render", "--config", str(home / "channels.toml"), cwd=home)
+    assert result.returncode == 2
+    assert 'notices[0].incident (notice "print-slow"): got 5' in result.stderr
