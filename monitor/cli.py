@@ -340,7 +340,9 @@ def notices_file(args: argparse.Namespace) -> Path:
     """`--notices`, else `notices.toml` in the plan's folder (which need not exist yet)."""
     from monitor.notice import default_path
 
-    return Path(args.notices) if getattr(args, "notices", None) else default_path(args.config)
+    if getattr(args, "notices", None):
+        return Path(args.notices)
+    return default_path(getattr(args, "config", None) or "channels.toml")
 
 
 def demo_notices(args: argparse.Namespace) -> Path:
