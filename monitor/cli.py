@@ -17,11 +17,12 @@ import typing
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, ObservedBy, load_config
 from monitor.daemon import DEFAULT_PORT
+from monitor.notice import Status
 from monitor.plan import Plan, report
 from monitor.table import render_table
 
@@ -297,6 +298,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
+    from monitor.notice import load_notices
 
     plan = Plan(load_config(args.config, alerts=not args.no_alerts))
     try:
@@ -309,8 +311,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     home = config_dir(args)
+    notices = notices_file(args)
+    load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
     daemon = Daemon(
         plan,
+        notices_path=notices,
         db_path=Path(args.db) if args.db else home / "monitor.db",
         site_dir=Path(args.site) if args.site else home / "site",
         host=host,
@@ -332,6 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     import sqlite3
 
+    from monitor.notice import load_notices
     from monitor.site.render import render_from
 
     plan = load_plan(args.config)
@@ -339,8 +345,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     home = config_dir(args)
     db = Path(args.db) if args.db else home / "monitor.db"
     site = Path(args.site) if args.site else home / "site"
+    notices = load_notices(notices_file(args), plan, store_incidents(db))
     try:
-        result = render_from(plan, site, at, db)
+        result = render_from(plan, site, at, db, notices)
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
@@ -421,6 +428,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serve=not args.no_serve,
         linger=args.linger,
         cadence=Cadence(),
+        notices=demo_notices(args),
     )
     print(f"channel-monitor demo: {source}")
     try:
@@ -449,6 +457,114 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if failed else EXIT_OK
 
 
+# --- notice --------------------------------------------------------------------------------
+
+
+def notices_file(args: argparse.Namespace) -> Path:
+    """`--notices`, else `notices.toml` in the plan's folder (which need not exist yet)."""
+    from monitor.notice import default_path
+
+    if getattr(args, "notices", None):
+        return Path(args.notices)
+    return default_path(getattr(args, "config", None) or "channels.toml")
+
+
+def demo_notices(args: argparse.Namespace) -> Path:
+    """The demo's notices: `--notices` or `notices.toml` beside the plan as elsewhere, else
+    the ones shipped with the demo (the team's words during the replayed cutover)."""
+    from monitor.demo import NOTICES
+
+    path = notices_file(args)
+    return path if args.notices or path.exists() else NOTICES
+
+
+def store_incidents(db: Path) -> set[int] | None:
+    """Incident numbers in the store at `db` (None when there is no store to check against)."""
+    import sqlite3
+
+    from monitor.store import Store
+
+    if not db.exists():
+        return None
+    try:
+        store = Store(db, readonly=True)
+        try:
+            return {record.id for record in store.incidents(limit=1_000_000)}
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
+
+
+def cmd_notice(args: argparse.Namespace) -> int:
+    """Validate, list, add to or update the notices file; nothing is written unless the
+    result validates."""
+    from monitor import notice
+
+    plan = load_plan(args.config)
+    path = notices_file(args)
+    db = Path(args.db) if args.db else config_dir(args) / "monitor.db"
+    incidents = store_incidents(db)
+    if args.notice_command == "add":
+        incident = args.incident
+        notice.add_notice(
+            path,
+            plan,
+            ident=args.id,
+            title=args.title,
+            title_en=args.title_en,
+            services=args.service or (),
+            incident=incident,
+            notify=args.notify,
+            incidents=incidents,
+        )
+        print(f"{path}: notice {args.id} added; it shows once `notice update` posts an update")
+        return EXIT_OK
+    if args.notice_command == "update":
+        at = instant(args, plan)
+        item, kept = notice.add_update(
+            path,
+            plan,
+            ident=args.id,
+            status=args.status,
+            text=args.text,
+            text_en=args.text_en,
+            at=at,
+            incidents=incidents,
+        )
+        print(
+            f"{path}: notice {args.id}: update {len(item.updates)} ({args.status}) at "
+            f"{local(plan, at.isoformat())}"
+        )
+        if not kept:
+            print(
+                f"{path}: the file was not laid out as [[notices]] tables, so it was written "
+                "anew: its comments were not kept",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+    loaded = notice.load_notices(path, plan, incidents)
+    if args.notice_command == "validate":
+        print(f"{path}: OK: {len(loaded.notices)} notice(s)")
+        return EXIT_OK
+    now = RealClock().now()
+    rows = []
+    for item in loaded.notices:
+        latest = item.latest(now)
+        rows.append(
+            [
+                item.id,
+                item.title,
+                latest.status if latest else "(not posted)",
+                local(plan, latest.at.isoformat()) if latest else "-",
+                "active" if item.active(now) else "-",
+                "yes" if item.notify else "no",
+            ]
+        )
+    print(render_table(["id", "title", "status", "latest", "shown", "notify"], rows))
+    return EXIT_OK
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -456,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config", default="channels.toml", help="plan file (default: channels.toml)"
+    )
+    notices = argparse.ArgumentParser(add_help=False)
+    notices.add_argument(
+        "--notices",
+        metavar="PATH",
+        help="operators' notices (default: notices.toml beside the plan, if it exists)",
     )
     parser = argparse.ArgumentParser(
         prog="channel-monitor",
@@ -510,7 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("run", parents=[common], help="the monitor: probe, judge, store, serve")
+    p = sub.add_parser(
+        "run", parents=[common, notices], help="the monitor: probe, judge, store, serve"
+    )
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument(
@@ -527,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("render", parents=[common], help="write the public page (site/) once")
+    p = sub.add_parser(
+        "render", parents=[common, notices], help="write the public page (site/) once"
+    )
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument("--at", help="render the page as of this instant; default now")
@@ -559,7 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="replay the 2022 cutover on simulated channels")
+    p = sub.add_parser(
+        "demo", parents=[notices], help="replay the 2022 cutover on simulated channels"
+    )
     p.add_argument(  # not `common`'s: its default would change for every command
         "--config",
         help="plan file (default: channels.toml if there is one here, else the 2022 plan "
@@ -577,6 +705,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("notice", help="operators' notices: add, update, list, validate")
+    actions = p.add_subparsers(dest="notice_command", required=True, metavar="ACTION")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--db", help="store whose incident numbers `incident` may name (default: monitor.db)"
+    )
+    both = [common, notices, store]
+    p = actions.add_parser("validate", parents=both, help="check the notices file")
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("list", parents=both, help="every notice and its latest update")
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("add", parents=both, help="add a notice (then post its updates)")
+    p.add_argument("--id", required=True, help="a new id: lower-case letters, digits, hyphens")
+    p.add_argument("--title", required=True, help="title in Chinese")
+    p.add_argument("--title-en", required=True, help="title in English")
+    p.add_argument(
+        "--service", action="append", metavar="CHANNEL/SERVICE", help="a service it is about"
+    )
+    p.add_argument("--incident", type=int, help="the number of an incident it is about")
+    p.add_argument(
+        "--notify", action="store_true", help="send each update to the robots and webhooks"
+    )
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("update", parents=both, help="post an update of a notice")
+    p.add_argument("--id", required=True, help="the notice's id")
+    p.add_argument(
+        "--status",
+        required=True,
+        choices=get_args(Status),
+    )
+    p.add_argument("--text", required=True, help="what to say, in Chinese")
+    p.add_argument("--text-en", required=True, help="what to say, in English")
+    p.add_argument("--at", help="when it was posted (default now; naive = plan time zone)")
+    p.set_defaults(func=cmd_notice)
 
     p = sub.add_parser("alerts", help="alert sinks: send a test message")
     alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

@@ -72,6 +72,8 @@ class DemoOptions:
     serve: bool
     linger: bool
     cadence: Cadence
+    #: Operators' notices shown on the page (monitor/notice.py); no file, no notices.
+    notices: Path | None = None
 
 
 async def run_demo(options: DemoOptions) -> Replay:
@@ -100,6 +102,7 @@ async def run_demo(options: DemoOptions) -> Replay:
             host=options.host,
             port=options.port,
             clock=clock,
+            notices_path=options.notices,
         )
         replay = Replay(
             probed, daemon.pipeline, clock, REPLAY_START, REPLAY_END, faults, options.cadence

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from markupsafe import Markup, escape
 
 from monitor import reasons
+from monitor.notice import STATUS_EN, STATUS_ZH
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
 BEIJING_ZONES = frozenset(
@@ -206,6 +207,26 @@ WORDS: dict[str, dict[str, str]] = {
         "hold them all.",
     },
 }
+
+#: Words of operators' notices (monitor/notice.py): the section, and each update's status.
+NOTICE_WORDS: dict[str, dict[str, str]] = {
+    "zh": {
+        "notices": "运维公告",
+        "notices_past": "已结束的公告",
+        "notice_about": "涉及",
+        "notice_incident": "关联事件",
+        **{f"notice_{status}": words for status, words in STATUS_ZH.items()},
+    },
+    "en": {
+        "notices": "Notices from the operators",
+        "notices_past": "Closed notices",
+        "notice_about": "About",
+        "notice_incident": "Incident",
+        **{f"notice_{status}": words for status, words in STATUS_EN.items()},
+    },
+}
+for _code, _words in NOTICE_WORDS.items():
+    WORDS[_code].update(_words)
 
 
 def reason_text(reason: str | None, lang: str) -> str:
