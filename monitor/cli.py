@@ -1,7 +1,8 @@
 """The `channel-monitor` command: validate, plan (and plan diff), check, run, render, report,
-demo, alerts test.
+demo, notice, push, alerts test.
 
-Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`), 2 bad input. Every error
+Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`) or a push was not
+accepted (`push`), 2 bad input. Every error
 the user can cause is printed as a sentence, never as a traceback.
 """
 
@@ -92,6 +93,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({probed} probed), {len(config.periods)} periods, {len(config.milestones)} milestones"
     )
     unset = coverage(plan)
+    warn_browser(plan)
     if unset and args.strict:
         print(
             f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
@@ -124,6 +126,21 @@ def coverage(plan: Plan) -> dict[str, int]:
             f"variables are set 设置以下环境变量之前这些服务判定为 unknown: {names}"
         )
     return unset
+
+
+def warn_browser(plan: Plan) -> None:
+    """Say (on stderr, exit code unchanged) when browser probes cannot run on this machine:
+    those services would stay `unknown` until the missing part is installed."""
+    from monitor.browser import missing_parts
+
+    browsers = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
+    what = missing_parts(plan.config.monitor.chromium) if browsers else None
+    if what is not None:
+        print(
+            f"warning: {browsers} browser service(s) will stay unknown here: {what} / "
+            f"警告：{browsers} 个浏览器观测的服务在装好 Playwright 和 Chromium 之前判定为 unknown",
+            file=sys.stderr,
+        )
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ async def check(plan: Plan, at: datetime) -> dict:
     from monitor.pipeline import make_probers, observe
 
     data = report(plan, at)
-    probers = make_probers()
+    probers = make_probers(chromium=plan.config.monitor.chromium)
     try:
         probed = [ref for ref in plan.services if ref.service.probe is not None]
         now = RealClock().now()
@@ -565,6 +582,84 @@ def cmd_notice(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- push ----------------------------------------------------------------------------------
+
+PUSH_TOKEN_VARIABLE = "CHANNEL_MONITOR_PUSH_TOKEN"
+
+
+def count_argument(text: str) -> int:
+    """`--count`: a whole number of at least 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Send one push (cron jobs, kiosk scripts): exit 0 when the monitor accepted it, else 1.
+
+    The standard library's client, so a push costs no import of aiohttp or httpx."""
+    import os
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote, urlsplit
+
+    token = os.environ.get(PUSH_TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise UsageError(
+            f"set {PUSH_TOKEN_VARIABLE} to the service's push token "
+            f"(请在环境变量 {PUSH_TOKEN_VARIABLE} 中设置该服务的推送令牌)"
+        )
+    base = urlsplit(args.url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise UsageError(
+            f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+        )
+    body: dict[str, Any] = {}
+    if args.down:
+        body["serving"] = False
+    if args.reason is not None:
+        body["reason"] = args.reason
+    if args.count is not None:
+        body["count"] = args.count
+    path = f"/push/{quote(args.channel, safe='')}/{quote(args.service, safe='')}"
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=json.dumps(body, ensure_ascii=False).encode("utf-8") if body else b"",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    where = base.netloc.rpartition("@")[2]  # never echo credentials written into the URL
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status, answer = response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read(65536)
+    except (urllib.error.URLError, OSError) as exc:
+        cause = getattr(exc, "reason", exc)
+        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        print(
+            f"channel-monitor push: cannot reach {where}: {text} (无法连接监测服务)",
+            file=sys.stderr,
+        )
+        return EXIT_MISMATCH
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    if 200 <= status < 300:
+        verdict = data.get("verdict", "?")
+        print(f"{args.channel}/{args.service}: accepted (HTTP {status}), verdict {verdict}")
+        return EXIT_OK
+    error = data.get("error") or "not accepted"
+    error_zh = data.get("error_zh") or "未被接受"
+    print(
+        f"channel-monitor push: {args.channel}/{args.service}: HTTP {status}: {error} ({error_zh})",
+        file=sys.stderr,
+    )
+    return EXIT_MISMATCH
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -740,6 +835,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-en", required=True, help="what to say, in English")
     p.add_argument("--at", help="when it was posted (default now; naive = plan time zone)")
     p.set_defaults(func=cmd_notice)
+
+    p = sub.add_parser(
+        "push",
+        help=f"send the monitor one push for a service (token from ${PUSH_TOKEN_VARIABLE})",
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        help=f"the monitor's base address, e.g. http://127.0.0.1:{DEFAULT_PORT}",
+    )
+    p.add_argument("--channel", required=True, help="channel id in the plan")
+    p.add_argument("--service", required=True, help="service id in the plan")
+    p.add_argument("--down", action="store_true", help="report not serving (default: serving)")
+    p.add_argument("--reason", help="a short reason, at most 200 characters")
+    p.add_argument("--count", type=count_argument, help="business taken since the last push (>= 0)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("alerts", help="alert sinks: send a test message")
     alerts = p.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")

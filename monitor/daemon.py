@@ -22,6 +22,7 @@ from monitor import alerts, metrics, notice_watch
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
+from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.store import Store
 
@@ -62,7 +63,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
-        probers = make_probers(self.reuse_connections)
+        probers = make_probers(self.reuse_connections, self.plan.config.monitor.chromium)
         self.prober = probers["http"]
         self.pipeline = Pipeline(
             self.plan, self.store, self.clock, self.prober, self.listeners, probers=probers
@@ -83,6 +84,9 @@ class Daemon:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
         notice_watch.attach(self)  # operators' notices: on the page, to the robots
+        # POST /push/<channel>/<service>; silences timed on the real clock only
+        self.push = PushReceiver(self.pipeline, watch_silence=isinstance(self.clock, RealClock))
+        self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""

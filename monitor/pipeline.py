@@ -8,6 +8,7 @@ observation and every planned transition, and never reach back into probing or t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,11 +66,19 @@ def not_configured(ref: ServiceRef, at: datetime) -> Observation:
     return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
 
 
-def make_probers(reuse_connections: bool = False) -> dict[str, KindProber]:
-    """One prober per kind of probe, for `run` and `check` alike."""
+def make_probers(
+    reuse_connections: bool = False, chromium: str | None = None
+) -> dict[str, KindProber]:
+    """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
+    `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
+    from monitor.browser import BrowserProber
     from monitor.query import QueryProber
 
-    return {"http": Prober(reuse_connections=reuse_connections), "prometheus": QueryProber()}
+    return {
+        "http": Prober(reuse_connections=reuse_connections),
+        "prometheus": QueryProber(),
+        "browser": BrowserProber(chromium),
+    }
 
 
 async def observe(
@@ -169,8 +178,11 @@ class Pipeline:
         if key in self.running or ref.service.probe is None:
             return None
         self.running.add(key)
+        # A prober with its own limit (the browser's two pages) queues there, not here, so
+        # a queue of slow pages never takes the slots of the other probes.
+        limits_itself = getattr(self.probers.get(ref.service.probe.kind), "limits_itself", False)
         try:
-            async with self._limit:
+            async with contextlib.nullcontext() if limits_itself else self._limit:
                 at = self.clock.now()
                 observation = await observe(self.probers, ref, self.timeout(ref), at)
             return None if observation is None else await self.judge(ref, observation)

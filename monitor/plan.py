@@ -200,8 +200,11 @@ class Plan:
         return out
 
     def interval(self, ref: ServiceRef) -> timedelta:
-        """How often the service is probed: its probe's own interval, else the plan's."""
-        probe = ref.service.probe
+        """How often the service is observed: its probe's own interval, else the plan's; for
+        a push service its `within` (a push or a silence is observed at least that often)."""
+        probe, push = ref.service.probe, ref.service.push
+        if push is not None:
+            return push.within
         return (probe and probe.interval) or self.config.monitor.interval
 
     def timeout(self, ref: ServiceRef) -> timedelta:

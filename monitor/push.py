@@ -1,0 +1,383 @@
+"""Pushes from the inside: a channel's own systems tell the monitor how they are.
+
+No probe from outside can see a kiosk, a bank branch's counter or a tax hall's POS. So such a
+service is observed by push (`[channels.services.push]`): a cron job or the kiosk's own script
+sends `POST /push/<channel>/<service>` with `Authorization: Bearer <token>` and an optional JSON
+body `{"serving": true|false, "reason": "...", "count": N}`; an empty body is a heartbeat that
+says "serving". Each accepted push is an observation at its arrival, judged like a probe's.
+
+Silence is an observation too. When no push has come for `within` (5m by default), the service
+is observed not serving, reason `no push for 5m`, at that moment (a loop timer, not the next
+probe round). As healthchecks.io does with a check that misses its period, the silence is one
+state that lasts until the next push; here it is observed again after every further `within`
+of silence, because the judge opens an incident after `failure_threshold` consecutive
+observations and needs fresh ones to keep the verdict from going stale. The incident itself,
+like healthchecks.io's alert, opens once and resolves with the pushes that come back. After a
+restart every push service's clock starts at the start: a silence is never inferred from before.
+
+The receiver answers:
+
+| status | when | records anything |
+| --- | --- | --- |
+| 202 | accepted and judged | yes: the observation |
+| 400 | not a JSON object of `serving` (bool), `reason` (<= 200 chars), `count` (>= 0) | no |
+| 401 | no `Authorization: Bearer`, a wrong token, or a push whose token is not configured | no |
+| 404 | no such service, or it is probed or schedule-only | no |
+| 413 | the body is larger than 64 KiB (never read further) | no |
+| 429 | more than 10 pushes within one second for one service | no |
+| 408 | the body did not arrive within 10 seconds | no |
+
+Tokens are compared in constant time (`hmac.compare_digest`) and never logged, stored or shown.
+Reasons: `push` (a heartbeat), `pushed: <the pusher's reason>` (or `pushed: count <n>` when only
+a count came), `no push for <within>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from monitor.config import format_duration
+from monitor.pipeline import Pipeline, Result, not_configured
+from monitor.plan import ServiceRef
+from monitor.probe import Observation
+
+log = logging.getLogger(__name__)
+
+#: The largest push body read (larger ones are refused with 413, unread).
+MAX_BODY = 64 * 1024
+#: At most this many pushes per service within `RATE_WINDOW` seconds.
+RATE_LIMIT = 10
+RATE_WINDOW = 1.0
+#: The longest `reason` a push may carry.
+MAX_REASON = 200
+#: How long a push body may take to arrive (408 after).
+BODY_TIMEOUT = 10.0
+ROUTE = "/push/{channel}/{service}"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_BODY_KEYS = ("serving", "reason", "count")
+
+Key = tuple[str, str]
+
+
+class PushRefused(Exception):
+    """A push that is not accepted: its HTTP status and a sentence in both languages."""
+
+    def __init__(self, status: int, en: str, zh: str) -> None:
+        super().__init__(en)
+        self.status, self.en, self.zh = status, en, zh
+
+    def response(self) -> web.Response:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.status == 429:
+            headers = {"Retry-After": "1"}
+        body = {"error": self.en, "error_zh": self.zh}
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one push body says."""
+
+    serving: bool = True
+    reason: str = "push"
+
+
+def parse_body(raw: bytes) -> Report:
+    """The report of a push body; raises PushRefused(400) saying what is wrong.
+
+    `serving` wins when given; else a `count` says serving when it is above 0 (a counter that
+    still moves is business still taken); an empty body is a heartbeat: serving."""
+    if not raw.strip():
+        return Report()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("the body is not JSON", "请求体不是 JSON") from None
+    if not isinstance(data, dict):
+        raise _bad("the body must be a JSON object", "请求体必须是 JSON 对象")
+    unknown = [key for key in data if key not in _BODY_KEYS]
+    if unknown:
+        raise _bad(
+            f"unknown field {json.dumps(unknown[0])[:60]}; expected serving, reason, count",
+            f"未知字段 {json.dumps(unknown[0], ensure_ascii=False)[:60]}；"
+            "可用字段为 serving、reason、count",
+        )
+    serving, reason, count = data.get("serving"), data.get("reason"), data.get("count")
+    if serving is not None and not isinstance(serving, bool):
+        raise _bad("serving must be true or false", "serving 必须是 true 或 false")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise _bad("count must be a whole number of at least 0", "count 必须是不小于 0 的整数")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise _bad(
+            f"reason must be a string of at most {MAX_REASON} characters",
+            f"reason 必须是不超过 {MAX_REASON} 个字符的字符串",
+        )
+    if serving is None:
+        serving = count > 0 if count is not None else True
+    text = _CONTROL.sub(" ", reason).strip() if reason else ""
+    if not text and count is not None:
+        text = f"count {count}"
+    return Report(serving, f"pushed: {text}" if text else "push")
+
+
+def _bad(en: str, zh: str) -> PushRefused:
+    return PushRefused(400, en, zh)
+
+
+def bearer_matches(header: str | None, token: bytes) -> bool:
+    """Whether an `Authorization` header carries `token` as a Bearer token (constant time)."""
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    offered = value.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(offered, token)
+
+
+class RateLimit:
+    """At most `limit` events per key within any `window` seconds (a sliding window)."""
+
+    def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW) -> None:
+        self.limit, self.window = limit, window
+        self._seen: dict[Key, deque[float]] = {}
+
+    def allow(self, key: Key, now: float) -> bool:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = deque(maxlen=self.limit)
+        if len(seen) == self.limit and now - seen[0] < self.window:
+            return False
+        seen.append(now)
+        return True
+
+
+async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes | None:
+    """The body, or None when it is over `cap` bytes (checked on Content-Length first, and
+    never more than `cap` + 1 bytes read whatever the header said)."""
+    length = request.content_length
+    if length is not None and length > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await request.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > cap else b"".join(chunks)
+
+
+class PushReceiver:
+    """`POST /push/<channel>/<service>` and the `within` timers of every push service."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        monotonic: Callable[[], float] | None = None,
+        watch_silence: bool = True,
+    ) -> None:
+        """`watch_silence` False leaves the `within` timers off: on a replayed clock (the demo)
+        the replay calls `silence` at its own simulated instants instead."""
+        self.pipeline = pipeline
+        self.watch_silence = watch_silence
+        #: How long a push body may take to arrive (seconds).
+        self.body_timeout = BODY_TIMEOUT
+        #: The clock of the rate limit (seconds); the event loop's when None.
+        self.monotonic = monotonic
+        self.services: dict[Key, ServiceRef] = {
+            ref.key: ref for ref in pipeline.plan.services if ref.service.push is not None
+        }
+        #: Tokens of the configured push services (a `${NAME}` left unset: none, so 401).
+        self._tokens: dict[Key, bytes] = {
+            key: ref.service.push.token.encode("utf-8")
+            for key, ref in self.services.items()
+            if ref.service.push is not None and not ref.service.unset
+        }
+        self._rate = RateLimit()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        #: Bumped by every push, so a silence timer that fired meanwhile knows it is late.
+        self._generation: dict[Key, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._stopped = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def attach(self, app: web.Application) -> None:
+        """Serve the route on `app`; arm the timers when it starts, stop them when it stops."""
+        app.router.add_post(ROUTE, self.handle)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        await self.start()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start every configured push service's `within` clock now; say of the others that
+        they are not configured (judged `unknown`, reason `not configured: set NAME`)."""
+        self._stopped = False
+        for key, ref in self.services.items():
+            if key in self._tokens:
+                self._arm(ref)
+            else:
+                await self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
+
+    async def stop(self) -> None:
+        """Cancel the timers; let silence observations already being judged finish."""
+        self._stopped = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    # --- one push ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Check, judge, answer. Nothing is recorded unless the push is accepted."""
+        key = (request.match_info["channel"], request.match_info["service"])
+        try:
+            ref = self._check(key, request)
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await read_capped(request)
+            except TimeoutError:  # a pusher that trickles its body holds nothing for long
+                raise PushRefused(
+                    408, "the body did not arrive in time", "请求体未能按时收到"
+                ) from None
+            if raw is None:
+                raise PushRefused(
+                    413,
+                    f"the body is larger than {MAX_BODY // 1024} KiB",
+                    f"请求体超过 {MAX_BODY // 1024} KiB",
+                )
+            report = parse_body(raw)
+        except PushRefused as refused:
+            log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
+            return refused.response()
+        result = await self.accept(ref, report)
+        log.debug("push to %s/%s: %s", *_printable(key), report.reason)
+        body = {
+            "accepted": True,
+            "channel": ref.channel.id,
+            "service": ref.service.id,
+            "at": result.observation.at.isoformat(),
+            "serving": result.observation.serving,
+            "expected": result.expectation.state,
+            "verdict": result.verdict.value,
+        }
+        return web.json_response(body, status=202)
+
+    def _check(self, key: Key, request: web.Request) -> ServiceRef:
+        """The service pushed to, or PushRefused: 404, then 401, then 429."""
+        ref = self.services.get(key)
+        if ref is None:
+            raise PushRefused(
+                404,
+                "no service observed by push at this address",
+                "此地址没有以推送方式观测的服务",
+            )
+        token = self._tokens.get(key)
+        if token is None or not bearer_matches(request.headers.get("Authorization"), token):
+            raise PushRefused(
+                401,
+                "missing or wrong token (Authorization: Bearer <token>)",
+                "缺少令牌或令牌错误（Authorization: Bearer <令牌>）",
+            )
+        if not self._rate.allow(key, self._now()):
+            raise PushRefused(
+                429,
+                f"more than {RATE_LIMIT} pushes a second for this service",
+                f"该服务每秒推送超过 {RATE_LIMIT} 次",
+            )
+        return ref
+
+    async def accept(self, ref: ServiceRef, report: Report) -> Result:
+        """Judge one accepted push as an observation now; restart the service's clock."""
+        async with self._lock(ref.key):
+            self._generation[ref.key] = self._generation.get(ref.key, 0) + 1
+            observation = Observation(self.pipeline.clock.now(), report.serving, report.reason)
+            result = await self.pipeline.judge(ref, observation)
+            self._arm(ref)
+        return result
+
+    # --- silence ----------------------------------------------------------------------------
+
+    def _arm(self, ref: ServiceRef) -> None:
+        """(Re)start the service's `within` clock."""
+        if self._stopped or not self.watch_silence:
+            return
+        push = ref.service.push
+        assert push is not None
+        old = self._timers.pop(ref.key, None)
+        if old is not None:
+            old.cancel()
+        generation = self._generation.get(ref.key, 0)
+        loop = asyncio.get_running_loop()
+        self._timers[ref.key] = loop.call_later(
+            push.within.total_seconds(), self._silence, ref, generation
+        )
+
+    def _silence(self, ref: ServiceRef, generation: int) -> None:
+        self._timers.pop(ref.key, None)
+        if self._stopped:
+            return
+        task = asyncio.get_running_loop().create_task(self._observe_silence(ref, generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _observe_silence(self, ref: ServiceRef, generation: int) -> None:
+        async with self._lock(ref.key):
+            if self._generation.get(ref.key, 0) != generation:
+                return  # a push came while this timer fired: no silence
+            await self._judge_silence(ref)
+            self._arm(ref)  # and again after each further `within` of silence
+
+    async def silence(self, ref: ServiceRef) -> Result:
+        """Judge a silence of `ref` now (what the timer does; the demo's replay calls it)."""
+        async with self._lock(ref.key):
+            return await self._judge_silence(ref)
+
+    async def _judge_silence(self, ref: ServiceRef) -> Result:
+        push = ref.service.push
+        assert push is not None
+        reason = f"no push for {format_duration(push.within)}"
+        return await self.pipeline.judge(ref, Observation(self.pipeline.clock.now(), False, reason))
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("push: judging a silence failed", exc_info=task.exception())
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _now(self) -> float:
+        if self.monotonic is not None:
+            return self.monotonic()
+        return asyncio.get_running_loop().time()
+
+
+def _printable(key: Key) -> tuple[str, str]:
+    """Ids from a request path, cut and cleaned for a log line (they are the caller's text)."""
+    return tuple(_CONTROL.sub("?", part)[:64] for part in key)  # type: ignore[return-value]
