@@ -1,4 +1,5 @@
-"""The `channel-monitor` command: validate, plan, check, run, render, demo, push.
+"""The `channel-monitor` command: validate, plan (and plan diff), check, run, render, report,
+demo, notice, push, alerts test.
 
 Exit codes are a contract: 0 fine, 1 a mismatch was found (`check`) or a push was not
 accepted (`push`), 2 bad input. Every error
@@ -17,11 +18,12 @@ import typing
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, ObservedBy, load_config
 from monitor.daemon import DEFAULT_PORT
+from monitor.notice import Status
 from monitor.plan import Plan, report
 from monitor.table import render_table
 
@@ -61,10 +63,15 @@ def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:
     text = getattr(args, name, None)
     if not text:
         return RealClock().now()
+    return parse_option(text, plan, f"--{name.rstrip('_').replace('_', '-')}")
+
+
+def parse_option(text: str, plan: Plan, option: str) -> datetime:
+    """An instant from the command line (naive: the plan's zone); bad input names the option."""
     try:
         return parse_instant(text, plan.zone)
     except ValueError as exc:
-        raise UsageError(f"--{name.rstrip('_').replace('_', '-')}: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def local(plan: Plan, value: str | None) -> str:
@@ -204,6 +211,34 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
     return EXIT_OK
 
 
+def cmd_plan_diff(args: argparse.Namespace) -> int:
+    """Compare two plan files; both are validated first and every error of either is listed."""
+    from monitor.diff import as_json, as_text, default_range, diff_plans
+
+    plans, problems = [], []
+    for path in (args.old, args.new):
+        try:
+            plans.append(load_plan(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    old, new = plans
+    start, end = default_range(old.config, new.config, RealClock().now())
+    if args.diff_from:
+        start = parse_option(args.diff_from, new, "--from")
+    if args.diff_until:
+        end = parse_option(args.diff_until, new, "--until")
+    if end <= start:
+        raise UsageError("--until must be after --from")
+    result = diff_plans(old, new, start, end)
+    if args.diff_format == "json":
+        print(json.dumps(as_json(result), ensure_ascii=False, indent=2))
+    else:
+        print(as_text(result))
+    return EXIT_OK if result.same_expectations else EXIT_MISMATCH
+
+
 # --- check ---------------------------------------------------------------------------------
 
 
@@ -280,6 +315,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
+    from monitor.notice import load_notices
 
     plan = Plan(load_config(args.config, alerts=not args.no_alerts))
     try:
@@ -292,8 +328,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     home = config_dir(args)
+    notices = notices_file(args)
+    load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
     daemon = Daemon(
         plan,
+        notices_path=notices,
         db_path=Path(args.db) if args.db else home / "monitor.db",
         site_dir=Path(args.site) if args.site else home / "site",
         host=host,
@@ -315,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     import sqlite3
 
+    from monitor.notice import load_notices
     from monitor.site.render import render_from
 
     plan = load_plan(args.config)
@@ -322,8 +362,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     home = config_dir(args)
     db = Path(args.db) if args.db else home / "monitor.db"
     site = Path(args.site) if args.site else home / "site"
+    notices = load_notices(notices_file(args), plan, store_incidents(db))
     try:
-        result = render_from(plan, site, at, db)
+        result = render_from(plan, site, at, db, notices)
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
@@ -335,6 +376,43 @@ def cmd_render(args: argparse.Namespace) -> int:
         f"rendered in {result.seconds:.2f} s"
         + ("" if db.exists() else f" (no store at {db}: no history yet)")
     )
+    return EXIT_OK
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Planned against observed from the store, read-only; every format to standard output."""
+    import sqlite3
+
+    from monitor.config import parse_duration
+    from monitor.report import ReportError, build_report, open_readonly
+    from monitor.report_formats import render
+
+    plan = load_plan(args.config)
+    db_path = Path(args.db) if args.db else config_dir(args) / "monitor.db"
+    start = parse_option(args.from_, plan, "--from") if args.from_ else None
+    end = parse_option(args.until, plan, "--until") if args.until else None
+    cover = None
+    if args.cover:
+        try:
+            cover = parse_duration(args.cover)
+        except ValueError as exc:
+            raise UsageError(f"--cover: {exc}") from None
+        if cover.total_seconds() <= 0:
+            raise UsageError("--cover: expected a duration above zero")
+    try:
+        db = open_readonly(db_path)
+        try:
+            result = build_report(plan, db, start, end, cover=cover, resolution=args.resolution)
+        finally:
+            db.close()
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
+    print(render(result, args.format))
     return EXIT_OK
 
 
@@ -367,6 +445,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serve=not args.no_serve,
         linger=args.linger,
         cadence=Cadence(),
+        notices=demo_notices(args),
     )
     print(f"channel-monitor demo: {source}")
     try:
@@ -393,6 +472,114 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     failed = sum(1 for r in results if not r.ok)
     print(f"{len(results) - failed} of {len(results)} sink(s) accepted the test message")
     return EXIT_MISMATCH if failed else EXIT_OK
+
+
+# --- notice --------------------------------------------------------------------------------
+
+
+def notices_file(args: argparse.Namespace) -> Path:
+    """`--notices`, else `notices.toml` in the plan's folder (which need not exist yet)."""
+    from monitor.notice import default_path
+
+    if getattr(args, "notices", None):
+        return Path(args.notices)
+    return default_path(getattr(args, "config", None) or "channels.toml")
+
+
+def demo_notices(args: argparse.Namespace) -> Path:
+    """The demo's notices: `--notices` or `notices.toml` beside the plan as elsewhere, else
+    the ones shipped with the demo (the team's words during the replayed cutover)."""
+    from monitor.demo import NOTICES
+
+    path = notices_file(args)
+    return path if args.notices or path.exists() else NOTICES
+
+
+def store_incidents(db: Path) -> set[int] | None:
+    """Incident numbers in the store at `db` (None when there is no store to check against)."""
+    import sqlite3
+
+    from monitor.store import Store
+
+    if not db.exists():
+        return None
+    try:
+        store = Store(db, readonly=True)
+        try:
+            return {record.id for record in store.incidents(limit=1_000_000)}
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
+
+
+def cmd_notice(args: argparse.Namespace) -> int:
+    """Validate, list, add to or update the notices file; nothing is written unless the
+    result validates."""
+    from monitor import notice
+
+    plan = load_plan(args.config)
+    path = notices_file(args)
+    db = Path(args.db) if args.db else config_dir(args) / "monitor.db"
+    incidents = store_incidents(db)
+    if args.notice_command == "add":
+        incident = args.incident
+        notice.add_notice(
+            path,
+            plan,
+            ident=args.id,
+            title=args.title,
+            title_en=args.title_en,
+            services=args.service or (),
+            incident=incident,
+            notify=args.notify,
+            incidents=incidents,
+        )
+        print(f"{path}: notice {args.id} added; it shows once `notice update` posts an update")
+        return EXIT_OK
+    if args.notice_command == "update":
+        at = instant(args, plan)
+        item, kept = notice.add_update(
+            path,
+            plan,
+            ident=args.id,
+            status=args.status,
+            text=args.text,
+            text_en=args.text_en,
+            at=at,
+            incidents=incidents,
+        )
+        print(
+            f"{path}: notice {args.id}: update {len(item.updates)} ({args.status}) at "
+            f"{local(plan, at.isoformat())}"
+        )
+        if not kept:
+            print(
+                f"{path}: the file was not laid out as [[notices]] tables, so it was written "
+                "anew: its comments were not kept",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+    loaded = notice.load_notices(path, plan, incidents)
+    if args.notice_command == "validate":
+        print(f"{path}: OK: {len(loaded.notices)} notice(s)")
+        return EXIT_OK
+    now = RealClock().now()
+    rows = []
+    for item in loaded.notices:
+        latest = item.latest(now)
+        rows.append(
+            [
+                item.id,
+                item.title,
+                latest.status if latest else "(not posted)",
+                local(plan, latest.at.isoformat()) if latest else "-",
+                "active" if item.active(now) else "-",
+                "yes" if item.notify else "no",
+            ]
+        )
+    print(render_table(["id", "title", "status", "latest", "shown", "notify"], rows))
+    return EXIT_OK
 
 
 # --- push ----------------------------------------------------------------------------------
@@ -481,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config", default="channels.toml", help="plan file (default: channels.toml)"
     )
+    notices = argparse.ArgumentParser(add_help=False)
+    notices.add_argument(
+        "--notices",
+        metavar="PATH",
+        help="operators' notices (default: notices.toml beside the plan, if it exists)",
+    )
     parser = argparse.ArgumentParser(
         prog="channel-monitor",
         description="Hold every service channel to a published cutover plan.",
@@ -508,13 +701,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(channel-monitor plan --example > channels.toml)",
     )
     p.set_defaults(func=cmd_plan)
+    actions = p.add_subparsers(dest="plan_action", metavar="ACTION")
+    d = actions.add_parser(
+        "diff", help="what changing the plan OLD to NEW changes (exit 1 if expectations differ)"
+    )
+    d.add_argument("old", metavar="OLD", help="the plan file in force")
+    d.add_argument("new", metavar="NEW", help="the changed plan file")
+    d.add_argument(
+        "--from",
+        dest="diff_from",
+        metavar="T",
+        help="start (default: a day before the first instant either plan names)",
+    )
+    d.add_argument(
+        "--until",
+        dest="diff_until",
+        metavar="T",
+        help="end, exclusive (default: a day after the last instant either plan names)",
+    )
+    d.add_argument("--format", dest="diff_format", choices=["table", "json"], default="table")
+    d.set_defaults(func=cmd_plan_diff)
 
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
     p.add_argument("--at", help="judge against the plan at this instant; default now")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("run", parents=[common], help="the monitor: probe, judge, store, serve")
+    p = sub.add_parser(
+        "run", parents=[common, notices], help="the monitor: probe, judge, store, serve"
+    )
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument(
@@ -531,13 +746,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("render", parents=[common], help="write the public page (site/) once")
+    p = sub.add_parser(
+        "render", parents=[common, notices], help="write the public page (site/) once"
+    )
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument("--at", help="render the page as of this instant; default now")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("demo", help="replay the 2022 cutover on simulated channels")
+    p = sub.add_parser(
+        "report", parents=[common], help="planned against observed per service and channel"
+    )
+    p.add_argument(
+        "--db", help="SQLite store, opened read-only (default: monitor.db beside the config)"
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="T", help="start (default: the first stored hour)"
+    )
+    p.add_argument(
+        "--until", metavar="T", help="end, exclusive (default: the end of the last stored hour)"
+    )
+    p.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
+    p.add_argument(
+        "--cover",
+        metavar="DURATION",
+        help="how long one observation stands at most (default: twice the service's interval)",
+    )
+    p.add_argument(
+        "--resolution",
+        choices=["auto", "raw", "hourly"],
+        default="auto",
+        help="raw observations where kept, else hourly rollups (auto); or force one",
+    )
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "demo", parents=[notices], help="replay the 2022 cutover on simulated channels"
+    )
     p.add_argument(  # not `common`'s: its default would change for every command
         "--config",
         help="plan file (default: channels.toml if there is one here, else the 2022 plan "
@@ -555,6 +800,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("notice", help="operators' notices: add, update, list, validate")
+    actions = p.add_subparsers(dest="notice_command", required=True, metavar="ACTION")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--db", help="store whose incident numbers `incident` may name (default: monitor.db)"
+    )
+    both = [common, notices, store]
+    p = actions.add_parser("validate", parents=both, help="check the notices file")
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("list", parents=both, help="every notice and its latest update")
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("add", parents=both, help="add a notice (then post its updates)")
+    p.add_argument("--id", required=True, help="a new id: lower-case letters, digits, hyphens")
+    p.add_argument("--title", required=True, help="title in Chinese")
+    p.add_argument("--title-en", required=True, help="title in English")
+    p.add_argument(
+        "--service", action="append", metavar="CHANNEL/SERVICE", help="a service it is about"
+    )
+    p.add_argument("--incident", type=int, help="the number of an incident it is about")
+    p.add_argument(
+        "--notify", action="store_true", help="send each update to the robots and webhooks"
+    )
+    p.set_defaults(func=cmd_notice)
+    p = actions.add_parser("update", parents=both, help="post an update of a notice")
+    p.add_argument("--id", required=True, help="the notice's id")
+    p.add_argument(
+        "--status",
+        required=True,
+        choices=get_args(Status),
+    )
+    p.add_argument("--text", required=True, help="what to say, in Chinese")
+    p.add_argument("--text-en", required=True, help="what to say, in English")
+    p.add_argument("--at", help="when it was posted (default now; naive = plan time zone)")
+    p.set_defaults(func=cmd_notice)
 
     p = sub.add_parser(
         "push",

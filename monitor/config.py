@@ -755,6 +755,10 @@ def _quote(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: Lists whose entries are named by their `id` in key paths (notices.toml uses `notices`).
+_ID_LABELS = {"channels": "channel", "services": "service", "notices": "notice"}
+
+
 def key_path(loc: tuple, data: object) -> str:
     """`channels[3].services[1].expect[0].during (channel "x", service "y")` for a location."""
     text = ""
@@ -767,10 +771,10 @@ def key_path(loc: tuple, data: object) -> str:
             text += ("." if text else "") + str(part)
         node = node[part] if _indexable(node, part) else None
         parent = loc[index - 1] if index else None
-        if isinstance(part, int) and parent in ("channels", "services") and isinstance(node, dict):
+        if isinstance(part, int) and parent in _ID_LABELS and isinstance(node, dict):
             ident = node.get("id")
             if isinstance(ident, str):
-                ids.append(f'{"channel" if parent == "channels" else "service"} "{ident}"')
+                ids.append(f'{_ID_LABELS[parent]} "{ident}"')
     return f"{text} ({', '.join(ids)})" if ids else text
 
 
@@ -782,14 +786,16 @@ def _indexable(node: object, part: object) -> bool:
     return False
 
 
-def _describe(error: dict, data: dict, filename: str) -> str:
+def _describe(error: dict, data: dict, filename: str, root: type[BaseModel] | None = None) -> str:
+    """One pydantic error as a sentence: file, key path, what was found and expected.
+    `root` is the model of the whole file (default: the plan's)."""
     raw = tuple(p for p in error["loc"] if not _is_internal(p))
     loc = _without_tags(raw)
     kind = error["type"]
     value = error.get("input")
     secret = _may_hold_secret(loc)
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(raw[:-1])
+        allowed = _allowed_keys(raw[:-1], root)
         name = str(loc[-1])
         close = difflib.get_close_matches(name, allowed, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -863,8 +869,8 @@ def _is_internal(part: object) -> bool:
     )
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = PlanConfig
+def _allowed_keys(loc: tuple, root: type[BaseModel] | None = None) -> list[str]:
+    model: Any = root or PlanConfig
     for part in loc:
         model = _step(model, part)
         if model is None:

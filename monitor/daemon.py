@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 import monitor.site
-from monitor import alerts, metrics
+from monitor import alerts, metrics, notice_watch
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
@@ -58,6 +58,8 @@ class Daemon:
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
+    #: Operators' notices (monitor/notice.py): shown on the page, watched while running.
+    notices_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
@@ -71,6 +73,7 @@ class Daemon:
         self.app.router.add_get("/healthz", self.healthz)
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
+        self.notice_board: notice_watch.NoticeBoard | None = None
         self.attach_parts()
 
     def attach_parts(self) -> None:
@@ -80,6 +83,7 @@ class Daemon:
         if self.alerts:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
+        notice_watch.attach(self)  # operators' notices: on the page, to the robots
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
         # replayed one (the demo) the rate limit counts its seconds and the replay asks
         # `push.overdue(at)` at each step, with no wall-clock timers

@@ -79,6 +79,9 @@ class ChannelServer:
         self.default = "serving"
         self.modes: dict[str, str] = {}
         self.hits: Counter[str] = Counter()
+        #: POST requests as (path, headers, parsed JSON body), in arrival order: the server
+        #: doubles as a webhook receiver that counts what it was sent.
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._cond = threading.Condition()
@@ -119,6 +122,11 @@ class ChannelServer:
                     raise AssertionError(f"{path or 'server'}: {seen} of {count} requests seen")
                 self._cond.wait(left)
 
+    def received(self, path: str | None = None) -> list[Any]:
+        """The JSON bodies POSTed to `path` (to any path when None), in arrival order."""
+        with self._cond:
+            return [body for where, _, body in self.posts if path is None or where == path]
+
     def release(self) -> None:
         """Let every request held in `hold` mode answer (and later ones pass at once)."""
         if self._loop is not None and self._gate is not None:
@@ -128,6 +136,15 @@ class ChannelServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.path
+        if request.method == "POST":
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", errors="replace")
+            with self._cond:
+                self.posts.append((path, dict(request.headers), body))
+                self._cond.notify_all()
         with self._cond:
             self.hits[path] += 1
             self.in_flight += 1

@@ -41,6 +41,7 @@ ENDS_AFTER = 4 * RESEND_INTERVAL
 class AlertmanagerSink(Sink):
     type = "alertmanager"
     refreshes = True
+    takes_notices = False  # an alert fires and resolves; a notice is words for people
 
     def __init__(
         self, config: AlertSink, client: httpx.AsyncClient, ends_after: timedelta = ENDS_AFTER

@@ -40,6 +40,8 @@ class Sink(ABC):
     type: ClassVar[str]
     #: Whether open incidents are re-sent periodically (Alertmanager forgets silent alerts).
     refreshes: ClassVar[bool] = False
+    #: Whether operators' notices go here too (robots and webhooks; not Alertmanager).
+    takes_notices: ClassVar[bool] = True
 
     def __init__(self, config: AlertSink, client: httpx.AsyncClient) -> None:
         self.config = config
@@ -53,6 +55,8 @@ class Sink(ABC):
         """Whether this sink takes this alert (its directions, `send_resolved`)."""
         if alert.test:
             return True
+        if alert.is_notice:
+            return self.takes_notices
         if alert.direction not in self.config.directions:
             return False
         return not (alert.resolved and not self.config.send_resolved)

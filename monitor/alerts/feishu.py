@@ -32,7 +32,10 @@ def sign(secret: str, timestamp: str) -> str:
 
 
 def body(alert: Alert) -> dict:
-    template = "blue" if alert.test else "green" if alert.resolved else TEMPLATE[alert.direction]
+    if alert.test or alert.is_notice:
+        template = "blue"
+    else:
+        template = "green" if alert.resolved else TEMPLATE[alert.direction]
     return {
         "msg_type": "interactive",
         "card": {

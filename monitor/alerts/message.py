@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from monitor import reasons
+from monitor.notice import STATUS_EN, STATUS_ZH
 
 #: The two directions in plain words; the Chinese ones are what operators say.
 DIRECTION_ZH = {"unexpected_up": "应停未停", "unexpected_down": "应开未开"}
@@ -63,6 +64,14 @@ class Alert:
     period_title: str = ""
     period_title_en: str = ""
     resolved_at: str | None = None
+    #: Operators' notices (kind `notice`): the notice, the status and text of one update;
+    #: `service_name(_en)` then hold the names of the services it is about.
+    notice: str = ""
+    notice_title: str = ""
+    notice_title_en: str = ""
+    status: str = ""
+    body: str = ""
+    body_en: str = ""
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -84,6 +93,11 @@ class Alert:
     @property
     def resolved(self) -> bool:
         return self.kind == "resolved"
+
+    @property
+    def is_notice(self) -> bool:
+        """An update of an operators' notice, not an incident transition."""
+        return self.kind == "notice"
 
     @property
     def serving(self) -> bool:
@@ -120,12 +134,17 @@ class Alert:
     def title_zh(self) -> str:
         if self.test:
             return "【测试】渠道监测告警测试"
+        if self.is_notice:
+            return f"【公告·{STATUS_ZH.get(self.status, self.status)}】{self.notice_title}"
         state = "已恢复" if self.resolved else DIRECTION_ZH[self.direction]
         return f"【{state}】{self.where()}"
 
     def title_en(self) -> str:
         if self.test:
             return "[TEST] channel-monitor alert test"
+        if self.is_notice:
+            status = STATUS_EN.get(self.status, self.status).upper()
+            return f"[NOTICE: {status}] {self.notice_title_en}"
         words = DIRECTION_EN[self.direction].upper()
         return f"[{'RESOLVED: ' + words if self.resolved else words}] {self.where(True)}"
 
@@ -135,6 +154,14 @@ class Alert:
             return [
                 "这是一条测试消息，用于确认告警通道可用，无需处理。",
                 f"发送时间：{self.local(self.at)}（{self.timezone}）",
+            ]
+        if self.is_notice:
+            about = [f"涉及：{self.service_name}"] if self.service_name else []
+            return [
+                self.body,
+                *about,
+                f"发布时间：{self.local(self.at)}（{self.timezone}）",
+                f"公告：{self.notice}",
             ]
         period = f"（时段：{self.period_title or self.period}）" if self.period else ""
         direction = DIRECTION_ZH[self.direction]
@@ -162,6 +189,15 @@ class Alert:
             return [
                 "A test message to check this alert channel; no action needed.",
                 f"Sent at {self.local(self.at)} ({self.timezone}).",
+            ]
+        if self.is_notice:
+            names = self.service_name_en or self.service_name
+            about = [f"About: {names}"] if names else []
+            return [
+                self.body_en,
+                *about,
+                f"Posted: {self.local(self.at)} ({self.timezone})",
+                f"Notice: {self.notice}",
             ]
         period = f" (period: {self.period_title_en or self.period})" if self.period else ""
         direction = DIRECTION_EN[self.direction]

@@ -152,6 +152,24 @@ class AlertSender:
             outbox.enqueue(db, targets, alert, time.time())
             self._wake_soon()
 
+    async def enqueue(self, alerts: Sequence[Alert]) -> int:
+        """Queue messages that are not incident transitions (updates of operators' notices)
+        for every sink that takes them; the outbox keeps one row per sink and dedup key, so
+        each is sent once, also across restarts. Returns how many rows are new."""
+        await self.start()
+
+        def write(db: sqlite3.Connection) -> int:
+            with db:
+                return sum(
+                    outbox.enqueue(db, [s.name for s in self.sinks if s.wants(a)], a, time.time())
+                    for a in alerts
+                )
+
+        count = await self.store.call(write, self.store.db)
+        if count:
+            self._wake_all()
+        return count
+
     def _wake_soon(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():

@@ -24,6 +24,11 @@ The body (version 1; fields are only ever added):
 }
 ```
 
+An update of an operators' notice with `notify = true` (monitor/notice.py) comes as
+`{"version": 1, "dedup_key": "notice-<id>-<n>-<unix time>", "kind": "notice", "notice": {"id",
+"title", "title_en", "status", "text", "text_en", "services", "services_en"}, "at",
+"timezone", "title", "title_en", "text"}`, once per update.
+
 `observed.serving` is what the probes saw when the incident opened; on `resolved` it is null
 and `observed.reason` is the reason of the observation that resolved it. Instants are RFC 3339
 UTC. Headers: `Idempotency-Key` (the `dedup_key`: a receiver that keeps them sees every
@@ -47,6 +52,8 @@ VERSION = 1
 
 def body(alert: Alert) -> dict:
     """The documented JSON body of one alert."""
+    if alert.is_notice:
+        return notice_body(alert)
     return {
         "version": VERSION,
         "dedup_key": alert.dedup_key,
@@ -70,6 +77,30 @@ def body(alert: Alert) -> dict:
         },
         "opened_at": alert.opened_at,
         "resolved_at": alert.resolved_at,
+        "at": alert.at,
+        "timezone": alert.timezone,
+        "title": alert.title_zh(),
+        "title_en": alert.title_en(),
+        "text": alert.text(),
+    }
+
+
+def notice_body(alert: Alert) -> dict:
+    """The body of an update of an operators' notice (`kind` "notice")."""
+    return {
+        "version": VERSION,
+        "dedup_key": alert.dedup_key,
+        "kind": "notice",
+        "notice": {
+            "id": alert.notice,
+            "title": alert.notice_title,
+            "title_en": alert.notice_title_en,
+            "status": alert.status,
+            "text": alert.body,
+            "text_en": alert.body_en,
+            "services": alert.service_name,
+            "services_en": alert.service_name_en,
+        },
         "at": alert.at,
         "timezone": alert.timezone,
         "title": alert.title_zh(),

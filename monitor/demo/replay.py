@@ -25,6 +25,7 @@ from monitor.clock import ReplayClock
 from monitor.pipeline import Pipeline, Result
 from monitor.plan import TICK, Plan, ServiceRef, Transition
 from monitor.push import PushReceiver
+from monitor.report import plan_pieces
 from monitor.store import IncidentRecord
 
 from .simulator import Fault, Pushers
@@ -69,7 +70,7 @@ def instants(
 
 @dataclass
 class ServiceTally:
-    """What the replay saw of one service, for the closing summary."""
+    """What the replay itself saw of one service (the tests hold the report to it)."""
 
     observed_down: timedelta = timedelta(0)
     incidents: list[IncidentRecord] = field(default_factory=list)
@@ -214,41 +215,11 @@ class Replay:
 
 
 def planned_downtime(plan: Plan, ref: ServiceRef, start: datetime, end: datetime) -> timedelta:
-    """How long the plan expects `ref` down within `[start, end)`."""
-    total = timedelta(0)
-    state = plan.expected(ref, start).state
-    since = start
-    for change in plan.transitions(start + TICK, end, [ref]):
-        if state == "down":
-            total += change.at - since
-        state, since = change.to_state, change.at
-    if state == "down":
-        total += end - since
-    return total
+    """How long the plan expects `ref` down within `[start, end)` (as the report counts it)."""
+    pieces = plan_pieces(plan, ref, start, end)
+    return sum((p.end - p.start for p in pieces if p.state == "down"), timedelta(0))
 
 
 def _hours(value: timedelta) -> str:
     minutes = round(value.total_seconds() / 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
-def summary_rows(replay: Replay) -> list[list[str]]:
-    """Per service: how it is seen, planned downtime, observed downtime, incidents (each
-    direction with the kind of observation that saw it)."""
-    rows = []
-    for ref in replay.plan.services:
-        tally = replay.tallies.get(ref.key, ServiceTally())
-        planned = planned_downtime(replay.plan, ref, replay.start, replay.end)
-        kind = ref.service.observed_by
-        found = ", ".join(f"{i.direction} [{kind}]" for i in tally.incidents) or "-"
-        rows.append(
-            [
-                ref.channel.name,
-                ref.service.name,
-                kind,
-                _hours(planned),
-                _hours(tally.observed_down),
-                found,
-            ]
-        )
-    return rows

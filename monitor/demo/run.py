@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from monitor.clock import ReplayClock
-from monitor.config import Channel, PlanConfig, Service, fill_in
+from monitor.config import Channel, PlanConfig, Service, fill_in, format_duration
 from monitor.daemon import Daemon
 from monitor.plan import Plan
-from monitor.table import render_table
+from monitor.report import build_report, open_readonly
+from monitor.report_formats import as_text
 
 from .faults import scripted_faults
-from .replay import Cadence, Replay, summary_rows
+from .replay import Cadence, Replay
 from .simulator import Pushers, Simulator, SimulatorProcess
 
 BEIJING_OFFSET = "+08:00"
@@ -152,6 +153,22 @@ def browser_line(plan: Plan) -> str | None:
     )
 
 
+def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str:
+    """The demo's closing table: `channel-monitor report` on the replay's own store.
+
+    The replay probes every `cadence.quiet` through quiet stretches, so an observation stands
+    for up to that long here (in production twice the probe interval): the report then counts
+    the same down time the story tells. Browser pages, loaded only at their planned changes,
+    leave the time between those loads unobserved.
+    """
+    store = open_readonly(db)
+    try:
+        report = build_report(plan, store, REPLAY_START, end, cover=cadence.quiet)
+    finally:
+        store.close()
+    return as_text(report)
+
+
 @dataclass
 class DemoOptions:
     """What the command line chose."""
@@ -164,6 +181,8 @@ class DemoOptions:
     serve: bool
     linger: bool
     cadence: Cadence
+    #: Operators' notices shown on the page (monitor/notice.py); no file, no notices.
+    notices: Path | None = None
     #: Where the replay stops (the tests stop a short replay early).
     end: datetime = field(default=REPLAY_END)
 
@@ -197,6 +216,7 @@ async def run_demo(options: DemoOptions) -> Replay:
             host=options.host,
             port=options.port,
             clock=clock,
+            notices_path=options.notices,
         )
         replay = Replay(
             probed, daemon.pipeline, clock, REPLAY_START, options.end, faults, options.cadence
@@ -240,13 +260,10 @@ async def run_demo(options: DemoOptions) -> Replay:
             if replay.stopped:
                 reached = clock.now().astimezone(probed.zone)
                 print(f"interrupted at {reached:%m-%d %H:%M}: the summary covers the replay so far")
-            print(
-                render_table(
-                    ["channel", "service", "seen by", "planned down", "observed down", "incidents"],
-                    summary_rows(replay),
-                )
-            )
-            print()
+            end = options.end if not replay.stopped else clock.now()
+            if end > REPLAY_START:
+                print(closing_report(probed, db, end, options.cadence))
+                print()
             for record in replay.incidents:
                 ref = probed.service(record.channel, record.business)
                 print(
@@ -263,6 +280,12 @@ async def run_demo(options: DemoOptions) -> Replay:
                 + f", {len(replay.incidents)} incident(s); observations by kind: {seen}; "
                 f"site written to {options.site}"
             )
+            if options.db is not None:
+                print(
+                    f"the same report again: channel-monitor report --db {options.db} "
+                    f"--from {REPLAY_START:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
+                    f"--cover {format_duration(options.cadence.quiet)}"
+                )
             if options.serve and options.linger and not replay.stopped:
                 print(f"serving http://{daemon.host}:{daemon.port}/ until Ctrl-C")
                 await stop.wait()

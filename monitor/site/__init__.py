@@ -66,12 +66,13 @@ def _worker_init(config, site: str, db: str, parent: int) -> None:
     _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None)
 
 
-def _worker_render(at: datetime, snapshot) -> float:
+def _worker_render(at: datetime, snapshot, notices=None) -> float:
     from monitor.site.render import open_store, render
 
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])
-    return render(_worker["plan"], _worker["site"], at, _worker["store"], snapshot).seconds
+    plan, site, store = _worker["plan"], _worker["site"], _worker["store"]
+    return render(plan, site, at, store, snapshot, notices=notices).seconds
 
 
 class SiteListener:
@@ -139,9 +140,13 @@ class SiteListener:
             if self._not_before is not None and at < self._not_before:
                 at = self._not_before
             snapshot = snapshot_from_pipeline(self.daemon.pipeline, at)
+            board = self.daemon.notice_board
+            notices = board.current if board is not None else None
             self._last = time.monotonic()
             try:
-                seconds = await loop.run_in_executor(self._executor(), _worker_render, at, snapshot)
+                seconds = await loop.run_in_executor(
+                    self._executor(), _worker_render, at, snapshot, notices
+                )
                 self.renders += 1
                 log.debug("site rendered in %.3f s to %s", seconds, self.daemon.site_dir)
             except BrokenProcessPool:

@@ -14,6 +14,7 @@ from functools import cached_property
 
 from monitor.config import Milestone, Period
 from monitor.judge import Verdict, thresholds_for
+from monitor.notice import Notice, NoticesFile
 from monitor.plan import TICK, Expectation, Plan, ServiceRef, period_boundaries
 from monitor.site.history import History
 from monitor.store import Store
@@ -267,6 +268,8 @@ class Model:
     milestones: tuple[Milestone, ...]
     maintenances: tuple[Maintenance, ...]
     history: History
+    #: Operators' notices out by `at`, the latest update first (monitor/notice.py).
+    notices: tuple[Notice, ...] = ()
 
     @property
     def probed(self) -> int:
@@ -303,8 +306,14 @@ class Model:
         return {s.key: s for s in self.services}
 
 
-def build(plan: Plan, at: datetime, snapshot: Snapshot, history: History) -> Model:
-    """Work out the whole page as of `at`."""
+def build(
+    plan: Plan,
+    at: datetime,
+    snapshot: Snapshot,
+    history: History,
+    notices: NoticesFile | None = None,
+) -> Model:
+    """Work out the whole page as of `at` (with the operators' notices out by then)."""
     at = at.astimezone(UTC)
     pauses = maintenances(plan, at)
     views = []
@@ -332,6 +341,7 @@ def build(plan: Plan, at: datetime, snapshot: Snapshot, history: History) -> Mod
         milestones=_milestones(plan, at),
         maintenances=pauses,
         history=history,
+        notices=notices.shown(at) if notices is not None else (),
     )
 
 

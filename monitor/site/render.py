@@ -21,8 +21,10 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from monitor.notice import NoticesFile
 from monitor.plan import Plan
 from monitor.site import feeds, history
+from monitor.site import notices as site_notices
 from monitor.site.model import Model, Snapshot, build, snapshot_from_store
 from monitor.site.publish import publish
 from monitor.site.words import WORDS, Lang, pick
@@ -195,6 +197,9 @@ def page(model: Model, code: str) -> str:
         more_incidents=len(model.history.incidents) > PAGE_INCIDENTS,
         refs={v.key: v.ref for v in model.services},
         channel_notes=[c for c in model.plan.config.channels if c.note],
+        notices_active=[n for n in model.notices if n.active(model.at)],
+        notices_past=[n for n in model.notices if not n.active(model.at)],
+        notice_refs=lambda notice: site_notices.refs(model, notice),
     )
     return _compact(html)
 
@@ -244,6 +249,7 @@ def atom(model: Model) -> str:
                 "content": f"按计划暂停：{names}（共 {len(item.services)} 项）。",
             }
         )
+    entries += site_notices.atom_entries(model, _urn)
     entries.sort(key=lambda e: e["updated"], reverse=True)
     config = model.plan.config.monitor
     return _ENV.get_template("history.atom").render(
@@ -278,7 +284,7 @@ def files(model: Model) -> dict[str, bytes]:
         for lang in (zh_lang, en_lang)
     }
     out["status.json"] = _json(feeds.own_status(model, heads))
-    for name, data in feeds.statuspage(model).items():
+    for name, data in site_notices.add_to_statuspage(feeds.statuspage(model), model).items():
         out[f"api/v2/{name}"] = _json(data)
     out["history.atom"] = atom(model).encode("utf-8")
     out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
@@ -298,6 +304,7 @@ def render(
     store: Store | None = None,
     snapshot: Snapshot | None = None,
     durable: bool = False,
+    notices: NoticesFile | None = None,
 ) -> Rendered:
     """Render the site as of `at` and publish it at `site`.
 
@@ -312,7 +319,7 @@ def render(
     past = history.load(plan, store, at)
     if snapshot is None:
         snapshot = snapshot_from_store(plan, store, at)
-    model = build(plan, at, snapshot, past)
+    model = build(plan, at, snapshot, past, notices)
     content = files(model)
     folder = publish(content, Path(site), durable=durable)
     return Rendered(folder, {k: len(v) for k, v in content.items()}, time.perf_counter() - started)
@@ -333,11 +340,13 @@ def open_store(db: Path | None) -> Store | None:
     return store
 
 
-def render_from(plan: Plan, site: Path, at: datetime, db: Path | None) -> Rendered:
+def render_from(
+    plan: Plan, site: Path, at: datetime, db: Path | None, notices: NoticesFile | None = None
+) -> Rendered:
     """`channel-monitor render`: the plan and the store file at `db` (if it exists)."""
     store = open_store(db)
     try:
-        return render(plan, site, at, store, durable=True)
+        return render(plan, site, at, store, durable=True, notices=notices)
     finally:
         if store is not None:
             store.db.close()

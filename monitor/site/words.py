@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from markupsafe import Markup, escape
 
 from monitor import reasons
+from monitor.notice import STATUS_EN, STATUS_ZH
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
 BEIJING_ZONES = frozenset(
@@ -89,8 +90,9 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_note": "以下业务按计划应暂停，监测发现仍可访问。请勿据此办理，待恢复办理后再办。",
         "ops_none": "没有需要运维处理的事项。",
         "probed": "{n} 项业务由自动监测核实，其余按计划展示。",
-        "ops_unobserved": "{n} 项业务尚未接入监测，只能按计划展示；探测地址或推送令牌需由渠道运营方提供，"
-        "按 channels.toml 中的注释设置：",
+        "unobserved": "{n} 项业务还没有接入监测，只能按计划展示；探测地址、推送令牌或环境变量"
+        "需由渠道运营方提供，填入 channels.toml 中该业务的 [channels.services.probe] 或 "
+        "push，或设置所列变量：",
         "not_configured": "尚未配置，需设置环境变量 {names}",
         "schedule_only": "未接入监测，仅按计划展示",
         "channels": "渠道说明",
@@ -181,9 +183,9 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_none": "Nothing for operators to act on.",
         "probed": "{n} services are checked by automatic monitoring; the rest are shown "
         "as planned.",
-        "ops_unobserved": "{n} services are not observed yet and can only be shown as planned; the "
-        "channel operators must supply the probe addresses or push tokens, set as the comments in "
-        "channels.toml say:",
+        "unobserved": "{n} services are not observed yet and can only be shown as planned; the "
+        "channel operator must supply the probe address, push token or the variables listed, "
+        "for the service's [channels.services.probe] or push in channels.toml:",
         "not_configured": "not configured yet: set the environment variables {names}",
         "schedule_only": "not observed, shown as planned",
         "channels": "About the channels",
@@ -205,6 +207,26 @@ WORDS: dict[str, dict[str, str]] = {
         "hold them all.",
     },
 }
+
+#: Words of operators' notices (monitor/notice.py): the section, and each update's status.
+NOTICE_WORDS: dict[str, dict[str, str]] = {
+    "zh": {
+        "notices": "运维公告",
+        "notices_past": "已结束的公告",
+        "notice_about": "涉及",
+        "notice_incident": "关联事件",
+        **{f"notice_{status}": words for status, words in STATUS_ZH.items()},
+    },
+    "en": {
+        "notices": "Notices from the operators",
+        "notices_past": "Closed notices",
+        "notice_about": "About",
+        "notice_incident": "Incident",
+        **{f"notice_{status}": words for status, words in STATUS_EN.items()},
+    },
+}
+for _code, _words in NOTICE_WORDS.items():
+    WORDS[_code].update(_words)
 
 
 def reason_text(reason: str | None, lang: str) -> str:

@@ -1,0 +1,207 @@
+"""The running monitor's side of operators' notices: watch the file, show it, send updates.
+
+`attach(daemon)` loads `notices.toml` once (a broken file stops the start, as a broken plan
+does) and then polls its modification time every couple of seconds: a changed file is
+validated first, and only a good one replaces the notices shown (a broken edit is logged
+with the same messages `channel-monitor notice validate` prints, and the page keeps the last
+good notices); the page is re-rendered at once. Polling a stat is a few microseconds and
+needs no dependency; the file is small and changes by hand.
+
+A notice with `notify = true` has each of its updates sent once to the robot and webhook
+sinks (not Alertmanager), through the alert outbox: one row per sink and update
+(`notice-<id>-<index>-<unix time>`), so a restart never sends it again. An update is sent
+when its `at` has come, and only within `NOTIFY_WINDOW` of it, so a monitor started on a
+fresh store does not page everyone with last week's updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from monitor.alerts.message import Alert, iso
+from monitor.config import ConfigError
+from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, load_notices
+
+if TYPE_CHECKING:
+    from monitor.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+#: How often the file's modification time is looked at (seconds).
+POLL = 2.0
+#: Updates older than this when the monitor first sees them are history, not news.
+NOTIFY_WINDOW = timedelta(hours=6)
+
+
+def dedup_key(notice: Notice, index: int, update: NoticeUpdate) -> str:
+    """The outbox key of one update: stable while updates are only ever appended."""
+    return f"notice-{notice.id}-{index}-{int(update.at.timestamp())}"
+
+
+class NoticeBoard:
+    """The notices a running monitor shows, re-read when their file changes."""
+
+    def __init__(self, daemon: Daemon, path: Path, poll: float = POLL) -> None:
+        self.daemon = daemon
+        self.path = Path(path)
+        self.poll = poll
+        self.reloads = 0
+        self.errors = 0
+        self._stamp = self._stat()
+        self.current: NoticesFile = load_notices(self.path, daemon.plan, self._incident_ids())
+        self._queued: set[str] = set()
+        self._next_due: datetime | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = asyncio.Event()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _incident_ids(self) -> set[int]:
+        return {record.id for record in self.daemon.store.incidents(limit=1_000_000)}
+
+    # --- lifecycle (started with the web server, closed with the daemon) ------------------
+
+    async def on_startup(self, _app: object) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="notices")
+
+    async def on_cleanup(self, _app: object) -> None:
+        self._closing.set()
+        if self._task is not None:
+            await self._task
+
+    async def _watch(self) -> None:
+        while not self._closing.is_set():
+            try:
+                await self.check()
+            except Exception:  # never let the watcher die: the page and alerts go on
+                log.exception("notices: checking %s failed; going on", self.path)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.poll)
+
+    # --- one look at the file ---------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Re-read the file if it changed, show an update whose time has come, then queue
+        the updates that are due."""
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            await self.reload()
+        now = self.daemon.clock.now()
+        if self._next_due is not None and now >= self._next_due:
+            self._request_render()
+        self._next_due = self._upcoming(now)
+        await self.notify()
+
+    def _upcoming(self, now: datetime) -> datetime | None:
+        """The earliest update dated after `now` (written ahead of its time)."""
+        later = [u.at for n in self.current.notices for u in n.updates if u.at > now]
+        return min(later, default=None)
+
+    def _request_render(self) -> None:
+        site = self._site()
+        if site is not None:
+            site.request()
+
+    async def reload(self) -> bool:
+        """Validate the file and show it; a broken one leaves the last good notices."""
+        store = self.daemon.store
+        try:
+            ids = await store.call(self._incident_ids)
+            fresh = load_notices(self.path, self.daemon.plan, ids)
+        except ConfigError as exc:
+            self.errors += 1
+            log.error(
+                "notices: %s not applied, the notices shown stay as they were:\n%s",
+                self.path,
+                "\n".join(exc.problems),
+            )
+            return False
+        self.current = fresh if self.path.exists() else EMPTY
+        self.reloads += 1
+        log.info("notices: %s re-read, %d notice(s)", self.path, len(fresh.notices))
+        self._request_render()
+        return True
+
+    async def notify(self) -> int:
+        """Queue every due update of a notice with `notify = true` that was not yet queued."""
+        sender = self._sender()
+        if sender is None:
+            return 0
+        now = self.daemon.clock.now()
+        alerts = [
+            self.alert(notice, index, update)
+            for notice in self.current.notices
+            if notice.notify
+            for index, update in enumerate(notice.updates)
+            if now - NOTIFY_WINDOW <= update.at <= now
+            and dedup_key(notice, index, update) not in self._queued
+        ]
+        if not alerts:
+            return 0
+        count = await sender.enqueue(alerts)
+        self._queued.update(a.dedup_key for a in alerts)
+        return count
+
+    def alert(self, notice: Notice, index: int, update: NoticeUpdate) -> Alert:
+        """The message of one update, in both languages, with the services by name."""
+        plan = self.daemon.plan
+        refs = [plan.service(*key) for key in notice.service_keys()]
+        stamp = iso(update.at)
+        return Alert(
+            dedup_key=dedup_key(notice, index, update),
+            kind="notice",
+            direction="",
+            channel="",
+            channel_name="",
+            business="",
+            service_name="、".join(f"{r.channel.name} · {r.service.name}" for r in refs),
+            service_name_en="; ".join(
+                f"{r.channel.name_en or r.channel.name} / {r.service.name_en or r.service.name}"
+                for r in refs
+            ),
+            expected="",
+            reason="",
+            opened_at=stamp,
+            at=stamp,
+            timezone=plan.zone.key,
+            notice=notice.id,
+            notice_title=notice.title,
+            notice_title_en=notice.title_en,
+            status=update.status,
+            body=update.text,
+            body_en=update.text_en,
+        )
+
+    def _sender(self):
+        from monitor.alerts.sender import AlertSender
+
+        return next((x for x in self.daemon.listeners if isinstance(x, AlertSender)), None)
+
+    def _site(self):
+        from monitor.site import SiteListener
+
+        return next((x for x in self.daemon.listeners if isinstance(x, SiteListener)), None)
+
+
+def attach(daemon: Daemon) -> NoticeBoard | None:
+    """Hang the notices on the daemon (`daemon.notice_board`); None without a notices path."""
+    path = getattr(daemon, "notices_path", None)
+    if path is None:
+        return None
+    board = NoticeBoard(daemon, Path(path))
+    daemon.notice_board = board
+    daemon.app.on_startup.append(board.on_startup)
+    daemon.app.on_cleanup.append(board.on_cleanup)
+    return board

@@ -1,0 +1,484 @@
+"""The report: what the plan asked of every service against what was observed, with incidents
+as evidence (`channel-monitor report`).
+
+How time is counted (the README says the same):
+- **Planned** time comes from the plan, exactly: `up`, `down` or `any` between its transitions.
+- **Observed** time: an observation stands for its service from its instant until the next
+  observation of that service, at most `cover` (default twice the service's probe interval).
+  Time no observation covers is **unobserved** (all of it for a service never observed).
+- **Matched** time: observed time in which the observation agrees with the plan (serving while
+  `up`, not serving while `down`, either under `any` and inside the plan's grace after a planned
+  change, as the judge counts them). Availability against the plan is matched / observed, so
+  both directions (up when it should be down, down when it should be up) lower it.
+- **Resolution**: raw observations where the store still holds them; before that (raw history
+  is pruned after 7 days) the hourly rollups: an hour with `n` probes stands for
+  `min(hour, n * cover)`, split into serving and matched by the rollup's counts.
+
+Pure computation in the first half (tested without a store); the second half reads the store
+through a read-only SQLite connection with a few small queries and never writes to it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from monitor.config import Channel
+from monitor.plan import Plan, ServiceRef
+
+#: An observation covers at most this many probe intervals of its service.
+COVER_INTERVALS = 2
+HOUR = timedelta(hours=1)
+RESOLUTIONS = ("auto", "raw", "hourly")
+
+
+class ReportError(Exception):
+    """The store cannot be read as asked; the message says why, in a sentence."""
+
+
+# --- pure: the plan's pieces, observations' coverage, tallies --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """`[start, end)` in which the plan's expectation (and whether it is grace) is constant."""
+
+    start: datetime
+    end: datetime
+    state: str
+    grace: bool
+
+
+def plan_pieces(plan: Plan, ref: ServiceRef, start: datetime, end: datetime) -> list[Piece]:
+    """The range cut at every planned change of `ref` and at the end of every grace after one.
+
+    Changes up to `grace` before `start` are included, so a range starting inside a grace
+    window knows it.
+    """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    grace = max(plan.grace, timedelta(0))
+    changes = plan.transitions(start - grace, end, [ref])
+    cuts = {start, end}
+    for change in changes:
+        cuts.update(t for t in (change.at, change.at + grace) if start < t < end)
+    state_at = [(c.at, c.to_state) for c in changes]
+    graces = [(c.at, c.at + grace) for c in changes]
+    state = plan.expected(ref, start).state
+    pieces = []
+    ordered = sorted(cuts)
+    for a, b in pairwise(ordered):
+        while state_at and state_at[0][0] <= a:
+            state = state_at.pop(0)[1]
+        in_grace = any(lo <= a < hi for lo, hi in graces)
+        pieces.append(Piece(a, b, state, in_grace))
+    return pieces
+
+
+@dataclass
+class Times:
+    """Seconds of each kind within the range, for one service or summed for a channel."""
+
+    planned_up: float = 0.0
+    planned_down: float = 0.0
+    planned_any: float = 0.0
+    observed_up: float = 0.0
+    observed_down: float = 0.0
+    unobserved: float = 0.0
+    matched: float = 0.0
+
+    @property
+    def observed(self) -> float:
+        return self.observed_up + self.observed_down
+
+    @property
+    def availability(self) -> float | None:
+        """Share of observed time that matched the plan; None when nothing was observed."""
+        return self.matched / self.observed if self.observed > 0 else None
+
+    def add(self, other: Times) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _planned(pieces: Iterable[Piece], times: Times) -> None:
+    for piece in pieces:
+        seconds = (piece.end - piece.start).total_seconds()
+        if piece.state == "up":
+            times.planned_up += seconds
+        elif piece.state == "down":
+            times.planned_down += seconds
+        else:
+            times.planned_any += seconds
+
+
+def _agrees(piece: Piece, serving: bool) -> bool:
+    return piece.grace or piece.state == "any" or (piece.state == "up") == serving
+
+
+def covered(
+    observations: Sequence[tuple[datetime, bool]],
+    cover: timedelta,
+    start: datetime,
+    end: datetime,
+) -> list[tuple[datetime, datetime, bool]]:
+    """`[from, until, serving)` spans the observations stand for within `[start, end)`.
+
+    `observations` are in time order and may begin before `start` (the one before it covers
+    into the range).
+    """
+    out = []
+    for index, (at, serving) in enumerate(observations):
+        until = at + cover
+        if index + 1 < len(observations):
+            until = min(until, observations[index + 1][0])
+        lo, hi = max(at, start), min(until, end)
+        if lo < hi:
+            out.append((lo, hi, serving))
+    return out
+
+
+def tally_raw(
+    pieces: Sequence[Piece], spans: Iterable[tuple[datetime, datetime, bool]], times: Times
+) -> float:
+    """Add observed and matched time of `spans` against the plan's pieces; return observed."""
+    starts = [p.start for p in pieces]
+    total = 0.0
+    for lo, hi, serving in spans:
+        seconds = (hi - lo).total_seconds()
+        total += seconds
+        if serving:
+            times.observed_up += seconds
+        else:
+            times.observed_down += seconds
+        index = max(0, bisect.bisect_right(starts, lo) - 1)
+        while index < len(pieces) and pieces[index].start < hi:
+            piece = pieces[index]
+            if _agrees(piece, serving):
+                overlap = min(hi, piece.end) - max(lo, piece.start)
+                times.matched += max(overlap.total_seconds(), 0.0)
+            index += 1
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    """One hourly rollup of one service: probes, how many served, how many counted as a
+    mismatch by the judge."""
+
+    hour: datetime
+    probes: int
+    serving: int
+    mismatches: int
+
+
+def tally_hourly(
+    hours: Iterable[HourCounts], cover: timedelta, start: datetime, end: datetime, times: Times
+) -> float:
+    """Add the time rollups stand for (see the module's docstring); return observed."""
+    total = 0.0
+    for row in hours:
+        overlap = min(row.hour + HOUR, end) - max(row.hour, start)
+        if overlap <= timedelta(0) or row.probes <= 0:
+            continue
+        seconds = min(overlap, cover * row.probes).total_seconds()
+        total += seconds
+        times.observed_up += seconds * row.serving / row.probes
+        times.observed_down += seconds * (row.probes - row.serving) / row.probes
+        times.matched += seconds * (row.probes - row.mismatches) / row.probes
+    return total
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One stored observation: when, and the probe's reason."""
+
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentLine:
+    """An incident with its first and last mismatching observation (None once pruned)."""
+
+    id: int
+    direction: str
+    opened_at: datetime
+    resolved_at: datetime | None
+    duration: timedelta
+    reason: str
+    resolve_reason: str | None
+    first: Evidence | None
+    last: Evidence | None
+
+
+@dataclass
+class ServiceLine:
+    ref: ServiceRef
+    times: Times
+    incidents: list[IncidentLine] = field(default_factory=list)
+
+
+@dataclass
+class ChannelLine:
+    channel: Channel
+    services: list[ServiceLine]
+
+    @property
+    def times(self) -> Times:
+        total = Times()
+        for line in self.services:
+            total.add(line.times)
+        return total
+
+    @property
+    def incidents(self) -> list[IncidentLine]:
+        return sorted((i for s in self.services for i in s.incidents), key=lambda i: i.opened_at)
+
+
+@dataclass
+class Report:
+    """The whole report over `[start, end)`; `resolution` is `raw`, `hourly` or `mixed`
+    (hourly before `raw_from`, raw from it)."""
+
+    title: str
+    title_en: str
+    start: datetime
+    end: datetime
+    zone: ZoneInfo
+    resolution: str
+    raw_from: datetime | None
+    cover: timedelta | None
+    channels: list[ChannelLine]
+    #: Incidents in the range of services the plan no longer has (not reported per service).
+    orphan_incidents: int = 0
+
+    @property
+    def times(self) -> Times:
+        total = Times()
+        for channel in self.channels:
+            total.add(channel.times)
+        return total
+
+
+# --- reading the store -------------------------------------------------------------------------
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """The store opened read-only (SQLite refuses any write on this connection)."""
+    if not path.is_file():
+        raise ReportError(f"--db {path}: no store there (run `channel-monitor run` first)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db.execute("PRAGMA query_only = 1")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"--db {path}: not a channel-monitor store ({exc})") from None
+    missing = {"observations", "rollups", "incidents"} - tables
+    if missing:
+        db.close()
+        raise ReportError(
+            f"--db {path}: not a channel-monitor store (no table {', '.join(sorted(missing))})"
+        )
+    return db
+
+
+def _dt(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+def _floor_hour(stamp: float) -> float:
+    return stamp - stamp % 3600
+
+
+def raw_from(db: sqlite3.Connection) -> datetime | None:
+    """From when the raw observations are complete: the hour of the earliest one kept if its
+    hour still holds every probe its rollup counted, else the hour after (pruning cut into it).
+    None when no raw observation is kept."""
+    row = db.execute("SELECT min(at) FROM observations").fetchone()
+    if row[0] is None:
+        return None
+    hour = _floor_hour(row[0])
+    raw = db.execute(
+        "SELECT count(*) FROM observations WHERE at >= ? AND at < ?", (hour, hour + 3600)
+    ).fetchone()[0]
+    rolled = db.execute("SELECT coalesce(sum(probes), 0) FROM rollups WHERE hour = ?", (hour,))
+    return _dt(hour if raw >= rolled.fetchone()[0] else hour + 3600)
+
+
+def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
+    """Default range: from the first hour holding data to the end of the last one."""
+    lows, highs = [], []
+    for sql in (
+        "SELECT min(at), max(at) FROM observations",
+        "SELECT min(hour), max(hour) FROM rollups",
+        "SELECT min(opened_at), max(max(opened_at), coalesce(max(resolved_at), 0)) FROM incidents",
+    ):
+        lo, hi = db.execute(sql).fetchone()
+        if lo is not None:
+            lows.append(lo)
+            highs.append(hi)
+    if not lows:
+        return None
+    return _dt(_floor_hour(min(lows))), _dt(_floor_hour(max(highs)) + 3600)
+
+
+def _observations(
+    db: sqlite3.Connection, key: tuple[str, str], start: datetime, end: datetime
+) -> list[tuple[datetime, bool]]:
+    """Observations in `[start, end)` and the last one before `start`."""
+    before = db.execute(
+        "SELECT at, serving FROM observations WHERE channel = ? AND business = ? AND at < ? "
+        "ORDER BY at DESC LIMIT 1",
+        (*key, start.timestamp()),
+    ).fetchall()
+    rows = db.execute(
+        "SELECT at, serving FROM observations WHERE channel = ? AND business = ? "
+        "AND at >= ? AND at < ? ORDER BY at",
+        (*key, start.timestamp(), end.timestamp()),
+    ).fetchall()
+    return [(_dt(at), bool(serving)) for at, serving in before + rows]
+
+
+def _hours(
+    db: sqlite3.Connection, key: tuple[str, str], start: datetime, end: datetime
+) -> list[HourCounts]:
+    rows = db.execute(
+        "SELECT hour, probes, serving, mismatches FROM rollups WHERE channel = ? "
+        "AND business = ? AND hour >= ? AND hour < ? ORDER BY hour",
+        (*key, _floor_hour(start.timestamp()), end.timestamp()),
+    ).fetchall()
+    return [HourCounts(_dt(h), p, s, m) for h, p, s, m in rows]
+
+
+def _evidence(
+    db: sqlite3.Connection, key: tuple[str, str], direction: str, opened: float, until: float
+) -> tuple[Evidence | None, Evidence | None]:
+    """The first mismatching observation of the streak that opened the incident, and the last
+    mismatching one before it resolved (None when raw history no longer has them)."""
+    calm = db.execute(
+        "SELECT max(at) FROM observations WHERE channel = ? AND business = ? AND at <= ? "
+        "AND (mismatch IS NULL OR mismatch != ?)",
+        (*key, opened, direction),
+    ).fetchone()[0]
+    first = db.execute(
+        "SELECT at, reason FROM observations WHERE channel = ? AND business = ? AND at > ? "
+        "AND at <= ? AND mismatch = ? ORDER BY at LIMIT 1",
+        (*key, calm if calm is not None else float("-inf"), until, direction),
+    ).fetchone()
+    last = db.execute(
+        "SELECT at, reason FROM observations WHERE channel = ? AND business = ? AND at >= ? "
+        "AND at <= ? AND mismatch = ? ORDER BY at DESC LIMIT 1",
+        (*key, opened, until, direction),
+    ).fetchone()
+    return (
+        Evidence(_dt(first[0]), first[1]) if first else None,
+        Evidence(_dt(last[0]), last[1]) if last else None,
+    )
+
+
+def _incidents(
+    db: sqlite3.Connection, start: datetime, end: datetime, now: datetime
+) -> dict[tuple[str, str], list[IncidentLine]]:
+    rows = db.execute(
+        "SELECT id, channel, business, direction, opened_at, resolved_at, reason, "
+        "resolve_reason FROM incidents WHERE opened_at < ? "
+        "AND (resolved_at IS NULL OR resolved_at > ?) ORDER BY opened_at",
+        (end.timestamp(), start.timestamp()),
+    ).fetchall()
+    out: dict[tuple[str, str], list[IncidentLine]] = {}
+    for ident, channel, business, direction, opened, resolved, reason, resolve_reason in rows:
+        key = (channel, business)
+        until = resolved if resolved is not None else min(end, now).timestamp()
+        first, last = _evidence(db, key, direction, opened, until)
+        out.setdefault(key, []).append(
+            IncidentLine(
+                id=ident,
+                direction=direction,
+                opened_at=_dt(opened),
+                resolved_at=_dt(resolved) if resolved is not None else None,
+                duration=timedelta(seconds=max(until - opened, 0.0)),
+                reason=reason,
+                resolve_reason=resolve_reason,
+                first=first,
+                last=last,
+            )
+        )
+    return out
+
+
+def build_report(
+    plan: Plan,
+    db: sqlite3.Connection,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    cover: timedelta | None = None,
+    resolution: str = "auto",
+    now: datetime | None = None,
+) -> Report:
+    """The report over `[start, end)` (default: the span the store holds) from an open store.
+
+    `cover` overrides how long one observation stands for (default: twice each service's
+    interval); `resolution` forces `raw` or `hourly` instead of choosing by what is kept.
+    """
+    now = now or datetime.now(UTC)
+    if start is None or end is None:
+        span = stored_range(db)
+        if span is None:
+            raise ReportError("the store holds no observations or incidents yet")
+        start, end = start or span[0], end or span[1]
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end <= start:
+        raise ReportError("--until must be after --from")
+    boundary = {"raw": start, "hourly": end}.get(resolution) or raw_from(db) or end
+    split = min(max(boundary, start), end)
+    used = "raw" if split <= start else "hourly" if split >= end else "mixed"
+    incidents = _incidents(db, start, end, now)
+    #: Services with the same default and rules are planned alike: their pieces are shared.
+    alike: dict[tuple, list[Piece]] = {}
+    channels = []
+    for channel in plan.config.channels:
+        lines = []
+        for service in channel.services:
+            ref = plan.service(channel.id, service.id)
+            times = Times()
+            group = (service.default, service.expect)
+            pieces = alike.get(group)
+            if pieces is None:
+                pieces = alike[group] = plan_pieces(plan, ref, start, end)
+            _planned(pieces, times)
+            # Whatever the store holds counts, probe or not: a plan that lost a probe (or the
+            # demo, which probes schedule-only services too) still has its history.
+            length = cover or COVER_INTERVALS * plan.interval(ref)
+            seen = 0.0
+            if split > start:
+                hours = _hours(db, ref.key, start, split)
+                seen += tally_hourly(hours, length, start, split, times)
+            if split < end:
+                found = _observations(db, ref.key, split, end)
+                seen += tally_raw(pieces, covered(found, length, split, end), times)
+            times.unobserved = (end - start).total_seconds() - seen
+            lines.append(ServiceLine(ref, times, incidents.pop(ref.key, [])))
+        channels.append(ChannelLine(channel, lines))
+    settings = plan.config.monitor
+    return Report(
+        title=settings.title,
+        title_en=settings.title_en,
+        start=start,
+        end=end,
+        zone=plan.zone,
+        resolution=used,
+        raw_from=split if used == "mixed" else None,
+        cover=cover,
+        channels=channels,
+        orphan_incidents=sum(len(v) for v in incidents.values()),
+    )
