@@ -200,7 +200,8 @@ def test_each_incident_says_which_kind_saw_it(demo: dict) -> None:
         name = f"{ref.channel.name} / {ref.service.name}"
         assert re.search(rf"  OPEN   #\d+ \[{kind}\] {re.escape(name)}: ", story), key
         assert f"seen by [{kind}]: {name}, " in story, key
-    assert "unexpected_up [prometheus]" in story  # the closing summary's incidents column
+    # the closing lines, after the report: each incident with its direction and kind
+    assert re.search(r"incident #\d+ seen by \[prometheus\]: 楚税通APP / .*, unexpected_up", story)
     assert "json condition failed: code == `0`" in story  # the app's maintenance code
     assert "query value 17 > 0" in story  # 楚税通 payments still counted after 18:00
 
@@ -288,7 +289,7 @@ def test_the_demo_without_chromium_still_passes_and_says_so(tmp_path: Path) -> N
     config = config.model_copy(update={"monitor": monitor})
     end = REPLAY_START + timedelta(days=1)
     options = DemoOptions(
-        config, tmp_path / "site", None, "127.0.0.1", 0, False, False, Cadence(), end
+        config, tmp_path / "site", None, "127.0.0.1", 0, False, False, Cadence(), end=end
     )
     story = io.StringIO()
     with contextlib.redirect_stdout(story):
