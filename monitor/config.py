@@ -8,6 +8,7 @@ who edit the plan are civil servants, not Python programmers, so no traceback re
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import re2
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,8 +38,13 @@ from pydantic import (
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
+#: A TOML bare key; any other key is written quoted in a key path.
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: More digits than any duration a plan can hold (timedelta ends at 999,999,999 days).
+_DURATION_DIGITS = 15
+_TOO_LONG = "expected a shorter duration: this one is longer than any calendar holds"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = (
     "january",
@@ -81,11 +88,17 @@ def parse_duration(value: object) -> timedelta:
         size = _DURATION_UNITS[match.group(2)]
         if match.start() != pos or size >= last:
             break  # a gap, or units repeated or out of order ("1m1m", "5s1m")
-        total += int(match.group(1)) * size
+        digits = match.group(1)
+        if len(digits) > _DURATION_DIGITS:
+            raise ValueError(_TOO_LONG)  # before int(): Python refuses 4,300 digits itself
+        total += int(digits) * size
         pos, last = match.end(), size
     if pos != len(value):
         raise ValueError('expected a duration such as "30s", "10m" or "2h" (units ms, s, m, h, d)')
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:  # more than 999,999,999 days
+        raise ValueError(_TOO_LONG) from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -103,18 +116,42 @@ def format_duration(value: timedelta) -> str:
     return "".join(out)
 
 
-def _at_least(minimum: timedelta) -> typing.Callable[[timedelta], timedelta]:
+def _within(
+    minimum: timedelta, maximum: timedelta, why: str
+) -> typing.Callable[[timedelta], timedelta]:
+    """A check that a duration lies in `[minimum, maximum]`; `why` says what the top is for."""
+
     def check(value: timedelta) -> timedelta:
         if value < minimum:
             raise ValueError(f"expected a duration of at least {format_duration(minimum)}")
+        if value > maximum:
+            raise ValueError(f"expected a duration of at most {format_duration(maximum)} ({why})")
         return value
 
     return check
 
 
+#: The longest probe interval, probe timeout and response-time limit. A day is far beyond any
+#: sensible probe; a longer one would push due times and deadlines past what datetimes hold.
+MAX_PROBE_DURATION = timedelta(days=1)
+#: The longest grace after a planned change: a year (a leap year's 366 days). Grace is
+#: subtracted from instants, so an unbounded one overflows the calendar.
+MAX_GRACE = timedelta(days=366)
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+#: How often, how long: at least a second, at most `MAX_PROBE_DURATION`.
 PositiveDuration = Annotated[
-    timedelta, BeforeValidator(parse_duration), AfterValidator(_at_least(timedelta(seconds=1)))
+    timedelta,
+    BeforeValidator(parse_duration),
+    AfterValidator(
+        _within(timedelta(seconds=1), MAX_PROBE_DURATION, "a probe runs at least once a day")
+    ),
+]
+#: The grace after a planned change: from none to `MAX_GRACE`.
+GraceDuration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    AfterValidator(_within(timedelta(0), MAX_GRACE, "grace covers at most a year after a change")),
 ]
 
 
@@ -127,10 +164,15 @@ def _check_id(value: str) -> str:
 Id = Annotated[str, AfterValidator(_check_id)]
 
 
+#: What `ZoneInfo` raises for a name it cannot load: unknown, not a normalized relative path,
+#: a folder of tzdata ("Asia"), a file that is not a zone ("zone.tab"), a name too long.
+_ZONE_ERRORS = (ZoneInfoNotFoundError, ValueError, OSError)
+
+
 def _check_zone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except _ZONE_ERRORS:
         raise ValueError('expected an IANA time zone name such as "Asia/Shanghai"') from None
     return value
 
@@ -138,13 +180,93 @@ def _check_zone(value: str) -> str:
 Zone = Annotated[str, AfterValidator(_check_zone)]
 
 
+#: The largest compiled body pattern, in RE2 program instructions. Matching costs at most about
+#: body size x program size, so this bounds the worst case of a hostile body; realistic notices
+#: ("系统(正在)?(升级|维护)中") compile to a few dozen, `\p{Han}{2,20}` to about 1,600.
+MAX_PATTERN_PROGRAM = 10_000
+#: RE2's own limit of a counted repetition; it reads a larger count as literal text instead.
+MAX_REPEAT = 1000
+_REPEAT_COUNT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+_RE2_UNSUPPORTED = (
+    ("invalid perl operator: (?=", "lookahead (?=...)"),
+    ("invalid perl operator: (?!", "negative lookahead (?!...)"),
+    ("invalid perl operator: (?<=", "lookbehind (?<=...)"),
+    ("invalid perl operator: (?<!", "negative lookbehind (?<!...)"),
+    ("invalid escape sequence: \\1", "backreferences such as \\1"),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def body_pattern(value: str) -> re2._Regexp:
+    """The compiled form of a body pattern, built once per pattern for validation and probes.
+
+    RE2 matches in time linear in the body (Python's `re` backtracks: `(a+)+$` against 30 `a`
+    and a `b` runs for minutes). The patterns are compiled without capture groups (a probe asks
+    only whether the pattern occurs), so a match never needs RE2's slower submatch engines, and
+    with `log_errors` off, so a bad pattern never writes to stderr. Raises `re2.error`.
+    """
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    return re2.compile(value, options)
+
+
+def pattern_program_size(pattern: re2._Regexp) -> int:
+    """The instructions of a compiled pattern (0 where the binding does not say)."""
+    inner = getattr(pattern, "_regexp", None)
+    size = getattr(inner, "ProgramSize", None)
+    return size() if callable(size) else 0
+
+
+def _repeat_counts(value: str) -> typing.Iterator[int]:
+    """The counts of `{n}`, `{n,}` and `{n,m}` outside character classes and escapes."""
+    plain, index, in_class = [], 0, False
+    while index < len(value):
+        char = value[index]
+        if char == "\\":
+            plain.append("  ")  # an escaped character never starts or ends a count
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]" or (index > 0 and value[index - 1] == "[")
+        elif char == "[":
+            in_class = True
+        plain.append(" " if in_class else char)
+        index += 1
+    for match in _REPEAT_COUNT.finditer("".join(plain)):
+        yield from (int(group) for group in match.groups() if group)
+
+
 def _check_regex(value: str) -> str:
+    if any(count > MAX_REPEAT for count in _repeat_counts(value)):
+        raise ValueError(
+            f"expected repetition counts {{n}} of at most {MAX_REPEAT} "
+            "(a body pattern is matched by RE2, which reads a larger count as text)"
+        )
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"expected a valid regular expression ({exc})") from None
+        compiled = body_pattern(value)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        detail = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
+        for marker, name in _RE2_UNSUPPORTED:
+            if detail.startswith(marker):
+                raise ValueError(
+                    f"{name} cannot be used: body patterns are matched in linear time by RE2, "
+                    "which has no lookaround and no backreferences; expected a pattern without it"
+                ) from None
+        if "too large" in detail:
+            raise ValueError(_PATTERN_TOO_LARGE) from None
+        raise ValueError(f"expected a valid regular expression in RE2 syntax ({detail})") from None
+    size = pattern_program_size(compiled)
+    if size > MAX_PATTERN_PROGRAM:
+        raise ValueError(_PATTERN_TOO_LARGE)
     return value
 
+
+_PATTERN_TOO_LARGE = (
+    f"expected a smaller pattern: this one compiles to more than {MAX_PATTERN_PROGRAM:,} "
+    "RE2 instructions (use smaller repetition counts or fewer alternatives)"
+)
 
 Regex = Annotated[str, AfterValidator(_check_regex)]
 
@@ -171,7 +293,7 @@ class MonitorSettings(_Model):
     timezone: Zone = DEFAULT_TIMEZONE
     interval: PositiveDuration = timedelta(seconds=60)
     timeout: PositiveDuration = timedelta(seconds=10)
-    grace: Duration = timedelta(minutes=5)
+    grace: GraceDuration = timedelta(minutes=5)
     failure_threshold: StrictInt = Field(default=2, ge=1)
     success_threshold: StrictInt = Field(default=2, ge=1)
 
@@ -310,12 +432,98 @@ class Rule(_Model):
     state: State
 
 
-class Probe(_Model):
-    """How to ask one service whether it is serving. Never shown anywhere outside the process."""
+#: An RFC 9110 token: what a header name may be made of.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Control characters; a header value may hold a tab, nothing else of these (RFC 9110 5.5).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: One DNS label of an (IDNA-encoded) host name: letters, digits, hyphens, underscores.
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+#: Upper bounds of a probe's headers; servers answer 400 or 431 long before these.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 8192
 
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+def check_header_name(value: str) -> str:
+    """A header name must be a non-empty RFC 9110 token, or no request can carry it."""
+    if not _TOKEN.match(value):
+        raise ValueError(
+            "expected a header name of letters, digits and !#$%&'*+-.^_`|~ only "
+            "(no spaces, no other characters, not empty)"
+        )
+    return value
+
+
+def check_header_value(value: str) -> str:
+    """A header value must not hold control characters: CR or LF would end the header (aiohttp
+    refuses to send it), NUL and the others are invalid in HTTP. Never quotes the value."""
+    if _CONTROL.search(value):
+        raise ValueError(
+            "expected a header value without control characters (line breaks, NUL and "
+            "the like; a tab is allowed); the value is not repeated here"
+        )
+    if len(value.encode("utf-8")) > MAX_HEADER_BYTES:
+        raise ValueError(
+            f"expected a header value of at most {MAX_HEADER_BYTES} bytes (servers refuse "
+            "longer ones); the value is not repeated here"
+        )
+    return value
+
+
+def _check_headers(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_HEADERS:
+        raise ValueError(f"expected at most {MAX_HEADERS} headers, got {len(value)}")
+    return value
+
+
+def check_probe_url(value: str) -> str:
+    """An http(s) URL a probe can connect to: it parses (yarl, aiohttp's URL type), names a host
+    that can be looked up or an IP address, and a port from 1 to 65535. Never quotes the URL,
+    which may carry a token."""
+    from yarl import URL  # aiohttp's URL type; parsed here as the probe will parse it
+
+    if _CONTROL.search(value) or "\t" in value:
+        raise ValueError("expected a URL without control characters (the URL is not repeated here)")
+    try:
+        url = URL(value)
+        host, port = url.raw_host, url.port
+    except (ValueError, UnicodeError) as exc:  # UnicodeError: a host IDNA cannot encode
+        reason = "its host name cannot be encoded" if isinstance(exc, UnicodeError) else exc
+        raise ValueError(
+            f"expected a well-formed http:// or https:// URL ({reason}; "
+            "the URL is not repeated here)"
+        ) from None
+    if not host:
+        raise ValueError("expected a URL with a host name (the URL is not repeated here)")
+    if ":" not in host:  # not an IPv6 literal, which yarl has checked
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+            raise ValueError(
+                "expected a URL whose host is a DNS name (labels of letters, digits and hyphens, "
+                "at most 63 characters each) or an IP address (the URL is not repeated here)"
+            )
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(
+            "expected a URL with a port from 1 to 65535 (the URL is not repeated here)"
+        )
+    return value
+
+
+class Probe(_Model):
+    """How to ask one service whether it is serving. Never shown anywhere outside the process.
+
+    Validation refuses what validates but could never be sent (DESIGN: validation lives on the
+    type): a URL aiohttp cannot parse or connect to, header names and values HTTP cannot carry,
+    and credentials given twice."""
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$"), AfterValidator(check_probe_url)]
     method: Literal["GET", "HEAD", "POST"] = "GET"
-    headers: dict[str, str] = {}
+    headers: Annotated[
+        dict[
+            Annotated[str, AfterValidator(check_header_name)],
+            Annotated[str, AfterValidator(check_header_value)],
+        ],
+        AfterValidator(_check_headers),
+    ] = {}
     interval: PositiveDuration | None = None
     timeout: PositiveDuration | None = None
     expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
@@ -323,6 +531,20 @@ class Probe(_Model):
     body_matches: Regex | None = None
     body_not_matches: Regex | None = None
     max_response_time: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> Probe:
+        """`user:pass@` in the URL and an Authorization header: aiohttp refuses the request."""
+        from yarl import URL
+
+        if URL(self.url).user is not None and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            raise ValueError(
+                "expected credentials in one place: the URL holds user:password@ and the "
+                "headers an Authorization header; keep one of them"
+            )
+        return self
 
     def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
         return "Probe(...)"
@@ -482,7 +704,7 @@ def _plan_zone(data: dict[str, Any]) -> ZoneInfo:
     name = monitor.get("timezone", DEFAULT_TIMEZONE) if isinstance(monitor, dict) else None
     try:
         return ZoneInfo(name if isinstance(name, str) else DEFAULT_TIMEZONE)
-    except (ZoneInfoNotFoundError, ValueError):
+    except _ZONE_ERRORS:
         return ZoneInfo(DEFAULT_TIMEZONE)
 
 
@@ -501,8 +723,9 @@ def key_path(loc: tuple, data: object) -> str:
     for index, part in enumerate(loc):
         if isinstance(part, int):
             text += f"[{part}]"
-        else:
-            text += ("." if text else "") + str(part)
+        else:  # a key TOML must quote (a header name with a space) is quoted as TOML does
+            name = str(part) if _BARE_KEY.match(str(part)) else json.dumps(part, ensure_ascii=False)
+            text += ("." if text else "") + name
         node = node[part] if _indexable(node, part) else None
         parent = loc[index - 1] if index else None
         if isinstance(part, int) and parent in ("channels", "services") and isinstance(node, dict):
@@ -538,7 +761,10 @@ def _describe(error: dict, data: dict, filename: str) -> str:
         message = f"got {_quote(value)}; expected one of {expected}"
     elif kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
         message = "expected an http:// or https:// URL"  # the URL itself may hold a token
-    elif "probe" in loc and (loc[-1] in ("probe", "url", "headers") or "headers" in loc):
+    elif kind == "value_error" and "probe" in loc and _secret(loc):
+        # the probe's own checks, which say what is wrong without quoting URL or header value
+        message = error["msg"].removeprefix("Value error, ")
+    elif "probe" in loc and _secret(loc):
         # a probe's URL and headers may carry tokens: say what is wrong, never quote them
         message = f"expected {_expected_shape(loc)} (the value is not repeated here)"
     elif loc and loc[0] == "alerts" and loc[-1] in ("url", "secret"):
@@ -558,6 +784,11 @@ def _describe(error: dict, data: dict, filename: str) -> str:
     return f"{filename}: {key_path(loc, data) or '(top level)'}: {message}"
 
 
+def _secret(loc: tuple) -> bool:
+    """Whether a location inside a probe may hold a token: the probe, its URL, its headers."""
+    return loc[-1] in ("probe", "url", "headers") or "headers" in loc
+
+
 def _expected_shape(loc: tuple) -> str:
     if loc[-1] == "probe":
         return 'a table such as [channels.services.probe] with url = "https://..."'
@@ -571,7 +802,7 @@ def _expected_shape(loc: tuple) -> str:
 def _is_internal(part: object) -> bool:
     """Pydantic adds union-branch and validator names to locations; users never wrote them."""
     return isinstance(part, str) and (
-        part.startswith("function-") or part in ("date", "datetime", "tuple[...]")
+        part.startswith("function-") or part in ("date", "datetime", "tuple[...]", "[key]")
     )
 
 
