@@ -36,6 +36,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.clock import EARLIEST, LATEST, check_supported
+
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
 #: A TOML bare key; any other key is written quoted in a key path.
@@ -390,6 +392,11 @@ class Period(_Model):
             value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
         return value
 
+    @field_validator("start", "end")
+    @classmethod
+    def _supported(cls, value: datetime | None) -> datetime | None:
+        return _in_years(value)
+
     @model_validator(mode="after")
     def _ordered(self) -> Period:
         if self.start and self.end and self.end <= self.start:
@@ -405,6 +412,20 @@ class Period(_Model):
 
 
 # --- milestones, channels, services -----------------------------------------------------------
+
+
+def _in_years(value: date | None) -> date | None:
+    """Dates and instants of a plan lie in the years the monitor works with (`monitor.clock`):
+    the page and the calendar compute days around them, which near year 1 or 9999 overflow."""
+    if value is not None:
+        try:
+            check_supported(value)
+        except ValueError:
+            raise ValueError(
+                f"expected a date between {EARLIEST.year} and {LATEST.year - 1} "
+                "(the years the monitor works with)"
+            ) from None
+    return value
 
 
 class Milestone(_Model):
@@ -423,6 +444,11 @@ class Milestone(_Model):
         if isinstance(value, datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
         return value
+
+    @field_validator("at", "until")
+    @classmethod
+    def _supported(cls, value: date | None) -> date | None:
+        return _in_years(value)
 
 
 class Rule(_Model):
