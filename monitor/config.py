@@ -501,6 +501,15 @@ def _check_headers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+#: yarl's messages that quote nothing of the URL, passed on to the user as they are.
+_YARL_REASONS = (
+    "Port out of range 0-65535",
+    "Invalid IPv6 URL",
+    "Invalid URL: host is required",
+    "Invalid URL: port can't be converted to integer",
+)
+
+
 def check_probe_url(value: str) -> str:
     """An http(s) URL a probe can connect to: it parses (yarl, aiohttp's URL type), names a host
     that can be looked up or an IP address, and a port from 1 to 65535. Never quotes the URL,
@@ -512,8 +521,13 @@ def check_probe_url(value: str) -> str:
     try:
         url = URL(value)
         host, port = url.raw_host, url.port
+        _ = url.host  # decodes an IDNA host: "xn--" and the like cannot be
     except (ValueError, UnicodeError) as exc:  # UnicodeError: a host IDNA cannot encode
-        reason = "its host name cannot be encoded" if isinstance(exc, UnicodeError) else exc
+        reason = "its host name cannot be encoded" if isinstance(exc, UnicodeError) else ""
+        # yarl's own words where they cannot hold a part of the URL, else a plain phrase
+        reason = reason or next(
+            (said for said in _YARL_REASONS if str(exc).startswith(said)), "it cannot be parsed"
+        )
         raise ValueError(
             f"expected a well-formed http:// or https:// URL ({reason}; "
             "the URL is not repeated here)"
