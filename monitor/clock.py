@@ -65,20 +65,18 @@ EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def check_supported(value: date) -> date:
-    """`value` if its year (on its own wall clock, as the user wrote it) lies in the supported
-    range; else ValueError with a sentence saying so."""
-    if not EARLIEST.year <= value.year < LATEST.year:
-        raise ValueError(
-            f"{value.isoformat()} is outside the years the monitor works with "
-            f"({EARLIEST.year} to {LATEST.year - 1}); expected an instant in that range"
-        )
-    return value
+#: Says which years are meant, in messages about instants outside them.
+SUPPORTED_YEARS = f"the years the monitor works with ({EARLIEST.year} to {LATEST.year - 1})"
+
+
+def supported(value: date) -> bool:
+    """Whether the year of `value` (on its own wall clock, as the user wrote it) is supported."""
+    return EARLIEST.year <= value.year < LATEST.year
 
 
 def parse_instant(text: str, zone: tzinfo) -> datetime:
     """Read an ISO 8601 instant; a naive one is read in the plan's time zone. Instants outside
-    the supported range (`check_supported`) are refused with a sentence, never a traceback."""
+    the supported years (`supported`) are refused with a sentence, never a traceback."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -88,5 +86,8 @@ def parse_instant(text: str, zone: tzinfo) -> datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
-    check_supported(value)
+    if not supported(value):
+        raise ValueError(
+            f'"{text}" is outside {SUPPORTED_YEARS}; expected an instant in that range'
+        )
     return value

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.clock import EARLIEST, LATEST, check_supported
+from monitor.clock import SUPPORTED_YEARS, supported
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
@@ -417,14 +417,8 @@ class Period(_Model):
 def _in_years(value: date | None) -> date | None:
     """Dates and instants of a plan lie in the years the monitor works with (`monitor.clock`):
     the page and the calendar compute days around them, which near year 1 or 9999 overflow."""
-    if value is not None:
-        try:
-            check_supported(value)
-        except ValueError:
-            raise ValueError(
-                f"expected a date between {EARLIEST.year} and {LATEST.year - 1} "
-                "(the years the monitor works with)"
-            ) from None
+    if value is not None and not supported(value):
+        raise ValueError(f"expected a date in {SUPPORTED_YEARS}")
     return value
 
 
