@@ -461,6 +461,7 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 #: Upper bounds of a probe's headers; servers answer 400 or 431 long before these.
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 8192
+MAX_URL_LENGTH = 8192
 
 
 def check_header_name(value: str) -> str:
@@ -510,6 +511,11 @@ def check_probe_url(value: str) -> str:
     which may carry a token."""
     from yarl import URL  # aiohttp's URL type; parsed here as the probe will parse it
 
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(
+            f"expected a URL of at most {MAX_URL_LENGTH:,} characters (servers refuse longer "
+            "ones); the URL is not repeated here"
+        )
     if _CONTROL.search(value) or "\t" in value:
         raise ValueError("expected a URL without control characters (the URL is not repeated here)")
     try:
@@ -707,6 +713,14 @@ def load_config(path: str | Path) -> PlanConfig:
         raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise ConfigError(
+            [f"{path}: arrays or tables nest too deeply to read; expected a plan file"]
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise ConfigError(
+            [f"{path}: a number in the plan file is too long to read (thousands of digits)"]
+        ) from None
     return validate_config(data, str(path))
 
 

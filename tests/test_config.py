@@ -1112,3 +1112,27 @@ def test_hostile_plans_exit_2_through_the_cli(
     assert out == ""
     assert err.startswith(f"{path}: ") and "1 problem found" in err, err
     assert "Traceback" not in err and SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ("x = " + "[" * 100_000 + "]" * 100_000, "arrays or tables nest too deeply to read"),
+        ("x = " + "{a=" * 5000 + "1" + "}" * 5000, "arrays or tables nest too deeply to read"),
+        ("x = " + "9" * 5000, "a number in the plan file is too long to read"),
+    ],
+)
+def test_toml_that_python_cannot_read_is_a_config_error(
+    tmp_path: Path, head: str, expected: str
+) -> None:
+    """Before: RecursionError and ValueError tracebacks out of tomllib."""
+    path, message = only_problem(tmp_path, f"{head}\n{BASE}")
+    assert message == f"{path}: {expected}" + (
+        "; expected a plan file" if "nest" in expected else " (thousands of digits)"
+    )
+
+
+def test_overlong_probe_url_is_refused(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_probe(f'url = "https://a.example/{SECRET * 2000}"'))
+    assert "expected a URL of at most 8,192 characters" in message
+    assert SECRET not in message
