@@ -1133,6 +1133,8 @@ def test_toml_that_python_cannot_read_is_a_config_error(
 
 
 def test_overlong_probe_url_is_refused(tmp_path: Path) -> None:
-    path, message = only_problem(tmp_path, with_probe(f'url = "https://a.example/{SECRET * 2000}"'))
+    url = f"https://a.example/{SECRET * 2000}"
+    path, message = only_problem(tmp_path, with_probe(f'url = "{url}"'))
+    assert message.startswith(f"{path}: {PROBE_PATH.replace('.probe ', '.probe.url ')}: ")
     assert "expected a URL of at most 8,192 characters" in message
     assert SECRET not in message
