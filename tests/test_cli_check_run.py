@@ -357,6 +357,20 @@ async def test_check_ends_hostile_answers_as_observations(tmp_path: Path) -> Non
     assert proc.returncode == 1
 
 
+@pytest.mark.parametrize("line", ['grace = "99999999d"', 'interval = "99999999d"'])
+def test_run_refuses_durations_that_crashed_it_at_start(tmp_path: Path, line: str) -> None:
+    """Before: these validated, then `run` died at start with an OverflowError traceback."""
+    text = SMALL_PLAN.format(url="http://127.0.0.1:9/", pattern="x", timeout="5s")
+    plan = write_plan(tmp_path / "plan.toml", text.replace("[monitor]\n", f"[monitor]\n{line}\n"))
+    proc = python_m(
+        "run", "--config", str(plan), "--db", str(tmp_path / "m.db"), "--listen", "127.0.0.1:9"
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{plan}: monitor.{line.split()[0]}: " in proc.stderr
+    assert not (tmp_path / "m.db").exists(), "nothing was started"
+
+
 def test_check_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", "--config", str(tmp_path / "nope.toml")])
     assert code == 2
