@@ -39,9 +39,10 @@ from pydantic import (
 from monitor.clock import SUPPORTED_YEARS, supported
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-ID_PATTERN = re.compile(r"^[a-z0-9-]+$")
+#: `\Z`, not `$`: `$` also matches before a final line break ("pension\n").
+ID_PATTERN = re.compile(r"^[a-z0-9-]+\Z")
 #: A TOML bare key; any other key is written quoted in a key path.
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: More digits than any duration a plan can hold (timedelta ends at 999,999,999 days).
@@ -453,11 +454,11 @@ class Rule(_Model):
 
 
 #: An RFC 9110 token: what a header name may be made of.
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: Control characters; a header value may hold a tab, nothing else of these (RFC 9110 5.5).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: One DNS label of an (IDNA-encoded) host name: letters, digits, hyphens, underscores.
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}\Z")
 #: Upper bounds of a probe's headers; servers answer 400 or 431 long before these.
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 8192
@@ -779,7 +780,7 @@ def key_path(loc: tuple, data: object) -> str:
         if isinstance(part, int) and parent in ("channels", "services") and isinstance(node, dict):
             ident = node.get("id")
             if isinstance(ident, str):
-                ids.append(f'{"channel" if parent == "channels" else "service"} "{ident}"')
+                ids.append(f"{'channel' if parent == 'channels' else 'service'} {_quote(ident)}")
     return f"{text} ({', '.join(ids)})" if ids else text
 
 
@@ -898,7 +899,8 @@ def _cross_references(data: dict[str, Any], filename: str) -> list[str]:
     for key in periods:
         if not ID_PATTERN.match(str(key)):
             problems.append(
-                f"{filename}: periods.{key}: period id {_quote(key)} must use only "
+                f"{filename}: {key_path(('periods', key), data)}: period id {_quote(key)} "
+                "must use only "
                 "lower-case letters, digits and hyphens ([a-z0-9-]+)"
             )
     channels = data.get("channels") if isinstance(data.get("channels"), list) else []

@@ -1138,3 +1138,18 @@ def test_overlong_probe_url_is_refused(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: {PROBE_PATH.replace('.probe ', '.probe.url ')}: ")
     assert "expected a URL of at most 8,192 characters" in message
     assert SECRET not in message
+
+
+def test_ids_with_a_final_line_break_are_refused(tmp_path: Path) -> None:
+    """`$` matches before a final line break: "pension\\n" passed as an id (and reached metrics
+    labels and file names). Key paths show such keys escaped, on one line."""
+    text = replaced('id = "pension"', 'id = "pension\\n"')
+    text = text.replace("[periods.freeze]", '[periods."freeze\\n"]')
+    text = text.replace('during = "freeze"', 'during = "freeze\\n"')
+    path, problems = problems_of(tmp_path, text)
+    assert problems == [
+        f'{path}: channels[0].services[0].id (channel "hubei-portal", service "pension\\n"): '
+        'got "pension\\n": expected an id of lower-case letters, digits and hyphens ([a-z0-9-]+)',
+        f'{path}: periods."freeze\\n": period id "freeze\\n" must use only lower-case letters, '
+        "digits and hyphens ([a-z0-9-]+)",
+    ]
