@@ -295,28 +295,6 @@ def test_check_bad_input_exits_2(
     assert server.hit_count() == 0, "nothing is probed on bad input"
 
 
-HOSTILE_PLAN = """
-[monitor]
-timeout = "2s"
-
-[[channels]]
-id = "portal"
-name = "门户"
-kind = "web"
-group = "online"
-
-[[channels.services]]
-id = "backtrack"
-name = "回溯"
-probe = {{ url = "{base}/aaab", body_not_matches = "(a+)+$" }}
-
-[[channels.services]]
-id = "codec"
-name = "编码"
-probe = {{ url = "{base}/codec", body_not_matches = "{pattern}" }}
-"""
-
-
 async def test_check_ends_hostile_answers_as_observations(tmp_path: Path) -> None:
     """`(a+)+$` against 30 `a` and a `b` (before: minutes past the 2 s timeout) and a charset
     Python does not know (before: a LookupError traceback): `check`, as a real process, judges
@@ -335,9 +313,14 @@ async def test_check_ends_hostile_answers_as_observations(tmp_path: Path) -> Non
     app.router.add_get("/aaab", aaab)
     app.router.add_get("/codec", codec)
     async with aiohttp_server(app) as base:
-        plan = write_plan(
-            tmp_path / "hostile.toml", HOSTILE_PLAN.format(base=base, pattern=MAINTENANCE_PATTERN)
-        )
+        probes = {
+            "backtrack": {"url": f"{base}/aaab", "body_not_matches": "(a+)+$"},
+            "codec": {"url": f"{base}/codec", "body_not_matches": MAINTENANCE_PATTERN},
+        }
+        services = [{"id": key, "name": key, "probe": probe} for key, probe in probes.items()]
+        channel = {"id": "portal", "name": "门户", "kind": "web", "group": "online"}
+        data = {"monitor": {"timeout": "2s"}, "channels": [{**channel, "services": services}]}
+        plan = write_plan(tmp_path / "hostile.toml", data)
         argv = ["check", "--config", str(plan), "--at", "2022-08-01T12:00", "--format", "json"]
         proc = await asyncio.create_subprocess_exec(
             *MONITOR, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
