@@ -29,6 +29,9 @@ in the body, never the minutes a backtracking `(a+)+$` takes. A body and pattern
 match in about a millisecond even in RE2's slowest case are matched on the event loop; larger
 ones in a worker thread (RE2 releases the GIL) while the probe's timeout keeps running, so the
 timeout bounds the whole probe, matching included, and a hostile body never stalls the loop.
+A match that outlives its probe ends by itself in its thread: RE2 cannot be interrupted, but its
+cost is bounded by the body cap times the pattern's size, which validation caps
+(`monitor.config.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
 """
 
 from __future__ import annotations
