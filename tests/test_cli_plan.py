@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import PLAN_KEYS, REAL_PLAN, python_m, real_plan
+from helpers import PLAN_KEYS, REAL_PLAN, ROOT, python_m, real_plan
 
 from monitor.cli import main
 from monitor.table import display_width
@@ -464,3 +464,14 @@ def test_python_m_monitor_plan_json() -> None:
     assert data["at"] == "2022-07-19T18:00:00+08:00"
     certificate = entry(data, "hubei-zwfw", "certificate-print")
     assert (certificate["expected"], certificate["in_grace"]) == ("down", True)
+
+
+def test_python_m_monitor_transitions_over_the_whole_calendar() -> None:
+    """The issue's command, as a real process: exit 2 with one sentence, no traceback."""
+    done = python_m(
+        "plan", "--transitions", "--from", "0001-01-01", "--until", "9999-12-31", cwd=ROOT
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f'channel-monitor: --from: "0001-01-01" {OUT_OF_RANGE}; expected an instant in that range\n'
+    )
