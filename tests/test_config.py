@@ -1094,6 +1094,7 @@ HOSTILE_PLANS = {
     "zone-folder": with_monitor('timezone = "Asia"'),
     "huge-repeat": with_probe('url = "https://a.example/"\nbody_matches = "x{99999999999}"'),
     "lookahead": with_probe('url = "https://a.example/"\nbody_matches = "(?=a)"'),
+    "too-large": with_probe('url = "https://a.example/"\nbody_matches = "\\\\pL{1000}"'),
 }
 
 
