@@ -189,6 +189,13 @@ Zone = Annotated[str, AfterValidator(_check_zone)]
 MAX_PATTERN_PROGRAM = 10_000
 #: RE2's own limit of a counted repetition; it reads a larger count as literal text instead.
 MAX_REPEAT = 1000
+#: The counts of a pattern's counted repetitions, added up. RE2 expands `x{1,1000}` into a
+#: thousand nested copies before it can tell the program is too large: fifty such counts in a
+#: row took 12 s to refuse, two take 0.03 s.
+MAX_REPEAT_TOTAL = 2000
+#: The longest body pattern, in characters: compiling takes time in proportion (0.3 s here for
+#: the worst 2,000 characters found), and realistic notices are a few dozen.
+MAX_PATTERN_LENGTH = 2000
 _REPEAT_COUNT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 _RE2_UNSUPPORTED = (
     ("invalid perl operator: (?=", "lookahead (?=...)"),
@@ -222,7 +229,8 @@ def pattern_program_size(pattern: re2._Regexp) -> int:
 
 
 def _repeat_counts(value: str) -> typing.Iterator[int]:
-    """The counts of `{n}`, `{n,}` and `{n,m}` outside character classes and escapes."""
+    """The larger count of each `{n}`, `{n,}` and `{n,m}` outside character classes and
+    escapes."""
     plain, index, in_class = [], 0, False
     while index < len(value):
         char = value[index]
@@ -237,14 +245,24 @@ def _repeat_counts(value: str) -> typing.Iterator[int]:
         plain.append(" " if in_class else char)
         index += 1
     for match in _REPEAT_COUNT.finditer("".join(plain)):
-        yield from (int(group) for group in match.groups() if group)
+        yield max(int(group) for group in match.groups() if group)
 
 
 def _check_regex(value: str) -> str:
-    if any(count > MAX_REPEAT for count in _repeat_counts(value)):
+    if len(value) > MAX_PATTERN_LENGTH:
+        raise ValueError(
+            f"expected a pattern of at most {MAX_PATTERN_LENGTH:,} characters, got {len(value):,}"
+        )
+    counts = list(_repeat_counts(value))
+    if any(count > MAX_REPEAT for count in counts):
         raise ValueError(
             f"expected repetition counts {{n}} of at most {MAX_REPEAT} "
             "(a body pattern is matched by RE2, which reads a larger count as text)"
+        )
+    if sum(counts) > MAX_REPEAT_TOTAL:
+        raise ValueError(
+            f"expected repetition counts {{n,m}} adding up to at most {MAX_REPEAT_TOTAL:,}, "
+            f"got {sum(counts):,} (RE2 copies the repeated part that many times)"
         )
     try:
         compiled = body_pattern(value)
