@@ -229,14 +229,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.store import StoreError
+
     home = config_dir(args)
-    daemon = Daemon(
-        plan,
-        db_path=Path(args.db) if args.db else home / "monitor.db",
-        site_dir=Path(args.site) if args.site else home / "site",
-        host=host,
-        port=port,
-    )
+    try:
+        daemon = Daemon(
+            plan,
+            db_path=Path(args.db) if args.db else home / "monitor.db",
+            site_dir=Path(args.site) if args.site else home / "site",
+            host=host,
+            port=port,
+        )
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     gc.collect()
     gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
@@ -253,6 +258,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     import sqlite3
 
     from monitor.site.render import render_from
+    from monitor.store import StoreError
 
     plan = load_plan(args.config)
     at = instant(args, plan)
@@ -261,6 +267,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     site = Path(args.site) if args.site else home / "site"
     try:
         result = render_from(plan, site, at, db)
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
@@ -299,8 +307,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         linger=args.linger,
         cadence=Cadence(),
     )
+    from monitor.store import StoreError
+
     try:
         run_async(run_demo(options))
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except OSError as exc:
         raise UsageError(f"demo: {exc.strerror or exc}") from None
     return EXIT_OK

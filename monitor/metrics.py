@@ -29,7 +29,8 @@ Families (all `channel_monitor_`; per service unless marked):
   `mismatch{direction}` (1 while an incident is open), `incidents_total{direction}`;
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
   `scheduler_lag_max_seconds`, `probes_in_flight`, `store_write_errors_total`,
-  and the `process_*` metrics of the monitor's own process.
+  `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
+  `observations_dropped_total`, and the `process_*` metrics of the monitor's own process.
 """
 
 from __future__ import annotations
@@ -423,10 +424,34 @@ class _Health:
             "Probes running now.",
             value=len(metrics.pipeline.running),
         )
+        store = metrics.store
+        if store is None:
+            return
         yield CounterMetricFamily(
             PREFIX + "store_write_errors_total",
             "Failed writes of buffered observations to the store (they are retried).",
-            value=metrics.store.write_errors if metrics.store is not None else 0,
+            value=store.write_errors,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "store_healthy",
+            "1 while the store takes writes, 0 while it refuses them (a full disk).",
+            value=1 if store.healthy else 0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "store_last_write_timestamp_seconds",
+            "When the store last took a write (or was opened).",
+            value=store.last_write,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "store_pending_observations",
+            "Observations waiting in memory to be written.",
+            value=store.pending,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "observations_dropped_total",
+            "Observations dropped, oldest first, because the store refused writes for so long "
+            "that the buffer was full.",
+            value=store.dropped,
         )
 
 
