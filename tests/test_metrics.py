@@ -332,6 +332,18 @@ def test_monitor_health(rig: Rig) -> None:
     assert rig.value("process_resident_memory_bytes") is not None or not Path("/proc").exists()
 
 
+def test_store_health(rig: Rig) -> None:
+    assert rig.value("channel_monitor_store_healthy") == 1
+    assert rig.value("channel_monitor_observations_dropped_total") == 0
+    opened = rig.value("channel_monitor_store_last_write_timestamp_seconds")
+    assert opened is not None and opened > 0
+    rig.store.write_error = "database or disk is full"
+    rig.store.dropped = 7
+    assert rig.value("channel_monitor_store_healthy") == 0
+    assert rig.value("channel_monitor_observations_dropped_total") == 7
+    assert rig.value("channel_monitor_store_pending_observations") == 0
+
+
 # --- the contract of the exposition --------------------------------------------------------
 
 
