@@ -250,7 +250,11 @@ def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(
         assert body["status"] == "store_failing"
         assert body["store"]["healthy"] is False
         assert "full" in body["store"]["error"]
-        assert _metric(run, "channel_monitor_store_healthy") == 0
+        wait_for(  # /metrics is built at most once a second: poll
+            lambda: _metric(run, "channel_monitor_store_healthy") == 0,
+            timeout=30,
+            what="channel_monitor_store_healthy 0",
+        )
         wait_for(
             lambda: _metric(run, "channel_monitor_store_pending_observations") > 0,
             timeout=30,
@@ -263,7 +267,11 @@ def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(
             timeout=60,
             what="/healthz to be ok again",
         )
-        assert _metric(run, "channel_monitor_store_healthy") == 1
+        wait_for(
+            lambda: _metric(run, "channel_monitor_store_healthy") == 1,
+            timeout=30,
+            what="channel_monitor_store_healthy 1",
+        )
         stored = db_rows(db, "SELECT count(*) FROM observations")[0][0]
         wait_for(
             lambda: db_rows(db, "SELECT count(*) FROM observations")[0][0] > stored,
