@@ -25,6 +25,11 @@ loop, which lets go of it at every system call, would wait for it each time (pro
 `/healthz` starved as badly as before); not on the store's thread either, whose queue holds the
 writes.
 
+In a replay (the demo), instants are the replay's (2022), not the wall clock's, and nothing is
+probed after it ends: `last_probe_timestamp_seconds` and `probe_interval_seconds`, which only
+mean something against the wall clock, are left out (`live=False`), so the shipped
+ChannelProbeStale rule, which needs one of them, never fires for a demo.
+
 Every series is labelled `channel` and `business` (the service id). Not `service`: Prometheus
 Operator adds a `service` target label to every scrape, so ours would arrive renamed
 `exported_service`. No label ever holds a URL. No counter has a `_created` series.
@@ -61,6 +66,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from monitor.clock import RealClock
 from monitor.judge import DIRECTIONS
 from monitor.plan import TICK, Expectation, Plan, ServiceRef
 
@@ -201,6 +207,7 @@ class Metrics:
         buckets: Sequence[float] = DURATION_BUCKETS,
         process: bool = True,
         max_age: float = MAX_AGE,
+        live: bool = True,
     ) -> None:
         self.plan = plan
         self.pipeline = pipeline
@@ -226,6 +233,8 @@ class Metrics:
         if process:
             ProcessCollector(registry=self.registry)
         self.max_age = max_age
+        #: False in a replay: no series that only mean something against the wall clock.
+        self.live = live
         #: Expositions built since start (tests and diagnostics: scrapes share them).
         self.builds = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -443,6 +452,8 @@ class Metrics:
                 )
             if pace():
                 yield
+        if not self.live:
+            return
         interval = _Family(
             out, "probe_interval_seconds", "gauge", "How often the service is probed."
         )
@@ -474,16 +485,17 @@ class Metrics:
             family.add(self._key_labels(key), observation.status_code or 0)
             if pace():
                 yield
-        family = _Family(
-            out,
-            "last_probe_timestamp_seconds",
-            "gauge",
-            "When the last probe of the service started.",
-        )
-        for key, observation in last:
-            family.add(self._key_labels(key), observation.at.timestamp())
-            if pace():
-                yield
+        if self.live:
+            family = _Family(
+                out,
+                "last_probe_timestamp_seconds",
+                "gauge",
+                "When the last probe of the service started.",
+            )
+            for key, observation in last:
+                family.add(self._key_labels(key), observation.at.timestamp())
+                if pace():
+                    yield
         family = _Family(
             out,
             "tls_cert_expiry_timestamp_seconds",
@@ -620,7 +632,12 @@ class _Health:
 def attach(daemon: Daemon) -> Metrics:
     """Hang the metrics on a daemon: listen to its pipeline, serve `/metrics` on its app."""
     metrics = Metrics(
-        daemon.plan, daemon.pipeline, daemon.clock, scheduler=daemon.scheduler, store=daemon.store
+        daemon.plan,
+        daemon.pipeline,
+        daemon.clock,
+        scheduler=daemon.scheduler,
+        store=daemon.store,
+        live=isinstance(daemon.clock, RealClock),
     )
     daemon.listeners.append(metrics)
     daemon.app.router.add_get("/metrics", metrics.handle)
