@@ -16,7 +16,7 @@ import logging
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -28,6 +28,8 @@ from monitor.plan import Plan, report
 from monitor.table import render_table
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+#: The longest range `plan --transitions` lists: ten years, which it walks in about a second.
+MAX_TRANSITIONS_SPAN = timedelta(days=3653)
 
 T = TypeVar("T")
 
@@ -180,6 +182,11 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
     start, end = instant(args, plan, "from_"), instant(args, plan, "until")
     if end <= start:
         raise UsageError("--until must be after --from")
+    if end - start > MAX_TRANSITIONS_SPAN:
+        raise UsageError(
+            f"--from and --until are more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) "
+            "apart; ask for a shorter range (recurring periods are walked day by day)"
+        )
     names = {ref.key: ref for ref in plan.services}
     items = [
         {
@@ -327,18 +334,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.store import StoreError
+
     home = config_dir(args)
     notices = notices_file(args)
     load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
-    daemon = Daemon(
-        plan,
-        notices_path=notices,
-        db_path=Path(args.db) if args.db else home / "monitor.db",
-        site_dir=Path(args.site) if args.site else home / "site",
-        host=host,
-        port=port,
-        alerts=not args.no_alerts,
-    )
+    try:
+        daemon = Daemon(
+            plan,
+            notices_path=notices,
+            db_path=Path(args.db) if args.db else home / "monitor.db",
+            site_dir=Path(args.site) if args.site else home / "site",
+            host=host,
+            port=port,
+            alerts=not args.no_alerts,
+        )
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     gc.collect()
     gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
@@ -356,6 +368,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from monitor.notice import load_notices
     from monitor.site.render import render_from
+    from monitor.store import StoreError
 
     plan = load_plan(args.config)
     at = instant(args, plan)
@@ -365,6 +378,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     notices = load_notices(notices_file(args), plan, store_incidents(db))
     try:
         result = render_from(plan, site, at, db, notices)
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
@@ -447,9 +462,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cadence=Cadence(),
         notices=demo_notices(args),
     )
+    from monitor.store import StoreError
+
     print(f"channel-monitor demo: {source}")
     try:
         run_async(run_demo(options))
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except OSError as exc:
         raise UsageError(f"demo: {exc.strerror or exc}") from None
     return EXIT_OK

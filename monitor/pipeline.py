@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -125,6 +126,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.states: dict[tuple[str, str], ServiceState] = {}
         self.running: set[tuple[str, str]] = set()
+        #: An incident transition could not be written (said once until one is written again).
+        self._deferred = False
         self._limit = asyncio.Semaphore(self.concurrency)
         self.probers = {"http": self.prober, **self.probers}
         #: Every service observed by a probe of any kind, configured or not.
@@ -210,21 +213,38 @@ class Pipeline:
             )
         new_state = judgement.state
         records: list[IncidentRecord] = []
-        for event in judgement.events:
-            record = await self.store.call(
-                self.store.record_event, ref.channel.id, ref.service.id, event
-            )
-            records.append(record)
-            if event.kind == "opened":
-                new_state = with_incident_id(new_state, record.id)
-            log.warning(
-                "incident %s %s %s/%s: %s",
-                record.id,
-                event.kind,
-                ref.channel.id,
-                ref.service.id,
-                event.direction.value,
-            )
+        try:
+            for event in judgement.events:
+                record = await self.store.call(
+                    self.store.record_event, ref.channel.id, ref.service.id, event
+                )
+                records.append(record)
+                if event.kind == "opened":
+                    new_state = with_incident_id(new_state, record.id)
+                log.warning(
+                    "incident %s %s %s/%s: %s",
+                    record.id,
+                    event.kind,
+                    ref.channel.id,
+                    ref.service.id,
+                    event.direction.value,
+                )
+            self._deferred = False
+        except sqlite3.Error as exc:
+            # The store refuses writes (a full disk): an incident transition that is not
+            # written must not be acted on either, or its alert would be lost. Keeping the
+            # previous state makes the next observation judge (and try to write) it again.
+            if not records:
+                new_state = state
+            if not self._deferred:
+                log.warning(
+                    "incident transition of %s/%s not written (%s); it is retried with the "
+                    "next observation",
+                    ref.channel.id,
+                    ref.service.id,
+                    exc,
+                )
+                self._deferred = True
         self.states[ref.key] = new_state
         result = Result(
             ref, observation, expectation, in_grace, judgement, previous, tuple(records)

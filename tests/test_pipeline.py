@@ -5,6 +5,7 @@ and a service is never probed twice at once."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -392,3 +393,48 @@ async def test_stale_data_turns_unknown(
     assert stack.pipeline.verdict(ref) is Verdict.OK
     clock.advance(timedelta(seconds=1))
     assert stack.pipeline.verdict(ref) is Verdict.UNKNOWN
+
+
+class RefusingStore(Store):
+    """A store whose disk is full for incident writes while `full` is set."""
+
+    full = False
+
+    def record_event(self, channel, business, event):  # type: ignore[no-untyped-def]
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().record_event(channel, business, event)
+
+
+async def test_an_incident_the_store_cannot_write_is_retried_not_lost(
+    plan: Plan,
+    server: ChannelServer,
+    clock: ReplayClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = tmp_path / "monitor.db"
+    stack = Stack(plan, db, clock)
+    stack.store.close()
+    stack.store = RefusingStore(db)
+    stack.pipeline.store = stack.store
+    try:
+        server.set("serving", "/pension")  # up during the freeze: unexpected_up
+        RefusingStore.full = True
+        for _ in range(3):  # the threshold is reached, but nothing can be written
+            result = await step(stack, clock, PENSION)
+            assert result.incidents == ()
+        assert stack.pipeline.states.get(PENSION) is None or (
+            stack.pipeline.states[PENSION].incident is None
+        )
+        assert incident_rows(db) == []
+        deferred = [r for r in caplog.records if "not written" in r.getMessage()]
+        assert len(deferred) == 1 and not any(r.exc_info for r in caplog.records)
+        RefusingStore.full = False  # space is back: the next observation opens it, once
+        result = await step(stack, clock, PENSION)
+        (opened,) = result.incidents
+        assert incident_rows(db) == [(opened.id, "portal", "pension", "unexpected_up", None)]
+        assert stack.pipeline.states[PENSION].incident.id == opened.id
+    finally:
+        RefusingStore.full = False
+        await stack.close()
