@@ -30,6 +30,9 @@ from monitor.store import IncidentRecord
 
 from .simulator import Fault, Pushers
 
+#: A service's (channel id, service id).
+Key = tuple[str, str]
+
 DIRECTION_WORDS = {
     "unexpected_up": "应停未停 up while it should be down",
     "unexpected_down": "应开未开 down while it should be up",
@@ -110,7 +113,7 @@ class Replay:
         return self.plan.interval(ref)
 
     def due(
-        self, at: datetime, last: dict[tuple[str, str], datetime], changed: set, final: bool
+        self, at: datetime, last: dict[Key, datetime], changed: set[Key], final: bool
     ) -> list[ServiceRef]:
         """The probed services to probe at `at`."""
         found = []
@@ -137,8 +140,8 @@ class Replay:
         steps = instants(self.start, self.end, marks, self.cadence)
         previous = self.start - TICK
         last_serving: dict[tuple[str, str], tuple[datetime, bool]] = {}
-        probed: dict[tuple[str, str], datetime] = {}
-        changed: set[tuple[str, str]] = set()
+        probed: dict[Key, datetime] = {}
+        changed: set[Key] = set()
         for index, at in enumerate(steps):
             if self.stopped:
                 break
