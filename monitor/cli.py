@@ -518,7 +518,7 @@ def store_incidents(db: Path) -> set[int] | None:
     """Incident numbers in the store at `db` (None when there is no store to check against)."""
     import sqlite3
 
-    from monitor.store import Store
+    from monitor.store import Store, StoreError
 
     if not db.exists():
         return None
@@ -528,6 +528,8 @@ def store_incidents(db: Path) -> set[int] | None:
             return {record.id for record in store.incidents(limit=1_000_000)}
         finally:
             store.close()
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
 

@@ -635,7 +635,7 @@ async def test_a_demo_scraped_by_prometheus_trips_no_stale_alert(tmp_path: Path)
         async def scraped() -> list[dict]:
             try:
                 return await api.result("channel_monitor_probe_success")
-            except (aiohttp.ClientError, AssertionError):
+            except (aiohttp.ClientError, AssertionError, ValueError):  # not ready: no JSON yet
                 return []
 
         found = await poll(scraped, 90, lambda: "no probe results scraped" + logs())
