@@ -327,18 +327,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.store import StoreError
+
     home = config_dir(args)
     notices = notices_file(args)
     load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
-    daemon = Daemon(
-        plan,
-        notices_path=notices,
-        db_path=Path(args.db) if args.db else home / "monitor.db",
-        site_dir=Path(args.site) if args.site else home / "site",
-        host=host,
-        port=port,
-        alerts=not args.no_alerts,
-    )
+    try:
+        daemon = Daemon(
+            plan,
+            notices_path=notices,
+            db_path=Path(args.db) if args.db else home / "monitor.db",
+            site_dir=Path(args.site) if args.site else home / "site",
+            host=host,
+            port=port,
+            alerts=not args.no_alerts,
+        )
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     gc.collect()
     gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
@@ -356,6 +361,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from monitor.notice import load_notices
     from monitor.site.render import render_from
+    from monitor.store import StoreError
 
     plan = load_plan(args.config)
     at = instant(args, plan)
@@ -365,6 +371,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     notices = load_notices(notices_file(args), plan, store_incidents(db))
     try:
         result = render_from(plan, site, at, db, notices)
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
@@ -448,8 +456,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         notices=demo_notices(args),
     )
     print(f"channel-monitor demo: {source}")
+    from monitor.store import StoreError
+
     try:
         run_async(run_demo(options))
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
     except OSError as exc:
         raise UsageError(f"demo: {exc.strerror or exc}") from None
     return EXIT_OK

@@ -62,7 +62,7 @@ class Daemon:
     notices_path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.store = Store(self.db_path)
+        self.store = Store(self.db_path, exclusive=True)  # StoreError: no traceback
         probers = make_probers(self.reuse_connections, self.plan.config.monitor.chromium)
         self.prober = probers["http"]
         self.pipeline = Pipeline(
@@ -89,16 +89,31 @@ class Daemon:
         self.push.attach(self.app)
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        """200 with the age of the last scheduler tick (seconds), so a watchdog can tell."""
+        """The age of the last scheduler tick (seconds), so a watchdog can tell; 503 while the
+        store refuses writes (a full disk): probing goes on, but nothing is kept."""
         tick = self.scheduler.last_tick
         age = None if tick is None else round(asyncio.get_running_loop().time() - tick, 3)
-        body = {
-            "status": "ok",
+        store = self.store
+        body: dict = {
+            "status": "ok" if store.healthy else "store_failing",
             "last_tick_age_seconds": age,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "probed_services": len(self.pipeline.probed),
+            "store": {
+                "healthy": store.healthy,
+                "last_write_timestamp_seconds": round(store.last_write, 3),
+                "pending_observations": store.pending,
+                "dropped_observations": store.dropped,
+            },
         }
-        return web.json_response(body)
+        if not store.healthy:
+            body["store"]["error"] = store.write_error
+            body["message"] = (
+                "the store refuses writes (is the disk full?): observations wait in memory and "
+                "the oldest are dropped / "
+                "存储无法写入（磁盘已满？）：观测结果暂存内存，最早的会被丢弃"
+            )
+        return web.json_response(body, status=200 if store.healthy else 503)
 
     async def start(self, schedule: bool = True, serve: bool = True) -> None:
         """Resume open incidents, start serving, start scheduling (the demo drives the
@@ -127,8 +142,7 @@ class Daemon:
         await self.pipeline.close()  # every kind's prober
         if self.runner is not None:
             await self.runner.cleanup()
-        await self.store.call(self.store.flush)
-        self.store.close()
+        self.store.close()  # writes what is buffered; says what a full disk made it lose
 
 
 async def serve(daemon: Daemon) -> None:

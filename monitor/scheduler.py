@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
@@ -140,12 +141,15 @@ class Scheduler:
 
     async def _flush(self) -> None:
         """The periodic write. A shutdown that cancels it mid-write is not an error: the write
-        itself runs on (shielded) and `stop` flushes once more after it."""
-        with contextlib.suppress(asyncio.CancelledError):
+        itself runs on (shielded) and `stop` flushes once more after it. A failed write (a full
+        disk) is the store's to report (once, in the log, /healthz and the metrics); the
+        observations wait for the next attempt."""
+        with contextlib.suppress(asyncio.CancelledError, sqlite3.Error):
             await asyncio.shield(self.pipeline.flush())
 
     async def _prune(self) -> None:
-        await self.pipeline.store.call(self.pipeline.store.prune, self.pipeline.clock.now())
+        with contextlib.suppress(sqlite3.Error):  # a full disk: pruning waits for the next hour
+            await self.pipeline.store.call(self.pipeline.store.prune, self.pipeline.clock.now())
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop scheduling, let running probes finish (bounded), write everything."""
@@ -159,4 +163,5 @@ class Scheduler:
             _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
-        await self.pipeline.flush()
+        with contextlib.suppress(sqlite3.Error):  # the store's close says what could not be kept
+            await self.pipeline.flush()

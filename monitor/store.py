@@ -4,13 +4,27 @@ Raw observations are kept for a short retention window, hourly rollups per servi
 history (the page's 90-day bars), incidents for ever. The file is in WAL mode so readers (the
 site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
 worker thread through `Store.call`, so the event loop never blocks on the disk.
+
+The file carries its schema version (`PRAGMA user_version`); opening it as the writer runs the
+migrations it lacks, so a store written by an older version opens in a newer one, and one
+written by a newer version is refused rather than half understood. Only one writer may hold a
+store: `lock_store` takes an OS lock beside it that the kernel drops when the process dies.
+A store that cannot be opened raises `StoreError`, whose message says what is wrong and what
+to do, in both languages, so the command line can print it as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +37,13 @@ from monitor.probe import Observation
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 DEFAULT_RETENTION = timedelta(days=7)
 DEFAULT_ROLLUP_RETENTION = timedelta(days=400)
+#: Observations kept in memory while the disk refuses writes; beyond it the oldest are dropped
+#: (counted), so a full disk costs history, never the monitor's memory.
+MAX_PENDING = 100_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -68,6 +87,213 @@ CREATE TABLE IF NOT EXISTS incidents (
 );
 CREATE INDEX IF NOT EXISTS incidents_open ON incidents (resolved_at);
 """
+
+#: `MIGRATIONS[n]` takes a store from schema version n to n + 1. Version 0 is a new file or one
+#: written before versions were kept (its tables are exactly SCHEMA's, so `IF NOT EXISTS` makes
+#: both whole). Add a change as a new entry; never edit an old one.
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+SCHEMA_VERSION = len(MIGRATIONS)
+#: The tables a file must have to be read as a store.
+TABLES = ("observations", "rollups", "incidents")
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what is wrong and what to do."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store (two writers would open every incident twice)."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"{path}: in use by {who} (another `channel-monitor run`); stop it or name another "
+            f"--db. / 存储正被{'进程 ' + str(pid) if pid else '另一个进程'}使用（另一个 run），"
+            "请先停止它或换一个 --db。"
+        )
+        self.pid = pid
+
+
+class StoreLock:
+    """The writer's lock on a store: `<store>.lock`, holding the owner's pid.
+
+    `flock` belongs to the open file, so the kernel releases it when the process ends, however
+    it ends (SIGKILL included): a stale lock file never blocks the next start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(f"{path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> StoreLock:
+        """Take the lock or raise StoreBusy (or StoreError when the file cannot be made)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(_os_problem(self.path, exc)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StoreBusy(self.path.with_suffix(""), holder) from None
+            raise StoreError(_os_problem(self.path, exc)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would race with a new holder)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_store(path: str | Path) -> StoreLock:
+    """Take the one-writer lock of the store at `path`; raises StoreBusy when it is held."""
+    return StoreLock(Path(path)).acquire()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _os_problem(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"{path}: cannot be written ({exc.strerror}); run needs a writable store: make the "
+            "folder writable or name another --db. / 无法写入，run 需要可写的存储：请让文件夹"
+            "可写或换一个 --db。"
+        )
+    return (
+        f"{path}: {exc.strerror or exc}; check the path or name another --db. / "
+        "无法使用该路径，请检查或换一个 --db。"
+    )
+
+
+def _sqlite_problem(path: Path, exc: sqlite3.Error, writing: bool) -> str:
+    """What an SQLite error at open means to the person who named the file."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    missing_table = not writing and name == "SQLITE_ERROR"  # "no such table"
+    if name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT") or missing_table:
+        return (
+            f"{path}: not a channel-monitor store, or a damaged one ({exc}); move it aside and "
+            "name a new --db (a new store starts empty). / 不是本程序的存储文件或已损坏：请移开"
+            "它并换一个新的 --db（新存储从空开始）。"
+        )
+    if writing and (name.startswith("SQLITE_READONLY") or not _writable(path)):
+        return (
+            f"{path}: read-only ({exc}); run needs to write its store: make the file and its "
+            "folder writable or name another --db (render can read a read-only store). / 存储"
+            "只读，run 需要写入：请让文件及其文件夹可写或换一个 --db（render 可以读取只读存储）。"
+        )
+    if name == "SQLITE_FULL":
+        return f"{path}: the disk is full ({exc}); free some space. / 磁盘已满，请腾出空间。"
+    return (
+        f"{path}: cannot be opened as a store ({exc}); check the file or name another --db. / "
+        "无法打开存储，请检查文件或换一个 --db。"
+    )
+
+
+def _writable(path: Path) -> bool:
+    target = path if path.exists() else path.parent
+    return os.access(target, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _check_file(path: Path) -> None:
+    """Refuse at once what SQLite would only half refuse (a folder, /dev/null, a FIFO)."""
+    if path.is_dir():
+        raise StoreError(
+            f"{path}: is a folder, not a store file; name a file, e.g. {path / 'monitor.db'}. / "
+            "这是一个文件夹而不是存储文件，请指定一个文件。"
+        )
+    if path.exists() and not path.is_file():
+        raise StoreError(
+            f"{path}: not a regular file; name a file for the store. / 不是普通文件，请为存储"
+            "指定一个文件。"
+        )
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to SCHEMA_VERSION; refuse a file that is some other program's."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: written by a newer channel-monitor (schema {version}, this one knows up "
+            f"to {SCHEMA_VERSION}); upgrade, or name another --db. / 存储由更新版本写入，请升级"
+            "本程序或换一个 --db。"
+        )
+    if version == 0:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if names and not names & set(TABLES):
+            raise StoreError(
+                f"{path}: an SQLite file of another program (no observations, rollups or "
+                "incidents table); name another --db. / 这是其他程序的 SQLite 文件，请换一个 --db。"
+            )
+    for step in range(version, SCHEMA_VERSION):
+        db.executescript(MIGRATIONS[step])
+    # written every time: it is also the proof that the file takes writes
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.commit()
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """The writer's connection, migrated; StoreError with the reason when it cannot be."""
+    _check_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(_os_problem(path.parent, exc)) from None
+    db = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        _migrate(db, path)
+    except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
+        raise StoreError(_sqlite_problem(path, exc, writing=True)) from None
+    except StoreError:
+        if db is not None:
+            db.close()
+        raise
+    return db
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection that works on a read-only file or mount too.
+
+    `mode=ro` still needs the WAL's shared-memory file beside the store, which a read-only
+    folder cannot hold; then the file is opened `immutable`, which is right for it: nothing can
+    be writing to a store on a read-only folder.
+    """
+    _check_file(path)
+    uri = path.resolve().as_uri()  # percent-encodes `?`, `#`, `%`
+    last: sqlite3.Error | None = None
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
+        try:
+            for table in TABLES:
+                db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            db.close()
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+                raise StoreError(_sqlite_problem(path, exc, writing=False)) from None
+            last = exc
+            continue
+        return db
+    assert last is not None
+    raise StoreError(_sqlite_problem(path, last, writing=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,25 +361,56 @@ class Store:
         retention: timedelta = DEFAULT_RETENTION,
         rollup_retention: timedelta = DEFAULT_ROLLUP_RETENTION,
         readonly: bool = False,
+        max_pending: int = MAX_PENDING,
+        exclusive: bool = False,
     ) -> None:
+        """Open the store at `path`, read-only or as a writer; an `exclusive` writer (`run`)
+        first takes the one-writer lock and raises StoreBusy when another process holds it."""
         self.path = Path(path)
         self.retention = retention
         self.rollup_retention = rollup_retention
+        self.max_pending = max_pending
         self.incident_hooks: list[IncidentHook] = []
-        self._pending: list[PendingObservation] = []
+        self._pending: deque[PendingObservation] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.write_errors = 0
-        if readonly:
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # percent-encodes `?`, `#`, `%`
-            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            self.db.commit()
+        #: Observations dropped from a full buffer while writes failed (oldest first).
+        self.dropped = 0
+        #: The last write's error while writes fail (None while they succeed), and when the
+        #: last write succeeded (seconds since the epoch; opening counts as one).
+        self.write_error: str | None = None
+        self.last_write = time.time()
+        _check_file(self.path)  # before the lock: no `/dev/null.lock`
+        self._owner = lock_store(self.path) if exclusive and not readonly else None
+        try:
+            self.db = open_reader(self.path) if readonly else open_writer(self.path)
+        except BaseException:
+            if self._owner is not None:
+                self._owner.release()
+            raise
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write reached the disk."""
+        return self.write_error is None
+
+    @property
+    def pending(self) -> int:
+        """Observations waiting to be written."""
+        return len(self._pending)
+
+    def _wrote(self) -> None:
+        if self.write_error is not None:
+            self.write_error = None
+            log.warning("store %s: writes succeed again", self.path)
+        self.last_write = time.time()
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        self.write_errors += 1
+        if self.write_error is None:
+            log.error("store %s: writing failed (%s); observations wait in memory", self.path, exc)
+        self.write_error = str(exc)
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -169,20 +426,39 @@ class Store:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._pending:
-            self.flush()
+            try:
+                self.flush()
+            except sqlite3.Error as exc:
+                log.error(
+                    "store %s: %d observation(s) could not be written at exit (%s)",
+                    self.path,
+                    len(self._pending),
+                    exc,
+                )
         self.db.close()
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
 
     # --- observations ----------------------------------------------------------------------
 
     def add(self, item: PendingObservation) -> None:
-        """Buffer one observation; `flush` writes the buffer in one transaction."""
+        """Buffer one observation; `flush` writes the buffer in one transaction. A full buffer
+        (the disk refuses writes) drops its oldest observation, counted in `dropped`."""
         with self._lock:
             self._pending.append(item)
+            self._trim()
+
+    def _trim(self) -> None:
+        extra = len(self._pending) - self.max_pending
+        for _ in range(max(0, extra)):
+            self._pending.popleft()
+        self.dropped += max(0, extra)
 
     def flush(self) -> int:
         """Write buffered observations and their hourly rollups; return how many."""
         with self._lock:
-            items, self._pending = self._pending, []
+            items, self._pending = list(self._pending), deque()
         if not items:
             return 0
         try:
@@ -229,11 +505,13 @@ class Store:
                         for i in items
                     ],
                 )
-        except sqlite3.Error:
-            self.write_errors += 1
+        except sqlite3.Error as exc:
+            self._failed(exc)
             with self._lock:  # keep them for the next attempt rather than lose them
-                self._pending[:0] = items
+                self._pending.extendleft(reversed(items))
+                self._trim()
             raise
+        self._wrote()
         return len(items)
 
     def prune(self, now: datetime) -> None:
@@ -274,6 +552,13 @@ class Store:
         Buffered observations are written first so the history never lags its incidents.
         """
         self.flush()
+        try:
+            return self._record_event(channel, business, event)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            raise
+
+    def _record_event(self, channel: str, business: str, event: IncidentEvent) -> IncidentRecord:
         with self.db:
             if event.kind == "opened":
                 cursor = self.db.execute(
@@ -299,6 +584,7 @@ class Store:
             record = self._incident(incident_id)
             for hook in self.incident_hooks:
                 hook(self.db, record, event)
+        self._wrote()
         return record
 
     def _resolve_target(self, channel: str, business: str, event: IncidentEvent) -> int:

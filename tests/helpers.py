@@ -230,6 +230,43 @@ def silent_listener() -> Iterator[str]:
         sock.close()
 
 
+def _mount(*args: str) -> None:
+    """`mount ARGS`; skips the test (with the reason) where the machine does not allow it
+    (not root, no mount namespace), whatever CI says: nothing can be installed to fix that."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command on this machine")
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"mounting is not permitted here: {done.stderr.strip() or done.returncode}")
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (made if missing) for the test, unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount_readonly(path: Path) -> None:
+    """Make a mount point read-only (for root too, unlike chmod)."""
+    _mount("-o", "remount,ro", str(path))
+
+
+@contextmanager
+def readonly_file(path: Path) -> Iterator[Path]:
+    """`path` bind-mounted read-only over itself: the file refuses writes, its folder not."""
+    _mount("--bind", str(path), str(path))
+    try:
+        _mount("-o", "remount,bind,ro", str(path))
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def _give_up_after(deadline: float, timeout: float, what: object) -> None:
     """Fail the wait once `deadline` (a `time.monotonic()` value) has passed."""
     if time.monotonic() > deadline:

@@ -20,7 +20,7 @@ from helpers import load_plan, require_binary
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.clock import ReplayClock
+from monitor.clock import RealClock, ReplayClock
 from monitor.daemon import Daemon
 from monitor.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
 from monitor.pipeline import Pipeline
@@ -330,6 +330,41 @@ def test_monitor_health(rig: Rig) -> None:
     assert rig.value("channel_monitor_store_write_errors_total") == 3
     assert rig.value("channel_monitor_probes_in_flight") == 1
     assert rig.value("process_resident_memory_bytes") is not None or not Path("/proc").exists()
+
+
+async def test_a_replay_exports_nothing_that_needs_the_wall_clock(rig: Rig) -> None:
+    await rig.observe("portal", "pension", True)
+    live = rig.scrape()
+    assert "channel_monitor_last_probe_timestamp_seconds{" in live
+    assert "channel_monitor_probe_interval_seconds{" in live
+    rig.metrics.live = False
+    replay = rig.scrape()
+    assert "channel_monitor_last_probe_timestamp_seconds" not in replay
+    assert "channel_monitor_probe_interval_seconds" not in replay
+    assert "channel_monitor_probe_success{" in replay  # what was found is still there
+
+
+def test_the_daemon_exports_wall_clock_series_only_on_the_wall_clock(tmp_path: Path) -> None:
+    plan = load_plan(tmp_path / "channels.toml", PLAN)
+    for clock, live in ((RealClock(), True), (ReplayClock(datetime(2022, 7, 6, tzinfo=TZ)), False)):
+        daemon = Daemon(plan, tmp_path / f"{live}.db", tmp_path / "site", clock=clock)
+        try:
+            (metrics,) = [x for x in daemon.listeners if isinstance(x, Metrics)]
+            assert metrics.live is live
+        finally:
+            daemon.store.close()
+
+
+def test_store_health(rig: Rig) -> None:
+    assert rig.value("channel_monitor_store_healthy") == 1
+    assert rig.value("channel_monitor_observations_dropped_total") == 0
+    opened = rig.value("channel_monitor_store_last_write_timestamp_seconds")
+    assert opened is not None and opened > 0
+    rig.store.write_error = "database or disk is full"
+    rig.store.dropped = 7
+    assert rig.value("channel_monitor_store_healthy") == 0
+    assert rig.value("channel_monitor_observations_dropped_total") == 7
+    assert rig.value("channel_monitor_store_pending_observations") == 0
 
 
 # --- the contract of the exposition --------------------------------------------------------

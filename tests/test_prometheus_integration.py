@@ -598,3 +598,68 @@ async def run_checks(
         f"{alerts_at - started:.1f} s, {len(queries)} dashboard queries and "
         f"{len(load_rules())} rules checked after {time.monotonic() - started:.1f} s"
     )
+
+
+async def test_a_demo_scraped_by_prometheus_trips_no_stale_alert(tmp_path: Path) -> None:
+    """The demo replays 2022: its /metrics must not make the shipped rules call all of its
+    services stale (time() minus a 2022 instant is always more than 3 intervals)."""
+    prometheus_bin = require_binary("prometheus", package="prometheus")
+    demo_port, prom_port = closed_port(), closed_port()
+    demo_log, prometheus_log = tmp_path / "demo.log", tmp_path / "prometheus.log"
+    demo_argv = [
+        sys.executable, "-m", "monitor", "demo", "--linger", "--site", str(tmp_path / "site"),
+        "--listen", f"127.0.0.1:{demo_port}",
+    ]  # fmt: skip
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "channel-monitor",
+                        "scrape_timeout": "1s",
+                        "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prometheus_argv = [
+        prometheus_bin,
+        f"--config.file={prom_config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+        "--log.level=warn",
+    ]
+    stale = next(r["expr"] for r in load_rules() if r.get("alert") == "ChannelProbeStale")
+
+    async def drain(stream: asyncio.StreamReader) -> None:  # the demo prints a lot
+        while await stream.readline():
+            pass
+
+    async with (
+        process(demo_argv, demo_log) as demo,
+        process(prometheus_argv, prometheus_log),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+    ):
+        assert demo.stdout is not None
+        reader = asyncio.create_task(drain(demo.stdout))
+        api = Prometheus(session, f"http://127.0.0.1:{prom_port}")
+        logs = lambda: f"\n{tail(demo_log)}\n{tail(prometheus_log)}"  # noqa: E731
+
+        async def scraped() -> list[dict]:
+            try:
+                return await api.result("channel_monitor_probe_success")
+            except (aiohttp.ClientError, AssertionError):
+                return []
+
+        found = await poll(scraped, 90, lambda: "no probe results scraped" + logs())
+        assert len(found) > 10
+        for _ in range(10):  # ten evaluations (1 s apart) with the demo's series in place
+            assert await api.result(stale) == [], "a replay looks stale" + logs()
+            names = {a["labels"]["alertname"] for a in await api.alerts()}
+            assert "ChannelProbeStale" not in names, names
+            await asyncio.sleep(1)
+        reader.cancel()

@@ -3,6 +3,7 @@ a read-only reader on the same file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,14 @@ from helpers import query
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.probe import Observation
 from monitor.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
     IncidentRecord,
     PendingObservation,
     Rollup,
     Store,
+    StoreBusy,
+    StoreError,
     as_open_incident,
 )
 
@@ -345,3 +350,95 @@ def test_readonly_store_on_a_path_with_uri_characters(tmp_path: Path) -> None:
     finally:
         store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name], "no stray files"
+
+
+# --- schema versions, the writer's lock, a disk that refuses writes --------------------------
+
+
+def test_a_store_written_before_schema_versions_opens_and_keeps_its_data(db: Path) -> None:
+    # what the version without `user_version` wrote: the same tables, version 0
+    with sqlite3.connect(db) as old:
+        old.execute("PRAGMA journal_mode=WAL")
+        old.executescript(MIGRATIONS[0])
+        old.execute(
+            "INSERT INTO observations (channel, business, at, serving, reason, status_code, "
+            "duration, expected, mismatch) VALUES ('portal', 'pension', ?, 1, 'HTTP 200', 200, "
+            "0.1, 'down', 'unexpected_up')",
+            (HOUR.timestamp(),),
+        )
+    assert query(db, "PRAGMA user_version") == [(0,)]
+    store = Store(db)
+    try:
+        assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION >= 1
+        assert set(store.last_observations()) == {("portal", "pension")}
+    finally:
+        store.close()
+    reader = Store(db, readonly=True)  # and a reader reads it as it is
+    reader.close()
+
+
+def test_a_store_from_a_newer_version_or_another_program_is_refused(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    Store(newer).close()
+    query(newer, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer channel-monitor"):
+        Store(newer)
+    foreign = tmp_path / "foreign.db"
+    query(foreign, "CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreError, match="another program"):
+        Store(foreign)
+    assert query(foreign, "SELECT name FROM sqlite_master") == [("customers",)], "left as it was"
+
+
+def test_one_exclusive_writer_at_a_time(db: Path) -> None:
+    first = Store(db, exclusive=True)
+    try:
+        with pytest.raises(StoreBusy) as busy:
+            Store(db, exclusive=True)
+        assert busy.value.pid == os.getpid()
+        assert str(os.getpid()) in str(busy.value)
+        reader = Store(db, readonly=True)  # readers (render) are not writers
+        reader.close()
+    finally:
+        first.close()
+    Store(db, exclusive=True).close()  # closing released it
+
+
+def _refuse_writes(db: Path) -> None:
+    """Make SQLite itself fail every insert, as a full disk does (SQLITE_FULL's message)."""
+    query(
+        db,
+        "CREATE TRIGGER refuse BEFORE INSERT ON observations "
+        "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
+    )
+
+
+def test_a_store_that_refuses_writes_keeps_a_bounded_buffer_and_recovers(db: Path) -> None:
+    store = Store(db, max_pending=3)
+    try:
+        assert store.healthy
+        _refuse_writes(db)
+        for minute in range(5):
+            store.add(pending(HOUR + timedelta(minutes=minute), True))
+        assert (store.pending, store.dropped) == (3, 2)  # the two oldest went
+        before = store.last_write
+        with pytest.raises(sqlite3.Error):
+            store.flush()
+        assert not store.healthy
+        assert "full" in (store.write_error or "")
+        assert (store.pending, store.dropped, store.write_errors) == (3, 2, 1)
+        store.add(pending(HOUR + timedelta(minutes=5), True))  # still bounded after a failure
+        assert (store.pending, store.dropped) == (3, 3)
+        with pytest.raises(sqlite3.Error):  # an incident cannot be written either
+            store.record_event("portal", "pension", event("opened", HOUR))
+        assert not store.healthy
+
+        query(db, "DROP TRIGGER refuse")  # space is back
+        assert store.flush() == 3
+        assert store.healthy and store.write_error is None
+        assert store.last_write >= before
+        kept = [row[0] for row in store.observations("portal", "pension", HOUR)]
+        assert kept == [(HOUR + timedelta(minutes=m)).timestamp() for m in (3, 4, 5)]
+    finally:
+        store.close()

@@ -4,15 +4,21 @@ A sink turns an `Alert` into one HTTP request and decides whether the answer mea
 It raises `SinkError` otherwise, with `permanent=True` when sending the same thing again cannot
 help (a rejected payload, an unknown robot key, a bad signature): the sender gives that delivery
 up and moves on. Anything else (connection errors, timeouts, 5xx, 429, rate limits) is retried
-with backoff. Messages never hold the sink's URL or secret: they are logged and printed.
+with backoff; a 429 or 503 that says `Retry-After` is retried no sooner than it asks (at most
+`RETRY_AFTER_CAP` later). Messages never hold the sink's URL or secret: they are logged and
+printed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Coroutine
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -20,18 +26,58 @@ from monitor.alerts.message import Alert
 from monitor.config import AlertSink
 
 USER_AGENT = "channel-monitor/0.1 (+alerts)"
+#: Per network operation; a sink that trickles its answer passes every one of them, so the
+#: sender also bounds each whole delivery (`sender.DELIVERY_TIMEOUT`).
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+#: The longest one delivery (or one re-send) may take, connection to last byte of the answer.
+DELIVERY_TIMEOUT = 30.0
+#: The longest wait a `Retry-After` can impose (a sink asking for a day is asking too much).
+RETRY_AFTER_CAP = 300.0
+
+T = TypeVar("T")
 
 # httpx logs every request with its full URL at INFO; robot URLs carry their keys.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class SinkError(Exception):
-    """A delivery that did not succeed; `permanent` says retrying cannot help."""
+    """A delivery that did not succeed; `permanent` says retrying cannot help, `retry_after`
+    (seconds) how long the sink asked us to wait before the next try."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_after = retry_after
+
+
+async def within(delivery: Coroutine[Any, Any, T], seconds: float = DELIVERY_TIMEOUT) -> T:
+    """Await one delivery for at most `seconds` in all (httpx bounds each read, not the
+    whole answer); a timeout is a transient SinkError."""
+    try:
+        return await asyncio.wait_for(delivery, seconds)
+    except TimeoutError:
+        raise SinkError(f"no complete answer within {seconds:g} s") from None
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP date), capped at
+    RETRY_AFTER_CAP; None when it is absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, seconds), RETRY_AFTER_CAP)
 
 
 class Sink(ABC):
@@ -96,7 +142,8 @@ class Sink(ABC):
             return response
         status = response.status_code
         permanent = 400 <= status < 500 and status not in (408, 425, 429)
-        raise SinkError(f"HTTP {status}{_snippet(response)}", permanent=permanent)
+        wait = retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        raise SinkError(f"HTTP {status}{_snippet(response)}", permanent=permanent, retry_after=wait)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -4,7 +4,10 @@ Each sink has its own task, so a dead or slow sink only delays its own deliverie
 sink's nor the probing (which runs on its own tasks and only writes rows). Within one sink,
 deliveries go out in the order their transitions happened; a transient failure holds that sink's
 queue until the row's next attempt (1 s, 2 s, 4 s ... up to 5 minutes, with a little jitter),
-a permanent one gives that row up and goes on. Sinks that `refresh` (Alertmanager) also get
+a permanent one gives that row up and goes on. A sink that asks for time (429 or 503 with
+`Retry-After`) gets at least that, at most 5 minutes. Each delivery is bounded as a whole
+(`DELIVERY_TIMEOUT`), so a sink that trickles its answer a byte at a time cannot hold its queue
+for ever. Sinks that `refresh` (Alertmanager) also get
 every open incident re-sent every minute, from the same task, so a re-send can never overtake
 the resolution it races with.
 """
@@ -25,7 +28,14 @@ import httpx
 
 from monitor.alerts import outbox
 from monitor.alerts.alertmanager import AlertmanagerSink
-from monitor.alerts.base import TIMEOUT, USER_AGENT, Sink, SinkError
+from monitor.alerts.base import (
+    DELIVERY_TIMEOUT,
+    TIMEOUT,
+    USER_AGENT,
+    Sink,
+    SinkError,
+    within,
+)
 from monitor.alerts.dingtalk import DingTalkSink
 from monitor.alerts.feishu import FeishuSink
 from monitor.alerts.message import Alert, iso
@@ -122,6 +132,7 @@ class AlertSender:
         resend_interval: float = RESEND_INTERVAL,
         poll: float = POLL,
         close_timeout: float = 2.0,
+        delivery_timeout: float = DELIVERY_TIMEOUT,
     ) -> None:
         self.plan = plan
         self.store = store
@@ -133,6 +144,7 @@ class AlertSender:
         self.resend_interval = resend_interval
         self.poll = poll
         self.close_timeout = close_timeout
+        self.delivery_timeout = delivery_timeout
         self.tasks: list[asyncio.Task] = []
         self._wakes: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -266,7 +278,7 @@ class AlertSender:
                 if self._closing:
                     return
                 try:
-                    answer = await sink.send(row.alert)
+                    answer = await within(sink.send(row.alert), self.delivery_timeout)
                 except SinkError as exc:
                     if exc.permanent:
                         await self.store.call(outbox.give_up, db, row.id, time.time(), str(exc))
@@ -278,7 +290,7 @@ class AlertSender:
                             exc,
                         )
                         continue
-                    await self._retry(sink, row, str(exc))
+                    await self._retry(sink, row, str(exc), exc.retry_after)
                     return
                 except Exception as exc:
                     log.exception("alerts: sink %s raised unexpectedly", sink.name)
@@ -288,8 +300,12 @@ class AlertSender:
                 self.delivered[sink.name] = self.delivered.get(sink.name, 0) + 1
                 log.info("alerts: %s delivered to sink %s (%s)", row.dedup_key, sink.name, answer)
 
-    async def _retry(self, sink: Sink, row: outbox.Delivery, error: str) -> None:
+    async def _retry(
+        self, sink: Sink, row: outbox.Delivery, error: str, asked: float | None = None
+    ) -> None:
         delay = backoff(row.attempts + 1, self.backoff_base, self.backoff_cap, self.jitter)
+        if asked is not None:  # never sooner than the sink asked (already capped at 5 minutes)
+            delay = max(delay, asked)
         await self.store.call(outbox.retry, self.store.db, row.id, time.time() + delay, error)
         log.warning(
             "alerts: %s to sink %s failed (attempt %d: %s); next try in %.1f s",
@@ -309,7 +325,7 @@ class AlertSender:
             if r.direction in sink.config.directions
         ]
         try:
-            await sink.refresh(alerts)
+            await within(sink.refresh(alerts), self.delivery_timeout)
         except SinkError as exc:
             log.warning(
                 "alerts: re-sending %d open alert(s) to sink %s failed: %s",

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from monitor.alerts.base import SinkError
+from monitor.alerts.base import SinkError, within
 from monitor.alerts.message import test_alert
 from monitor.alerts.sender import build_sink, new_client
 from monitor.plan import Plan
@@ -30,7 +30,7 @@ async def send_test(plan: Plan) -> list[SinkAnswer]:
 
         async def one(sink) -> SinkAnswer:
             try:
-                answer = await sink.send(alert)
+                answer = await within(sink.send(alert))
             except SinkError as exc:
                 kind = "permanent" if exc.permanent else "temporary"
                 return SinkAnswer(sink.name, sink.type, False, f"{exc} ({kind})")

@@ -168,17 +168,23 @@ class SiteListener:
 
 def site_handler(site_dir: Path):
     """Serve the published site folder; the path is resolved per request, so a swap of the
-    folder is seen at once, and nothing outside the folder is ever served."""
+    folder is seen at once, and nothing outside the folder is ever served. A path no file
+    could have (a NUL byte, a name longer than the file system takes) is the client's
+    error, answered 400 or 404, never an exception in the log."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        root = os.path.realpath(site_dir)
         tail = request.match_info.get("tail", "")
-        path = os.path.realpath(os.path.join(root, tail))
-        if path != root and not path.startswith(root + os.sep):
+        if "\x00" in tail:
+            raise web.HTTPBadRequest(text="bad path / 路径无效")
+        try:
+            path = _resolve(os.path.realpath(site_dir), tail)
+        except (OSError, ValueError):
+            path = None
+        if path is None:
             raise web.HTTPNotFound()
-        if os.path.isdir(path):
-            if tail and not tail.endswith("/"):
-                raise web.HTTPFound(f"/{tail}/")
+        if path.endswith(os.sep) and tail and not tail.endswith("/"):
+            raise web.HTTPFound(f"/{tail}/")
+        if path.endswith(os.sep):
             path = os.path.join(path, "index.html")
         if not os.path.isfile(path):
             raise web.HTTPNotFound()
@@ -189,6 +195,15 @@ def site_handler(site_dir: Path):
         return web.FileResponse(path, headers=headers)
 
     return handle
+
+
+def _resolve(root: str, tail: str) -> str | None:
+    """The file system path of `tail` inside `root` (a folder ends with the separator), or
+    None when it would leave the folder."""
+    path = os.path.realpath(os.path.join(root, tail))
+    if path != root and not path.startswith(root + os.sep):
+        return None
+    return os.path.join(path, "") if os.path.isdir(path) else path
 
 
 def attach(daemon: Daemon) -> SiteListener:

@@ -1,0 +1,74 @@
+"""The site handler against odd request paths, sent as raw bytes (a client library would tidy
+them): each gets a 4xx answer, nothing outside the site folder is served, nothing is logged as
+an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from servers import HOST, aiohttp_server
+
+from monitor.site import site_handler
+
+ODD_PATHS = [
+    "/index.html%00",
+    "/%00",
+    "/en/%00/index.html",
+    "/..%2f..%2fetc%2fpasswd",
+    "/%2e%2e%2fsecret.db",
+    "/%2e%2e/secret.db",
+    "/../secret.db",
+    "/en/../../secret.db",
+    "/%5c..%5csecret.db",
+    "//etc/passwd",
+    "/" + "a" * 300,
+    "/" + "a/" * 2000,
+    "/" + "%ff%fe" * 20,
+    "/index.html%2f..%2f..%2fsecret.db",
+]
+
+
+async def raw_get(base: str, target: str) -> tuple[int, bytes]:
+    """Send `GET target` exactly as written; the status code and the body."""
+    port = int(base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    (site / "en").mkdir(parents=True)
+    (site / "index.html").write_text("<p>home</p>", "utf-8")
+    (site / "en" / "index.html").write_text("<p>en</p>", "utf-8")
+    (tmp_path / "secret.db").write_text("not for the public", "utf-8")
+    return site
+
+
+async def test_odd_paths_get_4xx_without_a_traceback(
+    site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", site_handler(site))
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp_server(app) as base:
+        assert await raw_get(base, "/") == (200, b"<p>home</p>")
+        assert (await raw_get(base, "/en/"))[0] == 200
+        for target in ODD_PATHS:
+            status, body = await raw_get(base, target)
+            assert 400 <= status < 500, (target, status)
+            assert b"not for the public" not in body
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [r.getMessage() for r in logged]
+    assert "Traceback" not in caplog.text
