@@ -29,6 +29,7 @@ from monitor.pipeline import Result
 
 if TYPE_CHECKING:
     from monitor.daemon import Daemon
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class SiteListener:
         self._wake = asyncio.Event()
         self._last = float("-inf")
         self._not_before: datetime | None = None
+        #: A worker started on a plan a reload replaced: shut down before the next render.
+        self._retired: ProcessPoolExecutor | None = None
 
     async def observed(self, result: Result) -> None:
         if result.verdict != result.previous_verdict or result.incidents:
@@ -102,6 +105,14 @@ class SiteListener:
 
     async def transition(self, at: datetime) -> None:
         self._not_before = at if self._not_before is None else max(self._not_before, at)
+        self.request()
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: the worker holds the plan it started with, so the next render starts a
+        new one (the old one finishes a render it has begun); render now, without waiting."""
+        if self._pool is not None:
+            self._retired, self._pool = self._pool, None
+        self._last = float("-inf")
         self.request()
 
     def request(self) -> None:
@@ -139,6 +150,9 @@ class SiteListener:
             at = self.daemon.clock.now()
             if self._not_before is not None and at < self._not_before:
                 at = self._not_before
+            if self._retired is not None:
+                old, self._retired = self._retired, None
+                await loop.run_in_executor(None, old.shutdown)
             snapshot = snapshot_from_pipeline(self.daemon.pipeline, at)
             board = self.daemon.notice_board
             notices = board.current if board is not None else None
@@ -211,6 +225,7 @@ def attach(daemon: Daemon) -> SiteListener:
     first render when the web server starts."""
     listener = SiteListener(daemon)
     daemon.listeners.append(listener)
+    daemon.plan_users.append(listener)
 
     async def first_render(_app: web.Application) -> None:
         listener.request()
