@@ -7,13 +7,17 @@ SIGHUP) edited in place with its modification time put back, so only the signal 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import urllib.error
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from helpers import ChannelServer, MonitorRun, db_rows, wait_for
+from helpers import ChannelServer, MonitorRun, async_wait_for, db_rows, load_plan, wait_for
 
 BASE = """\
 [monitor]
@@ -31,12 +35,42 @@ group = "online"
 """
 
 
+CARD = ("portal", "card")
+
+
 def service(sid: str, url: str, name: str = "", default: str = "up", interval: str = "") -> str:
     every = f'interval = "{interval}"\n' if interval else ""
     return (
         f'\n[[channels.services]]\nid = "{sid}"\nname = "{name or sid}"\ndefault = "{default}"\n'
         f'[channels.services.probe]\nurl = "{url}"\n{every}'
     )
+
+
+#: A push service: the channel's own script reports in (monitor/push.py).
+KIOSK = """
+[[channels.services]]
+id = "kiosk"
+name = "自助终端"
+[channels.services.push]
+token = "${KIOSK_TOKEN}"
+within = "1h"
+"""
+TOKEN = "kiosk-token-0123456789"
+
+
+def push(run: MonitorRun) -> int:
+    """POST a heartbeat to the kiosk's push address; the status code."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{run.port}/push/portal/kiosk",
+        data=b"",
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def sink(url: str) -> str:
@@ -95,9 +129,10 @@ def test_an_edited_plan_applies_at_once_and_keeps_what_it_should(tmp_path: Path)
             encoding="utf-8",
         )
         db = tmp_path / "monitor.db"
-        run = MonitorRun(plan, db, tmp_path / "run.log")
+        run = MonitorRun(plan, db, tmp_path / "run.log", env={"KIOSK_TOKEN": TOKEN})
         try:
             run.wait_ticking()
+            assert push(run) == 404  # not in the plan yet
             opened = wait_for(
                 lambda: (ids := open_ids(db)).keys() == {"pay", "gone"} and ids,
                 30,
@@ -113,7 +148,8 @@ def test_an_edited_plan_applies_at_once_and_keeps_what_it_should(tmp_path: Path)
             assert sample(before, "config_last_reload_successful") == 1
             started = sample(before, "config_last_reload_success_timestamp_seconds")
 
-            # the edit: gone removed, fresh added, late now expected down, slow every second
+            # the edit: gone removed, fresh and kiosk added, late now expected down, slow
+            # probed every second
             replace(
                 plan,
                 BASE
@@ -121,6 +157,7 @@ def test_an_edited_plan_applies_at_once_and_keeps_what_it_should(tmp_path: Path)
                 + service("late", server.url("/late"), default="down")
                 + service("slow", server.url("/slow"), interval="1s")
                 + service("fresh", server.url("/fresh"))
+                + KIOSK
                 + hook,
             )
             done = wait_for(
@@ -139,6 +176,12 @@ def test_an_edited_plan_applies_at_once_and_keeps_what_it_should(tmp_path: Path)
             assert resolved[0]["service_name"] == "gone"  # named although no longer planned
 
             server.wait_hits(1, "/fresh", timeout=15)  # a new service is probed
+            assert push(run) == 202  # a new push service takes pushes
+            wait_for(
+                lambda: db_rows(db, "SELECT 1 FROM observations WHERE business = 'kiosk'"),
+                10,
+                what="the push stored",
+            )
             server.wait_hits(4, "/slow", timeout=15)  # its new interval took effect
             # the new expectation: late serves while now expected down
             late = wait_for(
@@ -209,3 +252,39 @@ def test_a_broken_edit_keeps_the_plan_and_sighup_applies_a_fixed_one(tmp_path: P
             if run.poll() is None:
                 run.kill()
                 run.wait()
+
+
+async def test_a_probe_in_flight_across_a_reload_is_judged_once_by_the_plan_of_its_instant(
+    tmp_path: Path,
+) -> None:
+    from monitor.clock import ReplayClock
+    from monitor.daemon import Daemon
+
+    with ChannelServer() as server:
+        server.set("hold")  # both probes wait at the server until released
+        before = BASE + service("card", server.url("/card")) + service("gone", server.url("/gone"))
+        plan = load_plan(tmp_path / "channels.toml", before)
+        clock = ReplayClock(datetime(2022, 7, 1, 12, tzinfo=ZoneInfo("Asia/Shanghai")), speed=0)
+        daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", clock=clock)
+        await daemon.start(schedule=False, serve=False)
+        try:
+            card, gone = (asyncio.create_task(daemon.pipeline.probe(ref)) for ref in plan.services)
+            await async_wait_for(lambda: server.in_flight == 2, what="both probes in flight")
+            after = load_plan(
+                tmp_path / "next.toml", BASE + service("card", server.url("/card"), default="down")
+            )
+            change = await daemon.apply_plan(after)
+            assert (change.removed, change.expecting) == ({("portal", "gone")}, {CARD})
+            server.release()
+            result = await card
+            assert result is not None and result.observation.serving
+            assert result.expectation.state == "up"  # the plan in force when it started
+            assert await gone is None  # removed while in flight: not judged
+            clock.advance(timedelta(minutes=1))
+            later = await daemon.pipeline.probe(after.service(*CARD))
+            assert later is not None and later.expectation.state == "down"
+            await daemon.pipeline.flush()
+            rows = db_rows(daemon.db_path, "SELECT business, expected FROM observations")
+            assert sorted(rows) == [("card", "down"), ("card", "up")]  # each once, none lost
+        finally:
+            await daemon.stop()
