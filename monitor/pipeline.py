@@ -19,6 +19,7 @@ from monitor.clock import Clock
 from monitor.judge import (
     IncidentEvent,
     Judgement,
+    OpenIncident,
     ServiceState,
     Thresholds,
     Verdict,
@@ -168,16 +169,18 @@ class Pipeline:
 
     async def resume(self) -> int:
         """Take up the incidents the store holds open, so a restart neither forgets nor
-        duplicates them. Returns how many were resumed."""
+        duplicates them. Returns how many were resumed. An open incident of a service the
+        plan no longer has resolves now, reason `removed from the plan`, as a reload would
+        have resolved it had the plan been edited while the monitor ran."""
         records = await self.store.call(self.store.open_incidents)
         count = 0
         for record in records:
             key = (record.channel, record.business)
-            try:
-                self.plan.service(*key)
-            except KeyError:
-                continue  # the plan no longer has this service; it stays open in the store
-            self.states[key] = ServiceState(incident=as_open_incident(record))
+            incident = as_open_incident(record)
+            if self.plan.find(key) is None:
+                await self._resolve_removed(key, incident, self.clock.now())
+                continue
+            self.states[key] = ServiceState(incident=incident)
             count += 1
         return count
 
@@ -202,22 +205,18 @@ class Pipeline:
         records = []
         for key in sorted(change.removed):
             state = self.states.get(key)
-            incident = state.incident if state is not None else None
-            if incident is None:
-                continue
-            event = IncidentEvent(
-                "resolved",
-                incident.direction,
-                change.at,
-                REMOVED,
-                incident.expected,
-                incident.period,
-                incident,
-            )
-            record = await self.store.call(self.store.record_event, *key, event)
-            log.warning("incident %s resolved %s/%s: %s", record.id, *key, REMOVED)
-            records.append(record)
+            if state is not None and state.incident is not None:
+                records.append(await self._resolve_removed(key, state.incident, change.at))
         return records
+
+    async def _resolve_removed(
+        self, key: tuple[str, str], incident: OpenIncident, at: datetime
+    ) -> IncidentRecord:
+        direction, expected, period = incident.direction, incident.expected, incident.period
+        event = IncidentEvent("resolved", direction, at, REMOVED, expected, period, incident)
+        record = await self.store.call(self.store.record_event, *key, event)
+        log.warning("incident %s resolved %s/%s: %s", record.id, *key, REMOVED)
+        return record
 
     def use_plan(self, change: PlanChange) -> None:
         """Judge against the new plan from now on; kept services keep their state."""
