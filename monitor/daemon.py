@@ -109,10 +109,11 @@ class Daemon:
             self.plan = plan
             for part in self.plan_users:
                 part.use_plan(change)
-        if change.old.config.alerts != plan.config.alerts:
+        old, new = change.old.config, plan.config
+        if old.alerts != new.alerts or old.monitor.chromium != new.monitor.chromium:
             log.warning(
-                "plan: the [[alerts]] sinks changed; they take effect at the next restart / "
-                "告警接收方的修改在重启后生效"
+                "plan: [[alerts]] sinks and [monitor] chromium take effect at the next restart"
+                " / 告警接收方和 chromium 设置的修改在重启后生效"
             )
         return change
 

@@ -20,7 +20,8 @@ now expect something else or are probed at another interval. The parts act on th
 - interval groups are rescheduled, and the next planned transition is the new plan's.
 
 `[[alerts]]` sinks are built at start (each has its delivery task and outbox rows under its
-name); an edited list is reported in the log and takes effect at the next restart.
+name), and so is the browser (`[monitor] chromium`): an edit of either is reported in the log
+and takes effect at the next restart.
 """
 
 from __future__ import annotations

@@ -288,3 +288,33 @@ async def test_a_probe_in_flight_across_a_reload_is_judged_once_by_the_plan_of_i
             assert sorted(rows) == [("card", "down"), ("card", "up")]  # each once, none lost
         finally:
             await daemon.stop()
+
+
+async def test_a_plan_that_drops_a_service_a_notice_names_is_not_applied(tmp_path: Path) -> None:
+    from monitor.daemon import Daemon
+
+    path = tmp_path / "channels.toml"
+    plan = load_plan(
+        path,
+        BASE
+        + service("pay", "http://127.0.0.1:9/pay")
+        + service("card", "http://127.0.0.1:9/card"),
+    )
+    notices = tmp_path / "notices.toml"
+    notices.write_text(
+        '[[notices]]\nid = "card-slow"\ntitle = "社保卡办理缓慢"\ntitle_en = "Cards are slow"\n'
+        'services = ["portal/card"]\n[[notices.updates]]\nat = 2022-07-06T13:20:00\n'
+        'status = "investigating"\ntext = "正在排查。"\ntext_en = "Looking into it."\n',
+        encoding="utf-8",
+    )
+    daemon = Daemon(
+        plan, tmp_path / "monitor.db", tmp_path / "site", plan_path=path, notices_path=notices
+    )
+    try:
+        path.write_text(BASE + service("pay", "http://127.0.0.1:9/pay"), encoding="utf-8")
+        assert daemon.plan_watch is not None
+        assert await daemon.plan_watch.reload() is False
+        assert daemon.plan is plan and daemon.pipeline.plan is plan
+        assert daemon.reloads.health()["last_reload_successful"] is False
+    finally:
+        daemon.store.close()
