@@ -17,23 +17,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from helpers import ChannelServer, MonitorRun, async_wait_for, db_rows, load_plan, wait_for
+from helpers import (
+    FAST_MONITOR,
+    ChannelServer,
+    MonitorRun,
+    async_wait_for,
+    db_rows,
+    load_plan,
+    wait_for,
+)
 
-BASE = """\
-[monitor]
-timezone = "Asia/Shanghai"
-interval = "1s"
-timeout = "2s"
-failure_threshold = 2
-success_threshold = 2
-
+BASE = (
+    FAST_MONITOR
+    + """
 [[channels]]
 id = "portal"
 name = "测试门户"
 kind = "web"
 group = "online"
 """
-
+)
 
 CARD = ("portal", "card")
 
