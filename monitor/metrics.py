@@ -104,6 +104,11 @@ MAX_AGE = 1.0
 #: A build is served for at least this many times as long as it took: however many clients
 #: scrape, building takes at most about a fifth of the loop's time.
 BUILD_SHARE = 4
+#: Answers to /metrics written at the same time (the others wait their turn).
+SENDERS = 8
+#: How long one answer may take to hand over before its connection is closed (a client that
+#: stops reading must not keep its turn).
+SEND_SECONDS = 30.0
 #: How long a build works on the event loop before it lets other callbacks (probes) run.
 SLICE_SECONDS = 0.005
 
@@ -255,6 +260,7 @@ class Metrics:
         self._generation = 0
         #: The outcome of the last plan reload (`run` only; monitor/reload.py).
         self.reloads: ReloadStatus | None = None
+        self._senders = asyncio.Semaphore(SENDERS)
 
     def _counters(self, key: tuple[str, str]) -> None:
         self.probes[key] = [0] * len(RESULTS)
@@ -604,14 +610,29 @@ class Metrics:
             if pace():
                 yield
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """GET /metrics: the shared exposition, gzipped when the client takes it."""
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """GET /metrics: the shared exposition, gzipped when the client takes it. At most
+        SENDERS answers are handed to the kernel at once, so a crowd of scrapes answered by
+        one build is written out over many turns of the loop, not in one long turn."""
         plain, packed = await self.exposition()
         headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        body = plain
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             headers["Content-Encoding"] = "gzip"
-            return web.Response(body=packed, headers=headers)
-        return web.Response(body=plain, headers=headers)
+            body = packed
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(body)
+        async with self._senders:
+            await response.prepare(request)
+            try:
+                async with asyncio.timeout(SEND_SECONDS):  # a client that stops reading
+                    await response.write(body)
+            except TimeoutError:
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+        await response.write_eof()
+        return response
 
 
 class _Health:

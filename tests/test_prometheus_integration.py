@@ -390,6 +390,33 @@ async def process(
                 await proc.wait()
 
 
+def prometheus_command(binary: str, home: Path, port: int, targets: list[str]) -> list[str]:
+    """The command line of a Prometheus on 127.0.0.1:`port` that scrapes `targets` as the job
+    "channel-monitor" every second and evaluates rules.yml every second; files in `home`."""
+    config = home / "prometheus.yml"
+    scrape = {
+        "job_name": "channel-monitor",
+        "scrape_timeout": "1s",
+        "static_configs": [{"targets": targets}],
+    }
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [scrape],
+            }
+        )
+    )
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={home / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+
+
 def tail(path: Path, lines: int = 30) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
@@ -438,31 +465,8 @@ async def test_dashboards_and_rules_against_real_prometheus(tmp_path: Path) -> N
                 monitor_target = f"127.0.0.1:{match.group(1)}"
 
                 prom_port = closed_port()
-                prom_config = tmp_path / "prometheus.yml"
-                prom_config.write_text(
-                    yaml.safe_dump(
-                        {
-                            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                            "rule_files": [str(RULES)],
-                            "scrape_configs": [
-                                {
-                                    "job_name": "channel-monitor",
-                                    "scrape_timeout": "1s",
-                                    "static_configs": [
-                                        {"targets": [monitor_target, f"127.0.0.1:{dead_port}"]}
-                                    ],
-                                }
-                            ],
-                        }
-                    )
-                )
-                prometheus_argv = [
-                    prometheus_bin,
-                    f"--config.file={prom_config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--log.level=warn",
-                ]
+                targets = [monitor_target, f"127.0.0.1:{dead_port}"]
+                prometheus_argv = prometheus_command(prometheus_bin, tmp_path, prom_port, targets)
                 async with (
                     process(prometheus_argv, prometheus_log),
                     aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
@@ -614,29 +618,8 @@ async def test_a_demo_scraped_by_prometheus_trips_no_stale_alert(tmp_path: Path)
         sys.executable, "-m", "monitor", "demo", "--linger", "--site", str(tmp_path / "site"),
         "--listen", f"127.0.0.1:{demo_port}",
     ]  # fmt: skip
-    prom_config = tmp_path / "prometheus.yml"
-    prom_config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
-                "scrape_configs": [
-                    {
-                        "job_name": "channel-monitor",
-                        "scrape_timeout": "1s",
-                        "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    prometheus_argv = [
-        prometheus_bin,
-        f"--config.file={prom_config}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}",
-        "--log.level=warn",
-    ]
+    targets = [f"127.0.0.1:{demo_port}"]
+    prometheus_argv = prometheus_command(prometheus_bin, tmp_path, prom_port, targets)
     stale = next(r["expr"] for r in load_rules() if r.get("alert") == "ChannelProbeStale")
 
     async def drain(stream: asyncio.StreamReader) -> None:  # the demo prints a lot
