@@ -96,14 +96,18 @@ class Daemon:
         self.plan_users += [self.push, self.scheduler]  # the scheduler last: it probes at once
         self.plan_watch = reload.attach(self)  # the plan file, polled; SIGHUP nudges it
 
-    async def apply_plan(self, plan: Plan) -> reload.PlanChange:
+    async def apply_plan(
+        self, plan: Plan, change: reload.PlanChange | None = None
+    ) -> reload.PlanChange:
         """Swap a validated plan into every part (monitor/reload.py says what that does).
 
         The removed services' open incidents are resolved first, while every part still
         knows their names (the resolved alert carries them) and their judging is held; then
         all parts take the new plan in one step of the event loop, with nothing awaited in
-        between, so no observation is judged against half a swap."""
-        change = reload.PlanChange.between(self.plan, plan, self.clock.now())
+        between, so no observation is judged against half a swap. `change` may be worked out
+        beforehand (off the loop) from the plan running now."""
+        if change is None or change.old is not self.plan or change.new is not plan:
+            change = reload.PlanChange.between(self.plan, plan, self.clock.now())
         async with self.pipeline.holding(change.removed):
             await self.pipeline.retire(change)
             self.plan = plan

@@ -354,8 +354,8 @@ class PushReceiver:
     # --- silence ----------------------------------------------------------------------------
 
     def _arm(self, ref: ServiceRef) -> None:
-        """(Re)start the service's `within` clock."""
-        if self._stopped or not self.watch_silence:
+        """(Re)start the service's `within` clock (not for one a reload removed)."""
+        if self._stopped or not self.watch_silence or ref.key not in self.services:
             return
         push = ref.service.push
         assert push is not None

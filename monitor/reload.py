@@ -67,39 +67,46 @@ class PlanChange:
 
     @classmethod
     def between(cls, old: Plan, new: Plan, at: datetime) -> PlanChange:
-        before = {ref.key: ref for ref in old.services}
-        after = {ref.key: ref for ref in new.services}
-        kept = [key for key in after if key in before]
+        """Worked out service by service (0.6 s for 10,000 services here: `PlanWatch` does
+        it on a thread, so the event loop goes on probing meanwhile)."""
+        added, kept = [], []
+        for ref in new.services:
+            key = ref.key
+            was = old.find(key)
+            if was is None:
+                added.append(key)
+            else:
+                kept.append((key, was, ref))
         return cls(
             old=old,
             new=new,
             at=at,
-            added=frozenset(k for k in after if k not in before),
-            removed=frozenset(k for k in before if k not in after),
+            added=frozenset(added),
+            removed=frozenset(r.key for r in old.services if new.find(r.key) is None),
             changed=frozenset(
                 k
-                for k in kept
-                if before[k].service != after[k].service
-                or _names(before[k].channel) != _names(after[k].channel)
+                for k, was, now in kept
+                if was.service != now.service or _names(was.channel) != _names(now.channel)
             ),
             rescheduled=frozenset(
                 k
-                for k in kept
-                if after[k].service.probe is not None
-                and old.interval(before[k]) != new.interval(after[k])
+                for k, was, now in kept
+                if now.service.probe is not None and old.interval(was) != new.interval(now)
             ),
             expecting=frozenset(
                 k
-                for k in kept
-                if old.expected(before[k], at) != new.expected(after[k], at)
-                or old.in_grace(before[k], at) != new.in_grace(after[k], at)
+                for k, was, now in kept
+                if old.expected(was, at) != new.expected(now, at)
+                or old.in_grace(was, at) != new.in_grace(now, at)
             ),
         )
 
     @property
     def redo(self) -> frozenset[Key]:
-        """Services to observe and judge again at once."""
-        return self.added | self.changed | self.rescheduled | self.expecting
+        """Services to observe and judge again at once (one only probed at another interval
+        waits for its slot in the new rhythm: a plan that changes the default interval must
+        not probe every service in the same second)."""
+        return self.added | self.changed | self.expecting
 
     def summary(self) -> str:
         return (
@@ -197,7 +204,9 @@ class PlanWatch(PolledFile):
                 "s" if count != 1 else "",
             )
             return False
-        change = await daemon.apply_plan(plan)
+        at = daemon.clock.now()
+        change = await asyncio.to_thread(PlanChange.between, daemon.plan, plan, at)
+        change = await daemon.apply_plan(plan, change)
         status.succeeded()
         log.info("plan: %s reloaded: %s", self.path, change.summary())
         return True

@@ -96,8 +96,6 @@ class SiteListener:
         self._wake = asyncio.Event()
         self._last = float("-inf")
         self._not_before: datetime | None = None
-        #: A worker started on a plan a reload replaced: shut down before the next render.
-        self._retired: ProcessPoolExecutor | None = None
 
     async def observed(self, result: Result) -> None:
         if result.verdict != result.previous_verdict or result.incidents:
@@ -109,9 +107,10 @@ class SiteListener:
 
     def use_plan(self, change: PlanChange) -> None:
         """A reload: the worker holds the plan it started with, so the next render starts a
-        new one (the old one finishes a render it has begun); render now, without waiting."""
+        new one (the old one finishes a render it has begun, then exits); render now."""
         if self._pool is not None:
-            self._retired, self._pool = self._pool, None
+            self._pool.shutdown(wait=False)
+            self._pool = None
         self._last = float("-inf")
         self.request()
 
@@ -150,9 +149,6 @@ class SiteListener:
             at = self.daemon.clock.now()
             if self._not_before is not None and at < self._not_before:
                 at = self._not_before
-            if self._retired is not None:
-                old, self._retired = self._retired, None
-                await loop.run_in_executor(None, old.shutdown)
             snapshot = snapshot_from_pipeline(self.daemon.pipeline, at)
             board = self.daemon.notice_board
             notices = board.current if board is not None else None
