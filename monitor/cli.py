@@ -512,7 +512,7 @@ def store_incidents(db: Path) -> set[int] | None:
     """Incident numbers in the store at `db` (None when there is no store to check against)."""
     import sqlite3
 
-    from monitor.store import Store
+    from monitor.store import Store, StoreError
 
     if not db.exists():
         return None
@@ -522,6 +522,8 @@ def store_incidents(db: Path) -> set[int] | None:
             return {record.id for record in store.incidents(limit=1_000_000)}
         finally:
             store.close()
+    except StoreError as exc:  # it names the file and says what to do
+        raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
 
