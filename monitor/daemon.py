@@ -123,7 +123,8 @@ class Daemon:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """The age of the last scheduler tick (seconds), so a watchdog can tell; 503 while the
-        store refuses writes (a full disk): probing goes on, but nothing is kept."""
+        store refuses writes (a full disk): probing goes on, but nothing is kept. A refused
+        edit of the plan shows in `config` and keeps 200: the previous plan still runs."""
         tick = self.scheduler.last_tick
         age = None if tick is None else round(asyncio.get_running_loop().time() - tick, 3)
         store = self.store
@@ -132,7 +133,6 @@ class Daemon:
             "last_tick_age_seconds": age,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "probed_services": len(self.pipeline.probed),
-            "config": self.reloads.health(),
             "store": {
                 "healthy": store.healthy,
                 "last_write_timestamp_seconds": round(store.last_write, 3),
@@ -140,6 +140,8 @@ class Daemon:
                 "dropped_observations": store.dropped,
             },
         }
+        if self.plan_watch is not None:  # `run`: whether the last edit of the plan applied
+            body["config"] = self.reloads.health()
         if not store.healthy:
             body["store"]["error"] = store.write_error
             body["message"] = (
