@@ -522,7 +522,7 @@ def store_incidents(db: Path) -> set[int] | None:
             return {record.id for record in store.incidents(limit=1_000_000)}
         finally:
             store.close()
-    except StoreError as exc:  # it names the file and says what to do
+    except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
