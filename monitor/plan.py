@@ -191,6 +191,11 @@ class Plan:
         """The service with these ids; KeyError when the plan has none."""
         return self._by_key[(channel, service)]
 
+    def find(self, key: tuple[str, str]) -> ServiceRef | None:
+        """The service with this `(channel, service)` key; None when the plan has none (a
+        reload removed it)."""
+        return self._by_key.get(key)
+
     @cached_property
     def _periods_of(self) -> dict[tuple[str, str], list[Period]]:
         out = {}

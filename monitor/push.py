@@ -42,13 +42,17 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from monitor.config import format_duration
 from monitor.pipeline import Pipeline, Result, not_configured
-from monitor.plan import ServiceRef
+from monitor.plan import Plan, ServiceRef
 from monitor.probe import Observation
+
+if TYPE_CHECKING:
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,13 @@ class PushRefused(Exception):
             headers = {"Retry-After": "1"}
         body = {"error": self.en, "error_zh": self.zh}
         return web.json_response(body, status=self.status, headers=headers)
+
+
+def not_pushed() -> PushRefused:
+    """404: nothing at this address is observed by push (also: a reload just removed it)."""
+    return PushRefused(
+        404, "no service observed by push at this address", "此地址没有以推送方式观测的服务"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,15 +207,7 @@ class PushReceiver:
         self.body_timeout = BODY_TIMEOUT
         #: The clock of the rate limit (seconds); the event loop's when None.
         self.monotonic = monotonic
-        self.services: dict[Key, ServiceRef] = {
-            ref.key: ref for ref in pipeline.plan.services if ref.service.push is not None
-        }
-        #: Tokens of the configured push services (a `${NAME}` left unset: none, so 401).
-        self._tokens: dict[Key, bytes] = {
-            key: ref.service.push.token.encode("utf-8")
-            for key, ref in self.services.items()
-            if ref.service.push is not None and not ref.service.unset
-        }
+        self._set_services(pipeline.plan)
         self._rate = RateLimit()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -212,6 +215,40 @@ class PushReceiver:
         self._generation: dict[Key, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
+
+    def _set_services(self, plan: Plan) -> None:
+        self.services: dict[Key, ServiceRef] = {
+            ref.key: ref for ref in plan.services if ref.service.push is not None
+        }
+        #: Tokens of the configured push services (a `${NAME}` left unset: none, so 401).
+        self._tokens: dict[Key, bytes] = {
+            key: ref.service.push.token.encode("utf-8")
+            for key, ref in self.services.items()
+            if ref.service.push is not None and not ref.service.unset
+        }
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: push to the new plan's services from now on. A removed service answers
+        404 and its `within` clock stops; a new (or changed) one starts its clock now, or is
+        judged not configured now; a kept one keeps its clock and its silence."""
+        self._set_services(change.new)
+        fresh = change.added | change.changed
+        for key in list(self._timers):
+            if key not in self.services or key in fresh:
+                self._timers.pop(key).cancel()
+        if self._stopped:
+            return
+        for key, ref in self.services.items():
+            if key not in fresh:
+                continue
+            if key in self._tokens:
+                self._arm(ref)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -271,6 +308,8 @@ class PushReceiver:
             log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
             return refused.response()
         result = await self.accept(ref, report)
+        if result is None:  # a reload removed the service while its push was judged
+            return not_pushed().response()
         log.debug("push to %s/%s: %s", *_printable(key), report.reason)
         body = {
             "accepted": True,
@@ -287,11 +326,7 @@ class PushReceiver:
         """The service pushed to, or PushRefused: 404, then 401, then 429."""
         ref = self.services.get(key)
         if ref is None:
-            raise PushRefused(
-                404,
-                "no service observed by push at this address",
-                "此地址没有以推送方式观测的服务",
-            )
+            raise not_pushed()
         token = self._tokens.get(key)
         if token is None or not bearer_matches(request.headers.get("Authorization"), token):
             raise PushRefused(
@@ -307,7 +342,7 @@ class PushReceiver:
             )
         return ref
 
-    async def accept(self, ref: ServiceRef, report: Report) -> Result:
+    async def accept(self, ref: ServiceRef, report: Report) -> Result | None:
         """Judge one accepted push as an observation now; restart the service's clock."""
         async with self._lock(ref.key):
             self._generation[ref.key] = self._generation.get(ref.key, 0) + 1
@@ -319,8 +354,8 @@ class PushReceiver:
     # --- silence ----------------------------------------------------------------------------
 
     def _arm(self, ref: ServiceRef) -> None:
-        """(Re)start the service's `within` clock."""
-        if self._stopped or not self.watch_silence:
+        """(Re)start the service's `within` clock (not for one a reload removed)."""
+        if self._stopped or not self.watch_silence or ref.key not in self.services:
             return
         push = ref.service.push
         assert push is not None
@@ -348,12 +383,12 @@ class PushReceiver:
             await self._judge_silence(ref)
             self._arm(ref)  # and again after each further `within` of silence
 
-    async def silence(self, ref: ServiceRef) -> Result:
+    async def silence(self, ref: ServiceRef) -> Result | None:
         """Judge a silence of `ref` now (what the timer does; the demo's replay calls it)."""
         async with self._lock(ref.key):
             return await self._judge_silence(ref)
 
-    async def _judge_silence(self, ref: ServiceRef) -> Result:
+    async def _judge_silence(self, ref: ServiceRef) -> Result | None:
         push = ref.service.push
         assert push is not None
         reason = f"no push for {format_duration(push.within)}"

@@ -29,6 +29,7 @@ from monitor.pipeline import Result
 
 if TYPE_CHECKING:
     from monitor.daemon import Daemon
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,15 @@ class SiteListener:
 
     async def transition(self, at: datetime) -> None:
         self._not_before = at if self._not_before is None else max(self._not_before, at)
+        self.request()
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: the worker holds the plan it started with, so the next render starts a
+        new one (the old one finishes a render it has begun, then exits); render now."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        self._last = float("-inf")
         self.request()
 
     def request(self) -> None:
@@ -211,6 +221,7 @@ def attach(daemon: Daemon) -> SiteListener:
     first render when the web server starts."""
     listener = SiteListener(daemon)
     daemon.listeners.append(listener)
+    daemon.plan_users.append(listener)
 
     async def first_render(_app: web.Application) -> None:
         listener.request()
