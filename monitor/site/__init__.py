@@ -61,9 +61,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_init(config, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
+    from monitor.site.history import DayCache
 
     _die_with_parent(parent)
-    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None)
+    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None, days=DayCache())
 
 
 def _worker_render(at: datetime, snapshot) -> float:
@@ -71,7 +72,8 @@ def _worker_render(at: datetime, snapshot) -> float:
 
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])
-    return render(_worker["plan"], _worker["site"], at, _worker["store"], snapshot).seconds
+    w = _worker
+    return render(w["plan"], w["site"], at, w["store"], snapshot, days=w["days"]).seconds
 
 
 class SiteListener:
