@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import ROOT, missing, real_plan
-from site_data import DURING_LATE, busy_store
+from site_data import DURING_LATE, busy_store, large_plan
 
 from monitor.config import validate_config
 from monitor.plan import Plan
@@ -77,12 +77,13 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A static server on 127.0.0.1 over a folder holding three rendered sites."""
+    """A static server on 127.0.0.1 over a folder holding four rendered sites."""
     root = tmp_path_factory.mktemp("served")
     plan = real_plan()
     render_from(plan, root / "busy", DURING_LATE, busy_store(root / "monitor.db"))
     render_from(countdown_plan(), root / "live", datetime.now(UTC), None)
     render_from(script_plan(), root / "script", DURING_LATE, None)
+    render_from(large_plan(2, 80), root / "large", DURING_LATE, None)  # a page per channel
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
     )
@@ -270,3 +271,43 @@ def test_a_channel_named_script_is_text_in_the_browser(browser, served) -> None:
         with open_page(browser, f"{base}/script/index.html", (1280, 800), js) as (page, log):
             assert log["dialogs"] == [] and log["errors"] == []
             assert "<script>alert(1)</script>" in page.locator("main").inner_text()
+
+
+@pytest.mark.parametrize("viewport", sorted(VIEWPORTS))
+@pytest.mark.parametrize("js", [True, False], ids=["js", "nojs"])
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_channel_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -> None:
+    """A channel page of a plan too large for one page reads like the index: no console
+    error, nothing fetched from elsewhere, no horizontal scrolling, readable contrast, and
+    its links lead back to the summary and to the other language."""
+    base, _ = served
+    path = "large/channels/channel-1.html" if lang == "zh" else "large/en/channels/channel-1.html"
+    size = VIEWPORTS[viewport]
+    with open_page(browser, f"{base}/{path}", size, js) as (page, log):
+        assert log["errors"] == []
+        assert_local_only(log["requests"])
+        assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+        assert page.locator("h1").inner_text() == ("渠道 1" if lang == "zh" else "Channel 1")
+        assert page.locator("#h-closed").is_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
+        colours = page.evaluate(
+            """() => ({bg: getComputedStyle(document.body).backgroundColor,
+                      text: getComputedStyle(document.body).color,
+                      link: getComputedStyle(document.querySelector(".back a")).color})"""
+        )
+        for name in ("text", "link"):
+            assert contrast(colours[name], colours["bg"]) >= 4.5, (name, colours)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(ARTIFACTS / f"site-channel-{lang}-{viewport}-{'js' if js else 'nojs'}.png")
+        )
+        page.locator(".lang a").click()
+        other = (
+            "large/en/channels/channel-1.html" if lang == "zh" else "large/channels/channel-1.html"
+        )
+        assert page.url == f"{base}/{other}"
+        page.locator(".back a").click()
+        home = "large/en/index.html" if lang == "zh" else "large/index.html"
+        assert page.url == f"{base}/{home}"
+        assert page.locator('a[href="channels/channel-1.html"]').count() == 1
