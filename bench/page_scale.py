@@ -1,7 +1,7 @@
 """The public page at scale: how long a render takes in the daemon's render worker.
 
     python bench/page_scale.py [--channels 100] [--per-channel 100] [--runs 5] [--profile]
-                               [--cache DIR]
+                               [--cache DIR] [--no-office-hours]
 
 A plan of `--channels` channels of `--per-channel` services (the four kinds of `common.py`: the
 freeze, kept open, the certificate window, office hours) and a store with 90 days of hourly
@@ -9,8 +9,12 @@ rollups for every service (as the plan expected them, a few hours broken) and a 
 two still open. Then the render is timed the way `run` does it: in a spawned worker process
 set up by `monitor.site._worker_init`, each render through `monitor.site._worker_render` with a
 snapshot of the verdicts (every service seen, the services with an open incident broken). The
-first render of a fresh worker is reported alone, then the median and range of `--runs` more.
-Also reports the size of every page, the load average before and after.
+first render of a fresh worker is reported alone, then the median and range of `--runs` more,
+each as wall time and as the worker's CPU time (the machine is shared: CPU time moves less).
+Also reports the size of the pages and of the largest files, the load average before and after.
+`--no-office-hours` leaves out the fourth kind (a service hall open on weekdays 08:30-17:30):
+its nightly closures are each a planned pause of the Statuspage files, listing every such
+service, which at this size is most of what a render writes.
 
 The store takes minutes to write (21.6 million rollup hours at 10,000 services), so it is kept
 in `--cache` (default: a folder under the system's temporary folder) with the plan and the
@@ -34,7 +38,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import load_plan, loadavg, plan_toml
+import common
+from common import load_plan, loadavg, plan_toml, proc_cpu_seconds
 
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
@@ -106,7 +111,9 @@ def fill(plan: Plan, db: Path, at: datetime) -> None:
         store.close()
 
 
-def prepare(cache: Path, channels: int, per_channel: int) -> tuple[Plan, Path, datetime]:
+def prepare(
+    cache: Path, channels: int, per_channel: int, office_hours: bool
+) -> tuple[Plan, Path, datetime]:
     """The plan, the store and the render instant, from the cache or written now."""
     services = channels * per_channel
     meta = cache / "meta.json"
@@ -117,6 +124,8 @@ def prepare(cache: Path, channels: int, per_channel: int) -> tuple[Plan, Path, d
     for name in ("store.db", "store.db-wal", "store.db-shm", "meta.json"):
         (cache / name).unlink(missing_ok=True)
     at = datetime.now(UTC).replace(microsecond=0)
+    if not office_hours:  # the plan of `common.py` without its fourth kind of service
+        common.SERVICE_KINDS = common.SERVICE_KINDS[:3]
     text = plan_toml(services, ["http://127.0.0.1:9"], "60s", per_channel)
     plan = load_plan(text, cache)
     started = time.perf_counter()
@@ -166,12 +175,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="renders after the first")
     parser.add_argument("--profile", action="store_true", help="cProfile one render in-process")
     parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--no-office-hours", action="store_true", help="three kinds, not four")
     args = parser.parse_args()
+    office = not args.no_office_hours
     cache = args.cache or Path(tempfile.gettempdir()) / (
         f"channel-monitor-page-scale-{args.channels}x{args.per_channel}"
+        + ("" if office else "-no-office-hours")
     )
     load_before = loadavg()
-    plan, db, at = prepare(cache, args.channels, args.per_channel)
+    plan, db, at = prepare(cache, args.channels, args.per_channel, office)
     snap = snapshot(plan, db, at)
     with tempfile.TemporaryDirectory(prefix="page-scale-") as tmp:
         site = Path(tmp) / "site"
@@ -182,8 +194,17 @@ def main() -> int:
             initargs=(plan.config, str(site), str(db), os.getpid()),
         )
         with pool:
-            first = pool.submit(_worker_render, at, snap).result()
-            times = [pool.submit(_worker_render, at, snap).result() for _ in range(args.runs)]
+
+            def timed() -> tuple[float, float]:
+                pid = next(iter(pool._processes or {}), None)  # the one worker, once started
+                cpu = proc_cpu_seconds(pid) if pid else 0.0
+                seconds = pool.submit(_worker_render, at, snap).result()
+                pid = next(iter(pool._processes))
+                return seconds, proc_cpu_seconds(pid) - cpu
+
+            first, first_cpu = timed()
+            measured = [timed() for _ in range(args.runs)]
+            times, cpus = [m[0] for m in measured], [m[1] for m in measured]
         found = sizes(site)
         if args.profile:
             from monitor.site.render import open_store, render
@@ -199,17 +220,22 @@ def main() -> int:
     total = sum(found.values())
     print(f"services: {len(plan.services):,} ({args.channels} channels of {args.per_channel})")
     print(f"load average (1 min): {load_before} before, {loadavg()} after")
-    print(f"first render in a fresh worker: {first:.2f} s")
+    print(f"plan: {'four' if office else 'three (no office hours)'} kinds of service")
+    print(f"first render in a fresh worker: {first:.2f} s wall (CPU {first_cpu:.2f} s, "
+          "including the worker's start)")  # fmt: skip
     print(
-        f"renders after it ({len(times)}): median {statistics.median(times):.2f} s, "
-        f"range {min(times):.2f}-{max(times):.2f} s"
+        f"renders after it ({len(times)}): median {statistics.median(times):.2f} s wall, "
+        f"range {min(times):.2f}-{max(times):.2f} s; CPU median {statistics.median(cpus):.2f} s, "
+        f"range {min(cpus):.2f}-{max(cpus):.2f} s"
     )
     print(f"index.html {found['index.html'] / 1000:.1f} KB, en/index.html "
           f"{found['en/index.html'] / 1000:.1f} KB")  # fmt: skip
     others = sorted(v for k, v in pages.items() if k not in ("index.html", "en/index.html"))
     if others:
         print(f"other pages: {len(others)}, largest {others[-1] / 1000:.1f} KB")
-    print(f"files: {len(found):,}, {total / 1e6:.1f} MB in all")
+    print(f"files: {len(found):,}, {total / 1e6:.1f} MB in all; largest:")
+    for name, size in sorted(found.items(), key=lambda kv: -kv[1])[:4]:
+        print(f"  {name} {size / 1e6:.1f} MB")
     return 0
 
 
