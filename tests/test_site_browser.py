@@ -180,6 +180,16 @@ def assert_local_only(requests: list[str]) -> None:
         assert parts.scheme == "data" or parts.hostname == "127.0.0.1", url
 
 
+def assert_sound(page, log: dict, lang: str, size: tuple[int, int]) -> None:
+    """What every page must be in the browser: no console error, nothing fetched from
+    elsewhere, its language declared, no horizontal scrolling."""
+    assert log["errors"] == []
+    assert_local_only(log["requests"])
+    assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
+
+
 def luminance(colour: str) -> float:
     values = [int(v) / 255 for v in re.findall(r"\d+(?:\.\d+)?", colour)[:3]]
     linear = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
@@ -199,17 +209,13 @@ def test_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -
     path = "busy/index.html" if lang == "zh" else "busy/en/index.html"
     size = VIEWPORTS[viewport]
     with open_page(browser, f"{base}/{path}", size, js) as (page, log):
-        assert log["errors"] == []
-        assert_local_only(log["requests"])
-        assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+        assert_sound(page, log, lang, size)
         headline = page.locator("#now .lead").inner_text()
         if lang == "zh":
             assert "预计 2022年7月25日 08:30（北京时间）恢复办理" in headline
         else:
             assert "expected to end 25 Jul 2022 08:30 (UTC+8)" in headline
         assert page.locator("#h-broken").is_visible()  # the broken portal, first
-        width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
         # a replayed (2022) page gets no countdown, with or without the script
         assert page.locator(".cd").count() == 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -284,13 +290,9 @@ def test_a_channel_page_in_chromium(browser, served, viewport: str, js: bool, la
     path = "large/channels/channel-1.html" if lang == "zh" else "large/en/channels/channel-1.html"
     size = VIEWPORTS[viewport]
     with open_page(browser, f"{base}/{path}", size, js) as (page, log):
-        assert log["errors"] == []
-        assert_local_only(log["requests"])
-        assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+        assert_sound(page, log, lang, size)
         assert page.locator("h1").inner_text() == ("渠道 1" if lang == "zh" else "Channel 1")
         assert page.locator("#h-closed").is_visible()
-        width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
         colours = page.evaluate(
             """() => ({bg: getComputedStyle(document.body).backgroundColor,
                       text: getComputedStyle(document.body).color,
