@@ -116,6 +116,11 @@ def busy_store(db: Path, end: datetime = DURING_LATE) -> Path:
     return db
 
 
+def cutover(start: datetime, end: datetime) -> dict:
+    """A freeze period named as the test plans name it, from `start` to `end`."""
+    return {"title": "系统切换", "title_en": "System cutover", "start": start, "end": end}
+
+
 def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
     """A plan of `channels` channels of `per_channel` services in the shapes of the 2022
     cutover around `DURING_LATE` (paused by the freeze, kept open, reopened by a certificate
@@ -133,12 +138,9 @@ def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
         validate_config(
             {
                 "periods": {
-                    "freeze": {
-                        "title": "系统切换",
-                        "title_en": "System cutover",
-                        "start": DURING_LATE - timedelta(days=10),
-                        "end": DURING_LATE + timedelta(days=20),
-                    },
+                    "freeze": cutover(
+                        DURING_LATE - timedelta(days=10), DURING_LATE + timedelta(days=20)
+                    ),
                     "window": {
                         "start": DURING_LATE - timedelta(days=5),
                         "end": DURING_LATE + timedelta(days=10),

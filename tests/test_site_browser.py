@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import ROOT, missing, real_plan
-from site_data import DURING_LATE, busy_store, large_plan
+from site_data import DURING_LATE, busy_store, cutover, large_plan
 
 from monitor.config import validate_config
 from monitor.plan import Plan
@@ -103,12 +103,7 @@ def countdown_plan() -> Plan:
         validate_config(
             {
                 "periods": {
-                    "freeze": {
-                        "title": "系统切换",
-                        "title_en": "System cutover",
-                        "start": now - timedelta(days=1),
-                        "end": now + timedelta(days=3, hours=5),
-                    }
+                    "freeze": cutover(now - timedelta(days=1), now + timedelta(days=3, hours=5))
                 },
                 "channels": [
                     {
