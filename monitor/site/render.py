@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from monitor.config import Channel
-from monitor.plan import Plan
+from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site.model import Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import publish
@@ -146,10 +146,7 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         n = len(other.services)
         out.append(lang.fmt(key, n=n, title=_title(other.period, lang), end=end))
     if h.broken:
-        icon = Markup(
-            '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-broken"/></svg> '
-        )
-        out.append(icon + lang.fmt("headline_broken", n=h.broken))
+        out.append(_icon("broken") + " " + lang.fmt("headline_broken", n=h.broken))
     sentence = known(model, lang)
     if sentence is not None:
         out.append(sentence)
@@ -235,6 +232,34 @@ def split(model: Model) -> bool:
     return len(model.plan.services) > ONE_PAGE_SERVICES
 
 
+def _icon(name: str) -> Markup:
+    """An icon of the page's sprite, hidden from screen readers (the text beside it speaks)."""
+    return Markup(
+        '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-{}"/></svg>'
+    ).format(name)
+
+
+def _names(lang: Lang, summary: bool) -> dict[str, object]:
+    """The name helpers of the template: plain functions, because a Jinja macro call costs
+    tens of microseconds and a channel page makes thousands of them."""
+
+    def cname(ref: ServiceRef) -> object:
+        return _finalize(lang.pick(ref.channel.name, ref.channel.name_en))
+
+    def sname(ref: ServiceRef) -> object:
+        return _finalize(lang.pick(ref.service.name, ref.service.name_en))
+
+    def cnames(refs: list[ServiceRef] | tuple[ServiceRef, ...]) -> Markup:
+        """Channel names in a list; the summary names the first few and counts them all."""
+        cut = refs[: SUMMARY_ITEMS["channels"]] if summary else refs
+        text = escape(_finalize(lang.w["sep"])).join(escape(cname(ref)) for ref in cut)
+        if len(cut) < len(refs):
+            text += lang.fmt("more_channels", n=len(refs))
+        return Markup(text)
+
+    return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames}
+
+
 def page(model: Model, code: str, channel: Channel | None = None) -> str:
     """`index.html` (zh) or `en/index.html` (en); with `channel`, that channel's page (the
     model narrowed by `model.for_channel`) under `channels/` or `en/channels/`."""
@@ -251,6 +276,7 @@ def page(model: Model, code: str, channel: Channel | None = None) -> str:
     config = model.plan.config.monitor
     sentences = headline(model, lang)
     html = _ENV.get_template("index.html").render(
+        **_names(lang, summary),
         m=model,
         L=lang,
         w=lang.w,
