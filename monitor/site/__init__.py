@@ -62,9 +62,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_init(config, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
+    from monitor.site.history import DayCache
 
     _die_with_parent(parent)
-    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None)
+    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None, days=DayCache())
 
 
 def _worker_render(at: datetime, snapshot, notices=None) -> float:
@@ -72,8 +73,10 @@ def _worker_render(at: datetime, snapshot, notices=None) -> float:
 
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])
-    plan, site, store = _worker["plan"], _worker["site"], _worker["store"]
-    return render(plan, site, at, store, snapshot, notices=notices).seconds
+    w = _worker
+    return render(
+        w["plan"], w["site"], at, w["store"], snapshot, notices=notices, days=w["days"]
+    ).seconds
 
 
 class SiteListener:
