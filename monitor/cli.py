@@ -16,7 +16,7 @@ import logging
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -28,6 +28,8 @@ from monitor.plan import Plan, report
 from monitor.table import render_table
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+#: The longest range `plan --transitions` lists: ten years, which it walks in about a second.
+MAX_TRANSITIONS_SPAN = timedelta(days=3653)
 
 T = TypeVar("T")
 
@@ -180,6 +182,11 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
     start, end = instant(args, plan, "from_"), instant(args, plan, "until")
     if end <= start:
         raise UsageError("--until must be after --from")
+    if end - start > MAX_TRANSITIONS_SPAN:
+        raise UsageError(
+            f"--from and --until are more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) "
+            "apart; ask for a shorter range (recurring periods are walked day by day)"
+        )
     names = {ref.key: ref for ref in plan.services}
     items = [
         {

@@ -7,7 +7,7 @@ judge -> store path runs on real time in production and on simulated time in the
 from __future__ import annotations
 
 import time as _time
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Protocol
 
 
@@ -57,8 +57,26 @@ class ReplayClock:
         return self._base
 
 
+#: The instants the monitor reasons about: from 1900 up to (not including) 9000. The plan looks
+#: up to 400 days ahead and a year of grace back, and the page shows weeks around an instant;
+#: near year 1 or 9999 that arithmetic leaves what a datetime can hold, so instants outside
+#: this range are refused as input instead of failing deep inside.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+#: Says which years are meant, in messages about instants outside them.
+SUPPORTED_YEARS = f"the years the monitor works with ({EARLIEST.year} to {LATEST.year - 1})"
+
+
+def supported(value: date) -> bool:
+    """Whether the year of `value` (on its own wall clock, as the user wrote it) is supported."""
+    return EARLIEST.year <= value.year < LATEST.year
+
+
 def parse_instant(text: str, zone: tzinfo) -> datetime:
-    """Read an ISO 8601 instant; a naive one is read in the plan's time zone."""
+    """Read an ISO 8601 instant; a naive one is read in the plan's time zone. Instants outside
+    the supported years (`supported`) are refused with a sentence, never a traceback."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -68,4 +86,8 @@ def parse_instant(text: str, zone: tzinfo) -> datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
+    if not supported(value):
+        raise ValueError(
+            f'"{text}" is outside {SUPPORTED_YEARS}; expected an instant in that range'
+        )
     return value

@@ -24,10 +24,20 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `connection failed` | no | any other network error |
 | `body is not JSON` | no | `json` conditions are set, but the (capped) body is not JSON |
 | `json condition failed: <expr>` | no | a `json` condition, as written, is not truthy |
+| `probe failed (<type>)` | no | a fault of the prober itself (logged once per type, at warning) |
 
 Other kinds add their own phrases (monitor/query.py). `serving` is None when an observation
 cannot tell either way (a query without data, a service not configured): the judge then says
 `unknown`, and such an observation neither opens nor resolves an incident.
+
+A body condition is an RE2 pattern (`monitor.config.body_pattern`): matching takes time linear
+in the body, never the minutes a backtracking `(a+)+$` takes. A body and pattern small enough to
+match in about a millisecond even in RE2's slowest case are matched on the event loop; larger
+ones in a worker thread (RE2 releases the GIL) while the probe's timeout keeps running, so the
+timeout bounds the whole probe, matching included, and a hostile body never stalls the loop.
+A match that outlives its probe ends by itself in its thread: RE2 cannot be interrupted, but its
+cost is bounded by the body cap times the pattern's size, which validation caps
+(`monitor.config.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
 """
 
 from __future__ import annotations
@@ -35,10 +45,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
+import logging
 import socket
 import ssl
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,8 +58,10 @@ from time import perf_counter
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from monitor.config import HttpProbe, format_duration
+from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BODY_CAP = 256 * 1024
 MAX_REDIRECTS = 10
@@ -56,8 +69,24 @@ USER_AGENT = "channel-monitor/0.1 (+status probe)"
 
 _X509_EXPIRED = 10
 
-#: A body condition compiled once per pattern, not looked up in `re`'s cache on every probe.
-_pattern = functools.lru_cache(maxsize=1024)(re.compile)
+#: Body bytes x pattern instructions matched on the event loop; above it, in a worker thread.
+#: RE2's slowest engine costs about 8 ns per byte and instruction here (bench/RESULTS.md), so
+#: this keeps a match on the loop under about 2 ms; a maintenance page of a few kilobytes
+#: against a notice of a few dozen instructions stays on the loop, where it costs microseconds.
+INLINE_MATCH_BUDGET = 1 << 18
+#: Worker threads for large matches (RE2 runs outside the GIL, so they use the spare core).
+MATCH_WORKERS = 2
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> tuple[object, int]:
+    """A body pattern compiled once, with its size in RE2 instructions (for the match budget)."""
+    compiled = body_pattern(pattern)
+    return compiled, max(pattern_program_size(compiled), 1)
+
+
+def _found(compiled: object, data: bytes) -> bool:
+    return compiled.search(data) is not None  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -215,6 +244,9 @@ class Prober:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
         self._resolver: _TimedResolver | None = None
+        self._matcher: ThreadPoolExecutor | None = None
+        #: Types of unexpected exceptions already logged (each is logged once).
+        self._faults: set[type] = set()
 
     async def __aenter__(self) -> Prober:
         return self
@@ -247,6 +279,9 @@ class Prober:
         if self._resolver is not None:  # the connector does not close a resolver it was given
             await self._resolver.close()
             self._resolver = None
+        if self._matcher is not None:  # a match still running ends by itself (it is bounded)
+            self._matcher.shutdown(wait=False, cancel_futures=True)
+            self._matcher = None
 
     async def probe(
         self, spec: HttpProbe, timeout: timedelta, at: datetime | None = None
@@ -297,6 +332,9 @@ class Prober:
             serving, reason = False, f"connection failed ({type(exc).__name__})"
         except UnicodeError:  # a host name that cannot be encoded (empty or overlong label)
             serving, reason = False, "DNS lookup failed"
+        except Exception as exc:  # a fault of ours or of a library: still an observation
+            serving, reason = False, f"probe failed ({type(exc).__name__})"
+            self._fault(exc)
         finally:
             _PHASES.reset(token)
         return Observation(
@@ -340,10 +378,10 @@ class Prober:
         if not (status in expected if expected else 200 <= status < 300):
             return status, first_byte, False, f"HTTP {status}", False
         if spec.body_matches is not None or spec.body_not_matches is not None:
-            text = body.decode(response.charset or "utf-8", errors="replace")
-            if spec.body_not_matches and _pattern(spec.body_not_matches).search(text):
+            data = _as_utf8(body, response.charset)
+            if spec.body_not_matches and await self._matches(spec.body_not_matches, data):
                 return status, first_byte, False, "body matches maintenance notice", False
-            if spec.body_matches and not _pattern(spec.body_matches).search(text):
+            if spec.body_matches and not await self._matches(spec.body_matches, data):
                 return status, first_byte, False, "body does not match", False
         if spec.json_conditions:
             failure = json_failure(body, spec.json_conditions)
@@ -354,6 +392,30 @@ class Prober:
             reason = f"response slower than {format_duration(limit)}"
             return status, first_byte, True, reason, True
         return status, first_byte, True, f"HTTP {status}", False
+
+    async def _matches(self, pattern: str, data: bytes) -> bool:
+        """Whether `pattern` occurs in `data`: on the loop when that is cheap in any case, else
+        in a worker thread, awaited under the probe's timeout (see the module's docstring)."""
+        compiled, size = _compiled(pattern)
+        if len(data) * size <= INLINE_MATCH_BUDGET:
+            return _found(compiled, data)
+        if self._matcher is None:
+            self._matcher = ThreadPoolExecutor(MATCH_WORKERS, thread_name_prefix="body-match")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._matcher, _found, compiled, data)
+
+    def _fault(self, exc: Exception) -> None:
+        """Log an unexpected exception once per type, without its message (which may hold the
+        URL); the traceback only at debug level."""
+        if type(exc) not in self._faults:
+            self._faults.add(type(exc))
+            log.warning(
+                "a probe failed unexpectedly (%s); it is recorded as not serving with reason "
+                '"probe failed (%s)"; further failures of this type are not logged',
+                type(exc).__name__,
+                type(exc).__name__,
+            )
+        log.debug("probe failed", exc_info=exc)
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         return await read_capped(response, self.body_cap)
@@ -371,6 +433,24 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+def _as_utf8(body: bytes, charset: str | None) -> bytes:
+    """The body as UTF-8, which RE2 matches: decoded from its declared charset, or from UTF-8
+    when the charset is unknown to Python or not a text encoding (`x-no-such-codec`, `rot13`),
+    bytes it cannot decode replaced. Bodies already in UTF-8 are only checked, not copied."""
+    name = (charset or "utf-8").lower()
+    if name in ("utf-8", "utf8"):
+        try:
+            body.decode("utf-8")
+            return body
+        except UnicodeDecodeError:
+            pass
+    try:
+        text = body.decode(name, errors="replace")
+    except (LookupError, ValueError):  # unknown codec, or one that is not bytes -> text
+        text = body.decode("utf-8", errors="replace")
+    return text.encode("utf-8", errors="replace")
 
 
 def _certificate_expiry(cert: dict | None) -> datetime | None:

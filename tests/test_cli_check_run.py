@@ -7,6 +7,7 @@ started again on the same store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     MAINTENANCE_PATTERN,
+    MONITOR,
     PLAN_KEYS,
     REAL_PLAN,
     ChannelServer,
@@ -291,6 +293,65 @@ def test_check_bad_input_exits_2(
     if message:
         assert message in proc.stderr
     assert server.hit_count() == 0, "nothing is probed on bad input"
+
+
+async def test_check_ends_hostile_answers_as_observations(tmp_path: Path) -> None:
+    """`(a+)+$` against 30 `a` and a `b` (before: minutes past the 2 s timeout) and a charset
+    Python does not know (before: a LookupError traceback): `check`, as a real process, judges
+    both within a bound and prints no traceback."""
+    from aiohttp import web
+    from servers import aiohttp_server
+
+    async def aaab(_request: web.Request) -> web.Response:
+        return web.Response(text="a" * 30 + "b", content_type="text/plain")
+
+    async def codec(_request: web.Request) -> web.Response:
+        headers = {"Content-Type": "text/html; charset=x-no-such-codec"}
+        return web.Response(body=f"<p>{MAINTENANCE_PATTERN}</p>".encode(), headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/aaab", aaab)
+    app.router.add_get("/codec", codec)
+    async with aiohttp_server(app) as base:
+        probes = {
+            "backtrack": {"url": f"{base}/aaab", "body_not_matches": "(a+)+$"},
+            "codec": {"url": f"{base}/codec", "body_not_matches": MAINTENANCE_PATTERN},
+        }
+        services = [{"id": key, "name": key, "probe": probe} for key, probe in probes.items()]
+        channel = {"id": "portal", "name": "门户", "kind": "web", "group": "online"}
+        data = {"monitor": {"timeout": "2s"}, "channels": [{**channel, "services": services}]}
+        plan = write_plan(tmp_path / "hostile.toml", data)
+        argv = ["check", "--config", str(plan), "--at", "2022-08-01T12:00", "--format", "json"]
+        proc = await asyncio.create_subprocess_exec(
+            *MONITOR, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            pytest.fail("check did not end within 30 s of a 2 s timeout")
+    assert err.decode() == ""
+    services = by_service(out.decode())
+    assert services["backtrack"]["observed"]["reason"] == "HTTP 200"
+    assert services["backtrack"]["verdict"] == "ok"
+    assert services["codec"]["observed"]["reason"] == "body matches maintenance notice"
+    assert services["codec"]["verdict"] == "unexpected_down"
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("line", ['grace = "99999999d"', 'interval = "99999999d"'])
+def test_run_refuses_durations_that_crashed_it_at_start(tmp_path: Path, line: str) -> None:
+    """Before: these validated, then `run` died at start with an OverflowError traceback."""
+    text = SMALL_PLAN.format(url="http://127.0.0.1:9/", pattern="x", timeout="5s")
+    plan = write_plan(tmp_path / "plan.toml", text.replace("[monitor]\n", f"[monitor]\n{line}\n"))
+    proc = python_m(
+        "run", "--config", str(plan), "--db", str(tmp_path / "m.db"), "--listen", "127.0.0.1:9"
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{plan}: monitor.{line.split()[0]}: " in proc.stderr
+    assert not (tmp_path / "m.db").exists(), "nothing was started"
 
 
 def test_check_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

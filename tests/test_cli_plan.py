@@ -7,11 +7,11 @@ and once as `python -m monitor` in a subprocess.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import PLAN_KEYS, REAL_PLAN, python_m, real_plan
+from helpers import PLAN_KEYS, REAL_PLAN, ROOT, python_m, real_plan
 
 from monitor.cli import main
 from monitor.table import display_width
@@ -248,6 +248,95 @@ def test_transitions_bad_input(
     assert (code, out, err) == (2, "", message)
 
 
+# --- instants at the ends of the calendar (issue 10) ----------------------------------------
+
+#: A plan with office hours (a recurring period, walked day by day) and no probes, so `check`
+#: needs no network.
+OFFICE_HOURS = """
+[periods.hours]
+weekdays = ["monday:friday"]
+times = [{ start_time = "09:00", end_time = "17:00" }]
+
+[[channels]]
+id = "hall"
+name = "服务大厅"
+kind = "offline"
+group = "offline"
+
+[[channels.services]]
+id = "pension"
+name = "养老保险"
+default = "down"
+expect = [{ during = "hours", state = "up" }]
+"""
+
+OUT_OF_RANGE = "is outside the years the monitor works with (1900 to 8999)"
+
+
+def command_args(command: str, tmp_path: Path) -> list[str]:
+    plan = tmp_path / "hours.toml"
+    plan.write_text(OFFICE_HOURS, encoding="utf-8")
+    args = [command, "--config", str(plan)]
+    if command == "render":
+        args += ["--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.db")]
+    return args
+
+
+@pytest.mark.parametrize("command", ["plan", "check", "render"])
+@pytest.mark.parametrize(
+    "at", ["0001-01-01", "0001-01-01T00:00Z", "9999-12-31T23:59", "9999-06-01", "9000-01-01"]
+)
+def test_at_near_the_ends_of_the_calendar_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, at: str
+) -> None:
+    """Before: OverflowError tracebacks (grace before year 1, 400 days ahead past 9999)."""
+    code, out, err = run(capsys, *command_args(command, tmp_path), "--at", at)
+    assert (code, out) == (2, "")
+    assert (
+        err == f'channel-monitor: --at: "{at}" {OUT_OF_RANGE}; expected an instant in that range\n'
+    )
+
+
+@pytest.mark.parametrize("command", ["plan", "check", "render"])
+@pytest.mark.parametrize("at", ["1900-01-01T00:00", "8999-12-31T23:59:59"])
+def test_the_first_and_last_supported_instants_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, at: str
+) -> None:
+    code, out, err = run(capsys, *command_args(command, tmp_path), "--at", at)
+    assert (code, err) == (0, ""), err
+    assert out
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("0001-01-01", "9999-12-31", f'--from: "0001-01-01" {OUT_OF_RANGE}'),
+        ("2022-01-01", "9999-12-31", f'--until: "9999-12-31" {OUT_OF_RANGE}'),
+        ("1900-01-01", "8999-12-31", "more than 3,653 days (ten years) apart"),
+    ],
+)
+def test_transitions_over_the_whole_calendar_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start: str, end: str, message: str
+) -> None:
+    args = [*command_args("plan", tmp_path), "--transitions", "--from", start, "--until", end]
+    code, out, err = run(capsys, *args)
+    assert (code, out) == (2, "")
+    assert err.startswith("channel-monitor: ") and message in err, err
+
+
+def test_transitions_over_ten_years_at_the_end_of_the_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*command_args("plan", tmp_path), "--transitions", "--format", "json"]
+    code, out, err = run(capsys, *args, "--from", "8990-01-01", "--until", "8999-12-31T23:59:59")
+    assert (code, err) == (0, ""), err
+    changes = json.loads(out)["transitions"]
+    assert changes[-1]["at"] == "8999-12-31T17:00:00+08:00"  # a Tuesday's closing time
+    first, last = date(8990, 1, 1), date(8999, 12, 31)
+    days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+    assert len(changes) == 2 * sum(1 for day in days if day.weekday() < 5)  # open, close
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 
@@ -377,3 +466,14 @@ def test_python_m_monitor_plan_json() -> None:
     assert data["at"] == "2022-07-19T18:00:00+08:00"
     certificate = entry(data, "hubei-zwfw", "certificate-print")
     assert (certificate["expected"], certificate["in_grace"]) == ("down", True)
+
+
+def test_python_m_monitor_transitions_over_the_whole_calendar() -> None:
+    """The issue's command, as a real process: exit 2 with one sentence, no traceback."""
+    done = python_m(
+        "plan", "--transitions", "--from", "0001-01-01", "--until", "9999-12-31", cwd=ROOT
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f'channel-monitor: --from: "0001-01-01" {OUT_OF_RANGE}; expected an instant in that range\n'
+    )

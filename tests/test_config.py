@@ -1163,3 +1163,288 @@ def test_validate_strict_fails_while_variables_are_unset(
     assert err == "" and "not configured" not in out
     for secret in ("t0ken-value", "0123456789abcdef", "api.example"):
         assert secret not in out
+# --- hostile plans (issue 10): each is refused at its key path, or works ------------------------
+
+PROBE_PATH = f"channels[0].services[0].probe {PENSION}"
+#: Marks the secret parts of the URLs and header values below: never in any message.
+SECRET = "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "expected"),
+    [
+        # header values HTTP cannot carry
+        (
+            'url = "https://a.example/"\nheaders = { X-Token = "s3cret\\r\\nX-Evil: 1" }',
+            "probe.headers.X-Token",
+            "without control characters",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { X-Token = "s3cret\\n" }',
+            "probe.headers.X-Token",
+            "without control characters",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { X-Token = "s3cret\\u0000" }',
+            "probe.headers.X-Token",
+            "without control characters",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { X-Token = "s3cret\\u0001" }',
+            "probe.headers.X-Token",
+            "without control characters",
+        ),
+        (
+            f'url = "https://a.example/"\nheaders = {{ X-Token = "{SECRET * 2000}" }}',
+            "probe.headers.X-Token",
+            "at most 8192 bytes",
+        ),
+        # header names that are not RFC 9110 tokens
+        ('url = "https://a.example/"\nheaders = { "" = "s3cret" }', 'probe.headers.""', "name"),
+        (
+            'url = "https://a.example/"\nheaders = { "X Token" = "s3cret" }',
+            'probe.headers."X Token"',
+            "no spaces",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { "令牌" = "s3cret" }',
+            'probe.headers."令牌"',
+            "header name of letters, digits",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { "X-A:b" = "s3cret" }',
+            'probe.headers."X-A:b"',
+            "header name",
+        ),
+        (
+            'url = "https://a.example/"\nheaders = { '
+            + ", ".join(f'X-{i} = "s3cret"' for i in range(101))
+            + " }",
+            "probe.headers",
+            "at most 100 headers",
+        ),
+        # credentials twice: aiohttp refuses the request
+        (
+            'url = "https://user:s3cret@a.example/"\nheaders = { authorization = "Basic s3cret" }',
+            "probe",
+            "credentials in one place",
+        ),
+        # URLs aiohttp cannot parse or connect to
+        ('url = "http://[::1:80/s3cret"', "probe.url", "well-formed"),
+        ('url = "http://h:99999/s3cret"', "probe.url", "well-formed"),
+        ('url = "http://:80/s3cret"', "probe.url", "well-formed"),
+        ('url = "http://h:0/s3cret"', "probe.url", "port from 1 to 65535"),
+        ('url = "http://h\\u0000s3cret/"', "probe.url", "without control characters"),
+        ('url = "http://h/s3cret\\u0000"', "probe.url", "without control characters"),
+        ('url = "http://%00s3cret/"', "probe.url", "host is a DNS name"),
+        ('url = "http://s3cret..example/"', "probe.url", "host is a DNS name"),
+        (f'url = "http://{SECRET * 11}.example/"', "probe.url", "at most 63 characters"),
+        ('url = "https://xn--/s3cret"', "probe.url", "host name cannot be encoded"),
+    ],
+)
+def test_probes_that_could_never_be_sent_are_refused(
+    tmp_path: Path, lines: str, where: str, expected: str
+) -> None:
+    """Each of these validated before and then failed every probe (or `run` at start)."""
+    path, message = only_problem(tmp_path, with_probe(lines))
+    prefix = f"{path}: {PROBE_PATH}".replace(".probe ", f".{where} ")
+    assert message.startswith(prefix + ": "), message
+    assert expected in message, message
+    assert SECRET not in message, message
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'url = "https://例子.测试/办事?事项=社保"',  # an IDN host and a Chinese path
+        'url = "http://[::1]:8080/"',
+        'url = "http://127.0.0.1:65535/"',
+        'url = "https://user:pass@a.example/"',  # credentials in the URL alone
+        'url = "https://a.example/"\nheaders = { Authorization = "Basic dTpw" }',
+        'url = "https://a.example/"\nheaders = { "X-A!#$%&\'*+.^_`|~" = "a\\tb 中文" }',
+        'url = "https://a.example/"\nheaders = { '
+        + ", ".join(f'X-{i} = "v"' for i in range(100))
+        + " }",
+    ],
+)
+def test_unusual_but_sendable_probes_are_valid(tmp_path: Path, lines: str) -> None:
+    load_config(write(tmp_path, with_probe(lines)))
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "expected"),
+    [
+        ('grace = "99999999d"', "monitor.grace", "at most 366d"),
+        ('grace = "367d"', "monitor.grace", "at most 366d"),
+        ('interval = "99999999d"', "monitor.interval", "at most 1d"),
+        ('timeout = "1d1s"', "monitor.timeout", "at most 1d"),
+        ('grace = "9999999999999d"', "monitor.grace", "shorter duration"),
+        (f'interval = "{"9" * 5000}s"', "monitor.interval", "shorter duration"),
+        ('timezone = "Asia"', "monitor.timezone", "IANA time zone"),  # a folder of tzdata
+        ('timezone = "zone.tab"', "monitor.timezone", "IANA time zone"),  # not a zone file
+        (f'timezone = "{"a" * 300}"', "monitor.timezone", "IANA time zone"),  # name too long
+        ('timezone = "Asia/"', "monitor.timezone", "IANA time zone"),
+    ],
+)
+def test_monitor_values_that_used_to_crash_later(
+    tmp_path: Path, lines: str, where: str, expected: str
+) -> None:
+    path, message = only_problem(tmp_path, with_monitor(lines))
+    assert message.startswith(f"{path}: {where}: "), message
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        ('interval = "99999999d"', "interval"),
+        ('timeout = "2d"', "timeout"),
+        ('max_response_time = "99999999999999d"', "max_response_time"),
+    ],
+)
+def test_probe_durations_are_bounded(tmp_path: Path, line: str, where: str) -> None:
+    path, message = only_problem(tmp_path, with_probe(f'url = "https://a.example/"\n{line}'))
+    assert message.startswith(f"{path}: {PROBE_PATH.replace('.probe ', f'.probe.{where} ')}: ")
+    assert "expected a" in message and "duration" in message
+
+
+def test_longest_durations_are_valid(tmp_path: Path) -> None:
+    text = with_monitor('interval = "1d"\ntimeout = "1d"\ngrace = "366d"')
+    monitor = load_config(write(tmp_path, text)).monitor
+    assert (monitor.interval, monitor.grace) == (timedelta(days=1), timedelta(days=366))
+
+
+def test_period_location_that_is_a_folder(tmp_path: Path) -> None:
+    path, message = only_problem(tmp_path, with_period('location = "Asia"\nweekdays = ["monday"]'))
+    assert message.startswith(f"{path}: periods.office-hours.location: ")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("(?=系统)维护", "lookahead (?=...) cannot be used"),
+        ("(?!正常)维护", "negative lookahead (?!...) cannot be used"),
+        ("(?<=系统)维护", "lookbehind (?<=...) cannot be used"),
+        ("(?<!正常)维护", "negative lookbehind (?<!...) cannot be used"),
+        ("(维护)\\\\1", "backreferences such as \\1 cannot be used"),
+        ("x{99999999999}", "repetition counts {n} of at most 1000"),
+        ("x{1,1001}", "repetition counts {n} of at most 1000"),
+        ("\\\\pL{100}", "expected a smaller pattern"),
+        ("\\\\pL{1000}", "expected a smaller pattern"),
+        ("a++", "RE2 syntax"),
+        # each took RE2 seconds to minutes to refuse as too large; refused before compiling
+        ("(?:a{1,1000}" * 50 + ")" * 50, "adding up to at most 2,000, got 50,000"),
+        ("(a" * 1001 + ")" * 1001, "at most 2,000 characters, got 3,003"),
+    ],
+)
+def test_body_patterns_re2_cannot_take_are_refused(
+    tmp_path: Path, pattern: str, expected: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """RE2 matches in linear time; what it cannot take is refused with the reason, and RE2
+    itself writes nothing to stderr."""
+    text = with_probe(f'url = "https://a.example/"\nbody_not_matches = "{pattern}"')
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(
+        f"{path}: {PROBE_PATH.replace('.probe ', '.probe.body_not_matches ')}"
+    )
+    assert expected in message, message
+    assert capfd.readouterr().err == ""
+
+
+def test_catastrophic_backtracking_and_deep_nesting_are_valid(tmp_path: Path) -> None:
+    """Patterns that freeze a backtracking engine are harmless in RE2: accepted."""
+    deep = "(" * 999 + "维护" + ")" * 999
+    text = with_probe(
+        f'url = "https://a.example/"\nbody_not_matches = "(a+)+$"\nbody_matches = "{deep}"'
+    )
+    probe = load_config(write(tmp_path, text)).channels[0].services[0].probe
+    assert probe is not None and probe.body_not_matches == "(a+)+$"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (replaced("start = 2022-06-22T18:00:00", "start = 0001-01-01T00:00:00"), "start"),
+        (replaced("end = 2022-07-25T08:30:00", "end = 9999-12-31T23:59:59"), "end"),
+    ],
+)
+def test_period_instants_outside_the_supported_years(tmp_path: Path, text: str, where: str) -> None:
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: periods.freeze.{where}: ")
+    assert "expected a date in the years the monitor works with (1900 to 8999)" in message
+
+
+def test_milestone_dates_outside_the_supported_years(tmp_path: Path) -> None:
+    text = BASE + '\n[[milestones]]\nat = 9999-12-31\ntitle = "末日"\n'
+    path, message = only_problem(tmp_path, text)
+    assert message.startswith(f"{path}: milestones[0].at: ")
+    assert "expected a date in the years the monitor works with (1900 to 8999)" in message
+
+
+HOSTILE_PLANS = {
+    "header-crlf": with_probe('url = "https://a.example/"\nheaders = { X = "s3cret\\r\\n" }'),
+    "bad-url": with_probe('url = "http://[::1:80/s3cret"'),
+    "grace": with_monitor('grace = "99999999d"'),
+    "zone-folder": with_monitor('timezone = "Asia"'),
+    "huge-repeat": with_probe('url = "https://a.example/"\nbody_matches = "x{99999999999}"'),
+    "lookahead": with_probe('url = "https://a.example/"\nbody_matches = "(?=a)"'),
+    "too-large": with_probe('url = "https://a.example/"\nbody_matches = "\\\\pL{1000}"'),
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "check", "render"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_PLANS))
+def test_hostile_plans_exit_2_through_the_cli(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], command: str, case: str
+) -> None:
+    """Every command that loads the plan refuses it with the sentence, never a traceback."""
+    path = write(tmp_path, HOSTILE_PLANS[case])
+    args = [command, "--config", str(path)]
+    if command == "render":
+        args += ["--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.db")]
+    assert main(args) == 2
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}: ") and "1 problem found" in err, err
+    assert "Traceback" not in err and SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ("x = " + "[" * 100_000 + "]" * 100_000, "arrays or tables nest too deeply to read"),
+        ("x = " + "{a=" * 5000 + "1" + "}" * 5000, "arrays or tables nest too deeply to read"),
+        ("x = " + "9" * 5000, "a number in the plan file is too long to read"),
+    ],
+)
+def test_toml_that_python_cannot_read_is_a_config_error(
+    tmp_path: Path, head: str, expected: str
+) -> None:
+    """Before: RecursionError and ValueError tracebacks out of tomllib."""
+    path, message = only_problem(tmp_path, f"{head}\n{BASE}")
+    assert message == f"{path}: {expected}" + (
+        "; expected a plan file" if "nest" in expected else " (thousands of digits)"
+    )
+
+
+def test_overlong_probe_url_is_refused(tmp_path: Path) -> None:
+    url = f"https://a.example/{SECRET * 2000}"
+    path, message = only_problem(tmp_path, with_probe(f'url = "{url}"'))
+    assert message.startswith(f"{path}: {PROBE_PATH.replace('.probe ', '.probe.url ')}: ")
+    assert "expected a URL of at most 8,192 characters" in message
+    assert SECRET not in message
+
+
+def test_ids_with_a_final_line_break_are_refused(tmp_path: Path) -> None:
+    """`$` matches before a final line break: "pension\\n" passed as an id (and reached metrics
+    labels and file names). Key paths show such keys escaped, on one line."""
+    text = replaced('id = "pension"', 'id = "pension\\n"')
+    text = text.replace("[periods.freeze]", '[periods."freeze\\n"]')
+    text = text.replace('during = "freeze"', 'during = "freeze\\n"')
+    path, problems = problems_of(tmp_path, text)
+    assert problems == [
+        f'{path}: channels[0].services[0].id (channel "hubei-portal", service "pension\\n"): '
+        'got "pension\\n": expected an id of lower-case letters, digits and hyphens ([a-z0-9-]+)',
+        f'{path}: periods."freeze\\n": period id "freeze\\n" must use only lower-case letters, '
+        "digits and hyphens ([a-z0-9-]+)",
+    ]

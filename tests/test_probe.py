@@ -98,7 +98,23 @@ def channel_app() -> web.Application:
         await asyncio.sleep(1.2)  # the behaviour under test, not a wait for something
         return await ok(request)
 
+    async def charset(request: web.Request) -> web.Response:
+        """The maintenance page under whatever charset the path names (`x-no-such-codec`)."""
+        content_type = f"text/html; charset={request.match_info['name']}"
+        body = MAINTENANCE_TEXT.encode("utf-8")
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def text(request: web.Request) -> web.Response:
+        """`/text/<count>/<letter>`: that many of the letter; `/text/<count>/<letter>/<tail>`:
+        followed by the tail (a page whose notice comes after a long body)."""
+        info = request.match_info
+        body = info["letter"] * int(info["count"]) + info.get("tail", "")
+        return web.Response(text=body, content_type="text/html")
+
     app = web.Application()
+    app.router.add_get("/charset/{name}", charset)
+    app.router.add_get("/text/{count:\\d+}/{letter}", text)
+    app.router.add_get("/text/{count:\\d+}/{letter}/{tail}", text)
     app.router.add_get("/ok", ok)
     app.router.add_get("/maintenance", maintenance)
     app.router.add_get("/status/{code:\\d+}", status)
@@ -172,6 +188,97 @@ async def test_gbk_page_is_decoded_by_its_declared_charset(
 ) -> None:
     observation = await run_probe(prober, f"{site}/gbk/{page}", **condition)
     check(observation, serving, phrase, 200)
+
+
+@pytest.mark.parametrize("name", ["x-no-such-codec", "rot13", "utf-8", "UTF8", "gbk"])
+async def test_unknown_charset_falls_back_to_utf8(prober: Prober, site: str, name: str) -> None:
+    """A charset Python does not know (or that is no text encoding) is read as UTF-8, so the
+    answer still ends as an observation with a reason (before: LookupError out of the probe)."""
+    observation = await run_probe(
+        prober, f"{site}/charset/{name}", body_not_matches=MAINTENANCE_PATTERN
+    )
+    if name == "gbk":  # a known charset is honoured: the UTF-8 bytes do not read as the notice
+        check(observation, True, "HTTP 200", 200)
+    else:
+        check(observation, False, "body matches maintenance notice", 200)
+
+
+async def test_catastrophic_backtracking_pattern_is_linear(prober: Prober, site: str) -> None:
+    """`(a+)+$` against 30 `a` and a `b`: Python's `re` backtracks for minutes, past any
+    timeout, with the event loop frozen; RE2 answers at once."""
+    observation, elapsed = await timed(
+        run_probe(prober, f"{site}/text/30/a/b", timeout=2.0, body_not_matches="(a+)+$")
+    )
+    check(observation, True, "HTTP 200", 200)
+    assert elapsed < 2.0 + SLACK, elapsed
+
+
+async def test_a_slow_match_is_bounded_by_the_timeout_and_never_stalls_the_loop(
+    prober: Prober, site: str
+) -> None:
+    """RE2's slowest case (a pattern of 3,000 instructions whose states all stay live) takes
+    seconds on 128 KB of `a`: the match runs off the loop and the probe ends at its timeout,
+    while the loop keeps turning."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        observation, elapsed = await timed(
+            run_probe(
+                prober,
+                f"{site}/text/131072/a",
+                timeout=1.0,
+                body_not_matches="(?:a?){1000}a{1000}b",
+            )
+        )
+    finally:
+        done.set()
+        await ticking
+    check(observation, False, "timeout after 1s", None)
+    assert elapsed < 1.0 + SLACK, elapsed
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+@pytest.mark.parametrize(("tail", "serving"), [("系统维护", False), ("正常", True)])
+async def test_large_bodies_are_matched_off_the_loop_with_the_same_answer(
+    prober: Prober, site: str, tail: str, serving: bool
+) -> None:
+    """A 200 KB page with the notice at its very end (past the budget for matching on the
+    loop): the answer is the same as for a small page."""
+    observation = await run_probe(
+        prober, f"{site}/text/200000/x/{tail}", body_not_matches=MAINTENANCE_PATTERN
+    )
+    phrase = "HTTP 200" if serving else "body matches maintenance notice"
+    check(observation, serving, phrase, 200)
+
+
+async def test_any_fault_inside_a_probe_is_an_observation_logged_once(
+    prober: Prober, site: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever escapes aiohttp (here: its refusal of a header with a control character, which
+    a plan can no longer hold) becomes `probe failed (<type>)`, logged once, without the URL."""
+    spec = Probe.model_construct(
+        url=f"{site}/private/p4th-s3cret", headers={"X-Api-Key": "k3y-s3cret\x01"}
+    )
+    with caplog.at_level("DEBUG", logger="monitor.probe"):
+        first = await prober.probe(spec, timedelta(seconds=5))
+        second = await prober.probe(spec, timedelta(seconds=5))
+    for observation in (first, second):
+        check(observation, False, "probe failed (ValueError)", None)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "ValueError" in warnings[0].getMessage()
+    info_and_up = [r.getMessage() for r in caplog.records if r.levelno >= 20]
+    assert all("s3cret" not in text for text in info_and_up), info_and_up
 
 
 @pytest.mark.parametrize("code", [404, 500, 503])
@@ -460,9 +567,10 @@ async def test_observation_holds_no_url_or_header_value(
 
 
 async def test_malformed_host_name_is_a_dns_failure_not_an_exception() -> None:
-    """An empty or overlong label cannot be encoded; the probe must still return."""
+    """An empty or overlong label cannot be encoded; the probe must still return. (Validation
+    refuses such a URL in a plan; the prober does not rely on it.)"""
     async with Prober() as prober:
         for url in ("http://a..b/", f"http://{'a' * 64}.example/"):
-            observation = await prober.probe(Probe(url=url), timedelta(seconds=2))
+            observation = await prober.probe(Probe.model_construct(url=url), timedelta(seconds=2))
             assert not observation.serving
             assert observation.reason == "DNS lookup failed"
