@@ -1163,6 +1163,8 @@ def test_validate_strict_fails_while_variables_are_unset(
     assert err == "" and "not configured" not in out
     for secret in ("t0ken-value", "0123456789abcdef", "api.example"):
         assert secret not in out
+
+
 # --- hostile plans (issue 10): each is refused at its key path, or works ------------------------
 
 PROBE_PATH = f"channels[0].services[0].probe {PENSION}"

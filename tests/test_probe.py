@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
@@ -32,6 +31,7 @@ from servers import (
 )
 
 from monitor.config import Probe
+from monitor.http1 import Response, Timings
 from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
 
 SERVING_PATTERN = "业务办理"
@@ -410,10 +410,10 @@ class CappedReadSpy(Prober):
         super().__init__(**kwargs)
         self.read_sizes: list[int] = []
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        body = await super()._read_capped(response)
-        self.read_sizes.append(len(body))
-        return body
+    async def _fetch(self, spec: Probe, timings: Timings) -> Response:
+        response = await super()._fetch(spec, timings)
+        self.read_sizes.append(len(response.body))
+        return response
 
 
 @pytest.mark.parametrize("cap", [4096, DEFAULT_BODY_CAP])
