@@ -1,7 +1,7 @@
 """CPU per probe of `channel-monitor run` itself, whole process tree, beside blackbox_exporter.
 
-    python bench/run_cpu.py [--rate 200] [--windows 4] [--window 20] [--warmup 15]
-                            [--scheme both|http|https] [--before DIR] [--hosts 10]
+    python bench/run_cpu.py [--rate 200] [--windows 4] [--window 20] [--warmup 40]
+                            [--scheme both|http|https] [--before DIR] [--hosts 10] [--workers 2]
 
 Both probe the same local target at the same time, at the same rate:
 
@@ -69,8 +69,9 @@ modules:
 INTERVAL_SECONDS = 10
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU of `root` and every live descendant (utime + stime, and the children they reaped)."""
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """CPU of `root` and of its live descendants (utime + stime, and the children they reaped):
+    (root, descendants)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -83,11 +84,12 @@ def tree_cpu_seconds(root: int) -> float:
             if parent == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    total = 0.0
-    for pid in tree:
+    own = proc_cpu_seconds(root, reaped=True)
+    others = 0.0
+    for pid in tree - {root}:
         with contextlib.suppress(OSError):
-            total += proc_cpu_seconds(pid, reaped=True)
-    return total
+            others += proc_cpu_seconds(pid, reaped=True)
+    return own, others
 
 
 class Run:
@@ -128,7 +130,8 @@ class Run:
             if "probes_total{" in line and not line.startswith("#")
         )
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far: (the run process, its descendants: the page worker)."""
         return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
@@ -223,9 +226,10 @@ async def measure(args, target: Target, directory: Path, ca: Path | None) -> dic
                 await asyncio.sleep(args.window)
                 window = {"load": loadavg()}
                 for run in runs:
-                    cpu = run.cpu() - cpu0[run.name]
-                    probes = await run.probes(session) - probes0[run.name]
-                    window[run.name] = cpu / max(probes, 1) * 1e6
+                    own, others = (b - a for a, b in zip(cpu0[run.name], run.cpu(), strict=True))
+                    probes = max(await run.probes(session) - probes0[run.name], 1)
+                    window[run.name] = (own + others) / probes * 1e6
+                    window[f"{run.name} (descendants)"] = others / probes * 1e6
                     window[f"{run.name} probes/s"] = probes / args.window
                 bb_probes = blackbox.done - bb_done0
                 window["blackbox"] = (blackbox.cpu() - bb_cpu0) / max(bb_probes, 1) * 1e6
@@ -263,6 +267,8 @@ def report(scheme: str, result: dict) -> None:
 
     for name in [*result["runs"], "blackbox"]:
         row(f"{name}", [w[name] for w in windows], ".0f")
+        if name != "blackbox":
+            row("  of which page worker", [w[f"{name} (descendants)"] for w in windows], ".0f")
     for name in result["runs"]:
         row(f"ratio {name} / blackbox", [w[name] / w["blackbox"] for w in windows], ".2f")
     print(f"load average (1 min) per window: {', '.join(w['load'] for w in windows)}")
@@ -286,8 +292,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200, help="probes a second, each side")
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--window", type=float, default=20, help="seconds per window")
-    parser.add_argument("--warmup", type=float, default=15, help="seconds before the first")
+    parser.add_argument("--warmup", type=float, default=40, help="seconds before the first")
     parser.add_argument("--hosts", type=int, default=10, help="target loopback addresses")
+    parser.add_argument("--workers", type=int, default=2, help="target processes")
     parser.add_argument("--scheme", choices=["both", "http", "https"], default="both")
     parser.add_argument("--before", help="a second checkout whose `run` is measured alongside")
     args = parser.parse_args()
@@ -303,7 +310,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="run-cpu-") as tmp:
             directory = Path(tmp)
             ca, tls = certificates(directory, args.hosts) if scheme == "https" else (None, None)
-            with Target(1, args.hosts, tls=tls) as target:
+            with Target(args.workers, args.hosts, tls=tls) as target:
                 print(f"{scheme}:", flush=True)
                 result = asyncio.run(measure(args, target, directory, ca))
             report(scheme, result)

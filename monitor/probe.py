@@ -354,4 +354,10 @@ def _certificate_expiry(cert: dict | None) -> datetime | None:
     not_after = cert.get("notAfter") if cert else None
     if not not_after:
         return None
+    return _expiry_of(not_after)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expiry_of(not_after: str) -> datetime:
+    """`notAfter` read once per certificate, not once per probe (`strptime` is slow)."""
     return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
