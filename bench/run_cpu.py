@@ -219,21 +219,32 @@ async def measure(args, target: Target, directory: Path, ca: Path | None) -> dic
             driver = asyncio.create_task(blackbox.drive(session, args.rate, stop))
             await asyncio.sleep(args.warmup)
             windows: list[dict] = []
+            # `/metrics` is read just outside each CPU window: a scrape of thousands of series is
+            # the benchmark's own cost, not a probe's. Probes counted between the two scrapes are
+            # scaled to the CPU window's length (the rate is steady).
             for index in range(args.windows):
+                counted0 = {run.name: (await run.probes(session), time.monotonic()) for run in runs}
                 cpu0 = {run.name: run.cpu() for run in runs}
-                probes0 = {run.name: await run.probes(session) for run in runs}
                 bb_cpu0, bb_done0 = blackbox.cpu(), blackbox.done
+                started = time.monotonic()
                 await asyncio.sleep(args.window)
+                cpu1 = {run.name: run.cpu() for run in runs}
+                bb_cpu1, bb_done1 = blackbox.cpu(), blackbox.done
+                length = time.monotonic() - started
                 window = {"load": loadavg()}
                 for run in runs:
-                    own, others = (b - a for a, b in zip(cpu0[run.name], run.cpu(), strict=True))
-                    probes = max(await run.probes(session) - probes0[run.name], 1)
+                    count0, at0 = counted0[run.name]
+                    rate = (await run.probes(session) - count0) / (time.monotonic() - at0)
+                    probes = max(rate * length, 1)
+                    own, others = (
+                        b - a for a, b in zip(cpu0[run.name], cpu1[run.name], strict=True)
+                    )
                     window[run.name] = (own + others) / probes * 1e6
                     window[f"{run.name} (descendants)"] = others / probes * 1e6
-                    window[f"{run.name} probes/s"] = probes / args.window
-                bb_probes = blackbox.done - bb_done0
-                window["blackbox"] = (blackbox.cpu() - bb_cpu0) / max(bb_probes, 1) * 1e6
-                window["blackbox probes/s"] = bb_probes / args.window
+                    window[f"{run.name} probes/s"] = rate
+                bb_probes = bb_done1 - bb_done0
+                window["blackbox"] = (bb_cpu1 - bb_cpu0) / max(bb_probes, 1) * 1e6
+                window["blackbox probes/s"] = bb_probes / length
                 windows.append(window)
                 shown = [
                     f"{name} {window[name]:.0f} us ({window[name + ' probes/s']:.0f}/s)"

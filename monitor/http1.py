@@ -277,10 +277,29 @@ async def _connect(
             continue
         timings.connect = perf_counter() - started
         if context is not None:
-            ssl_object = transport.get_extra_info("ssl_object")
-            timings.certificate = ssl_object.getpeercert() if ssl_object is not None else None
+            timings.certificate = _peer_certificate(transport.get_extra_info("ssl_object"))
         return transport  # type: ignore[return-value]
     raise error if error is not None else DNSLookupError("no address")
+
+
+#: Peer certificates as `getpeercert()` dicts, by their DER bytes: decoding one into a dict costs
+#: more than the rest of reading the answer, and a host shows the same certificate for months.
+_CERTIFICATES: dict[bytes, dict] = {}
+_CERTIFICATES_KEPT = 4096
+
+
+def _peer_certificate(ssl_object: ssl.SSLObject | None) -> dict | None:
+    """The verified peer certificate of a connection as a `getpeercert()` dict."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    certificate = _CERTIFICATES.get(der)
+    if certificate is None:
+        certificate = ssl_object.getpeercert()  # type: ignore[union-attr]
+        if len(_CERTIFICATES) >= _CERTIFICATES_KEPT:
+            _CERTIFICATES.clear()
+        _CERTIFICATES[der] = certificate
+    return certificate
 
 
 def _request_bytes(
