@@ -171,6 +171,48 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 5.0) -> None:
             proc.wait()
 
 
+BLACKBOX = "prometheus-blackbox-exporter"
+BLACKBOX_CONFIG = """\
+modules:
+  http_2xx:
+    prober: http
+    timeout: 10s
+    http:
+      preferred_ip_protocol: ip4
+"""
+
+
+def start_blackbox(directory: Path, http_extra: str = "") -> tuple[subprocess.Popen, str]:
+    """The Debian exporter on a free loopback port with an `http_2xx` module (`http_extra`: more
+    lines of its `http:` block, indented by six spaces); (process, base URL) once it answers."""
+    import shutil
+
+    binary = shutil.which(BLACKBOX)
+    if binary is None:
+        raise SystemExit(f"{BLACKBOX} is not installed (Debian: prometheus-blackbox-exporter)")
+    config = directory / "blackbox.yml"
+    config.write_text(BLACKBOX_CONFIG + http_extra)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/healthy", [proc])
+    except BaseException:
+        stop_processes([proc])
+        raise
+    return proc, base
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -50,22 +49,14 @@ from common import (
     machine,
     plan_toml,
     proc_cpu_seconds,
+    start_blackbox,
     stop_processes,
     urls_of,
     wait_http,
 )
 
-BLACKBOX = "prometheus-blackbox-exporter"
-BLACKBOX_CONFIG = """\
-modules:
-  http_2xx:
-    prober: http
-    timeout: 10s
-    http:
-      preferred_ip_protocol: ip4
-      fail_if_body_matches_regexp: ["系统维护|暂停办理"]
-{tls}
-"""
+#: The exporter checks the body as our plan does (and, over HTTPS, trusts the benchmark's CA).
+BODY_CHECK = '      fail_if_body_matches_regexp: ["系统维护|暂停办理"]\n'
 INTERVAL_SECONDS = 10
 
 
@@ -142,26 +133,8 @@ class Blackbox:
     """The exporter, and a scraper loop that asks it for `rate` probes a second."""
 
     def __init__(self, urls: list[str], directory: Path, ca: Path | None) -> None:
-        binary = shutil.which(BLACKBOX)
-        if binary is None:
-            raise SystemExit(f"{BLACKBOX} is not installed (Debian: prometheus-blackbox-exporter)")
         tls = f"      tls_config:\n        ca_file: {ca}\n" if ca else ""
-        config = directory / "blackbox.yml"
-        config.write_text(BLACKBOX_CONFIG.format(tls=tls))
-        port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/-/healthy", [self.proc])
+        self.proc, base = start_blackbox(directory, BODY_CHECK + tls)
         self.urls = [f"{base}/probe?module=http_2xx&target={url}" for url in urls]
         self.done = 0
         self.errors = 0
@@ -192,6 +165,9 @@ class Blackbox:
             index += 1
         if tasks:
             await asyncio.wait(tasks, timeout=15)
+        for task in list(tasks):  # still waiting after 15 s: given up, not left to the loop's end
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.proc.pid)
