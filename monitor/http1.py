@@ -32,6 +32,9 @@ import httptools
 from yarl import URL
 
 MAX_REDIRECTS = 10
+#: The status line and headers of one answer may take at most this many bytes (aiohttp allowed
+#: about 8 KiB a line); past it a server streaming endless headers is cut off, not buffered.
+MAX_HEAD_BYTES = 64 * 1024
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 #: A header name: an RFC 9110 token. A value: no control character but a tab.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -56,6 +59,10 @@ class BadRedirect(Exception):
 
 class BadEncoding(Exception):
     """A gzip or deflate body that does not decode."""
+
+
+class HeadersTooLarge(Exception):
+    """An answer whose status line and headers run past `MAX_HEAD_BYTES`."""
 
 
 @dataclass(slots=True)
@@ -141,6 +148,7 @@ class _Exchange(asyncio.Protocol):
         self.decoder: zlib._Decompress | None = None  # type: ignore[name-defined]
         self.encoding = ""
         self.delimited = False  # the body's end is known (Content-Length or chunked)
+        self.head_bytes = 0
 
     # transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,6 +157,11 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
+        if self.headers_at is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

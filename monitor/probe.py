@@ -235,7 +235,7 @@ class Prober:
             reason = "connection reset"
         elif isinstance(exc, OSError):
             reason = "connection failed"
-        elif isinstance(exc, httptools.HttpParserError | http1.BadRedirect):
+        elif isinstance(exc, httptools.HttpParserError | http1.BadRedirect | http1.HeadersTooLarge):
             reason = f"connection failed ({type(exc).__name__})"
         else:  # a fault of ours or of a library: still an observation
             self._fault(exc)

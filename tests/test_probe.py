@@ -28,6 +28,7 @@ from servers import (
     make_ca,
     make_server_cert,
     never_answer,
+    read_request,
     reset_mid_body,
     trickle_body,
     trickle_headers,
@@ -715,3 +716,22 @@ async def test_credentials_stay_with_their_origin() -> None:
         ("/redirect/302/away", "GET", basic),
     ]
     assert away.seen == [("/record", "GET", None)]
+
+
+async def endless_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A status line, then headers as fast as the client takes them, never ending."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-Filler: " + b"x" * 1000 + b"\r\n"
+    while True:
+        writer.write(line * 64)
+        await writer.drain()
+
+
+async def test_endless_headers_are_cut_off_not_buffered(prober: Prober) -> None:
+    """A server streaming headers forever is a failed connection as soon as they pass 64 KiB,
+    long before the timeout (before, they would have been buffered for the whole timeout)."""
+    async with RawServer(endless_headers) as server:
+        observation, elapsed = await timed(run_probe(prober, server.url(), timeout=30))
+    check(observation, False, "connection failed (HeadersTooLarge)", None)
+    assert elapsed < 30
