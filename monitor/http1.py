@@ -157,17 +157,16 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
-        if self.headers_at is None:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._finish()
         except Exception as exc:  # a malformed answer, or a body that does not decode
             self._fail(exc)
+        if self.headers_at is None:  # still in the headers: count what they have taken
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
 
     def eof_received(self) -> bool:
         self._ended(None)
