@@ -54,8 +54,6 @@ class Daemon:
     port: int = DEFAULT_PORT
     clock: Clock = field(default_factory=RealClock)
     listeners: list[Listener] = field(default_factory=list)
-    #: Keep-alive probes: only for the demo, whose simulated channels sit on loopback.
-    reuse_connections: bool = False
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
@@ -66,7 +64,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path, exclusive=True)  # StoreError: no traceback
-        probers = make_probers(self.reuse_connections, self.plan.config.monitor.chromium)
+        probers = make_probers(self.plan.config.monitor.chromium)
         self.prober = probers["http"]
         self.pipeline = Pipeline(
             self.plan, self.store, self.clock, self.prober, self.listeners, probers=probers

@@ -74,16 +74,14 @@ def not_configured(ref: ServiceRef, at: datetime) -> Observation:
     return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
 
 
-def make_probers(
-    reuse_connections: bool = False, chromium: str | None = None
-) -> dict[str, KindProber]:
+def make_probers(chromium: str | None = None) -> dict[str, KindProber]:
     """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
     `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
     from monitor.browser import BrowserProber
     from monitor.query import QueryProber
 
     return {
-        "http": Prober(reuse_connections=reuse_connections),
+        "http": Prober(),
         "prometheus": QueryProber(),
         "browser": BrowserProber(chromium),
     }
