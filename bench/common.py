@@ -1,6 +1,7 @@
 """What the benchmark scripts share: the local probe target, a generated plan, CPU readings.
 
-Run as a script it serves the target on an inherited listening socket (`python bench/common.py FD`);
+Run as a script it serves the target on an inherited listening socket (`python bench/common.py FD`;
+over TLS when `BENCH_TLS_CERT` and `BENCH_TLS_KEY` name a certificate and its key);
 the benchmarks start one or more such processes with `start_target`, so the target's CPU is
 never counted as the monitor's. Everything listens on 127.0.0.1 only.
 
@@ -55,8 +56,15 @@ def serve(fds: list[int]) -> None:
         app.router.add_get("/closed", page_closed)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        context = None
+        if os.environ.get("BENCH_TLS_CERT"):
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(os.environ["BENCH_TLS_CERT"], os.environ["BENCH_TLS_KEY"])
         for fd in fds:
-            await web.SockSite(runner, socket.socket(fileno=fd), backlog=4096).start()
+            sock = socket.socket(fileno=fd)
+            await web.SockSite(runner, sock, backlog=4096, ssl_context=context).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -76,7 +84,10 @@ class Target:
     closed connection waits in TIME_WAIT), a cost that real channels on many hosts do not have.
     """
 
-    def __init__(self, workers: int = 1, hosts: int = 1) -> None:
+    def __init__(
+        self, workers: int = 1, hosts: int = 1, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """`tls`: (certificate, key) files to serve HTTPS with; the bases are then https."""
         self.socks: list[socket.socket] = []
         port = 0
         for index in range(hosts):
@@ -87,7 +98,11 @@ class Target:
             port = sock.getsockname()[1]
             self.socks.append(sock)
         self.port = port
-        self.bases = [f"http://127.0.0.{index + 1}:{port}" for index in range(hosts)]
+        scheme = "https" if tls else "http"
+        self.bases = [f"{scheme}://127.0.0.{index + 1}:{port}" for index in range(hosts)]
+        env = dict(os.environ)
+        if tls:
+            env["BENCH_TLS_CERT"], env["BENCH_TLS_KEY"] = map(str, tls)
         self.base = self.bases[0]
         fds = [sock.fileno() for sock in self.socks]
         self.procs = [
@@ -95,12 +110,13 @@ class Target:
                 [sys.executable, str(Path(__file__).resolve()), *map(str, fds)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
             for _ in range(workers)
         ]
         try:
             for base in self.bases:
-                wait_http(f"{base}/open", self.procs)
+                wait_http(f"{base}/open", self.procs, context=_readiness_context() if tls else None)
         except BaseException:
             self.close()
             raise
@@ -117,14 +133,24 @@ class Target:
         self.close()
 
 
-def wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+def _readiness_context():
+    """Only asks whether the target answers: its certificate is checked by the probes."""
+    import ssl
+
+    return ssl._create_unverified_context()
+
+
+def wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 15.0, context=None) -> None:
     """Wait until `url` answers 200; fail if a process died or time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"process {proc.pid} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1, context=context) as response,
+        ):
             if response.status == 200:
                 return
         time.sleep(0.05)
@@ -145,18 +171,63 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 5.0) -> None:
             proc.wait()
 
 
+BLACKBOX = "prometheus-blackbox-exporter"
+BLACKBOX_CONFIG = """\
+modules:
+  http_2xx:
+    prober: http
+    timeout: 10s
+    http:
+      preferred_ip_protocol: ip4
+"""
+
+
+def start_blackbox(directory: Path, http_extra: str = "") -> tuple[subprocess.Popen, str]:
+    """The Debian exporter on a free loopback port with an `http_2xx` module (`http_extra`: more
+    lines of its `http:` block, indented by six spaces); (process, base URL) once it answers."""
+    import shutil
+
+    binary = shutil.which(BLACKBOX)
+    if binary is None:
+        raise SystemExit(f"{BLACKBOX} is not installed (Debian: prometheus-blackbox-exporter)")
+    config = directory / "blackbox.yml"
+    config.write_text(BLACKBOX_CONFIG + http_extra)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/healthy", [proc])
+    except BaseException:
+        stop_processes([proc])
+        raise
+    return proc, base
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc/<pid>/stat."""
+def proc_cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """utime + stime of a process (all its threads) from /proc/<pid>/stat; with `reaped`, also
+    the CPU of the children it has waited for (cutime + cstime)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    # after the ")" that closes comm: state is field 3, utime 14, stime 15 (1-based)
+    # after the ")" that closes comm: state is field 3, utime 14, stime 15, cutime 16, cstime 17
     ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

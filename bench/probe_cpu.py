@@ -39,9 +39,7 @@ import gc
 import io
 import logging
 import pstats
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,15 +50,14 @@ from pathlib import Path
 import aiohttp
 from common import (
     Target,
-    free_port,
     load_plan,
     loadavg,
     machine,
     plan_toml,
     proc_cpu_seconds,
+    start_blackbox,
     stop_processes,
     urls_of,
-    wait_http,
 )
 
 from monitor.cli import loop_factory
@@ -69,17 +66,6 @@ from monitor.pipeline import Pipeline, Result
 from monitor.probe import Prober
 from monitor.scheduler import FLUSH_EVERY, Scheduler
 from monitor.store import Store
-
-BLACKBOX = "prometheus-blackbox-exporter"
-BLACKBOX_CONFIG = """\
-modules:
-  http_2xx:
-    prober: http
-    timeout: 10s
-    http:
-      preferred_ip_protocol: ip4
-"""
-
 
 # --- the three ways of probing -----------------------------------------------------------------
 
@@ -177,29 +163,7 @@ class Blackbox:
     """blackbox_exporter in its own process, driven over loopback by a lean client."""
 
     def __init__(self, urls: list[str], directory: Path) -> None:
-        binary = shutil.which(BLACKBOX)
-        if binary is None:
-            raise SystemExit(f"{BLACKBOX} is not installed (Debian: prometheus-blackbox-exporter)")
-        config = directory / "blackbox.yml"
-        config.write_text(BLACKBOX_CONFIG)
-        port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{base}/-/healthy", [self.proc])
-        except BaseException:
-            stop_processes([self.proc])
-            raise
+        self.proc, base = start_blackbox(directory)
         self.probe_urls = [f"{base}/probe?module=http_2xx&target={url}" for url in urls]
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.failures = 0

@@ -343,6 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(
             plan,
             notices_path=notices,
+            plan_path=Path(args.config),
             db_path=Path(args.db) if args.db else home / "monitor.db",
             site_dir=Path(args.site) if args.site else home / "site",
             host=host,

@@ -1,8 +1,9 @@
 """`channel-monitor run`: the long-running monitor.
 
 Wires plan, store, prober, pipeline and scheduler together, serves `/healthz` (and whatever the
-listeners add: `/metrics`, the site) on one aiohttp server, and shuts down cleanly on SIGINT or
-SIGTERM: scheduling stops, running probes finish (bounded by their timeout), buffered
+listeners add: `/metrics`, the site) on one aiohttp server, swaps in an edited plan
+(`apply_plan`, on a change of the file or SIGHUP), and shuts down cleanly on SIGINT or SIGTERM:
+scheduling stops, running probes finish (bounded by their timeout), buffered
 observations are written, the store is closed.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 import monitor.site
-from monitor import alerts, metrics, notice_watch
+from monitor import alerts, metrics, notice_watch, reload
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
@@ -53,17 +54,17 @@ class Daemon:
     port: int = DEFAULT_PORT
     clock: Clock = field(default_factory=RealClock)
     listeners: list[Listener] = field(default_factory=list)
-    #: Keep-alive probes: only for the demo, whose simulated channels sit on loopback.
-    reuse_connections: bool = False
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
     #: Operators' notices (monitor/notice.py): shown on the page, watched while running.
     notices_path: Path | None = None
+    #: The plan file, watched and reloaded while running (monitor/reload.py); None: never.
+    plan_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path, exclusive=True)  # StoreError: no traceback
-        probers = make_probers(self.reuse_connections, self.plan.config.monitor.chromium)
+        probers = make_probers(self.plan.config.monitor.chromium)
         self.prober = probers["http"]
         self.pipeline = Pipeline(
             self.plan, self.store, self.clock, self.prober, self.listeners, probers=probers
@@ -74,6 +75,9 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
         self.notice_board: notice_watch.NoticeBoard | None = None
+        self.reloads = reload.ReloadStatus()
+        #: The parts a reload swaps the new plan into, in order (`apply_plan`).
+        self.plan_users: list[reload.UsesPlan] = [self.pipeline]
         self.attach_parts()
 
     def attach_parts(self) -> None:
@@ -91,10 +95,38 @@ class Daemon:
         on_clock = None if real else (lambda: self.clock.now().timestamp())
         self.push = PushReceiver(self.pipeline, monotonic=on_clock, watch_silence=real)
         self.push.attach(self.app)
+        self.plan_users += [self.push, self.scheduler]  # the scheduler last: it probes at once
+        self.plan_watch = reload.attach(self)  # the plan file, polled; SIGHUP nudges it
+
+    async def apply_plan(
+        self, plan: Plan, change: reload.PlanChange | None = None
+    ) -> reload.PlanChange:
+        """Swap a validated plan into every part (monitor/reload.py says what that does).
+
+        The removed services' open incidents are resolved first, while every part still
+        knows their names (the resolved alert carries them) and their judging is held; then
+        all parts take the new plan in one step of the event loop, with nothing awaited in
+        between, so no observation is judged against half a swap. `change` may be worked out
+        beforehand (off the loop) from the plan running now."""
+        if change is None or change.old is not self.plan or change.new is not plan:
+            change = reload.PlanChange.between(self.plan, plan, self.clock.now())
+        async with self.pipeline.holding(change.removed):
+            await self.pipeline.retire(change)
+            self.plan = plan
+            for part in self.plan_users:
+                part.use_plan(change)
+        old, new = change.old.config, plan.config
+        if old.alerts != new.alerts or old.monitor.chromium != new.monitor.chromium:
+            log.warning(
+                "plan: [[alerts]] sinks and [monitor] chromium take effect at the next restart"
+                " / 告警接收方和 chromium 设置的修改在重启后生效"
+            )
+        return change
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """The age of the last scheduler tick (seconds), so a watchdog can tell; 503 while the
-        store refuses writes (a full disk): probing goes on, but nothing is kept."""
+        store refuses writes (a full disk): probing goes on, but nothing is kept. A refused
+        edit of the plan shows in `config` and keeps 200: the previous plan still runs."""
         tick = self.scheduler.last_tick
         age = None if tick is None else round(asyncio.get_running_loop().time() - tick, 3)
         store = self.store
@@ -110,6 +142,8 @@ class Daemon:
                 "dropped_observations": store.dropped,
             },
         }
+        if self.plan_watch is not None:  # `run`: whether the last edit of the plan applied
+            body["config"] = self.reloads.health()
         if not store.healthy:
             body["store"]["error"] = store.write_error
             body["message"] = (
@@ -159,6 +193,8 @@ async def serve(daemon: Daemon) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if daemon.plan_watch is not None:  # `kill -HUP`: reload the plan now
+        loop.add_signal_handler(signal.SIGHUP, daemon.plan_watch.nudge)
     await daemon.start()
     print(f"channel-monitor: listening on http://{daemon.host}:{daemon.port}", flush=True)
     try:

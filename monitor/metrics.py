@@ -51,7 +51,9 @@ Families (all `channel_monitor_`; per service unless marked):
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
   `scheduler_lag_max_seconds`, `probes_in_flight`, `store_write_errors_total`,
   `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
-  `observations_dropped_total`, and the `process_*` metrics of the monitor's own process.
+  `observations_dropped_total`, `config_last_reload_successful` and
+  `config_last_reload_success_timestamp_seconds` (`run` only: whether the last edit of the plan
+  file was applied, monitor/reload.py), and the `process_*` metrics of the monitor's own process.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from monitor.daemon import Daemon
     from monitor.pipeline import Pipeline, Result
     from monitor.probe import Observation
+    from monitor.reload import PlanChange, ReloadStatus
     from monitor.scheduler import Scheduler
     from monitor.store import Store
 
@@ -253,6 +256,10 @@ class Metrics:
         self._building: asyncio.Future[tuple[bytes, bytes]] | None = None
         self._built: tuple[bytes, bytes] | None = None
         self._fresh_until = float("-inf")
+        #: Bumped by every reload, so an exposition of the previous plan is not served on.
+        self._generation = 0
+        #: The outcome of the last plan reload (`run` only; monitor/reload.py).
+        self.reloads: ReloadStatus | None = None
         self._senders = asyncio.Semaphore(SENDERS)
 
     def _counters(self, key: tuple[str, str]) -> None:
@@ -303,6 +310,21 @@ class Metrics:
     async def transition(self, at: datetime) -> None:
         """Nothing to do: each cached expectation expires by itself at its next change, so a
         transition recomputes only the services it concerns, at the next scrape."""
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: the new plan's series from the next scrape on; removed services' series
+        go, added ones start at zero, kept ones keep their counters."""
+        self.plan = change.new
+        self._planned.clear()
+        self._info_cache.clear()
+        for key in change.removed:
+            for table in (self.last, self.tls_expiry, self.probes, self.incidents, self.durations):
+                table.pop(key, None)
+        for ref in change.new.services:
+            if ref.service.probe is not None and ref.key not in self.probes:
+                self._counters(ref.key)
+        self._generation += 1
+        self._fresh_until = float("-inf")
 
     # --- the plan at scrape time ----------------------------------------------------------------
 
@@ -382,15 +404,21 @@ class Metrics:
         try:
             loop = asyncio.get_running_loop()
             started = time.monotonic()
-            snap = self.snapshot()
-            out: list[str] = []
-            parts: list[bytes] = []
-            pace = _Pace(SLICE_SECONDS)
-            for _ in self._write(out, snap, pace):
-                parts.append("".join(out).encode())
-                out.clear()
-                await asyncio.sleep(0)
-                pace.restart()
+            while True:  # again from the start when a reload swaps the plan midway
+                generation = self._generation
+                snap = self.snapshot()
+                out: list[str] = []
+                parts: list[bytes] = []
+                pace = _Pace(SLICE_SECONDS)
+                for _ in self._write(out, snap, pace):
+                    parts.append("".join(out).encode())
+                    out.clear()
+                    await asyncio.sleep(0)
+                    if generation != self._generation:
+                        break
+                    pace.restart()
+                else:
+                    break
             parts.append("".join(out).encode())
             parts.append(snap.health)
             if self._executor is None:
@@ -400,7 +428,8 @@ class Metrics:
             self.builds += 1
             self._built = (plain, packed)
             took = time.monotonic() - started
-            self._fresh_until = time.monotonic() + max(self.max_age, BUILD_SHARE * took)
+            if generation == self._generation:  # else the next scrape builds afresh
+                self._fresh_until = time.monotonic() + max(self.max_age, BUILD_SHARE * took)
             return self._built
         finally:
             self._building = None
@@ -633,6 +662,19 @@ class _Health:
             "Probes running now.",
             value=len(metrics.pipeline.running),
         )
+        reloads = metrics.reloads
+        if reloads is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "config_last_reload_successful",
+                "1 when the last reload of the plan file applied it (or none was tried since "
+                "start), 0 when the edited plan had problems and the previous one still runs.",
+                value=1 if reloads.successful else 0,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "config_last_reload_success_timestamp_seconds",
+                "When the plan was last applied: at start or by the last good reload.",
+                value=reloads.last_success,
+            )
         store = metrics.store
         if store is None:
             return
@@ -674,6 +716,9 @@ def attach(daemon: Daemon) -> Metrics:
         store=daemon.store,
         live=isinstance(daemon.clock, RealClock),
     )
+    if daemon.plan_path is not None:
+        metrics.reloads = daemon.reloads
     daemon.listeners.append(metrics)
+    daemon.plan_users.append(metrics)
     daemon.app.router.add_get("/metrics", metrics.handle)
     return metrics

@@ -2,7 +2,8 @@
 
 `attach(daemon)` loads `notices.toml` once (a broken file stops the start, as a broken plan
 does) and then polls its modification time every couple of seconds: a changed file is
-validated first, and only a good one replaces the notices shown (a broken edit is logged
+validated first (also when the plan is reloaded: a plan that would break the notices is not
+applied), and only a good one replaces the notices shown (a broken edit is logged
 with the same messages `channel-monitor notice validate` prints, and the page keeps the last
 good notices); the page is re-rendered at once. Polling a stat is a few microseconds and
 needs no dependency; the file is small and changes by hand.
@@ -16,8 +17,6 @@ fresh store does not page everyone with last week's updates.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,15 +24,15 @@ from typing import TYPE_CHECKING
 
 from monitor.alerts.message import Alert, iso
 from monitor.config import ConfigError
+from monitor.file_watch import POLL, PolledFile
 from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, load_notices
 
 if TYPE_CHECKING:
     from monitor.daemon import Daemon
+    from monitor.plan import Plan
 
 log = logging.getLogger(__name__)
 
-#: How often the file's modification time is looked at (seconds).
-POLL = 2.0
 #: Updates older than this when the monitor first sees them are history, not news.
 NOTIFY_WINDOW = timedelta(hours=6)
 
@@ -43,60 +42,35 @@ def dedup_key(notice: Notice, index: int, update: NoticeUpdate) -> str:
     return f"notice-{notice.id}-{index}-{int(update.at.timestamp())}"
 
 
-class NoticeBoard:
+class NoticeBoard(PolledFile):
     """The notices a running monitor shows, re-read when their file changes."""
 
+    name = "notices"
+
     def __init__(self, daemon: Daemon, path: Path, poll: float = POLL) -> None:
+        super().__init__(path, poll)
         self.daemon = daemon
-        self.path = Path(path)
-        self.poll = poll
         self.reloads = 0
         self.errors = 0
-        self._stamp = self._stat()
         self.current: NoticesFile = load_notices(self.path, daemon.plan, self._incident_ids())
         self._queued: set[str] = set()
         self._next_due: datetime | None = None
-        self._task: asyncio.Task | None = None
-        self._closing = asyncio.Event()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def _incident_ids(self) -> set[int]:
         return {record.id for record in self.daemon.store.incidents(limit=1_000_000)}
 
-    # --- lifecycle (started with the web server, closed with the daemon) ------------------
-
-    async def on_startup(self, _app: object) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="notices")
-
-    async def on_cleanup(self, _app: object) -> None:
-        self._closing.set()
-        if self._task is not None:
-            await self._task
-
-    async def _watch(self) -> None:
-        while not self._closing.is_set():
-            try:
-                await self.check()
-            except Exception:  # never let the watcher die: the page and alerts go on
-                log.exception("notices: checking %s failed; going on", self.path)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.poll)
+    async def validate_against(self, plan: Plan) -> None:
+        """ConfigError when the notices would not hold against `plan` (a reload checks this
+        before it applies a plan: a notice must not name a service the plan dropped)."""
+        ids = await self.daemon.store.call(self._incident_ids)
+        load_notices(self.path, plan, ids)
 
     # --- one look at the file ---------------------------------------------------------------
 
     async def check(self) -> None:
         """Re-read the file if it changed, show an update whose time has come, then queue
         the updates that are due."""
-        stamp = self._stat()
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if self.changed():
             await self.reload()
         now = self.daemon.clock.now()
         if self._next_due is not None and now >= self._next_due:

@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.clock import Clock
 from monitor.judge import (
+    IncidentEvent,
     Judgement,
+    OpenIncident,
     ServiceState,
     Thresholds,
     Verdict,
@@ -28,7 +31,11 @@ from monitor.judge import (
 )
 from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.probe import Observation, Prober
+from monitor.reload import REMOVED
 from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
+
+if TYPE_CHECKING:
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +74,14 @@ def not_configured(ref: ServiceRef, at: datetime) -> Observation:
     return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
 
 
-def make_probers(
-    reuse_connections: bool = False, chromium: str | None = None
-) -> dict[str, KindProber]:
+def make_probers(chromium: str | None = None) -> dict[str, KindProber]:
     """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
     `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
     from monitor.browser import BrowserProber
     from monitor.query import QueryProber
 
     return {
-        "http": Prober(reuse_connections=reuse_connections),
+        "http": Prober(),
         "prometheus": QueryProber(),
         "browser": BrowserProber(chromium),
     }
@@ -130,8 +135,13 @@ class Pipeline:
         self._deferred = False
         self._limit = asyncio.Semaphore(self.concurrency)
         self.probers = {"http": self.prober, **self.probers}
+        self._judging: dict[tuple[str, str], asyncio.Lock] = {}
+        self._set_plan(self.plan)
+
+    def _set_plan(self, plan: Plan) -> None:
+        self.plan = plan
         #: Every service observed by a probe of any kind, configured or not.
-        self.probed = [ref for ref in self.plan.services if ref.service.probe is not None]
+        self.probed = [ref for ref in plan.services if ref.service.probe is not None]
         self._thresholds: dict[tuple[str, str], Thresholds] = {}
 
     # --- per-service settings --------------------------------------------------------------
@@ -143,7 +153,7 @@ class Pipeline:
         return self.plan.timeout(ref)
 
     def thresholds(self, ref: ServiceRef) -> Thresholds:
-        """Per service, made once: the plan does not change while the pipeline runs."""
+        """Per service, made once per plan (a reload starts afresh)."""
         thresholds = self._thresholds.get(ref.key)
         if thresholds is None:
             thresholds = self._thresholds[ref.key] = thresholds_for(self.plan, ref)
@@ -160,25 +170,76 @@ class Pipeline:
 
     async def resume(self) -> int:
         """Take up the incidents the store holds open, so a restart neither forgets nor
-        duplicates them. Returns how many were resumed."""
+        duplicates them. Returns how many were resumed. An open incident of a service the
+        plan no longer has resolves now, reason `removed from the plan`, as a reload would
+        have resolved it had the plan been edited while the monitor ran."""
         records = await self.store.call(self.store.open_incidents)
         count = 0
         for record in records:
             key = (record.channel, record.business)
-            try:
-                self.plan.service(*key)
-            except KeyError:
-                continue  # the plan no longer has this service; it stays open in the store
-            self.states[key] = ServiceState(incident=as_open_incident(record))
+            incident = as_open_incident(record)
+            if self.plan.find(key) is None:
+                await self._resolve_removed(key, incident, self.clock.now())
+                continue
+            self.states[key] = ServiceState(incident=incident)
             count += 1
         return count
+
+    # --- reload (monitor/reload.py) ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def holding(self, keys: Iterable[tuple[str, str]]) -> AsyncIterator[None]:
+        """Hold these services' judging while a reload takes them out: an observation of one
+        that comes back meanwhile waits, then finds the service gone and is dropped."""
+        locks = [self._lock(key) for key in sorted(keys)]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in locks:
+                lock.release()
+
+    async def retire(self, change: PlanChange) -> list[IncidentRecord]:
+        """Resolve the open incidents of the services a reload removes, reason `removed from
+        the plan` (their alerts resolve through the store's hooks). Call inside `holding`."""
+        records = []
+        for key in sorted(change.removed):
+            state = self.states.get(key)
+            if state is not None and state.incident is not None:
+                records.append(await self._resolve_removed(key, state.incident, change.at))
+        return records
+
+    async def _resolve_removed(
+        self, key: tuple[str, str], incident: OpenIncident, at: datetime
+    ) -> IncidentRecord:
+        direction, expected, period = incident.direction, incident.expected, incident.period
+        event = IncidentEvent("resolved", direction, at, REMOVED, expected, period, incident)
+        record = await self.store.call(self.store.record_event, *key, event)
+        log.warning("incident %s resolved %s/%s: %s", record.id, *key, REMOVED)
+        return record
+
+    def use_plan(self, change: PlanChange) -> None:
+        """Judge against the new plan from now on; kept services keep their state."""
+        self._set_plan(change.new)
+        for key in change.removed:
+            self.states.pop(key, None)
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._judging.get(key)
+        if lock is None:
+            lock = self._judging[key] = asyncio.Lock()
+        return lock
 
     # --- the path --------------------------------------------------------------------------
 
     async def probe(self, ref: ServiceRef) -> Result | None:
-        """Probe one service, unless its previous probe is still running."""
+        """Probe one service, unless its previous probe is still running. `ref` may come from
+        an older plan (a timer set before a reload): the current plan's service is probed,
+        and one the plan no longer has is not."""
         key = ref.key
-        if key in self.running or ref.service.probe is None:
+        ref = self.plan.find(key)  # type: ignore[assignment]
+        if ref is None or key in self.running or ref.service.probe is None:
             return None
         self.running.add(key)
         # A prober with its own limit (the browser's two pages) queues there, not here, so
@@ -187,16 +248,38 @@ class Pipeline:
         try:
             async with contextlib.nullcontext() if limits_itself else self._limit:
                 at = self.clock.now()
+                plan = self.plan  # the plan in force at the probe's instant judges it
                 observation = await observe(self.probers, ref, self.timeout(ref), at)
-            return None if observation is None else await self.judge(ref, observation)
+            return None if observation is None else await self.judge(ref, observation, plan)
         finally:
             self.running.discard(key)
 
-    async def judge(self, ref: ServiceRef, observation: Observation) -> Result:
-        """Judge an observation against the plan at its instant, store it, tell listeners."""
+    async def judge(
+        self, ref: ServiceRef, observation: Observation, plan: Plan | None = None
+    ) -> Result | None:
+        """Judge an observation against the plan at its instant, store it, tell listeners.
+
+        `plan` is the plan in force when the observation was made (the current one when
+        None): a probe in flight across a reload is judged once, against the plan of its
+        instant, with the service's state as it is now. An observation of a service the
+        current plan no longer has is dropped (None): it was removed while being observed."""
+        async with self._lock(ref.key):
+            current = self.plan.find(ref.key)
+            if current is None:
+                log.debug("%s/%s left the plan while observed: not judged", *ref.key)
+                return None
+            if plan is None or plan is self.plan:
+                plan, planned = self.plan, current
+            else:
+                planned = plan.service(*ref.key)
+            return await self._judge(current, planned, plan, observation)
+
+    async def _judge(
+        self, ref: ServiceRef, planned: ServiceRef, plan: Plan, observation: Observation
+    ) -> Result:
         at = observation.at
-        expectation = self.plan.expected(ref, at)
-        in_grace = self.plan.in_grace(ref, at)
+        expectation = plan.expected(planned, at)
+        in_grace = plan.in_grace(planned, at)
         state = self.states.get(ref.key, _NO_STATE)
         thresholds = self.thresholds(ref)
         previous = current_verdict(state, at, thresholds)

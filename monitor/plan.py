@@ -191,6 +191,11 @@ class Plan:
         """The service with these ids; KeyError when the plan has none."""
         return self._by_key[(channel, service)]
 
+    def find(self, key: tuple[str, str]) -> ServiceRef | None:
+        """The service with this `(channel, service)` key; None when the plan has none (a
+        reload removed it)."""
+        return self._by_key.get(key)
+
     @cached_property
     def _periods_of(self) -> dict[tuple[str, str], list[Period]]:
         out = {}
@@ -299,6 +304,12 @@ class Plan:
         changes = known[2]
         index = bisect.bisect_left(changes, start)
         return index < len(changes) and changes[index] < end
+
+    def alike(self, ref: ServiceRef) -> int:
+        """A number shared by the services planned alike (same default and rules), whose
+        expectations, changes and pauses are the same at every instant: work done for one
+        of them holds for all (the page works out 10,000 services through a few such)."""
+        return self._group_of[ref.key]
 
     def next_transition(self, at: datetime) -> datetime | None:
         """The first instant after `at` at which any service's expectation changes."""

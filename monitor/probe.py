@@ -46,25 +46,26 @@ import asyncio
 import functools
 import json
 import logging
-import socket
 import ssl
-import weakref
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp.abc import AbstractResolver
+import httptools
 
+from monitor import http1
 from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
+from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
+
+if TYPE_CHECKING:
+    import aiohttp  # read_capped serves the aiohttp clients of other kinds (monitor/query.py)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BODY_CAP = 256 * 1024
-MAX_REDIRECTS = 10
 USER_AGENT = "channel-monitor/0.1 (+status probe)"
 
 _X509_EXPIRED = 10
@@ -133,28 +134,6 @@ def _content_type(body: str) -> str:
     return "application/json"
 
 
-class _Phases:
-    """What the resolver and the connector saw during one probe: the last connection's DNS
-    and connect times (seconds) and peer certificate (a `getpeercert()` dict).
-
-    aiohttp drops `response.connection` as soon as a small body has arrived, before the caller
-    sees the response (aio-libs/aiohttp#2205), so the connector records the certificate here.
-    Timing the phases here instead of with an aiohttp `TraceConfig` saves five awaited trace
-    callbacks per request.
-    """
-
-    __slots__ = ("certificate", "connect", "dns")
-
-    def __init__(self) -> None:
-        self.dns: float | None = None
-        self.connect: float | None = None
-        self.certificate: dict | None = None
-
-
-#: Set for the span of one probe; concurrent probes run in separate tasks and never mix.
-_PHASES: ContextVar[_Phases | None] = ContextVar("probe_phases", default=None)
-
-
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One probe's outcome. Holds no URL, header or body: it may be stored and published."""
@@ -172,78 +151,20 @@ class Observation:
     degraded: bool = False
 
 
-class _TimedResolver(AbstractResolver):
-    """aiohttp's default resolver, timing each lookup into the current probe's phases.
-
-    The connector asks it only for host names (never for IP literals), as a fresh lookup per
-    connection (`use_dns_cache=False`), so a probe's `dns_seconds` is its own lookup's time.
-    """
-
-    def __init__(self) -> None:
-        self._resolver = aiohttp.DefaultResolver()
-
-    async def resolve(  # type: ignore[override]
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ):
-        phases = _PHASES.get()
-        started = perf_counter()
-        addresses = await self._resolver.resolve(host, port, family)
-        if phases is not None:
-            phases.dns = perf_counter() - started
-        return addresses
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
-class _Connector(aiohttp.TCPConnector):
-    """A TCPConnector that records, per probe, how long getting a new connection took (DNS,
-    TCP and TLS) and the peer certificate of each connection the probe gets."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        #: With kept-alive connections: those already handed out (a pooled one is not timed).
-        self._seen: weakref.WeakSet | None = None if self.force_close else weakref.WeakSet()
-
-    async def connect(self, *args, **kwargs):  # type: ignore[override]
-        started = perf_counter()
-        connection = await super().connect(*args, **kwargs)
-        phases = _PHASES.get()
-        if phases is None:
-            return connection
-        protocol = connection.protocol
-        if self._seen is None:
-            phases.connect = perf_counter() - started
-        elif protocol is not None and protocol not in self._seen:
-            self._seen.add(protocol)
-            phases.connect = perf_counter() - started
-        transport = connection.transport
-        if transport is not None:
-            ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is not None:
-                phases.certificate = ssl_object.getpeercert()
-        return connection
-
-
 class Prober:
-    """Probes services over one shared aiohttp session (fresh connection per probe).
+    """Probes HTTP services with the lean client of `monitor.http1`, a fresh connection per
+    probe (so DNS, connect and TLS failures are seen, as blackbox_exporter sees them).
 
-    One session for all probes costs far less CPU than a session per probe (DESIGN.md), while
-    `force_close` still opens a new connection every time.
+    aiohttp's client cost three to four times the CPU per probe for the same GET (DESIGN.md,
+    "What a probe costs, and the floor"); a probe needs none of its pooling or streaming.
     """
 
     def __init__(
-        self,
-        body_cap: int = DEFAULT_BODY_CAP,
-        reuse_connections: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
+        self, body_cap: int = DEFAULT_BODY_CAP, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         """`ssl_context` replaces the default trust store (e.g. one that trusts a private CA)."""
         self.body_cap = body_cap
-        self._reuse = reuse_connections
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: _TimedResolver | None = None
+        self._ssl = ssl_context
         self._matcher: ThreadPoolExecutor | None = None
         #: Types of unexpected exceptions already logged (each is logged once).
         self._faults: set[type] = set()
@@ -254,31 +175,12 @@ class Prober:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._resolver = _TimedResolver()
-            connector = _Connector(
-                force_close=not self._reuse,
-                limit=0,
-                use_dns_cache=False,
-                ssl=self._ssl,
-                resolver=self._resolver,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={"User-Agent": USER_AGENT},
-                timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=True,
-            )
-        return self._session
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._resolver is not None:  # the connector does not close a resolver it was given
-            await self._resolver.close()
-            self._resolver = None
         if self._matcher is not None:  # a match still running ends by itself (it is bounded)
             self._matcher.shutdown(wait=False, cancel_futures=True)
             self._matcher = None
@@ -288,8 +190,7 @@ class Prober:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the network or the server does."""
         at = at or datetime.now(UTC)
-        phases = _Phases()
-        token = _PHASES.set(phases)
+        timings = http1.Timings()
         status: int | None = None
         first_byte: float | None = None
         expiry: datetime | None = None
@@ -297,83 +198,81 @@ class Prober:
         started = perf_counter()
         try:
             async with asyncio.timeout(timeout.total_seconds()):
-                status, first_byte, serving, reason, degraded = await self._request(spec, started)
-            expiry = _certificate_expiry(phases.certificate)
+                answer = await self._request(spec, started, timings)
+            status, first_byte, serving, reason, degraded = answer
+            expiry = _certificate_expiry(timings.certificate)
         except TimeoutError:
             serving, reason = False, f"timeout after {format_duration(timeout)}"
-        except aiohttp.ClientConnectorCertificateError as exc:
-            code = getattr(exc.certificate_error, "verify_code", None)
-            if code == _X509_EXPIRED:
-                serving, reason = False, "TLS certificate expired"
-            else:
-                serving, reason = False, "TLS certificate not trusted"
-        except aiohttp.ClientConnectorSSLError:
-            serving, reason = False, "TLS handshake failed"
-        except aiohttp.ClientConnectorDNSError:
-            serving, reason = False, "DNS lookup failed"
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ConnectionRefusedError):
-                reason = "connection refused"
-            elif isinstance(exc.os_error, ssl.SSLError):
-                reason = "TLS handshake failed"
-            else:
-                reason = "connection failed"
-            serving = False
-        except aiohttp.TooManyRedirects:
-            serving, reason = False, "too many redirects"
-        except (
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientPayloadError,
-            aiohttp.ClientOSError,
-            ConnectionResetError,
-        ):
-            serving, reason = False, "connection reset"
-        except aiohttp.ClientError as exc:
-            serving, reason = False, f"connection failed ({type(exc).__name__})"
-        except UnicodeError:  # a host name that cannot be encoded (empty or overlong label)
-            serving, reason = False, "DNS lookup failed"
-        except Exception as exc:  # a fault of ours or of a library: still an observation
-            serving, reason = False, f"probe failed ({type(exc).__name__})"
-            self._fault(exc)
-        finally:
-            _PHASES.reset(token)
+        except Exception as exc:
+            serving, reason = False, self._reason(exc)
         return Observation(
             at,
             serving,
             reason,
             status,
             perf_counter() - started,
-            phases.dns,
-            phases.connect,
+            timings.dns,
+            timings.connect,
             first_byte,
             expiry,
             degraded,
         )
 
-    async def _request(self, spec: HttpProbe, started: float) -> tuple[int, float, bool, str, bool]:
-        """(status, first byte, serving, reason, degraded) of a request that got an answer;
-        the first byte is the time from `started` until the (last) answer's headers."""
-        requested = perf_counter()
-        headers = spec.headers or None
-        data = None
+    def _reason(self, exc: Exception) -> str:
+        """The reason phrase of a probe that got no usable answer."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            expired = exc.verify_code == _X509_EXPIRED
+            reason = "TLS certificate expired" if expired else "TLS certificate not trusted"
+        elif isinstance(exc, ssl.SSLError):
+            reason = "TLS handshake failed"
+        elif isinstance(exc, http1.DNSLookupError):
+            reason = "DNS lookup failed"
+        elif isinstance(exc, http1.TooManyRedirects):
+            reason = "too many redirects"
+        elif isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, ConnectionResetError | BrokenPipeError | http1.BadEncoding):
+            reason = "connection reset"
+        elif isinstance(exc, OSError):
+            reason = "connection failed"
+        elif isinstance(exc, httptools.HttpParserError | http1.BadRedirect | http1.HeadersTooLarge):
+            reason = f"connection failed ({type(exc).__name__})"
+        else:  # a fault of ours or of a library: still an observation
+            self._fault(exc)
+            reason = f"probe failed ({type(exc).__name__})"
+        return reason
+
+    async def _fetch(self, spec: HttpProbe, timings: http1.Timings) -> http1.Response:
+        """The last answer to the probe's request (redirects followed unless told otherwise)."""
+        headers = spec.headers
+        body = None
         if spec.body is not None:
-            data = spec.body.encode()
-            if not any(name.lower() == "content-type" for name in spec.headers):
-                headers = {**spec.headers, "Content-Type": _content_type(spec.body)}
-        async with self._client().request(
+            body = spec.body.encode()
+            if not any(name.lower() == "content-type" for name in headers):
+                headers = {**headers, "Content-Type": _content_type(spec.body)}
+        return await http1.fetch(
             spec.method,
             spec.url,
             headers=headers,
-            data=data,
-            allow_redirects=spec.follow_redirects,
-            # aiohttp raises on reaching max_redirects; the documented limit follows 10.
-            max_redirects=MAX_REDIRECTS + 1,
-        ) as response:
-            first_byte = perf_counter() - started
-            status = response.status
-            # Always read (capped): a server that resets or stalls mid-body is not serving.
-            body = await self._read_capped(response)
+            body=body,
+            context=self._context(),
+            cap=self.body_cap,
+            follow_redirects=spec.follow_redirects,
+            user_agent=USER_AGENT,
+            timings=timings,
+        )
+
+    async def _request(
+        self, spec: HttpProbe, started: float, timings: http1.Timings
+    ) -> tuple[int, float, bool, str, bool]:
+        """(status, first byte, serving, reason, degraded) of a request that got an answer;
+        the first byte is the time from `started` until the (last) answer's headers."""
+        requested = perf_counter()
+        # Always read (capped): a server that resets or stalls mid-body is not serving.
+        response = await self._fetch(spec, timings)
         elapsed = perf_counter() - requested
+        first_byte = (timings.headers_at or perf_counter()) - started
+        status, body = response.status, response.body
         expected = spec.expect_status
         if not (status in expected if expected else 200 <= status < 300):
             return status, first_byte, False, f"HTTP {status}", False
@@ -417,9 +316,6 @@ class Prober:
             )
         log.debug("probe failed", exc_info=exc)
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        return await read_capped(response, self.body_cap)
-
 
 async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     """At most `cap` bytes of the body; the rest is never read (the connection is closed)."""
@@ -458,4 +354,10 @@ def _certificate_expiry(cert: dict | None) -> datetime | None:
     not_after = cert.get("notAfter") if cert else None
     if not not_after:
         return None
+    return _expiry_of(not_after)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expiry_of(not_after: str) -> datetime:
+    """`notAfter` read once per certificate, not once per probe (`strptime` is slow)."""
     return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)

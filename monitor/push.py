@@ -47,13 +47,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from monitor.config import format_duration
 from monitor.pipeline import Pipeline, Result, not_configured
-from monitor.plan import ServiceRef
+from monitor.plan import Plan, ServiceRef
 from monitor.probe import Observation
+
+if TYPE_CHECKING:
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,13 @@ class PushRefused(Exception):
             headers = {"Retry-After": "1"}
         body = {"error": self.en, "error_zh": self.zh}
         return web.json_response(body, status=self.status, headers=headers)
+
+
+def not_pushed() -> PushRefused:
+    """404: nothing at this address is observed by push (also: a reload just removed it)."""
+    return PushRefused(
+        404, "no service observed by push at this address", "此地址没有以推送方式观测的服务"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +212,7 @@ class PushReceiver:
         self.body_timeout = BODY_TIMEOUT
         #: The clock of the rate limit (seconds); the event loop's when None.
         self.monotonic = monotonic
-        self.services: dict[Key, ServiceRef] = {
-            ref.key: ref for ref in pipeline.plan.services if ref.service.push is not None
-        }
-        #: Tokens of the configured push services (a `${NAME}` left unset: none, so 401).
-        self._tokens: dict[Key, bytes] = {
-            key: ref.service.push.token.encode("utf-8")
-            for key, ref in self.services.items()
-            if ref.service.push is not None and not ref.service.unset
-        }
+        self._set_services(pipeline.plan)
         self._rate = RateLimit()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -218,6 +221,45 @@ class PushReceiver:
         self._since: dict[Key, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
+
+    def _set_services(self, plan: Plan) -> None:
+        self.services: dict[Key, ServiceRef] = {
+            ref.key: ref for ref in plan.services if ref.service.push is not None
+        }
+        #: Tokens of the configured push services (a `${NAME}` left unset: none, so 401).
+        self._tokens: dict[Key, bytes] = {
+            key: ref.service.push.token.encode("utf-8")
+            for key, ref in self.services.items()
+            if ref.service.push is not None and not ref.service.unset
+        }
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: push to the new plan's services from now on. A removed service answers
+        404 and its `within` clock stops; a new (or changed) one starts its clock now, or is
+        judged not configured now; a kept one keeps its clock and its silence."""
+        self._set_services(change.new)
+        fresh = change.added | change.changed
+        for key in list(self._timers):
+            if key not in self.services or key in fresh:
+                self._timers.pop(key).cancel()
+        if self._stopped:
+            return
+        now = self.pipeline.clock.now()
+        for key in list(self._since):
+            if key not in self._tokens:
+                del self._since[key]
+        for key, ref in self.services.items():
+            if key not in fresh:
+                continue
+            if key in self._tokens:
+                self._since[key] = now
+                self._arm(ref)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -301,17 +343,16 @@ class PushReceiver:
                 f"the body is larger than {MAX_BODY // 1024} KiB",
                 f"请求体超过 {MAX_BODY // 1024} KiB",
             )
-        return await self.accept(ref, parse_body(raw))
+        result = await self.accept(ref, parse_body(raw))
+        if result is None:  # a reload removed the service while its push was judged
+            raise not_pushed()
+        return result
 
     def _check(self, key: Key, authorization: str | None) -> ServiceRef:
         """The service pushed to, or PushRefused: 404, then 401, then 429."""
         ref = self.services.get(key)
         if ref is None:
-            raise PushRefused(
-                404,
-                "no service observed by push at this address",
-                "此地址没有以推送方式观测的服务",
-            )
+            raise not_pushed()
         token = self._tokens.get(key)
         if token is None or not bearer_matches(authorization, token):
             raise PushRefused(
@@ -327,7 +368,7 @@ class PushReceiver:
             )
         return ref
 
-    async def accept(self, ref: ServiceRef, report: Report) -> Result:
+    async def accept(self, ref: ServiceRef, report: Report) -> Result | None:
         """Judge one accepted push as an observation now; restart the service's clock."""
         async with self._lock(ref.key):
             observation = Observation(self.pipeline.clock.now(), report.serving, report.reason)
@@ -342,23 +383,26 @@ class PushReceiver:
         instant by `run`'s timers and by the replay at each of its steps."""
         results = []
         for key in list(self._since if keys is None else keys):
-            since = self._since[key]
-            ref = self.services[key]
+            since, ref = self._since.get(key), self.services.get(key)
+            if since is None or ref is None or key not in self._tokens:
+                continue  # a reload removed it, or left it not configured
             push = ref.service.push
             assert push is not None
             if at - since < push.within:
                 continue
             async with self._lock(key):
                 if at - self._since[key] >= push.within:  # no push came while waiting
-                    results.append(await self._silent(ref, at))
+                    result = await self._silent(ref, at)
+                    if result is not None:
+                        results.append(result)
         return results
 
     # --- silence ----------------------------------------------------------------------------
 
     def _arm(self, ref: ServiceRef) -> None:
         """(Re)start the service's timer for the rest of its `within` (no timers when a replay
-        asks `overdue` itself)."""
-        if self._stopped or not self.watch_silence:
+        asks `overdue` itself, none for a service a reload removed)."""
+        if self._stopped or not self.watch_silence or ref.key not in self.services:
             return
         push = ref.service.push
         assert push is not None
@@ -385,7 +429,7 @@ class PushReceiver:
         if not found and ref.key not in self._timers:
             self._arm(ref)
 
-    async def _silent(self, ref: ServiceRef, at: datetime) -> Result:
+    async def _silent(self, ref: ServiceRef, at: datetime) -> Result | None:
         """Judge the silence of `ref` at `at` and start its `within` again (caller holds the
         service's lock)."""
         push = ref.service.push
@@ -396,7 +440,7 @@ class PushReceiver:
         self._arm(ref)  # and again after each further `within` of silence
         return result
 
-    async def silence(self, ref: ServiceRef) -> Result:
+    async def silence(self, ref: ServiceRef) -> Result | None:
         """Judge a silence of `ref` now, due or not (`overdue` asks whether it is due)."""
         async with self._lock(ref.key):
             return await self._silent(ref, self.pipeline.clock.now())

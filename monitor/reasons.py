@@ -189,6 +189,7 @@ REASONS: tuple[Reason, ...] = (
         "监测尚未配置",
         "monitoring is not configured yet",
     ),
+    Reason("removed from the plan", "已从计划中移除", "removed from the plan"),
     Reason(
         "probe failed ({type})",
         "监测本身出错（{type}）",

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -24,8 +25,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from monitor.pipeline import Pipeline
 from monitor.plan import ServiceRef
 
+if TYPE_CHECKING:
+    from monitor.reload import PlanChange
+
 log = logging.getLogger(__name__)
 
+#: The id of an interval's job starts with this (then the interval in seconds).
+ROUND = "probe-"
 FLUSH_EVERY = timedelta(seconds=1)
 PRUNE_EVERY = timedelta(hours=1)
 
@@ -55,16 +61,7 @@ class Scheduler:
         """Add the jobs and start; the first round of every interval begins now."""
         now = datetime.now(UTC)
         for interval, refs in sorted(self.groups().items()):
-            self.aps.add_job(
-                self._round,
-                IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
-                args=[refs, interval],
-                next_run_time=now,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval.total_seconds())),
-                id=f"probe-{interval.total_seconds()}",
-            )
+            self._add_round(interval, refs, now)
         self.aps.add_job(
             self._flush,
             IntervalTrigger(seconds=FLUSH_EVERY.total_seconds(), timezone=UTC),
@@ -82,6 +79,49 @@ class Scheduler:
         )
         self._schedule_after(now)
         self.aps.start()
+
+    def _add_round(self, interval: timedelta, refs: list[ServiceRef], now: datetime) -> None:
+        self.aps.add_job(
+            self._round,
+            IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
+            args=[refs, interval],
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval.total_seconds())),
+            id=f"{ROUND}{interval.total_seconds()}",
+        )
+
+    def use_plan(self, change: PlanChange) -> None:
+        """Reschedule for a reloaded plan (the pipeline has it already). An interval kept
+        keeps its rhythm, with the new services in its next round; a new interval starts its
+        first round now; an interval no service has any more stops. Removed services and
+        services moved to another interval lose their slot in the running round, and the next
+        planned transition is the new plan's. Then whatever the reload changed is probed at
+        once, as at a planned transition (never twice at a time: `_launch` checks)."""
+        if self._stopped or not self.aps.running:
+            return
+        now = datetime.now(UTC)
+        jobs = {job.id for job in self.aps.get_jobs() if job.id.startswith(ROUND)}
+        wanted = set()
+        for interval, refs in sorted(self.groups().items()):
+            job = f"{ROUND}{interval.total_seconds()}"
+            wanted.add(job)
+            if job in jobs:
+                self.aps.modify_job(job, args=[refs, interval])
+            else:
+                self._add_round(interval, refs, now)
+        for job in jobs - wanted:
+            self.aps.remove_job(job)
+        for key in change.removed | change.rescheduled:
+            handle = self.handles.pop(key, None)
+            if handle is not None:
+                handle.cancel()
+        self._schedule_after(change.at)
+        due = time.monotonic()
+        for ref in self.pipeline.probed:
+            if ref.key in change.redo:
+                self._launch(ref, due)
 
     async def _round(self, refs: list[ServiceRef], interval: timedelta) -> None:
         """Start one round: each service gets its own slot within the interval."""

@@ -61,6 +61,17 @@ PLAN_KEYS = frozenset(
     }
 )
 
+#: The `[monitor]` table of a plan for a real `run` in a test: probes every second, incidents
+#: after two observations, so a test sees them open and resolve within seconds.
+FAST_MONITOR = """\
+[monitor]
+timezone = "Asia/Shanghai"
+interval = "1s"
+timeout = "2s"
+failure_threshold = 2
+success_threshold = 2
+"""
+
 SERVING_TEXT = "<html><body>业务办理 · online service</body></html>"
 MAINTENANCE_TEXT = "<html><body>系统维护中，暂停办理 · under maintenance</body></html>"
 #: A probe condition that tells the maintenance page apart from the normal one.

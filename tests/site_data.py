@@ -114,3 +114,61 @@ def busy_store(db: Path, end: datetime = DURING_LATE) -> Path:
         end - timedelta(days=10) + timedelta(hours=5, minutes=12), "HTTP 200", "down", "freeze",
     )  # fmt: skip
     return db
+
+
+def cutover(start: datetime, end: datetime) -> dict:
+    """A freeze period named as the test plans name it, from `start` to `end`."""
+    return {"title": "系统切换", "title_en": "System cutover", "start": start, "end": end}
+
+
+def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
+    """A plan of `channels` channels of `per_channel` services in the shapes of the 2022
+    cutover around `DURING_LATE` (paused by the freeze, kept open, reopened by a certificate
+    window, office hours); every channel offers the same businesses, as channels do."""
+    from monitor.config import validate_config
+
+    shapes = [
+        {"expect": [{"during": "freeze", "state": "down"}]},
+        {"expect": [{"during": "freeze", "state": "up"}]},
+        {"expect": [{"during": "freeze", "state": "down"}, {"during": "window", "state": "up"}]},
+        {"default": "down", "expect": [{"during": "office", "state": "up"},
+                                       {"during": "freeze", "state": "down"}]},
+    ]  # fmt: skip
+    return Plan(
+        validate_config(
+            {
+                "periods": {
+                    "freeze": cutover(
+                        DURING_LATE - timedelta(days=10), DURING_LATE + timedelta(days=20)
+                    ),
+                    "window": {
+                        "start": DURING_LATE - timedelta(days=5),
+                        "end": DURING_LATE + timedelta(days=10),
+                    },
+                    "office": {
+                        "weekdays": ["monday:friday"],
+                        "times": [{"start_time": "08:30", "end_time": "17:30"}],
+                    },
+                },
+                "channels": [
+                    {
+                        "id": f"channel-{c}",
+                        "name": f"渠道 {c}",
+                        "name_en": f"Channel {c}",
+                        "kind": "web",
+                        "group": "online" if c % 3 else "offline",
+                        "services": [
+                            {
+                                "id": f"service-{s}",
+                                "name": f"业务 {s}",
+                                "name_en": f"Business {s}",
+                                **shapes[s % len(shapes)],
+                            }
+                            for s in range(per_channel)
+                        ],
+                    }
+                    for c in range(channels)
+                ],
+            }
+        )
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    FAST_MONITOR,
     MAINTENANCE_PATTERN,
     MONITOR,
     PLAN_KEYS,
@@ -364,14 +365,9 @@ def test_check_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
 
 # --- run -------------------------------------------------------------------------------------
 
-RUN_PLAN = """
-[monitor]
-timezone = "Asia/Shanghai"
-interval = "1s"
-timeout = "2s"
-failure_threshold = 2
-success_threshold = 2
-
+RUN_PLAN = (
+    FAST_MONITOR
+    + """
 [[channels]]
 id = "portal"
 name = "门户"
@@ -393,6 +389,7 @@ probe = {{ url = "{url}medical" }}
 id = "kiosk"
 name = "自助机"
 """
+)
 
 
 def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(

@@ -8,13 +8,15 @@ speed test.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
@@ -26,12 +28,14 @@ from servers import (
     make_ca,
     make_server_cert,
     never_answer,
+    read_request,
     reset_mid_body,
     trickle_body,
     trickle_headers,
 )
 
 from monitor.config import Probe
+from monitor.http1 import Response, Timings
 from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
 
 SERVING_PATTERN = "业务办理"
@@ -410,10 +414,10 @@ class CappedReadSpy(Prober):
         super().__init__(**kwargs)
         self.read_sizes: list[int] = []
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        body = await super()._read_capped(response)
-        self.read_sizes.append(len(body))
-        return body
+    async def _fetch(self, spec: Probe, timings: Timings) -> Response:
+        response = await super()._fetch(spec, timings)
+        self.read_sizes.append(len(response.body))
+        return response
 
 
 @pytest.mark.parametrize("cap", [4096, DEFAULT_BODY_CAP])
@@ -574,3 +578,160 @@ async def test_malformed_host_name_is_a_dns_failure_not_an_exception() -> None:
             observation = await prober.probe(Probe.model_construct(url=url), timedelta(seconds=2))
             assert not observation.serving
             assert observation.reason == "DNS lookup failed"
+
+
+# --- the wire: encodings, chunks, methods on redirect, credentials (monitor/http1.py) -----------
+
+
+class Wire:
+    """A server that answers in the ways a probe's own HTTP client must read, and records what
+    each request looked like (method, Authorization header)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def app(self, other: str = "") -> web.Application:
+        async def encoded(request: web.Request) -> web.Response:
+            """`/encoded/<gzip|deflate|raw-deflate|broken>/<filler bytes>`: the notice after
+            that many bytes of filler, compressed."""
+            kind, size = request.match_info["kind"], int(request.match_info["size"])
+            plain = b"x" * size + MAINTENANCE_TEXT.encode()
+            if kind == "gzip":
+                data = gzip.compress(plain)
+            elif kind == "deflate":
+                data = zlib.compress(plain)
+            elif kind == "raw-deflate":
+                packer = zlib.compressobj(wbits=-15)
+                data = packer.compress(plain) + packer.flush()
+            else:
+                data = b"\x1f\x8b\x08\x00 not gzip at all"
+            encoding = "gzip" if kind in ("gzip", "broken") else "deflate"
+            headers = {"Content-Encoding": encoding, "Content-Type": "text/html; charset=utf-8"}
+            return web.Response(body=data, headers=headers)
+
+        async def chunked(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/html; charset=utf-8"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for part in (SERVING_TEXT, "<p>", MAINTENANCE_TEXT, "</p>"):
+                await response.write(part.encode())
+            await response.write_eof()
+            return response
+
+        async def record(request: web.Request) -> web.Response:
+            self.seen.append((request.path, request.method, request.headers.get("Authorization")))
+            return web.Response(text=SERVING_TEXT, content_type="text/html")
+
+        async def redirect(request: web.Request) -> web.Response:
+            self.seen.append((request.path, request.method, request.headers.get("Authorization")))
+            code = int(request.match_info["code"])
+            target = other + "/record" if request.match_info["where"] == "away" else "../../record"
+            return web.Response(status=code, headers={"Location": target})
+
+        app = web.Application()
+        app.router.add_get("/encoded/{kind}/{size:\\d+}", encoded)
+        app.router.add_get("/chunked", chunked)
+        app.router.add_route("*", "/record", record)
+        app.router.add_route("*", "/redirect/{code:\\d+}/{where}", redirect)
+        return app
+
+
+@pytest.mark.parametrize("kind", ["gzip", "deflate", "raw-deflate"])
+async def test_compressed_bodies_are_matched_decoded(prober: Prober, kind: str) -> None:
+    async with aiohttp_server(Wire().app()) as base:
+        observation = await run_probe(
+            prober, f"{base}/encoded/{kind}/100", body_not_matches=MAINTENANCE_PATTERN
+        )
+    check(observation, False, "body matches maintenance notice", 200)
+
+
+@pytest.mark.parametrize(("filler", "serving"), [(3000, False), (4_000_000, True)])
+async def test_the_body_cap_counts_decoded_bytes(filler: int, serving: bool) -> None:
+    """A small gzip that expands to megabytes is read only up to the cap of decoded bytes: the
+    notice within the first 4 KiB is seen, the one past them never is."""
+    async with aiohttp_server(Wire().app()) as base, CappedReadSpy(body_cap=4096) as prober:
+        observation = await run_probe(
+            prober, f"{base}/encoded/gzip/{filler}", body_not_matches=MAINTENANCE_PATTERN
+        )
+    if serving:
+        check(observation, True, "HTTP 200", 200)
+    else:
+        check(observation, False, "body matches maintenance notice", 200)
+    assert prober.read_sizes and all(size <= 4096 for size in prober.read_sizes)
+
+
+async def test_a_body_that_does_not_decode_is_a_reset(prober: Prober) -> None:
+    async with aiohttp_server(Wire().app()) as base:
+        observation = await run_probe(prober, f"{base}/encoded/broken/0")
+    check(observation, False, "connection reset", None)
+
+
+async def test_a_chunked_body_is_read_whole(prober: Prober) -> None:
+    async with aiohttp_server(Wire().app()) as base:
+        observation = await run_probe(
+            prober, f"{base}/chunked", body_not_matches=MAINTENANCE_PATTERN
+        )
+    check(observation, False, "body matches maintenance notice", 200)
+
+
+async def test_head_answer_ends_at_its_headers(prober: Prober) -> None:
+    """A HEAD answer announces a Content-Length it never sends: the probe must not wait for it."""
+    wire = Wire()
+    async with aiohttp_server(wire.app()) as base:
+        observation = await run_probe(prober, f"{base}/record", method="HEAD", timeout=3)
+    check(observation, True, "HTTP 200", 200)
+    assert wire.seen == [("/record", "HEAD", None)]
+
+
+@pytest.mark.parametrize(
+    ("code", "method"), [(301, "GET"), (302, "GET"), (303, "GET"), (307, "POST")]
+)
+async def test_a_redirected_post_is_sent_as_browsers_do(
+    prober: Prober, code: int, method: str
+) -> None:
+    wire = Wire()
+    async with aiohttp_server(wire.app()) as base:
+        observation = await run_probe(
+            prober, f"{base}/redirect/{code}/here", method="POST", body='{"q": 1}'
+        )
+    check(observation, True, "HTTP 200", 200)
+    assert [seen[1] for seen in wire.seen] == ["POST", method]
+
+
+async def test_credentials_stay_with_their_origin() -> None:
+    """Basic credentials from the URL are sent; a redirect to another origin drops them."""
+    away = Wire()
+    async with aiohttp_server(away.app()) as other:
+        home = Wire()
+        async with aiohttp_server(home.app(other)) as base, Prober() as prober:
+            url = base.replace("http://", "http://user:s3cret@")
+            here = await run_probe(prober, f"{url}/redirect/302/here")
+            there = await run_probe(prober, f"{url}/redirect/302/away")
+    check(here, True, "HTTP 200", 200)
+    check(there, True, "HTTP 200", 200)
+    basic = "Basic " + base64.b64encode(b"user:s3cret").decode()
+    assert home.seen == [
+        ("/redirect/302/here", "GET", basic),
+        ("/record", "GET", basic),
+        ("/redirect/302/away", "GET", basic),
+    ]
+    assert away.seen == [("/record", "GET", None)]
+
+
+async def endless_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A status line, then headers as fast as the client takes them, never ending."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-Filler: " + b"x" * 1000 + b"\r\n"
+    while True:
+        writer.write(line * 64)
+        await writer.drain()
+
+
+async def test_endless_headers_are_cut_off_not_buffered(prober: Prober) -> None:
+    """A server streaming headers forever is a failed connection as soon as they pass 64 KiB,
+    long before the timeout (before, they would have been buffered for the whole timeout)."""
+    async with RawServer(endless_headers) as server:
+        observation, elapsed = await timed(run_probe(prober, server.url(), timeout=30))
+    check(observation, False, "connection failed (HeadersTooLarge)", None)
+    assert elapsed < 30

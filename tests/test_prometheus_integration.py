@@ -15,7 +15,8 @@
   certificate 7 days from its end). The production rules are loaded unchanged: their `for:`
   durations are minutes, so the test waits for the alerts to be active (pending counts, as in
   Prometheus' own ALERTS series) rather than firing. ChannelExpectationMissing cannot be
-  provoked by a correct monitor; promtool's unit tests pin it instead.
+  provoked by a correct monitor, nor ChannelMonitorPlanReloadFailed without an edit of the
+  plan (tests/test_reload.py sets its series); promtool's unit tests pin both instead.
 
 The Prometheus binaries come from the Debian package `prometheus`: missing, they fail the tests
 in CI (CI=true) and skip them elsewhere. Everything binds 127.0.0.1; every wait polls with a
@@ -67,8 +68,11 @@ ALERTS = (
     "ChannelProbeStale",
     "ChannelMonitorDown",
     "ChannelTLSCertExpiringSoon",
+    "ChannelMonitorPlanReloadFailed",
 )
-CHANNEL_ALERTS = set(ALERTS) - {"ChannelMonitorDown", "ChannelExpectationMissing"}
+#: The alerts about the monitor itself, not about a channel.
+MONITOR_ALERTS = {"ChannelMonitorDown", "ChannelMonitorPlanReloadFailed"}
+CHANNEL_ALERTS = set(ALERTS) - MONITOR_ALERTS - {"ChannelExpectationMissing"}
 T = TypeVar("T")
 
 

@@ -132,7 +132,8 @@ async def test_services_are_probed_repeatedly_and_spread_over_the_interval(
         what="three probes of every service",
     )
     first = sorted(ten.recorder.by_service[n][0].observation.at for n in names)
-    assert (first[-1] - first[0]).total_seconds() >= 0.5, "the first round's starts are spread"
+    # 0.9 s on an idle machine; timers that fire late on a loaded one shrink it
+    assert (first[-1] - first[0]).total_seconds() >= 0.3, "the first round's starts are spread"
     for name in names:
         starts = [r.observation.at for r in ten.recorder.by_service[name][:3]]
         spacing = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import ROOT, missing, real_plan
-from site_data import DURING_LATE, busy_store
+from site_data import DURING_LATE, busy_store, cutover, large_plan
 
 from monitor.config import validate_config
 from monitor.plan import Plan
@@ -77,12 +77,13 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A static server on 127.0.0.1 over a folder holding three rendered sites."""
+    """A static server on 127.0.0.1 over a folder holding four rendered sites."""
     root = tmp_path_factory.mktemp("served")
     plan = real_plan()
     render_from(plan, root / "busy", DURING_LATE, busy_store(root / "monitor.db"))
     render_from(countdown_plan(), root / "live", datetime.now(UTC), None)
     render_from(script_plan(), root / "script", DURING_LATE, None)
+    render_from(large_plan(2, 80), root / "large", DURING_LATE, None)  # a page per channel
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
     )
@@ -102,12 +103,7 @@ def countdown_plan() -> Plan:
         validate_config(
             {
                 "periods": {
-                    "freeze": {
-                        "title": "系统切换",
-                        "title_en": "System cutover",
-                        "start": now - timedelta(days=1),
-                        "end": now + timedelta(days=3, hours=5),
-                    }
+                    "freeze": cutover(now - timedelta(days=1), now + timedelta(days=3, hours=5))
                 },
                 "channels": [
                     {
@@ -179,6 +175,16 @@ def assert_local_only(requests: list[str]) -> None:
         assert parts.scheme == "data" or parts.hostname == "127.0.0.1", url
 
 
+def assert_sound(page, log: dict, lang: str, size: tuple[int, int]) -> None:
+    """What every page must be in the browser: no console error, nothing fetched from
+    elsewhere, its language declared, no horizontal scrolling."""
+    assert log["errors"] == []
+    assert_local_only(log["requests"])
+    assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
+
+
 def luminance(colour: str) -> float:
     values = [int(v) / 255 for v in re.findall(r"\d+(?:\.\d+)?", colour)[:3]]
     linear = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in values]
@@ -198,17 +204,13 @@ def test_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -
     path = "busy/index.html" if lang == "zh" else "busy/en/index.html"
     size = VIEWPORTS[viewport]
     with open_page(browser, f"{base}/{path}", size, js) as (page, log):
-        assert log["errors"] == []
-        assert_local_only(log["requests"])
-        assert page.locator("html").get_attribute("lang") == ("zh-CN" if lang == "zh" else "en")
+        assert_sound(page, log, lang, size)
         headline = page.locator("#now .lead").inner_text()
         if lang == "zh":
             assert "预计 2022年7月25日 08:30（北京时间）恢复办理" in headline
         else:
             assert "expected to end 25 Jul 2022 08:30 (UTC+8)" in headline
         assert page.locator("#h-broken").is_visible()  # the broken portal, first
-        width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= size[0], f"horizontal scrolling: {width} > {size[0]}"
         # a replayed (2022) page gets no countdown, with or without the script
         assert page.locator(".cd").count() == 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -270,3 +272,39 @@ def test_a_channel_named_script_is_text_in_the_browser(browser, served) -> None:
         with open_page(browser, f"{base}/script/index.html", (1280, 800), js) as (page, log):
             assert log["dialogs"] == [] and log["errors"] == []
             assert "<script>alert(1)</script>" in page.locator("main").inner_text()
+
+
+@pytest.mark.parametrize("viewport", sorted(VIEWPORTS))
+@pytest.mark.parametrize("js", [True, False], ids=["js", "nojs"])
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_channel_page_in_chromium(browser, served, viewport: str, js: bool, lang: str) -> None:
+    """A channel page of a plan too large for one page reads like the index: no console
+    error, nothing fetched from elsewhere, no horizontal scrolling, readable contrast, and
+    its links lead back to the summary and to the other language."""
+    base, _ = served
+    path = "large/channels/channel-1.html" if lang == "zh" else "large/en/channels/channel-1.html"
+    size = VIEWPORTS[viewport]
+    with open_page(browser, f"{base}/{path}", size, js) as (page, log):
+        assert_sound(page, log, lang, size)
+        assert page.locator("h1").inner_text() == ("渠道 1" if lang == "zh" else "Channel 1")
+        assert page.locator("#h-closed").is_visible()
+        colours = page.evaluate(
+            """() => ({bg: getComputedStyle(document.body).backgroundColor,
+                      text: getComputedStyle(document.body).color,
+                      link: getComputedStyle(document.querySelector(".back a")).color})"""
+        )
+        for name in ("text", "link"):
+            assert contrast(colours[name], colours["bg"]) >= 4.5, (name, colours)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(ARTIFACTS / f"site-channel-{lang}-{viewport}-{'js' if js else 'nojs'}.png")
+        )
+        page.locator(".lang a").click()
+        other = (
+            "large/en/channels/channel-1.html" if lang == "zh" else "large/channels/channel-1.html"
+        )
+        assert page.url == f"{base}/{other}"
+        page.locator(".back a").click()
+        home = "large/en/index.html" if lang == "zh" else "large/index.html"
+        assert page.url == f"{base}/{home}"
+        assert page.locator('a[href="channels/channel-1.html"]').count() == 1

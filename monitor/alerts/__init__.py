@@ -36,6 +36,7 @@ def attach(daemon: Daemon) -> AlertSender | None:
     sender = AlertSender(daemon.plan, daemon.store, configs)
     daemon.store.incident_hooks.append(sender.hook)
     daemon.listeners.append(sender)
+    daemon.plan_users.append(sender)
     daemon.app.on_startup.append(sender.on_startup)
     log.info("alerts: %s", ", ".join(f"{s.name} ({s.type})" for s in sender.sinks))
     return sender

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -45,6 +45,9 @@ from monitor.config import AlertSink
 from monitor.judge import IncidentEvent
 from monitor.plan import Plan
 from monitor.store import IncidentRecord, Store
+
+if TYPE_CHECKING:
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,12 @@ class AlertSender:
         if targets:
             outbox.enqueue(db, targets, alert, time.time())
             self._wake_soon()
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: names in alerts from the new plan. Sinks stay as started: each has its
+        delivery task and its outbox rows under its name, so an edited `[[alerts]]` list
+        takes effect at the next restart (the daemon says so in the log)."""
+        self.plan = change.new
 
     async def enqueue(self, alerts: Sequence[Alert]) -> int:
         """Queue messages that are not incident transitions (updates of operators' notices)

@@ -210,7 +210,6 @@ async def run_demo(options: DemoOptions) -> Replay:
         stack.callback(simulator.stop)
         daemon = Daemon(
             probed,
-            reuse_connections=True,
             db_path=db,
             site_dir=options.site,
             host=options.host,

@@ -29,6 +29,7 @@ from monitor.pipeline import Result
 
 if TYPE_CHECKING:
     from monitor.daemon import Daemon
+    from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_init(config, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
+    from monitor.site.history import DayCache
 
     _die_with_parent(parent)
-    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None)
+    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None, days=DayCache())
 
 
 def _worker_render(at: datetime, snapshot, notices=None) -> float:
@@ -71,8 +73,10 @@ def _worker_render(at: datetime, snapshot, notices=None) -> float:
 
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])
-    plan, site, store = _worker["plan"], _worker["site"], _worker["store"]
-    return render(plan, site, at, store, snapshot, notices=notices).seconds
+    w = _worker
+    return render(
+        w["plan"], w["site"], at, w["store"], snapshot, notices=notices, days=w["days"]
+    ).seconds
 
 
 class SiteListener:
@@ -102,6 +106,15 @@ class SiteListener:
 
     async def transition(self, at: datetime) -> None:
         self._not_before = at if self._not_before is None else max(self._not_before, at)
+        self.request()
+
+    def use_plan(self, change: PlanChange) -> None:
+        """A reload: the worker holds the plan it started with, so the next render starts a
+        new one (the old one finishes a render it has begun, then exits); render now."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        self._last = float("-inf")
         self.request()
 
     def request(self) -> None:
@@ -211,6 +224,7 @@ def attach(daemon: Daemon) -> SiteListener:
     first render when the web server starts."""
     listener = SiteListener(daemon)
     daemon.listeners.append(listener)
+    daemon.plan_users.append(listener)
 
     async def first_render(_app: web.Application) -> None:
         listener.request()

@@ -296,30 +296,47 @@ def _service_name(model: Model, record: IncidentRecord) -> str:
     return f"{view.ref.channel.name} · {view.ref.service.name}"
 
 
-def scheduled(model: Model, by_id: dict[str, dict], states: tuple[str, ...]) -> list[dict]:
+def scheduled(
+    model: Model, by_id: dict[str, dict], states: tuple[str, ...], made: dict | None = None
+) -> list[dict]:
+    """The pauses in `states`; `made` keeps each one's dict for the other files that list it
+    (four files list the same pauses: at 10,000 services each names thousands of components)."""
     zone = model.plan.zone
+    made = {} if made is None else made
+    shorts = made.setdefault("", {})
     out = []
     for item in model.maintenances:
         state = item.status(model.at)
         if state not in states:
             continue
-        out.append(
-            _maintenance(
-                item, state, by_id, zone, model.at, link(model, "index.html", "/index.html")
-            )
-        )
+        if item.id not in made:
+            shortlink = link(model, "index.html", "/index.html")
+            made[item.id] = _maintenance(item, state, by_id, zone, model.at, shortlink, shorts)
+        out.append(made[item.id])
     return out
 
 
 def _maintenance(
-    item: Maintenance, state: str, by_id: dict[str, dict], zone, at: datetime, shortlink: str
+    item: Maintenance,
+    state: str,
+    by_id: dict[str, dict],
+    zone,
+    at: datetime,
+    shortlink: str,
+    shorts: dict[str, dict] | None = None,
 ) -> dict:
     period = item.period
     title = (period.title or period.id) if period else "按计划暂停"
     title_en = (period.title_en or period.id) if period else "Planned pause"
     names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
     body = f"{title}：{names}。 / {title_en}: {len(item.services)} service(s) paused as planned."
-    comps = [_short(by_id[component_id(ref)]) for ref in item.services]
+    shorts = {} if shorts is None else shorts
+    comps = []
+    for ref in item.services:
+        cid = component_id(ref)
+        if cid not in shorts:
+            shorts[cid] = _short(by_id[cid])
+        comps.append(shorts[cid])
     update = _update(
         f"{item.id}-{state}",
         state,
@@ -365,12 +382,13 @@ def statuspage(model: Model) -> dict[str, dict]:
     head = {"page": page(model)}
     state = status(model, comps)
     unresolved = incidents(model, by_id, unresolved_only=True)
+    made: dict = {}
     return {
         "summary.json": {
             **head,
             "components": comps,
             "incidents": unresolved,
-            "scheduled_maintenances": scheduled(model, by_id, ("scheduled", "in_progress")),
+            "scheduled_maintenances": scheduled(model, by_id, ("scheduled", "in_progress"), made),
             "status": state,
         },
         "status.json": {**head, "status": state},
@@ -380,16 +398,16 @@ def statuspage(model: Model) -> dict[str, dict]:
         "scheduled-maintenances.json": {
             **head,
             "scheduled_maintenances": scheduled(
-                model, by_id, ("scheduled", "in_progress", "completed")
+                model, by_id, ("scheduled", "in_progress", "completed"), made
             ),
         },
         "scheduled-maintenances/upcoming.json": {
             **head,
-            "scheduled_maintenances": scheduled(model, by_id, ("scheduled",)),
+            "scheduled_maintenances": scheduled(model, by_id, ("scheduled",), made),
         },
         "scheduled-maintenances/active.json": {
             **head,
-            "scheduled_maintenances": scheduled(model, by_id, ("in_progress",)),
+            "scheduled_maintenances": scheduled(model, by_id, ("in_progress",), made),
         },
     }
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from monitor.config import Channel
 from monitor.notice import NoticesFile
-from monitor.plan import Plan
+from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
-from monitor.site.model import Model, Snapshot, build, snapshot_from_store
+from monitor.site.model import Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import publish
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import Store
@@ -35,6 +36,25 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 #: Incidents listed on the page (all of the window are in status.json and history.atom).
 PAGE_INCIDENTS = 20
+#: Up to this many services the whole page is one `index.html` (the real plan's 73 services
+#: make 48 KB in Chinese and 53 KB in English, about 0.65 KB a service, so 150 stay well under
+#: `PAGE_BUDGET`). Above it, `index.html` is a summary (the headline, what is broken, what is
+#: paused, a line per channel) and every channel gets a page of its own under `channels/`.
+ONE_PAGE_SERVICES = 150
+#: The size `index.html` must stay under, whatever the plan's size (tests hold it at 10,000).
+PAGE_BUDGET = 100 * 1000
+#: Items (one business across its channels) the summary lists per page state; the rest are on
+#: the channel pages. Open services are only counted there: what matters is what is not.
+#: `channels`: the channels named per item (the rest are counted).
+SUMMARY_ITEMS = {
+    "broken": 25,
+    "closed": 25,
+    "leak": 25,
+    "open": 0,
+    "unobserved": 0,
+    "any": 0,
+    "channels": 8,
+}
 #: Headline icon per phase.
 _PHASE_STATE = {
     "down": "closed",
@@ -128,10 +148,7 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         n = len(other.services)
         out.append(lang.fmt(key, n=n, title=_title(other.period, lang), end=end))
     if h.broken:
-        icon = Markup(
-            '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-broken"/></svg> '
-        )
-        out.append(icon + lang.fmt("headline_broken", n=h.broken))
+        out.append(_icon("broken") + " " + lang.fmt("headline_broken", n=h.broken))
     sentence = known(model, lang)
     if sentence is not None:
         out.append(sentence)
@@ -170,21 +187,112 @@ def _compact(html: str) -> str:
     return re.sub(r"\n\s*\n+", "\n", re.sub(r"\n[ \t]+", "\n", html))
 
 
-def page(model: Model, code: str) -> str:
-    """`index.html` (zh) or `en/index.html` (en)."""
+@dataclass(frozen=True)
+class ChannelRow:
+    """One channel on the summary page: its link, services per page state, trouble days."""
+
+    channel: Channel
+    href: str
+    total: int
+    states: dict[str, int]  # page states present, in the order the page lists them
+    days: dict[str, int]  # days broken (`down`) and open against the plan (`up`)
+
+
+def channel_path(channel_id: str, code: str) -> str:
+    """Where a channel's page lives, relative to the site folder."""
+    return f"channels/{channel_id}.html" if code == "zh" else f"en/channels/{channel_id}.html"
+
+
+def channel_rows(model: Model) -> list[ChannelRow]:
+    """A line per channel of the plan for the summary page, in plan order (hrefs relative to
+    the language's own `index.html`)."""
+    states: dict[str, dict[str, int]] = {c.id: {} for c in model.plan.config.channels}
+    for view in model.services:
+        counts = states[view.ref.channel.id]
+        state = "closed" if view.state == "leak" else view.state  # as citizens are told
+        counts[state] = counts.get(state, 0) + 1
+    days: dict[str, dict[str, int]] = {}
+    for bar in model.history.bars:
+        found = days.setdefault(bar.ref.channel.id, {"down": 0, "up": 0})
+        found["down"] += bar.counts["down"]
+        found["up"] += bar.counts["up"]
+    order = ("broken", "closed", "open", "unobserved", "any")
+    return [
+        ChannelRow(
+            channel,
+            f"channels/{channel.id}.html",
+            sum(states[channel.id].values()),
+            {s: states[channel.id][s] for s in order if s in states[channel.id]},
+            days.get(channel.id, {"down": 0, "up": 0}),
+        )
+        for channel in model.plan.config.channels
+    ]
+
+
+def split(model: Model) -> bool:
+    """Whether the plan is too large for one page (see `ONE_PAGE_SERVICES`)."""
+    return len(model.plan.services) > ONE_PAGE_SERVICES
+
+
+def _icon(name: str) -> Markup:
+    """An icon of the page's sprite, hidden from screen readers (the text beside it speaks)."""
+    return Markup(
+        '<svg class="i" aria-hidden="true" focusable="false"><use href="#i-{}"/></svg>'
+    ).format(name)
+
+
+def _names(lang: Lang, summary: bool) -> dict[str, object]:
+    """The name helpers of the template: plain functions, because a Jinja macro call costs
+    tens of microseconds and a channel page makes thousands of them."""
+
+    def cname(ref: ServiceRef) -> object:
+        return _finalize(lang.pick(ref.channel.name, ref.channel.name_en))
+
+    def sname(ref: ServiceRef) -> object:
+        return _finalize(lang.pick(ref.service.name, ref.service.name_en))
+
+    def cnames(refs: list[ServiceRef] | tuple[ServiceRef, ...]) -> Markup:
+        """Channel names in a list; the summary names the first few and counts them all."""
+        cut = refs[: SUMMARY_ITEMS["channels"]] if summary else refs
+        text = escape(_finalize(lang.w["sep"])).join(escape(cname(ref)) for ref in cut)
+        if len(cut) < len(refs):
+            text += lang.fmt("more_channels", n=len(refs))
+        return Markup(text)
+
+    return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames}
+
+
+def page(model: Model, code: str, channel: Channel | None = None) -> str:
+    """`index.html` (zh) or `en/index.html` (en); with `channel`, that channel's page (the
+    model narrowed by `model.for_channel`) under `channels/` or `en/channels/`."""
     lang = Lang(code, model.plan.zone, model.at)
+    if channel is None:
+        zh_path, en_path = "index.html", "en/index.html"
+    else:
+        zh_path, en_path = channel_path(channel.id, "zh"), channel_path(channel.id, "en")
+    here = zh_path if code == "zh" else en_path
+    root = "../" * here.count("/")
+    summary = channel is None and split(model)
     bars = list(model.history.bars)
     by_channel = [(c, list(b)) for c, b in groupby(bars, key=lambda b: b.ref.channel.id)]
     config = model.plan.config.monitor
     sentences = headline(model, lang)
     html = _ENV.get_template("index.html").render(
+        **_names(lang, summary),
         m=model,
         L=lang,
         w=lang.w,
-        root="" if code == "zh" else "../",
+        root=root,
         # Search engines want the language alternates absolute; without a base, relative.
-        alternates=feeds.link(model, "", "" if code == "zh" else "../"),
-        other_href="en/index.html" if code == "zh" else "../index.html",
+        alternates=feeds.link(model, "", root),
+        zh_path=zh_path,
+        en_path=en_path,
+        other_href=root + (en_path if code == "zh" else zh_path),
+        home=root + ("index.html" if code == "zh" else "en/index.html"),
+        channel=channel,
+        split=summary,
+        limits=SUMMARY_ITEMS,
+        channel_rows=channel_rows(model) if summary else (),
         title=pick(config.title, config.title_en, code),
         headline=sentences,
         headline_text=" ".join(t.striptags() for t in sentences),
@@ -196,7 +304,7 @@ def page(model: Model, code: str) -> str:
         incidents=model.history.incidents[:PAGE_INCIDENTS],
         more_incidents=len(model.history.incidents) > PAGE_INCIDENTS,
         refs={v.key: v.ref for v in model.services},
-        channel_notes=[c for c in model.plan.config.channels if c.note],
+        channel_notes=[c for c in model.plan.config.channels if c.note and channel in (None, c)],
         notices_active=[n for n in model.notices if n.active(model.at)],
         notices_past=[n for n in model.notices if not n.active(model.at)],
         notice_refs=lambda notice: site_notices.refs(model, notice),
@@ -294,6 +402,12 @@ def files(model: Model) -> dict[str, bytes]:
         out[path] = badge.render(b=feeds.badge(view)).encode("utf-8")
     out["en/index.html"] = page(model, "en").encode("utf-8")
     out["index.html"] = page(model, "zh").encode("utf-8")
+    if split(model):
+        narrowed_by_id = by_channel(model)
+        for channel in model.plan.config.channels:
+            narrowed = narrowed_by_id[channel.id]
+            for code in ("zh", "en"):
+                out[channel_path(channel.id, code)] = page(narrowed, code, channel).encode("utf-8")
     return out
 
 
@@ -305,6 +419,7 @@ def render(
     snapshot: Snapshot | None = None,
     durable: bool = False,
     notices: NoticesFile | None = None,
+    days: history.DayCache | None = None,
 ) -> Rendered:
     """Render the site as of `at` and publish it at `site`.
 
@@ -312,11 +427,12 @@ def render(
     pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
     before the swap, so not even a power cut can leave `site` holding unwritten files;
     the daemon leaves it off (it renders often, and renders again when it starts).
+    `days` keeps the history of the days that are over between renders (the render worker's).
     """
     started = time.perf_counter()
     if at.tzinfo is None:
         raise ValueError("render needs a timezone-aware instant")
-    past = history.load(plan, store, at)
+    past = history.load(plan, store, at, cache=days)
     if snapshot is None:
         snapshot = snapshot_from_store(plan, store, at)
     model = build(plan, at, snapshot, past, notices)

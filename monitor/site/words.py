@@ -111,6 +111,18 @@ WORDS: dict[str, dict[str, str]] = {
         "legend": "图例",
         "skip": "跳到主要内容",
         "more_incidents": "仅列出最近 {n} 条，完整记录见 history.atom 与 status.json。",
+        # the summary page of a large plan, and the channel pages it links
+        "by_channel": "各渠道",
+        "more_channels": "等共 {n} 个渠道",
+        "more_items": "另有 {n} 项未在此列出，请在下方“各渠道”中打开相应渠道的页面查看。",
+        "history_split": "每项业务逐日的记录在各渠道的页面上；“各渠道”一栏列出了每个渠道"
+        "意外中断和未按计划暂停的天数。",
+        "unobserved_split": "{n} 项业务还没有接入监测，只能按计划展示，名单见各渠道的页面。",
+        "short_broken": "无法使用",
+        "short_closed": "暂停",
+        "short_open": "正常",
+        "short_unobserved": "未监测",
+        "short_any": "不作保证",
     },
     "en": {
         "lang": "en",
@@ -205,6 +217,19 @@ WORDS: dict[str, dict[str, str]] = {
         "skip": "Skip to the main content",
         "more_incidents": "Only the latest {n} are listed; history.atom and status.json "
         "hold them all.",
+        "by_channel": "By channel",
+        "more_channels": " and others ({n} channels in all)",
+        "more_items": "{n} more are not listed here: open the channel's page under "
+        "“By channel” below.",
+        "history_split": "Each service's day-by-day record is on its channel's page; “By "
+        "channel” gives every channel's days of outage and of not pausing as planned.",
+        "unobserved_split": "{n} services are not observed yet and can only be shown as "
+        "planned; each channel's page lists them.",
+        "short_broken": "not working",
+        "short_closed": "paused",
+        "short_open": "working",
+        "short_unobserved": "not observed",
+        "short_any": "not guaranteed",
     },
 }
 

@@ -1,0 +1,384 @@
+"""A lean HTTP/1.1 client for probes: one request on a fresh connection, nothing more.
+
+Why not aiohttp's client: a probe needs none of its pooling, cookie jars, tracing or streaming
+machinery, and on a fresh connection per GET that machinery is most of the CPU (DESIGN.md,
+"What a probe costs, and the floor"). Here the request is written by hand, the answer parsed by
+`httptools` (llhttp, the parser Node.js uses), on the event loop's own transports (uvloop's
+under `run`). What a probe needs and aiohttp gave is kept: DNS and connect timed apart, TLS with
+the probe's `SSLContext` and the peer certificate, redirects (at most `MAX_REDIRECTS`, relative
+`Location`, 301/302/303 become GET, credentials dropped on leaving the origin), gzip and deflate
+decoded, chunked bodies, and a body cap counted after decoding: past it the connection is closed
+and the rest never read.
+
+The caller bounds the whole exchange with its own timeout (cancelling `fetch` closes the
+connection). Errors are the standard ones (`OSError` and its kinds, `ssl.SSLError`,
+`socket.gaierror`) or the few defined here; `monitor.probe` turns each into a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import ipaddress
+import re
+import socket
+import ssl
+import zlib
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import httptools
+from yarl import URL
+
+MAX_REDIRECTS = 10
+#: The status line and headers of one answer may take at most this many bytes (aiohttp allowed
+#: about 8 KiB a line); past it a server streaming endless headers is cut off, not buffered.
+MAX_HEAD_BYTES = 64 * 1024
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+#: A header name: an RFC 9110 token. A value: no control character but a tab.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class TooManyRedirects(Exception):
+    """More than `MAX_REDIRECTS` redirects."""
+
+
+class DNSLookupError(Exception):
+    """The host name could not be resolved (or not even encoded for a lookup)."""
+
+
+class Disconnected(ConnectionResetError):
+    """The server closed the connection before its answer was complete."""
+
+
+class BadRedirect(Exception):
+    """A redirect to something that is not an http(s) URL."""
+
+
+class BadEncoding(Exception):
+    """A gzip or deflate body that does not decode."""
+
+
+class HeadersTooLarge(Exception):
+    """An answer whose status line and headers run past `MAX_HEAD_BYTES`."""
+
+
+@dataclass(slots=True)
+class Timings:
+    """What the probe wants timed: the last connection's DNS and connect (TCP and TLS) seconds,
+    its peer certificate (a `getpeercert()` dict), and when the last answer's headers came."""
+
+    dns: float | None = None
+    connect: float | None = None
+    certificate: dict | None = None
+    headers_at: float | None = None
+
+
+@dataclass(slots=True)
+class Response:
+    """The last answer of a fetch: its status, headers (lower-case names) and capped body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def charset(self) -> str | None:
+        """The `charset` parameter of Content-Type, as the server wrote it; None without one."""
+        return _charset(self.headers.get("content-type", ""))
+
+
+@functools.lru_cache(maxsize=256)
+def _charset(content_type: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    """IP literals are connected to as they are, never looked up (as aiohttp did)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_labels(host: str) -> None:
+    """An empty or overlong label cannot be looked up (yarl has IDNA-encoded the host)."""
+    if not host.isascii() or any(not 0 < len(part) < 64 for part in host.rstrip(".").split(".")):
+        raise DNSLookupError("host name cannot be encoded")
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The request's header lines from (name, value) pairs; ValueError for a name that is not a
+    token or a value holding CR, LF or another control character (it would split the header)."""
+    lines = []
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            raise ValueError("header name is not a token")
+        if _CONTROL.search(value):
+            raise ValueError("header value holds a control character")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("utf-8")
+
+
+class _Exchange(asyncio.Protocol):
+    """One request and its answer on one connection; `done` resolves with the answer or the
+    error. The body is decoded as it arrives and kept up to `cap` bytes."""
+
+    def __init__(self, cap: int, head: bool) -> None:
+        self.cap = cap
+        self.head = head
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: dict[str, str] = {}
+        self.status = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.headers_at: float | None = None
+        self.decoder: zlib._Decompress | None = None  # type: ignore[name-defined]
+        self.encoding = ""
+        self.delimited = False  # the body's end is known (Content-Length or chunked)
+        self.head_bytes = 0
+
+    # transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._finish()
+        except Exception as exc:  # a malformed answer, or a body that does not decode
+            self._fail(exc)
+        if self.headers_at is None:  # still in the headers: count what they have taken
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
+
+    def eof_received(self) -> bool:
+        self._ended(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if exc is not None:
+            self._fail(exc)
+        elif self.headers_at is not None and not self.delimited and not self.head:
+            self._finish()  # a body that runs until the server closes
+        else:
+            self._fail(Disconnected("server closed the connection before the answer ended"))
+
+    # parser events
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:  # an interim answer: the real one follows
+            self.headers = {}
+            return
+        self.headers_at = perf_counter()
+        headers = self.headers
+        self.delimited = "content-length" in headers or "chunked" in headers.get(
+            "transfer-encoding", ""
+        )
+        self.encoding = headers.get("content-encoding", "").strip().lower()
+        if self.head or self.status in (204, 304):
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.done.done():
+            return
+        if self.encoding in ("gzip", "x-gzip", "deflate"):
+            try:
+                body = self._decode(body)
+            except BadEncoding as exc:
+                self._fail(exc)
+                return
+        room = self.cap - self.size
+        if len(body) >= room:
+            self.chunks.append(body[:room])
+            self.size = self.cap
+            self._finish()  # the cap: the rest is never read
+            return
+        self.chunks.append(body)
+        self.size += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.headers_at is not None:
+            self._finish()
+
+    def _decode(self, data: bytes) -> bytes:
+        if self.decoder is None:
+            if self.encoding == "deflate":  # zlib-wrapped, or raw deflate as some servers send
+                header = len(data) >= 2 and (data[0] << 8 | data[1])
+                wrapped = bool(header) and data[0] & 0x0F == 8 and header % 31 == 0
+                self.decoder = zlib.decompressobj(15 if wrapped else -15)
+            else:
+                self.decoder = zlib.decompressobj(16 + 15)
+        try:
+            # never more than the cap needs: a small bomb cannot grow past it
+            return self.decoder.decompress(data, self.cap - self.size + 1)
+        except zlib.error as exc:
+            raise BadEncoding(str(exc)) from None
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop,
+    url: URL,
+    context: ssl.SSLContext | None,
+    exchange: _Exchange,
+    timings: Timings,
+) -> asyncio.Transport:
+    """A fresh connection to the URL's host (every address in turn, as aiohttp did), timed."""
+    host = url.raw_host or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    timings.dns = None
+    if _is_ip(host):
+        addresses = [host]
+    else:
+        _check_labels(host)
+        started = perf_counter()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise DNSLookupError(type(exc).__name__) from None
+        timings.dns = perf_counter() - started
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    started = perf_counter()
+    error: BaseException | None = None
+    for address in addresses:
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: exchange,
+                address,
+                port,
+                ssl=context,
+                # an IP literal is checked against the certificate's IP addresses
+                server_hostname=host if context is not None else None,
+            )
+        except ssl.SSLError:
+            raise  # the server answered; another address of it would answer the same
+        except OSError as exc:
+            error = exc
+            continue
+        timings.connect = perf_counter() - started
+        if context is not None:
+            timings.certificate = _peer_certificate(transport.get_extra_info("ssl_object"))
+        return transport  # type: ignore[return-value]
+    raise error if error is not None else DNSLookupError("no address")
+
+
+#: Peer certificates as `getpeercert()` dicts, by their DER bytes: decoding one into a dict costs
+#: more than the rest of reading the answer, and a host shows the same certificate for months.
+_CERTIFICATES: dict[bytes, dict] = {}
+_CERTIFICATES_KEPT = 4096
+
+
+def _peer_certificate(ssl_object: ssl.SSLObject | None) -> dict | None:
+    """The verified peer certificate of a connection as a `getpeercert()` dict."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    certificate = _CERTIFICATES.get(der)
+    if certificate is None:
+        certificate = ssl_object.getpeercert()  # type: ignore[union-attr]
+        if len(_CERTIFICATES) >= _CERTIFICATES_KEPT:
+            _CERTIFICATES.clear()
+        _CERTIFICATES[der] = certificate
+    return certificate
+
+
+def _request_bytes(
+    method: str, url: URL, headers: dict[str, str], body: bytes | None, user_agent: str
+) -> bytes:
+    """The request as sent: our defaults first, the plan's headers replacing them by name."""
+    merged: dict[str, tuple[str, str]] = {
+        "host": ("Host", url.host_port_subcomponent or ""),
+        "user-agent": ("User-Agent", user_agent),
+        "accept": ("Accept", "*/*"),
+        "accept-encoding": ("Accept-Encoding", "gzip, deflate"),
+    }
+    if url.user is not None:
+        token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode("ascii")
+        merged["authorization"] = ("Authorization", f"Basic {token}")
+    for name, value in headers.items():
+        merged[name.lower()] = (name, value)
+    merged["connection"] = ("Connection", "close")
+    if body is not None:
+        merged["content-length"] = ("Content-Length", str(len(body)))
+    head = f"{method} {url.raw_path_qs or '/'} HTTP/1.1\r\n".encode()
+    return head + _header_lines(tuple(merged.values())) + b"\r\n" + (body or b"")
+
+
+async def fetch(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: bytes | None,
+    context: ssl.SSLContext,
+    cap: int,
+    follow_redirects: bool,
+    user_agent: str,
+    timings: Timings,
+) -> Response:
+    """One request (and its redirects), each on a fresh connection; the last answer, its body
+    capped at `cap` bytes after decoding. `timings` is filled in as the phases pass, so the
+    caller still has them when its timeout cancels the fetch."""
+    loop = asyncio.get_running_loop()
+    target = URL(url)
+    redirects = 0
+    while True:
+        if target.scheme not in ("http", "https"):
+            raise BadRedirect("not an http(s) URL")
+        exchange = _Exchange(cap, head=method == "HEAD")
+        transport = await _connect(
+            loop, target, context if target.scheme == "https" else None, exchange, timings
+        )
+        try:
+            transport.write(_request_bytes(method, target, headers, body, user_agent))
+            await exchange.done
+        finally:
+            transport.abort()  # a fresh connection per probe; the unread rest is dropped
+        timings.headers_at = exchange.headers_at
+        status = exchange.status
+        location = exchange.headers.get("location")
+        if not (follow_redirects and status in _REDIRECTS and location):
+            return Response(status, exchange.headers, b"".join(exchange.chunks), timings)
+        redirects += 1
+        if redirects > MAX_REDIRECTS:
+            raise TooManyRedirects()
+        following = target.join(URL(location))
+        if status in (301, 302, 303) and method != "HEAD" and (status == 303 or method == "POST"):
+            method, body = "GET", None
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        if following.origin() != target.origin():  # credentials stay with their own origin
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            following = following.with_user(None)
+        target = following
