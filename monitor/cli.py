@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+from monitor import DEFAULT_PORT
 from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, ObservedBy, load_config
-from monitor.daemon import DEFAULT_PORT
 from monitor.notice import Status
 from monitor.plan import Plan, report
 from monitor.table import render_table

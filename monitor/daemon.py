@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 import monitor.site
-from monitor import alerts, metrics, notice_watch, reload
+from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
 from monitor.clock import Clock, RealClock
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
@@ -30,8 +30,6 @@ from monitor.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-#: The default port of `run` (and of the demo): /healthz, /metrics and the site.
-DEFAULT_PORT = 9851
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -7,6 +7,8 @@ and once as `python -m monitor` in a subprocess.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -477,3 +479,41 @@ def test_python_m_monitor_transitions_over_the_whole_calendar() -> None:
     assert done.stderr == (
         f'channel-monitor: --from: "0001-01-01" {OUT_OF_RANGE}; expected an instant in that range\n'
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate"],
+        ["plan", "--at", "2022-07-01T12:00"],
+        [
+            "plan",
+            "diff",
+            "channels.toml",
+            "channels.toml",
+            "--from",
+            "2022-06-01",
+            "--until",
+            "2022-08-01",
+        ],
+        ["report", "--db", "no-such.db"],
+        ["notice", "list"],
+    ],
+)
+def test_commands_that_read_the_plan_load_no_server_libraries(argv: list[str]) -> None:
+    """DESIGN: commands import what they use; reading a plan must not pay for aiohttp, httpx,
+    prometheus_client or APScheduler (they take most of a second to import here)."""
+    script = (
+        "import sys\n"
+        "from monitor.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'aiohttp', 'httpx', 'prometheus_client', 'apscheduler', 'playwright'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

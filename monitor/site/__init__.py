@@ -23,12 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:  # the server's libraries stay out of commands that only read (`report`)
+    from aiohttp import web
 
-from monitor.pipeline import Result
-
-if TYPE_CHECKING:
     from monitor.daemon import Daemon
+    from monitor.pipeline import Result
     from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
@@ -184,6 +183,7 @@ def site_handler(site_dir: Path):
     folder is seen at once, and nothing outside the folder is ever served. A path no file
     could have (a NUL byte, a name longer than the file system takes) is the client's
     error, answered 400 or 404, never an exception in the log."""
+    from aiohttp import web
 
     async def handle(request: web.Request) -> web.StreamResponse:
         tail = request.match_info.get("tail", "")
