@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2
@@ -616,8 +616,13 @@ def _probe_environment(value: object, info: ValidationInfo) -> object:
     if not isinstance(value, str):
         return value
     env = (info.context or {}).get("env")
-    env = os.environ if env is None else env
-    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1)) or m.group(0), value)
+    return fill_in(value, os.environ if env is None else env)
+
+
+def fill_in(text: str, env: Mapping[str, str]) -> str:
+    """`text` with each `${NAME}` whose variable is set (non-empty) in `env` replaced by its
+    value; the others stay as written."""
+    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1)) or m.group(0), text)
 
 
 ProbeEnv = BeforeValidator(_probe_environment)
@@ -868,6 +873,12 @@ class Service(_Model):
     def configured(self) -> bool:
         """Observed by a probe or push that has everything it needs."""
         return self.observed_by != "schedule" and not self.unset
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy works out `unset` again: its probe or push may have been replaced."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("unset", None)
+        return copy
 
 
 class Channel(_Model):

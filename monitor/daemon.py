@@ -86,8 +86,12 @@ class Daemon:
             alerts.attach(self)  # the outbox hook on the store and the alert sender
         monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
         notice_watch.attach(self)  # operators' notices: on the page, to the robots
-        # POST /push/<channel>/<service>; silences timed on the real clock only
-        self.push = PushReceiver(self.pipeline, watch_silence=isinstance(self.clock, RealClock))
+        # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
+        # replayed one (the demo) the rate limit counts its seconds and the replay asks
+        # `push.overdue(at)` at each step, with no wall-clock timers
+        real = isinstance(self.clock, RealClock)
+        on_clock = None if real else (lambda: self.clock.now().timestamp())
+        self.push = PushReceiver(self.pipeline, monotonic=on_clock, watch_silence=real)
         self.push.attach(self.app)
         self.plan_users += [self.push, self.scheduler]  # the scheduler last: it probes at once
         self.plan_watch = reload.attach(self)  # the plan file, polled; SIGHUP nudges it
@@ -161,6 +165,8 @@ class Daemon:
             if self.port == 0:
                 self.port = self.runner.addresses[0][1]
             log.info("listening on http://%s:%d", self.host, self.port)
+        else:
+            await self.push.start()  # (when serving, the app's start does it)
         if schedule:
             self.scheduler.start()
 
@@ -174,6 +180,8 @@ class Daemon:
         await self.pipeline.close()  # every kind's prober
         if self.runner is not None:
             await self.runner.cleanup()
+        else:
+            await self.push.stop()
         self.store.close()  # writes what is buffered; says what a full disk made it lose
 
 

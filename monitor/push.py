@@ -14,6 +14,10 @@ of silence, because the judge opens an incident after `failure_threshold` consec
 observations and needs fresh ones to keep the verdict from going stale. The incident itself,
 like healthchecks.io's alert, opens once and resolves with the pushes that come back. After a
 restart every push service's clock starts at the start: a silence is never inferred from before.
+The deadline is one check, `overdue(at)`, asked with an instant: `run`'s loop timers ask it when
+a `within` has passed on the wall clock; on a replayed clock (the demo, `watch_silence=False`)
+there are no timers and the replay asks it at each of its steps, so a silence is found the same
+way in both.
 
 The receiver answers:
 
@@ -40,8 +44,9 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -200,7 +205,7 @@ class PushReceiver:
         watch_silence: bool = True,
     ) -> None:
         """`watch_silence` False leaves the `within` timers off: on a replayed clock (the demo)
-        the replay calls `silence` at its own simulated instants instead."""
+        the replay asks `overdue(at)` at its own simulated instants instead."""
         self.pipeline = pipeline
         self.watch_silence = watch_silence
         #: How long a push body may take to arrive (seconds).
@@ -211,8 +216,9 @@ class PushReceiver:
         self._rate = RateLimit()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
-        #: Bumped by every push, so a silence timer that fired meanwhile knows it is late.
-        self._generation: dict[Key, int] = {}
+        #: The instant each configured service's `within` runs from: its last push, its last
+        #: observed silence, or the start.
+        self._since: dict[Key, datetime] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
 
@@ -238,10 +244,15 @@ class PushReceiver:
                 self._timers.pop(key).cancel()
         if self._stopped:
             return
+        now = self.pipeline.clock.now()
+        for key in list(self._since):
+            if key not in self._tokens:
+                del self._since[key]
         for key, ref in self.services.items():
             if key not in fresh:
                 continue
             if key in self._tokens:
+                self._since[key] = now
                 self._arm(ref)
             else:
                 task = asyncio.get_running_loop().create_task(
@@ -268,8 +279,10 @@ class PushReceiver:
         """Start every configured push service's `within` clock now; say of the others that
         they are not configured (judged `unknown`, reason `not configured: set NAME`)."""
         self._stopped = False
+        now = self.pipeline.clock.now()
         for key, ref in self.services.items():
             if key in self._tokens:
+                self._since[key] = now
                 self._arm(ref)
             else:
                 await self.pipeline.judge(ref, not_configured(ref, self.pipeline.clock.now()))
@@ -286,35 +299,19 @@ class PushReceiver:
     # --- one push ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Check, judge, answer. Nothing is recorded unless the push is accepted."""
+        """`POST /push/<channel>/<service>`: 202 with the verdict, or the refusal's status."""
         key = (request.match_info["channel"], request.match_info["service"])
+        authorization = request.headers.get("Authorization")
         try:
-            ref = self._check(key, request)
-            try:
-                async with asyncio.timeout(self.body_timeout):
-                    raw = await read_capped(request)
-            except TimeoutError:  # a pusher that trickles its body holds nothing for long
-                raise PushRefused(
-                    408, "the body did not arrive in time", "请求体未能按时收到"
-                ) from None
-            if raw is None:
-                raise PushRefused(
-                    413,
-                    f"the body is larger than {MAX_BODY // 1024} KiB",
-                    f"请求体超过 {MAX_BODY // 1024} KiB",
-                )
-            report = parse_body(raw)
+            result = await self.receive(key, authorization, lambda: self._read(request))
         except PushRefused as refused:
             log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
             return refused.response()
-        result = await self.accept(ref, report)
-        if result is None:  # a reload removed the service while its push was judged
-            return not_pushed().response()
-        log.debug("push to %s/%s: %s", *_printable(key), report.reason)
+        log.debug("push to %s/%s: %s", *_printable(key), result.observation.reason)
         body = {
             "accepted": True,
-            "channel": ref.channel.id,
-            "service": ref.service.id,
+            "channel": result.ref.channel.id,
+            "service": result.ref.service.id,
             "at": result.observation.at.isoformat(),
             "serving": result.observation.serving,
             "expected": result.expectation.state,
@@ -322,13 +319,42 @@ class PushReceiver:
         }
         return web.json_response(body, status=202)
 
-    def _check(self, key: Key, request: web.Request) -> ServiceRef:
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body (None when over the cap), within `body_timeout` or PushRefused(408)."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await read_capped(request)
+        except TimeoutError:  # a pusher that trickles its body holds nothing for long
+            raise PushRefused(
+                408, "the body did not arrive in time", "请求体未能按时收到"
+            ) from None
+
+    async def receive(
+        self, key: Key, authorization: str | None, read: Callable[[], Awaitable[bytes | None]]
+    ) -> Result:
+        """Check, read, judge; raises PushRefused, and then nothing is recorded. `read` gives
+        the body, or None when it is over the cap; it is called only once the token matched.
+        The HTTP route and the demo's simulated kiosks both come through here."""
+        ref = self._check(key, authorization)
+        raw = await read()
+        if raw is None:
+            raise PushRefused(
+                413,
+                f"the body is larger than {MAX_BODY // 1024} KiB",
+                f"请求体超过 {MAX_BODY // 1024} KiB",
+            )
+        result = await self.accept(ref, parse_body(raw))
+        if result is None:  # a reload removed the service while its push was judged
+            raise not_pushed()
+        return result
+
+    def _check(self, key: Key, authorization: str | None) -> ServiceRef:
         """The service pushed to, or PushRefused: 404, then 401, then 429."""
         ref = self.services.get(key)
         if ref is None:
             raise not_pushed()
         token = self._tokens.get(key)
-        if token is None or not bearer_matches(request.headers.get("Authorization"), token):
+        if token is None or not bearer_matches(authorization, token):
             raise PushRefused(
                 401,
                 "missing or wrong token (Authorization: Bearer <token>)",
@@ -345,16 +371,37 @@ class PushReceiver:
     async def accept(self, ref: ServiceRef, report: Report) -> Result | None:
         """Judge one accepted push as an observation now; restart the service's clock."""
         async with self._lock(ref.key):
-            self._generation[ref.key] = self._generation.get(ref.key, 0) + 1
             observation = Observation(self.pipeline.clock.now(), report.serving, report.reason)
+            self._since[ref.key] = observation.at
             result = await self.pipeline.judge(ref, observation)
             self._arm(ref)
         return result
 
+    async def overdue(self, at: datetime, keys: Iterable[Key] | None = None) -> list[Result]:
+        """Observe, at `at`, the silence of every configured push service (of `keys`, when
+        given) that has had no push for its `within`: the deadline check, asked with an
+        instant by `run`'s timers and by the replay at each of its steps."""
+        results = []
+        for key in list(self._since if keys is None else keys):
+            since, ref = self._since.get(key), self.services.get(key)
+            if since is None or ref is None or key not in self._tokens:
+                continue  # a reload removed it, or left it not configured
+            push = ref.service.push
+            assert push is not None
+            if at - since < push.within:
+                continue
+            async with self._lock(key):
+                if at - self._since[key] >= push.within:  # no push came while waiting
+                    result = await self._silent(ref, at)
+                    if result is not None:
+                        results.append(result)
+        return results
+
     # --- silence ----------------------------------------------------------------------------
 
     def _arm(self, ref: ServiceRef) -> None:
-        """(Re)start the service's `within` clock (not for one a reload removed)."""
+        """(Re)start the service's timer for the rest of its `within` (no timers when a replay
+        asks `overdue` itself, none for a service a reload removed)."""
         if self._stopped or not self.watch_silence or ref.key not in self.services:
             return
         push = ref.service.push
@@ -362,37 +409,41 @@ class PushReceiver:
         old = self._timers.pop(ref.key, None)
         if old is not None:
             old.cancel()
-        generation = self._generation.get(ref.key, 0)
+        left = self._since[ref.key] + push.within - self.pipeline.clock.now()
         loop = asyncio.get_running_loop()
-        self._timers[ref.key] = loop.call_later(
-            push.within.total_seconds(), self._silence, ref, generation
-        )
+        self._timers[ref.key] = loop.call_later(max(left.total_seconds(), 0.0), self._silence, ref)
 
-    def _silence(self, ref: ServiceRef, generation: int) -> None:
+    def _silence(self, ref: ServiceRef) -> None:
         self._timers.pop(ref.key, None)
         if self._stopped:
             return
-        task = asyncio.get_running_loop().create_task(self._observe_silence(ref, generation))
+        task = asyncio.get_running_loop().create_task(self._timer_fired(ref))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    async def _observe_silence(self, ref: ServiceRef, generation: int) -> None:
-        async with self._lock(ref.key):
-            if self._generation.get(ref.key, 0) != generation:
-                return  # a push came while this timer fired: no silence
-            await self._judge_silence(ref)
-            self._arm(ref)  # and again after each further `within` of silence
+    async def _timer_fired(self, ref: ServiceRef) -> None:
+        """A timer's deadline came: ask `overdue` now. When it finds nothing (a push came
+        meanwhile, or the wall clock lags the loop's by a hair) and no push re-armed the
+        timer, wait for the rest of the `within`."""
+        found = await self.overdue(self.pipeline.clock.now(), (ref.key,))
+        if not found and ref.key not in self._timers:
+            self._arm(ref)
 
-    async def silence(self, ref: ServiceRef) -> Result | None:
-        """Judge a silence of `ref` now (what the timer does; the demo's replay calls it)."""
-        async with self._lock(ref.key):
-            return await self._judge_silence(ref)
-
-    async def _judge_silence(self, ref: ServiceRef) -> Result | None:
+    async def _silent(self, ref: ServiceRef, at: datetime) -> Result | None:
+        """Judge the silence of `ref` at `at` and start its `within` again (caller holds the
+        service's lock)."""
         push = ref.service.push
         assert push is not None
         reason = f"no push for {format_duration(push.within)}"
-        return await self.pipeline.judge(ref, Observation(self.pipeline.clock.now(), False, reason))
+        self._since[ref.key] = at
+        result = await self.pipeline.judge(ref, Observation(at, False, reason))
+        self._arm(ref)  # and again after each further `within` of silence
+        return result
+
+    async def silence(self, ref: ServiceRef) -> Result | None:
+        """Judge a silence of `ref` now, due or not (`overdue` asks whether it is due)."""
+        async with self._lock(ref.key):
+            return await self._silent(ref, self.pipeline.clock.now())
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)

@@ -41,9 +41,11 @@ def real_plan_data() -> dict:
 
 
 def probe_everything(data: dict, base_url: str, **probe: object) -> dict:
-    """Give every service of the plan a probe of `base_url/<channel>/<service>`."""
+    """Give every service of the plan an HTTP probe of `base_url/<channel>/<service>` (in place
+    of the plan's own probe or push)."""
     for channel in data["channels"]:
         for service in channel["services"]:
+            service.pop("push", None)
             service["probe"] = {"url": f"{base_url}{channel['id']}/{service['id']}", **probe}
     return data
 

@@ -1,28 +1,40 @@
 """The demo end to end: the real plan replayed against the simulated channels.
 
 Each scripted fault must be detected once, in its direction, within the thresholds; nothing
-else may open an incident (planned transitions are not faults)."""
+else may open an incident (planned transitions are not faults). Every kind of observation the
+plan uses is exercised (pages and JSON back ends by HTTP, the script-built portal by browser,
+payment counters through a Prometheus query, pushes from the offline channels), and the story
+says which kind saw each incident. Without Chromium the demo still runs and says so."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from helpers import missing
 from servers import closed_port
 
-from monitor.config import load_config
+from monitor.browser import missing_parts
+from monitor.clock import ReplayClock
+from monitor.config import PlanConfig, load_config
 from monitor.demo.faults import scripted_faults
 from monitor.demo.replay import Cadence, instants, planned_downtime
-from monitor.demo.run import REPLAY_END, REPLAY_START, DemoOptions, run_demo
+from monitor.demo.run import KINDS, REPLAY_END, REPLAY_START, DemoOptions, run_demo
+from monitor.demo.simulator import MAINTENANCE_PATTERN, PAYMENTS, Simulator
 from monitor.plan import Plan
+from monitor.query import QueryProber
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "channels.toml"
@@ -65,20 +77,34 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
             done.set()
         return replay, await fetching
 
-    replay, served = asyncio.run(both())
+    story = io.StringIO()
+    with contextlib.redirect_stdout(story):
+        replay, served = asyncio.run(both())
     with sqlite3.connect(tmp / "demo.db") as db:
         incidents = db.execute(
             "SELECT channel, business, direction, opened_at, resolved_at FROM incidents "
             "ORDER BY opened_at"
         ).fetchall()
+        observations = db.execute(
+            "SELECT channel, business, at, serving, reason FROM observations ORDER BY at"
+        ).fetchall()
     return {
         "replay": replay,
         "incidents": incidents,
+        "observations": observations,
         "config": config,
         "site": site,
         "cadence": cadence,
         "served": served,
+        "story": story.getvalue(),
     }
+
+
+def _browser_here(config: PlanConfig) -> None:
+    """The browser part needs Playwright and Chromium: fail in CI without them."""
+    what = missing_parts(config.monitor.chromium)
+    if what is not None:
+        missing(f"browser probes need {what}")
 
 
 def test_every_fault_is_detected_once_in_its_direction_within_thresholds(demo: dict) -> None:
@@ -124,10 +150,164 @@ def test_observed_downtime_follows_the_plan_except_for_the_faults(demo: dict) ->
         assert replay.tallies[ref.key].observed_down == planned, ref.key
 
 
-def test_every_service_is_probed_on_the_simulator(demo: dict) -> None:
+def test_every_kind_of_observation_is_exercised(demo: dict) -> None:
+    """Each kind the plan uses saw something (serving or not) during the replay."""
+    _browser_here(demo["config"])
     replay = demo["replay"]
-    probes = [ref.service.probe for ref in replay.plan.services]
-    assert all(probe is not None and probe.url.startswith("http://127.0.0.1:") for probe in probes)
+    used = {ref.service.observed_by for ref in replay.plan.services}
+    assert used == set(KINDS)
+    for kind in KINDS:
+        assert replay.seen_by[kind] > 0, f"{kind}: {replay.seen_by}"
+    assert (
+        f"observations by kind: {', '.join(f'{k} {replay.seen_by[k]}' for k in KINDS)}"
+        in (demo["story"])
+    )
+
+
+def test_the_plans_variables_are_set_for_the_simulator(demo: dict) -> None:
+    """The demo fills in the plan's `${NAME}`s (addresses on the simulator, fresh tokens)
+    instead of replacing the probes: every other field is the shipped plan's."""
+    shipped = Plan(demo["config"])
+    for ref in demo["replay"].plan.services:
+        service = ref.service
+        assert not service.unset, ref.key
+        original = shipped.service(*ref.key).service
+        assert service.observed_by == original.observed_by, ref.key
+        if service.probe is not None:
+            assert service.probe.url.startswith("http://127.0.0.1:"), ref.key
+            kept = {"url", "headers", "body", "query"}
+            assert service.probe.model_dump(exclude=kept) == original.probe.model_dump(
+                exclude=kept
+            ), ref.key
+        else:
+            assert service.push is not None and len(service.push.token) >= 16, ref.key
+            assert service.push.within == original.push.within, ref.key
+    assert "variables set for the simulator: " in demo["story"]
+    assert "EHUIBAN_API_URL" in demo["story"] and "KIOSK_PUSH_TOKEN" in demo["story"]
+
+
+def test_each_incident_says_which_kind_saw_it(demo: dict) -> None:
+    story = demo["story"]
+    seen = {
+        ("chushuitong", "si-contribution"): "prometheus",
+        ("hubei-zwfw", "certificate-print"): "http",
+        ("hubei-12333-wechat", "pension"): "http",
+        ("hubei-etax", "medical-premium"): "prometheus",
+    }
+    plan = demo["replay"].plan
+    for key, kind in seen.items():
+        ref = plan.service(*key)
+        name = f"{ref.channel.name} / {ref.service.name}"
+        assert re.search(rf"  OPEN   #\d+ \[{kind}\] {re.escape(name)}: ", story), key
+        assert f"seen by [{kind}]: {name}, " in story, key
+    # the closing lines, after the report: each incident with its direction and kind
+    assert re.search(r"incident #\d+ seen by \[prometheus\]: 楚税通APP / .*, unexpected_up", story)
+    assert "json condition failed: code == `0`" in story  # the app's maintenance code
+    assert "query value 17 > 0" in story  # 楚税通 payments still counted after 18:00
+
+
+def _service_observations(demo: dict, channel: str, business: str) -> list[tuple]:
+    return [o[2:] for o in demo["observations"] if (o[0], o[1]) == (channel, business)]
+
+
+def test_the_portal_notice_is_read_by_the_browser(demo: dict) -> None:
+    _browser_here(demo["config"])
+    freeze = datetime(2022, 6, 22, 10, tzinfo=UTC).timestamp()  # 18:00 Beijing time
+    seen = _service_observations(demo, "hrss-gov-platform", "pension")
+    before = [o for o in seen if o[0] < freeze]
+    during = [o for o in seen if freeze <= o[0] < REPLAY_END.timestamp() - 86400 * 2]
+    assert before and all(serving == 1 for _, serving, _ in before), seen
+    assert during and all(
+        (serving, reason) == (0, "rendered text matches maintenance notice")
+        for _, serving, reason in during
+    ), seen
+    assert len(seen) <= 6, "browser pages are loaded only at the start, changes and end"
+
+
+def test_kiosks_and_halls_push_and_a_silence_is_found_on_the_replay_clock(demo: dict) -> None:
+    freeze = datetime(2022, 6, 22, 10, tzinfo=UTC).timestamp()
+    kiosk = _service_observations(demo, "self-service-kiosks", "si-self-service")
+    assert {reason for at, _, reason in kiosk if at < freeze} == {"push"}  # heartbeats
+    silent = [(at, serving, reason) for at, serving, reason in kiosk if at >= freeze]
+    assert silent[0] == (freeze, 0, "no push for 5m")  # found at the first instant it is due
+    hall = _service_observations(demo, "si-service-hall", "pension")
+    assert any(reason.startswith("pushed: ") and serving == 0 for _, serving, reason in hall)
+    pos = _service_observations(demo, "tax-service-hall", "medical-premium")
+    assert pos and all((s, r) == (1, f"pushed: count {PAYMENTS}") for _, s, r in pos)
+    assert demo["replay"].pushers.refused == {}
+
+
+def test_the_simulated_portal_and_query_endpoint(tmp_path: Path) -> None:
+    """The portal's notice is not in its HTML (only a browser sees it); the query endpoint
+    answers Prometheus' instant-query JSON with the payment counter's increase, faults
+    included, at the query's own time."""
+    config = load_config(PLAN)
+    plan = Plan(config)
+    clock = ReplayClock(REPLAY_START)
+    simulator = Simulator(plan, clock, scripted_faults(plan))
+
+    async def ask() -> tuple[str, dict, list[tuple]]:
+        runner = web.AppRunner(simulator.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            clock.set(REPLAY_START + timedelta(days=3))  # in the freeze
+            async with aiohttp.ClientSession() as session:
+                portal = f"{base}/portal/hrss-gov-platform/pension"
+                async with session.get(portal) as response:
+                    html = await response.text()
+                async with session.get(portal + "/state") as response:
+                    state = await response.json()
+            spec = plan.service("chushuitong", "si-contribution").service.probe
+            spec = spec.model_copy(update={"url": f"{base}/prometheus"})
+            reasons = []
+            async with QueryProber() as prober:
+                for hour in ("12:00", "18:30", "20:30"):  # before, in the fault, after it
+                    at = datetime.fromisoformat(f"2022-06-22T{hour}:00+08:00")
+                    seen = await prober.probe(spec, timedelta(seconds=5), at)
+                    reasons.append((seen.serving, seen.reason))
+            return html, state, reasons
+        finally:
+            await runner.cleanup()
+
+    html, state, reasons = asyncio.run(ask())
+    assert MAINTENANCE_PATTERN not in html and "<script>" in html
+    assert state["open"] is False and MAINTENANCE_PATTERN in state["notice"]
+    assert reasons == [
+        (True, f"query value {PAYMENTS} > 0"),
+        (True, f"query value {PAYMENTS} > 0"),  # 楚税通 still takes payments (the fault)
+        (False, "query value 0 <= 0"),
+    ]
+
+
+def test_the_demo_without_chromium_still_passes_and_says_so(tmp_path: Path) -> None:
+    """No Chromium here (the `[monitor] chromium` setting names a missing file): the browser
+    services stay unknown, the demo says so in one line, and the rest is found as before."""
+    config = load_config(PLAN)
+    monitor = config.monitor.model_copy(update={"chromium": str(tmp_path / "no-chromium")})
+    config = config.model_copy(update={"monitor": monitor})
+    end = REPLAY_START + timedelta(days=1)
+    options = DemoOptions(
+        config, tmp_path / "site", None, "127.0.0.1", 0, False, False, Cadence(), end=end
+    )
+    story = io.StringIO()
+    with contextlib.redirect_stdout(story):
+        replay = asyncio.run(run_demo(options))
+    out = story.getvalue()
+    lines = [line for line in out.splitlines() if line.strip().startswith("browser:")]
+    assert len(lines) == 1 and "not available here" in lines[0], out
+    assert "Chromium" in lines[0] and "stay unknown" in lines[0]
+    assert replay.seen_by["browser"] == 0
+    assert all(replay.seen_by[kind] > 0 for kind in ("http", "prometheus", "push"))
+    found = [(i.channel, i.business, i.direction) for i in replay.incidents]
+    assert found == [("chushuitong", "si-contribution", "unexpected_up")]
+    browser = [ref for ref in replay.plan.services if ref.service.observed_by == "browser"]
+    for ref in browser:
+        state = replay.pipeline.states[ref.key]
+        assert state.last_serving is None, ref.key
+        assert state.last_reason.startswith("browser not available: "), state.last_reason
+        assert "Chromium" in state.last_reason
 
 
 def test_dense_steps_surround_each_mark() -> None:

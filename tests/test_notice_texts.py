@@ -132,6 +132,10 @@ def test_the_instructions_live_in_comments_and_the_operators_section(tmp_path: P
     assert f"{unobserved} 项业务还没有接入监测" in ops and "需由渠道运营方提供" in ops
     _, es = page(site, "en/index.html")
     assert f"{unobserved} services are not observed yet" in es.text["ops"]
+    assert "鄂汇办APP：企业职工基本养老保险业务、工伤保险业务" in ops  # grouped by channel
+    assert "需设置环境变量 EHUIBAN_API_URL、EHUIBAN_API_TOKEN" in ops  # and what to set
+    assert "自助机和POS机：" in ops and "KIOSK_PUSH_TOKEN" in ops  # offline ones push
+    assert "平台门户" not in ops and "网站门户" not in ops  # probed as they are
     assert "operator" not in "".join(t for k, t in es.text.items() if k != "ops").lower()
 
 

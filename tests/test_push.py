@@ -24,7 +24,7 @@ from servers import closed_port
 from monitor.clock import ReplayClock
 from monitor.daemon import Daemon
 from monitor.judge import Verdict
-from monitor.push import MAX_BODY, RateLimit, parse_body
+from monitor.push import MAX_BODY, PushRefused, RateLimit, parse_body
 
 TOKEN = "kiosk-push-token-7f3a9c1e5b2d4f60"
 WRONG = "kiosk-push-token-0000000000000000"
@@ -467,3 +467,55 @@ def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
     assert reason_text(reason, "en") != "other reason"
     assert "菜单" not in reason_text(reason, "zh"), "a pusher's own words are not published"
     assert reason_zh(reason) != reason
+
+
+# --- the deadline asked with an instant (the demo's replay clock) -----------------------------
+
+
+def _body(raw: bytes):
+    async def read() -> bytes | None:
+        return raw
+
+    return read
+
+
+async def test_overdue_follows_the_clock_it_is_asked_with(tmp_path: Path) -> None:
+    """With the timers off (the demo), the replay asks `overdue(at)`: a silence is found at
+    the first instant `within` after the last push on the replay clock, wherever the wall
+    clock is; pushes handed over in process pass the same checks as POST /push/..."""
+    start = datetime(2022, 6, 22, 10, tzinfo=UTC)
+    clock = ReplayClock(start)
+    plan = push_plan(tmp_path, "5m")
+    daemon = Daemon(plan, tmp_path / "m.db", tmp_path / "site", port=0, clock=clock)
+    await daemon.start(schedule=False, serve=False)
+    receiver = daemon.push
+    try:
+        assert receiver._timers == {}, "no wall-clock timers in a replay"
+        assert await receiver.overdue(start + timedelta(minutes=4, seconds=59)) == []
+        clock.set(start + timedelta(minutes=5))
+        found = await receiver.overdue(clock.now())
+        seen = [(r.ref.key, r.observation.serving, r.observation.reason) for r in found]
+        assert seen == [(KEY, False, "no push for 5m")]
+        assert found[0].observation.at == start + timedelta(minutes=5)
+
+        clock.set(start + timedelta(minutes=7))
+        result = await receiver.receive(KEY, f"Bearer {TOKEN}", _body(b""))
+        assert (result.observation.at, result.observation.serving) == (clock.now(), True)
+        assert await receiver.overdue(start + timedelta(minutes=11, seconds=59)) == []
+        assert len(await receiver.overdue(start + timedelta(minutes=12))) == 1
+
+        with pytest.raises(PushRefused) as refused:
+            await receiver.receive(KEY, "Bearer wrong-token-of-some-length", _body(b""))
+        assert refused.value.status == 401
+        # the rate limit counts seconds of the replay clock: a push per replay second is fine,
+        # ten more within one replay second are not
+        for _ in range(12):
+            clock.advance(timedelta(seconds=1))
+            await receiver.receive(KEY, f"Bearer {TOKEN}", _body(b'{"count": 3}'))
+        for _ in range(9):
+            await receiver.receive(KEY, f"Bearer {TOKEN}", _body(b""))
+        with pytest.raises(PushRefused) as refused:
+            await receiver.receive(KEY, f"Bearer {TOKEN}", _body(b""))
+        assert refused.value.status == 429
+    finally:
+        await daemon.stop()

@@ -5,22 +5,33 @@ replay clock itself to the next probe round, in large steps through quiet stretc
 production cadence for a few hours around every planned transition and scripted fault, so
 thresholds and grace behave as they do in production. Every round goes through the same
 probe -> judge -> store -> listeners path as `run`.
+
+At each step the replay probes the services whose interval has passed on the replay clock (or
+whose plan changed since their last probe), lets the offline channels' systems push, and asks
+the push receiver which pushes are overdue at that instant. A browser page load costs about a
+second here, against a millisecond for a GET, so browser services are loaded at the start, at
+each planned change of their own and at the end (`Cadence.browser` gives them an interval
+instead).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from monitor.clock import ReplayClock
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, Result
 from monitor.plan import TICK, Plan, ServiceRef, Transition
+from monitor.push import PushReceiver
 from monitor.report import plan_pieces
 from monitor.store import IncidentRecord
 
-from .simulator import Fault
+from .simulator import Fault, Pushers
+
+#: A service's (channel id, service id).
+Key = tuple[str, str]
 
 DIRECTION_WORDS = {
     "unexpected_up": "应停未停 up while it should be down",
@@ -36,6 +47,9 @@ class Cadence:
     dense: timedelta = timedelta(minutes=5)
     before: timedelta = timedelta(minutes=15)
     after: timedelta = timedelta(minutes=90)
+    #: How often browser pages are loaded between their planned changes (None: only at the
+    #: start, at those changes and at the end).
+    browser: timedelta | None = None
 
 
 def instants(
@@ -84,6 +98,36 @@ class Replay:
     )
     incidents: list[IncidentRecord] = field(default_factory=list)
     stopped: bool = False
+    #: The offline channels' systems, pushing at each step (none: no push services).
+    pushers: Pushers | None = None
+    #: The receiver asked at each step which pushes are overdue.
+    push: PushReceiver | None = None
+    #: Observations that saw something (serving or not), by kind of observation.
+    seen_by: Counter[str] = field(default_factory=Counter)
+
+    def every(self, ref: ServiceRef) -> timedelta | None:
+        """How often the replay probes `ref` on its clock: its interval; for browser pages
+        `cadence.browser`. None: only at the start, its planned changes and the end."""
+        if ref.service.observed_by == "browser":
+            return self.cadence.browser
+        return self.plan.interval(ref)
+
+    def due(
+        self, at: datetime, last: dict[Key, datetime], changed: set[Key], final: bool
+    ) -> list[ServiceRef]:
+        """The probed services to probe at `at`."""
+        found = []
+        for ref in self.pipeline.probed:
+            since = last.get(ref.key)
+            every = self.every(ref)
+            if (
+                since is None
+                or final
+                or ref.key in changed
+                or (every is not None and at - since >= every)
+            ):
+                found.append(ref)
+        return found
 
     def local(self, at: datetime) -> str:
         return at.astimezone(self.plan.zone).strftime("%m-%d %H:%M")
@@ -96,7 +140,9 @@ class Replay:
         steps = instants(self.start, self.end, marks, self.cadence)
         previous = self.start - TICK
         last_serving: dict[tuple[str, str], tuple[datetime, bool]] = {}
-        for at in steps:
+        probed: dict[Key, datetime] = {}
+        changed: set[Key] = set()
+        for index, at in enumerate(steps):
             if self.stopped:
                 break
             changes = self.plan.transitions(previous + TICK, at + TICK)
@@ -105,21 +151,44 @@ class Replay:
                 self.follow(at)
             if changes:
                 self._tell_transitions(changes)
+                changed.update((t.channel, t.service) for t in changes)
                 for when in sorted({t.at for t in changes}):
                     await self.pipeline.planned_transition(when)
-            for result in await self.pipeline.probe_all():
-                key = result.ref.key
-                seen = last_serving.get(key)
-                if seen is not None and not seen[1]:
-                    self.tallies[key].observed_down += at - seen[0]
-                last_serving[key] = (at, result.observation.serving)
-                for record in result.incidents:
-                    self._tell_incident(result.ref, record)
+            refs = self.due(at, probed, changed, index == len(steps) - 1)
+            results = await self.pipeline.probe_all(refs) if refs else []
+            for ref in refs:
+                probed[ref.key] = at
+                changed.discard(ref.key)
+            if self.pushers is not None:
+                results += await self.pushers.push(at)
+            if self.push is not None:
+                results += await self.push.overdue(at)
+            for result in results:
+                self._record(at, result, last_serving)
             previous = at
         for key, (seen_at, serving) in last_serving.items():
             if not serving:
                 self.tallies[key].observed_down += self.end - seen_at
         await self.pipeline.flush()
+
+    def _record(
+        self,
+        at: datetime,
+        result: Result,
+        last_serving: dict[tuple[str, str], tuple[datetime, bool]],
+    ) -> None:
+        """Tally what was seen (an observation that could not tell counts for nothing) and
+        tell the incidents it opened or resolved."""
+        serving = result.observation.serving
+        if serving is not None:
+            key = result.ref.key
+            seen = last_serving.get(key)
+            if seen is not None and not seen[1]:
+                self.tallies[key].observed_down += at - seen[0]
+            last_serving[key] = (at, serving)
+            self.seen_by[result.ref.service.observed_by] += 1
+        for record in result.incidents:
+            self._tell_incident(result.ref, record)
 
     def _tell_transitions(self, changes: list[Transition]) -> None:
         groups: dict[tuple[datetime, str, str, str | None], list[Transition]] = defaultdict(list)
@@ -134,7 +203,7 @@ class Replay:
 
     def _tell_incident(self, ref: ServiceRef, record: IncidentRecord) -> None:
         word = DIRECTION_WORDS[record.direction]
-        name = f"{ref.channel.name} / {ref.service.name}"
+        name = f"[{ref.service.observed_by}] {ref.channel.name} / {ref.service.name}"
         if record.resolved_at is None:
             self.incidents.append(record)
             self.tallies[ref.key].incidents.append(record)

@@ -1,20 +1,31 @@
-"""`channel-monitor demo`: load the real plan, point every service at the simulator, replay
+"""`channel-monitor demo`: load the real plan, set its `${NAME}` variables to the simulator's
+addresses and to fresh tokens (as an operator sets them to the channels' own), replay
 2022-06-22 12:00 to 2022-07-26 12:00 (Beijing time) through the same path as `run`, write the
-site, serve `/metrics` and the site while it runs, and tell the story as it goes."""
+site, serve `/metrics` and the site while it runs, and tell the story as it goes.
+
+Every kind of observation is exercised as the plan sets it: web pages and JSON back ends by
+HTTP, the script-built portal by browser (when Chromium and Playwright are here; else those
+services stay `unknown` and the demo says so), the tax system's payment counter through the
+simulator's Prometheus query endpoint, and the offline channels by pushes from their simulated
+systems through the push receiver."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from monitor.clock import ReplayClock
-from monitor.config import PlanConfig, Probe, format_duration
+from monitor.config import Channel, PlanConfig, Service, fill_in, format_duration
 from monitor.daemon import Daemon
 from monitor.plan import Plan
 from monitor.report import build_report, open_readonly
@@ -22,27 +33,124 @@ from monitor.report_formats import as_text
 
 from .faults import scripted_faults
 from .replay import Cadence, Replay
-from .simulator import MAINTENANCE_PATTERN, SimulatorProcess
+from .simulator import Pushers, Simulator, SimulatorProcess
 
 BEIJING_OFFSET = "+08:00"
 REPLAY_START = datetime.fromisoformat("2022-06-22T12:00:00" + BEIJING_OFFSET)
 REPLAY_END = datetime.fromisoformat("2022-07-26T12:00:00" + BEIJING_OFFSET)
 
 
-def simulated(config: PlanConfig, base_url: str) -> PlanConfig:
-    """The plan with every service (schedule-only ones included) probed at the simulator."""
-    channels = []
-    for channel in config.channels:
-        services = []
-        for service in channel.services:
-            probe = Probe(
-                url=f"{base_url}/{channel.id}/{service.id}",
-                timeout=timedelta(seconds=5),
-                body_not_matches=MAINTENANCE_PATTERN,
-            )
-            services.append(service.model_copy(update={"probe": probe}))
-        channels.append(channel.model_copy(update={"services": tuple(services)}))
+#: What the simulator serves for each address variable of the shipped plan (under its base).
+SIMULATED_ADDRESSES = {
+    "SI12333_HUBEI_URL": "/page/si-12333",
+    "HUBEI_ZWFW_ITEMS_URL": "/page/hubei-zwfw",
+    "LOCAL_HALLS_STATUS_URL": "/page/local-online-halls",
+    "HRSS_PLATFORM_URL": "/portal/hrss-gov-platform",
+    "EHUIBAN_API_URL": "/app/ehuiban",
+    "ALIPAY_HRSS_API_URL": "/app/alipay-smart-hrss",
+    "HUBEI12333_API_URL": "/app/hubei-12333-wechat",
+    "ETAX_PROMETHEUS_URL": "/prometheus",
+}
+#: Kinds of observation, in the order the demo names them.
+KINDS = ("http", "browser", "prometheus", "push")
+
+
+def unset_names(config: PlanConfig) -> list[str]:
+    """Every environment variable the plan's probes and pushes wait for, in plan order."""
+    names = (name for c in config.channels for s in c.services for name in s.unset)
+    return list(dict.fromkeys(names))
+
+
+def simulator_tokens(config: PlanConfig) -> dict[str, str]:
+    """A fresh random value for every unset `..._TOKEN` variable of the plan."""
+    return {n: secrets.token_urlsafe(24) for n in unset_names(config) if n.endswith("_TOKEN")}
+
+
+def simulator_addresses(config: PlanConfig, base_url: str) -> dict[str, str]:
+    """The simulator's address for every unset address variable the demo knows."""
+    return {
+        name: base_url + SIMULATED_ADDRESSES[name]
+        for name in unset_names(config)
+        if name in SIMULATED_ADDRESSES
+    }
+
+
+def each_service(config: PlanConfig, change: Callable[[Channel, Service], Service]) -> PlanConfig:
+    """The plan with every service replaced by `change(channel, service)`."""
+    channels = [
+        channel.model_copy(update={"services": tuple(change(channel, s) for s in channel.services)})
+        for channel in config.channels
+    ]
     return config.model_copy(update={"channels": tuple(channels)})
+
+
+def with_environment(config: PlanConfig, env: Mapping[str, str]) -> PlanConfig:
+    """The plan as `run` would load it with `env` set: each `${NAME}` in a probe's or push's
+    address, headers, body, query or token filled in from `env` where it names a variable."""
+
+    def filled(way: Any) -> Any:
+        update: dict[str, Any] = {}
+        for name in ("url", "body", "query", "token"):
+            value = getattr(way, name, None)
+            if isinstance(value, str):
+                update[name] = fill_in(value, env)
+        if getattr(way, "headers", None):
+            update["headers"] = {k: fill_in(v, env) for k, v in way.headers.items()}
+        return way.model_copy(update=update)
+
+    def change(_channel: Channel, service: Service) -> Service:
+        if not service.unset:
+            return service
+        update = {"probe": filled(service.probe)} if service.probe else {}
+        if service.push is not None:
+            update["push"] = filled(service.push)
+        return service.model_copy(update=update)
+
+    return each_service(config, change)
+
+
+def kept_home(config: PlanConfig, base_url: str) -> PlanConfig:
+    """The plan with every probe that names a real address (the portals' homepages) pointed at
+    the simulator's page of its service instead: the demo never reaches beyond this machine."""
+
+    def change(channel: Channel, service: Service) -> Service:
+        probe = service.probe
+        if probe is None or service.unset or probe.url.startswith(base_url):
+            return service
+        url = f"{base_url}/page/{channel.id}/{service.id}"
+        return service.model_copy(update={"probe": probe.model_copy(update={"url": url})})
+
+    return each_service(config, change)
+
+
+def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
+    """The Bearer token each probed back end is asked with (the simulator checks it)."""
+    found = {}
+    for channel in config.channels:
+        for service in channel.services:
+            header = (service.probe.headers if service.probe else {}).get("Authorization", "")
+            if header.startswith("Bearer ") and "${" not in header:
+                found[(channel.id, service.id)] = header.removeprefix("Bearer ")
+    return found
+
+
+def browser_line(plan: Plan) -> str | None:
+    """One line on how the demo's browser services are judged here (None: there are none)."""
+    from monitor.browser import missing_parts
+
+    count = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
+    if not count:
+        return None
+    what = missing_parts(plan.config.monitor.chromium)
+    if what is not None:
+        return (
+            f"  browser: not available here ({what}); the {count} services observed by "
+            "browser stay unknown 浏览器不可用，这些服务判定为 unknown"
+        )
+    return (
+        f"  browser: headless Chromium loads the {count} script-built portal pages at the start,"
+        " at their planned changes and at the end"
+    )
 
 
 def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str:
@@ -50,7 +158,8 @@ def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str
 
     The replay probes every `cadence.quiet` through quiet stretches, so an observation stands
     for up to that long here (in production twice the probe interval): the report then counts
-    the same down time the story tells.
+    the same down time the story tells. Browser pages, loaded only at their planned changes,
+    leave the time between those loads unobserved.
     """
     store = open_readonly(db)
     try:
@@ -74,17 +183,22 @@ class DemoOptions:
     cadence: Cadence
     #: Operators' notices shown on the page (monitor/notice.py); no file, no notices.
     notices: Path | None = None
+    #: Where the replay stops (the tests stop a short replay early).
+    end: datetime = field(default=REPLAY_END)
 
 
 async def run_demo(options: DemoOptions) -> Replay:
     """Run the whole demo; returns the replay (its tallies and incidents) for tests."""
-    plan = Plan(options.config)
     clock = ReplayClock(REPLAY_START)
-    faults = scripted_faults(plan)
-    simulator = SimulatorProcess(options.config, faults, REPLAY_START)
+    faults = scripted_faults(Plan(options.config))
+    tokens = simulator_tokens(options.config)
+    with_tokens = with_environment(options.config, tokens)
+    simulator = SimulatorProcess(with_tokens, faults, REPLAY_START, bearer_tokens(with_tokens))
     loop = asyncio.get_running_loop()
     sim_port = await loop.run_in_executor(None, simulator.start)
-    probed = Plan(simulated(options.config, f"http://127.0.0.1:{sim_port}"))
+    base_url = f"http://127.0.0.1:{sim_port}"
+    env = {**tokens, **simulator_addresses(options.config, base_url)}
+    probed = Plan(kept_home(with_environment(options.config, env), base_url))
 
     with contextlib.ExitStack() as stack:
         db = options.db
@@ -104,9 +218,11 @@ async def run_demo(options: DemoOptions) -> Replay:
             notices_path=options.notices,
         )
         replay = Replay(
-            probed, daemon.pipeline, clock, REPLAY_START, REPLAY_END, faults, options.cadence
+            probed, daemon.pipeline, clock, REPLAY_START, options.end, faults, options.cadence
         )
         replay.follow = simulator.set
+        replay.push = daemon.push
+        replay.pushers = Pushers(Simulator(probed, clock, faults), daemon.push)
         stop = asyncio.Event()
 
         def interrupt() -> None:
@@ -118,10 +234,19 @@ async def run_demo(options: DemoOptions) -> Replay:
         started = time.monotonic()
         try:
             await daemon.start(schedule=False, serve=options.serve)
-            window = f"{REPLAY_START:%Y-%m-%d %H:%M} to {REPLAY_END:%Y-%m-%d %H:%M}"
+            window = f"{REPLAY_START:%Y-%m-%d %H:%M} to {options.end:%Y-%m-%d %H:%M}"
             print(f"channel-monitor demo: replaying {window} (Beijing time)")
             counts = f"{len(probed.services)} services on {len(probed.config.channels)} channels"
             print(f"  {counts}, simulated at 127.0.0.1:{sim_port}")
+            kinds = Counter(ref.service.observed_by for ref in probed.services)
+            print("  observed by " + ", ".join(f"{k} {kinds[k]}" for k in (*KINDS, "schedule")))
+            print(f"  variables set for the simulator: {', '.join(env) or 'none'}")
+            waiting = unset_names(probed.config)
+            if waiting:
+                print(f"  still unset (those services stay unknown): {', '.join(waiting)}")
+            line = browser_line(probed)
+            if line:
+                print(line)
             if options.serve:
                 print(f"  metrics and site: http://{daemon.host}:{daemon.port}/")
             for fault in faults:
@@ -134,13 +259,25 @@ async def run_demo(options: DemoOptions) -> Replay:
             if replay.stopped:
                 reached = clock.now().astimezone(probed.zone)
                 print(f"interrupted at {reached:%m-%d %H:%M}: the summary covers the replay so far")
-            end = REPLAY_END if not replay.stopped else clock.now()
+            end = options.end if not replay.stopped else clock.now()
             if end > REPLAY_START:
-                print(closing_report(plan, db, end, options.cadence))
+                print(closing_report(probed, db, end, options.cadence))
                 print()
+            for record in replay.incidents:
+                ref = probed.service(record.channel, record.business)
+                print(
+                    f"incident #{record.id} seen by [{ref.service.observed_by}]: "
+                    f"{ref.channel.name} / {ref.service.name}, {record.direction}"
+                )
+            seen = ", ".join(f"{k} {replay.seen_by[k]}" for k in KINDS)
+            pushers = replay.pushers
+            refused = sum(pushers.refused.values())
             print(
-                f"replayed in {elapsed:.1f} s: {simulator.requests.value} probes, "
-                f"{len(replay.incidents)} incident(s); site written to {options.site}"
+                f"replayed in {elapsed:.1f} s: {simulator.requests.value} requests to the "
+                f"simulator, {pushers.sent} pushes"
+                + (f" ({refused} refused: {pushers.refused})" if refused else "")
+                + f", {len(replay.incidents)} incident(s); observations by kind: {seen}; "
+                f"site written to {options.site}"
             )
             if options.db is not None:
                 print(

@@ -1,16 +1,31 @@
-"""Simulated channels: one HTTP route per service of the plan, following the plan on the
-replay clock, with scripted faults that break it in both directions.
+"""Simulated channels: each service answers the way its real channel would be observed,
+following the plan on the replay clock, with scripted faults that break it in both directions.
 
-A service the plan expects up answers 200 with a normal page; one the plan expects down
-answers 200 with a maintenance notice (as real portals do during a cutover), which the demo's
-probes recognise with `body_not_matches`. A fault overrides the plan for its window.
+- `GET /page/<channel>/<service>`: a web page (kind http): a normal page while serving, the
+  cutover notice while paused.
+- `GET /portal/<channel>/<service>`: a portal built by script (kind browser): its HTML holds
+  no notice at all; its script fetches `<page>/state` and writes "open" or the notice, so only
+  a browser sees it.
+- `GET /app/<channel>/<service>/status`, `POST /app/<channel>/<service>`: the back end of an
+  app, the WeChat account or the Alipay mini-program (kind http with `json`):
+  `{"code": 0, "data": {"open": true}}` while serving, a maintenance code while paused.
+- `GET|POST /prometheus/api/v1/query`: the tax system's Prometheus (kind prometheus): the
+  increase of the payment counter, > 0 while serving, 0 while paused.
+
+The query endpoint answers Prometheus' instant-query JSON for the service
+named by the `channel` and `business` labels of the query, at the query's `time`. Offline
+channels are not served here: `Pushers` plays their own systems, pushing to the monitor.
+A fault overrides the plan for its window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import multiprocessing
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +34,31 @@ from aiohttp import web
 
 from monitor.clock import Clock
 from monitor.config import PlanConfig
-from monitor.plan import Plan
+from monitor.pipeline import Result
+from monitor.plan import Plan, ServiceRef
+from monitor.push import MAX_BODY, PushReceiver, PushRefused
 
 MAINTENANCE_TEXT = "系统切换中，本业务暂停办理 / Service suspended during the system cutover"
 MAINTENANCE_PATTERN = "暂停办理"
+#: The code the simulated back ends answer while a service is paused.
+MAINTENANCE_CODE = 50301
+#: Payments counted in ten minutes by a simulated tax system that is taking them.
+PAYMENTS = 17
+
+_LABEL = re.compile(r'\b(channel|business)\s*=\s*"([^"]*)"')
+
+_PORTAL = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>服务平台</title></head><body><main id="app">加载中 Loading</main>
+<script>
+fetch(location.pathname + "/state").then(r => r.json()).then(s => {
+  const notice = document.createElement("p");
+  notice.id = "notice";
+  notice.textContent = s.open ? "业务办理 / Service open" : s.notice;
+  document.getElementById("app").replaceChildren(notice);
+});
+</script></body></html>
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +82,18 @@ class Fault:
 class Simulator:
     """The simulated channels of a plan on a clock."""
 
-    def __init__(self, plan: Plan, clock: Clock, faults: Sequence[Fault] = ()) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        clock: Clock,
+        faults: Sequence[Fault] = (),
+        tokens: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self.plan = plan
         self.clock = clock
         self.faults = list(faults)
+        #: Bearer tokens the back ends require, by service (as the plan's probes send them).
+        self.tokens = dict(tokens or {})
         self.requests = 0
 
     def serving(self, channel: str, service: str, at: datetime) -> bool:
@@ -63,24 +107,68 @@ class Simulator:
                 return fault.serving
         return self.plan.expected(self.plan.service(channel, service), at).state != "down"
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def _serving_now(self, request: web.Request) -> bool:
+        """Count the request, find its service (404 when there is none) and say what it does."""
         self.requests += 1
         channel, service = request.match_info["channel"], request.match_info["service"]
         try:
             self.plan.service(channel, service)
         except KeyError:
             raise web.HTTPNotFound() from None
-        if self.serving(channel, service, self.clock.now()):
-            return web.Response(
-                text="<html><body>业务办理 / Service open</body></html>", content_type="text/html"
-            )
-        return web.Response(
-            text=f"<html><body>{MAINTENANCE_TEXT}</body></html>", content_type="text/html"
-        )
+        return self.serving(channel, service, self.clock.now())
+
+    async def page(self, request: web.Request) -> web.Response:
+        text = "业务办理 / Service open" if self._serving_now(request) else MAINTENANCE_TEXT
+        return web.Response(text=f"<html><body>{text}</body></html>", content_type="text/html")
+
+    async def portal(self, request: web.Request) -> web.Response:
+        self._serving_now(request)
+        return web.Response(text=_PORTAL, content_type="text/html")
+
+    async def portal_state(self, request: web.Request) -> web.Response:
+        return web.json_response({"open": self._serving_now(request), "notice": MAINTENANCE_TEXT})
+
+    async def app_status(self, request: web.Request) -> web.Response:
+        key = (request.match_info["channel"], request.match_info["service"])
+        token = self.tokens.get(key)
+        offered = request.headers.get("Authorization", "")
+        if token is not None and not hmac.compare_digest(offered, f"Bearer {token}"):
+            self.requests += 1
+            return web.json_response({"code": 401, "msg": "unauthorised"}, status=401)
+        if self._serving_now(request):
+            return web.json_response({"code": 0, "msg": "ok", "data": {"open": True}})
+        body = {"code": MAINTENANCE_CODE, "msg": MAINTENANCE_TEXT, "data": {"open": False}}
+        return web.json_response(body)
+
+    async def query(self, request: web.Request) -> web.Response:
+        """Prometheus' `/api/v1/query`: the increase of the payment counter of the service the
+        query's labels name, at the query's `time` (the replay clock when absent)."""
+        self.requests += 1
+        form = await request.post() if request.method == "POST" else request.query
+        text = str(form.get("query") or request.query.get("query") or "")
+        labels = dict(_LABEL.findall(text))
+        try:
+            at = datetime.fromtimestamp(float(str(form.get("time"))), UTC)
+        except (TypeError, ValueError):
+            at = self.clock.now()
+        try:
+            self.plan.service(labels.get("channel", ""), labels.get("business", ""))
+        except KeyError:
+            result: list[dict[str, Any]] = []  # no such series: an empty vector
+        else:
+            value = PAYMENTS if self.serving(labels["channel"], labels["business"], at) else 0
+            result = [{"metric": {}, "value": [at.timestamp(), str(value)]}]
+        data = {"resultType": "vector", "result": result}
+        return web.json_response({"status": "success", "data": data})
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/{channel}/{service}", self.handle)
+        app.router.add_get("/page/{channel}/{service}", self.page)
+        app.router.add_get("/portal/{channel}/{service}", self.portal)
+        app.router.add_get("/portal/{channel}/{service}/state", self.portal_state)
+        app.router.add_get("/app/{channel}/{service}/status", self.app_status)
+        app.router.add_post("/app/{channel}/{service}", self.app_status)
+        app.router.add_route("*", "/prometheus/api/v1/query", self.query)
         return app
 
 
@@ -94,18 +182,26 @@ class SharedClock:
         return datetime.fromtimestamp(self.value.value, UTC)
 
 
-def serve_in_process(
-    config: PlanConfig, faults: Sequence[Fault], instant: Any, requests: Any, ready: Any, stop: Any
-) -> None:
+@dataclass(frozen=True)
+class World:
+    """What the simulator's process needs to build its Simulator (picklable)."""
+
+    config: PlanConfig
+    faults: tuple[Fault, ...]
+    tokens: Mapping[tuple[str, str], str]
+
+    def simulator(self, clock: Clock) -> Simulator:
+        return Simulator(Plan(self.config), clock, self.faults, self.tokens)
+
+
+def serve_in_process(world: World, instant: Any, requests: Any, ready: Any, stop: Any) -> None:
     """Entry point of the simulator's own process: serve on a free loopback port, report the
     port through `ready`, count requests in `requests`, and return when `stop` is set."""
-    asyncio.run(_serve(config, faults, instant, requests, ready, stop))
+    asyncio.run(_serve(world, instant, requests, ready, stop))
 
 
-async def _serve(
-    config: PlanConfig, faults: Sequence[Fault], instant: Any, requests: Any, ready: Any, stop: Any
-) -> None:
-    simulator = Simulator(Plan(config), SharedClock(instant), faults)
+async def _serve(world: World, instant: Any, requests: Any, ready: Any, stop: Any) -> None:
+    simulator = world.simulator(SharedClock(instant))
     runner = web.AppRunner(simulator.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -122,7 +218,13 @@ async def _serve(
 class SimulatorProcess:
     """Runs the simulator in a child process, so it has the second core to itself."""
 
-    def __init__(self, config: PlanConfig, faults: Sequence[Fault], start: datetime) -> None:
+    def __init__(
+        self,
+        config: PlanConfig,
+        faults: Sequence[Fault],
+        start: datetime,
+        tokens: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.instant = context.Value("d", start.timestamp(), lock=False)
         self.requests = context.Value("q", 0, lock=False)
@@ -130,7 +232,13 @@ class SimulatorProcess:
         self._stop = context.Event()
         self.process = context.Process(
             target=serve_in_process,
-            args=(config, list(faults), self.instant, self.requests, self._ready, self._stop),
+            args=(
+                World(config, tuple(faults), dict(tokens or {})),
+                self.instant,
+                self.requests,
+                self._ready,
+                self._stop,
+            ),
             name="channel-monitor-simulator",
             daemon=True,
         )
@@ -151,3 +259,84 @@ class SimulatorProcess:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+
+
+# --- the offline channels' own systems ---------------------------------------------------------
+
+#: How each offline channel's systems report: `state` pushes serving true/false with a reason,
+#: `count` pushes the payments taken since the last push, `agent` sends a bare heartbeat while
+#: the function is on and falls silent while it is off (the monitor's `within` notices).
+PUSH_STYLES = {
+    "gov-service-hall": "state",
+    "si-service-hall": "state",
+    "si-bank-outlets": "state",
+    "tax-service-hall": "count",
+    "tax-bank-outlets": "count",
+    ("self-service-kiosks", "si-contribution"): "count",
+    ("self-service-kiosks", "medical-premium"): "count",
+    "self-service-kiosks": "agent",
+}
+PAUSED_REASON = "窗口暂停受理 counter paused for the cutover"
+
+
+def push_style(ref: ServiceRef) -> str:
+    """How the simulated systems of `ref`'s channel push (see PUSH_STYLES)."""
+    return PUSH_STYLES.get(ref.key) or PUSH_STYLES.get(ref.channel.id, "state")
+
+
+def push_body(style: str, serving: bool) -> bytes | None:
+    """What a system of `style` sends while `serving` or not; None: it sends nothing."""
+    if style == "agent":
+        return b"" if serving else None
+    if style == "count":
+        return json.dumps({"count": PAYMENTS if serving else 0}).encode()
+    report: dict[str, Any] = {"serving": serving}
+    if not serving:
+        report["reason"] = PAUSED_REASON
+    return json.dumps(report, ensure_ascii=False).encode()
+
+
+class Pushers:
+    """The halls', banks', kiosks' and POS machines' own systems: at each replay step each
+    pushes what it sees to the monitor's receiver, through the same checks as
+    `POST /push/<channel>/<service>` (token, size, body, rate), with the plan's token."""
+
+    def __init__(self, simulator: Simulator, receiver: PushReceiver) -> None:
+        self.simulator = simulator
+        self.receiver = receiver
+        self.refs = [
+            ref
+            for ref in receiver.services.values()
+            if ref.service.push is not None and not ref.service.unset
+        ]
+        self.sent = 0
+        #: Refusals by HTTP status (none is expected: a refusal is a bug the demo reports).
+        self.refused: dict[int, int] = {}
+
+    async def push(self, at: datetime) -> list[Result]:
+        """Every configured push service's system reports once at `at`."""
+        results = []
+        for ref in self.refs:
+            serving = self.simulator.serving(ref.channel.id, ref.service.id, at)
+            body = push_body(push_style(ref), serving)
+            if body is None:
+                continue
+            push = ref.service.push
+            assert push is not None
+            self.sent += 1
+            try:
+                result = await self.receiver.receive(ref.key, f"Bearer {push.token}", _capped(body))
+            except PushRefused as refused:
+                self.refused[refused.status] = self.refused.get(refused.status, 0) + 1
+                continue
+            results.append(result)
+        return results
+
+
+def _capped(body: bytes) -> Any:
+    """A `read` for PushReceiver.receive: the body, or None when over the receiver's cap."""
+
+    async def read() -> bytes | None:
+        return body if len(body) <= MAX_BODY else None
+
+    return read

@@ -276,18 +276,16 @@ class Model:
         return sum(1 for s in self.services if s.probed)
 
     @property
-    def not_configured(self) -> tuple[ServiceView, ...]:
-        """Services with a probe or push that waits for unset environment variables."""
-        return tuple(s for s in self.services if s.ref.service.unset)
-
-    @property
-    def schedule_only(self) -> list[tuple[ServiceRef, list[ServiceView]]]:
-        """Services observed in no way, by channel (the first service's ref names it)."""
-        by_channel: dict[str, list[ServiceView]] = {}
+    def unobserved(self) -> list[tuple[ServiceRef, list[ServiceView], tuple[str, ...]]]:
+        """Services nobody observes yet, by channel and cause: (the first service's ref, the
+        services, the unset environment variables they wait for; none: no probe or push at
+        all). What the operators' section asks the channel operators to supply."""
+        groups: dict[tuple[str, tuple[str, ...]], list[ServiceView]] = {}
         for view in self.services:
-            if view.ref.service.observed_by == "schedule":
-                by_channel.setdefault(view.ref.channel.id, []).append(view)
-        return [(views[0].ref, views) for views in by_channel.values()]
+            service = view.ref.service
+            if service.observed_by == "schedule" or service.unset:
+                groups.setdefault((view.ref.channel.id, service.unset), []).append(view)
+        return [(views[0].ref, views, names) for (_, names), views in groups.items()]
 
     def count(self, state: str) -> int:
         return sum(len(i.services) for i in self.items.get(state, ()))
