@@ -28,7 +28,8 @@ from monitor.plan import Plan, report
 from monitor.table import render_table
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
-#: The longest range `plan --transitions` lists: ten years, which it walks in about a second.
+#: The longest range `plan --transitions` lists and `plan diff` compares: ten years, which a
+#: recurring period is walked across in about a second.
 MAX_TRANSITIONS_SPAN = timedelta(days=3653)
 
 T = TypeVar("T")
@@ -238,6 +239,20 @@ def cmd_plan_diff(args: argparse.Namespace) -> int:
         end = parse_option(args.diff_until, new, "--until")
     if end <= start:
         raise UsageError("--until must be after --from")
+    if end - start > MAX_TRANSITIONS_SPAN:
+        given = (
+            "--from and --until are"
+            if args.diff_from and args.diff_until
+            else (
+                "the range (from a day before the first to a day after the last date the plans "
+                "name, or --from/--until where given) is"
+            )
+        )
+        raise UsageError(
+            f"{given} more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) apart; give "
+            "--from and --until for a shorter range (recurring periods are walked day by day) "
+            "(比较范围超过十年，请用 --from 和 --until 缩小范围)"
+        )
     result = diff_plans(old, new, start, end)
     if args.diff_format == "json":
         print(json.dumps(as_json(result), ensure_ascii=False, indent=2))
