@@ -418,7 +418,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import sqlite3
 
     from monitor.config import parse_duration
-    from monitor.report import ReportError, build_report, open_readonly
+    from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
     from monitor.report_formats import render
 
     plan = load_plan(args.config)
@@ -433,6 +433,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"--cover: {exc}") from None
         if cover.total_seconds() <= 0:
             raise UsageError("--cover: expected a duration above zero")
+        if cover > MAX_COVER:
+            raise UsageError(
+                f"--cover: expected at most {MAX_COVER.days}d "
+                f"(一次观测最多代表 {MAX_COVER.days} 天)"
+            )
     try:
         db = open_readonly(db_path)
         try:
