@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 from monitor.clock import RealClock, parse_instant
-from monitor.config import ConfigError, ObservedBy, load_config
+from monitor.config import ConfigError, ObservedBy, check_probe_url, load_config
 from monitor.daemon import DEFAULT_PORT
 from monitor.notice import Status
 from monitor.plan import Plan, report
@@ -651,11 +651,19 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"set {PUSH_TOKEN_VARIABLE} to the service's push token "
             f"(请在环境变量 {PUSH_TOKEN_VARIABLE} 中设置该服务的推送令牌)"
         )
-    base = urlsplit(args.url)
-    if base.scheme not in ("http", "https") or not base.netloc:
+    if not all("!" <= c <= "~" for c in token):  # what a header can carry, nothing else
         raise UsageError(
-            f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+            f"{PUSH_TOKEN_VARIABLE}: expected printable ASCII without spaces or line breaks "
+            "(the token is not repeated here) (推送令牌只能包含可打印的 ASCII 字符)"
         )
+    expected = f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+    try:
+        check_probe_url(args.url)  # the check probe URLs get: parses, a host, a port that exists
+        base = urlsplit(args.url)
+    except ValueError as exc:  # its messages never quote the URL
+        raise UsageError(f"{expected}; {exc} (监测服务地址无效)") from None
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise UsageError(expected)
     body: dict[str, Any] = {}
     if args.down:
         body["serving"] = False
@@ -676,6 +684,11 @@ def cmd_push(args: argparse.Namespace) -> int:
             status, answer = response.status, response.read(65536)
     except urllib.error.HTTPError as exc:
         status, answer = exc.code, exc.read(65536)
+    except (ValueError, UnicodeError):  # what the URL checks above let through and http refuses
+        raise UsageError(
+            f"--url: cannot be sent as written (characters HTTP cannot carry?); {expected[7:]} "
+            "(监测服务地址无法发送)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         cause = getattr(exc, "reason", exc)
         text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
