@@ -22,13 +22,14 @@ from typing import Any, TypeVar, get_args
 
 from monitor import DEFAULT_PORT
 from monitor.clock import RealClock, parse_instant
-from monitor.config import ConfigError, ObservedBy, load_config
+from monitor.config import ConfigError, ObservedBy, check_probe_url, load_config
 from monitor.notice import Status
 from monitor.plan import Plan, report
 from monitor.table import render_table
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
-#: The longest range `plan --transitions` lists: ten years, which it walks in about a second.
+#: The longest range `plan --transitions` lists and `plan diff` compares: ten years, which a
+#: recurring period is walked across in about a second.
 MAX_TRANSITIONS_SPAN = timedelta(days=3653)
 
 T = TypeVar("T")
@@ -238,6 +239,20 @@ def cmd_plan_diff(args: argparse.Namespace) -> int:
         end = parse_option(args.diff_until, new, "--until")
     if end <= start:
         raise UsageError("--until must be after --from")
+    if end - start > MAX_TRANSITIONS_SPAN:
+        given = (
+            "--from and --until are"
+            if args.diff_from and args.diff_until
+            else (
+                "the range (from a day before the first to a day after the last date the plans "
+                "name, or --from/--until where given) is"
+            )
+        )
+        raise UsageError(
+            f"{given} more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) apart; give "
+            "--from and --until for a shorter range (recurring periods are walked day by day) "
+            "(比较范围超过十年，请用 --from 和 --until 缩小范围)"
+        )
     result = diff_plans(old, new, start, end)
     if args.diff_format == "json":
         print(json.dumps(as_json(result), ensure_ascii=False, indent=2))
@@ -403,7 +418,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import sqlite3
 
     from monitor.config import parse_duration
-    from monitor.report import ReportError, build_report, open_readonly
+    from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
     from monitor.report_formats import render
 
     plan = load_plan(args.config)
@@ -418,6 +433,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"--cover: {exc}") from None
         if cover.total_seconds() <= 0:
             raise UsageError("--cover: expected a duration above zero")
+        if cover > MAX_COVER:
+            raise UsageError(
+                f"--cover: expected at most {MAX_COVER.days}d "
+                f"(一次观测最多代表 {MAX_COVER.days} 天)"
+            )
     try:
         db = open_readonly(db_path)
         try:
@@ -631,11 +651,19 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"set {PUSH_TOKEN_VARIABLE} to the service's push token "
             f"(请在环境变量 {PUSH_TOKEN_VARIABLE} 中设置该服务的推送令牌)"
         )
-    base = urlsplit(args.url)
-    if base.scheme not in ("http", "https") or not base.netloc:
+    if not all("!" <= c <= "~" for c in token):  # what a header can carry, nothing else
         raise UsageError(
-            f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+            f"{PUSH_TOKEN_VARIABLE}: expected printable ASCII without spaces or line breaks "
+            "(the token is not repeated here) (推送令牌只能包含可打印的 ASCII 字符)"
         )
+    expected = f"--url: expected the monitor's address, e.g. http://127.0.0.1:{DEFAULT_PORT}"
+    try:
+        check_probe_url(args.url)  # the check probe URLs get: parses, a host, a port that exists
+        base = urlsplit(args.url)
+    except ValueError as exc:  # its messages never quote the URL
+        raise UsageError(f"{expected}; {exc} (监测服务地址无效)") from None
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise UsageError(expected)
     body: dict[str, Any] = {}
     if args.down:
         body["serving"] = False
@@ -656,6 +684,11 @@ def cmd_push(args: argparse.Namespace) -> int:
             status, answer = response.status, response.read(65536)
     except urllib.error.HTTPError as exc:
         status, answer = exc.code, exc.read(65536)
+    except (ValueError, UnicodeError):  # what the URL checks above let through and http refuses
+        raise UsageError(
+            f"--url: cannot be sent as written (characters HTTP cannot carry?); {expected[7:]} "
+            "(监测服务地址无法发送)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         cause = getattr(exc, "reason", exc)
         text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__

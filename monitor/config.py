@@ -931,7 +931,9 @@ class AlertSink(_Model):
     `url` and `secret` may hold `${ENV_NAME}` references; neither ever appears in a message."""
 
     type: SinkType
-    url: Annotated[str, Field(pattern=r"^https?://\S+$"), FromEnv]
+    #: Checked after `${NAME}` is replaced, as a probe's URL is: one that cannot be sent fails
+    #: here, not at the first incident.
+    url: Annotated[str, Field(pattern=r"^https?://\S+$"), FromEnv, AfterValidator(check_probe_url)]
     name: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = ""
     secret: Annotated[str, FromEnv] | None = None
     directions: Annotated[tuple[AlertDirection, ...], AfterValidator(_non_empty)] = (

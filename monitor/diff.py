@@ -6,8 +6,8 @@ every instant at which one of the service's periods may begin or end (the same c
 instants `Plan.transitions` works from), so a span starts and ends at the very instant the
 plans part and meet again, DST changes and recurring periods included, with no sampling.
 
-Probe settings hold addresses, headers and tokens, so probes and alert sinks are compared by
-field name only; their values never leave this module.
+Probe settings hold addresses, headers and tokens, so probes, pushes and alert sinks are
+compared by field name only; their values never leave this module.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class FieldChange:
     name: str
     before: object = None
     after: object = None
+    #: The value may hold a token (a push): reported by name only, in JSON and tables alike.
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +160,25 @@ def service_spans(
 
 
 def _field_changes(
-    old: BaseModel, new: BaseModel, skip: Iterable[str] = (), show: bool = True
+    old: BaseModel,
+    new: BaseModel,
+    skip: Iterable[str] = (),
+    show: bool = True,
+    hide: Iterable[str] = (),
 ) -> tuple[FieldChange, ...]:
-    """Fields whose values differ; with `show` False only their names are kept."""
+    """Fields whose values differ; with `show` False only their names are kept, and fields
+    named in `hide` (which may hold tokens) are kept by name only whatever `show` says."""
     out = []
     for name in type(old).model_fields:
         if name in skip:
             continue
         a, b = getattr(old, name), getattr(new, name)
-        if a != b:
-            out.append(FieldChange(name, _plain(a), _plain(b)) if show else FieldChange(name))
+        if a == b:
+            continue
+        if show and name not in hide:
+            out.append(FieldChange(name, _plain(a), _plain(b)))
+        else:
+            out.append(FieldChange(name, hidden=True))
     return tuple(out)
 
 
@@ -239,7 +250,7 @@ def diff_plans(old: Plan, new: Plan, start: datetime, end: datetime) -> PlanDiff
         if spans is None:
             spans = known[alike] = service_spans(old, old_ref, new, new_ref, start, end)
         result.spans.extend((new_ref, span) for span in spans)
-        fields = _field_changes(old_ref.service, new_ref.service, ("id", "probe"))
+        fields = _field_changes(old_ref.service, new_ref.service, ("id", "probe"), hide=("push",))
         if fields:
             result.services.append(ItemChange(_key(key), "changed", fields))
         result.probes.extend(_probe_change(_key(key), old_ref, new_ref))
@@ -303,7 +314,9 @@ def _service(ref: ServiceRef) -> dict:
 def _item(item: ItemChange, show: bool = True) -> dict:
     out: dict = {"key": item.key, "change": item.change, "fields": [f.name for f in item.fields]}
     if show:
-        out["values"] = {f.name: {"before": f.before, "after": f.after} for f in item.fields}
+        out["values"] = {
+            f.name: {"before": f.before, "after": f.after} for f in item.fields if not f.hidden
+        }
     return out
 
 
@@ -358,7 +371,10 @@ def _short(value: object, width: int = 40) -> str:
 
 def _values(item: ItemChange) -> str:
     """Changed fields with old and new values, long texts shortened (JSON has them whole)."""
-    changes = (f"{f.name}: {_short(f.before)} -> {_short(f.after)}" for f in item.fields)
+    changes = (
+        f.name if f.hidden else f"{f.name}: {_short(f.before)} -> {_short(f.after)}"
+        for f in item.fields
+    )
     return "; ".join(changes) or "-"
 
 

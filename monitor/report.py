@@ -34,6 +34,9 @@ from monitor.plan import Plan, ServiceRef
 
 #: An observation covers at most this many probe intervals of its service.
 COVER_INTERVALS = 2
+#: The longest `--cover`: a year is more than any probe interval asks for, and an observation's
+#: instant plus a cover far beyond it would overflow what a datetime holds.
+MAX_COVER = timedelta(days=366)
 HOUR = timedelta(hours=1)
 RESOLUTIONS = ("auto", "raw", "hourly")
 

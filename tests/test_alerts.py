@@ -30,7 +30,7 @@ from monitor.alerts.message import Alert, reason_en, reason_zh
 from monitor.alerts.sender import AlertSender, alert_for, backoff, build_sink
 from monitor.cli import main
 from monitor.clock import ReplayClock
-from monitor.config import ConfigError, validate_config
+from monitor.config import AlertSink, ConfigError, validate_config
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
 from monitor.store import Store
@@ -493,8 +493,13 @@ UNPARSABLE_URL = "http://[::1/hook?key=unparsable-s3cret"
 
 
 async def test_a_url_that_does_not_parse_is_a_permanent_failure_that_never_names_it() -> None:
+    """`validate` refuses such a URL now; the sender still guards against one it is handed."""
+    config = AlertSink.model_construct(
+        type="webhook", url=UNPARSABLE_URL, name="webhook", secret=None,
+        directions=("unexpected_up", "unexpected_down"), send_resolved=True,
+    )  # fmt: skip
     with pytest.raises(SinkError) as info:
-        await sink({"type": "webhook", "url": UNPARSABLE_URL}).send(opened_alert())
+        await build_sink(config, httpx.AsyncClient()).send(opened_alert())
     assert info.value.permanent
     assert str(info.value) == "invalid URL"
 
@@ -839,16 +844,16 @@ def test_alerts_test_command_reports_each_sink(
     assert test_alert["labels"]["alertname"] == "ChannelMonitorTest"
 
 
-def test_alerts_test_command_reports_a_sink_whose_url_does_not_parse(
+def test_alerts_test_command_refuses_a_sink_whose_url_does_not_parse(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    """The plan is invalid (exit 2, as `validate` says): nothing is sent, the URL not named."""
     plan = write_plan(
         tmp_path / "plan.toml", f'[[alerts]]\ntype = "webhook"\nurl = "{UNPARSABLE_URL}"\n'
     )
-    assert main(["alerts", "test", "--config", str(plan)]) == 1
+    assert main(["alerts", "test", "--config", str(plan)]) == 2
     out, err = capsys.readouterr()
-    assert "FAILED" in out and "invalid URL (permanent)" in out
-    assert "0 of 1 sink(s) accepted the test message" in out
+    assert "alerts[0].url: expected a well-formed http:// or https:// URL" in err
     assert "s3cret" not in out + err and "Traceback" not in out + err
 
 

@@ -1450,3 +1450,27 @@ def test_validate_strict_fails_while_variables_are_unset(
     assert err == "" and "not configured" not in out
     for secret in ("t0ken-value", "0123456789abcdef", "api.example"):
         assert secret not in out
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (f"http://[::1:80/{SECRET}", "Invalid IPv6 URL"),
+        (f"http://h:99999/{SECRET}", "Port out of range 0-65535"),
+        (f"http://:80/{SECRET}", "Invalid URL: host is required"),
+        ("http://h:${CM_TEST_SINK_PORT}/" + SECRET, "Port out of range 0-65535"),
+    ],
+)
+def test_alert_sink_url_that_cannot_be_sent_is_refused_unquoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    """Before: these validated and failed only when an incident was sent. The URL is checked
+    as a probe's is, after `${NAME}` is replaced, and never quoted."""
+    monkeypatch.setenv("CM_TEST_SINK_PORT", "70000")
+    text = f'{BASE}\n[[alerts]]\ntype = "webhook"\nurl = "{url}"\n'
+    path, message = only_problem(tmp_path, text)
+    assert message == (
+        f"{path}: alerts[0].url: expected a well-formed http:// or https:// URL "
+        f"({reason}; the URL is not repeated here)"
+    )
+    assert SECRET not in message and "70000" not in message

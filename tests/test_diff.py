@@ -312,3 +312,55 @@ def test_milestones_settings_and_sinks(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["plan", "diff", *paths]) == 0
     out = capsys.readouterr()[0]
     assert "T0KEN" not in out and "monitor.interval  1m" in out
+
+
+PUSH_TOKEN = "push-t0ken-very-secret-old"
+
+
+def test_push_changes_name_the_field_never_the_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A push token is a secret like a probe's URL: the JSON and the table name `push` only."""
+    old = variant()
+    service(old, "pension")["push"] = {"token": PUSH_TOKEN}
+    new = copy.deepcopy(old)
+    service(new, "pension")["push"] = {"token": PUSH_TOKEN.replace("old", "new")}
+    service(new, "pension")["note"] = "新备注"
+    old_path = write_plan(tmp_path / "old.toml", old)
+    new_path = write_plan(tmp_path / "new.toml", new)
+    for form in ("table", "json"):
+        code = main(["plan", "diff", str(old_path), str(new_path), "--format", form])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "push-t0ken" not in out and "push-t0ken" not in err
+        assert "push" in out
+    [item] = json.loads(out)["services"]
+    assert item["fields"] == ["note", "push"]
+    assert item["values"] == {"note": {"before": "", "after": "新备注"}}
+
+
+def test_a_range_of_more_than_ten_years_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recurring periods are walked day by day: 7,000 years took minutes; like
+    `plan --transitions`, `plan diff` refuses more than ten years, given or by default."""
+    old = variant()
+    old["periods"]["office"] = {"weekdays": ["monday:friday"]}
+    service(old, "pension")["expect"].append({"during": "office", "state": "up"})
+    new = copy.deepcopy(old)
+    new["periods"]["office"]["weekdays"] = ["monday:thursday"]
+    old_path = write_plan(tmp_path / "old.toml", old)
+    new_path = write_plan(tmp_path / "new.toml", new)
+    paths = [str(old_path), str(new_path)]
+    given = main(["plan", "diff", *paths, "--from", "1900-01-01", "--until", "8999-01-01"])
+    assert given == 2
+    assert "ten years" in capsys.readouterr().err
+    ten = main(["plan", "diff", *paths, "--from", "2020-01-01", "--until", "2029-12-31"])
+    assert ten == 1  # ten years are still compared
+    capsys.readouterr()
+    far = copy.deepcopy(new)
+    far["milestones"].append({"at": datetime(2099, 1, 1), "title": "远期"})
+    far_path = write_plan(tmp_path / "far.toml", far)
+    default = main(["plan", "diff", str(old_path), str(far_path)])
+    err = capsys.readouterr().err
+    assert default == 2 and "--from and --until" in err and "Traceback" not in err

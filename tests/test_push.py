@@ -368,6 +368,27 @@ async def test_push_command(daemon: Daemon) -> None:
     assert TOKEN not in out + err
 
 
+async def test_push_command_bad_address_or_token_is_a_sentence_without_the_token() -> None:
+    """Addresses and tokens the client cannot send: exit 2 and a sentence, never a traceback,
+    and never the token (http.client's own error for a header with a line break quotes it)."""
+    secret = "kiosk-SECRET-7f3a9c1e5b2d"
+    sends = ["--channel", "kiosk", "--service", "pension"]
+    here = f"http://127.0.0.1:{closed_port()}"
+    cases = [
+        (["--url", "http://[::1:80/"], secret, "--url"),
+        (["--url", "http://h:99999/"], secret, "--url"),
+        (["--url", "http://:80/"], secret, "--url"),
+        (["--url", here + "/路径"], secret, "--url"),
+        (["--url", here], f"kiosk-\n{secret}", "PUSH_TOKEN"),
+        (["--url", here], f"{secret}-令牌", "PUSH_TOKEN"),
+    ]
+    for url, token, said in cases:
+        code, out, err = await run_push(*url, *sends, token=token)
+        assert code == 2, (url, err)
+        assert said in err and "Traceback" not in err
+        assert secret not in out + err
+
+
 # --- the token never leaves the process -----------------------------------------------------
 
 

@@ -352,7 +352,14 @@ def test_bad_input_exits_2_with_a_sentence(tmp_path: Path) -> None:
     assert backwards.returncode == 2 and "--until must be after --from" in backwards.stderr
     cover = python_m("report", "--config", str(config), "--cover", "soon")
     assert cover.returncode == 2 and "--cover" in cover.stderr
-    assert all("Traceback" not in r.stderr for r in (nowhere, result, empty, backwards, cover))
+    huge = python_m("report", "--config", str(config), "--cover", "99999999d")
+    assert huge.returncode == 2 and "--cover: expected at most 366d" in huge.stderr
+    year = python_m(
+        "report", "--config", str(config), "--db", str(tmp_path / "empty.db"), "--cover", "366d"
+    )
+    assert year.returncode == 2 and "holds no observations" in year.stderr  # a year is allowed
+    said = (nowhere, result, empty, backwards, cover, huge, year)
+    assert all("Traceback" not in r.stderr for r in said)
 
 
 def test_html_prints_on_a4_one_page_per_channel_without_requests(
