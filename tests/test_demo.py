@@ -155,11 +155,12 @@ def test_the_site_is_written_with_the_story_of_the_replay(demo: dict) -> None:
     assert not (site.parent / ".site.render").exists()  # the work folder goes when it is done
 
 
-def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
-    """SIGINT ends the replay at the next round, prints the summary and exits 0."""
+def interrupted_demo(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run `demo` with `args` in `cwd`, SIGINT it once the replay has started; its exit code,
+    standard output and standard error."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "demo", "--no-serve", "--site", str(tmp_path / "site")],
-        cwd=ROOT,
+        [sys.executable, "-m", "monitor", "demo", "--no-serve", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -171,12 +172,18 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
             if " plan " in line:
                 break
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, err
+    return process.returncode, out, err
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    """SIGINT ends the replay at the next round, prints the summary and exits 0."""
+    code, out, err = interrupted_demo(["--site", str(tmp_path / "site")], ROOT)
+    assert code == 0, err
     assert "interrupted at 06-22 " in out
     assert "replayed in" in out
     assert "Traceback" not in err
@@ -185,26 +192,8 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
 def test_the_printed_report_command_runs_where_the_demo_ran(tmp_path: Path) -> None:
     """From a folder without channels.toml the demo uses the shipped plan; the command it
     prints to see the report again must work there, and no work folder is left behind."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "demo", "--no-serve", "--db", "d.db"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if " plan " in line:
-                break
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
+    code, out, err = interrupted_demo(["--db", "d.db"], tmp_path)
+    assert code == 0, err
     [line] = [x for x in out.splitlines() if x.startswith("the same report again")]
     command = line.split(": ", 1)[1]
     assert "--config" in command
