@@ -354,13 +354,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     home = config_dir(args)
     notices = notices_file(args)
     load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
+    site = Path(args.site) if args.site else home / "site"
+    check_site(site)
     try:
         daemon = Daemon(
             plan,
             notices_path=notices,
             plan_path=Path(args.config),
             db_path=Path(args.db) if args.db else home / "monitor.db",
-            site_dir=Path(args.site) if args.site else home / "site",
+            site_dir=site,
             host=host,
             port=port,
             alerts=not args.no_alerts,
@@ -391,6 +393,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     home = config_dir(args)
     db = Path(args.db) if args.db else home / "monitor.db"
     site = Path(args.site) if args.site else home / "site"
+    check_site(site)
     notices = load_notices(notices_file(args), plan, store_incidents(db))
     try:
         result = render_from(plan, site, at, db, notices)
@@ -463,14 +466,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # --config wins, then a channels.toml here, then the plan shipped inside the package
     if args.config is None and not Path("channels.toml").exists():
-        config, source = load_shipped(), LABEL
+        config, source, plan_path = load_shipped(), LABEL, None
     else:
-        source = args.config or "channels.toml"
+        source = plan_path = args.config or "channels.toml"
         config = load_config(source)
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
         raise UsageError(f"--listen: {exc}") from None
+    check_site(Path(args.site))
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(
         config=config,
@@ -482,6 +486,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         linger=args.linger,
         cadence=Cadence(),
         notices=demo_notices(args),
+        plan_path=plan_path,
     )
     from monitor.store import StoreError
 
@@ -942,6 +947,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def check_site(site: Path) -> None:
+    """Refuse, before anything starts, a --site that publishing would destroy."""
+    from monitor.site.publish import SiteError, check_target
+
+    try:
+        check_target(site)
+    except SiteError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def config_dir(args: argparse.Namespace) -> Path:

@@ -25,6 +25,7 @@ from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
 from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
+from monitor.site.publish import tidy
 from monitor.store import Store
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,10 @@ class Daemon:
         else:
             await self.push.stop()
         self.store.close()  # writes what is buffered; says what a full disk made it lose
+        try:
+            tidy(self.site_dir)  # nothing publishes any more: no work folder left behind
+        except OSError as exc:
+            log.warning("could not remove the work folder beside %s: %s", self.site_dir, exc)
 
 
 async def serve(daemon: Daemon) -> None:

@@ -263,6 +263,8 @@ class Report:
     channels: list[ChannelLine]
     #: Incidents in the range of services the plan no longer has (not reported per service).
     orphan_incidents: int = 0
+    #: True when `--resolution` chose the history, not what the store keeps.
+    forced: bool = False
 
     @property
     def times(self) -> Times:
@@ -276,11 +278,20 @@ class Report:
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
-    """The store opened read-only (SQLite refuses any write on this connection)."""
+    """The store opened read-only (SQLite refuses any write on this connection).
+
+    A report must not leave files beside the store either, and `mode=ro` on a WAL store
+    creates its `-shm` (and `-wal`) files. A writer keeps both while it has the store open and
+    removes them when it closes, so when neither is there no one is writing: the file is then
+    opened `immutable`, which creates nothing. When they are there (a running monitor, or a
+    crash left them) `mode=ro` reads the WAL too, and the files stay as they were.
+    """
     if not path.is_file():
         raise ReportError(f"--db {path}: no store there (run `channel-monitor run` first)")
+    busy = any(Path(f"{path}{tail}").exists() for tail in ("-wal", "-shm"))
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        query = "mode=ro" if busy else "immutable=1"
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
         db.execute("PRAGMA query_only = 1")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
@@ -480,6 +491,7 @@ def build_report(
         end=end,
         zone=plan.zone,
         resolution=used,
+        forced=resolution in ("raw", "hourly"),
         raw_from=split if used == "mixed" else None,
         cover=cover,
         channels=channels,

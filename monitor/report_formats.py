@@ -49,6 +49,11 @@ def _share(value: float | None) -> str:
 
 def resolution_text(report: Report) -> tuple[str, str]:
     """Which history the numbers come from, in Chinese and English."""
+    if report.forced:  # the user's choice, not what the store keeps
+        which = report.resolution
+        zh = "原始观测" if which == "raw" else "小时汇总"
+        en = "raw observations" if which == "raw" else "hourly rollups"
+        return f"{zh}（由 --resolution {which} 指定）", f"{en} (forced by --resolution {which})"
     if report.resolution == "raw":
         return "原始观测", "raw observations"
     if report.resolution == "hourly":

@@ -31,7 +31,7 @@ from monitor.clock import ReplayClock
 from monitor.config import PlanConfig, load_config
 from monitor.demo.faults import scripted_faults
 from monitor.demo.replay import Cadence, instants, planned_downtime
-from monitor.demo.run import KINDS, REPLAY_END, REPLAY_START, DemoOptions, run_demo
+from monitor.demo.run import KINDS, REPLAY_END, REPLAY_START, DemoOptions, again, run_demo
 from monitor.demo.simulator import MAINTENANCE_PATTERN, PAYMENTS, Simulator
 from monitor.plan import Plan
 from monitor.query import QueryProber
@@ -332,13 +332,15 @@ def test_the_site_is_written_with_the_story_of_the_replay(demo: dict) -> None:
     assert "楚税通APP" in page and "湖北12333微信公众号" in page
     assert 'lang="en"' in english
     assert (site / "status.json").exists() and (site / "calendar.ics").exists()
+    assert not (site.parent / ".site.render").exists()  # the work folder goes when it is done
 
 
-def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
-    """SIGINT ends the replay at the next round, prints the summary and exits 0."""
+def interrupted_demo(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run `demo` with `args` in `cwd`, SIGINT it once the replay has started; its exit code,
+    standard output and standard error."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "demo", "--no-serve", "--site", str(tmp_path / "site")],
-        cwd=ROOT,
+        [sys.executable, "-m", "monitor", "demo", "--no-serve", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -350,12 +352,51 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
             if " plan " in line:
                 break
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, err
+    return process.returncode, out, err
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    """SIGINT ends the replay at the next round, prints the summary and exits 0."""
+    code, out, err = interrupted_demo(["--site", str(tmp_path / "site")], ROOT)
+    assert code == 0, err
     assert "interrupted at 06-22 " in out
     assert "replayed in" in out
     assert "Traceback" not in err
+
+
+def test_the_printed_report_command_runs_where_the_demo_ran(tmp_path: Path) -> None:
+    """From a folder without channels.toml the demo uses the shipped plan; the command it
+    prints to see the report again must work there, and no work folder is left behind."""
+    code, out, err = interrupted_demo(["--db", "d.db"], tmp_path)
+    assert code == 0, err
+    [line] = [x for x in out.splitlines() if x.startswith("the same report again")]
+    command = line.split(": ", 1)[1]
+    assert "--config" in command
+    again = subprocess.run(
+        command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr and again.stdout.strip()
+    assert not (tmp_path / ".site.render").exists()
+    assert not (tmp_path / "channels.toml").exists()  # the command never writes over a plan
+
+
+def test_without_a_kept_store_the_demo_says_how_to_keep_it() -> None:
+    config = load_config(PLAN)
+    options = DemoOptions(config, Path("site"), None, "127.0.0.1", 0, False, False, Cadence())
+    assert "--db PATH" in again(options, REPLAY_END)
+    named = DemoOptions(
+        config, Path("site"), Path("d.db"), "127.0.0.1", 0, False, False, Cadence(),
+        plan_path="plans/x.toml",
+    )  # fmt: skip
+    assert again(named, REPLAY_END).endswith("--config plans/x.toml")
+    here = DemoOptions(
+        config, Path("site"), Path("d.db"), "127.0.0.1", 0, False, False, Cadence(),
+        plan_path="channels.toml",
+    )  # fmt: skip
+    assert "--config" not in again(here, REPLAY_END)

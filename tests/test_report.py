@@ -242,6 +242,17 @@ def test_pruned_history_is_served_by_rollups_from_the_last_complete_hour(setup: 
     assert "pruned" in as_text(report)
 
 
+def test_a_forced_resolution_is_said_to_be_forced(setup: tuple) -> None:
+    """Forcing hourly rollups is not the store's retention speaking: the text says who chose."""
+    plan, db = setup
+    for which, kept in (("hourly", "hourly rollups"), ("raw", "raw observations")):
+        text = as_text(report_of(plan, db, resolution=which))
+        assert f"{kept} (forced by --resolution {which})" in text
+        assert f"由 --resolution {which} 指定" in text
+        assert "past retention" not in text
+    assert "forced" not in as_text(report_of(plan, db))
+
+
 # --- formats -------------------------------------------------------------------------------------
 
 
@@ -324,6 +335,8 @@ def test_the_command_prints_every_format_and_never_writes_the_store(
     assert outputs["csv"].startswith("level,channel,")
     assert outputs["html"].rstrip().endswith("</html>")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    # read-only means nothing new beside the store either (no -shm or -wal from the reader)
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name)) == [db.name]
     # without a range: from the first stored hour to the end of the last one
     assert main(["report", "--config", str(config), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr()[0])

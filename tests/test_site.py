@@ -28,7 +28,7 @@ from monitor.judge import Verdict
 from monitor.plan import Plan
 from monitor.site import feeds
 from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store
-from monitor.site.publish import publish, work_folder
+from monitor.site.publish import MARKER, SiteError, publish, tidy, work_folder
 from monitor.site.render import open_store, render, render_from
 from monitor.site.words import Lang, reason_text, zone_label
 from monitor.store import Store
@@ -657,13 +657,66 @@ def test_publish_swaps_whole_folders_and_keeps_site_a_plain_folder(tmp_path: Pat
     publish({"index.html": b"two", "c.json": b"2"}, target)
     assert target.is_dir() and not target.is_symlink()
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        MARKER,
         "c.json",
         "index.html",
     ]
     assert (target / "index.html").read_bytes() == b"two"
+    assert (target / MARKER).is_file()  # every published folder says it is ours
     work = work_folder(target)
     assert (work / ".gitignore").read_text().strip().endswith("*")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".site.render", "site"]
+    tidy(target)  # nothing publishes any more: the work folder goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    publish({"index.html": b"three"}, target)
+    assert (target / "index.html").read_bytes() == b"three"
+
+
+def test_publish_never_replaces_what_it_did_not_publish(tmp_path: Path) -> None:
+    """A folder of one's own or a plain file at the site path is refused and left as it is."""
+    own = tmp_path / "p"
+    own.mkdir()
+    (own / "thesis.txt").write_text("x")
+    plain = tmp_path / "f"
+    plain.write_text("y")
+    for target in (own, plain):
+        with pytest.raises(SiteError, match="--site"):
+            publish({"index.html": b"new"}, target)
+    assert [p.name for p in own.iterdir()] == ["thesis.txt"] and plain.read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "p"]  # nothing swapped aside
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    publish({"index.html": b"new"}, empty)  # an empty folder has nothing to lose
+    publish({"index.html": b"again"}, empty)
+    assert (empty / "index.html").read_bytes() == b"again"
+
+
+@pytest.mark.parametrize("command", ["render", "run", "demo"])
+def test_commands_refuse_a_site_they_did_not_publish(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "channels.toml"
+    config.write_text(REAL_PLAN.read_text("utf-8"), "utf-8")
+    own = tmp_path / "p"
+    own.mkdir()
+    (own / "thesis.txt").write_text("x")
+    (tmp_path / "f").write_text("y")
+    for site in (own, tmp_path / "f"):
+        args = [command, "--config", str(config), "--site", str(site), "--db", "none.db"]
+        code = main([*args, "--listen", "127.0.0.1:0"] if command != "render" else args)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        assert f"--site {site}" in err and ("new or empty folder" in err), err
+    assert (own / "thesis.txt").read_text() == "x" and (tmp_path / "f").read_text() == "y"
+    assert not (tmp_path / ".p.render").exists() and not (tmp_path / ".f.render").exists()
+
+
+def test_render_leaves_no_work_folder(tmp_path: Path, plan: Plan) -> None:
+    site = tmp_path / "out" / "site"
+    for _ in range(2):
+        render_from(plan, site, at("2022-07-01 10:00"), None)
+    assert sorted(p.name for p in site.parent.iterdir()) == ["site"]
+    assert (site / "index.html").is_file() and (site / MARKER).is_file()
 
 
 def test_a_crash_mid_render_leaves_the_old_page(tmp_path: Path) -> None:
@@ -843,8 +896,8 @@ async def test_the_running_monitor_renders_and_serves_the_site(tmp_path: Path) -
                         assert response.status == 404, path
         finally:
             await daemon.stop()
-    # at most the previous version is kept beside the page, for readers still inside it
-    assert len([p for p in work_folder(site).iterdir() if p.is_dir()]) <= 1
+    # the previous version is kept only while the monitor publishes; stopped, nothing is left
+    assert not work_folder(site).exists()
 
 
 def test_build_is_pure_and_needs_no_store(plan: Plan) -> None:

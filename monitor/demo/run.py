@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shlex
 import signal
 import tempfile
 import time
@@ -38,6 +39,8 @@ from .simulator import Pushers, Simulator, SimulatorProcess
 BEIJING_OFFSET = "+08:00"
 REPLAY_START = datetime.fromisoformat("2022-06-22T12:00:00" + BEIJING_OFFSET)
 REPLAY_END = datetime.fromisoformat("2022-07-26T12:00:00" + BEIJING_OFFSET)
+#: Where the "same report again" command writes the shipped plan (never over channels.toml).
+SHIPPED_COPY = "plan-2022.toml"
 
 
 #: What the simulator serves for each address variable of the shipped plan (under its base).
@@ -185,6 +188,34 @@ class DemoOptions:
     notices: Path | None = None
     #: Where the replay stops (the tests stop a short replay early).
     end: datetime = field(default=REPLAY_END)
+    #: The plan file as given on the command line; None: the plan shipped with the package.
+    plan_path: str | None = None
+
+
+def again(options: DemoOptions, end: datetime) -> str:
+    """The command that prints the closing report again, runnable from the current folder.
+
+    `report` reads `channels.toml` unless told otherwise, so any other plan is named with
+    `--config`; the shipped plan has no file of its own to name, so the command writes it out
+    first. Without `--db` the store is gone when the demo ends, and the line says so.
+    """
+    if options.db is None:
+        return (
+            "the store was temporary; run the demo with --db PATH to keep it and print this "
+            "report again / 数据库为临时文件；加 --db PATH 运行 demo 可保留它并再次输出本报告"
+        )
+    command = (
+        f"channel-monitor report --db {shlex.quote(str(options.db))} "
+        f"--from {REPLAY_START:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
+        f"--cover {format_duration(options.cadence.quiet)}"
+    )
+    if options.plan_path is None:
+        command = (
+            f"channel-monitor plan --example > {SHIPPED_COPY} && {command} --config {SHIPPED_COPY}"
+        )
+    elif Path(options.plan_path) != Path("channels.toml"):
+        command += f" --config {shlex.quote(options.plan_path)}"
+    return f"the same report again / 再次输出本报告: {command}"
 
 
 async def run_demo(options: DemoOptions) -> Replay:
@@ -279,12 +310,7 @@ async def run_demo(options: DemoOptions) -> Replay:
                 + f", {len(replay.incidents)} incident(s); observations by kind: {seen}; "
                 f"site written to {options.site}"
             )
-            if options.db is not None:
-                print(
-                    f"the same report again: channel-monitor report --db {options.db} "
-                    f"--from {REPLAY_START:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
-                    f"--cover {format_duration(options.cadence.quiet)}"
-                )
+            print(again(options, end))
             if options.serve and options.linger and not replay.stopped:
                 print(f"serving http://{daemon.host}:{daemon.port}/ until Ctrl-C")
                 await stop.wait()

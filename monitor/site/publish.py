@@ -15,10 +15,19 @@ The previous version stays in the work folder until the next publish, so a reade
 it a moment ago (a web server sending a file) can finish. Where the exchange is unsupported
 (not Linux, or a file system without it) the swap falls back to two renames (`site` aside, the
 new folder in): still never a half-written or mixed page, but for a few microseconds no page.
+`tidy` removes the work folder once nothing publishes any more (`render` after its one publish,
+the daemon when it stops), so no hidden folder is left behind.
+
+Publishing replaces what is at `site/`, so it only ever replaces a folder it published itself:
+every published folder holds the marker file `.channel-monitor-site`. A plain file, or a folder
+with content but no marker (someone's own files), is refused with `SiteError` and left as it
+is; an empty folder may be used. A folder published by a version before the marker is known by
+the work folder beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -31,6 +40,41 @@ from pathlib import Path
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+MARKER = ".channel-monitor-site"
+_MARKER_TEXT = (
+    "This folder is published by channel-monitor: each render replaces all of it.\n"
+    "本目录由 channel-monitor 发布，每次渲染都会整个替换它。\n"
+).encode()
+
+
+class SiteError(ValueError):
+    """The site path holds something channel-monitor did not publish: it is not replaced."""
+
+
+def check_target(target: Path) -> None:
+    """Refuse a `target` that publishing would destroy: a file, or a folder of someone's own.
+
+    Called before anything is written (and by the commands before they start), because a swap
+    would move the user's folder aside and the next publish would delete it.
+    """
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise SiteError(
+            f"--site {target}: is not a folder; channel-monitor replaces the whole site folder, "
+            f"so give a new or empty folder / 不是文件夹；请指定新的或空的文件夹"
+        )
+    if not target.exists() or (target / MARKER).is_file():
+        return
+    if not any(target.iterdir()):
+        return  # an empty folder: nothing to lose
+    if work_folder(target).is_dir() and (target / "index.html").is_file():
+        return  # published before the marker existed
+    raise SiteError(
+        f"--site {target}: the folder holds files channel-monitor did not publish (no {MARKER}), "
+        f"and publishing would replace them all; give a new or empty folder, or move those files "
+        f"away / 该文件夹中有不是 channel-monitor 发布的文件，发布会整个替换它；"
+        f"请指定新的或空的文件夹，或先移走这些文件"
+    )
 
 
 def work_folder(target: Path) -> Path:
@@ -39,14 +83,27 @@ def work_folder(target: Path) -> Path:
 
 
 @contextmanager
-def _locked(work: Path) -> Iterator[None]:
-    """One publisher at a time per target (the daemon and `render` may both write it)."""
-    with open(work / "lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _locked(target: Path) -> Iterator[None]:
+    """One publisher at a time per target (the daemon and `render` may both write it).
+
+    The lock is on the folder holding the target, not on a file in the work folder, so that
+    `tidy` can remove the work folder without a waiting publisher holding a lock on a file
+    no one else can see any more.
+    """
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _ours(folder: Path) -> bool:
+    """Whether `folder` in the work folder is one we wrote (a marker is written first)."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
 
 
 def _fsync(path: Path) -> None:
@@ -59,6 +116,7 @@ def _fsync(path: Path) -> None:
 
 def _write(folder: Path, files: Mapping[str, bytes], durable: bool) -> None:
     directories = {folder}
+    (folder / MARKER).write_bytes(_MARKER_TEXT)  # first: a crashed render is known as ours
     for name, data in files.items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +152,18 @@ def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> 
     can leave `target` holding files whose data never reached the disk.
     """
     target = Path(target)
-    work = work_folder(target)
-    work.mkdir(parents=True, exist_ok=True)
-    ignore = work / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# renders in progress and the previous version of the site\n*\n")
-    with _locked(work):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        check_target(target)
+        work = work_folder(target)
+        work.mkdir(exist_ok=True)
+        ignore = work / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# renders in progress and the previous version of the site\n*\n")
         for leftover in work.iterdir():  # the previous version, or a crashed render
             if leftover.is_symlink():
                 leftover.unlink()
-            elif leftover.is_dir():
+            elif _ours(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
         fresh = Path(tempfile.mkdtemp(prefix="new-", dir=work))
         try:
@@ -111,7 +171,9 @@ def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> 
             fresh.chmod(0o755)
             if not (target.exists() or target.is_symlink()):
                 os.rename(fresh, target)  # nothing to replace: one rename
-            elif not exchange(fresh, target):
+            elif exchange(fresh, target):
+                _mark(fresh)  # the old version, checked above, is removed by the next publish
+            else:
                 aside = work / f"old-{fresh.name}"
                 os.rename(target, aside)
                 try:
@@ -119,10 +181,39 @@ def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> 
                 except OSError:
                     os.rename(aside, target)
                     raise
+                _mark(aside)
         except BaseException:
-            if fresh.exists():
+            if fresh.exists() and _ours(fresh):
                 shutil.rmtree(fresh, ignore_errors=True)
             raise
         if durable:
             _fsync(target.parent)
     return target
+
+
+def _mark(old: Path) -> None:
+    """Mark the replaced version (maybe an empty folder, or one from before the marker) as
+    ours, so the next publish or `tidy` removes it."""
+    if old.is_dir() and not (old / MARKER).exists():
+        (old / MARKER).write_bytes(_MARKER_TEXT)
+
+
+def tidy(target: Path) -> None:
+    """Remove the work folder beside `target` once nothing will publish there for a while.
+
+    The previous version is kept between publishes for readers of it that are still busy;
+    after the last publish nothing needs it. Anything in the work folder we did not write
+    (say, a user's folder an earlier version swapped aside) is kept, and the folder with it.
+    """
+    target = Path(target)
+    work = work_folder(target)
+    if not work.is_dir() or not target.parent.is_dir():
+        return
+    with _locked(target):
+        for entry in list(work.iterdir()) if work.is_dir() else []:
+            if _ours(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name in (".gitignore", "lock") and entry.is_file():
+                entry.unlink()
+        with contextlib.suppress(OSError):  # something of someone else's is in there: leave it
+            work.rmdir()

@@ -27,7 +27,7 @@ from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
 from monitor.site.model import Model, Snapshot, build, by_channel, snapshot_from_store
-from monitor.site.publish import publish
+from monitor.site.publish import publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import Store
 
@@ -462,7 +462,9 @@ def render_from(
     """`channel-monitor render`: the plan and the store file at `db` (if it exists)."""
     store = open_store(db)
     try:
-        return render(plan, site, at, store, durable=True, notices=notices)
+        rendered = render(plan, site, at, store, durable=True, notices=notices)
     finally:
         if store is not None:
             store.db.close()
+    tidy(site)  # one publish and done: no work folder left beside the site
+    return rendered
