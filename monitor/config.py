@@ -978,6 +978,25 @@ class PlanConfig(_Model):
 # --- loading ---------------------------------------------------------------------------------
 
 
+def parse_toml(raw: bytes, path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file the people running a cutover wrote (the plan, the notices): every way
+    it can be unreadable is a ConfigError naming the file, never a traceback."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise ConfigError(
+            [f"{path}: arrays or tables nest too deeply to read; expected a {what}"]
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise ConfigError(
+            [f"{path}: a number in the {what} is too long to read (thousands of digits)"]
+        ) from None
+
+
 def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
     """Read and validate a plan file; raise ConfigError listing every problem.
 
@@ -988,20 +1007,7 @@ def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the plan file ({exc.strerror or exc})"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    except RecursionError:  # arrays or inline tables nested thousands deep
-        raise ConfigError(
-            [f"{path}: arrays or tables nest too deeply to read; expected a plan file"]
-        ) from None
-    except ValueError:  # an integer of more digits than Python converts (4,300)
-        raise ConfigError(
-            [f"{path}: a number in the plan file is too long to read (thousands of digits)"]
-        ) from None
+    data = parse_toml(raw, path, "plan file")
     if not alerts:
         data.pop("alerts", None)
     return validate_config(data, str(path))

@@ -38,7 +38,7 @@ from pydantic import (
     field_validator,
 )
 
-from monitor.config import ConfigError, Id, _describe, _quote, key_path
+from monitor.config import ConfigError, Id, _describe, _quote, key_path, parse_toml
 from monitor.plan import Plan
 
 #: The file's name beside the plan, read when `--notices` is not given.
@@ -190,13 +190,8 @@ def read(path: Path) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             [f"{path}: cannot read the notices file ({exc.strerror or exc})"]
         ) from None
-    try:
-        text = raw.decode("utf-8")
-        return text, tomllib.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    data = parse_toml(raw, path, "notices file")  # a file that parses is UTF-8 text
+    return raw.decode("utf-8"), data
 
 
 def load_notices(

@@ -171,6 +171,24 @@ def test_notice_commands_exit_2_on_a_broken_file(home: Path) -> None:
     assert result.returncode == 2 and "notices[0].title" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "nest too deeply"),
+        ("x = " + "9" * 5000 + "\n", "too long to read"),
+        ("x = 1 = 2\n", "TOML syntax error"),
+    ],
+    ids=["nested", "long-number", "syntax"],
+)
+def test_an_unreadable_notices_file_is_exit_2_not_a_traceback(
+    home: Path, content: str, said: str
+) -> None:
+    (home / "notices.toml").write_text(content, encoding="utf-8")
+    result = python_m("notice", "validate", "--config", str(home / "channels.toml"), cwd=home)
+    assert result.returncode == 2, result
+    assert said in result.stderr and "Traceback" not in result.stderr
+
+
 # --- the commands that write the file ---------------------------------------------------------
 
 
