@@ -81,9 +81,16 @@ Status = Literal[
 _SERVICE_REF = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
 
 
+#: A notice's title or one update's text at most: citizens read it on a phone, and the page,
+#: the feed and the robots' messages carry it whole.
+MAX_TEXT = 2000
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("expected some text, not an empty string")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"expected at most {MAX_TEXT:,} characters, got {len(value):,}")
     return value
 
 

@@ -189,6 +189,18 @@ def test_an_unreadable_notices_file_is_exit_2_not_a_traceback(
     assert said in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_text_longer_than_a_page_can_carry_is_refused(home: Path) -> None:
+    (home / "notices.toml").write_text(
+        '[[notices]]\nid = "long"\ntitle = "长"\ntitle_en = "Long"\n[[notices.updates]]\n'
+        'at = 2022-07-06T13:20:00\nstatus = "investigating"\n'
+        f'text = "{"长" * 3000}"\ntext_en = "ok"\n',
+        encoding="utf-8",
+    )
+    result = python_m("notice", "validate", "--config", str(home / "channels.toml"), cwd=home)
+    assert result.returncode == 2, result
+    assert "notices[0].updates[0].text" in result.stderr and "at most 2,000" in result.stderr
+
+
 # --- the commands that write the file ---------------------------------------------------------
 
 
