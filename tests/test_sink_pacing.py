@@ -132,3 +132,34 @@ def test_retry_after_values() -> None:
     assert retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now) == 0  # in the past: now
     for unreadable in (None, "", "soon", "-5", "1.5", "Thu, 99 Foo 2026"):
         assert retry_after(unreadable, now) is None
+
+
+async def endless_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Take the request, then answer 200 with a chunked body that never ends (bounded here at
+    1 GiB, which the sender must never read)."""
+    await read_request(reader)
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    try:
+        for _ in range(16384):
+            writer.write(b"10000\r\n" + chunk + b"\r\n")
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass  # the sender stopped reading and closed: as it should
+
+
+async def test_a_sink_that_answers_without_end_is_read_only_so_far(store: Store) -> None:
+    async with RawServer(endless_answer) as endless:
+        tables = [{"type": "webhook", "name": "endless", "url": endless.url("/hook")}]
+        sender = make_sender(store, tables, delivery_timeout=20.0, close_timeout=0.5)
+        await sender.start()
+        try:
+            await store.call(store.record_event, "hbzwfw", "social-insurance", open_event())
+            # a 2xx is a delivery; the rest of its answer is never waited for
+            await async_wait_for(lambda: sender.delivered["endless"] == 1, timeout=15)
+        finally:
+            await sender.close()
+    (row,) = outbox_rows(store)
+    assert row["delivered_at"] is not None

@@ -33,6 +33,9 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DELIVERY_TIMEOUT = 30.0
 #: The longest wait a `Retry-After` can impose (a sink asking for a day is asking too much).
 RETRY_AFTER_CAP = 300.0
+#: The most of a sink's answer that is read: robots answer a few hundred bytes; a sink that
+#: sends more is not waited on for the rest, nor held in memory.
+MAX_ANSWER = 64 * 1024
 
 T = TypeVar("T")
 
@@ -127,10 +130,31 @@ class Sink(ABC):
         if params:  # merged: httpx's `params=` would replace the URL's own query (the token)
             target = target.copy_merge_params(params)
         try:
-            response = await self.client.post(
+            request = self.client.build_request(
+                "POST",
                 target,
                 content=content,
                 headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+            )
+            response = await self.client.send(request, stream=True)
+            try:
+                answer = bytearray()
+                async for chunk in response.aiter_bytes():
+                    answer += chunk
+                    if len(answer) > MAX_ANSWER:
+                        break
+            finally:
+                await response.aclose()
+            response = httpx.Response(
+                response.status_code,
+                # decoded already: the copy must not be decoded again
+                headers=[
+                    (k, v)
+                    for k, v in response.headers.multi_items()
+                    if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+                ],
+                content=bytes(answer[:MAX_ANSWER]),
+                request=request,
             )
         except httpx.TimeoutException:
             raise SinkError("timeout") from None
