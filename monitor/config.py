@@ -7,8 +7,10 @@ who edit the plan are civil servants, not Python programmers, so no traceback re
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import gc
 import json
 import os
 import re
@@ -16,12 +18,13 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2
+import rtoml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -252,7 +255,11 @@ def _repeat_counts(value: str) -> typing.Iterator[int]:
         yield max(int(group) for group in match.groups() if group)
 
 
+@functools.lru_cache(maxsize=1024)
 def _check_regex(value: str) -> str:
+    """A body pattern RE2 can match in linear time, within the size limits. Cached: a plan of
+    thousands of services repeats a handful of patterns, and compiling each again cost about
+    10 us a service (1.1 s of 100,000)."""
     if len(value) > MAX_PATTERN_LENGTH:
         raise ValueError(
             f"expected a pattern of at most {MAX_PATTERN_LENGTH:,} characters, got {len(value):,}"
@@ -613,8 +620,8 @@ def _probe_environment(value: object, info: ValidationInfo) -> object:
     Unlike a sink's, a probe's or a push's unset variable is not an error: the service stays in
     the plan, not configured (`Service.unset`), so a plan can ship before every address is known.
     """
-    if not isinstance(value, str):
-        return value
+    if not isinstance(value, str) or "${" not in value:
+        return value  # nothing to fill in (and `info.context` costs 17 us a read)
     env = (info.context or {}).get("env")
     return fill_in(value, os.environ if env is None else env)
 
@@ -906,8 +913,8 @@ def _from_environment(value: object, info: ValidationInfo) -> object:
     """Replace every `${NAME}` in a string with the environment variable NAME.
 
     A missing or empty variable is an error that names the variable, never the value."""
-    if not isinstance(value, str):
-        return value
+    if not isinstance(value, str) or "${" not in value:
+        return value  # nothing to fill in (and `info.context` costs 17 us a read)
     env = (info.context or {}).get("env")
     env = os.environ if env is None else env
     missing = [name for name in _ENV_REFERENCE.findall(value) if not env.get(name)]
@@ -980,11 +987,25 @@ class PlanConfig(_Model):
 
 def parse_toml(raw: bytes, path: str | Path, what: str) -> dict[str, Any]:
     """Parse a TOML file the people running a cutover wrote (the plan, the notices): every way
-    it can be unreadable is a ConfigError naming the file, never a traceback."""
+    it can be unreadable is a ConfigError naming the file, never a traceback.
+
+    `rtoml` (a compiled parser) reads it first: a plan of 100,000 services is 23 MB of TOML,
+    which the standard library's pure-Python `tomllib` takes about 5 s to read and `rtoml`
+    about 1.5 s (bench/RESULTS.md, section 2). `tomllib` stays the reference: whatever `rtoml`
+    refuses is read again by `tomllib`, so its result, or its error message, is the answer
+    (what `rtoml` refuses that `tomllib` reads, such as nesting past its depth of 80 or a float
+    too large for a double, reads as before). `rtoml` gives offset datetimes its own tzinfo
+    class; they are given `datetime.timezone` of the same offset, as `tomllib` does."""
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
+    try:
+        return _plain_zones(rtoml.loads(text))
+    except (rtoml.TomlParsingError, ValueError, TypeError, OverflowError):
+        pass  # the reference parser decides: its result or its words
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     except RecursionError:  # arrays or inline tables nested thousands deep
@@ -997,6 +1018,29 @@ def parse_toml(raw: bytes, path: str | Path, what: str) -> dict[str, Any]:
         ) from None
 
 
+def _plain_zones(value: Any) -> Any:
+    """`value` with every offset datetime's tzinfo a `datetime.timezone` (in place)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                _plain_zones(item)
+            elif isinstance(item, datetime) and item.tzinfo is not None:
+                value[key] = _plain_zone(item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list):
+                _plain_zones(item)
+            elif isinstance(item, datetime) and item.tzinfo is not None:
+                value[index] = _plain_zone(item)
+    return value
+
+
+def _plain_zone(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    assert offset is not None
+    return value.replace(tzinfo=UTC if not offset else timezone(offset))
+
+
 def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
     """Read and validate a plan file; raise ConfigError listing every problem.
 
@@ -1007,10 +1051,26 @@ def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the plan file ({exc.strerror or exc})"]) from None
-    data = parse_toml(raw, path, "plan file")
-    if not alerts:
-        data.pop("alerts", None)
-    return validate_config(data, str(path))
+    with gc_paused():
+        data = parse_toml(raw, path, "plan file")
+        if not alerts:
+            data.pop("alerts", None)
+        return validate_config(data, str(path))
+
+
+@contextlib.contextmanager
+def gc_paused() -> typing.Iterator[None]:
+    """No cyclic garbage collection inside: reading a plan allocates millions of objects that
+    all stay alive, and each collection the allocations set off walks all of them again. At
+    100,000 services that was 6.8 s of a 9.8 s load (3.0 s without). What was collectable is
+    collected at the next collection after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def validate_config(

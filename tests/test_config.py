@@ -8,7 +8,7 @@ reported at once, and none of them reaches the user as a traceback.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -1147,6 +1147,45 @@ def test_toml_that_python_cannot_read_is_a_config_error(
     assert message == f"{path}: {expected}" + (
         "; expected a plan file" if "nest" in expected else " (thousands of digits)"
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # offset datetimes: tomllib's datetime.timezone, not the compiled parser's own class
+        'a = 2022-06-22T18:00:00+08:00\nb = [2022-06-22T10:00:00Z, 1979-05-27T07:32:00-07:00]\n'
+        "c = { d = 2022-07-25T08:30:00+08:00 }\n[[e]]\nf = 2022-06-22T18:00:00.5+05:45\n",
+        "a = 2022-06-22T18:00:00\nb = 2022-06-22\nc = 18:00:00\n",  # local: no zone
+        "a = " + "[" * 100 + "1" + "]" * 100 + "\n",  # deeper than the compiled parser goes
+        "a = 1.5e400\nb = -1e999\n",  # overflows a double: inf, as tomllib reads it
+        'a = "\\u0000 \\U0001F600"\nb = 0x_ff\n',  # the escape; an invalid number below
+    ],
+)
+def test_toml_reads_exactly_as_the_standard_library(text: str) -> None:
+    """`parse_toml` reads with the compiled `rtoml` for speed; whatever it reads must equal
+    `tomllib`'s result, zones included, and what it refuses is `tomllib`'s to decide."""
+    import tomllib
+
+    from monitor.config import parse_toml
+
+    try:
+        expected = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        with pytest.raises(ConfigError) as caught:
+            parse_toml(text.encode(), "p.toml", "plan file")
+        assert caught.value.problems == [f"p.toml: TOML syntax error: {exc}"]
+        return
+    got = parse_toml(text.encode(), "p.toml", "plan file")
+    assert got == expected
+
+    def zones(value: object) -> list:
+        if isinstance(value, dict):
+            return [z for item in value.values() for z in zones(item)]
+        if isinstance(value, list):
+            return [z for item in value for z in zones(item)]
+        return [type(value.tzinfo)] if isinstance(value, datetime) else []
+
+    assert zones(got) == zones(expected)
 
 
 def test_overlong_probe_url_is_refused(tmp_path: Path) -> None:
