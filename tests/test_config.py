@@ -1153,7 +1153,7 @@ def test_toml_that_python_cannot_read_is_a_config_error(
     "text",
     [
         # offset datetimes: tomllib's datetime.timezone, not the compiled parser's own class
-        'a = 2022-06-22T18:00:00+08:00\nb = [2022-06-22T10:00:00Z, 1979-05-27T07:32:00-07:00]\n'
+        "a = 2022-06-22T18:00:00+08:00\nb = [2022-06-22T10:00:00Z, 1979-05-27T07:32:00-07:00]\n"
         "c = { d = 2022-07-25T08:30:00+08:00 }\n[[e]]\nf = 2022-06-22T18:00:00.5+05:45\n",
         "a = 2022-06-22T18:00:00\nb = 2022-06-22\nc = 18:00:00\n",  # local: no zone
         "a = " + "[" * 100 + "1" + "]" * 100 + "\n",  # deeper than the compiled parser goes
