@@ -21,6 +21,7 @@ from aiohttp import web
 import monitor.site
 from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
 from monitor.clock import Clock, RealClock
+from monitor.gc_watch import GcPauses
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
 from monitor.push import PushReceiver
@@ -73,6 +74,7 @@ class Daemon:
         self.app.router.add_get("/healthz", self.healthz)
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
+        self.gc_pauses = GcPauses()
         self.notice_board: notice_watch.NoticeBoard | None = None
         self.reloads = reload.ReloadStatus()
         #: The parts a reload swaps the new plan into, in order (`apply_plan`).
@@ -134,6 +136,9 @@ class Daemon:
             "last_tick_age_seconds": age,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "probed_services": len(self.pipeline.probed),
+            "observations_judged": self.pipeline.judged,
+            "scheduler_lag_p99_seconds": round(self.scheduler.lag_p99(), 4),
+            "gc": self.gc_pauses.health(),
             "store": {
                 "healthy": store.healthy,
                 "last_write_timestamp_seconds": round(store.last_write, 3),
@@ -170,10 +175,12 @@ class Daemon:
             await self.push.start()  # (when serving, the app's start does it)
         if schedule:
             self.scheduler.start()
+        self.gc_pauses.install()
 
     async def stop(self) -> None:
         """Stop in order, losing nothing that was observed."""
         await self.scheduler.stop()
+        self.gc_pauses.remove()
         for listener in self.listeners:
             close = getattr(listener, "close", None)
             if close is not None:

@@ -643,8 +643,9 @@ class _Health:
 
     def collect(self) -> Iterable[Metric]:
         metrics = self.metrics
-        lags = sorted(metrics.scheduler.lags) if metrics.scheduler is not None else []
-        p99 = lags[max(0, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0  # nearest rank
+        scheduler = metrics.scheduler
+        p99 = scheduler.lag_p99() if scheduler is not None else 0.0
+        longest = max(scheduler.lags, default=0.0) if scheduler is not None else 0.0
         yield GaugeMetricFamily(
             PREFIX + "scheduler_lag_seconds",
             "99th percentile of the delay between a probe's due time and its start, over the "
@@ -655,7 +656,7 @@ class _Health:
             PREFIX + "scheduler_lag_max_seconds",
             "Largest delay between a probe's due time and its start, over the most recent "
             "probe starts.",
-            value=max(0.0, lags[-1]) if lags else 0.0,
+            value=max(0.0, longest),
         )
         yield GaugeMetricFamily(
             PREFIX + "probes_in_flight",

@@ -131,6 +131,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.states: dict[tuple[str, str], ServiceState] = {}
         self.running: set[tuple[str, str]] = set()
+        #: Observations judged since the start (`/healthz`).
+        self.judged = 0
         #: An incident transition could not be written (said once until one is written again).
         self._deferred = False
         self._limit = asyncio.Semaphore(self.concurrency)
@@ -329,6 +331,7 @@ class Pipeline:
                 )
                 self._deferred = True
         self.states[ref.key] = new_state
+        self.judged += 1
         result = Result(
             ref, observation, expectation, in_grace, judgement, previous, tuple(records)
         )

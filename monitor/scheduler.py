@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 from collections import defaultdict, deque
@@ -49,6 +50,11 @@ class Scheduler:
         self.lags: deque[float] = deque(maxlen=10_000)
         self.last_tick: float | None = None
         self._stopped = False
+
+    def lag_p99(self) -> float:
+        """The 99th percentile (nearest rank) of the recent lags, seconds; 0 before any."""
+        lags = sorted(self.lags)
+        return lags[max(0, math.ceil(0.99 * len(lags)) - 1)] if lags else 0.0
 
     def groups(self) -> dict[timedelta, list[ServiceRef]]:
         """Probed services grouped by their interval."""

@@ -408,6 +408,10 @@ def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
     incidents = "SELECT id, business, direction, resolved_at FROM incidents"
     (opened,) = wait_for(lambda: db_rows(db, incidents), timeout=30, what="an incident")
     assert opened[1:] == ("pension", "unexpected_up", None)
+    _, health = first.healthz()  # what a watchdog reads: work done, lag, collector pauses
+    assert health["observations_judged"] >= 2
+    assert 0 <= health["scheduler_lag_p99_seconds"] < 30
+    assert set(health["gc"]) == {"gen0", "gen1", "gen2"}
 
     assert first.stop() == 0, first.output()
     # nothing lost: every request the server answered is an observation in the store
