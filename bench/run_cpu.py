@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import statistics
@@ -51,6 +50,7 @@ from common import (
     proc_cpu_seconds,
     start_blackbox,
     stop_processes,
+    tree_cpu_seconds,
     urls_of,
     wait_http,
 )
@@ -58,29 +58,6 @@ from common import (
 #: The exporter checks the body as our plan does (and, over HTTPS, trusts the benchmark's CA).
 BODY_CHECK = '      fail_if_body_matches_regexp: ["系统维护|暂停办理"]\n'
 INTERVAL_SECONDS = 10
-
-
-def tree_cpu_seconds(root: int) -> tuple[float, float]:
-    """CPU of `root` and of its live descendants (utime + stime, and the children they reaped):
-    (root, descendants)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    own = proc_cpu_seconds(root, reaped=True)
-    others = 0.0
-    for pid in tree - {root}:
-        with contextlib.suppress(OSError):
-            others += proc_cpu_seconds(pid, reaped=True)
-    return own, others
 
 
 class Run:

@@ -2,6 +2,17 @@
 
     python bench/scale.py [--services 10000] [--interval 30] [--intervals 3] [--target-workers 1]
                           [--loop run|asyncio] [--no-gc-freeze]
+    python bench/scale.py --process [--services 100000] [--interval 60] [--intervals 2] ...
+
+With `--process`, `channel-monitor run` itself runs as a process (everything it starts: web
+server, metrics, alerts, the page worker, the store) against the bare target of `common.py`
+(`BENCH_RAW`) on `--hosts` addresses, and the benchmark watches it from outside, as an operator
+and Prometheus would: how long until `/healthz` answers (ready), `/healthz` every half second
+(its latency; the observations judged, the scheduler's lag p99 and the collector's pauses it
+reports), `/metrics` every `--scrape-every` seconds with gzip as Prometheus asks (the time to
+the whole body), the peak RSS (VmHWM) summed over the process tree, the tree's CPU, the store's
+files, and the time from SIGTERM to exit. Warnings in its log that APScheduler skipped a run
+(a job still running when due: the store's flush falling behind) are counted.
 
 The monitor runs in this process as `run` wires it (plan loaded from TOML, `gc.freeze()`, Store on
 a temporary SQLite file, Prober, Pipeline, and the Scheduler on APScheduler's AsyncIOScheduler
@@ -23,16 +34,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import Target, load_plan, loadavg, machine, plan_toml, proc_cpu_seconds
+import aiohttp
+from aiohttp import ClientTimeout
+from common import (
+    Target,
+    free_port,
+    load_plan,
+    loadavg,
+    machine,
+    plan_toml,
+    proc_cpu_seconds,
+    process_tree,
+    stop_processes,
+    tree_cpu_seconds,
+    vm_hwm_kib,
+)
 
 from monitor.cli import loop_factory
 from monitor.clock import RealClock
@@ -198,6 +226,232 @@ def report(args: argparse.Namespace, r: dict) -> None:
     print(f"  reasons: {r['reasons']}")
 
 
+class Watch:
+    """`channel-monitor run` as a process, watched from outside (see the module's docstring)."""
+
+    def __init__(self, args: argparse.Namespace, target: Target, directory: Path) -> None:
+        self.args = args
+        self.directory = directory
+        config = directory / "channels.toml"
+        text = plan_toml(args.services, target.bases, f"{args.interval}s", per_channel=100)
+        config.write_text(text, encoding="utf-8")
+        self.db = directory / "monitor.db"
+        self.log = directory / "run.log"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monitor",
+                "run",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--db",
+                str(self.db),
+                "--site",
+                str(directory / "site"),
+            ],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "wb"),  # noqa: SIM115 (closed with the process)
+        )
+        self.hwm: dict[int, int] = {}
+        self.healthz: list[tuple[float, float, dict | None]] = []  # (at, seconds, body)
+        self.scrapes: list[tuple[float, float, int]] = []  # (at, seconds, bytes)
+
+    def sample_tree(self) -> None:
+        for pid in process_tree(self.proc.pid):
+            self.hwm[pid] = max(self.hwm.get(pid, 0), vm_hwm_kib(pid))
+
+    async def ready(self, session: aiohttp.ClientSession) -> float:
+        deadline = self.started + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"run exited with {self.proc.returncode}: {self.log}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(f"{self.base}/healthz", timeout=ClientTimeout(2)) as r:
+                    if r.status == 200:
+                        return time.monotonic() - self.started
+            await asyncio.sleep(0.05)
+        raise RuntimeError("run was not ready within 300 s")
+
+    async def poll_healthz(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            body = None
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                async with session.get(f"{self.base}/healthz", timeout=ClientTimeout(30)) as r:
+                    body = await r.json()
+            self.healthz.append((began, time.monotonic() - began, body))
+            self.sample_tree()
+            await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
+
+    async def scrape(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        headers = {"Accept-Encoding": "gzip"}
+        while not stop.is_set():
+            began = time.monotonic()
+            size = -1
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(
+                    f"{self.base}/metrics",
+                    headers=headers,
+                    auto_decompress=False,
+                    timeout=ClientTimeout(120),
+                ) as response:
+                    size = len(await response.read())
+            self.scrapes.append((began, time.monotonic() - began, size))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.args.scrape_every)
+
+    def last_health(self, before: float) -> dict:
+        return next(b for at, _, b in reversed(self.healthz) if at <= before and b)
+
+    def store_bytes(self) -> int:
+        return sum(
+            path.stat().st_size
+            for path in self.directory.glob("monitor.db*")
+            if path.suffix != ".lock"
+        )
+
+    def stop(self) -> float:
+        self.sample_tree()
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_processes([self.proc], timeout=1)
+            return float("inf")
+        return time.monotonic() - began
+
+
+async def run_process(args: argparse.Namespace, target: Target, directory: Path) -> dict:
+    """The whole `run` at scale; see the module's docstring."""
+    out: dict = {}
+    watch = Watch(args, target, directory)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            out["ready_s"] = await watch.ready(session)
+            tasks = [
+                asyncio.create_task(watch.poll_healthz(session, stop)),
+                asyncio.create_task(watch.scrape(session, stop)),
+            ]
+            await asyncio.sleep(args.warmup)
+            begin = time.monotonic()
+            cpu0 = sum(tree_cpu_seconds(watch.proc.pid))
+            target0 = sum(proc_cpu_seconds(p.pid) for p in target.procs)
+            store0 = watch.store_bytes()
+            await asyncio.sleep(args.intervals * args.interval)
+            end = time.monotonic()
+            cpu1 = sum(tree_cpu_seconds(watch.proc.pid))
+            target1 = sum(proc_cpu_seconds(p.pid) for p in target.procs)
+            store1 = watch.store_bytes()
+            await asyncio.sleep(1.0)  # one more /healthz after the window
+            stop.set()
+            await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        out["stop_s"] = watch.stop() if watch.proc.poll() is None else float("nan")
+    first, last = watch.last_health(begin), watch.last_health(end)
+    seconds = end - begin
+    judged = last["observations_judged"] - first["observations_judged"]
+    inside = [(at, s, b) for at, s, b in watch.healthz if begin <= at <= end]
+    lag_p99 = [b["scheduler_lag_p99_seconds"] for _, _, b in inside if b]
+    scrapes = [(s, n) for at, s, n in watch.scrapes if at >= begin - args.warmup]
+    log = watch.log.read_text(errors="replace")
+    out.update(
+        {
+            "window_s": seconds,
+            "judged_per_s": judged / seconds,
+            "due_per_s": args.services / args.interval,
+            "lag_p99_ms": (statistics.median(lag_p99) * 1e3, max(lag_p99) * 1e3),
+            "healthz": (
+                statistics.median(s for _, s, _ in inside) * 1e3,
+                max(s for _, s, _ in inside) * 1e3,
+                sum(1 for _, s, _ in inside if s > 1),
+                len(inside),
+            ),
+            "scrapes": scrapes,
+            "gc": {
+                gen: (
+                    last["gc"][gen]["collections"] - first["gc"][gen]["collections"],
+                    last["gc"][gen]["longest_seconds"],
+                )
+                for gen in last["gc"]
+            },
+            "cpu_share": (cpu1 - cpu0) / seconds,
+            "cpu_per_probe_us": (cpu1 - cpu0) / max(1, judged) * 1e6,
+            "target_cpu_share": (target1 - target0) / seconds,
+            "hwm_mib": sum(watch.hwm.values()) / 1024,
+            "hwm_parts": sorted((v / 1024 for v in watch.hwm.values()), reverse=True),
+            "store_growth_per_min_mib": (store1 - store0) / seconds * 60 / 2**20,
+            "store_mib": store1 / 2**20,
+            "skipped": log.count("maximum number of running instances"),
+            "tracebacks": log.count("Traceback"),
+            "pending": last["store"]["pending_observations"],
+        }
+    )
+    return out
+
+
+def report_process(args: argparse.Namespace, r: dict) -> None:
+    info = machine()
+    print(
+        f"channel-monitor run, {args.services} services at a {args.interval} s interval, "
+        f"measured for {r['window_s']:.0f} s after {args.warmup:.0f} s; {info['cpus']} CPUs "
+        f"({info['cpu']}), Python {info['python']}; bare target, 1 process on {args.hosts} "
+        "addresses"
+    )
+    scrape_s = [s for s, n in r["scrapes"] if n >= 0]
+    lag, health = r["lag_p99_ms"], r["healthz"]
+    rows = [
+        ("ready (/healthz answers) after start", f"{r['ready_s']:.1f} s"),
+        ("observations judged per second", f"{r['judged_per_s']:.0f} (due {r['due_per_s']:.0f})"),
+        ("scheduling lag p99 (median / max of samples)", "{:.1f} / {:.1f} ms".format(*lag)),
+        ("/healthz p50 / max / >1 s / polls", "{:.1f} ms / {:.0f} ms / {} / {}".format(*health)),
+        (
+            "/metrics whole body (gzip): median / max",
+            f"{statistics.median(scrape_s):.2f} / {max(scrape_s):.2f} s, "
+            f"{len(scrape_s)} of {len(r['scrapes'])} answered, "
+            f"{max(n for _, n in r['scrapes']) / 2**20:.1f} MiB",
+        )
+        if scrape_s
+        else ("/metrics", "never answered"),
+        ("process tree CPU, share of one core", f"{r['cpu_share'] * 100:.0f} %"),
+        ("process tree CPU per observation", f"{r['cpu_per_probe_us']:.0f} us"),
+        ("target CPU, share of one core", f"{r['target_cpu_share'] * 100:.0f} %"),
+        (
+            "peak RSS, VmHWM summed over the tree",
+            f"{r['hwm_mib']:.0f} MiB ({', '.join(f'{v:.0f}' for v in r['hwm_parts'])})",
+        ),
+        (
+            "store files: growth a minute / size at the end",
+            f"{r['store_growth_per_min_mib']:.1f} MiB / {r['store_mib']:.0f} MiB",
+        ),
+        (
+            "skipped runs (APScheduler) / tracebacks in the log",
+            f"{r['skipped']} / {r['tracebacks']}",
+        ),
+        ("observations waiting to be written at the end", f"{r['pending']}"),
+        ("stop: SIGTERM to exit", f"{r['stop_s']:.1f} s"),
+    ]
+    rows.append(("load average (1 min) before / after", " / ".join(r["load"])))
+    for label, value in rows:
+        print(f"  {label:<52}{value}")
+    gc_line = ", ".join(f"{g} {n}x, longest {m * 1e3:.0f} ms" for g, (n, m) in r["gc"].items())
+    print(f"  collector pauses in the window (longest since start): {gc_line}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=10_000)
@@ -214,8 +468,22 @@ def main() -> int:
         default="run",
         help="the loop `run` uses, or asyncio's",
     )
+    parser.add_argument("--process", action="store_true", help="run `channel-monitor run`")
+    parser.add_argument("--warmup", type=float, default=60, help="--process: seconds before")
+    parser.add_argument("--scrape-every", type=float, default=15, help="--process: /metrics")
+    parser.add_argument("--keep", help="--process: keep the run's folder (log, store) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.process:
+        load_before = loadavg()
+        with (
+            tempfile.TemporaryDirectory(prefix="scale-run-", dir=args.keep) as tmp,
+            Target(args.target_workers, args.hosts, raw=True) as t,
+        ):
+            result = asyncio.run(run_process(args, t, Path(tmp)))
+        result["load"] = (load_before, loadavg())
+        report_process(args, result)
+        return 0
     budget = args.intervals * args.interval + 120  # start-up and stop included
     load_before = loadavg()
     with (

@@ -7,8 +7,10 @@ are handed to `Pipeline.judge`, so no socket is needed except for the endpoint t
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -501,3 +503,41 @@ async def test_served_at_metrics_by_the_daemon(tmp_path: Path) -> None:
         assert b"channel_monitor_business_info{" in gzip.decompress(zipped)
     finally:
         await daemon.stop()
+
+
+async def test_a_slow_build_is_served_on_while_the_next_is_built(rig: Rig) -> None:
+    """At 100,000 services a build takes seconds: a scrape gets the last one at once and the
+    next is built behind it, never a scrape waiting for a slow build (except the first)."""
+    metrics = rig.metrics
+    metrics.wait_under = 0.0  # every build counts as slow
+    metrics.max_age = 0.0
+    first = await metrics.exposition()
+    assert metrics.builds == 1
+    await rig.observe("portal", "pension", True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() <= metrics._fresh_until and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)  # until the first build is stale (4x its own time)
+    again = await metrics.exposition()
+    assert again is first, "a stale slow build is answered at once"
+    assert metrics._building is not None, "and the next one is being built"
+    newer = await metrics._building
+    assert newer is not first and metrics.builds == 2
+    pension = 'channel="portal",business="pension",result="serving"'
+    assert f"channel_monitor_probes_total{{{pension}}} 0\n".encode() in gzip.decompress(
+        first.packed
+    )
+    assert f"channel_monitor_probes_total{{{pension}}} 1\n".encode() in gzip.decompress(
+        newer.packed
+    )
+
+
+async def test_the_kept_gzip_unpacks_to_the_exposition(rig: Rig) -> None:
+    """Only the gzip of a build is kept; a client without gzip gets it unpacked in chunks of
+    the size the answer announces."""
+    await rig.observe("portal", "pension", True)
+    built = await rig.metrics.exposition()
+    text = gzip.decompress(built.packed)
+    assert len(text) == built.size
+    assert b"".join(built.unpacked(chunk=1000)) == text
+    assert max(len(c) for c in built.unpacked(chunk=1000)) <= 1000
+    assert b"# TYPE channel_monitor_probes_total counter" in text
