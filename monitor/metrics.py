@@ -157,8 +157,12 @@ class _Pace:
     def __init__(self, budget: float) -> None:
         self.budget = budget
         self.mark = time.perf_counter()
+        self.calls = 0
 
     def __call__(self) -> bool:
+        self.calls += 1
+        if self.calls & 31:  # the clock is read every 32nd call: a call is a few microseconds
+            return False
         return time.perf_counter() - self.mark >= self.budget
 
     def restart(self) -> None:

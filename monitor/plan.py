@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import calendar
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
@@ -39,10 +39,11 @@ class ServiceRef:
 
     channel: Channel
     service: Service
+    #: `(channel id, service id)`: made once, read on every probe, judgement and scrape.
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.channel.id, self.service.id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.channel.id, self.service.id))
 
 
 @dataclass(frozen=True, slots=True)
