@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import sys
@@ -337,6 +336,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
+    from monitor.gc_watch import settle
     from monitor.notice import load_notices
 
     plan = Plan(load_config(args.config, alerts=not args.no_alerts))
@@ -369,8 +369,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
-    gc.collect()
-    gc.freeze()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
+    settle()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
         run_async(serve(daemon))
     except OSError as exc:  # e.g. the listen address is in use: bad input, not a mismatch

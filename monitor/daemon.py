@@ -138,6 +138,7 @@ class Daemon:
             "probed_services": len(self.pipeline.probed),
             "observations_judged": self.pipeline.judged,
             "scheduler_lag_p99_seconds": round(self.scheduler.lag_p99(), 4),
+            "probes_skipped": self.scheduler.skipped,
             "gc": self.gc_pauses.health(),
             "store": {
                 "healthy": store.healthy,

@@ -9,7 +9,10 @@ a watchdog or a benchmark can read them without parsing `/metrics`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
+import sys
 import time
 
 
@@ -45,3 +48,19 @@ class GcPauses:
             f"gen{gen}": {"collections": self.count[gen], "longest_seconds": round(longest, 4)}
             for gen, longest in enumerate(self.longest)
         }
+
+
+def settle() -> None:
+    """After making what lives as long as the process (the plan at start; every service's
+    counters, locks and state after its first round): freeze it, so full collections never
+    walk it again and their pauses stay short, and hand the heap the work freed back to the OS.
+
+    No collection first: at 100,000 services one would hold the process for seconds. What is
+    cyclic garbage at this instant is frozen with the rest and never collected, which is
+    nothing much: refcounting frees everything else, and the plan's load makes no cycles.
+    Reading a plan of 100,000 services peaks hundreds of megabytes above what it keeps, and
+    glibc keeps freed heap unless asked (`malloc_trim`)."""
+    gc.freeze()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -52,7 +52,8 @@ Families (all `channel_monitor_`; per service unless marked):
   `probes_total{result="serving"|"not_serving"|"unknown"}`,
   `mismatch{direction}` (1 while an incident is open), `incidents_total{direction}`;
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
-  `scheduler_lag_max_seconds`, `probes_in_flight`, `store_write_errors_total`,
+  `scheduler_lag_max_seconds`, `probes_in_flight`, `probes_skipped_total`,
+  `store_write_errors_total`,
   `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
   `observations_dropped_total`, `config_last_reload_successful` and
   `config_last_reload_success_timestamp_seconds` (`run` only: whether the last edit of the plan
@@ -712,6 +713,13 @@ class _Health:
             "Probes running now.",
             value=len(metrics.pipeline.running),
         )
+        if scheduler is not None:
+            yield CounterMetricFamily(
+                PREFIX + "probes_skipped_total",
+                "Due probes not started because too many were already waiting: the monitor is "
+                "behind (its services are probed at their next slot).",
+                value=scheduler.skipped,
+            )
         reloads = metrics.reloads
         if reloads is not None:
             yield GaugeMetricFamily(

@@ -1,10 +1,18 @@
 """Puts the pipeline on APScheduler 3's AsyncIOScheduler for `run`.
 
-One APScheduler job per distinct probe interval; each run spreads its services evenly over the
-interval with the event loop's own timers, so 10,000 services do not fire in the same
-millisecond and APScheduler's per-job cost is paid once per interval, not once per probe
-(DESIGN.md). A one-shot job fires at every planned transition, so verdicts, metrics and the page
-change at the instant the plan does, and the affected services are probed right away.
+One APScheduler job per distinct probe interval; each run starts a round that spreads its
+services evenly over the interval, so 10,000 services do not fire in the same millisecond and
+APScheduler's per-job cost is paid once per interval, not once per probe (DESIGN.md). One pacer
+task walks the running rounds and starts each service at its slot: no timer object per service
+(at 100,000 services a round of timers was 100,000 objects made at once, each living a minute
+for the full garbage collections to walk). A one-shot job fires at every planned transition, so
+verdicts, metrics and the page change at the instant the plan does, and the affected services
+are probed right away.
+
+Probes wait for a free slot of the pipeline's concurrency; when more than `MAX_WAITING` are
+already waiting, the monitor is behind and a probe that falls due is skipped (counted in
+`skipped`, `/healthz` and the metrics) rather than queued without bound: its service is probed
+at its next slot, and its verdict goes stale if that keeps happening, which is the truth.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import math
 import sqlite3
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,6 +32,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.gc_watch import settle
 from monitor.pipeline import Pipeline
 from monitor.plan import ServiceRef
 
@@ -34,7 +44,26 @@ log = logging.getLogger(__name__)
 #: The id of an interval's job starts with this (then the interval in seconds).
 ROUND = "probe-"
 FLUSH_EVERY = timedelta(seconds=1)
+#: Probes waiting for a slot (or running) beyond which a due probe is skipped.
+MAX_WAITING = 10_000
+#: At most this many probes are started in one turn of the event loop (a round that is behind,
+#: or a transition that concerns every service, starts in bursts, not in one long turn).
+BURST = 200
 PRUNE_EVERY = timedelta(hours=1)
+
+
+@dataclass(slots=True)
+class _Round:
+    """One round of an interval: `refs[i]` is due at `base + i * spacing` (the loop's clock),
+    which is `started + i * spacing` on `time.monotonic`; `next` is the first not started."""
+
+    refs: list[ServiceRef]
+    base: float
+    started: float
+    spacing: float
+    next: int = 0
+    #: Services a reload removed or moved to another interval since the round began.
+    skip: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Scheduler:
@@ -44,7 +73,13 @@ class Scheduler:
         self.pipeline = pipeline
         self.aps = AsyncIOScheduler(timezone=UTC)
         self.tasks: set[asyncio.Task] = set()
-        self.handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        #: The running round of each interval.
+        self.rounds: dict[timedelta, _Round] = {}
+        #: Probes not started because MAX_WAITING were waiting (the monitor is behind).
+        self.skipped = 0
+        self._pacer: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._settling: asyncio.TimerHandle | None = None
         #: Recent lags (seconds) between when a probe was due and when it started, read on
         #: `time.monotonic` (uvloop's `loop.time()` counts whole milliseconds).
         self.lags: deque[float] = deque(maxlen=10_000)
@@ -85,6 +120,7 @@ class Scheduler:
         )
         self._schedule_after(now)
         self.aps.start()
+        self._settle_after_a_round()
 
     def _add_round(self, interval: timedelta, refs: list[ServiceRef], now: datetime) -> None:
         self.aps.add_job(
@@ -119,37 +155,95 @@ class Scheduler:
                 self._add_round(interval, refs, now)
         for job in jobs - wanted:
             self.aps.remove_job(job)
-        for key in change.removed | change.rescheduled:
-            handle = self.handles.pop(key, None)
-            if handle is not None:
-                handle.cancel()
+        gone = change.removed | change.rescheduled
+        for running in self.rounds.values():
+            running.skip |= gone
         self._schedule_after(change.at)
+        self._settle_after_a_round()
         due = time.monotonic()
         for ref in self.pipeline.probed:
             if ref.key in change.redo:
                 self._launch(ref, due)
 
     async def _round(self, refs: list[ServiceRef], interval: timedelta) -> None:
-        """Start one round: each service gets its own slot within the interval."""
+        """Start one round: each service gets its own slot within the interval. What the
+        previous round of this interval has not started yet is dropped: it is in this one."""
         if self._stopped:
             return  # a run APScheduler submitted just before `stop`: start nothing new
         loop = asyncio.get_running_loop()
         base, started = loop.time(), time.monotonic()
         self.last_tick = base
         spacing = interval.total_seconds() / max(1, len(refs))
-        for index, ref in enumerate(refs):
-            offset = index * spacing
-            self.handles[ref.key] = loop.call_at(base + offset, self._launch, ref, started + offset)
+        self.rounds[interval] = _Round(refs, base, started, spacing)
+        if self._pacer is None or self._pacer.done():
+            self._pacer = loop.create_task(self._pace())
+        self._wake.set()
+
+    def _settle_after_a_round(self) -> None:
+        """Once every service has been probed (its counters, lock and state made), freeze it
+        all (`gc_watch.settle`): full collections then walk only what changes."""
+        if self._settling is not None:
+            self._settling.cancel()
+        longest = max(self.groups(), default=timedelta(0)).total_seconds()
+        loop = asyncio.get_running_loop()
+        self._settling = loop.call_later(longest * 1.2 + 1, settle)
+
+    def slots(self) -> dict[tuple[str, str], float]:
+        """When each service of the running rounds is due (the loop's clock), started or not."""
+        return {
+            ref.key: running.base + index * running.spacing
+            for running in self.rounds.values()
+            for index, ref in enumerate(running.refs)
+            if ref.key not in running.skip
+        }
+
+    async def _pace(self) -> None:
+        """Start every service at its slot, the rounds of all intervals together."""
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            now = loop.time()
+            upcoming = math.inf
+            started = 0
+            for running in list(self.rounds.values()):
+                while running.next < len(running.refs) and started < BURST:
+                    offset = running.next * running.spacing
+                    if running.base + offset > now:
+                        upcoming = min(upcoming, running.base + offset)
+                        break
+                    ref = running.refs[running.next]
+                    running.next += 1
+                    if ref.key not in running.skip:
+                        self._launch(ref, running.started + offset)
+                        started += 1
+            if started >= BURST:
+                await asyncio.sleep(0)  # more are due: let what waits run first
+                continue
+            self._wake.clear()
+            if upcoming == math.inf:
+                await self._wake.wait()  # until the next round
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), upcoming - loop.time())
 
     def _launch(self, ref: ServiceRef, due: float) -> None:
         """Start a probe of `ref`, due at `due` (`time.monotonic`)."""
         if self._stopped:
             return
         self.lags.append(time.monotonic() - due)
-        loop = asyncio.get_running_loop()
         if ref.key in self.pipeline.running:
             return  # the previous probe of this service still runs: never two at once
-        task = loop.create_task(self.pipeline.probe(ref))
+        if len(self.tasks) >= MAX_WAITING:
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 10_000 == 0:
+                log.warning(
+                    "%d probes are waiting: the monitor is behind; %d due probes skipped so far "
+                    "/ 等待中的探测过多，监测跟不上，已跳过 %d 次到期探测",
+                    len(self.tasks),
+                    self.skipped,
+                    self.skipped,
+                )
+            return
+        task = asyncio.get_running_loop().create_task(self.pipeline.probe(ref))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -168,8 +262,11 @@ class Scheduler:
             for t in self.pipeline.plan.transitions(at, at + timedelta(microseconds=1))
         }
         refs = [ref for ref in self.pipeline.probed if ref.key in changed]
-        for ref in refs:
-            self._launch(ref, time.monotonic())
+        now = time.monotonic()
+        for index, ref in enumerate(refs):
+            self._launch(ref, now)
+            if index % BURST == BURST - 1:
+                await asyncio.sleep(0)
         # schedule from just after this one, so an early wake-up cannot re-fire it
         self._schedule_after(at)
 
@@ -202,9 +299,14 @@ class Scheduler:
         self._stopped = True
         if self.aps.running:
             self.aps.shutdown(wait=False)
-        for handle in self.handles.values():
-            handle.cancel()
-        self.handles.clear()
+        self.rounds.clear()
+        if self._settling is not None:
+            self._settling.cancel()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacer
+            self._pacer = None
         if self.tasks:
             _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
             for task in pending:

@@ -324,6 +324,8 @@ async def test_down_while_expected_up_counts_the_other_direction(rig: Rig) -> No
 
 def test_monitor_health(rig: Rig) -> None:
     assert rig.value("channel_monitor_scheduler_lag_seconds") == 0
+    assert rig.value("channel_monitor_probes_skipped_total") == 0
+    rig.scheduler.skipped = 7
     rig.scheduler.lags.extend([0.001] * 98 + [0.5, 2.0])
     rig.store.write_errors = 3
     rig.pipeline.running.add(("portal", "pension"))
@@ -331,6 +333,7 @@ def test_monitor_health(rig: Rig) -> None:
     assert rig.value("channel_monitor_scheduler_lag_max_seconds") == 2.0
     assert rig.value("channel_monitor_store_write_errors_total") == 3
     assert rig.value("channel_monitor_probes_in_flight") == 1
+    assert rig.value("channel_monitor_probes_skipped_total") == 7
     assert rig.value("process_resident_memory_bytes") is not None or not Path("/proc").exists()
 
 

@@ -115,12 +115,12 @@ async def test_services_are_probed_repeatedly_and_spread_over_the_interval(
     ten.scheduler.start()
     names = [f"s{i}" for i in range(10)]
 
-    # the first round: ten timers, one per service, spread over the one-second interval
-    handles = await async_wait_for(
-        lambda: len(ten.scheduler.handles) == 10 and dict(ten.scheduler.handles),
-        what="the first round's timers",
+    # the first round: ten slots, one per service, spread over the one-second interval
+    slots = await async_wait_for(
+        lambda: len(ten.scheduler.slots()) == 10 and ten.scheduler.slots(),
+        what="the first round's slots",
     )
-    due = sorted(h.when() for h in handles.values())
+    due = sorted(slots.values())
     assert 0.5 <= due[-1] - due[0] < 1.0
     gaps = [b - a for a, b in itertools.pairwise(due)]
     assert min(gaps) == pytest.approx(0.1, abs=0.01), "evenly spread"
@@ -248,12 +248,12 @@ async def test_stop_is_quick_and_writes_everything(tmp_path: Path, server: Chann
         assert held.observation.reason == "timeout after 2s"
         assert running.stored() == len(running.recorder.results)
         hits_at_stop = server.hit_count()
-        assert running.scheduler.handles == {}
+        assert running.scheduler.slots() == {}
         assert not running.scheduler.tasks
         # a round APScheduler had already submitted when `stop` came starts nothing
         ((interval, refs),) = running.scheduler.groups().items()
         await running.scheduler._round(refs, interval)
-        assert running.scheduler.handles == {}
+        assert running.scheduler.slots() == {}
         # nothing is probed after stop: wait out more than an interval by polling the server
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -261,3 +261,26 @@ async def test_stop_is_quick_and_writes_everything(tmp_path: Path, server: Chann
             await asyncio.sleep(0.05)
     finally:
         await running.close()
+
+
+async def test_a_monitor_that_is_behind_skips_due_probes_rather_than_queue_them(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probes that cannot start wait; past MAX_WAITING a due probe is skipped and counted, so
+    a monitor that cannot keep up holds bounded memory (100,000 waiting probes held gigabytes
+    and made each full garbage collection seconds long)."""
+    import monitor.scheduler
+
+    monkeypatch.setattr(monitor.scheduler, "MAX_WAITING", 3)
+    gate = asyncio.Event()
+
+    async def stuck(_ref: object) -> None:
+        await gate.wait()
+
+    monkeypatch.setattr(ten.pipeline, "probe", stuck)
+    ten.scheduler.start()
+    try:
+        await async_wait_for(lambda: ten.scheduler.skipped >= 7, what="seven skipped probes")
+        assert len(ten.scheduler.tasks) == 3
+    finally:
+        gate.set()
