@@ -14,6 +14,11 @@ import ctypes
 import gc
 import sys
 import time
+from collections import deque
+
+#: Pauses remembered per generation for `longest_last_minute_seconds` (young collections come
+#: a few dozen times a second at most; a minute of full ones fits many times over).
+RECENT = 4096
 
 
 class GcPauses:
@@ -22,6 +27,8 @@ class GcPauses:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.longest = [0.0, 0.0, 0.0]
+        #: Per generation, the last pauses: (when it ended on `time.monotonic`, seconds).
+        self.recent: list[deque[tuple[float, float]]] = [deque(maxlen=RECENT) for _ in range(3)]
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -32,6 +39,7 @@ class GcPauses:
         pause = time.perf_counter() - self._started
         self.count[generation] += 1
         self.longest[generation] = max(self.longest[generation], pause)
+        self.recent[generation].append((time.monotonic(), pause))
 
     def install(self) -> GcPauses:
         if self not in gc.callbacks:
@@ -43,9 +51,17 @@ class GcPauses:
             gc.callbacks.remove(self)
 
     def health(self) -> dict[str, dict[str, float | int]]:
-        """Per generation: collections since the start and the longest pause (seconds)."""
+        """Per generation: collections since the start, the longest pause since the start and
+        in the last minute (seconds): the first shows the start-up, the second what runs now."""
+        since = time.monotonic() - 60
         return {
-            f"gen{gen}": {"collections": self.count[gen], "longest_seconds": round(longest, 4)}
+            f"gen{gen}": {
+                "collections": self.count[gen],
+                "longest_seconds": round(longest, 4),
+                "longest_last_minute_seconds": round(
+                    max((p for at, p in self.recent[gen] if at >= since), default=0.0), 4
+                ),
+            }
             for gen, longest in enumerate(self.longest)
         }
 

@@ -14,6 +14,9 @@ def test_a_full_collection_is_counted_and_timed_until_removed() -> None:
         health = pauses.health()
         assert health["gen2"]["collections"] >= 1
         assert health["gen2"]["longest_seconds"] > 0
+        assert (
+            0 < health["gen2"]["longest_last_minute_seconds"] <= health["gen2"]["longest_seconds"]
+        )
         assert pauses.install() is pauses and gc.callbacks.count(pauses) == 1
     finally:
         pauses.remove()
