@@ -335,11 +335,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.config import gc_paused
     from monitor.daemon import Daemon, parse_listen, serve
     from monitor.gc_watch import settle
     from monitor.notice import load_notices
 
-    plan = Plan(load_config(args.config, alerts=not args.no_alerts))
+    with gc_paused():  # millions of objects that all live on (see gc_watch.settle)
+        plan = Plan(load_config(args.config, alerts=not args.no_alerts))
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -357,16 +359,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     site = Path(args.site) if args.site else home / "site"
     check_site(site)
     try:
-        daemon = Daemon(
-            plan,
-            notices_path=notices,
-            plan_path=Path(args.config),
-            db_path=Path(args.db) if args.db else home / "monitor.db",
-            site_dir=site,
-            host=host,
-            port=port,
-            alerts=not args.no_alerts,
-        )
+        with gc_paused():  # the per-service counters, states and caches: they live on too
+            daemon = Daemon(
+                plan,
+                notices_path=notices,
+                plan_path=Path(args.config),
+                db_path=Path(args.db) if args.db else home / "monitor.db",
+                site_dir=site,
+                host=host,
+                port=port,
+                alerts=not args.no_alerts,
+            )
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
     settle()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
