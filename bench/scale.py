@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import common
 from aiohttp import ClientTimeout
 from common import (
     Target,
@@ -370,7 +371,11 @@ async def run_process(args: argparse.Namespace, target: Target, directory: Path)
     # cover the window (the window is at least a minute long)
     late = [b for at, _, b in watch.healthz if begin + 60 <= at <= end + 1 and b]
     recent = {
-        gen: max(b["gc"][gen]["longest_last_minute_seconds"] for b in late) for gen in last["gc"]
+        gen: (
+            max(b["gc"][gen]["longest_last_minute_seconds"] for b in late),
+            max(b["gc"][gen]["longest_last_minute_cpu_seconds"] for b in late),
+        )
+        for gen in last["gc"]
     }
     lag_p99 = [b["scheduler_lag_p99_seconds"] for _, _, b in inside if b]
     scrapes = [(s, n) for at, s, n in watch.scrapes if at >= begin - args.warmup]
@@ -456,7 +461,8 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
     for label, value in rows:
         print(f"  {label:<52}{value}")
     gc_line = ", ".join(
-        f"{g} {n}x, longest {m * 1e3:.0f} ms ({ever * 1e3:.0f} ms since start)"
+        f"{g} {n}x, longest {m[0] * 1e3:.0f} ms wall / {m[1] * 1e3:.0f} ms CPU "
+        f"({ever * 1e3:.0f} ms wall since start)"
         for g, (n, m, ever) in r["gc"].items()
     )
     print(f"  collector pauses in the window: {gc_line}")
@@ -481,13 +487,22 @@ def main() -> int:
     parser.add_argument("--process", action="store_true", help="run `channel-monitor run`")
     parser.add_argument("--warmup", type=float, default=60, help="--process: seconds before")
     parser.add_argument("--scrape-every", type=float, default=15, help="--process: /metrics")
-    parser.add_argument("--keep", help="--process: keep the run's folder (log, store) here")
+    parser.add_argument(
+        "--keep", help="--process: keep the run's folder (log, store) in this folder"
+    )
+    parser.add_argument(
+        "--no-office-hours", action="store_true", help="three kinds of service, not four"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.no_office_hours:  # the plan of `common.py` without its fourth kind of service
+        common.SERVICE_KINDS = common.SERVICE_KINDS[:3]
     if args.process:
         load_before = loadavg()
         with (
-            tempfile.TemporaryDirectory(prefix="scale-run-", dir=args.keep) as tmp,
+            contextlib.nullcontext(tempfile.mkdtemp(prefix="scale-run-", dir=args.keep))
+            if args.keep
+            else tempfile.TemporaryDirectory(prefix="scale-run-") as tmp,
             Target(args.target_workers, args.hosts, raw=True) as t,
         ):
             result = asyncio.run(run_process(args, t, Path(tmp)))

@@ -27,19 +27,27 @@ class GcPauses:
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.longest = [0.0, 0.0, 0.0]
-        #: Per generation, the last pauses: (when it ended on `time.monotonic`, seconds).
-        self.recent: list[deque[tuple[float, float]]] = [deque(maxlen=RECENT) for _ in range(3)]
-        self._started = 0.0
+        #: The longest pause's CPU time (the collecting thread's): on a busy machine the wall
+        #: time also counts the moments the OS gave the core to another process.
+        self.longest_cpu = [0.0, 0.0, 0.0]
+        #: Per generation, the last pauses: (when it ended on `time.monotonic`, seconds, CPU).
+        self.recent: list[deque[tuple[float, float, float]]] = [
+            deque(maxlen=RECENT) for _ in range(3)
+        ]
+        self._started = self._started_cpu = 0.0
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._started_cpu = time.thread_time()
             return
         generation = info.get("generation", 2)
         pause = time.perf_counter() - self._started
+        cpu = time.thread_time() - self._started_cpu
         self.count[generation] += 1
         self.longest[generation] = max(self.longest[generation], pause)
-        self.recent[generation].append((time.monotonic(), pause))
+        self.longest_cpu[generation] = max(self.longest_cpu[generation], cpu)
+        self.recent[generation].append((time.monotonic(), pause, cpu))
 
     def install(self) -> GcPauses:
         if self not in gc.callbacks:
@@ -52,18 +60,20 @@ class GcPauses:
 
     def health(self) -> dict[str, dict[str, float | int]]:
         """Per generation: collections since the start, the longest pause since the start and
-        in the last minute (seconds): the first shows the start-up, the second what runs now."""
+        in the last minute (seconds; wall time and the collector's CPU time): the first shows
+        the start-up, the second what runs now."""
         since = time.monotonic() - 60
-        return {
-            f"gen{gen}": {
+        out = {}
+        for gen, longest in enumerate(self.longest):
+            recent = [(wall, cpu) for at, wall, cpu in self.recent[gen] if at >= since]
+            out[f"gen{gen}"] = {
                 "collections": self.count[gen],
                 "longest_seconds": round(longest, 4),
-                "longest_last_minute_seconds": round(
-                    max((p for at, p in self.recent[gen] if at >= since), default=0.0), 4
-                ),
+                "longest_cpu_seconds": round(self.longest_cpu[gen], 4),
+                "longest_last_minute_seconds": round(max((w for w, _ in recent), default=0), 4),
+                "longest_last_minute_cpu_seconds": round(max((c for _, c in recent), default=0), 4),
             }
-            for gen, longest in enumerate(self.longest)
-        }
+        return out
 
 
 def settle() -> None:
