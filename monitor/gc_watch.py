@@ -65,7 +65,10 @@ class GcPauses:
         since = time.monotonic() - 60
         out = {}
         for gen, longest in enumerate(self.longest):
-            recent = [(wall, cpu) for at, wall, cpu in self.recent[gen] if at >= since]
+            # copied in one C call first: reading it allocates, which can run a collection,
+            # whose callback appends to it (and so can one on another thread)
+            kept = list(self.recent[gen])
+            recent = [(wall, cpu) for at, wall, cpu in kept if at >= since]
             out[f"gen{gen}"] = {
                 "collections": self.count[gen],
                 "longest_seconds": round(longest, 4),
