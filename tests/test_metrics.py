@@ -544,3 +544,14 @@ async def test_the_kept_gzip_unpacks_to_the_exposition(rig: Rig) -> None:
     assert b"".join(built.unpacked(chunk=1000)) == text
     assert max(len(c) for c in built.unpacked(chunk=1000)) <= 1000
     assert b"# TYPE channel_monitor_probes_total counter" in text
+
+
+async def test_the_last_observations_are_nothing_for_the_collector_to_walk(rig: Rig) -> None:
+    """At 100,000 services, every object kept per service is walked by each full collection;
+    what the exposition keeps of a last observation is plain values the collector drops."""
+    import gc
+
+    await rig.observe("portal", "pension", True)
+    gc.collect()
+    (kept,) = rig.metrics.last.values()
+    assert not gc.is_tracked(kept)
