@@ -1009,7 +1009,17 @@ def parse_toml(raw: bytes, path: str | Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: the file is not UTF-8 text ({exc.reason})"]) from None
     try:
-        return _plain_zones(rtoml.loads(text))
+        data = rtoml.loads(text)
+        # A plan's channels hold no date or time field (periods and milestones do, at the
+        # top): a datetime there fails validation either way, and its message quotes it by
+        # `isoformat`, the same with either tzinfo. Not walking 100,000 services saves 0.3 s.
+        channels = data.get("channels")
+        if channels is not None:
+            data["channels"] = []  # in its place, so the keys keep their order
+        _plain_zones(data)
+        if channels is not None:
+            data["channels"] = channels
+        return data
     except (rtoml.TomlParsingError, ValueError, TypeError, OverflowError):
         pass  # the reference parser decides: its result or its words
     try:
