@@ -272,9 +272,9 @@ def test_a_full_disk_is_reported_and_writing_resumes_when_space_returns(
             timeout=30,
             what="channel_monitor_store_healthy 1",
         )
-        stored = db_rows(db, "SELECT count(*) FROM observations")[0][0]
+        stored = db_rows(db, "SELECT coalesce(sum(count), 0) FROM observations")[0][0]
         wait_for(
-            lambda: db_rows(db, "SELECT count(*) FROM observations")[0][0] > stored,
+            lambda: db_rows(db, "SELECT coalesce(sum(count), 0) FROM observations")[0][0] > stored,
             timeout=30,
             what="new observations in the store",
         )
