@@ -51,7 +51,7 @@ Families (all `channel_monitor_`; per service unless marked):
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
   `scheduler_lag_max_seconds`, `probes_in_flight`, `store_write_errors_total`,
   `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
-  `observations_dropped_total`, `store_size_pruned_days_total`,
+  `observations_dropped_total`, `store_size_prunes_total`,
   `config_last_reload_successful` and
   `config_last_reload_success_timestamp_seconds` (`run` only: whether the last edit of the plan
   file was applied, monitor/reload.py), and the `process_*` metrics of the monitor's own process.
@@ -706,10 +706,10 @@ class _Health:
             value=store.dropped,
         )
         yield CounterMetricFamily(
-            PREFIX + "store_size_pruned_days_total",
-            "Days of history (runs, rollups, sent alerts) dropped, oldest first, to keep the "
-            "store under --store-limit.",
-            value=store.size_pruned_days,
+            PREFIX + "store_size_prunes_total",
+            "Times the store passed --store-limit and dropped its oldest days of history (runs, "
+            "rollups, sent alerts).",
+            value=store.size_prunes,
         )
 
 

@@ -529,8 +529,8 @@ class Store:
         self.rollup_retention = rollup_retention
         self.max_pending = max_pending
         self.size_limit = size_limit
-        #: Days of history dropped to keep the store under `size_limit`.
-        self.size_pruned_days = 0
+        #: Times the store passed `size_limit` and dropped its oldest days of history.
+        self.size_prunes = 0
         #: The current run of every service written since the store was opened.
         self._current: dict[tuple[str, str], _Current] = {}
         self.incident_hooks: list[IncidentHook] = []
@@ -819,7 +819,7 @@ class Store:
             used = self.used_bytes()
             if self._pending:  # a long prune must not hold the observations back
                 self.flush()
-        self.size_pruned_days += days
+        self.size_prunes += days > 0
         if keep_from is None:
             log.warning(
                 "store %s: %d MiB in use passes --store-limit %d MiB, but only today's history "
