@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -189,7 +190,9 @@ async def main() -> None:
             started = time.perf_counter()
             await store.call(store.prune, now)
             pruned = time.perf_counter() - started
-            print(f"prune of the oldest hour: {pruned:.2f} s; load {loadavg()}")
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"prune of the oldest hour: {pruned:.2f} s; peak RSS {rss:.0f} MiB")
+            print(f"load {loadavg()}")
         finally:
             store.close()
 

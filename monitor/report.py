@@ -356,7 +356,11 @@ def raw_from(db: sqlite3.Connection) -> datetime | None:
     raw = db.execute(
         "SELECT coalesce(sum(count), 0) FROM runs WHERE at >= ? AND at < ?", (hour, hour + 3600)
     ).fetchone()[0]
-    rolled = db.execute("SELECT coalesce(sum(probes), 0) FROM hourly WHERE hour = ?", (hour,))
+    rolled = db.execute(  # a seek per service along the primary key (service, hour)
+        "SELECT coalesce(sum((SELECT probes FROM hourly WHERE service = s.id AND hour = ?)), 0) "
+        "FROM services s",
+        (hour,),
+    )
     return _dt(hour if raw >= rolled.fetchone()[0] else hour + 3600)
 
 
@@ -367,7 +371,8 @@ def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
         # the last observation ends the newest run, which started within the hour before it
         "SELECT min(at), (SELECT max(until) FROM runs WHERE at >= (SELECT max(at) FROM runs) "
         "- 3600) FROM runs",
-        "SELECT min(hour), max(hour) FROM hourly",
+        "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)), "
+        "max((SELECT max(hour) FROM hourly WHERE service = s.id)) FROM services s",
         "SELECT min(opened_at), max(max(opened_at), coalesce(max(resolved_at), 0)) FROM incidents",
     ):
         lo, hi = db.execute(sql).fetchone()

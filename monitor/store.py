@@ -752,9 +752,7 @@ class Store:
             # a run that reaches into the window stays whole: the report sees that its hour
             # is incomplete against the rollup and reads that hour from the rollup
             self.db.execute("DELETE FROM runs WHERE at < ? AND until < ?", (raw, raw))
-            self.db.execute(
-                "DELETE FROM hourly WHERE hour < ?", (_ts(now - self.rollup_retention),)
-            )
+            self.db.execute(_DELETE_HOURS, (_ts(now - self.rollup_retention),))
         self._forget_runs_before(raw)
         if self.size_limit is not None:
             self.prune_for_size(now)
@@ -792,7 +790,7 @@ class Store:
                 v
                 for (v,) in (
                     self.db.execute("SELECT min(at) FROM runs").fetchone(),
-                    self.db.execute("SELECT min(hour) FROM hourly").fetchone(),
+                    self.db.execute(_OLDEST_HOUR).fetchone(),
                 )
                 if v is not None
             ]
@@ -803,9 +801,7 @@ class Store:
                 dropped["runs"] += self.db.execute(
                     "DELETE FROM runs WHERE at < ? AND until < ?", (keep_from, keep_from)
                 ).rowcount
-                dropped["hourly"] += self.db.execute(
-                    "DELETE FROM hourly WHERE hour < ?", (keep_from,)
-                ).rowcount
+                dropped["hourly"] += self.db.execute(_DELETE_HOURS, (keep_from,)).rowcount
                 if self.db.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
                 ).fetchone():
@@ -1011,6 +1007,12 @@ def read_runs(db: sqlite3.Connection, key: tuple[str, str], since: float) -> lis
         (*key, since - 3600, since),
     ).fetchall()
     return [RawRun(*row) for row in rows]
+
+
+#: Hours before ?, and the oldest hour, sought service by service along the primary key
+#: (service, hour): a seek each instead of a scan of every rollup the store holds.
+_DELETE_HOURS = "DELETE FROM hourly WHERE service IN (SELECT id FROM services) AND hour < ?"
+_OLDEST_HOUR = "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)) FROM services s"
 
 
 def _hour(at: datetime) -> float:
