@@ -23,8 +23,8 @@ time only stamps the observations.
 Prints: bytes a day from the steady minutes (their mean x 1,440); the extra bytes of the hour
 boundary's minute and the amortised bytes a day with them (steady x 1,440 + extra x 24);
 flush time (median, max) of the steady flushes and the boundary minute's; the file after the
-fill and the steady minutes; one hourly prune (the oldest hour of raw history) timed; and the
-load average. Runs against whichever `monitor` is importable first (PYTHONPATH): run it from
+fill and the steady minutes; one hourly prune (the oldest hour of raw history) timed; the peak
+RSS of the process; and the load average. Runs against whichever `monitor` is importable first (PYTHONPATH): run it from
 another checkout to measure another version. Local files only; bounded by its arguments.
 """
 
