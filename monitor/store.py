@@ -1,7 +1,9 @@
 """History in one SQLite file: observations, hourly rollups, incidents.
 
-Raw observations are kept for a short retention window, hourly rollups per service for long
-history (the page's 90-day bars), incidents for ever. The file is in WAL mode so readers (the
+Raw observations are kept for a short retention window, as runs (a row for as long as a
+service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service for long
+history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
+first (`Store.prune_for_size`). The file is in WAL mode so readers (the
 site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
 worker thread through `Store.call`, so the event loop never blocks on the disk.
 
