@@ -18,19 +18,11 @@ import pytest
 from helpers import load_plan, query
 from test_report import PLAN, SHANGHAI, at, observe
 
+from monitor import report as reports
 from monitor.alerts import outbox
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
 from monitor.probe import Observation
-from monitor.report import (
-    Times,
-    build_report,
-    covered,
-    open_readonly,
-    plan_pieces,
-    raw_from,
-    tally_raw,
-)
 from monitor.site.model import snapshot_from_store
 from monitor.store import MIGRATIONS, SCHEMA_VERSION, PendingObservation, Rollup, Store
 
@@ -50,12 +42,12 @@ RESTART = 12
 
 def expected_times(
     plan: Plan, seen: list[tuple[datetime, bool]], cover: timedelta, start: datetime, end: datetime
-) -> Times:
+) -> reports.Times:
     """What one row per observation gave: each covers until the next, at most `cover`."""
     ref = plan.service("portal", "pension")
-    pieces = plan_pieces(plan, ref, start, end)
-    times = Times()
-    observed = tally_raw(pieces, covered(seen, cover, start, end), times)
+    pieces = reports.plan_pieces(plan, ref, start, end)
+    times = reports.Times()
+    observed = reports.tally_raw(pieces, reports.covered(seen, cover, start, end), times)
     times.unobserved = (end - start).total_seconds() - observed
     return times
 
@@ -84,9 +76,9 @@ def test_the_report_from_runs_is_the_report_from_single_observations(
     assert rows[0][1] == len(seen) and rows[0][0] < len(seen) / 2  # runs, not rows
     start, end = at("09:00"), at("13:00")
     for lo, hi in ((start, end), (at("09:35"), at("12:05")), (at("10:15"), at("10:16"))):
-        reader = open_readonly(db)
+        reader = reports.open_readonly(db)
         try:
-            report = build_report(plan, reader, lo, hi, cover=cover, resolution="raw")
+            report = reports.build_report(plan, reader, lo, hi, cover=cover, resolution="raw")
         finally:
             reader.close()
         got = report.channels[0].services[0].times
@@ -120,10 +112,13 @@ def test_the_readers_see_every_observation_from_runs(tmp_path: Path) -> None:
         assert ("portal", "pension") not in gone.seen  # 10:50 is stale by 11:30
     finally:
         reader.close()
-    reader = open_readonly(db)
+    reader = reports.open_readonly(db)
     try:
         [incident] = (
-            build_report(plan, reader, at("09:00"), at("13:00")).channels[0].services[0].incidents
+            reports.build_report(plan, reader, at("09:00"), at("13:00"))
+            .channels[0]
+            .services[0]
+            .incidents
         )
     finally:
         reader.close()
@@ -184,9 +179,9 @@ def test_a_version_1_store_migrates_keeping_its_history(tmp_path: Path) -> None:
         assert [r.probes for r in store.rollups(at("10:00"))] == [4]
     finally:
         store.close()
-    reader = open_readonly(db)
+    reader = reports.open_readonly(db)
     try:
-        assert raw_from(reader) == at("10:00")
+        assert reports.raw_from(reader) == at("10:00")
     finally:
         reader.close()
 
