@@ -15,11 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import load_plan, query
+from helpers import load_plan, python_m, query
 from test_report import PLAN, SHANGHAI, at, observe
 
 from monitor import report as reports
 from monitor.alerts import outbox
+from monitor.cli import size_argument
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
 from monitor.probe import Observation
@@ -294,3 +295,23 @@ def test_a_writer_killed_between_flushes_loses_only_the_unflushed(tmp_path: Path
         assert query(db, "SELECT count(*) FROM runs") == [(3,)]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("lots", "expected a size such as 2GiB"), ("1MiB", "less than the smallest limit")],
+)
+def test_a_bad_store_limit_exits_2_naming_the_flag(tmp_path: Path, value: str, words: str) -> None:
+    config = tmp_path / "channels.toml"
+    load_plan(config, PLAN)
+    done = python_m("run", "--config", str(config), "--store-limit", value, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--store-limit" in done.stderr and words in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "monitor.db").exists()
+
+
+def test_the_store_limit_is_read_as_bytes() -> None:
+    assert size_argument("2GiB") == size_argument("2G") == 2 * 1024**3
+    assert size_argument("500MB") == 500_000_000
+    assert size_argument("1.5 GiB") == 3 * 1024**3 // 2
+    assert size_argument(str(20 * 1024**2)) == 20 * 1024**2
