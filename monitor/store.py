@@ -59,6 +59,10 @@ SIZE_LOW_WATER = 0.9
 #: assume of the observations inside it.
 GAP_FACTOR = 1.5
 DAY = 86400
+#: Expired rows `prune` deletes at once (about a tenth of a second here), and each flush after
+#: it until none is left.
+PRUNE_SLICE = 10_000
+FLUSH_PRUNE_SLICE = 1_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -531,6 +535,11 @@ class Store:
         self.rollup_retention = rollup_retention
         self.max_pending = max_pending
         self.size_limit = size_limit
+        #: Rows of expired history `prune` deletes at once, and each flush after it.
+        self.prune_slice = PRUNE_SLICE
+        self.flush_prune_slice = FLUSH_PRUNE_SLICE
+        #: (raw, rollup) expiry instants while expired history is left to delete.
+        self._expiry: tuple[float, float] | None = None
         #: Times the store passed `size_limit` and dropped its oldest days of history.
         self.size_prunes = 0
         #: The current run of every service written since the store was opened.
@@ -632,6 +641,7 @@ class Store:
         try:
             with self.db:
                 current = self._write(items)
+                self._expire(self.flush_prune_slice)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # keep them for the next attempt rather than lose them
@@ -748,16 +758,39 @@ class Store:
 
     def prune(self, now: datetime) -> None:
         """Drop raw runs and rollups older than their retention windows; then, past the size
-        limit, the oldest days of history (see `prune_for_size`)."""
+        limit, the oldest days of history (see `prune_for_size`).
+
+        At most `prune_slice` rows of each go at once; the flushes that follow take the rest,
+        `flush_prune_slice` rows each, so an hour of 100,000 services' history expiring never
+        holds the store's thread (and the next flush) for long. They go oldest first: the
+        report sees the hour being pruned as incomplete and reads it from its rollups."""
         raw = _ts(now - self.retention)
+        self._expiry = (raw, _ts(now - self.rollup_retention))
         with self.db:
-            # a run that reaches into the window stays whole: the report sees that its hour
-            # is incomplete against the rollup and reads that hour from the rollup
-            self.db.execute("DELETE FROM runs WHERE at < ? AND until < ?", (raw, raw))
-            self.db.execute(_DELETE_HOURS, (_ts(now - self.rollup_retention),))
+            self._expire(self.prune_slice)
         self._forget_runs_before(raw)
         if self.size_limit is not None:
             self.prune_for_size(now)
+
+    def _expire(self, budget: int) -> None:
+        """Delete up to `budget` expired runs and as many rollups (in the caller's transaction);
+        forget the expiry once nothing is left of it."""
+        if self._expiry is None:
+            return
+        raw, rolled = self._expiry
+        # a run that reaches into the window stays whole
+        runs = self.db.execute(
+            "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE at < ? AND until < ? "
+            "ORDER BY at LIMIT ?)",
+            (raw, raw, budget),
+        ).rowcount
+        hours = self.db.execute(
+            "DELETE FROM hourly WHERE (service, hour) IN (SELECT service, hour FROM hourly "
+            "WHERE service IN (SELECT id FROM services) AND hour < ? LIMIT ?)",
+            (rolled, budget),
+        ).rowcount
+        if runs < budget and hours < budget:
+            self._expiry = None
 
     def _forget_runs_before(self, stamp: float) -> None:
         for key, run in self._current.items():

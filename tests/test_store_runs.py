@@ -315,3 +315,36 @@ def test_the_store_limit_is_read_as_bytes() -> None:
     assert size_argument("500MB") == 500_000_000
     assert size_argument("1.5 GiB") == 3 * 1024**3 // 2
     assert size_argument(str(20 * 1024**2)) == 20 * 1024**2
+
+
+def test_a_large_expiry_is_deleted_a_slice_at_a_time_oldest_first(tmp_path: Path) -> None:
+    """So that an hour of 100,000 services' history expiring never holds the store's thread:
+    prune deletes a slice, each flush after it another, the oldest first."""
+    db = tmp_path / "monitor.db"
+    start = datetime(2022, 7, 1, 0, 0, tzinfo=UTC)
+    store = Store(db, retention=timedelta(days=1))
+    store.prune_slice, store.flush_prune_slice = 2, 1
+    try:
+        for hour in range(6):  # six runs, one an hour
+            seen = Observation(start + timedelta(hours=hour), True, "HTTP 200", 200, 0.1)
+            store.add(PendingObservation("portal", "pension", seen, "up", None))
+        store.flush()
+
+        def kept() -> list[float]:
+            return [r[0] for r in store.db.execute("SELECT at FROM runs ORDER BY at")]
+
+        hours = [(start + timedelta(hours=h)).timestamp() for h in range(7)]
+        store.prune(start + timedelta(days=1, hours=5, minutes=30))  # all six expire
+        assert kept() == hours[2:6]
+        for first in (3, 4, 5, 6, 6):  # each flush (of an observation at 06:00) takes one more
+            seen = Observation(start + timedelta(hours=6), True, "HTTP 200", 200, 0.1)
+            store.add(PendingObservation("portal", "pension", seen, "up", None))
+            store.flush()
+            assert kept() == hours[first:]
+        reader = reports.open_readonly(db)
+        try:
+            assert reports.raw_from(reader) == start + timedelta(hours=6)
+        finally:
+            reader.close()
+    finally:
+        store.close()
