@@ -16,16 +16,18 @@ time only stamps the observations.
    for the older form, one row per observation, it is not, and the report says so).
 2. Steady: `--minutes` minutes at `--interval` from that boundary, `--changes` services a
    minute flipping between serving and not serving. The first minute crosses the hour
-   boundary (every service starts a new run and a new rollup row); the minutes after it are
-   steady. Each minute is measured as the growth of the file between two
+   boundary (every service starts a new run and a new rollup row), in the second the new
+   runs' rows grow by a few bytes (a count past 1, a gap); the minutes after them are steady.
+   Each minute is measured as the growth of the file between two
    `PRAGMA wal_checkpoint(TRUNCATE)`s.
 
-Prints: bytes a day from the steady minutes (their mean x 1,440); the extra bytes of the hour
-boundary's minute and the amortised bytes a day with them (steady x 1,440 + extra x 24);
+Prints: bytes a day from the steady minutes (their mean x 1,440); the extra bytes of the first
+two minutes of an hour and the amortised bytes a day with them (steady x 1,440 + extra x 24);
 flush time (median, max) of the steady flushes and the boundary minute's; the file after the
 fill and the steady minutes; one hourly prune (the oldest hour of raw history) timed; the peak
-RSS of the process; and the load average. Runs against whichever `monitor` is importable first (PYTHONPATH): run it from
-another checkout to measure another version. Local files only; bounded by its arguments.
+RSS of the process; and the load average. Runs against the `monitor` of the checkout it is in:
+copy it into another checkout to measure another version. Local files only; bounded by its
+arguments.
 """
 
 from __future__ import annotations
@@ -141,12 +143,12 @@ async def main() -> None:
     parser.add_argument("--interval", type=int, default=60)
     parser.add_argument("--hours", type=int, default=23, help="hours of history filled first")
     parser.add_argument("--fill-interval", type=int, default=600)
-    parser.add_argument("--minutes", type=int, default=3, help="steady minutes (at least 2)")
+    parser.add_argument("--minutes", type=int, default=4, help="minutes from the boundary (>= 3)")
     parser.add_argument("--changes", type=int, default=100, help="services flipping a minute")
     parser.add_argument("--keep", help="write the store here (default: a temporary folder)")
     args = parser.parse_args()
-    if args.minutes < 2 or args.hours < 2:
-        parser.error("--minutes and --hours must be at least 2")
+    if args.minutes < 3 or args.hours < 2:
+        parser.error("--minutes must be at least 3, --hours at least 2")
     version = getattr(monitor.store, "SCHEMA_VERSION", "?")
     print(f"store: {monitor.store.__file__} (schema {version}); load {loadavg()}")
     names = keys(args.services)
@@ -165,19 +167,21 @@ async def main() -> None:
             )
             sizes, times = await steady(store, names, args.interval, args.minutes, args.changes)
             growth = [b - a for a, b in itertools.pairwise(sizes)]
-            steady_growth = (sizes[-1] - sizes[1]) // (args.minutes - 1)
-            boundary_extra = growth[0] - steady_growth
+            # the first minute starts every run and rollup row of the hour; in the second the
+            # runs' rows grow by a few bytes (a count of 2, a gap), splitting some pages
+            steady_growth = (sizes[-1] - sizes[2]) // (args.minutes - 2)
+            boundary_extra = growth[0] + growth[1] - 2 * steady_growth
             per_day = steady_growth * 1440
             amortised = per_day + boundary_extra * 24
-            quiet = [t for minute in times[1:] for t in minute]
-            print(f"minute growth: {', '.join(f'{g:,} B' for g in growth)} (first: the boundary)")
+            quiet = [t for minute in times[2:] for t in minute]
+            print(f"minute growth: {', '.join(f'{g:,} B' for g in growth)} (from the boundary)")
             print(
                 f"steady: {mib(per_day)} a day ({steady_growth:,} B a minute, the mean of the "
-                "minutes after the first, x 1,440)"
+                "minutes after the first two, x 1,440)"
             )
             print(
                 f"amortised with the hour boundary: {mib(amortised)} a day "
-                f"(+{boundary_extra:,} B at each hour x 24)"
+                f"(+{boundary_extra:,} B in the first two minutes of each hour x 24)"
             )
             print(
                 f"flush of {args.services // args.interval:,} observations: steady median "
