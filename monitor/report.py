@@ -358,8 +358,8 @@ def raw_from(db: sqlite3.Connection) -> datetime | None:
     ).fetchone()[0]
     rolled = db.execute(  # a seek per service along the primary key (service, hour)
         "SELECT coalesce(sum((SELECT probes FROM hourly WHERE service = s.id AND hour = ?)), 0) "
-        "FROM services s",
-        (hour,),
+        "+ (SELECT coalesce(sum(probes), 0) FROM hour_now WHERE hour = ?) FROM services s",
+        (hour, hour),
     )
     return _dt(hour if raw >= rolled.fetchone()[0] else hour + 3600)
 
@@ -373,6 +373,7 @@ def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
         "- 3600) FROM runs",
         "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)), "
         "max((SELECT max(hour) FROM hourly WHERE service = s.id)) FROM services s",
+        "SELECT min(hour), max(hour) FROM hour_now",
         "SELECT min(opened_at), max(max(opened_at), coalesce(max(resolved_at), 0)) FROM incidents",
     ):
         lo, hi = db.execute(sql).fetchone()

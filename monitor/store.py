@@ -114,10 +114,13 @@ CREATE INDEX IF NOT EXISTS incidents_open ON incidents (resolved_at);
 #: hour, spaced evenly within half an interval either way, `gap` (ms, rounded up) the longest
 #: time between two of them; `status_code` and `duration` are the last one's. A service that
 #: keeps answering alike costs a row an hour instead of sixty, and the flush updates the run in
-#: place. `hourly` holds the rollups by service number and hour (seconds), durations in ms.
-#: The views `observations` (one row per run) and `rollups` (exactly the old rows) give readers
-#: the old names and columns, and their filters on channel, business, `at` and `hour` still
-#: reach the indexes. v1's raw rows become runs of one observation each.
+#: place. `hourly` holds the rollups by service number and hour (seconds), durations in ms,
+#: except each service's latest hour, which is in `hour_now` (one row a service, in service
+#: order) until its next hour begins: a flush then adds to a few neighbouring pages instead of
+#: one page per service in a table of months of hours. The views `observations` (one row per
+#: run) and `rollups` (exactly the old rows) give readers the old names and columns, and their
+#: filters on channel, business, `at` and `hour` still reach the indexes. v1's raw rows become
+#: runs of one observation each.
 SCHEMA_V2 = """
 CREATE TABLE services (
     id INTEGER PRIMARY KEY,
@@ -166,6 +169,21 @@ INSERT INTO hourly
            r.mismatches, CAST(round(r.duration_sum * 1000) AS INTEGER),
            CAST(round(r.duration_max * 1000) AS INTEGER)
     FROM rollups r JOIN services s USING (channel, business);
+CREATE TABLE hour_now (
+    service INTEGER PRIMARY KEY,
+    hour INTEGER NOT NULL,
+    probes INTEGER NOT NULL,
+    serving INTEGER NOT NULL,
+    expected_up INTEGER NOT NULL,
+    expected_down INTEGER NOT NULL,
+    mismatches INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL,
+    duration_max INTEGER NOT NULL
+);
+INSERT INTO hour_now
+    SELECT * FROM hourly WHERE (service, hour) IN (
+        SELECT service, max(hour) FROM hourly GROUP BY service);
+DELETE FROM hourly WHERE (service, hour) IN (SELECT service, hour FROM hour_now);
 DROP TABLE observations;
 DROP TABLE rollups;
 CREATE VIEW observations AS
@@ -176,7 +194,12 @@ CREATE VIEW rollups AS
     SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
            h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
            h.duration_max / 1000.0 AS duration_max
-    FROM hourly h JOIN services s ON s.id = h.service;
+    FROM hourly h JOIN services s ON s.id = h.service
+    UNION ALL
+    SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
+           h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
+           h.duration_max / 1000.0 AS duration_max
+    FROM hour_now h JOIN services s ON s.id = h.service;
 """
 
 #: `MIGRATIONS[n]` takes a store from schema version n to n + 1. Version 0 is a new file or one
@@ -185,7 +208,7 @@ CREATE VIEW rollups AS
 MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The tables (and views) a file must have to be read as a store.
-TABLES = ("runs", "hourly", "services", "observations", "rollups", "incidents")
+TABLES = ("runs", "hourly", "hour_now", "services", "observations", "rollups", "incidents")
 #: The tables of a version-0 file: one that has none of them is some other program's.
 V0_TABLES = ("observations", "rollups", "incidents")
 
@@ -544,6 +567,8 @@ class Store:
         self.size_prunes = 0
         #: The current run of every service written since the store was opened.
         self._current: dict[tuple[str, str], _Current] = {}
+        #: The hour of every service's row in `hour_now` (None: none), once looked up.
+        self._latest: dict[int, int | None] = {}
         self.incident_hooks: list[IncidentHook] = []
         self._pending: deque[PendingObservation] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -640,7 +665,7 @@ class Store:
             return 0
         try:
             with self.db:
-                current = self._write(items)
+                current, latest = self._write(items)
                 self._expire(self.flush_prune_slice)
         except sqlite3.Error as exc:
             self._failed(exc)
@@ -649,12 +674,16 @@ class Store:
                 self._trim()
             raise
         self._current.update(current)
+        self._latest.update(latest)
         self._wrote()
         return len(items)
 
-    def _write(self, items: list[PendingObservation]) -> dict[tuple[str, str], _Current]:
+    def _write(
+        self, items: list[PendingObservation]
+    ) -> tuple[dict[tuple[str, str], _Current], dict[int, int | None]]:
         """Extend or start runs and add to rollups inside the caller's transaction; return the
-        services' runs as they now are (copies: nothing in memory changes before the commit)."""
+        services' runs as they now are (copies: nothing in memory changes before the commit)
+        and their latest rollup hours."""
         touched: dict[tuple[str, str], _Current] = {}
         started: list[_Current] = []
         extended: dict[int, _Current] = {}  # by rowid, superseded in this flush or not
@@ -733,18 +762,46 @@ class Store:
                     run.duration,
                 ),
             ).lastrowid
-        self.db.executemany(
-            "INSERT INTO hourly VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (service, hour) DO UPDATE SET "
-            "probes = probes + excluded.probes, serving = serving + excluded.serving, "
-            "expected_up = expected_up + excluded.expected_up, "
-            "expected_down = expected_down + excluded.expected_down, "
-            "mismatches = mismatches + excluded.mismatches, "
-            "duration_sum = duration_sum + excluded.duration_sum, "
-            "duration_max = max(duration_max, excluded.duration_max)",
-            [(service, hour, *sums) for (service, hour), sums in hours.items()],
-        )
-        return touched
+        latest = self._add_hours(hours)
+        return touched, latest
+
+    def _add_hours(self, hours: dict[tuple[int, int], list[int]]) -> dict[int, int | None]:
+        """Add a flush's sums to the rollups (inside the caller's transaction): the service's
+        latest hour in `hour_now`, a new hour moving the one there into `hourly`, an hour
+        older than it (a late observation) into `hourly` at once. Returns the latest hour of
+        every service touched (None: no row), for `_latest` once committed."""
+        latest: dict[int, int | None] = {}
+        db = self.db
+        for (service, hour), sums in hours.items():  # a service's hours in time order
+            if service in latest:
+                now = latest[service]
+            elif service in self._latest:
+                now = self._latest[service]
+            else:
+                row = db.execute("SELECT hour FROM hour_now WHERE service = ?", (service,))
+                found = row.fetchone()
+                now = None if found is None else int(found[0])
+            if now == hour:
+                db.execute(_ADD_NOW, (*sums, service))
+            elif now is None or hour > now:
+                if now is not None:
+                    db.execute(_MOVE_NOW, (service,))
+                # the hour may be in `hourly` already (imported, or migrated): it moves over
+                found = db.execute(_TAKE_PAST, (service, hour)).fetchone()
+                if found is not None:
+                    sums = [
+                        *(a + b for a, b in zip(sums[:6], found, strict=False)),
+                        max(sums[6], found[6]),
+                    ]
+                db.execute(
+                    "INSERT OR REPLACE INTO hour_now VALUES (?,?,?,?,?,?,?,?,?)",
+                    (service, hour, *sums),
+                )
+                now = hour
+            else:
+                db.execute(_ADD_PAST, (service, hour, *sums))
+            latest[service] = now
+        return latest
 
     def _service_id(self, key: tuple[str, str]) -> int:
         """The number of a service, given it on first sight (inside the caller's transaction)."""
@@ -791,6 +848,13 @@ class Store:
         ).rowcount
         if runs < budget and hours < budget:
             self._expiry = None
+            self._drop_latest_before(rolled)
+
+    def _drop_latest_before(self, stamp: float) -> None:
+        """The latest hours of services not seen since `stamp` go too (a service the plan
+        dropped); the next flush of any service looks its row up again."""
+        if self.db.execute("DELETE FROM hour_now WHERE hour < ?", (stamp,)).rowcount:
+            self._latest.clear()
 
     def _forget_runs_before(self, stamp: float) -> None:
         for key, run in self._current.items():
@@ -837,6 +901,7 @@ class Store:
                     "DELETE FROM runs WHERE at < ? AND until < ?", (keep_from, keep_from)
                 ).rowcount
                 dropped["hourly"] += self.db.execute(_DELETE_HOURS, (keep_from,)).rowcount
+                self._drop_latest_before(keep_from)
                 if self.db.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
                 ).fetchone():
@@ -882,6 +947,14 @@ class Store:
                 "INSERT OR IGNORE INTO services (channel, business) VALUES (?, ?)",
                 sorted({(r.channel, r.business) for r in rows}),
             )
+            # an imported hour replaces the hour as written so far
+            if self.db.execute("SELECT 1 FROM hour_now LIMIT 1").fetchone():
+                self.db.executemany(
+                    "DELETE FROM hour_now WHERE hour = ? AND service = (SELECT id FROM services "
+                    "WHERE channel = ? AND business = ?)",
+                    [(int(_ts(r.hour)), r.channel, r.business) for r in rows],
+                )
+                self._latest.clear()
             self.db.executemany(
                 "INSERT OR REPLACE INTO hourly SELECT id, ?, ?, ?, ?, ?, ?, ?, ? FROM services "
                 "WHERE channel = ? AND business = ?",
@@ -1046,6 +1119,31 @@ def read_runs(db: sqlite3.Connection, key: tuple[str, str], since: float) -> lis
 
 #: Hours before ?, and the oldest hour, sought service by service along the primary key
 #: (service, hour): a seek each instead of a scan of every rollup the store holds.
+#: Rollup sums: added to the row there (`hour_now`), or to the row an insert met (`hourly`).
+_SUMS = (
+    "probes = probes + excluded.probes, serving = serving + excluded.serving, "
+    "expected_up = expected_up + excluded.expected_up, expected_down = expected_down + "
+    "excluded.expected_down, mismatches = mismatches + excluded.mismatches, "
+    "duration_sum = duration_sum + excluded.duration_sum, "
+    "duration_max = max(duration_max, excluded.duration_max)"
+)
+_ADD_NOW = (
+    "UPDATE hour_now SET probes = probes + ?, serving = serving + ?, expected_up = "
+    "expected_up + ?, expected_down = expected_down + ?, mismatches = mismatches + ?, "
+    "duration_sum = duration_sum + ?, duration_max = max(duration_max, ?) WHERE service = ?"
+)
+_TAKE_PAST = (
+    "DELETE FROM hourly WHERE service = ? AND hour = ? RETURNING probes, serving, expected_up, "
+    "expected_down, mismatches, duration_sum, duration_max"
+)
+_ADD_PAST = (
+    "INSERT INTO hourly VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, hour) DO UPDATE SET "
+    + _SUMS
+)
+_MOVE_NOW = (
+    "INSERT INTO hourly SELECT * FROM hour_now WHERE service = ? "
+    "ON CONFLICT (service, hour) DO UPDATE SET " + _SUMS
+)
 _DELETE_HOURS = "DELETE FROM hourly WHERE service IN (SELECT id FROM services) AND hour < ?"
 _OLDEST_HOUR = "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)) FROM services s"
 

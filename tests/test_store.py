@@ -411,7 +411,7 @@ def _refuse_writes(db: Path) -> None:
     """Make SQLite itself fail every insert, as a full disk does (SQLITE_FULL's message)."""
     query(
         db,
-        "CREATE TRIGGER refuse BEFORE INSERT ON hourly "
+        "CREATE TRIGGER refuse BEFORE INSERT ON runs "
         "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
     )
 
