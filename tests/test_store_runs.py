@@ -348,3 +348,39 @@ def test_a_large_expiry_is_deleted_a_slice_at_a_time_oldest_first(tmp_path: Path
             reader.close()
     finally:
         store.close()
+
+
+def test_rollups_add_up_across_the_latest_hour_a_late_observation_and_an_import(
+    tmp_path: Path,
+) -> None:
+    """Each service's latest hour is kept apart while it runs (`hour_now`); readers see one
+    row per hour whichever way its probes arrived."""
+    start = datetime(2022, 7, 1, 4, 0, tzinfo=UTC)
+    store = Store(tmp_path / "monitor.db")
+    try:
+        store.add_rollups([Rollup("portal", "pension", start, 10, 10, 10, 0, 0, 1.0, 0.5)])
+
+        def observe(minutes: int, duration: float = 0.1) -> None:
+            seen = Observation(start + minutes * MINUTE, True, "HTTP 200", 200, duration)
+            store.add(PendingObservation("portal", "pension", seen, "up", None))
+
+        observe(10, duration=0.75)  # into the imported hour
+        store.flush()
+        observe(70)  # the next hour: the first one is over
+        store.flush()
+        observe(20)  # late, for the first hour
+        observe(80)
+        store.flush()
+        rows = [(r.hour, r.probes, r.duration_max) for r in store.rollups(start)]
+        assert rows == [(start, 12, 0.75), (start + 60 * MINUTE, 2, 0.1)]
+    finally:
+        store.close()
+    again = Store(tmp_path / "monitor.db")  # a restart: the latest hour is found again
+    try:
+        seen = Observation(start + 90 * MINUTE, False, "HTTP 503", 503, 0.1)
+        again.add(PendingObservation("portal", "pension", seen, "up", Verdict.UNEXPECTED_DOWN))
+        again.flush()
+        rows = [(r.hour, r.probes, r.mismatches) for r in again.rollups(start)]
+        assert rows == [(start, 12, 0), (start + 60 * MINUTE, 3, 1)]
+    finally:
+        again.close()
