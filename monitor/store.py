@@ -169,17 +169,11 @@ INSERT INTO hourly
            r.mismatches, CAST(round(r.duration_sum * 1000) AS INTEGER),
            CAST(round(r.duration_max * 1000) AS INTEGER)
     FROM rollups r JOIN services s USING (channel, business);
-CREATE TABLE hour_now (
-    service INTEGER PRIMARY KEY,
-    hour INTEGER NOT NULL,
-    probes INTEGER NOT NULL,
-    serving INTEGER NOT NULL,
-    expected_up INTEGER NOT NULL,
-    expected_down INTEGER NOT NULL,
-    mismatches INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL,
-    duration_max INTEGER NOT NULL
-);
+-- the columns of hourly, keyed by service alone
+CREATE TABLE hour_now (service INTEGER PRIMARY KEY, hour INTEGER NOT NULL,
+    probes INTEGER NOT NULL, serving INTEGER NOT NULL, expected_up INTEGER NOT NULL,
+    expected_down INTEGER NOT NULL, mismatches INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL, duration_max INTEGER NOT NULL);
 INSERT INTO hour_now
     SELECT * FROM hourly WHERE (service, hour) IN (
         SELECT service, max(hour) FROM hourly GROUP BY service);
