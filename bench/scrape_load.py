@@ -74,7 +74,9 @@ def stored(db: Path) -> tuple[int, int]:
     """(observations, incidents) in the store so far."""
     conn = sqlite3.connect(db, timeout=30)
     try:
-        observations = conn.execute("SELECT count(*) FROM observations").fetchone()[0]
+        observations = conn.execute("SELECT coalesce(sum(count), 0) FROM observations").fetchone()[
+            0
+        ]
         incidents = conn.execute("SELECT count(*) FROM incidents").fetchone()[0]
     finally:
         conn.close()

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,6 +25,7 @@ from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, ObservedBy, check_probe_url, load_config
 from monitor.notice import Status
 from monitor.plan import Plan, report
+from monitor.store import DEFAULT_SIZE_LIMIT
 from monitor.table import render_table
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
@@ -369,6 +371,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 host=host,
                 port=port,
                 alerts=not args.no_alerts,
+                store_limit=args.store_limit,
             )
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
@@ -636,6 +639,31 @@ def cmd_notice(args: argparse.Namespace) -> int:
 PUSH_TOKEN_VARIABLE = "CHANNEL_MONITOR_PUSH_TOKEN"
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_UNITS |= {f"{u}ib": n for u, n in _UNITS.items() if u not in ("", "b")}
+_UNITS |= {f"{u}b": 1000 ** (i + 1) for i, u in enumerate("kmgt")}
+#: A smaller store limit would drop the day's history as soon as it is written.
+MIN_STORE_LIMIT = 16 * 1024**2
+
+
+def size_argument(text: str) -> int:
+    """`--store-limit`: bytes, or a number with a unit (KiB/MiB/GiB/TiB, K/M/G/T the same,
+    KB/MB/GB/TB in thousands), of at least MIN_STORE_LIMIT."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 2GiB, 500MB or a number of bytes, got {text!r} / "
+            "应为存储大小，例如 2GiB、500MB 或字节数"
+        )
+    size = int(float(match.group(1)) * unit)
+    if size < MIN_STORE_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is less than the smallest limit, 16MiB / 小于最小限制 16MiB"
+        )
+    return size
+
+
 def count_argument(text: str) -> int:
     """`--count`: a whole number of at least 0."""
     if not text.isdigit():
@@ -804,6 +832,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send no alerts and ignore [[alerts]]: one location of several, judged centrally "
         "through Prometheus",
+    )
+    p.add_argument(
+        "--store-limit",
+        type=size_argument,
+        default=DEFAULT_SIZE_LIMIT,
+        help="past this size the store drops its oldest history, a day at a time (e.g. 2GiB, "
+        "500MB; default 4GiB)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)

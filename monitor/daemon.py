@@ -27,7 +27,7 @@ from monitor.plan import Plan
 from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.site.publish import tidy
-from monitor.store import Store
+from monitor.store import DEFAULT_SIZE_LIMIT, Store
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,12 @@ class Daemon:
     notices_path: Path | None = None
     #: The plan file, watched and reloaded while running (monitor/reload.py); None: never.
     plan_path: Path | None = None
+    #: `run --store-limit`: past it the oldest history is dropped (Store.prune_for_size).
+    store_limit: int | None = DEFAULT_SIZE_LIMIT
 
     def __post_init__(self) -> None:
-        self.store = Store(self.db_path, exclusive=True)  # StoreError: no traceback
+        # StoreError: no traceback
+        self.store = Store(self.db_path, exclusive=True, size_limit=self.store_limit)
         probers = make_probers(self.plan.config.monitor.chromium)
         self.prober = probers["http"]
         self.pipeline = Pipeline(

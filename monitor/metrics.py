@@ -55,7 +55,8 @@ Families (all `channel_monitor_`; per service unless marked):
   `scheduler_lag_max_seconds`, `probes_in_flight`, `probes_skipped_total`,
   `store_write_errors_total`,
   `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
-  `observations_dropped_total`, `config_last_reload_successful` and
+  `observations_dropped_total`, `store_size_prunes_total`,
+  `config_last_reload_successful` and
   `config_last_reload_success_timestamp_seconds` (`run` only: whether the last edit of the plan
   file was applied, monitor/reload.py), and the `process_*` metrics of the monitor's own process.
 """
@@ -764,6 +765,12 @@ class _Health:
             "Observations dropped, oldest first, because the store refused writes for so long "
             "that the buffer was full.",
             value=store.dropped,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "store_size_prunes_total",
+            "Times the store passed --store-limit and dropped its oldest days of history (runs, "
+            "rollups, sent alerts).",
+            value=store.size_prunes,
         )
 
 

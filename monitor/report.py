@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.config import Channel
 from monitor.plan import Plan, ServiceRef
+from monitor.store import SCHEMA_VERSION, TABLES, RawRun, version_problem
 
 #: An observation covers at most this many probe intervals of its service.
 COVER_INTERVALS = 2
@@ -143,6 +144,32 @@ def covered(
         lo, hi = max(at, start), min(until, end)
         if lo < hi:
             out.append((lo, hi, serving))
+    return out
+
+
+def covered_runs(
+    runs: Sequence[RawRun], cover: timedelta, start: datetime, end: datetime
+) -> list[tuple[datetime, datetime, bool]]:
+    """`covered` for stored runs (monitor/store.py): the same spans the run's observations
+    would give one by one. While its longest gap is within `cover`, a run's observations cover
+    it from its first to its last without a break, and the last covers on as any observation
+    does; otherwise each is taken at its instant (`RawRun.instants`)."""
+    limit = cover.total_seconds()
+    stamps: list[tuple[float, float, bool]] = []  # (first, last, serving), in time order
+    for run in runs:
+        if run.count > 1 and run.gap > limit:
+            stamps.extend((t, t, bool(run.serving)) for t in run.instants())
+        else:
+            stamps.append((run.at, run.until, bool(run.serving)))
+    out = []
+    lo_end, hi_end = start.timestamp(), end.timestamp()
+    for index, (first, last, serving) in enumerate(stamps):
+        until = last + limit
+        if index + 1 < len(stamps):
+            until = min(until, stamps[index + 1][0])
+        lo, hi = max(first, lo_end), min(until, hi_end)
+        if lo < hi:
+            out.append((_dt(lo), _dt(hi), serving))
     return out
 
 
@@ -293,15 +320,19 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         query = "mode=ro" if busy else "immutable=1"
         db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
         db.execute("PRAGMA query_only = 1")
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:
         raise ReportError(f"--db {path}: not a channel-monitor store ({exc})") from None
-    missing = {"observations", "rollups", "incidents"} - tables
-    if missing:
+    missing = set(TABLES) - tables
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if missing and version in (0, SCHEMA_VERSION):
         db.close()
         raise ReportError(
             f"--db {path}: not a channel-monitor store (no table {', '.join(sorted(missing))})"
         )
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise ReportError(f"--db {version_problem(path, version)}")
     return db
 
 
@@ -317,14 +348,19 @@ def raw_from(db: sqlite3.Connection) -> datetime | None:
     """From when the raw observations are complete: the hour of the earliest one kept if its
     hour still holds every probe its rollup counted, else the hour after (pruning cut into it).
     None when no raw observation is kept."""
-    row = db.execute("SELECT min(at) FROM observations").fetchone()
+    row = db.execute("SELECT min(at) FROM runs").fetchone()
     if row[0] is None:
         return None
     hour = _floor_hour(row[0])
+    # a run stays inside one hour, so the hour's runs hold exactly its raw observations
     raw = db.execute(
-        "SELECT count(*) FROM observations WHERE at >= ? AND at < ?", (hour, hour + 3600)
+        "SELECT coalesce(sum(count), 0) FROM runs WHERE at >= ? AND at < ?", (hour, hour + 3600)
     ).fetchone()[0]
-    rolled = db.execute("SELECT coalesce(sum(probes), 0) FROM rollups WHERE hour = ?", (hour,))
+    rolled = db.execute(  # a seek per service along the primary key (service, hour)
+        "SELECT coalesce(sum((SELECT probes FROM hourly WHERE service = s.id AND hour = ?)), 0) "
+        "+ (SELECT coalesce(sum(probes), 0) FROM hour_now WHERE hour = ?) FROM services s",
+        (hour, hour),
+    )
     return _dt(hour if raw >= rolled.fetchone()[0] else hour + 3600)
 
 
@@ -332,8 +368,12 @@ def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
     """Default range: from the first hour holding data to the end of the last one."""
     lows, highs = [], []
     for sql in (
-        "SELECT min(at), max(at) FROM observations",
-        "SELECT min(hour), max(hour) FROM rollups",
+        # the last observation ends the newest run, which started within the hour before it
+        "SELECT min(at), (SELECT max(until) FROM runs WHERE at >= (SELECT max(at) FROM runs) "
+        "- 3600) FROM runs",
+        "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)), "
+        "max((SELECT max(hour) FROM hourly WHERE service = s.id)) FROM services s",
+        "SELECT min(hour), max(hour) FROM hour_now",
         "SELECT min(opened_at), max(max(opened_at), coalesce(max(resolved_at), 0)) FROM incidents",
     ):
         lo, hi = db.execute(sql).fetchone()
@@ -345,21 +385,22 @@ def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
     return _dt(_floor_hour(min(lows))), _dt(_floor_hour(max(highs)) + 3600)
 
 
+_RUN = "SELECT at, until, count, gap, serving, reason, expected, mismatch FROM observations"
+
+
 def _observations(
     db: sqlite3.Connection, key: tuple[str, str], start: datetime, end: datetime
-) -> list[tuple[datetime, bool]]:
-    """Observations in `[start, end)` and the last one before `start`."""
+) -> list[RawRun]:
+    """Runs starting in `[start, end)` and the last one starting before `start`."""
     before = db.execute(
-        "SELECT at, serving FROM observations WHERE channel = ? AND business = ? AND at < ? "
-        "ORDER BY at DESC LIMIT 1",
+        f"{_RUN} WHERE channel = ? AND business = ? AND at < ? ORDER BY at DESC LIMIT 1",
         (*key, start.timestamp()),
     ).fetchall()
     rows = db.execute(
-        "SELECT at, serving FROM observations WHERE channel = ? AND business = ? "
-        "AND at >= ? AND at < ? ORDER BY at",
+        f"{_RUN} WHERE channel = ? AND business = ? AND at >= ? AND at < ? ORDER BY at",
         (*key, start.timestamp(), end.timestamp()),
     ).fetchall()
-    return [(_dt(at), bool(serving)) for at, serving in before + rows]
+    return [RawRun(*row) for row in before + rows]
 
 
 def _hours(
@@ -378,25 +419,30 @@ def _evidence(
 ) -> tuple[Evidence | None, Evidence | None]:
     """The first mismatching observation of the streak that opened the incident, and the last
     mismatching one before it resolved (None when raw history no longer has them)."""
+    # Runs of one service do not overlap and a run is all mismatching or not, so the last
+    # calm observation up to the opening ends a calm run, the streak's first mismatching one
+    # starts a run, and the last one before the end is the last of a run's instants.
     calm = db.execute(
-        "SELECT max(at) FROM observations WHERE channel = ? AND business = ? AND at <= ? "
-        "AND (mismatch IS NULL OR mismatch != ?)",
-        (*key, opened, direction),
+        "SELECT max(min(until, ?)) FROM observations WHERE channel = ? AND business = ? "
+        "AND at <= ? AND (mismatch IS NULL OR mismatch != ?)",
+        (opened, *key, opened, direction),
     ).fetchone()[0]
     first = db.execute(
         "SELECT at, reason FROM observations WHERE channel = ? AND business = ? AND at > ? "
         "AND at <= ? AND mismatch = ? ORDER BY at LIMIT 1",
         (*key, calm if calm is not None else float("-inf"), until, direction),
     ).fetchone()
-    last = db.execute(
-        "SELECT at, reason FROM observations WHERE channel = ? AND business = ? AND at >= ? "
-        "AND at <= ? AND mismatch = ? ORDER BY at DESC LIMIT 1",
-        (*key, opened, until, direction),
+    row = db.execute(
+        f"{_RUN} WHERE channel = ? AND business = ? AND at <= ? AND until >= ? "
+        "AND mismatch = ? ORDER BY at DESC LIMIT 1",
+        (*key, until, opened, direction),
     ).fetchone()
-    return (
-        Evidence(_dt(first[0]), first[1]) if first else None,
-        Evidence(_dt(last[0]), last[1]) if last else None,
-    )
+    last = None
+    if row is not None:
+        run = RawRun(*row)
+        stamp = max(t for t in run.instants() if t <= until)
+        last = Evidence(_dt(stamp), run.reason)
+    return (Evidence(_dt(first[0]), first[1]) if first else None, last)
 
 
 def _incidents(
@@ -479,7 +525,7 @@ def build_report(
                 seen += tally_hourly(hours, length, start, split, times)
             if split < end:
                 found = _observations(db, ref.key, split, end)
-                seen += tally_raw(pieces, covered(found, length, split, end), times)
+                seen += tally_raw(pieces, covered_runs(found, length, split, end), times)
             times.unobserved = (end - start).total_seconds() - seen
             lines.append(ServiceLine(ref, times, incidents.pop(ref.key, [])))
         channels.append(ChannelLine(channel, lines))

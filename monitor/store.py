@@ -1,7 +1,9 @@
 """History in one SQLite file: observations, hourly rollups, incidents.
 
-Raw observations are kept for a short retention window, hourly rollups per service for long
-history (the page's 90-day bars), incidents for ever. The file is in WAL mode so readers (the
+Raw observations are kept for a short retention window, as runs (a row for as long as a
+service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service for long
+history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
+first (`Store.prune_for_size`). The file is in WAL mode so readers (the
 site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
 worker thread through `Store.call`, so the event loop never blocks on the disk.
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -44,6 +48,21 @@ DEFAULT_ROLLUP_RETENTION = timedelta(days=400)
 #: Observations kept in memory while the disk refuses writes; beyond it the oldest are dropped
 #: (counted), so a full disk costs history, never the monitor's memory.
 MAX_PENDING = 100_000
+#: The default `--store-limit`: at 100,000 services a minute a store holds about a week of raw
+#: runs and rollups in it; at the few thousand services of a real plan, the whole retention.
+DEFAULT_SIZE_LIMIT = 4 * 1024**3
+#: Pruning for size stops once the store uses this share of its limit, so it does not prune
+#: again at the next hour for a few MB.
+SIZE_LOW_WATER = 0.9
+#: A run goes on while each gap stays within this factor of its mean spacing, either way: its
+#: observations are then evenly spaced to within half an interval, which is what readers
+#: assume of the observations inside it.
+GAP_FACTOR = 1.5
+DAY = 86400
+#: Expired rows `prune` deletes at once (a fifth of a second at 100,000 services here), and
+#: each flush after it until none is left.
+PRUNE_SLICE = 5_000
+FLUSH_PRUNE_SLICE = 1_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -88,13 +107,104 @@ CREATE TABLE IF NOT EXISTS incidents (
 CREATE INDEX IF NOT EXISTS incidents_open ON incidents (resolved_at);
 """
 
+#: Version 2: raw history as runs, services by number, rollups keyed by that number.
+#:
+#: A row of `runs` stands for `count` observations of one service from `at` (the first) to
+#: `until` (the last) that saw the same thing (serving, reason, expected, mismatch), inside one
+#: hour, spaced evenly within half an interval either way, `gap` (ms, rounded up) the longest
+#: time between two of them; `status_code` and `duration` are the last one's. A service that
+#: keeps answering alike costs a row an hour instead of sixty, and the flush updates the run in
+#: place. `hourly` holds the rollups by service number and hour (seconds), durations in ms,
+#: except each service's latest hour, which is in `hour_now` (one row a service, in service
+#: order) until its next hour begins: a flush then adds to a few neighbouring pages instead of
+#: one page per service in a table of months of hours. The views `observations` (one row per
+#: run) and `rollups` (exactly the old rows) give readers the old names and columns, and their
+#: filters on channel, business, `at` and `hour` still reach the indexes. v1's raw rows become
+#: runs of one observation each.
+SCHEMA_V2 = """
+CREATE TABLE services (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    business TEXT NOT NULL,
+    UNIQUE (channel, business)
+);
+INSERT INTO services (channel, business)
+    SELECT channel, business FROM observations UNION SELECT channel, business FROM rollups
+    ORDER BY 1, 2;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    service INTEGER NOT NULL,
+    at REAL NOT NULL,
+    until REAL NOT NULL,
+    count INTEGER NOT NULL,
+    gap INTEGER NOT NULL,
+    serving INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    expected TEXT NOT NULL,
+    mismatch TEXT,
+    status_code INTEGER,
+    duration REAL NOT NULL
+);
+INSERT INTO runs (service, at, until, count, gap, serving, reason, expected, mismatch,
+                  status_code, duration)
+    SELECT s.id, o.at, o.at, 1, 0, o.serving, o.reason, o.expected, o.mismatch, o.status_code,
+           o.duration
+    FROM observations o JOIN services s USING (channel, business) ORDER BY o.at, o.id;
+CREATE INDEX runs_service_at ON runs (service, at);
+CREATE INDEX runs_at ON runs (at);
+CREATE TABLE hourly (
+    service INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    probes INTEGER NOT NULL,
+    serving INTEGER NOT NULL,
+    expected_up INTEGER NOT NULL,
+    expected_down INTEGER NOT NULL,
+    mismatches INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL,
+    duration_max INTEGER NOT NULL,
+    PRIMARY KEY (service, hour)
+) WITHOUT ROWID;
+INSERT INTO hourly
+    SELECT s.id, CAST(r.hour AS INTEGER), r.probes, r.serving, r.expected_up, r.expected_down,
+           r.mismatches, CAST(round(r.duration_sum * 1000) AS INTEGER),
+           CAST(round(r.duration_max * 1000) AS INTEGER)
+    FROM rollups r JOIN services s USING (channel, business);
+-- the columns of hourly, keyed by service alone
+CREATE TABLE hour_now (service INTEGER PRIMARY KEY, hour INTEGER NOT NULL,
+    probes INTEGER NOT NULL, serving INTEGER NOT NULL, expected_up INTEGER NOT NULL,
+    expected_down INTEGER NOT NULL, mismatches INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL, duration_max INTEGER NOT NULL);
+INSERT INTO hour_now
+    SELECT * FROM hourly WHERE (service, hour) IN (
+        SELECT service, max(hour) FROM hourly GROUP BY service);
+DELETE FROM hourly WHERE (service, hour) IN (SELECT service, hour FROM hour_now);
+DROP TABLE observations;
+DROP TABLE rollups;
+CREATE VIEW observations AS
+    SELECT s.channel, s.business, r.at, r.until, r.count, r.gap / 1000.0 AS gap, r.serving,
+           r.reason, r.expected, r.mismatch, r.status_code, r.duration
+    FROM runs r JOIN services s ON s.id = r.service;
+CREATE VIEW rollups AS
+    SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
+           h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
+           h.duration_max / 1000.0 AS duration_max
+    FROM hourly h JOIN services s ON s.id = h.service
+    UNION ALL
+    SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
+           h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
+           h.duration_max / 1000.0 AS duration_max
+    FROM hour_now h JOIN services s ON s.id = h.service;
+"""
+
 #: `MIGRATIONS[n]` takes a store from schema version n to n + 1. Version 0 is a new file or one
 #: written before versions were kept (its tables are exactly SCHEMA's, so `IF NOT EXISTS` makes
 #: both whole). Add a change as a new entry; never edit an old one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
-#: The tables a file must have to be read as a store.
-TABLES = ("observations", "rollups", "incidents")
+#: The tables (and views) a file must have to be read as a store.
+TABLES = ("runs", "hourly", "hour_now", "services", "observations", "rollups", "incidents")
+#: The tables of a version-0 file: one that has none of them is some other program's.
+V0_TABLES = ("observations", "rollups", "incidents")
 
 
 class StoreError(Exception):
@@ -234,16 +344,31 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         )
     if version == 0:
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if names and not names & set(TABLES):
+        if names and not names & set(V0_TABLES):
             raise StoreError(
                 f"{path}: an SQLite file of another program (no observations, rollups or "
                 "incidents table); name another --db. / 这是其他程序的 SQLite 文件，请换一个 --db。"
             )
     for step in range(version, SCHEMA_VERSION):
-        db.executescript(MIGRATIONS[step])
+        # one transaction a step, with its version: a crash mid-way leaves the step undone
+        db.executescript(f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;")
     # written every time: it is also the proof that the file takes writes
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.commit()
+
+
+def version_problem(path: Path | str, version: int) -> str:
+    """Why a reader cannot read a store of another schema version, and what to do."""
+    if version > SCHEMA_VERSION:
+        return (
+            f"{path}: written by a newer channel-monitor (schema {version}, this one reads "
+            f"{SCHEMA_VERSION}); upgrade. / 存储由更新版本写入，请升级本程序。"
+        )
+    return (
+        f"{path}: written by an older channel-monitor (schema {version}); `channel-monitor run` "
+        "with this version upgrades it when it opens it, keeping its history. / 存储由旧版本"
+        "写入：用本版本的 channel-monitor run 打开一次即可升级（历史保留）。"
+    )
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
@@ -283,7 +408,10 @@ def open_reader(path: Path) -> sqlite3.Connection:
     for query in ("mode=ro", "immutable=1"):
         db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
         try:
-            for table in TABLES:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            # a version-0 file is a store (of an old version) only if it has the old tables
+            expected = {SCHEMA_VERSION: TABLES, 0: V0_TABLES}.get(version, ())
+            for table in expected:
                 db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             db.close()
@@ -291,6 +419,9 @@ def open_reader(path: Path) -> sqlite3.Connection:
                 raise StoreError(_sqlite_problem(path, exc, writing=False)) from None
             last = exc
             continue
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise StoreError(version_problem(path, version))
         return db
     assert last is not None
     raise StoreError(_sqlite_problem(path, last, writing=False))
@@ -339,6 +470,54 @@ class PendingObservation:
     mismatch: Verdict | None
 
 
+@dataclass(frozen=True, slots=True)
+class RawRun:
+    """A stored run: `count` observations alike from `at` to `until` (see SCHEMA_V2)."""
+
+    at: float
+    until: float
+    count: int
+    gap: float
+    serving: int
+    reason: str
+    expected: str
+    mismatch: str | None
+
+    def instants(self) -> list[float]:
+        """When its observations were made: the first and last exactly, those between at the
+        run's even spacing (exact for a steady interval, within half an interval always)."""
+        if self.count <= 1:
+            return [self.at]
+        step = (self.until - self.at) / (self.count - 1)
+        return [self.at + k * step for k in range(self.count - 1)] + [self.until]
+
+
+@dataclass(slots=True)
+class _Current:
+    """The run a service's next observation may extend, as written (rowid None: not yet)."""
+
+    service: int
+    rowid: int | None = None
+    at: float = 0.0
+    until: float = 0.0
+    count: int = 0  # 0: no current run
+    gap: int = 0
+    state: tuple = ()
+    status_code: int | None = None
+    duration: float = 0.0
+
+    def goes_on(self, at: float, state: tuple) -> bool:
+        """Whether an observation at `at` seeing `state` extends this run."""
+        if not self.count or state != self.state or at < self.until:
+            return False
+        if at - at % 3600 != self.at - self.at % 3600:  # a run stays inside its hour
+            return False
+        if self.count == 1:
+            return True
+        spacing = (self.until - self.at) / (self.count - 1)
+        return spacing / GAP_FACTOR <= at - self.until <= spacing * GAP_FACTOR
+
+
 def _ts(value: datetime) -> float:
     return value.timestamp()
 
@@ -363,13 +542,27 @@ class Store:
         readonly: bool = False,
         max_pending: int = MAX_PENDING,
         exclusive: bool = False,
+        size_limit: int | None = None,
     ) -> None:
         """Open the store at `path`, read-only or as a writer; an `exclusive` writer (`run`)
-        first takes the one-writer lock and raises StoreBusy when another process holds it."""
+        first takes the one-writer lock and raises StoreBusy when another process holds it.
+        `size_limit` (bytes in use, None: none) makes `prune` drop the oldest history past it."""
         self.path = Path(path)
         self.retention = retention
         self.rollup_retention = rollup_retention
         self.max_pending = max_pending
+        self.size_limit = size_limit
+        #: Rows of expired history `prune` deletes at once, and each flush after it.
+        self.prune_slice = PRUNE_SLICE
+        self.flush_prune_slice = FLUSH_PRUNE_SLICE
+        #: (raw, rollup) expiry instants while expired history is left to delete.
+        self._expiry: tuple[float, float] | None = None
+        #: Times the store passed `size_limit` and dropped its oldest days of history.
+        self.size_prunes = 0
+        #: The current run of every service written since the store was opened.
+        self._current: dict[tuple[str, str], _Current] = {}
+        #: The hour of every service's row in `hour_now` (None: none), once looked up.
+        self._latest: dict[int, int | None] = {}
         self.incident_hooks: list[IncidentHook] = []
         self._pending: deque[PendingObservation] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -456,89 +649,321 @@ class Store:
         self.dropped += max(0, extra)
 
     def flush(self) -> int:
-        """Write buffered observations and their hourly rollups; return how many."""
+        """Write buffered observations into their runs and hourly rollups; return how many.
+
+        One transaction: a crash loses at most what was buffered. The runs in memory change
+        only once it is committed, so a failed write leaves them as the file has them."""
         with self._lock:
             items, self._pending = list(self._pending), deque()
         if not items:
             return 0
         try:
             with self.db:
-                self.db.executemany(
-                    "INSERT INTO observations (channel, business, at, serving, reason, "
-                    "status_code, duration, expected, mismatch) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            i.channel,
-                            i.business,
-                            _ts(i.observation.at),
-                            int(i.observation.serving),
-                            i.observation.reason,
-                            i.observation.status_code,
-                            i.observation.duration_seconds,
-                            i.expected,
-                            i.mismatch.value if i.mismatch else None,
-                        )
-                        for i in items
-                    ],
-                )
-                self.db.executemany(
-                    "INSERT INTO rollups VALUES (?,?,?,1,?,?,?,?,?,?) "
-                    "ON CONFLICT (channel, business, hour) DO UPDATE SET "
-                    "probes = probes + 1, serving = serving + excluded.serving, "
-                    "expected_up = expected_up + excluded.expected_up, "
-                    "expected_down = expected_down + excluded.expected_down, "
-                    "mismatches = mismatches + excluded.mismatches, "
-                    "duration_sum = duration_sum + excluded.duration_sum, "
-                    "duration_max = max(duration_max, excluded.duration_max)",
-                    [
-                        (
-                            i.channel,
-                            i.business,
-                            _hour(i.observation.at),
-                            int(i.observation.serving),
-                            int(i.expected == "up"),
-                            int(i.expected == "down"),
-                            int(i.mismatch is not None),
-                            i.observation.duration_seconds,
-                            i.observation.duration_seconds,
-                        )
-                        for i in items
-                    ],
-                )
+                current, latest = self._write(items)
+                self._expire(self.flush_prune_slice)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # keep them for the next attempt rather than lose them
                 self._pending.extendleft(reversed(items))
                 self._trim()
             raise
+        self._current.update(current)
+        self._latest.update(latest)
         self._wrote()
         return len(items)
 
-    def prune(self, now: datetime) -> None:
-        """Drop raw observations and rollups older than their retention windows."""
-        with self.db:
-            self.db.execute("DELETE FROM observations WHERE at < ?", (_ts(now - self.retention),))
-            self.db.execute(
-                "DELETE FROM rollups WHERE hour < ?", (_ts(now - self.rollup_retention),)
+    def _write(
+        self, items: list[PendingObservation]
+    ) -> tuple[dict[tuple[str, str], _Current], dict[int, int | None]]:
+        """Extend or start runs and add to rollups inside the caller's transaction; return the
+        services' runs as they now are (copies: nothing in memory changes before the commit)
+        and their latest rollup hours."""
+        touched: dict[tuple[str, str], _Current] = {}
+        started: list[_Current] = []
+        extended: dict[int, _Current] = {}  # by rowid, superseded in this flush or not
+        hours: dict[tuple[int, int], list[int]] = {}
+        for item in items:
+            key = (item.channel, item.business)
+            seen = item.observation
+            at = _ts(seen.at)
+            state = (
+                int(seen.serving),
+                seen.reason,
+                item.expected,
+                item.mismatch.value if item.mismatch else None,
             )
+            run = touched.get(key)
+            if run is None:
+                known = self._current.get(key)
+                if known is None:
+                    run = _Current(self._service_id(key))
+                else:
+                    run = dataclasses.replace(known)
+                touched[key] = run
+            if run.goes_on(at, state):
+                run.gap = max(run.gap, math.ceil((at - run.until) * 1000))
+                run.until = at
+                run.count += 1
+                if run.rowid is not None:
+                    extended[run.rowid] = run
+            else:
+                run = _Current(run.service, None, at, at, 1, 0, state)
+                touched[key] = run
+                started.append(run)
+            run.status_code, run.duration = seen.status_code, seen.duration_seconds
+            ms = round(seen.duration_seconds * 1000)
+            hour = int(at - at % 3600)
+            sums = hours.get((run.service, hour))
+            if sums is None:
+                hours[(run.service, hour)] = [
+                    1,
+                    state[0],
+                    item.expected == "up",
+                    item.expected == "down",
+                    state[3] is not None,
+                    ms,
+                    ms,
+                ]
+            else:
+                sums[0] += 1
+                sums[1] += state[0]
+                sums[2] += item.expected == "up"
+                sums[3] += item.expected == "down"
+                sums[4] += state[3] is not None
+                sums[5] += ms
+                sums[6] = max(sums[6], ms)
+        self.db.executemany(
+            "UPDATE runs SET until = ?, count = ?, gap = ?, status_code = ?, duration = ? "
+            "WHERE id = ?",
+            [
+                (r.until, r.count, r.gap, r.status_code, r.duration, r.rowid)
+                for r in extended.values()
+            ],
+        )
+        # the runs superseded in this flush were current at some point: their rows are final
+        for run in started:
+            run.rowid = self.db.execute(
+                "INSERT INTO runs (service, at, until, count, gap, serving, reason, expected, "
+                "mismatch, status_code, duration) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run.service,
+                    run.at,
+                    run.until,
+                    run.count,
+                    run.gap,
+                    *run.state,
+                    run.status_code,
+                    run.duration,
+                ),
+            ).lastrowid
+        latest = self._add_hours(hours)
+        return touched, latest
+
+    def _add_hours(self, hours: dict[tuple[int, int], list[int]]) -> dict[int, int | None]:
+        """Add a flush's sums to the rollups (inside the caller's transaction): the service's
+        latest hour in `hour_now`, a new hour moving the one there into `hourly`, an hour
+        older than it (a late observation) into `hourly` at once. Returns the latest hour of
+        every service touched (None: no row), for `_latest` once committed."""
+        latest: dict[int, int | None] = {}
+        db = self.db
+        for (service, hour), sums in hours.items():  # a service's hours in time order
+            if service in latest:
+                now = latest[service]
+            elif service in self._latest:
+                now = self._latest[service]
+            else:
+                row = db.execute("SELECT hour FROM hour_now WHERE service = ?", (service,))
+                found = row.fetchone()
+                now = None if found is None else int(found[0])
+            if now == hour:
+                db.execute(_ADD_NOW, (*sums, service))
+            elif now is None or hour > now:
+                if now is not None:
+                    db.execute(_MOVE_NOW, (service,))
+                # the hour may be in `hourly` already (imported, or migrated): it moves over
+                found = db.execute(_TAKE_PAST, (service, hour)).fetchone()
+                if found is not None:
+                    sums = [
+                        *(a + b for a, b in zip(sums[:6], found, strict=False)),
+                        max(sums[6], found[6]),
+                    ]
+                db.execute(
+                    "INSERT OR REPLACE INTO hour_now VALUES (?,?,?,?,?,?,?,?,?)",
+                    (service, hour, *sums),
+                )
+                now = hour
+            else:
+                db.execute(_ADD_PAST, (service, hour, *sums))
+            latest[service] = now
+        return latest
+
+    def _service_id(self, key: tuple[str, str]) -> int:
+        """The number of a service, given it on first sight (inside the caller's transaction)."""
+        row = self.db.execute(
+            "SELECT id FROM services WHERE channel = ? AND business = ?", key
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        cursor = self.db.execute("INSERT INTO services (channel, business) VALUES (?, ?)", key)
+        return int(cursor.lastrowid or 0)
+
+    def prune(self, now: datetime) -> None:
+        """Drop raw runs and rollups older than their retention windows; then, past the size
+        limit, the oldest days of history (see `prune_for_size`).
+
+        At most `prune_slice` rows of each go at once; the flushes that follow take the rest,
+        `flush_prune_slice` rows each, so an hour of 100,000 services' history expiring never
+        holds the store's thread (and the next flush) for long. They go oldest first: the
+        report sees the hour being pruned as incomplete and reads it from its rollups."""
+        raw = _ts(now - self.retention)
+        self._expiry = (raw, _ts(now - self.rollup_retention))
+        with self.db:
+            self._expire(self.prune_slice)
+        self._forget_runs_before(raw)
+        if self.size_limit is not None:
+            self.prune_for_size(now)
+
+    def _expire(self, budget: int) -> None:
+        """Delete up to `budget` expired runs and as many rollups (in the caller's transaction);
+        forget the expiry once nothing is left of it."""
+        if self._expiry is None:
+            return
+        raw, rolled = self._expiry
+        # a run that reaches into the window stays whole
+        runs = self.db.execute(
+            "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE at < ? AND until < ? "
+            "ORDER BY at LIMIT ?)",
+            (raw, raw, budget),
+        ).rowcount
+        hours = self.db.execute(
+            "DELETE FROM hourly WHERE (service, hour) IN (SELECT service, hour FROM hourly "
+            "WHERE service IN (SELECT id FROM services) AND hour < ? LIMIT ?)",
+            (rolled, budget),
+        ).rowcount
+        if runs < budget and hours < budget:
+            self._expiry = None
+            self._drop_latest_before(rolled)
+
+    def _drop_latest_before(self, stamp: float) -> None:
+        """The latest hours of services not seen since `stamp` go too (a service the plan
+        dropped); the next flush of any service looks its row up again."""
+        if self.db.execute("DELETE FROM hour_now WHERE hour < ?", (stamp,)).rowcount:
+            self._latest.clear()
+
+    def _forget_runs_before(self, stamp: float) -> None:
+        for key, run in self._current.items():
+            if run.count and run.until < stamp:
+                self._current[key] = _Current(run.service)
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use (its free pages are reused before it grows)."""
+        size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * size)
+
+    def prune_for_size(self, now: datetime) -> int:
+        """Past `size_limit`, drop whole days of history, oldest first, until the store uses
+        at most SIZE_LOW_WATER of it: rollups and runs before the day kept, and alerts
+        delivered (or given up) before it. Never today's, never an incident, never an alert
+        still to be sent. The freed pages are reused by what is written next, so the file
+        stops growing (it does not shrink: no VACUUM, which would hold the writer for minutes).
+        Logs once at warning what was dropped; returns how many days."""
+        limit = self.size_limit
+        used = self.used_bytes()
+        if limit is None or used <= limit:
+            return 0
+        today = _ts(now) - _ts(now) % DAY
+        dropped = {"runs": 0, "hourly": 0, "alerts": 0}
+        days = 0
+        before = used
+        keep_from = None
+        while used > limit * SIZE_LOW_WATER:
+            oldest = [
+                v
+                for (v,) in (
+                    self.db.execute("SELECT min(at) FROM runs").fetchone(),
+                    self.db.execute(_OLDEST_HOUR).fetchone(),
+                )
+                if v is not None
+            ]
+            if not oldest or min(oldest) >= today:
+                break
+            keep_from = min(min(oldest) - min(oldest) % DAY + DAY, today)
+            with self.db:
+                dropped["runs"] += self.db.execute(
+                    "DELETE FROM runs WHERE at < ? AND until < ?", (keep_from, keep_from)
+                ).rowcount
+                dropped["hourly"] += self.db.execute(_DELETE_HOURS, (keep_from,)).rowcount
+                self._drop_latest_before(keep_from)
+                if self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
+                ).fetchone():
+                    dropped["alerts"] += self.db.execute(
+                        "DELETE FROM alert_outbox WHERE created_at < ? AND "
+                        "(delivered_at IS NOT NULL OR failed_at IS NOT NULL)",
+                        (keep_from,),
+                    ).rowcount
+            self._forget_runs_before(keep_from)
+            days += 1
+            used = self.used_bytes()
+            if self._pending:  # a long prune must not hold the observations back
+                self.flush()
+        self.size_prunes += days > 0
+        if keep_from is None:
+            log.warning(
+                "store %s: %d MiB in use passes --store-limit %d MiB, but only today's history "
+                "is left; raise the limit",
+                self.path,
+                before >> 20,
+                limit >> 20,
+            )
+        else:
+            log.warning(
+                "store %s: %d MiB in use passed --store-limit %d MiB: dropped the history "
+                "before %s (%d runs, %d hourly rollups, %d sent alerts); now %d MiB",
+                self.path,
+                before >> 20,
+                limit >> 20,
+                _dt(keep_from).date().isoformat(),  # type: ignore[union-attr]
+                dropped["runs"],
+                dropped["hourly"],
+                dropped["alerts"],
+                used >> 20,
+            )
+        return days
 
     def add_rollups(self, rows: Iterable[Rollup]) -> None:
         """Insert whole hours at once (imports, tests that need long history)."""
+        rows = list(rows)
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO services (channel, business) VALUES (?, ?)",
+                sorted({(r.channel, r.business) for r in rows}),
+            )
+            # an imported hour replaces the hour as written so far
+            if self.db.execute("SELECT 1 FROM hour_now LIMIT 1").fetchone():
+                self.db.executemany(
+                    "DELETE FROM hour_now WHERE hour = ? AND service = (SELECT id FROM services "
+                    "WHERE channel = ? AND business = ?)",
+                    [(int(_ts(r.hour)), r.channel, r.business) for r in rows],
+                )
+                self._latest.clear()
+            self.db.executemany(
+                "INSERT OR REPLACE INTO hourly SELECT id, ?, ?, ?, ?, ?, ?, ?, ? FROM services "
+                "WHERE channel = ? AND business = ?",
                 [
                     (
-                        r.channel,
-                        r.business,
-                        _ts(r.hour),
+                        int(_ts(r.hour)),
                         r.probes,
                         r.serving,
                         r.expected_up,
                         r.expected_down,
                         r.mismatches,
-                        r.duration_sum,
-                        r.duration_max,
+                        round(r.duration_sum * 1000),
+                        round(r.duration_max * 1000),
+                        r.channel,
+                        r.business,
                     )
                     for r in rows
                 ],
@@ -642,11 +1067,11 @@ class Store:
         return [Rollup(r[0], r[1], _dt(r[2]), *r[3:]) for r in rows]  # type: ignore[arg-type]
 
     def last_observations(self) -> dict[tuple[str, str], Observation]:
-        """The newest stored observation of every service."""
+        """The newest stored observation of every service (the last of its latest run)."""
         rows = self.db.execute(
-            "SELECT o.channel, o.business, o.at, o.serving, o.reason, o.status_code, o.duration "
-            "FROM observations o JOIN (SELECT channel, business, max(at) AS at FROM observations "
-            "GROUP BY channel, business) last USING (channel, business, at)"
+            "SELECT s.channel, s.business, r.until, r.serving, r.reason, r.status_code, "
+            "r.duration FROM runs r JOIN (SELECT service, max(until) AS until FROM runs "
+            "GROUP BY service) last USING (service, until) JOIN services s ON s.id = r.service"
         ).fetchall()
         return {
             (r[0], r[1]): Observation(
@@ -659,13 +1084,62 @@ class Store:
             for r in rows
         }
 
+    def runs(self, channel: str, business: str, since: datetime) -> list[RawRun]:
+        """The runs of one service holding observations since `since`, in time order."""
+        return read_runs(self.db, (channel, business), _ts(since))
+
     def observations(self, channel: str, business: str, since: datetime) -> list[tuple]:
-        """Raw rows of one service since `since`: (at, serving, reason, expected, mismatch)."""
-        return self.db.execute(
-            "SELECT at, serving, reason, expected, mismatch FROM observations "
-            "WHERE channel = ? AND business = ? AND at >= ? ORDER BY at",
-            (channel, business, _ts(since)),
-        ).fetchall()
+        """Raw observations of one service since `since`: (at, serving, reason, expected,
+        mismatch), read out of their runs (see `RawRun.instants`)."""
+        floor = _ts(since)
+        return [
+            (stamp, run.serving, run.reason, run.expected, run.mismatch)
+            for run in self.runs(channel, business, since)
+            for stamp in run.instants()
+            if stamp >= floor
+        ]
+
+
+def read_runs(db: sqlite3.Connection, key: tuple[str, str], since: float) -> list[RawRun]:
+    """Runs of the service `key` with an observation at or after `since`, in time order (a
+    run starts within the hour before its last observation, which bounds the index range)."""
+    rows = db.execute(
+        "SELECT at, until, count, gap, serving, reason, expected, mismatch FROM observations "
+        "WHERE channel = ? AND business = ? AND at >= ? AND until >= ? ORDER BY at",
+        (*key, since - 3600, since),
+    ).fetchall()
+    return [RawRun(*row) for row in rows]
+
+
+#: Hours before ?, and the oldest hour, sought service by service along the primary key
+#: (service, hour): a seek each instead of a scan of every rollup the store holds.
+#: Rollup sums: added to the row there (`hour_now`), or to the row an insert met (`hourly`).
+_SUMS = (
+    "probes = probes + excluded.probes, serving = serving + excluded.serving, "
+    "expected_up = expected_up + excluded.expected_up, expected_down = expected_down + "
+    "excluded.expected_down, mismatches = mismatches + excluded.mismatches, "
+    "duration_sum = duration_sum + excluded.duration_sum, "
+    "duration_max = max(duration_max, excluded.duration_max)"
+)
+_ADD_NOW = (
+    "UPDATE hour_now SET probes = probes + ?, serving = serving + ?, expected_up = "
+    "expected_up + ?, expected_down = expected_down + ?, mismatches = mismatches + ?, "
+    "duration_sum = duration_sum + ?, duration_max = max(duration_max, ?) WHERE service = ?"
+)
+_TAKE_PAST = (
+    "DELETE FROM hourly WHERE service = ? AND hour = ? RETURNING probes, serving, expected_up, "
+    "expected_down, mismatches, duration_sum, duration_max"
+)
+_ADD_PAST = (
+    "INSERT INTO hourly VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (service, hour) DO UPDATE SET "
+    + _SUMS
+)
+_MOVE_NOW = (
+    "INSERT INTO hourly SELECT * FROM hour_now WHERE service = ? "
+    "ON CONFLICT (service, hour) DO UPDATE SET " + _SUMS
+)
+_DELETE_HOURS = "DELETE FROM hourly WHERE service IN (SELECT id FROM services) AND hour < ?"
+_OLDEST_HOUR = "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)) FROM services s"
 
 
 def _hour(at: datetime) -> float:

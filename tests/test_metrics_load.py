@@ -93,7 +93,7 @@ def test_healthz_and_probes_keep_up_under_500_concurrent_scrapes(
     run = MonitorRun(config, db, tmp_path / "run.log")
     processes.append(run)
     run.wait_ticking()
-    count = "SELECT count(*) FROM observations"
+    count = "SELECT coalesce(sum(count), 0) FROM observations"
     wait_for(lambda: db_rows(db, count) and db_rows(db, count)[0][0] > 0, timeout=30)
 
     scrapers = Scrapers(f"http://127.0.0.1:{run.port}/metrics", seconds=120)

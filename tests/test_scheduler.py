@@ -96,7 +96,9 @@ class Running:
         self.store.close()
 
     def stored(self) -> int:
-        return self.store.db.execute("SELECT count(*) FROM observations").fetchone()[0]
+        return self.store.db.execute("SELECT coalesce(sum(count), 0) FROM observations").fetchone()[
+            0
+        ]
 
 
 @pytest.fixture

@@ -77,7 +77,9 @@ def event(
 
 
 def count(path: Path, table: str) -> int:
-    return query(path, f"SELECT count(*) FROM {table}")[0][0]
+    """Rows of `table`; of `observations`, the observations its runs stand for."""
+    what = "coalesce(sum(count), 0)" if table == "observations" else "count(*)"
+    return query(path, f"SELECT {what} FROM {table}")[0][0]
 
 
 def test_wal_mode(store: Store, db: Path) -> None:
@@ -409,7 +411,7 @@ def _refuse_writes(db: Path) -> None:
     """Make SQLite itself fail every insert, as a full disk does (SQLITE_FULL's message)."""
     query(
         db,
-        "CREATE TRIGGER refuse BEFORE INSERT ON observations "
+        "CREATE TRIGGER refuse BEFORE INSERT ON runs "
         "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
     )
 
