@@ -55,11 +55,11 @@ INCIDENTS = [
 ] + [(17, "unexpected_down", 2, None), (4242, "unexpected_down", 6, None)]
 
 
-def fill(plan: Plan, db: Path, at: datetime) -> None:
-    """90 days of hourly rollups for every service, as the plan expected it, with one broken
+def fill(plan: Plan, db: Path, at: datetime, days: int = DAYS) -> None:
+    """`days` of hourly rollups for every service, as the plan expected it, with one broken
     hour in every 97th service, and the incidents of `INCIDENTS`."""
     end = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    start = end - timedelta(days=DAYS)
+    start = end - timedelta(days=days)
     hours = int((end - start).total_seconds() // 3600)
     store = Store(db)
     try:
@@ -112,12 +112,13 @@ def fill(plan: Plan, db: Path, at: datetime) -> None:
 
 
 def prepare(
-    cache: Path, channels: int, per_channel: int, office_hours: bool
+    cache: Path, channels: int, per_channel: int, office_hours: bool, days: int = DAYS
 ) -> tuple[Plan, Path, datetime]:
     """The plan, the store and the render instant, from the cache or written now."""
     services = channels * per_channel
     meta = cache / "meta.json"
-    if meta.exists() and json.loads(meta.read_text())["services"] == [channels, per_channel]:
+    sizes = [channels, per_channel, days]
+    if meta.exists() and json.loads(meta.read_text())["services"] == sizes:
         at = datetime.fromisoformat(json.loads(meta.read_text())["at"])
         return Plan(_load(cache)), cache / "store.db", at
     cache.mkdir(parents=True, exist_ok=True)
@@ -129,10 +130,10 @@ def prepare(
     text = plan_toml(services, ["http://127.0.0.1:9"], "60s", per_channel)
     plan = load_plan(text, cache)
     started = time.perf_counter()
-    print(f"writing {services * DAYS * 24:,} rollup hours to {cache} ...", flush=True)
-    fill(plan, cache / "store.db", at)
+    print(f"writing {services * days * 24:,} rollup hours to {cache} ...", flush=True)
+    fill(plan, cache / "store.db", at, days)
     print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
-    meta.write_text(json.dumps({"services": [channels, per_channel], "at": at.isoformat()}))
+    meta.write_text(json.dumps({"services": sizes, "at": at.isoformat()}))
     return plan, cache / "store.db", at
 
 
@@ -176,14 +177,18 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile one render in-process")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--no-office-hours", action="store_true", help="three kinds, not four")
+    parser.add_argument(
+        "--days", type=int, default=DAYS, help="days of rollups written (the page shows 90)"
+    )
     args = parser.parse_args()
     office = not args.no_office_hours
     cache = args.cache or Path(tempfile.gettempdir()) / (
         f"channel-monitor-page-scale-{args.channels}x{args.per_channel}"
         + ("" if office else "-no-office-hours")
+        + ("" if args.days == DAYS else f"-{args.days}d")
     )
     load_before = loadavg()
-    plan, db, at = prepare(cache, args.channels, args.per_channel, office)
+    plan, db, at = prepare(cache, args.channels, args.per_channel, office, args.days)
     snap = snapshot(plan, db, at)
     with tempfile.TemporaryDirectory(prefix="page-scale-") as tmp:
         site = Path(tmp) / "site"

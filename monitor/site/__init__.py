@@ -62,9 +62,17 @@ def _die_with_parent(parent: int) -> None:
 def _worker_init(config, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
     from monitor.site.history import DayCache
+    from monitor.site.render import PageCache
 
     _die_with_parent(parent)
-    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None, days=DayCache())
+    _worker.update(
+        plan=Plan(config),
+        site=Path(site),
+        db=Path(db),
+        store=None,
+        days=DayCache(),
+        pages=PageCache(),
+    )
 
 
 def _worker_render(at: datetime, snapshot, notices=None) -> float:
@@ -74,7 +82,14 @@ def _worker_render(at: datetime, snapshot, notices=None) -> float:
         _worker["store"] = open_store(_worker["db"])
     w = _worker
     return render(
-        w["plan"], w["site"], at, w["store"], snapshot, notices=notices, days=w["days"]
+        w["plan"],
+        w["site"],
+        at,
+        w["store"],
+        snapshot,
+        notices=notices,
+        days=w["days"],
+        pages=w["pages"],
     ).seconds
 
 

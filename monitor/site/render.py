@@ -262,10 +262,88 @@ def _names(lang: Lang, summary: bool) -> dict[str, object]:
     return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames}
 
 
-def page(model: Model, code: str, channel: Channel | None = None) -> str:
+#: Stand-ins for what changes with every render on every page (the instant, for the countdown
+#: script, and "updated at ..."): a page is rendered with them and they are filled in after,
+#: so that a channel page kept from an earlier render is the page a render now would give.
+_AT = "\ue000at\ue000"
+_UPDATED = "\ue000updated\ue000"
+
+
+class PageCache:
+    """The channel pages of the last render, kept by the render worker between renders.
+
+    At 10,000 services the 200 channel pages were most of a render's CPU, yet a render is
+    asked for when a verdict changes, which changes one channel's page. A page is kept with
+    the key of what it shows (`_channel_key`) and rendered again only when that changes; a
+    new day (dates on the page leave out this year), another plan or other notices render
+    every page again (`_epoch`). The instant and "updated at" are filled in every time.
+    """
+
+    def __init__(self) -> None:
+        self.epoch: tuple | None = None
+        self.pages: dict[tuple[str, str], tuple[tuple, str]] = {}
+
+    def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> str | None:
+        if self.epoch != epoch:
+            self.epoch, self.pages = epoch, {}
+            return None
+        found = self.pages.get(name)
+        return found[1] if found is not None and found[0] == key else None
+
+    def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
+        self.pages[name] = (key, text)
+
+
+def _epoch(model: Model) -> tuple:
+    """What every page depends on beside its own content: the plan (the very object: a reload
+    is a new one), the local day, and the notices as shown now."""
+    shown = tuple((n, n.active(model.at), n.shown(model.at)) for n in model.notices)
+    return (model.plan, model.at.astimezone(model.plan.zone).date(), shown)
+
+
+def _channel_key(model: Model) -> tuple:
+    """Everything a channel page shows (`model` narrowed to the channel) that can change
+    between two renders of one day: its services' plan and verdicts (not when each was last
+    seen, which the page does not tell), headline, next change, windows, milestones, bars and
+    incidents."""
+    views = tuple((v.key, v.expectation, v.verdict, v.state, v.next_change) for v in model.services)
+    h = model.history
+    return (
+        views,
+        model.headline,
+        model.change,
+        model.windows,
+        model.milestones,
+        (h.first_day, h.last_day, h.bars, h.incidents),
+    )
+
+
+def page(
+    model: Model, code: str, channel: Channel | None = None, cache: PageCache | None = None
+) -> str:
     """`index.html` (zh) or `en/index.html` (en); with `channel`, that channel's page (the
-    model narrowed by `model.for_channel`) under `channels/` or `en/channels/`."""
+    model narrowed by `model.for_channel`) under `channels/` or `en/channels/`, from `cache`
+    when what it shows did not change."""
     lang = Lang(code, model.plan.zone, model.at)
+    text = None
+    if channel is not None and cache is not None:
+        epoch, key = _epoch(model), _channel_key(model)
+        text = cache.get(epoch, (channel.id, code), key)
+        if text is None:
+            text = _page(model, lang, channel)
+            cache.put((channel.id, code), key, text)
+    if text is None:
+        text = _page(model, lang, channel)
+    filled = text.replace(_AT, model.at.isoformat(), 1)
+    filled = filled.replace(_UPDATED, lang.when(model.at, year=True), 1)
+    if _AT in filled or _UPDATED in filled:  # a name held a stand-in: render it whole
+        return _page(model, lang, channel, filled=True)
+    return filled
+
+
+def _page(model: Model, lang: Lang, channel: Channel | None, filled: bool = False) -> str:
+    """The page with the stand-ins for the instant (or, `filled`, the instant itself)."""
+    code = lang.code
     if channel is None:
         zh_path, en_path = "index.html", "en/index.html"
     else:
@@ -279,6 +357,8 @@ def page(model: Model, code: str, channel: Channel | None = None) -> str:
     sentences = headline(model, lang)
     html = _ENV.get_template("index.html").render(
         **_names(lang, summary),
+        at_attr=model.at.isoformat() if filled else _AT,
+        updated=lang.when(model.at, year=True) if filled else _UPDATED,
         m=model,
         L=lang,
         w=lang.w,
@@ -340,7 +420,7 @@ def atom(model: Model) -> str:
                 "content": f"{name}：{what}。{reason}。",
             }
         )
-    for item in model.maintenances:
+    for item in feeds.listed(model):
         period = item.period
         title = (period.title or period.id) if period else WORDS["zh"]["state_closed"]
         names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
@@ -380,8 +460,34 @@ def _json(data: object) -> bytes:
     return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def files(model: Model) -> dict[str, bytes]:
-    """Every file of the site, by relative path."""
+def _json_files(files: dict[str, dict]) -> dict[str, bytes]:
+    """The Statuspage files as `_json` writes them, each shared part encoded once: the
+    component list is in two files and every pause in up to three (at 10,000 services a pause
+    names thousands of components, and encoding was most of a render)."""
+    done: dict[int, str] = {}
+
+    def encode(value: object) -> str:
+        key = id(value)  # the parts are alive in `files` while this runs
+        if key not in done:
+            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return done[key]
+
+    out = {}
+    for name, data in files.items():
+        parts = []
+        for key, value in data.items():
+            if key in ("scheduled_maintenances", "incidents") and isinstance(value, list):
+                text = "[" + ",".join(encode(item) for item in value) + "]"
+            else:
+                text = encode(value)
+            parts.append(json.dumps(key, ensure_ascii=False) + ":" + text)
+        out[name] = ("{" + ",".join(parts) + "}\n").encode("utf-8")
+    return out
+
+
+def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
+    """Every file of the site, by relative path (the channel pages from `pages` where what
+    they show did not change)."""
     out: dict[str, bytes] = {}
     for name in ("style.css", "countdown.js"):
         out[name] = (STATIC / name).read_bytes()
@@ -392,8 +498,9 @@ def files(model: Model) -> dict[str, bytes]:
         for lang in (zh_lang, en_lang)
     }
     out["status.json"] = _json(feeds.own_status(model, heads))
-    for name, data in site_notices.add_to_statuspage(feeds.statuspage(model), model).items():
-        out[f"api/v2/{name}"] = _json(data)
+    statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
+    for name, data in _json_files(statuspage).items():
+        out[f"api/v2/{name}"] = data
     out["history.atom"] = atom(model).encode("utf-8")
     out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
     badge = _ENV.get_template("badge.svg")
@@ -407,7 +514,8 @@ def files(model: Model) -> dict[str, bytes]:
         for channel in model.plan.config.channels:
             narrowed = narrowed_by_id[channel.id]
             for code in ("zh", "en"):
-                out[channel_path(channel.id, code)] = page(narrowed, code, channel).encode("utf-8")
+                text = page(narrowed, code, channel, pages)
+                out[channel_path(channel.id, code)] = text.encode("utf-8")
     return out
 
 
@@ -420,6 +528,7 @@ def render(
     durable: bool = False,
     notices: NoticesFile | None = None,
     days: history.DayCache | None = None,
+    pages: PageCache | None = None,
 ) -> Rendered:
     """Render the site as of `at` and publish it at `site`.
 
@@ -427,7 +536,8 @@ def render(
     pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
     before the swap, so not even a power cut can leave `site` holding unwritten files;
     the daemon leaves it off (it renders often, and renders again when it starts).
-    `days` keeps the history of the days that are over between renders (the render worker's).
+    `days` keeps the history of the days that are over between renders, `pages` the channel
+    pages (both the render worker's).
     """
     started = time.perf_counter()
     if at.tzinfo is None:
@@ -436,7 +546,7 @@ def render(
     if snapshot is None:
         snapshot = snapshot_from_store(plan, store, at)
     model = build(plan, at, snapshot, past, notices)
-    content = files(model)
+    content = files(model, pages)
     folder = publish(content, Path(site), durable=durable)
     return Rendered(folder, {k: len(v) for k, v in content.items()}, time.perf_counter() - started)
 
