@@ -31,8 +31,10 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -114,21 +116,60 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write(folder: Path, files: Mapping[str, bytes], durable: bool) -> None:
+#: What this process last published, per target: the folder's identity and, per file, a digest
+#: of its bytes with the identity of the file written (inode, size, modification time).
+_published: dict[str, tuple[tuple[int, int], dict[str, bytes]]] = {}
+_IDENTITY = struct.Struct("<QQQ")
+
+
+def _identity(st: os.stat_result) -> bytes:
+    return _IDENTITY.pack(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write(
+    folder: Path, files: Mapping[str, bytes], durable: bool, before: tuple[Path, dict] | None
+) -> dict[str, bytes]:
+    """Write `files` into `folder`; a file whose bytes are those this process published last
+    time in `before` (the folder still published, each file as it was written) is linked to
+    that one instead, so that a render at 10,000 services does not write 10,000 unchanged
+    badges. Returns the record of what was published for the next time."""
     directories = {folder}
     (folder / MARKER).write_bytes(_MARKER_TEXT)  # first: a crashed render is known as ours
+    old, old_records = before if before is not None else (folder, {})
+    records: dict[str, bytes] = {}
+    made: set[Path] = set()
     for name, data in files.items():
         path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        directories.add(path.parent)
-        with open(path, "wb") as handle:
-            handle.write(data)
+        parent = path.parent
+        if parent not in made:
+            parent.mkdir(parents=True, exist_ok=True)
+            made.add(parent)
+        directories.add(parent)
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        record = old_records.get(name)
+        if record is not None and record[:16] == digest:
+            source = old / name
+            try:
+                if _identity(os.stat(source)) == record[16:]:  # not touched since we wrote it
+                    os.link(source, path)
+                    records[name] = record
+                    continue
+            except OSError:
+                pass  # gone or not linkable (another file system): write it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+                os.fsync(fd)
+            records[name] = digest + _identity(os.fstat(fd))
+        finally:
+            os.close(fd)
     if durable:
         for directory in directories:
             _fsync(directory)
+    return records
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -166,8 +207,15 @@ def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> 
             elif _ours(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
         fresh = Path(tempfile.mkdtemp(prefix="new-", dir=work))
+        key = os.path.abspath(target)
+        before = None
+        last = _published.pop(key, None)
+        with contextlib.suppress(OSError):
+            st = os.stat(target)
+            if last is not None and not durable and last[0] == (st.st_dev, st.st_ino):
+                before = (target, last[1])  # still the folder this process published last
         try:
-            _write(fresh, files, durable)
+            records = _write(fresh, files, durable, before)
             fresh.chmod(0o755)
             if not (target.exists() or target.is_symlink()):
                 os.rename(fresh, target)  # nothing to replace: one rename
@@ -188,6 +236,8 @@ def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> 
             raise
         if durable:
             _fsync(target.parent)
+        st = os.stat(target)
+        _published[key] = ((st.st_dev, st.st_ino), records)
     return target
 
 

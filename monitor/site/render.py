@@ -282,13 +282,17 @@ class PageCache:
     def __init__(self) -> None:
         self.epoch: tuple | None = None
         self.pages: dict[tuple[str, str], tuple[tuple, str]] = {}
+        self.hits = 0  # pages given from what was kept, over the cache's life
 
     def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> str | None:
         if self.epoch != epoch:
             self.epoch, self.pages = epoch, {}
             return None
         found = self.pages.get(name)
-        return found[1] if found is not None and found[0] == key else None
+        if found is None or found[0] != key:
+            return None
+        self.hits += 1
+        return found[1]
 
     def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
         self.pages[name] = (key, text)
