@@ -27,6 +27,7 @@ from monitor.daemon import Daemon
 from monitor.judge import Verdict
 from monitor.plan import Plan
 from monitor.site import feeds
+from monitor.site import render as render_module
 from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store
 from monitor.site.publish import MARKER, SiteError, publish, tidy, work_folder
 from monitor.site.render import open_store, render, render_from
@@ -488,6 +489,20 @@ def test_history_atom_and_badges(busy_site: Path, plan: Plan) -> None:
         assert ref.service.name in "".join(svg.itertext())
     portal = ET.parse(busy_site / "badges/hubei-zwfw/portal.svg").getroot()
     assert "应开放但暂时无法使用" in "".join(portal.itertext())
+
+
+def test_badges_are_written_as_their_template_says() -> None:
+    """Badges are formatted in Python for speed; `templates/badge.svg` says what they are,
+    and every badge equals that template's, markup and forbidden characters in names too."""
+    template = render_module._ENV.get_template("badge.svg")
+    names = ("社保卡", "A <b>&\"'", "tab\there\vand\x85", "x" * 40)
+    for name in names:
+        for state in ("open", "broken", "leak", "unobserved"):
+            width = round(feeds.text_width(name), 1)
+            b = {"label": name, "message": state, "title": f"{name} · {name}: {state}",
+                 "colour": feeds.BADGE_COLOURS[state], "left": width, "right": 60.5,
+                 "width": round(width + 60.5, 1)}  # fmt: skip
+            assert render_module.badge_svg(b) == template.render(b=b), (name, state)
 
 
 # --- history bars and the size budget ----------------------------------------------------------

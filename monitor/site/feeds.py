@@ -136,8 +136,11 @@ def components(model: Model) -> list[dict]:
     created, updated = _created(model), iso(model.at, model.plan.zone)
     out: list[dict] = []
     position = 0
+    of_channel: dict[int, list[ServiceView]] = {}  # one pass, not one per channel
+    for view in model.services:
+        of_channel.setdefault(id(view.ref.channel), []).append(view)
     for channel in model.plan.config.channels:
-        views = [v for v in model.services if v.ref.channel is channel]
+        views = of_channel.get(id(channel), [])
         statuses = [component_status(v) for v in views]
         position += 1
         base = {

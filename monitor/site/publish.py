@@ -108,7 +108,7 @@ def _ours(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -133,22 +133,22 @@ def _write(
     time in `before` (the folder still published, each file as it was written) is linked to
     that one instead, so that a render at 10,000 services does not write 10,000 unchanged
     badges. Returns the record of what was published for the next time."""
-    directories = {folder}
     (folder / MARKER).write_bytes(_MARKER_TEXT)  # first: a crashed render is known as ours
     old, old_records = before if before is not None else (folder, {})
     records: dict[str, bytes] = {}
-    made: set[Path] = set()
+    # Plain strings, not Path objects: at 10,000 files pathlib was a third of the cost.
+    root, old_root = os.fspath(folder), os.fspath(old)
+    directories = {root}
     for name, data in files.items():
-        path = folder / name
-        parent = path.parent
-        if parent not in made:
-            parent.mkdir(parents=True, exist_ok=True)
-            made.add(parent)
-        directories.add(parent)
+        path = os.path.join(root, name)
+        parent = os.path.dirname(path)
+        if parent not in directories:
+            os.makedirs(parent, exist_ok=True)
+            directories.add(parent)
         digest = hashlib.blake2b(data, digest_size=16).digest()
         record = old_records.get(name)
         if record is not None and record[:16] == digest:
-            source = old / name
+            source = os.path.join(old_root, name)
             try:
                 if _identity(os.stat(source)) == record[16:]:  # not touched since we wrote it
                     os.link(source, path)

@@ -464,6 +464,35 @@ def _json(data: object) -> bytes:
     return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+_BADGE = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" '
+    'aria-label="{title}"><title>{title}</title><rect width="{left}" height="20" fill="#555"/>'
+    '<rect x="{left}" width="{right}" height="20" fill="{colour}"/><g fill="#fff" '
+    'font-family="sans-serif" font-size="11" text-anchor="middle"><text x="{middle_left}" '
+    'y="14">{label}</text><text x="{middle_right}" y="14">{message}</text></g></svg>'
+)
+
+
+def badge_svg(b: dict) -> str:
+    """A badge (`feeds.badge`) as `templates/badge.svg` writes it, formatted in Python: a
+    template call per service cost a quarter second at 10,000 services."""
+
+    def text(value: str) -> str:
+        return str(escape(_finalize(value)))
+
+    return _BADGE.format(
+        width=b["width"],
+        title=text(b["title"]),
+        left=b["left"],
+        right=b["right"],
+        colour=text(b["colour"]),
+        middle_left=b["left"] / 2,
+        middle_right=b["left"] + b["right"] / 2,
+        label=text(b["label"]),
+        message=text(b["message"]),
+    )
+
+
 def _json_files(files: dict[str, dict]) -> dict[str, bytes]:
     """The Statuspage files as `_json` writes them, each shared part encoded once: the
     component list is in two files and every pause in up to three (at 10,000 services a pause
@@ -507,10 +536,9 @@ def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
         out[f"api/v2/{name}"] = data
     out["history.atom"] = atom(model).encode("utf-8")
     out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
-    badge = _ENV.get_template("badge.svg")
     for view in model.services:
         path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
-        out[path] = badge.render(b=feeds.badge(view)).encode("utf-8")
+        out[path] = badge_svg(feeds.badge(view)).encode("utf-8")
     out["en/index.html"] = page(model, "en").encode("utf-8")
     out["index.html"] = page(model, "zh").encode("utf-8")
     if split(model):
