@@ -130,7 +130,7 @@ def test_kept_channel_pages_give_the_same_site_as_a_render_from_nothing(tmp_path
     plan = large_plan(4, 40)
     assert len(plan.services) > ONE_PAGE_SERVICES  # a page per channel
     db = tmp_path / "monitor.db"
-    fill_history(plan, db, DURING_LATE + timedelta(days=11), days=16)
+    fill_history(plan, db, DURING_LATE + timedelta(days=35), days=40)
     store = open_store(db)
     ok = {ref.key: Verdict.OK for ref in plan.services}
     broken = {**ok, ("channel-1", "service-1"): Verdict.UNEXPECTED_DOWN}
@@ -167,6 +167,9 @@ def test_kept_channel_pages_give_the_same_site_as_a_render_from_nothing(tmp_path
         (DURING_LATE + timedelta(days=1), broken, notice, 0),  # a new day
         (DURING_LATE + timedelta(days=10, hours=1), ok, None, 0),  # the window closed
         (DURING_LATE + timedelta(days=10, hours=2), ok, None, 8),
+        # the freeze ended 14 days ago: at noon it leaves the headline, no service changes
+        (DURING_LATE + timedelta(days=34, minutes=-5), ok, None, 0),
+        (DURING_LATE + timedelta(days=34, minutes=5), ok, None, 0),
         (DURING_LATE - timedelta(days=3), ok, None, 0),  # the past
     ]
     pages, days = PageCache(), history.DayCache()

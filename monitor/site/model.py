@@ -415,7 +415,8 @@ def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:
         return None
     at = min(changes)
     to: dict[str, list[ServiceRef]] = {}
-    for t in plan.transitions(at, at + TICK, [v.ref for v in views]):
+    changing = [v.ref for v in views if v.next_change == at]  # the others change later
+    for t in plan.transitions(at, at + TICK, changing):
         to.setdefault(t.to_state, []).append(plan.service(t.channel, t.service))
     return Change(at, to)
 
@@ -543,10 +544,11 @@ def maintenances(
     return tuple(out)
 
 
-def by_channel(model: Model) -> dict[str, Model]:
-    """The page of every channel: the model narrowed to the channel's services, pauses,
-    windows, bars and incidents (the page at scale links one such page per channel). One
-    pass over each part, so 100 channels of 100 services cost little more than one page."""
+def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
+    """The page of every channel (or of those in `only`): the model narrowed to the channel's
+    services, pauses, windows, bars and incidents (the page at scale links one such page per
+    channel). One pass over each part, so 100 channels of 100 services cost little more than
+    one page."""
     ids = [c.id for c in model.plan.config.channels]
     views: dict[str, list[ServiceView]] = {c: [] for c in ids}
     for view in model.services:
@@ -566,7 +568,8 @@ def by_channel(model: Model) -> dict[str, Model]:
     pauses: dict[str, list[Maintenance]] = {c: [] for c in ids}
     for p in model.maintenances:
         for c, refs in split(p.services).items():
-            pauses[c].append(Maintenance(p.period, p.start, p.end, refs, p.began_earlier))
+            if only is None or c in only:
+                pauses[c].append(Maintenance(p.period, p.start, p.end, refs, p.began_earlier))
     windows: dict[str, list[Window]] = {c: [] for c in ids}
     for win in model.windows:
         for c, refs in split(win.services).items():
@@ -581,7 +584,7 @@ def by_channel(model: Model) -> dict[str, Model]:
         if c is not None:
             incidents[c].append(record)
     out = {}
-    for c in ids:
+    for c in ids if only is None else [c for c in ids if c in only]:
         mine = views[c]
         out[c] = replace(
             model,

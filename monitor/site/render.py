@@ -26,7 +26,7 @@ from monitor.notice import NoticesFile
 from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
-from monitor.site.model import Model, Snapshot, build, by_channel, snapshot_from_store
+from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import Store
@@ -274,9 +274,10 @@ class PageCache:
 
     At 10,000 services the 200 channel pages were most of a render's CPU, yet a render is
     asked for when a verdict changes, which changes one channel's page. A page is kept with
-    the key of what it shows (`_channel_key`) and rendered again only when that changes; a
-    new day (dates on the page leave out this year), another plan or other notices render
-    every page again (`_epoch`). The instant and "updated at" are filled in every time.
+    the key of what it is made of (`_channel_keys`) and rendered again only when that changes;
+    a new day (dates on the page leave out this year), another plan, other notices or a pause,
+    window or milestone changing state render every page again (`_epoch`). The instant and
+    "updated at" are filled in every time.
     """
 
     def __init__(self) -> None:
@@ -295,54 +296,87 @@ class PageCache:
         return found[1]
 
     def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
-        self.pages[name] = (key, text)
+        if text.count(_AT) == 1 and text.count(_UPDATED) == 1:  # else never kept: see `page`
+            self.pages[name] = (key, text)
 
 
 def _epoch(model: Model) -> tuple:
-    """What every page depends on beside its own content: the plan (the very object: a reload
-    is a new one), the local day, and the notices as shown now."""
-    shown = tuple((n, n.active(model.at), n.shown(model.at)) for n in model.notices)
-    return (model.plan, model.at.astimezone(model.plan.zone).date(), shown)
-
-
-def _channel_key(model: Model) -> tuple:
-    """Everything a channel page shows (`model` narrowed to the channel) that can change
-    between two renders of one day: its services' plan and verdicts (not when each was last
-    seen, which the page does not tell), headline, next change, windows, milestones, bars and
-    incidents."""
-    views = tuple((v.key, v.expectation, v.verdict, v.state, v.next_change) for v in model.services)
-    h = model.history
-    return (
-        views,
-        model.headline,
-        model.change,
-        model.windows,
-        model.milestones,
-        (h.first_day, h.last_day, h.bars, h.incidents),
+    """What every channel page depends on beside its own services: the plan (the very object:
+    a reload is a new one), the local day, the notices as shown now, and the state of every
+    pause (the headline's), window and milestone now."""
+    at = model.at
+    shown = tuple((n, n.active(at), n.shown(at)) for n in model.notices)
+    recent = at - RECENT
+    pauses = tuple(
+        (p.id, p.status(at), p.end is not None and p.end >= recent) for p in model.maintenances
     )
+    day = at.astimezone(model.plan.zone).date()
+    return (model.plan, day, shown, pauses, model.windows, model.milestones)
 
 
-def page(
-    model: Model, code: str, channel: Channel | None = None, cache: PageCache | None = None
-) -> str:
+def _channel_keys(model: Model) -> dict[str, tuple]:
+    """What each channel's page is made of beside `_epoch`: its services' plan and verdicts
+    (not when each was last seen, which the page does not tell), bars and incidents. From
+    these and the epoch `model.by_channel` narrows the model, so equal keys give equal pages."""
+    views: dict[str, list[tuple]] = {c.id: [] for c in model.plan.config.channels}
+    for v in model.services:
+        views[v.ref.channel.id].append((v.key, v.expectation, v.verdict, v.state, v.next_change))
+    bars: dict[str, list] = {c: [] for c in views}
+    for bar in model.history.bars:
+        bars[bar.ref.channel.id].append(bar)
+    incidents: dict[str, list] = {c: [] for c in views}
+    for record in model.history.incidents:
+        if record.channel in incidents and model.view((record.channel, record.business)):
+            incidents[record.channel].append(record)
+    days = (model.history.first_day, model.history.last_day)
+    return {c: (tuple(views[c]), tuple(bars[c]), tuple(incidents[c]), days) for c in views}
+
+
+def page(model: Model, code: str, channel: Channel | None = None) -> str:
     """`index.html` (zh) or `en/index.html` (en); with `channel`, that channel's page (the
-    model narrowed by `model.for_channel`) under `channels/` or `en/channels/`, from `cache`
-    when what it shows did not change."""
+    model narrowed by `model.by_channel`) under `channels/` or `en/channels/`."""
     lang = Lang(code, model.plan.zone, model.at)
-    text = None
-    if channel is not None and cache is not None:
-        epoch, key = _epoch(model), _channel_key(model)
-        text = cache.get(epoch, (channel.id, code), key)
-        if text is None:
-            text = _page(model, lang, channel)
-            cache.put((channel.id, code), key, text)
-    if text is None:
-        text = _page(model, lang, channel)
-    filled = text.replace(_AT, model.at.isoformat(), 1)
-    filled = filled.replace(_UPDATED, lang.when(model.at, year=True), 1)
-    if _AT in filled or _UPDATED in filled:  # a name held a stand-in: render it whole
-        return _page(model, lang, channel, filled=True)
-    return filled
+    return _fill(_page(model, lang, channel), lang) or _page(model, lang, channel, filled=True)
+
+
+def _fill(text: str, lang: Lang) -> str | None:
+    """The page with the instant filled in for its stand-ins; None when a name on it held a
+    stand-in too (the page is then rendered whole)."""
+    filled = text.replace(_AT, lang.now.isoformat(), 1)
+    filled = filled.replace(_UPDATED, lang.when(lang.now, year=True), 1)
+    return None if _AT in filled or _UPDATED in filled else filled
+
+
+def channel_pages(model: Model, cache: PageCache | None = None) -> dict[str, str]:
+    """Every channel's page in both languages, by path; with `cache`, a page whose channel's
+    content is unchanged since the last render is the kept one (only the channels that changed
+    are narrowed and rendered)."""
+    kept: dict[tuple[str, str], str] = {}
+    epoch, keys = None, {}
+    if cache is not None:
+        epoch, keys = _epoch(model), _channel_keys(model)
+        for c in keys:
+            for code in ("zh", "en"):
+                found = cache.get(epoch, (c, code), keys[c])
+                if found is not None:
+                    kept[(c, code)] = found
+    ids = [c.id for c in model.plan.config.channels]
+    stale = {c for c in ids if (c, "zh") not in kept or (c, "en") not in kept}
+    narrowed = by_channel(model, only=stale)
+    out = {}
+    for channel in model.plan.config.channels:
+        for code in ("zh", "en"):
+            lang = Lang(code, model.plan.zone, model.at)
+            text = kept.get((channel.id, code))
+            if text is None:
+                text = _page(narrowed[channel.id], lang, channel)
+                if cache is not None:
+                    cache.put((channel.id, code), keys[channel.id], text)
+            filled = _fill(text, lang)
+            if filled is None:
+                filled = _page(narrowed[channel.id], lang, channel, filled=True)
+            out[channel_path(channel.id, code)] = filled
+    return out
 
 
 def _page(model: Model, lang: Lang, channel: Channel | None, filled: bool = False) -> str:
@@ -542,12 +576,8 @@ def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
     out["en/index.html"] = page(model, "en").encode("utf-8")
     out["index.html"] = page(model, "zh").encode("utf-8")
     if split(model):
-        narrowed_by_id = by_channel(model)
-        for channel in model.plan.config.channels:
-            narrowed = narrowed_by_id[channel.id]
-            for code in ("zh", "en"):
-                text = page(narrowed, code, channel, pages)
-                out[channel_path(channel.id, code)] = text.encode("utf-8")
+        for path, text in channel_pages(model, pages).items():
+            out[path] = text.encode("utf-8")
     return out
 
 
