@@ -36,7 +36,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,7 +127,10 @@ def _identity(st: os.stat_result) -> bytes:
 
 
 def _write(
-    folder: Path, files: Mapping[str, bytes], durable: bool, before: tuple[Path, dict] | None
+    folder: Path,
+    files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+    durable: bool,
+    before: tuple[Path, dict] | None,
 ) -> dict[str, bytes]:
     """Write `files` into `folder`; a file whose bytes are those this process published last
     time in `before` (the folder still published, each file as it was written) is linked to
@@ -139,7 +142,7 @@ def _write(
     # Plain strings, not Path objects: at 10,000 files pathlib was a third of the cost.
     root, old_root = os.fspath(folder), os.fspath(old)
     directories = {root}
-    for name, data in files.items():
+    for name, data in files.items() if isinstance(files, Mapping) else files:
         path = os.path.join(root, name)
         parent = os.path.dirname(path)
         if parent not in directories:
@@ -186,8 +189,11 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def publish(files: Mapping[str, bytes], target: Path, durable: bool = False) -> Path:
-    """Make `files` (relative path -> bytes) the whole content of the folder `target`, at once.
+def publish(
+    files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], target: Path, durable: bool = False
+) -> Path:
+    """Make `files` (relative path -> bytes, or such pairs as they are made: a render gives
+    its files one at a time) the whole content of the folder `target`, at once.
 
     `durable` also fsyncs every file and folder before the swap, so that not even a power cut
     can leave `target` holding files whose data never reached the disk.

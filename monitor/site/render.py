@@ -13,6 +13,8 @@ import re
 import sqlite3
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
@@ -282,7 +284,7 @@ class PageCache:
 
     def __init__(self) -> None:
         self.epoch: tuple | None = None
-        self.pages: dict[tuple[str, str], tuple[tuple, str]] = {}
+        self.pages: dict[tuple[str, str], tuple[tuple, bytes]] = {}
         self.hits = 0  # pages given from what was kept, over the cache's life
 
     def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> str | None:
@@ -293,11 +295,13 @@ class PageCache:
         if found is None or found[0] != key:
             return None
         self.hits += 1
-        return found[1]
+        return zlib.decompress(found[1]).decode("utf-8")
 
     def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
-        if text.count(_AT) == 1 and text.count(_UPDATED) == 1:  # else never kept: see `page`
-            self.pages[name] = (key, text)
+        """Keep a page, compressed (2,000 pages at 100,000 services: 88 MB as text, 7 MB so);
+        one whose names hold a stand-in is never kept (see `page`)."""
+        if text.count(_AT) == 1 and text.count(_UPDATED) == 1:
+            self.pages[name] = (key, zlib.compress(text.encode("utf-8"), 1))
 
 
 def _epoch(model: Model) -> tuple:
@@ -347,10 +351,10 @@ def _fill(text: str, lang: Lang) -> str | None:
     return None if _AT in filled or _UPDATED in filled else filled
 
 
-def channel_pages(model: Model, cache: PageCache | None = None) -> dict[str, str]:
-    """Every channel's page in both languages, by path; with `cache`, a page whose channel's
-    content is unchanged since the last render is the kept one (only the channels that changed
-    are narrowed and rendered)."""
+def channel_pages(model: Model, cache: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
+    """Every channel's page in both languages, as (path, bytes); with `cache`, a page whose
+    channel's content is unchanged since the last render is the kept one (only the channels
+    that changed are narrowed and rendered)."""
     kept: dict[tuple[str, str], str] = {}
     epoch, keys = None, {}
     if cache is not None:
@@ -363,7 +367,6 @@ def channel_pages(model: Model, cache: PageCache | None = None) -> dict[str, str
     ids = [c.id for c in model.plan.config.channels]
     stale = {c for c in ids if (c, "zh") not in kept or (c, "en") not in kept}
     narrowed = by_channel(model, only=stale)
-    out = {}
     for channel in model.plan.config.channels:
         for code in ("zh", "en"):
             lang = Lang(code, model.plan.zone, model.at)
@@ -375,8 +378,7 @@ def channel_pages(model: Model, cache: PageCache | None = None) -> dict[str, str
             filled = _fill(text, lang)
             if filled is None:
                 filled = _page(narrowed[channel.id], lang, channel, filled=True)
-            out[channel_path(channel.id, code)] = filled
-    return out
+            yield channel_path(channel.id, code), filled.encode("utf-8")
 
 
 def _page(model: Model, lang: Lang, channel: Channel | None, filled: bool = False) -> str:
@@ -527,58 +529,77 @@ def badge_svg(b: dict) -> str:
     )
 
 
-def _json_files(files: dict[str, dict]) -> dict[str, bytes]:
-    """The Statuspage files as `_json` writes them, each shared part encoded once: the
-    component list is in two files and every pause in up to three (at 10,000 services a pause
-    names thousands of components, and encoding was most of a render)."""
-    done: dict[int, str] = {}
+def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, bytes]]:
+    """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
+    once: the component list is in two files and every pause in up to three (at 10,000
+    services a pause names thousands of components, and encoding was most of a render). The
+    parts are encoded before the first file is given, so the caller may drop the dicts."""
+    done: dict[int, bytes] = {}
 
-    def encode(value: object) -> str:
+    def encode(value: object) -> bytes:
         key = id(value)  # the parts are alive in `files` while this runs
         if key not in done:
-            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         return done[key]
 
-    out = {}
+    layouts = []
     for name, data in files.items():
         parts = []
         for key, value in data.items():
+            head = json.dumps(key, ensure_ascii=False).encode() + b":"
             if key in ("scheduled_maintenances", "incidents") and isinstance(value, list):
-                text = "[" + ",".join(encode(item) for item in value) + "]"
+                parts.append((head, [encode(item) for item in value]))
             else:
-                text = encode(value)
-            parts.append(json.dumps(key, ensure_ascii=False) + ":" + text)
-        out[name] = ("{" + ",".join(parts) + "}\n").encode("utf-8")
-    return out
+                parts.append((head, encode(value)))
+        layouts.append((name, parts))
+    files.clear()  # every part is encoded: the dicts (hundreds of MB at 100,000) can go
+    data = value = None
+    for name, parts in layouts:
+        chunks = [b"{"]
+        for index, (head, value) in enumerate(parts):
+            chunks += [b"," if index else b"", head]
+            chunks += [b"[", b",".join(value), b"]"] if isinstance(value, list) else [value]
+        chunks.append(b"}\n")
+        yield name, b"".join(chunks)
 
 
-def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
-    """Every file of the site, by relative path (the channel pages from `pages` where what
-    they show did not change)."""
-    out: dict[str, bytes] = {}
+def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
+    """Every file of the site as (relative path, bytes), one at a time: `publish` writes each
+    as it comes, so a render never holds the whole site (330 MB at 100,000 services). The
+    channel pages come from `pages` where what they show did not change."""
     for name in ("style.css", "countdown.js"):
-        out[name] = (STATIC / name).read_bytes()
+        yield name, (STATIC / name).read_bytes()
     zh_lang = Lang("zh", model.plan.zone, model.at)
     en_lang = Lang("en", model.plan.zone, model.at)
     heads = {
         lang.code: " ".join(t.striptags() for t in headline(model, lang))
         for lang in (zh_lang, en_lang)
     }
-    out["status.json"] = _json(feeds.own_status(model, heads))
+    yield "status.json", _json(feeds.own_status(model, heads))
     statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
-    for name, data in _json_files(statuspage).items():
-        out[f"api/v2/{name}"] = data
-    out["history.atom"] = atom(model).encode("utf-8")
-    out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
+    for name, data in _json_files(statuspage):
+        yield f"api/v2/{name}", data
+    yield "history.atom", atom(model).encode("utf-8")
+    yield "calendar.ics", feeds.calendar(model).encode("utf-8")
     for view in model.services:
         path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
-        out[path] = badge_svg(feeds.badge(view)).encode("utf-8")
-    out["en/index.html"] = page(model, "en").encode("utf-8")
-    out["index.html"] = page(model, "zh").encode("utf-8")
+        yield path, badge_svg(feeds.badge(view)).encode("utf-8")
+    yield "en/index.html", page(model, "en").encode("utf-8")
+    yield "index.html", page(model, "zh").encode("utf-8")
     if split(model):
-        for path, text in channel_pages(model, pages).items():
-            out[path] = text.encode("utf-8")
-    return out
+        yield from channel_pages(model, pages)
+
+
+def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
+    """Every file of the site, by relative path (see `iter_files`)."""
+    return dict(iter_files(model, pages))
+
+
+def _sizes(pairs: Iterator[tuple[str, bytes]], into: dict[str, int]) -> Iterator[tuple[str, bytes]]:
+    """The pairs as they come, their sizes noted in `into`."""
+    for name, data in pairs:
+        into[name] = len(data)
+        yield name, data
 
 
 def render(
@@ -608,9 +629,9 @@ def render(
     if snapshot is None:
         snapshot = snapshot_from_store(plan, store, at)
     model = build(plan, at, snapshot, past, notices)
-    content = files(model, pages)
-    folder = publish(content, Path(site), durable=durable)
-    return Rendered(folder, {k: len(v) for k, v in content.items()}, time.perf_counter() - started)
+    sizes: dict[str, int] = {}
+    folder = publish(_sizes(iter_files(model, pages), sizes), Path(site), durable=durable)
+    return Rendered(folder, sizes, time.perf_counter() - started)
 
 
 def open_store(db: Path | None) -> Store | None:
