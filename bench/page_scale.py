@@ -46,7 +46,7 @@ from common import load_plan, loadavg, plan_toml, proc_cpu_seconds
 
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
-from monitor.site import _worker_init, _worker_render
+from monitor.site import _page_config, _worker_init, _worker_render
 from monitor.site.model import Seen, Snapshot
 from monitor.store import Rollup, Store
 
@@ -214,7 +214,7 @@ def main() -> int:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(plan.config, str(site), str(db), os.getpid()),
+            initargs=(_page_config(plan.config), str(site), str(db), os.getpid()),
         )
         with pool:
 

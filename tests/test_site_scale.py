@@ -5,6 +5,7 @@ render worker's kept history gives the same page as a render from nothing."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,8 @@ from site_data import DURING_LATE, add_incident, busy_store, fill_history, large
 
 from monitor.judge import Verdict
 from monitor.notice import NoticesFile
-from monitor.site import feeds, history
+from monitor.plan import Plan
+from monitor.site import _page_config, feeds, history
 from monitor.site.model import Snapshot, build
 from monitor.site.render import (
     ONE_PAGE_SERVICES,
@@ -260,3 +262,25 @@ def test_statuspage_files_are_compact_json_as_before(tmp_path: Path) -> None:
         data = path.read_bytes()
         again = json.dumps(json.loads(data), ensure_ascii=False, separators=(",", ":")) + "\n"
         assert data == again.encode("utf-8"), path
+
+
+def test_the_render_workers_slim_plan_gives_the_same_site(tmp_path: Path) -> None:
+    """The render worker gets the plan with each probe and push replaced by what the page asks
+    of it (`_page_config`): the same site as from the whole plan, and no probe's address or
+    headers in what is sent to the worker."""
+    config = real_plan().config
+    slim = _page_config(config)
+    db = busy_store(tmp_path / "monitor.db")
+    for name, plan in (("whole", Plan(config)), ("slim", Plan(slim))):
+        render_from(plan, tmp_path / name, DURING_LATE, db)
+    assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "slim")
+    sent = pickle.dumps(slim)
+    urls = {s.probe.url for c in config.channels for s in c.services if s.probe is not None}
+    assert urls and not any(url.encode() in sent for url in urls)
+
+    def asked(c) -> list[tuple]:
+        return [(s.observed_by, s.unset, s.configured) for c in c.channels for s in c.services]
+
+    assert asked(slim) == asked(config)
+    assert {"http", "push"} <= {kind for kind, _, _ in asked(slim)}
+    assert any(unset for _, unset, _ in asked(slim))  # services waiting for a variable
