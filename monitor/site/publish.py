@@ -120,6 +120,9 @@ def _fsync(path: str | Path) -> None:
 #: of its bytes with the identity of the file written (inode, size, modification time).
 _published: dict[str, tuple[tuple[int, int], dict[str, bytes]]] = {}
 _IDENTITY = struct.Struct("<QQQ")
+#: A file's bytes, whole or in pieces written one after another (a large JSON file is never
+#: joined into one more copy of itself).
+Content = bytes | list[bytes]
 
 
 def _identity(st: os.stat_result) -> bytes:
@@ -128,7 +131,7 @@ def _identity(st: os.stat_result) -> bytes:
 
 def _write(
     folder: Path,
-    files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+    files: Mapping[str, Content] | Iterable[tuple[str, Content]],
     durable: bool,
     before: tuple[Path, dict] | None,
 ) -> dict[str, bytes]:
@@ -148,7 +151,11 @@ def _write(
         if parent not in directories:
             os.makedirs(parent, exist_ok=True)
             directories.add(parent)
-        digest = hashlib.blake2b(data, digest_size=16).digest()
+        pieces = (data,) if isinstance(data, bytes) else data
+        hashing = hashlib.blake2b(digest_size=16)
+        for piece in pieces:
+            hashing.update(piece)
+        digest = hashing.digest()
         record = old_records.get(name)
         if record is not None and record[:16] == digest:
             source = os.path.join(old_root, name)
@@ -161,9 +168,10 @@ def _write(
                 pass  # gone or not linkable (another file system): write it
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
             records[name] = digest + _identity(os.fstat(fd))
@@ -190,10 +198,13 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def publish(
-    files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], target: Path, durable: bool = False
+    files: Mapping[str, Content] | Iterable[tuple[str, Content]],
+    target: Path,
+    durable: bool = False,
 ) -> Path:
-    """Make `files` (relative path -> bytes, or such pairs as they are made: a render gives
-    its files one at a time) the whole content of the folder `target`, at once.
+    """Make `files` (relative path -> bytes or pieces of bytes, or such pairs as they are
+    made: a render gives its files one at a time) the whole content of the folder `target`,
+    at once.
 
     `durable` also fsyncs every file and folder before the swap, so that not even a power cut
     can leave `target` holding files whose data never reached the disk.

@@ -29,7 +29,7 @@ from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
 from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store
-from monitor.site.publish import publish, tidy
+from monitor.site.publish import Content, publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import Store
 
@@ -529,7 +529,30 @@ def badge_svg(b: dict) -> str:
     )
 
 
-def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, bytes]]:
+def _json_chunks(data: dict) -> list[bytes]:
+    """`_json(data)` as a list of pieces, a list or iterator value encoded item by item: an
+    iterator's items are made only as they are encoded, and no piece is the whole file."""
+    chunks = [b"{"]
+    for index, (key, value) in enumerate(data.items()):
+        chunks.append((b"," if index else b"") + _dumps(key) + b":")
+        if isinstance(value, list | Iterator):
+            chunks.append(b"[")
+            chunks += [(b"," if i else b"") + _dumps(item) for i, item in enumerate(value)]
+            chunks.append(b"]")
+        else:
+            chunks.append(_dumps(value))
+    chunks.append(b"}\n")
+    return chunks
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps(value: object) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
     """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
     once: the component list is in two files and every pause in up to three (at 10,000
     services a pause names thousands of components, and encoding was most of a render). The
@@ -560,11 +583,12 @@ def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, bytes]]:
             chunks += [b"," if index else b"", head]
             chunks += [b"[", b",".join(value), b"]"] if isinstance(value, list) else [value]
         chunks.append(b"}\n")
-        yield name, b"".join(chunks)
+        yield name, chunks  # written piece by piece: the file is never one more copy
 
 
-def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
-    """Every file of the site as (relative path, bytes), one at a time: `publish` writes each
+def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, Content]]:
+    """Every file of the site as (relative path, bytes or pieces of bytes), one at a time:
+    `publish` writes each
     as it comes, so a render never holds the whole site (330 MB at 100,000 services). The
     channel pages come from `pages` where what they show did not change."""
     for name in ("style.css", "countdown.js"):
@@ -575,7 +599,7 @@ def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[s
         lang.code: " ".join(t.striptags() for t in headline(model, lang))
         for lang in (zh_lang, en_lang)
     }
-    yield "status.json", _json(feeds.own_status(model, heads))
+    yield "status.json", _json_chunks(feeds.own_status(model, heads))
     statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
     for name, data in _json_files(statuspage):
         yield f"api/v2/{name}", data
@@ -592,13 +616,18 @@ def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[s
 
 def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
     """Every file of the site, by relative path (see `iter_files`)."""
-    return dict(iter_files(model, pages))
+    return {
+        name: data if isinstance(data, bytes) else b"".join(data)
+        for name, data in iter_files(model, pages)
+    }
 
 
-def _sizes(pairs: Iterator[tuple[str, bytes]], into: dict[str, int]) -> Iterator[tuple[str, bytes]]:
+def _sizes(
+    pairs: Iterator[tuple[str, Content]], into: dict[str, int]
+) -> Iterator[tuple[str, Content]]:
     """The pairs as they come, their sizes noted in `into`."""
     for name, data in pairs:
-        into[name] = len(data)
+        into[name] = len(data) if isinstance(data, bytes) else sum(map(len, data))
         yield name, data
 
 
