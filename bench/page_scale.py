@@ -1,7 +1,7 @@
 """The public page at scale: how long a render takes in the daemon's render worker.
 
     python bench/page_scale.py [--channels 100] [--per-channel 100] [--runs 5] [--profile]
-                               [--cache DIR] [--no-office-hours]
+                               [--cache DIR] [--no-office-hours] [--days 90]
 
 A plan of `--channels` channels of `--per-channel` services (the four kinds of `common.py`: the
 freeze, kept open, the certificate window, office hours) and a store with 90 days of hourly
@@ -10,8 +10,11 @@ two still open. Then the render is timed the way `run` does it: in a spawned wor
 set up by `monitor.site._worker_init`, each render through `monitor.site._worker_render` with a
 snapshot of the verdicts (every service seen, the services with an open incident broken). The
 first render of a fresh worker is reported alone, then the median and range of `--runs` more,
+each 30 s after the one before with one more service broken (what asks `run` for a render),
 each as wall time and as the worker's CPU time (the machine is shared: CPU time moves less).
-Also reports the size of the pages and of the largest files, the load average before and after.
+Also reports the worker's peak RSS (VmHWM), the size of the pages and of the largest files,
+the load average before and after. `--days` writes fewer days of rollups (at 100,000 services
+90 days are 216 million rows).
 `--no-office-hours` leaves out the fourth kind (a service hall open on weekdays 08:30-17:30):
 its nightly closures are each a planned pause of the Statuspage files, listing every such
 service, which at this size is most of what a render writes.
@@ -43,7 +46,7 @@ from common import load_plan, loadavg, plan_toml, proc_cpu_seconds
 
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
-from monitor.site import _worker_init, _worker_render
+from monitor.site import _page_config, _worker_init, _worker_render
 from monitor.site.model import Seen, Snapshot
 from monitor.store import Rollup, Store
 
@@ -55,11 +58,11 @@ INCIDENTS = [
 ] + [(17, "unexpected_down", 2, None), (4242, "unexpected_down", 6, None)]
 
 
-def fill(plan: Plan, db: Path, at: datetime) -> None:
-    """90 days of hourly rollups for every service, as the plan expected it, with one broken
+def fill(plan: Plan, db: Path, at: datetime, days: int = DAYS) -> None:
+    """`days` of hourly rollups for every service, as the plan expected it, with one broken
     hour in every 97th service, and the incidents of `INCIDENTS`."""
     end = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    start = end - timedelta(days=DAYS)
+    start = end - timedelta(days=days)
     hours = int((end - start).total_seconds() // 3600)
     store = Store(db)
     try:
@@ -112,12 +115,13 @@ def fill(plan: Plan, db: Path, at: datetime) -> None:
 
 
 def prepare(
-    cache: Path, channels: int, per_channel: int, office_hours: bool
+    cache: Path, channels: int, per_channel: int, office_hours: bool, days: int = DAYS
 ) -> tuple[Plan, Path, datetime]:
     """The plan, the store and the render instant, from the cache or written now."""
     services = channels * per_channel
     meta = cache / "meta.json"
-    if meta.exists() and json.loads(meta.read_text())["services"] == [channels, per_channel]:
+    sizes = [channels, per_channel, days]
+    if meta.exists() and json.loads(meta.read_text())["services"] == sizes:
         at = datetime.fromisoformat(json.loads(meta.read_text())["at"])
         return Plan(_load(cache)), cache / "store.db", at
     cache.mkdir(parents=True, exist_ok=True)
@@ -129,10 +133,10 @@ def prepare(
     text = plan_toml(services, ["http://127.0.0.1:9"], "60s", per_channel)
     plan = load_plan(text, cache)
     started = time.perf_counter()
-    print(f"writing {services * DAYS * 24:,} rollup hours to {cache} ...", flush=True)
-    fill(plan, cache / "store.db", at)
+    print(f"writing {services * days * 24:,} rollup hours to {cache} ...", flush=True)
+    fill(plan, cache / "store.db", at, days)
     print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
-    meta.write_text(json.dumps({"services": [channels, per_channel], "at": at.isoformat()}))
+    meta.write_text(json.dumps({"services": sizes, "at": at.isoformat()}))
     return plan, cache / "store.db", at
 
 
@@ -160,6 +164,21 @@ def snapshot(plan: Plan, db: Path, at: datetime) -> Snapshot:
     return Snapshot(verdicts, seen)
 
 
+def changed(plan: Plan, snap: Snapshot, run: int) -> Snapshot:
+    """The snapshot with one more service broken (in another channel each run)."""
+    ref = plan.services[(run * 7919) % len(plan.services)]
+    return Snapshot({**snap.verdicts, ref.key: Verdict.UNEXPECTED_DOWN}, snap.seen)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident set of a process (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def sizes(site: Path) -> dict[str, int]:
     out = {}
     for path in sorted(site.rglob("*")):
@@ -176,14 +195,18 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile one render in-process")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--no-office-hours", action="store_true", help="three kinds, not four")
+    parser.add_argument(
+        "--days", type=int, default=DAYS, help="days of rollups written (the page shows 90)"
+    )
     args = parser.parse_args()
     office = not args.no_office_hours
     cache = args.cache or Path(tempfile.gettempdir()) / (
         f"channel-monitor-page-scale-{args.channels}x{args.per_channel}"
         + ("" if office else "-no-office-hours")
+        + ("" if args.days == DAYS else f"-{args.days}d")
     )
     load_before = loadavg()
-    plan, db, at = prepare(cache, args.channels, args.per_channel, office)
+    plan, db, at = prepare(cache, args.channels, args.per_channel, office, args.days)
     snap = snapshot(plan, db, at)
     with tempfile.TemporaryDirectory(prefix="page-scale-") as tmp:
         site = Path(tmp) / "site"
@@ -191,31 +214,38 @@ def main() -> int:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(plan.config, str(site), str(db), os.getpid()),
+            initargs=(_page_config(plan.config), str(site), str(db), os.getpid()),
         )
         with pool:
 
-            def timed() -> tuple[float, float]:
+            def timed(when: datetime, seen: Snapshot) -> tuple[float, float]:
                 pid = next(iter(pool._processes or {}), None)  # the one worker, once started
                 cpu = proc_cpu_seconds(pid) if pid else 0.0
-                seconds = pool.submit(_worker_render, at, snap).result()
+                seconds = pool.submit(_worker_render, when, seen).result()
                 pid = next(iter(pool._processes))
                 return seconds, proc_cpu_seconds(pid) - cpu
 
-            first, first_cpu = timed()
-            measured = [timed() for _ in range(args.runs)]
+            first, first_cpu = timed(at, snap)
+            measured = []
+            for run in range(1, args.runs + 1):
+                # as in `run`: a render is asked for when a verdict changes, a little later
+                measured.append(timed(at + timedelta(seconds=30 * run), changed(plan, snap, run)))
             times, cpus = [m[0] for m in measured], [m[1] for m in measured]
+            peak = peak_rss_mib(next(iter(pool._processes)))
         found = sizes(site)
         if args.profile:
-            from monitor.site.render import open_store, render
+            from monitor.site.history import DayCache
+            from monitor.site.render import PageCache, open_store, render
 
             store = open_store(db)
-            render(plan, Path(tmp) / "warm", at, store, snap)  # as the worker's later renders
+            kept = {"days": DayCache(), "pages": PageCache()}  # as the worker keeps them
+            render(plan, Path(tmp) / "profiled", at, store, snap, **kept)
             profile = cProfile.Profile()
             profile.enable()
-            render(plan, Path(tmp) / "profiled", at, store, snap)
+            later = at + timedelta(seconds=30)
+            render(plan, Path(tmp) / "profiled", later, store, changed(plan, snap, 1), **kept)
             profile.disable()
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     pages = {k: v for k, v in found.items() if k.endswith(".html")}
     total = sum(found.values())
     print(f"services: {len(plan.services):,} ({args.channels} channels of {args.per_channel})")
@@ -228,6 +258,7 @@ def main() -> int:
         f"range {min(times):.2f}-{max(times):.2f} s; CPU median {statistics.median(cpus):.2f} s, "
         f"range {min(cpus):.2f}-{max(cpus):.2f} s"
     )
+    print(f"render worker's peak RSS (VmHWM): {peak:.0f} MiB")
     print(f"index.html {found['index.html'] / 1000:.1f} KB, en/index.html "
           f"{found['en/index.html'] / 1000:.1f} KB")  # fmt: skip
     others = sorted(v for k, v in pages.items() if k not in ("index.html", "en/index.html"))

@@ -27,6 +27,7 @@ from monitor.daemon import Daemon
 from monitor.judge import Verdict
 from monitor.plan import Plan
 from monitor.site import feeds
+from monitor.site import render as render_module
 from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store
 from monitor.site.publish import MARKER, SiteError, publish, tidy, work_folder
 from monitor.site.render import open_store, render, render_from
@@ -490,6 +491,20 @@ def test_history_atom_and_badges(busy_site: Path, plan: Plan) -> None:
     assert "应开放但暂时无法使用" in "".join(portal.itertext())
 
 
+def test_badges_are_written_as_their_template_says() -> None:
+    """Badges are formatted in Python for speed; `templates/badge.svg` says what they are,
+    and every badge equals that template's, markup and forbidden characters in names too."""
+    template = render_module._ENV.get_template("badge.svg")
+    names = ("社保卡", "A <b>&\"'", "tab\there\vand\x85", "x" * 40)
+    for name in names:
+        for state in ("open", "broken", "leak", "unobserved"):
+            width = round(feeds.text_width(name), 1)
+            b = {"label": name, "message": state, "title": f"{name} · {name}: {state}",
+                 "colour": feeds.BADGE_COLOURS[state], "left": width, "right": 60.5,
+                 "width": round(width + 60.5, 1)}  # fmt: skip
+            assert render_module.badge_svg(b) == template.render(b=b), (name, state)
+
+
 # --- history bars and the size budget ----------------------------------------------------------
 
 
@@ -737,6 +752,30 @@ def test_a_crash_mid_render_leaves_the_old_page(tmp_path: Path) -> None:
     assert (target / "index.html").read_bytes() == b"new"
 
 
+def test_publish_links_the_files_it_published_unchanged(tmp_path: Path) -> None:
+    """A file whose bytes did not change since this process published it is the same file in
+    the new version (a hard link: at 10,000 services most badges do not change); the rest is
+    written, and a file someone changed in the published folder is written again."""
+    target = tmp_path / "site"
+    first = {"index.html": b"one", "badges/a.svg": b"<svg>a</svg>", "badges/b.svg": b"b"}
+    publish(first, target)
+    before = {name: (target / name).stat().st_ino for name in first}
+    (target / "badges/b.svg").write_bytes(b"edited by hand")
+    publish({**first, "index.html": b"two"}, target)
+    assert (target / "index.html").read_bytes() == b"two"
+    assert (target / "badges/a.svg").stat().st_ino == before["badges/a.svg"]  # linked
+    assert (target / "index.html").stat().st_ino != before["index.html"]
+    assert (target / "badges/b.svg").read_bytes() == b"b"  # the hand edit is not carried over
+    assert (target / "badges/b.svg").stat().st_ino != before["badges/b.svg"]
+    publish({"index.html": b"three"}, target)  # what is no longer published goes
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [MARKER, "index.html"]
+    publish({**first, "index.html": b"four"}, target)
+    assert (target / "badges/a.svg").read_bytes() == b"<svg>a</svg>"
+    other = tmp_path / "other"
+    publish(first, other)  # another target links nothing from this one
+    assert (other / "badges/a.svg").stat().st_ino != (target / "badges/a.svg").stat().st_ino
+
+
 def test_readers_never_see_a_half_written_or_mixed_version(tmp_path: Path) -> None:
     target = tmp_path / "site"
     size = 256 * 1024
@@ -773,7 +812,7 @@ def test_readers_never_see_a_half_written_or_mixed_version(tmp_path: Path) -> No
     thread.start()
     try:
         for version in range(1, 40):
-            mark = str(version % 10).encode()
+            mark = str(version // 2 % 10).encode()  # every other version links both files
             publish({"index.html": mark * size, "status.json": mark * size}, target)
     finally:
         stop.set()

@@ -5,8 +5,9 @@ render worker's kept history gives the same page as a render from nothing."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,19 @@ from helpers import real_plan
 from page_checks import check_site
 from site_data import DURING_LATE, add_incident, busy_store, fill_history, large_plan
 
-from monitor.site import history
-from monitor.site.render import ONE_PAGE_SERVICES, PAGE_BUDGET, open_store, render, render_from
+from monitor.judge import Verdict
+from monitor.notice import NoticesFile
+from monitor.plan import Plan
+from monitor.site import _page_config, feeds, history
+from monitor.site.model import Snapshot, build
+from monitor.site.render import (
+    ONE_PAGE_SERVICES,
+    PAGE_BUDGET,
+    PageCache,
+    open_store,
+    render,
+    render_from,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +116,171 @@ def test_kept_days_give_the_same_page_as_a_render_from_nothing(tmp_path: Path) -
                 assert (fresh.folder / name).read_bytes() == (cached.folder / name).read_bytes()
     finally:
         store.db.close()
+
+
+def _all_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_kept_channel_pages_give_the_same_site_as_a_render_from_nothing(tmp_path: Path) -> None:
+    """The render worker keeps each channel's page while what it shows is unchanged. Across
+    renders where nothing changed, a verdict changed, an incident opened, notices came out, the
+    day changed, a window closed and a render for the past, every file equals a render from
+    nothing, and the unchanged channels' pages were the kept ones."""
+    plan = large_plan(4, 40)
+    assert len(plan.services) > ONE_PAGE_SERVICES  # a page per channel
+    db = tmp_path / "monitor.db"
+    fill_history(plan, db, DURING_LATE + timedelta(days=35), days=40)
+    store = open_store(db)
+    ok = {ref.key: Verdict.OK for ref in plan.services}
+    broken = {**ok, ("channel-1", "service-1"): Verdict.UNEXPECTED_DOWN}
+    moved = {**ok, ("channel-1", "service-5"): Verdict.UNEXPECTED_DOWN}  # the same counts
+    notice = NoticesFile.model_validate(
+        {
+            "notices": [
+                {
+                    "id": "n1",
+                    "title": "渠道 2 故障",
+                    "title_en": "Channel 2 down",
+                    "services": ["channel-2/service-3"],
+                    "updates": [
+                        {
+                            "at": DURING_LATE,
+                            "status": "investigating",
+                            "text": "正在处理。",
+                            "text_en": "Working on it.",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    minutes = [timedelta(minutes=m) for m in range(0, 60, 10)]
+    steps = [  # (instant, verdicts, notices, pages kept from the render before)
+        (DURING_LATE, ok, None, 0),
+        (DURING_LATE + minutes[1], ok, None, 8),  # nothing changed: every page kept
+        (DURING_LATE + minutes[2], broken, None, 6),  # channel-1 changed
+        (DURING_LATE + minutes[3], broken, None, 6),  # an incident of channel-2 (added below)
+        (DURING_LATE + minutes[4], broken, notice, 0),
+        (DURING_LATE + minutes[5], broken, notice, 8),
+        (DURING_LATE + minutes[5], moved, notice, 6),  # another service of channel-1 broken
+        (DURING_LATE + timedelta(days=1), broken, notice, 0),  # a new day
+        (DURING_LATE + timedelta(days=10, hours=1), ok, None, 0),  # the window closed
+        (DURING_LATE + timedelta(days=10, hours=2), ok, None, 8),
+        # the freeze ended 14 days ago: at noon it leaves the headline, no service changes
+        (DURING_LATE + timedelta(days=34, minutes=-5), ok, None, 0),
+        (DURING_LATE + timedelta(days=34, minutes=5), ok, None, 0),
+        (DURING_LATE - timedelta(days=3), ok, None, 0),  # the past
+    ]
+    pages, days = PageCache(), history.DayCache()
+    try:
+        for number, (when, verdicts, notices, kept) in enumerate(steps):
+            if number == 3:
+                add_incident(db, "channel-2", "service-5", "unexpected_down",
+                             when - timedelta(minutes=5), None)  # fmt: skip
+            snapshot = Snapshot(verdicts)
+            hits = pages.hits
+            fresh = render(plan, tmp_path / "fresh", when, store, snapshot, notices=notices)
+            cached = render(
+                plan, tmp_path / "cached", when, store, snapshot, notices=notices, days=days,
+                pages=pages,
+            )  # fmt: skip
+            assert pages.hits - hits == kept, (number, when)
+            assert _all_files(fresh.folder) == _all_files(cached.folder), (number, when)
+    finally:
+        store.db.close()
+
+
+def _pauses(site: Path, name: str = "scheduled-maintenances.json") -> list[dict]:
+    return json.loads((site / "api/v2" / name).read_text("utf-8"))["scheduled_maintenances"]
+
+
+def test_statuspage_files_list_recurring_pauses_only_near_the_render(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hall's nightly closures are a pause each: the Statuspage files list those within
+    `RECURRING_HORIZON` of the render (ids kept across renders) and every one-off pause,
+    however far ahead, at most `MAX_PAUSES` in a file: running first, then the next."""
+    plan = large_plan(2, 8)
+    after = DURING_LATE + timedelta(days=25)  # the freeze is over: the hall closes nightly
+    model = build(plan, after, Snapshot(), history.load(plan, None, after))
+    assert len(model.maintenances) > feeds.MAX_PAUSES  # what the page looks at
+    first = render(plan, tmp_path / "a", after, None).folder
+    listed = _pauses(first)
+    recurring = [m for m in listed if m["id"].startswith("default-")]
+    horizon = feeds.RECURRING_HORIZON
+    assert len(recurring) >= 8  # a week before and after, weekends one pause each
+    for m in recurring:
+        start = datetime.fromisoformat(m["scheduled_for"])
+        end = datetime.fromisoformat(m["scheduled_until"])
+        assert after - horizon <= end and start <= after + horizon, m["id"]
+        assert len(m["components"]) == 4  # every office-hours service of the two channels
+    assert any(m["id"].startswith("freeze-") for m in listed)  # one-off, over for 5 days
+    later = render(plan, tmp_path / "b", after + timedelta(hours=1), None).folder
+    ids = {(m["scheduled_for"], m["scheduled_until"]): m["id"] for m in _pauses(later)}
+    for m in listed:
+        assert ids.get((m["scheduled_for"], m["scheduled_until"]), m["id"]) == m["id"]
+    # A one-off pause is announced months ahead; the recurring ones only in the coming week.
+    early = DURING_LATE - timedelta(days=40)
+    upcoming = _pauses(render(plan, tmp_path / "c", early, None).folder,
+                       "scheduled-maintenances/upcoming.json")  # fmt: skip
+    assert any(m["id"].startswith("freeze-") for m in upcoming)
+    assert all(
+        datetime.fromisoformat(m["scheduled_for"]) <= early + horizon
+        for m in upcoming
+        if m["id"].startswith("default-")
+    )
+    # The cap: what is running stays, then what starts next.
+    monkeypatch.setattr(feeds, "MAX_PAUSES", 3)
+    capped = render(plan, tmp_path / "d", after, None).folder
+    for name in ("scheduled-maintenances.json", "summary.json"):
+        assert len(_pauses(capped, name)) <= 3
+    statuses = [m["status"] for m in _pauses(capped)]
+    assert statuses.count("scheduled") >= 2 and "completed" not in statuses
+
+
+def test_the_real_plans_statuspage_files_list_every_pause(tmp_path: Path) -> None:
+    """The bound does not bite on the real plan: every pause is listed, as before it."""
+    plan = real_plan()
+    for when in ("2022-06-01T12:00", "2022-06-20T12:00", "2022-07-20T12:00", "2022-08-10T12:00"):
+        instant = datetime.fromisoformat(when + ":00+08:00")
+        model = build(plan, instant, Snapshot(), history.load(plan, None, instant))
+        assert feeds.listed(model) == list(model.maintenances), when
+        assert model.maintenances, when
+
+
+def test_statuspage_files_are_compact_json_as_before(tmp_path: Path) -> None:
+    """The files are written with their shared parts encoded once: each is exactly the
+    compact JSON of what it holds."""
+    site = tmp_path / "site"
+    render_from(real_plan(), site, DURING_LATE, busy_store(tmp_path / "monitor.db"))
+    files = list((site / "api/v2").rglob("*.json"))
+    assert len(files) == 8
+    for path in files:
+        data = path.read_bytes()
+        again = json.dumps(json.loads(data), ensure_ascii=False, separators=(",", ":")) + "\n"
+        assert data == again.encode("utf-8"), path
+
+
+def test_the_render_workers_slim_plan_gives_the_same_site(tmp_path: Path) -> None:
+    """The render worker gets the plan with each probe and push replaced by what the page asks
+    of it (`_page_config`): the same site as from the whole plan, and no probe's address or
+    headers in what is sent to the worker."""
+    config = real_plan().config
+    slim = _page_config(config)
+    db = busy_store(tmp_path / "monitor.db")
+    for name, plan in (("whole", Plan(config)), ("slim", Plan(slim))):
+        render_from(plan, tmp_path / name, DURING_LATE, db)
+    assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "slim")
+    sent = pickle.dumps(slim)
+    urls = {s.probe.url for c in config.channels for s in c.services if s.probe is not None}
+    assert urls and not any(url.encode() in sent for url in urls)
+
+    def asked(c) -> list[tuple]:
+        return [(s.observed_by, s.unset, s.configured) for c in c.channels for s in c.services]
+
+    assert asked(slim) == asked(config)
+    assert {"http", "push"} <= {kind for kind, _, _ in asked(slim)}
+    assert any(unset for _, unset, _ in asked(slim))  # services waiting for a variable

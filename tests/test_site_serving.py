@@ -5,11 +5,14 @@ an exception."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import urllib.request
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from helpers import FAST_MONITOR, MonitorRun, wait_for
 from servers import HOST, aiohttp_server
 
 from monitor.site import site_handler
@@ -72,3 +75,35 @@ async def test_odd_paths_get_4xx_without_a_traceback(
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert logged == [], [r.getMessage() for r in logged]
     assert "Traceback" not in caplog.text
+
+
+def _served_services(port: int) -> set[str] | None:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/status.json", timeout=10) as answer:
+            return {s["service"] for s in json.loads(answer.read())["services"]}
+    except (OSError, ValueError):
+        return None
+
+
+def test_the_render_worker_takes_up_a_reloaded_plan(tmp_path: Path) -> None:
+    """The render worker is started on a thread with the plan of its moment; an edit of the
+    plan starts a new one, and the served site shows the edited plan."""
+    plan = tmp_path / "channels.toml"
+    head = FAST_MONITOR + '\n[[channels]]\nid = "hall"\nname = "大厅"\nkind = "offline"\n'
+    head += 'group = "offline"\n'
+
+    def service(sid: str) -> str:
+        return f'\n[[channels.services]]\nid = "{sid}"\nname = "业务 {sid}"\n'
+
+    plan.write_text(head + service("a"), encoding="utf-8")
+    run = MonitorRun(plan, tmp_path / "monitor.db", tmp_path / "run.log")
+    try:
+        wait_for(lambda: _served_services(run.port) == {"a"}, 60, what="the first render")
+        fresh = plan.with_suffix(".new")
+        fresh.write_text(head + service("a") + service("b"), encoding="utf-8")
+        fresh.replace(plan)
+        wait_for(lambda: _served_services(run.port) == {"a", "b"}, 60, what="the edited plan")
+    finally:
+        run.terminate()
+        run.wait(30)
+    assert "Traceback" not in run.output(), run.output()

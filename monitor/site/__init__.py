@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -19,15 +20,18 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the server's libraries stay out of commands that only read (`report`)
     from aiohttp import web
 
+    from monitor.config import PlanConfig
     from monitor.daemon import Daemon
     from monitor.pipeline import Result
+    from monitor.plan import Plan
     from monitor.reload import PlanChange
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,49 @@ CONTENT_TYPES = {
 _worker: dict = {}
 
 
+@dataclass(frozen=True)
+class _Observed:
+    """What the page asks of a service's probe or push (its kind, the unset variables it
+    waits for, how often it is observed), standing in for it in the render worker's plan."""
+
+    kind: str
+    unset: tuple[str, ...]
+    interval: timedelta | None = None
+    timeout: timedelta | None = None
+    within: timedelta | None = None
+
+
+def _page_config(config: PlanConfig) -> PlanConfig:
+    """The plan as the render worker needs it: every probe and push replaced by an `_Observed`
+    (services observed alike share one). A probe's settings are most of a plan's memory (at
+    100,000 services the worker held 370 MB of plan, most of it probes), and the page shows
+    none of them; nor does the worker then hold a probe's URL or headers at all."""
+    shared: dict[_Observed, _Observed] = {}
+    rules: dict[tuple, tuple] = {}  # services planned alike share one tuple of rules
+    channels = []
+    for channel in config.channels:
+        services = []
+        for service in channel.services:
+            probe, push = service.probe, service.push
+            expect = rules.setdefault(service.expect, service.expect)
+            if probe is None and push is None:
+                services.append(service.model_copy(update={"expect": expect}))
+                continue
+            found = _Observed(
+                probe.kind if probe is not None else "push",
+                service.unset,
+                probe.interval if probe is not None else None,
+                probe.timeout if probe is not None else None,
+                push.within if push is not None else None,
+            )
+            found = shared.setdefault(found, found)
+            update = {"probe": found if probe is not None else None, "expect": expect}
+            update["push"] = found if push is not None else None
+            services.append(service.model_copy(update=update))
+        channels.append(channel.model_copy(update={"services": tuple(services)}))
+    return config.model_copy(update={"channels": tuple(channels)})
+
+
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to end this worker when the monitor dies, even by SIGKILL (a worker left
     behind would hold the store open and render stale pages); elsewhere nothing to do."""
@@ -62,9 +109,17 @@ def _die_with_parent(parent: int) -> None:
 def _worker_init(config, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
     from monitor.site.history import DayCache
+    from monitor.site.render import PageCache
 
     _die_with_parent(parent)
-    _worker.update(plan=Plan(config), site=Path(site), db=Path(db), store=None, days=DayCache())
+    _worker.update(
+        plan=Plan(config),
+        site=Path(site),
+        db=Path(db),
+        store=None,
+        days=DayCache(),
+        pages=PageCache(),
+    )
 
 
 def _worker_render(at: datetime, snapshot, notices=None) -> float:
@@ -73,9 +128,24 @@ def _worker_render(at: datetime, snapshot, notices=None) -> float:
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])
     w = _worker
-    return render(
-        w["plan"], w["site"], at, w["store"], snapshot, notices=notices, days=w["days"]
+    seconds = render(
+        w["plan"],
+        w["site"],
+        at,
+        w["store"],
+        snapshot,
+        notices=notices,
+        days=w["days"],
+        pages=w["pages"],
     ).seconds
+    if not w.get("frozen"):
+        # What the first render leaves (the plan, the kept days and pages: millions of
+        # objects at 10,000 services) lives as long as the worker; the collector walked all of
+        # it several times a render (a fifth of a later render's CPU). Frozen, it is not walked.
+        gc.collect()
+        gc.freeze()
+        w["frozen"] = True
+    return seconds
 
 
 class SiteListener:
@@ -122,20 +192,23 @@ class SiteListener:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(
-                    self.daemon.plan.config,
-                    str(self.daemon.site_dir),
-                    str(self.daemon.db_path),
-                    os.getpid(),
-                ),
-            )
-        return self._pool
+    def _start(self, plan: Plan) -> ProcessPoolExecutor:
+        """A new worker for `plan` (the daemon's now). Run on a thread: at 100,000
+        services slimming the plan (`_page_config`) and pickling it for the new process take
+        seconds that the event loop must not wait for."""
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(
+                _page_config(plan.config),
+                str(self.daemon.site_dir),
+                str(self.daemon.db_path),
+                os.getpid(),
+            ),
+        )
+        pool.submit(int).result()  # the process starts (and the plan is sent) here
+        return pool
 
     async def _run(self) -> None:
         from monitor.site.model import snapshot_from_pipeline
@@ -156,8 +229,16 @@ class SiteListener:
             notices = board.current if board is not None else None
             self._last = time.monotonic()
             try:
+                if self._pool is None:
+                    plan = self.daemon.plan
+                    pool = await loop.run_in_executor(None, self._start, plan)
+                    if self.daemon.plan is not plan:  # reloaded meanwhile: start again
+                        pool.shutdown(wait=False)
+                        self._dirty = True
+                        continue
+                    self._pool = pool
                 seconds = await loop.run_in_executor(
-                    self._executor(), _worker_render, at, snapshot, notices
+                    self._pool, _worker_render, at, snapshot, notices
                 )
                 self.renders += 1
                 log.debug("site rendered in %.3f s to %s", seconds, self.daemon.site_dir)

@@ -136,8 +136,11 @@ def components(model: Model) -> list[dict]:
     created, updated = _created(model), iso(model.at, model.plan.zone)
     out: list[dict] = []
     position = 0
+    of_channel: dict[int, list[ServiceView]] = {}  # one pass, not one per channel
+    for view in model.services:
+        of_channel.setdefault(id(view.ref.channel), []).append(view)
     for channel in model.plan.config.channels:
-        views = [v for v in model.services if v.ref.channel is channel]
+        views = of_channel.get(id(channel), [])
         statuses = [component_status(v) for v in views]
         position += 1
         base = {
@@ -296,16 +299,65 @@ def _service_name(model: Model, record: IncidentRecord) -> str:
     return f"{view.ref.channel.name} · {view.ref.service.name}"
 
 
+#: How far before and after the render the files list the pauses that recur. Office hours
+#: close every night: over the span the page looks at (90 days back, 180 ahead) that is
+#: hundreds of pauses, each naming every such service (489 MB of JSON at 10,000 services).
+#: One-off pauses (the freeze) are listed over the whole span, announced months ahead.
+RECURRING_HORIZON = timedelta(days=7)
+#: Pauses listed at most (Statuspage's own `scheduled-maintenances.json` holds its 50 most
+#: recent): running ones first, then the next to start, then the last to end.
+MAX_PAUSES = 50
+
+
+def recurs(plan: Plan, item: Maintenance) -> bool:
+    """Whether a pause is one of a series: its period recurs, or it is the services' default
+    between the openings of a recurring period (a hall's nights and weekends)."""
+    if item.period is not None:
+        return item.period.recurring
+    periods = plan.config.periods
+    return any(periods[rule.during].recurring for rule in item.services[0].service.expect)
+
+
+def listed(model: Model) -> list[Maintenance]:
+    """The pauses the Statuspage files and the feed list, in the model's order (see
+    `RECURRING_HORIZON` and `MAX_PAUSES`); the page's headline still looks at them all."""
+    at = model.at
+    keep = []
+    for item in model.maintenances:
+        if recurs(model.plan, item):
+            if item.start > at + RECURRING_HORIZON:
+                continue
+            if item.end is not None and item.end < at - RECURRING_HORIZON:
+                continue
+        keep.append(item)
+    if len(keep) <= MAX_PAUSES:
+        return keep
+
+    def rank(item: Maintenance) -> tuple[int, float]:
+        state = item.status(at)
+        if state == "in_progress":
+            return (0, -item.start.timestamp())
+        if state == "scheduled":
+            return (1, item.start.timestamp())
+        return (2, -item.end.timestamp() if item.end else 0.0)
+
+    chosen = {id(item) for item in sorted(keep, key=rank)[:MAX_PAUSES]}
+    return [item for item in keep if id(item) in chosen]
+
+
 def scheduled(
     model: Model, by_id: dict[str, dict], states: tuple[str, ...], made: dict | None = None
 ) -> list[dict]:
-    """The pauses in `states`; `made` keeps each one's dict for the other files that list it
-    (four files list the same pauses: at 10,000 services each names thousands of components)."""
+    """The listed pauses in `states`; `made` keeps each one's dict for the other files that
+    list it (four files list the same pauses: at 10,000 services each names thousands of
+    components)."""
     zone = model.plan.zone
     made = {} if made is None else made
     shorts = made.setdefault("", {})
+    if "listed" not in made:
+        made["listed"] = listed(model)
     out = []
-    for item in model.maintenances:
+    for item in made["listed"]:
         state = item.status(model.at)
         if state not in states:
             continue
@@ -416,7 +468,9 @@ def statuspage(model: Model) -> dict[str, dict]:
 
 
 def own_status(model: Model, headline: dict[str, str]) -> dict:
-    """Plan, expectations, verdicts and incidents; names from the plan, never a probe."""
+    """Plan, expectations, verdicts and incidents; names from the plan, never a probe. Its
+    `services` are an iterator, made one at a time while the file is written (100,000 of them
+    as dicts were 150 MB): encode it with `render._json_chunks`."""
     zone = model.plan.zone
     config = model.plan.config
     return {
@@ -451,7 +505,7 @@ def own_status(model: Model, headline: dict[str, str]) -> dict:
             }
             for m in config.milestones
         ],
-        "services": [
+        "services": (
             {
                 "channel": v.ref.channel.id,
                 "channel_name": v.ref.channel.name,
@@ -478,7 +532,7 @@ def own_status(model: Model, headline: dict[str, str]) -> dict:
                 ),
             }
             for v in model.services
-        ],
+        ),
         "incidents": [
             {
                 "id": r.id,

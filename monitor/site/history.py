@@ -206,25 +206,31 @@ def day_kinds(
     plan: Plan, store: Store, first: date, last: date
 ) -> tuple[dict[tuple[str, str], list[str]], dict[tuple[str, str], date]]:
     """The kind of every day in `[first, last]` of every service, and for each service with
-    rollups in those days the last such day."""
-    totals = day_totals(store, [ref.key for ref in plan.services], plan.zone, first, last)
+    rollups in those days the last such day. Summed a channel at a time: the sums of 90 days
+    of every service at once were 200 MB at 10,000 services on a worker's first render."""
     count = (last - first).days + 1
     kinds: dict[tuple[str, str], list[str]] = {}
+    seen: dict[tuple[str, str], date] = {}
     of_group: dict[int, set[int]] = {}  # services planned alike have the same planned days
     blank: dict[int, list[str]] = {}
+    of_channel: dict[str, list[ServiceRef]] = {}
     for ref in plan.services:
-        days = totals.get(ref.key, {})
-        alike = plan.alike(ref)
-        if alike not in of_group:
-            of_group[alike] = planned_down_days(plan, ref, first, last)
-        planned = of_group[alike]
-        if not days:  # nothing observed: the plan alone decides, alike for the group
-            if alike not in blank:
-                blank[alike] = [classify(None, i in planned) for i in range(count)]
-            kinds[ref.key] = list(blank[alike])
-            continue
-        kinds[ref.key] = [classify(days.get(i), i in planned) for i in range(count)]
-    seen = {key: first + timedelta(days=max(days)) for key, days in totals.items()}
+        of_channel.setdefault(ref.channel.id, []).append(ref)
+    for refs in of_channel.values():
+        totals = day_totals(store, [ref.key for ref in refs], plan.zone, first, last)
+        for ref in refs:
+            days = totals.get(ref.key, {})
+            alike = plan.alike(ref)
+            if alike not in of_group:
+                of_group[alike] = planned_down_days(plan, ref, first, last)
+            planned = of_group[alike]
+            if not days:  # nothing observed: the plan alone decides, alike for the group
+                if alike not in blank:
+                    blank[alike] = [classify(None, i in planned) for i in range(count)]
+                kinds[ref.key] = list(blank[alike])
+                continue
+            kinds[ref.key] = [classify(days.get(i), i in planned) for i in range(count)]
+        seen.update({key: first + timedelta(days=max(days)) for key, days in totals.items()})
     return kinds, seen
 
 

@@ -415,7 +415,8 @@ def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:
         return None
     at = min(changes)
     to: dict[str, list[ServiceRef]] = {}
-    for t in plan.transitions(at, at + TICK, [v.ref for v in views]):
+    changing = [v.ref for v in views if v.next_change == at]  # the others change later
+    for t in plan.transitions(at, at + TICK, changing):
         to.setdefault(t.to_state, []).append(plan.service(t.channel, t.service))
     return Change(at, to)
 
@@ -503,13 +504,12 @@ def maintenances(
     period from one instant to another. A service paused twice by a period (certificate
     printing before and after its window) is in two pauses."""
     lo, hi = at - before, at + after
-    found: dict[tuple[str | None, datetime, datetime | None], list[ServiceRef]] = {}
-    of_group: dict[int, list[Segment]] = {}  # services planned alike pause alike
+    members: dict[int, list[ServiceRef]] = {}  # services planned alike pause alike
     for ref in plan.services:
-        alike = plan.alike(ref)
-        if alike not in of_group:
-            of_group[alike] = segments(plan, ref, lo, hi)
-        for seg in of_group[alike]:
+        members.setdefault(plan.alike(ref), []).append(ref)
+    found: dict[tuple[str | None, datetime, datetime | None], list[int]] = {}
+    for alike, refs in members.items():
+        for seg in segments(plan, refs[0], lo, hi):
             if seg.state != "down":
                 continue
             start = seg.start
@@ -523,34 +523,53 @@ def maintenances(
             )
             if began_before:
                 start = period.start  # the pause began before the span looked at
-            found.setdefault((seg.period, start, seg.end), []).append(ref)
+            found.setdefault((seg.period, start, seg.end), []).append(alike)
+    # One tuple per group, shared by its pauses (office hours: hundreds of nightly closures);
+    # a pause of several groups lists their services in plan order, as one pass would.
+    shared = {alike: tuple(refs) for alike, refs in members.items()}
+    order = {ref.key: index for index, ref in enumerate(plan.services)}
     out = [
-        Maintenance(plan.config.periods.get(p or ""), start, end, tuple(refs), start == lo)
-        for (p, start, end), refs in found.items()
+        Maintenance(
+            plan.config.periods.get(p or ""),
+            start,
+            end,
+            shared[groups[0]]
+            if len(groups) == 1
+            else tuple(sorted((r for g in groups for r in members[g]), key=lambda r: order[r.key])),
+            start == lo,
+        )
+        for (p, start, end), groups in found.items()
     ]
     out.sort(key=lambda m: (m.start, -len(m.services), m.id))
     return tuple(out)
 
 
-def by_channel(model: Model) -> dict[str, Model]:
-    """The page of every channel: the model narrowed to the channel's services, pauses,
-    windows, bars and incidents (the page at scale links one such page per channel). One
-    pass over each part, so 100 channels of 100 services cost little more than one page."""
+def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
+    """The page of every channel (or of those in `only`): the model narrowed to the channel's
+    services, pauses, windows, bars and incidents (the page at scale links one such page per
+    channel). One pass over each part, so 100 channels of 100 services cost little more than
+    one page."""
     ids = [c.id for c in model.plan.config.channels]
     views: dict[str, list[ServiceView]] = {c: [] for c in ids}
     for view in model.services:
         views[view.ref.channel.id].append(view)
 
+    done: dict[int, dict[str, tuple[ServiceRef, ...]]] = {}  # pauses share their groups' tuples
+
     def split(refs: tuple[ServiceRef, ...]) -> dict[str, tuple[ServiceRef, ...]]:
+        if id(refs) in done:
+            return done[id(refs)]
         out: dict[str, list[ServiceRef]] = {}
         for ref in refs:
             out.setdefault(ref.channel.id, []).append(ref)
-        return {c: tuple(found) for c, found in out.items()}
+        done[id(refs)] = {c: tuple(found) for c, found in out.items()}
+        return done[id(refs)]
 
     pauses: dict[str, list[Maintenance]] = {c: [] for c in ids}
-    for pause in model.maintenances:
-        for c, refs in split(pause.services).items():
-            pauses[c].append(replace(pause, services=refs))
+    for p in model.maintenances:
+        for c, refs in split(p.services).items():
+            if only is None or c in only:
+                pauses[c].append(Maintenance(p.period, p.start, p.end, refs, p.began_earlier))
     windows: dict[str, list[Window]] = {c: [] for c in ids}
     for win in model.windows:
         for c, refs in split(win.services).items():
@@ -565,7 +584,7 @@ def by_channel(model: Model) -> dict[str, Model]:
         if c is not None:
             incidents[c].append(record)
     out = {}
-    for c in ids:
+    for c in ids if only is None else [c for c in ids if c in only]:
         mine = views[c]
         out[c] = replace(
             model,

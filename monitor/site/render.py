@@ -13,6 +13,8 @@ import re
 import sqlite3
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
@@ -26,8 +28,8 @@ from monitor.notice import NoticesFile
 from monitor.plan import Plan, ServiceRef
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
-from monitor.site.model import Model, Snapshot, build, by_channel, snapshot_from_store
-from monitor.site.publish import publish, tidy
+from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store
+from monitor.site.publish import Content, publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import Store
 
@@ -262,10 +264,126 @@ def _names(lang: Lang, summary: bool) -> dict[str, object]:
     return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames}
 
 
+#: Stand-ins for what changes with every render on every page (the instant, for the countdown
+#: script, and "updated at ..."): a page is rendered with them and they are filled in after,
+#: so that a channel page kept from an earlier render is the page a render now would give.
+_AT = "\ue000at\ue000"
+_UPDATED = "\ue000updated\ue000"
+
+
+class PageCache:
+    """The channel pages of the last render, kept by the render worker between renders.
+
+    At 10,000 services the 200 channel pages were most of a render's CPU, yet a render is
+    asked for when a verdict changes, which changes one channel's page. A page is kept with
+    the key of what it is made of (`_channel_keys`) and rendered again only when that changes;
+    a new day (dates on the page leave out this year), another plan, other notices or a pause,
+    window or milestone changing state render every page again (`_epoch`). The instant and
+    "updated at" are filled in every time.
+    """
+
+    def __init__(self) -> None:
+        self.epoch: tuple | None = None
+        self.pages: dict[tuple[str, str], tuple[tuple, bytes]] = {}
+        self.hits = 0  # pages given from what was kept, over the cache's life
+
+    def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> str | None:
+        if self.epoch != epoch:
+            self.epoch, self.pages = epoch, {}
+            return None
+        found = self.pages.get(name)
+        if found is None or found[0] != key:
+            return None
+        self.hits += 1
+        return zlib.decompress(found[1]).decode("utf-8")
+
+    def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
+        """Keep a page, compressed (2,000 pages at 100,000 services: 88 MB as text, 7 MB so);
+        one whose names hold a stand-in is never kept (see `page`)."""
+        if text.count(_AT) == 1 and text.count(_UPDATED) == 1:
+            self.pages[name] = (key, zlib.compress(text.encode("utf-8"), 1))
+
+
+def _epoch(model: Model) -> tuple:
+    """What every channel page depends on beside its own services: the plan (the very object:
+    a reload is a new one), the local day, the notices as shown now, and the state of every
+    pause (the headline's), window and milestone now."""
+    at = model.at
+    shown = tuple((n, n.active(at), n.shown(at)) for n in model.notices)
+    recent = at - RECENT
+    pauses = tuple(
+        (p.id, p.status(at), p.end is not None and p.end >= recent) for p in model.maintenances
+    )
+    day = at.astimezone(model.plan.zone).date()
+    return (model.plan, day, shown, pauses, model.windows, model.milestones)
+
+
+def _channel_keys(model: Model) -> dict[str, tuple]:
+    """What each channel's page is made of beside `_epoch`: its services' plan and verdicts
+    (not when each was last seen, which the page does not tell), bars and incidents. From
+    these and the epoch `model.by_channel` narrows the model, so equal keys give equal pages."""
+    views: dict[str, list[tuple]] = {c.id: [] for c in model.plan.config.channels}
+    for v in model.services:
+        views[v.ref.channel.id].append((v.key, v.expectation, v.verdict, v.state, v.next_change))
+    bars: dict[str, list] = {c: [] for c in views}
+    for bar in model.history.bars:
+        bars[bar.ref.channel.id].append(bar)
+    incidents: dict[str, list] = {c: [] for c in views}
+    for record in model.history.incidents:
+        if record.channel in incidents and model.view((record.channel, record.business)):
+            incidents[record.channel].append(record)
+    days = (model.history.first_day, model.history.last_day)
+    return {c: (tuple(views[c]), tuple(bars[c]), tuple(incidents[c]), days) for c in views}
+
+
 def page(model: Model, code: str, channel: Channel | None = None) -> str:
     """`index.html` (zh) or `en/index.html` (en); with `channel`, that channel's page (the
-    model narrowed by `model.for_channel`) under `channels/` or `en/channels/`."""
+    model narrowed by `model.by_channel`) under `channels/` or `en/channels/`."""
     lang = Lang(code, model.plan.zone, model.at)
+    return _fill(_page(model, lang, channel), lang) or _page(model, lang, channel, filled=True)
+
+
+def _fill(text: str, lang: Lang) -> str | None:
+    """The page with the instant filled in for its stand-ins; None when a name on it held a
+    stand-in too (the page is then rendered whole)."""
+    filled = text.replace(_AT, lang.now.isoformat(), 1)
+    filled = filled.replace(_UPDATED, lang.when(lang.now, year=True), 1)
+    return None if _AT in filled or _UPDATED in filled else filled
+
+
+def channel_pages(model: Model, cache: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
+    """Every channel's page in both languages, as (path, bytes); with `cache`, a page whose
+    channel's content is unchanged since the last render is the kept one (only the channels
+    that changed are narrowed and rendered)."""
+    kept: dict[tuple[str, str], str] = {}
+    epoch, keys = None, {}
+    if cache is not None:
+        epoch, keys = _epoch(model), _channel_keys(model)
+        for c in keys:
+            for code in ("zh", "en"):
+                found = cache.get(epoch, (c, code), keys[c])
+                if found is not None:
+                    kept[(c, code)] = found
+    ids = [c.id for c in model.plan.config.channels]
+    stale = {c for c in ids if (c, "zh") not in kept or (c, "en") not in kept}
+    narrowed = by_channel(model, only=stale)
+    for channel in model.plan.config.channels:
+        for code in ("zh", "en"):
+            lang = Lang(code, model.plan.zone, model.at)
+            text = kept.get((channel.id, code))
+            if text is None:
+                text = _page(narrowed[channel.id], lang, channel)
+                if cache is not None:
+                    cache.put((channel.id, code), keys[channel.id], text)
+            filled = _fill(text, lang)
+            if filled is None:
+                filled = _page(narrowed[channel.id], lang, channel, filled=True)
+            yield channel_path(channel.id, code), filled.encode("utf-8")
+
+
+def _page(model: Model, lang: Lang, channel: Channel | None, filled: bool = False) -> str:
+    """The page with the stand-ins for the instant (or, `filled`, the instant itself)."""
+    code = lang.code
     if channel is None:
         zh_path, en_path = "index.html", "en/index.html"
     else:
@@ -279,6 +397,8 @@ def page(model: Model, code: str, channel: Channel | None = None) -> str:
     sentences = headline(model, lang)
     html = _ENV.get_template("index.html").render(
         **_names(lang, summary),
+        at_attr=model.at.isoformat() if filled else _AT,
+        updated=lang.when(model.at, year=True) if filled else _UPDATED,
         m=model,
         L=lang,
         w=lang.w,
@@ -340,7 +460,7 @@ def atom(model: Model) -> str:
                 "content": f"{name}：{what}。{reason}。",
             }
         )
-    for item in model.maintenances:
+    for item in feeds.listed(model):
         period = item.period
         title = (period.title or period.id) if period else WORDS["zh"]["state_closed"]
         names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
@@ -380,35 +500,135 @@ def _json(data: object) -> bytes:
     return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def files(model: Model) -> dict[str, bytes]:
-    """Every file of the site, by relative path."""
-    out: dict[str, bytes] = {}
+_BADGE = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" '
+    'aria-label="{title}"><title>{title}</title><rect width="{left}" height="20" fill="#555"/>'
+    '<rect x="{left}" width="{right}" height="20" fill="{colour}"/><g fill="#fff" '
+    'font-family="sans-serif" font-size="11" text-anchor="middle"><text x="{middle_left}" '
+    'y="14">{label}</text><text x="{middle_right}" y="14">{message}</text></g></svg>'
+)
+
+
+def badge_svg(b: dict) -> str:
+    """A badge (`feeds.badge`) as `templates/badge.svg` writes it, formatted in Python: a
+    template call per service cost a quarter second at 10,000 services."""
+
+    def text(value: str) -> str:
+        return str(escape(_finalize(value)))
+
+    return _BADGE.format(
+        width=b["width"],
+        title=text(b["title"]),
+        left=b["left"],
+        right=b["right"],
+        colour=text(b["colour"]),
+        middle_left=b["left"] / 2,
+        middle_right=b["left"] + b["right"] / 2,
+        label=text(b["label"]),
+        message=text(b["message"]),
+    )
+
+
+def _json_chunks(data: dict) -> list[bytes]:
+    """`_json(data)` as a list of pieces, a list or iterator value encoded item by item: an
+    iterator's items are made only as they are encoded, and no piece is the whole file."""
+    chunks = [b"{"]
+    for index, (key, value) in enumerate(data.items()):
+        chunks.append((b"," if index else b"") + _dumps(key) + b":")
+        if isinstance(value, list | Iterator):
+            chunks.append(b"[")
+            chunks += [(b"," if i else b"") + _dumps(item) for i, item in enumerate(value)]
+            chunks.append(b"]")
+        else:
+            chunks.append(_dumps(value))
+    chunks.append(b"}\n")
+    return chunks
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps(value: object) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
+    """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
+    once: the component list is in two files and every pause in up to three (at 10,000
+    services a pause names thousands of components, and encoding was most of a render). The
+    parts are encoded before the first file is given, so the caller may drop the dicts."""
+    done: dict[int, bytes] = {}
+
+    def encode(value: object) -> bytes:
+        key = id(value)  # the parts are alive in `files` while this runs
+        if key not in done:
+            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return done[key]
+
+    layouts = []
+    for name, data in files.items():
+        parts = []
+        for key, value in data.items():
+            head = json.dumps(key, ensure_ascii=False).encode() + b":"
+            if key in ("scheduled_maintenances", "incidents") and isinstance(value, list):
+                parts.append((head, [encode(item) for item in value]))
+            else:
+                parts.append((head, encode(value)))
+        layouts.append((name, parts))
+    files.clear()  # every part is encoded: the dicts (hundreds of MB at 100,000) can go
+    data = value = None
+    for name, parts in layouts:
+        chunks = [b"{"]
+        for index, (head, value) in enumerate(parts):
+            chunks += [b"," if index else b"", head]
+            chunks += [b"[", b",".join(value), b"]"] if isinstance(value, list) else [value]
+        chunks.append(b"}\n")
+        yield name, chunks  # written piece by piece: the file is never one more copy
+
+
+def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, Content]]:
+    """Every file of the site as (relative path, bytes or pieces of bytes), one at a time:
+    `publish` writes each
+    as it comes, so a render never holds the whole site (330 MB at 100,000 services). The
+    channel pages come from `pages` where what they show did not change."""
     for name in ("style.css", "countdown.js"):
-        out[name] = (STATIC / name).read_bytes()
+        yield name, (STATIC / name).read_bytes()
     zh_lang = Lang("zh", model.plan.zone, model.at)
     en_lang = Lang("en", model.plan.zone, model.at)
     heads = {
         lang.code: " ".join(t.striptags() for t in headline(model, lang))
         for lang in (zh_lang, en_lang)
     }
-    out["status.json"] = _json(feeds.own_status(model, heads))
-    for name, data in site_notices.add_to_statuspage(feeds.statuspage(model), model).items():
-        out[f"api/v2/{name}"] = _json(data)
-    out["history.atom"] = atom(model).encode("utf-8")
-    out["calendar.ics"] = feeds.calendar(model).encode("utf-8")
-    badge = _ENV.get_template("badge.svg")
+    yield "status.json", _json_chunks(feeds.own_status(model, heads))
+    statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
+    for name, data in _json_files(statuspage):
+        yield f"api/v2/{name}", data
+    yield "history.atom", atom(model).encode("utf-8")
+    yield "calendar.ics", feeds.calendar(model).encode("utf-8")
     for view in model.services:
         path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
-        out[path] = badge.render(b=feeds.badge(view)).encode("utf-8")
-    out["en/index.html"] = page(model, "en").encode("utf-8")
-    out["index.html"] = page(model, "zh").encode("utf-8")
+        yield path, badge_svg(feeds.badge(view)).encode("utf-8")
+    yield "en/index.html", page(model, "en").encode("utf-8")
+    yield "index.html", page(model, "zh").encode("utf-8")
     if split(model):
-        narrowed_by_id = by_channel(model)
-        for channel in model.plan.config.channels:
-            narrowed = narrowed_by_id[channel.id]
-            for code in ("zh", "en"):
-                out[channel_path(channel.id, code)] = page(narrowed, code, channel).encode("utf-8")
-    return out
+        yield from channel_pages(model, pages)
+
+
+def files(model: Model, pages: PageCache | None = None) -> dict[str, bytes]:
+    """Every file of the site, by relative path (see `iter_files`)."""
+    return {
+        name: data if isinstance(data, bytes) else b"".join(data)
+        for name, data in iter_files(model, pages)
+    }
+
+
+def _sizes(
+    pairs: Iterator[tuple[str, Content]], into: dict[str, int]
+) -> Iterator[tuple[str, Content]]:
+    """The pairs as they come, their sizes noted in `into`."""
+    for name, data in pairs:
+        into[name] = len(data) if isinstance(data, bytes) else sum(map(len, data))
+        yield name, data
 
 
 def render(
@@ -420,6 +640,7 @@ def render(
     durable: bool = False,
     notices: NoticesFile | None = None,
     days: history.DayCache | None = None,
+    pages: PageCache | None = None,
 ) -> Rendered:
     """Render the site as of `at` and publish it at `site`.
 
@@ -427,7 +648,8 @@ def render(
     pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
     before the swap, so not even a power cut can leave `site` holding unwritten files;
     the daemon leaves it off (it renders often, and renders again when it starts).
-    `days` keeps the history of the days that are over between renders (the render worker's).
+    `days` keeps the history of the days that are over between renders, `pages` the channel
+    pages (both the render worker's).
     """
     started = time.perf_counter()
     if at.tzinfo is None:
@@ -436,9 +658,9 @@ def render(
     if snapshot is None:
         snapshot = snapshot_from_store(plan, store, at)
     model = build(plan, at, snapshot, past, notices)
-    content = files(model)
-    folder = publish(content, Path(site), durable=durable)
-    return Rendered(folder, {k: len(v) for k, v in content.items()}, time.perf_counter() - started)
+    sizes: dict[str, int] = {}
+    folder = publish(_sizes(iter_files(model, pages), sizes), Path(site), durable=durable)
+    return Rendered(folder, sizes, time.perf_counter() - started)
 
 
 def open_store(db: Path | None) -> Store | None:
