@@ -32,6 +32,8 @@ from monitor.store import DEFAULT_SIZE_LIMIT, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+#: How long a stop may spend removing the page's work folder (`run` stops within 10 s).
+TIDY_SECONDS = 2.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -195,8 +197,12 @@ class Daemon:
         else:
             await self.push.stop()
         self.store.close()  # writes what is buffered; says what a full disk made it lose
-        try:
-            tidy(self.site_dir)  # nothing publishes any more: no work folder left behind
+        try:  # nothing publishes any more: no work folder left behind (what is left of it
+            # after TIDY_SECONDS, of a version of 100,000 badges, goes with the next publish)
+            if not tidy(self.site_dir, seconds=TIDY_SECONDS):
+                log.info(
+                    "the rest of the work folder beside %s goes at the next start", self.site_dir
+                )
         except OSError as exc:
             log.warning("could not remove the work folder beside %s: %s", self.site_dir, exc)
 

@@ -687,6 +687,22 @@ def test_publish_swaps_whole_folders_and_keeps_site_a_plain_folder(tmp_path: Pat
     assert (target / "index.html").read_bytes() == b"three"
 
 
+def test_a_tidy_cut_short_is_finished_by_the_next(tmp_path: Path) -> None:
+    """`run` gives the work folder two seconds at stop (a version of 100,000 badges takes
+    longer): what is left is still known as ours, and the next tidy removes it."""
+    target = tmp_path / "site"
+    files = {f"badges/b{i}.svg": b"x" for i in range(200)}
+    publish(files, target)
+    publish({**files, "index.html": b"two"}, target)  # the first version waits in the work folder
+    work = work_folder(target)
+    assert tidy(target, seconds=0) is False  # the deadline passes after one file
+    (left,) = [p for p in work.iterdir() if p.is_dir()]
+    assert left.name.startswith("trash-") and any(left.rglob("*.svg"))
+    assert tidy(target) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    assert (target / "index.html").read_bytes() == b"two"
+
+
 def test_publish_never_replaces_what_it_did_not_publish(tmp_path: Path) -> None:
     """A folder of one's own or a plain file at the site path is refused and left as it is."""
     own = tmp_path / "p"

@@ -107,3 +107,28 @@ def test_the_render_worker_takes_up_a_reloaded_plan(tmp_path: Path) -> None:
         run.terminate()
         run.wait(30)
     assert "Traceback" not in run.output(), run.output()
+
+
+async def test_a_stop_does_not_wait_long_for_a_render(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 100,000 services a render takes tens of seconds; a stop waits for it only so long,
+    then ends the worker: the page left is the last one published, whole (or none yet)."""
+    from helpers import load_plan
+
+    from monitor.daemon import Daemon
+
+    head = FAST_MONITOR + '\n[[channels]]\nid = "hall"\nname = "大厅"\nkind = "offline"\n'
+    head += 'group = "offline"\n\n[[channels.services]]\nid = "a"\nname = "业务"\n'
+    plan = load_plan(tmp_path / "channels.toml", head)
+    daemon = Daemon(plan, db_path=tmp_path / "monitor.db", site_dir=tmp_path / "site", port=0)
+    listener = next(part for part in daemon.listeners if hasattr(part, "renders"))
+    listener.request()  # the first render starts a worker process: well over 10 ms
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING):
+        await listener.close(seconds=0.01)
+    assert "did not finish" in caplog.text
+    assert listener._pool is None and listener.renders == 0
+    site = tmp_path / "site"
+    assert not site.exists() or (site / ".channel-monitor-site").is_file()
+    daemon.store.close()

@@ -36,6 +36,12 @@ if TYPE_CHECKING:  # the server's libraries stay out of commands that only read 
 
 log = logging.getLogger(__name__)
 
+#: How long a stop waits for the page's last render (`run` stops within 10 s in all).
+CLOSE_SECONDS = 5.0
+#: A render starts at least this many times as long as the last one took after its start:
+#: the worker is busy at most half of the time.
+RENDER_SHARE = 2.0
+
 #: Content types the handler sends (the rest are guessed by aiohttp).
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -107,13 +113,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_init(config, site: str, db: str, parent: int) -> None:
+    from monitor.config import gc_paused
     from monitor.plan import Plan
     from monitor.site.history import DayCache
     from monitor.site.render import PageCache
 
     _die_with_parent(parent)
+    with gc_paused():  # 100,000 services' plan: objects that all live on
+        plan = Plan(config)
     _worker.update(
-        plan=Plan(config),
+        plan=plan,
         site=Path(site),
         db=Path(db),
         store=None,
@@ -167,6 +176,10 @@ class SiteListener:
         self._closing = False
         self._wake = asyncio.Event()
         self._last = float("-inf")
+        #: How long the last render took (wall seconds).
+        self._took = 0.0
+        #: A stop stopped waiting for the render (`close`): a worker starting now is ended.
+        self._given_up = False
         self._not_before: datetime | None = None
 
     async def observed(self, result: Result) -> None:
@@ -208,6 +221,8 @@ class SiteListener:
             ),
         )
         pool.submit(int).result()  # the process starts (and the plan is sent) here
+        if self._given_up:  # a stop came meanwhile and did not wait: nobody will use it
+            pool.shutdown(wait=False, cancel_futures=True)
         return pool
 
     async def _run(self) -> None:
@@ -215,7 +230,10 @@ class SiteListener:
 
         loop = asyncio.get_running_loop()
         while self._dirty:
-            wait = self._last + self.min_interval - time.monotonic()
+            # renders RENDER_SHARE times their own length apart at most: at 100,000 services
+            # one takes seconds, and back to back they would hold a core the probes need
+            gap = max(self.min_interval, RENDER_SHARE * self._took)
+            wait = self._last + gap - time.monotonic()
             if wait > 0 and not self._closing:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -237,9 +255,11 @@ class SiteListener:
                         self._dirty = True
                         continue
                     self._pool = pool
+                began = time.monotonic()
                 seconds = await loop.run_in_executor(
                     self._pool, _worker_render, at, snapshot, notices
                 )
+                self._took = time.monotonic() - began
                 self.renders += 1
                 log.debug("site rendered in %.3f s to %s", seconds, self.daemon.site_dir)
             except BrokenProcessPool:
@@ -248,15 +268,39 @@ class SiteListener:
             except Exception:
                 log.exception("rendering the site failed")
 
-    async def close(self) -> None:
-        """Finish the render that is due (so the site shows the final state), then stop."""
+    async def close(self, seconds: float = CLOSE_SECONDS) -> None:
+        """Finish the render that is due (so the site shows the final state), then stop; a
+        render that takes longer than `seconds` (100,000 services: tens of seconds) is given
+        up and its worker ended. Publishing swaps a whole folder in at once, so the page left
+        is the last one published, whole."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), seconds)
+            except TimeoutError:
+                log.warning(
+                    "the page's last render did not finish within %.0f s at stop; the page "
+                    "shows the render before it / 停止时最后一次页面生成未在时限内完成，"
+                    "页面保持上一版",
+                    seconds,
+                )
+                self._given_up = True
+                self._task.cancel()
+                self._end_workers()
         if self._pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
             self._pool = None
+
+    def _end_workers(self) -> None:
+        """Stop the worker process now, whatever it is doing."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def site_handler(site_dir: Path):

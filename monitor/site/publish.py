@@ -36,6 +36,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,8 @@ from pathlib import Path
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 MARKER = ".channel-monitor-site"
+#: The name a folder of ours takes while it is being removed (see `_discard`).
+TRASH = "trash-"
 _MARKER_TEXT = (
     "This folder is published by channel-monitor: each render replaces all of it.\n"
     "本目录由 channel-monitor 发布，每次渲染都会整个替换它。\n"
@@ -104,8 +107,40 @@ def _locked(target: Path) -> Iterator[None]:
 
 
 def _ours(folder: Path) -> bool:
-    """Whether `folder` in the work folder is one we wrote (a marker is written first)."""
-    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
+    """Whether `folder` in the work folder is one we wrote (a marker is written first), or
+    one we began to remove (`_discard` renames it first, as its marker may go before the rest)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    return folder.name.startswith(TRASH) or (folder / MARKER).is_file()
+
+
+def _discard(folder: Path, deadline: float | None = None) -> bool:
+    """Remove a folder of ours, renamed first to a `TRASH` name so that what is left of it
+    (a deadline passed, the process ended) is still known as ours and removed next time.
+    True when it is gone; with a `deadline` (`time.monotonic`) it stops there: a version of
+    100,000 badges takes seconds to remove, and `run` must stop within ten."""
+    if not folder.name.startswith(TRASH):
+        trash = folder.with_name(f"{TRASH}{folder.name}")
+        try:
+            folder.rename(trash)
+        except OSError:
+            trash = folder
+        folder = trash
+    if deadline is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return not folder.exists()
+    for root, dirs, names in os.walk(folder, topdown=False):
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+            if time.monotonic() > deadline:
+                return False
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    return not folder.exists()
 
 
 def _fsync(path: str | Path) -> None:
@@ -222,7 +257,7 @@ def publish(
             if leftover.is_symlink():
                 leftover.unlink()
             elif _ours(leftover):
-                shutil.rmtree(leftover, ignore_errors=True)
+                _discard(leftover)
         fresh = Path(tempfile.mkdtemp(prefix="new-", dir=work))
         key = os.path.abspath(target)
         before = None
@@ -265,8 +300,10 @@ def _mark(old: Path) -> None:
         (old / MARKER).write_bytes(_MARKER_TEXT)
 
 
-def tidy(target: Path) -> None:
-    """Remove the work folder beside `target` once nothing will publish there for a while.
+def tidy(target: Path, seconds: float | None = None) -> bool:
+    """Remove the work folder beside `target` once nothing will publish there for a while;
+    within `seconds` if given (what is left then is removed by the next publish or tidy).
+    True when it is gone.
 
     The previous version is kept between publishes for readers of it that are still busy;
     after the last publish nothing needs it. Anything in the work folder we did not write
@@ -275,12 +312,15 @@ def tidy(target: Path) -> None:
     target = Path(target)
     work = work_folder(target)
     if not work.is_dir() or not target.parent.is_dir():
-        return
+        return True
+    deadline = None if seconds is None else time.monotonic() + seconds
     with _locked(target):
         for entry in list(work.iterdir()) if work.is_dir() else []:
             if _ours(entry):
-                shutil.rmtree(entry, ignore_errors=True)
+                if not _discard(entry, deadline):
+                    return False
             elif entry.name in (".gitignore", "lock") and entry.is_file():
                 entry.unlink()
         with contextlib.suppress(OSError):  # something of someone else's is in there: leave it
             work.rmdir()
+    return not work.exists()
