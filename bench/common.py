@@ -276,6 +276,21 @@ def start_blackbox(directory: Path, http_extra: str = "") -> tuple[subprocess.Po
     return proc, base
 
 
+def run_command(config: Path, port: int, *extra: str) -> list[str]:
+    """The command line of `channel-monitor run` on `config`, listening on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "monitor",
+        "run",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        *extra,
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

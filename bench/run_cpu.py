@@ -48,6 +48,7 @@ from common import (
     machine,
     plan_toml,
     proc_cpu_seconds,
+    run_command,
     start_blackbox,
     stop_processes,
     tree_cpu_seconds,
@@ -70,16 +71,7 @@ class Run:
         config.write_text(plan, encoding="utf-8")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monitor",
-                "run",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
+            run_command(config, self.port),
             cwd=directory,
             env={**env, "PYTHONPATH": str(source)},
             stdin=subprocess.DEVNULL,

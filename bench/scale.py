@@ -58,6 +58,7 @@ from common import (
     plan_toml,
     proc_cpu_seconds,
     process_tree,
+    run_command,
     stop_processes,
     tree_cpu_seconds,
     vm_hwm_kib,
@@ -242,20 +243,7 @@ class Watch:
         self.base = f"http://127.0.0.1:{self.port}"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monitor",
-                "run",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--db",
-                str(self.db),
-                "--site",
-                str(directory / "site"),
-            ],
+            run_command(config, self.port, "--db", str(self.db), "--site", str(directory / "site")),
             cwd=directory,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
