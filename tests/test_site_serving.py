@@ -132,3 +132,31 @@ async def test_a_stop_does_not_wait_long_for_a_render(
     site = tmp_path / "site"
     assert not site.exists() or (site / ".channel-monitor-site").is_file()
     daemon.store.close()
+
+
+def test_renders_are_spaced_by_their_own_length(tmp_path: Path) -> None:
+    """A render of 10 s is followed by the next no sooner than 20 s after it began; quick ones
+    by `min_interval`."""
+    import time
+
+    from helpers import load_plan
+
+    from monitor.daemon import Daemon
+
+    head = FAST_MONITOR + '\n[[channels]]\nid = "hall"\nname = "大厅"\nkind = "offline"\n'
+    head += 'group = "offline"\n\n[[channels.services]]\nid = "a"\nname = "业务"\n'
+    daemon = Daemon(
+        load_plan(tmp_path / "channels.toml", head),
+        db_path=tmp_path / "monitor.db",
+        site_dir=tmp_path / "site",
+        port=0,
+    )
+    try:
+        listener = next(part for part in daemon.listeners if hasattr(part, "renders"))
+        listener._last = time.monotonic()
+        listener._took = 0.1
+        assert listener.wait() <= listener.min_interval
+        listener._took = 10.0
+        assert 19 < listener.wait() <= 20
+    finally:
+        daemon.store.close()

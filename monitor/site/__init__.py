@@ -199,6 +199,13 @@ class SiteListener:
         self._last = float("-inf")
         self.request()
 
+    def wait(self) -> float:
+        """Seconds until the next render may start: `min_interval` after the last one began,
+        or RENDER_SHARE times as long as it took (at 100,000 services one takes seconds, and
+        back to back they would hold a core the probes need)."""
+        gap = max(self.min_interval, RENDER_SHARE * self._took)
+        return self._last + gap - time.monotonic()
+
     def request(self) -> None:
         """Ask for a render; many requests in a burst give one render."""
         self._dirty = True
@@ -230,10 +237,7 @@ class SiteListener:
 
         loop = asyncio.get_running_loop()
         while self._dirty:
-            # renders RENDER_SHARE times their own length apart at most: at 100,000 services
-            # one takes seconds, and back to back they would hold a core the probes need
-            gap = max(self.min_interval, RENDER_SHARE * self._took)
-            wait = self._last + gap - time.monotonic()
+            wait = self.wait()
             if wait > 0 and not self._closing:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
