@@ -384,3 +384,26 @@ def test_rollups_add_up_across_the_latest_hour_a_late_observation_and_an_import(
         assert rows == [(start, 12, 0), (start + 60 * MINUTE, 3, 1)]
     finally:
         again.close()
+
+
+def test_a_services_current_run_is_one_object_for_the_stores_life(tmp_path: Path) -> None:
+    """Each flush updates the object kept for a service, never a new one: at 100,000 services a
+    new object a flush was 100,000 more for every full collection to walk."""
+    store = Store(tmp_path / "m.db")
+    try:
+        start = datetime(2022, 7, 1, 2, 0, tzinfo=UTC)
+
+        def add(minute: int, serving: bool) -> None:
+            seen = Observation(start + timedelta(minutes=minute), serving, "HTTP 200")
+            store.add(PendingObservation("portal", "pension", seen, "up", None))
+            store.flush()
+
+        add(0, True)
+        kept = store._current[("portal", "pension")]
+        add(1, True)
+        add(2, False)  # a new run: still the same object, holding it
+        assert store._current[("portal", "pension")] is kept
+        assert (kept.count, kept.state[0]) == (1, 0)
+        assert query(tmp_path / "m.db", "SELECT sum(count) FROM observations") == [(3,)]
+    finally:
+        store.close()
