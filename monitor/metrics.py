@@ -215,7 +215,8 @@ class _Family:
 class _Snapshot:
     """What a scrape shows, taken on the event loop: the containers the loop changes are
     copied (shallowly, so cheaply); the values in them are replaced, never changed, except the
-    counters, whose single reads are safe and at worst one probe behind each other."""
+    counters and the judge's states (updated in place, `Pipeline._keep_state`), whose single
+    reads are safe and at worst one probe behind each other."""
 
     now: datetime
     last: list[tuple[tuple[str, str], tuple[bool | None, int | None, float]]]

@@ -330,7 +330,7 @@ class Pipeline:
                     exc,
                 )
                 self._deferred = True
-        self.states[ref.key] = new_state
+        self._keep_state(ref.key, new_state)
         self.judged += 1
         result = Result(
             ref, observation, expectation, in_grace, judgement, previous, tuple(records)
@@ -341,6 +341,22 @@ class Pipeline:
             except Exception:  # a broken listener must not stop probing
                 log.exception("listener %s failed on an observation", type(listener).__name__)
         return result
+
+    def _keep_state(self, key: tuple[str, str], state: ServiceState) -> None:
+        """Make `state` the service's, copied into the object already kept for it.
+
+        The one deliberate change of a frozen ServiceState: a service's object then lives as
+        long as the pipeline and is frozen for the collector after the first round
+        (`gc_watch.settle`); a new object each judgement was, at 100,000 services, 100,000
+        more objects for every full collection to walk. Nothing holds the kept object across
+        a judgement but `states` and shallow copies of it (a metrics build reads one value of
+        it at a time); the judge itself only ever reads a state and returns a new one."""
+        mine = self.states.get(key)
+        if mine is None or mine is state:
+            self.states[key] = state
+            return
+        for name in ServiceState.__slots__:
+            object.__setattr__(mine, name, getattr(state, name))
 
     async def probe_all(self, refs: list[ServiceRef] | None = None) -> list[Result]:
         """Probe many services at once (bounded by the concurrency limit)."""

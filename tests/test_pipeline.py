@@ -440,3 +440,20 @@ async def test_an_incident_the_store_cannot_write_is_retried_not_lost(
     finally:
         RefusingStore.full = False
         await stack.close()
+
+
+async def test_a_services_state_is_one_object_updated_in_place(
+    stack: Stack, server: ChannelServer, clock: ReplayClock
+) -> None:
+    """At 100,000 services a new state object each judgement was 100,000 more objects for
+    every full collection to walk: the kept one takes the new values instead, and what
+    listeners got stays as it was given."""
+    server.set("serving", "/pension")  # up during the freeze: an incident after two
+    first = await step(stack, clock, PENSION)
+    kept = stack.pipeline.states[PENSION]
+    second = await step(stack, clock, PENSION)
+    assert stack.pipeline.states[PENSION] is kept
+    assert kept.last_at == second.judgement.state.last_at == clock.now()
+    assert kept.incident is not None and kept.incident.id == second.incidents[0].id
+    assert first.judgement.state.incident is None, "a listener's state does not change"
+    assert stack.pipeline.verdict(stack.pipeline.plan.service(*PENSION)) is Verdict.UNEXPECTED_UP
