@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -350,10 +351,13 @@ class Pipeline:
         (`gc_watch.settle`); a new object each judgement was, at 100,000 services, 100,000
         more objects for every full collection to walk. Nothing holds the kept object across
         a judgement but `states` and shallow copies of it (a metrics build reads one value of
-        it at a time); the judge itself only ever reads a state and returns a new one."""
+        it at a time), never an object handed to listeners; the judge itself only ever reads a
+        state and returns a new one."""
         mine = self.states.get(key)
-        if mine is None or mine is state:
-            self.states[key] = state
+        if mine is state:
+            return
+        if mine is None:  # a copy: the object given to listeners (`Judgement.state`) stays
+            self.states[key] = dataclasses.replace(state)
             return
         for name in ServiceState.__slots__:
             object.__setattr__(mine, name, getattr(state, name))
