@@ -160,3 +160,30 @@ def test_renders_are_spaced_by_their_own_length(tmp_path: Path) -> None:
         assert 19 < listener.wait() <= 20
     finally:
         daemon.store.close()
+
+
+def test_the_monitors_snapshot_is_nothing_for_the_collector_to_walk() -> None:
+    """The monitor's snapshot for a render holds plain tuples (untracked by the collector: at
+    100,000 services the `Seen` objects were walked by every full collection while a render
+    took); the worker gets `Seen` back, equal to what it got before."""
+    import gc
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from monitor.judge import ServiceState, Verdict
+    from monitor.site.model import Seen, snapshot_from_pipeline, with_seen
+
+    at = datetime(2022, 7, 1, 2, 0, tzinfo=UTC)
+    pipeline = SimpleNamespace(
+        plan=SimpleNamespace(services=[]),
+        states={
+            ("portal", "pension"): ServiceState(last_at=at, last_serving=True, last_reason="ok"),
+            ("portal", "card"): ServiceState(),
+        },
+        verdict=lambda ref, now: Verdict.OK,
+    )
+    snapshot = snapshot_from_pipeline(pipeline, at)
+    gc.collect(0)
+    assert not any(gc.is_tracked(value) for value in snapshot.seen.values())
+    assert with_seen(snapshot).seen == {("portal", "pension"): Seen(at, True, "ok")}
+    assert with_seen(with_seen(snapshot)) == with_seen(snapshot)

@@ -132,7 +132,10 @@ def _worker_init(config, site: str, db: str, parent: int) -> None:
 
 
 def _worker_render(at: datetime, snapshot, notices=None) -> float:
+    from monitor.site.model import with_seen
     from monitor.site.render import open_store, render
+
+    snapshot = with_seen(snapshot)
 
     if _worker["store"] is None:
         _worker["store"] = open_store(_worker["db"])

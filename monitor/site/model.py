@@ -49,14 +49,30 @@ class Snapshot:
 
 
 def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
-    """The running pipeline's verdicts and last observations (call on the event loop)."""
+    """The running pipeline's verdicts and last observations (call on the event loop).
+
+    The last observations are plain `(at, serving, reason)` tuples, which the collector stops
+    tracking at once: at 100,000 services, 100,000 `Seen` objects alive in the monitor for as
+    long as a render takes were walked by every full collection meanwhile. The render worker
+    makes them `Seen` again (`with_seen`)."""
     verdicts = {ref.key: pipeline.verdict(ref, at) for ref in pipeline.plan.services}
     seen = {
-        key: Seen(state.last_at, state.last_serving, state.last_reason or "")
+        key: (state.last_at, state.last_serving, state.last_reason or "")
         for key, state in pipeline.states.items()
         if state.last_at is not None
     }
-    return Snapshot(verdicts, seen)
+    return Snapshot(verdicts, seen)  # type: ignore[arg-type]
+
+
+def with_seen(snapshot: Snapshot) -> Snapshot:
+    """`snapshot` with its last observations as `Seen` (see `snapshot_from_pipeline`)."""
+    if not any(isinstance(value, tuple) for value in snapshot.seen.values()):
+        return snapshot
+    seen = {
+        key: Seen(*value) if isinstance(value, tuple) else value
+        for key, value in snapshot.seen.items()
+    }
+    return replace(snapshot, seen=seen)
 
 
 def stale_after(plan: Plan, ref: ServiceRef) -> timedelta:
