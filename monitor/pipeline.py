@@ -30,6 +30,7 @@ from monitor.judge import (
     thresholds_for,
     with_incident_id,
 )
+from monitor.keyed_locks import KeyedLocks
 from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.probe import Observation, Prober
 from monitor.reload import REMOVED
@@ -138,7 +139,7 @@ class Pipeline:
         self._deferred = False
         self._limit = asyncio.Semaphore(self.concurrency)
         self.probers = {"http": self.prober, **self.probers}
-        self._judging: dict[tuple[str, str], asyncio.Lock] = {}
+        self._judging = KeyedLocks()
         self._set_plan(self.plan)
 
     def _set_plan(self, plan: Plan) -> None:
@@ -146,6 +147,8 @@ class Pipeline:
         #: Every service observed by a probe of any kind, configured or not.
         self.probed = [ref for ref in plan.services if ref.service.probe is not None]
         self._thresholds: dict[tuple[str, str], Thresholds] = {}
+        #: Services planned alike share one Thresholds (one object, not one per service).
+        self._alike: dict[Thresholds, Thresholds] = {}
 
     # --- per-service settings --------------------------------------------------------------
 
@@ -159,7 +162,9 @@ class Pipeline:
         """Per service, made once per plan (a reload starts afresh)."""
         thresholds = self._thresholds.get(ref.key)
         if thresholds is None:
-            thresholds = self._thresholds[ref.key] = thresholds_for(self.plan, ref)
+            thresholds = thresholds_for(self.plan, ref)
+            thresholds = self._alike.setdefault(thresholds, thresholds)
+            self._thresholds[ref.key] = thresholds
         return thresholds
 
     def verdict(self, ref: ServiceRef, now: datetime | None = None) -> Verdict:
@@ -194,14 +199,10 @@ class Pipeline:
     async def holding(self, keys: Iterable[tuple[str, str]]) -> AsyncIterator[None]:
         """Hold these services' judging while a reload takes them out: an observation of one
         that comes back meanwhile waits, then finds the service gone and is dropped."""
-        locks = [self._lock(key) for key in sorted(keys)]
-        for lock in locks:
-            await lock.acquire()
-        try:
+        async with contextlib.AsyncExitStack() as held:
+            for key in sorted(keys):
+                await held.enter_async_context(self._judging.hold(key))
             yield
-        finally:
-            for lock in locks:
-                lock.release()
 
     async def retire(self, change: PlanChange) -> list[IncidentRecord]:
         """Resolve the open incidents of the services a reload removes, reason `removed from
@@ -227,12 +228,6 @@ class Pipeline:
         self._set_plan(change.new)
         for key in change.removed:
             self.states.pop(key, None)
-
-    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._judging.get(key)
-        if lock is None:
-            lock = self._judging[key] = asyncio.Lock()
-        return lock
 
     # --- the path --------------------------------------------------------------------------
 
@@ -266,7 +261,7 @@ class Pipeline:
         None): a probe in flight across a reload is judged once, against the plan of its
         instant, with the service's state as it is now. An observation of a service the
         current plan no longer has is dropped (None): it was removed while being observed."""
-        async with self._lock(ref.key):
+        async with self._judging.hold(ref.key):
             current = self.plan.find(ref.key)
             if current is None:
                 log.debug("%s/%s left the plan while observed: not judged", *ref.key)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from monitor.config import format_duration
+from monitor.keyed_locks import KeyedLocks
 from monitor.pipeline import Pipeline, Result, not_configured
 from monitor.plan import Plan, ServiceRef
 from monitor.probe import Observation
@@ -214,7 +215,7 @@ class PushReceiver:
         self.monotonic = monotonic
         self._set_services(pipeline.plan)
         self._rate = RateLimit()
-        self._locks: dict[Key, asyncio.Lock] = {}
+        self._judging = KeyedLocks()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         #: The instant each configured service's `within` runs from: its last push, its last
         #: observed silence, or the start.
@@ -370,7 +371,7 @@ class PushReceiver:
 
     async def accept(self, ref: ServiceRef, report: Report) -> Result | None:
         """Judge one accepted push as an observation now; restart the service's clock."""
-        async with self._lock(ref.key):
+        async with self._judging.hold(ref.key):
             observation = Observation(self.pipeline.clock.now(), report.serving, report.reason)
             self._since[ref.key] = observation.at
             result = await self.pipeline.judge(ref, observation)
@@ -390,7 +391,7 @@ class PushReceiver:
             assert push is not None
             if at - since < push.within:
                 continue
-            async with self._lock(key):
+            async with self._judging.hold(key):
                 if at - self._since[key] >= push.within:  # no push came while waiting
                     result = await self._silent(ref, at)
                     if result is not None:
@@ -442,7 +443,7 @@ class PushReceiver:
 
     async def silence(self, ref: ServiceRef) -> Result | None:
         """Judge a silence of `ref` now, due or not (`overdue` asks whether it is due)."""
-        async with self._lock(ref.key):
+        async with self._judging.hold(ref.key):
             return await self._silent(ref, self.pipeline.clock.now())
 
     def _done(self, task: asyncio.Task) -> None:
@@ -451,12 +452,6 @@ class PushReceiver:
             log.error("push: judging a silence failed", exc_info=task.exception())
 
     # --- helpers ----------------------------------------------------------------------------
-
-    def _lock(self, key: Key) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     def _now(self) -> float:
         if self.monotonic is not None:

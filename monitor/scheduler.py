@@ -9,10 +9,16 @@ for the full garbage collections to walk). A one-shot job fires at every planned
 verdicts, metrics and the page change at the instant the plan does, and the affected services
 are probed right away.
 
-Probes wait for a free slot of the pipeline's concurrency; when more than `MAX_WAITING` are
-already waiting, the monitor is behind and a probe that falls due is skipped (counted in
-`skipped`, `/healthz` and the metrics) rather than queued without bound: its service is probed
-at its next slot, and its verdict goes stale if that keeps happening, which is the truth.
+Probes are run by a fixed pool of worker tasks, as many as the pipeline's concurrency, fed
+from one queue: a due probe waiting for a worker is an entry in that queue, not a task of its
+own (a task, its coroutine, context and future are about ten objects for every full collection
+to walk; 10,000 waiting probes made those collections several times longer). Probes of a kind
+that limits itself (the browser's pages) run as their own tasks and wait at their own limit, so
+slow pages never hold the workers. When `MAX_WAITING` probes are already waiting or running, the
+monitor is behind and a probe that falls due is skipped (counted in `skipped`, `/healthz` and
+the metrics) rather than queued without bound: its service is probed at its next slot, and its
+verdict goes stale if that keeps happening, which is the truth. The lag of a probe is counted
+when a worker takes it up, so time spent waiting for a worker is lag too.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ BURST = 200
 NAP = 0.005
 TICK = 0.05
 PRUNE_EVERY = timedelta(hours=1)
+#: The share of probed services judged at least once before their state is frozen, and the
+#: rounds waited for it at most.
+SETTLED = 0.99
+SETTLE_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -76,7 +86,15 @@ class Scheduler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.aps = AsyncIOScheduler(timezone=UTC)
+        #: Probes running as tasks of their own (kinds that limit themselves, like the browser).
         self.tasks: set[asyncio.Task] = set()
+        #: Due probes waiting for a worker: (service, when it was due on `time.monotonic`).
+        self.queue: asyncio.Queue[tuple[ServiceRef, float] | None] = asyncio.Queue()
+        #: The services in `queue` (a service is never queued twice).
+        self.queued: set[tuple[str, str]] = set()
+        self.workers: list[asyncio.Task] = []
+        #: Workers running a probe now.
+        self.busy = 0
         #: The running round of each interval.
         self.rounds: dict[timedelta, _Round] = {}
         #: Probes not started because MAX_WAITING were waiting (the monitor is behind).
@@ -89,6 +107,10 @@ class Scheduler:
         self.lags: deque[float] = deque(maxlen=10_000)
         self.last_tick: float | None = None
         self._stopped = False
+
+    def pending(self) -> int:
+        """Probes started or waiting for a worker."""
+        return len(self.tasks) + len(self.queued) + self.busy
 
     def lag_p99(self) -> float:
         """The 99th percentile (nearest rank) of the recent lags, seconds; 0 before any."""
@@ -105,6 +127,11 @@ class Scheduler:
     def start(self) -> None:
         """Add the jobs and start; the first round of every interval begins now."""
         now = datetime.now(UTC)
+        loop = asyncio.get_running_loop()
+        self.workers = [
+            loop.create_task(self._work(), name=f"probe-worker-{number}")
+            for number in range(max(1, self.pipeline.concurrency))
+        ]
         for interval, refs in sorted(self.groups().items()):
             self._add_round(interval, refs, now)
         self.aps.add_job(
@@ -184,13 +211,26 @@ class Scheduler:
         self._wake.set()
 
     def _settle_after_a_round(self) -> None:
-        """Once every service has been probed (its counters, lock and state made), freeze it
-        all (`gc_watch.settle`): full collections then walk only what changes."""
+        """Once every service has been probed (its counters and state made), freeze it all
+        (`gc_watch.settle`): full collections then walk only what changes."""
         if self._settling is not None:
             self._settling.cancel()
         longest = max(self.groups(), default=timedelta(0)).total_seconds()
         loop = asyncio.get_running_loop()
-        self._settling = loop.call_later(longest * 1.2 + 1, settle)
+        self._settling = loop.call_later(longest * 1.2 + 1, self._settle, longest, SETTLE_TRIES)
+
+    def _settle(self, longest: float, tries: int) -> None:
+        """Freeze, unless a round left services unjudged (skipped while the monitor was behind,
+        as at a start that shares the machine): then wait a round more, `tries` times at
+        most, so their state is frozen too rather than walked by every full collection."""
+        probed = self.pipeline.probed
+        judged = sum(1 for ref in probed if ref.key in self.pipeline.states)
+        if judged < SETTLED * len(probed) and tries > 1 and not self._stopped:
+            loop = asyncio.get_running_loop()
+            self._settling = loop.call_later(longest, self._settle, longest, tries - 1)
+            return
+        self._settling = None
+        settle()
 
     def slots(self) -> dict[tuple[str, str], float]:
         """When each service of the running rounds is due (the loop's clock), started or not."""
@@ -232,26 +272,51 @@ class Scheduler:
                 await asyncio.sleep(min(TICK, max(NAP, upcoming - loop.time())))
 
     def _launch(self, ref: ServiceRef, due: float) -> None:
-        """Start a probe of `ref`, due at `due` (`time.monotonic`)."""
+        """Queue a probe of `ref` for a worker, due at `due` (`time.monotonic`); a kind that
+        limits itself starts as a task of its own."""
         if self._stopped:
             return
-        self.lags.append(time.monotonic() - due)
-        if ref.key in self.pipeline.running:
-            return  # the previous probe of this service still runs: never two at once
-        if len(self.tasks) >= MAX_WAITING:
+        key = ref.key
+        if key in self.pipeline.running or key in self.queued:
+            return  # the previous probe of this service still runs or waits: never two at once
+        if self.pending() >= MAX_WAITING:
             self.skipped += 1
             if self.skipped == 1 or self.skipped % 10_000 == 0:
                 log.warning(
                     "%d probes are waiting: the monitor is behind; %d due probes skipped so far "
                     "/ 等待中的探测过多，监测跟不上，已跳过 %d 次到期探测",
-                    len(self.tasks),
+                    self.pending(),
                     self.skipped,
                     self.skipped,
                 )
             return
-        task = asyncio.get_running_loop().create_task(self.pipeline.probe(ref))
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
+        probe = ref.service.probe
+        prober = self.pipeline.probers.get(probe.kind) if probe is not None else None
+        if getattr(prober, "limits_itself", False):
+            self.lags.append(time.monotonic() - due)
+            task = asyncio.get_running_loop().create_task(self.pipeline.probe(ref))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+            return
+        self.queued.add(key)
+        self.queue.put_nowait((ref, due))
+
+    async def _work(self) -> None:
+        """One worker: take the next due probe and run it, until `stop`."""
+        while not self._stopped:
+            item = await self.queue.get()
+            if item is None:
+                return  # `stop`'s word to a worker with nothing to do
+            ref, due = item
+            self.queued.discard(ref.key)
+            self.lags.append(time.monotonic() - due)
+            self.busy += 1
+            try:
+                await self.pipeline.probe(ref)
+            except Exception:
+                log.exception("probe of %s/%s failed", *ref.key)
+            finally:
+                self.busy -= 1
 
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
@@ -313,9 +378,18 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pacer
             self._pacer = None
-        if self.tasks:
-            _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
-            for task in pending:
+        # probes waiting for a worker are not started; running ones may finish (bounded)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued.clear()
+        for _ in self.workers:
+            self.queue.put_nowait(None)  # an idle worker ends; a busy one after its probe
+        running = [*self.tasks, *self.workers]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout)
+            for task in late:
                 task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self.workers = []
         with contextlib.suppress(sqlite3.Error):  # the store's close says what could not be kept
             await self.pipeline.flush()

@@ -283,6 +283,75 @@ async def test_a_monitor_that_is_behind_skips_due_probes_rather_than_queue_them(
     ten.scheduler.start()
     try:
         await async_wait_for(lambda: ten.scheduler.skipped >= 7, what="seven skipped probes")
-        assert len(ten.scheduler.tasks) == 3
+        assert ten.scheduler.pending() == 3
     finally:
         gate.set()
+
+
+async def test_probes_waiting_for_a_worker_are_entries_of_a_queue_not_tasks(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers, as many as the pipeline's concurrency, run the due probes; one waiting for a
+    worker is an entry of a queue (a task of its own is about ten objects for every full
+    collection to walk: 10,000 of them made those collections several times longer), and the
+    time it waits counts as its lag."""
+    ten.pipeline.concurrency = 2
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def stuck(ref: object) -> None:
+        started.append(ref.service.id)  # type: ignore[attr-defined]
+        await gate.wait()
+
+    monkeypatch.setattr(ten.pipeline, "probe", stuck)
+    before = asyncio.all_tasks()
+    ten.scheduler.start()
+    try:
+        await async_wait_for(lambda: ten.scheduler.pending() == 10, what="ten due probes")
+        assert ten.scheduler.busy == 2 and len(started) == 2
+        assert len(ten.scheduler.queued) == 8 and not ten.scheduler.tasks
+        workers = set(ten.scheduler.workers)
+        others = asyncio.all_tasks() - before - workers
+        assert len(workers) == 2
+        assert len(others) < 8, f"the waiting probes are not tasks: {others}"
+        await asyncio.sleep(0.3)  # the eight wait this long at least (what is measured)
+        gate.set()
+        await async_wait_for(lambda: len(started) >= 10, what="every service probed")
+        lags = list(ten.scheduler.lags)[:10]
+        assert sum(1 for lag in lags if lag >= 0.3) >= 8, lags
+        assert sorted(started[:10]) == [f"s{i}" for i in range(10)], "each once, none twice"
+    finally:
+        gate.set()
+
+
+async def test_stop_drops_the_probes_waiting_for_a_worker_and_ends_the_workers(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ten.pipeline.concurrency = 2
+    started: list[str] = []
+
+    async def stuck(ref: object) -> None:
+        started.append(ref.service.id)  # type: ignore[attr-defined]
+        await asyncio.Event().wait()  # never answers: stop's timeout ends it
+
+    monkeypatch.setattr(ten.pipeline, "probe", stuck)
+    ten.scheduler.start()
+    await async_wait_for(lambda: ten.scheduler.pending() == 10, what="ten due probes")
+    workers = list(ten.scheduler.workers)
+    await ten.scheduler.stop(timeout=0.5)
+    ten.stopped = True
+    assert all(worker.done() for worker in workers)
+    assert ten.scheduler.pending() == 0 and ten.scheduler.workers == []
+    assert len(started) == 2, "the eight waiting were not started by the stop"
+
+
+async def test_services_planned_alike_share_thresholds_and_keep_no_lock(ten: Running) -> None:
+    """What the pipeline keeps per service once judged: its state, and no objects of its own
+    that services planned alike can share (every full collection walks those made after the
+    freeze)."""
+    ten.scheduler.start()
+    await async_wait_for(lambda: len(ten.pipeline.states) == 10, what="ten services judged")
+    refs = ten.pipeline.probed
+    assert len({id(ten.pipeline.thresholds(ref)) for ref in refs}) == 1
+    await ten.stop()
+    assert len(ten.pipeline._judging) == 0
