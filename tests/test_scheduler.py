@@ -355,3 +355,56 @@ async def test_services_planned_alike_share_thresholds_and_keep_no_lock(ten: Run
     assert len({id(ten.pipeline.thresholds(ref)) for ref in refs}) == 1
     await ten.stop()
     assert len(ten.pipeline._judging) == 0
+
+
+def watch_the_freeze(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], list[int]]:
+    """(the tries left at each check before the freeze, the check at which it froze)."""
+    import monitor.scheduler
+
+    frozen: list[int] = []
+    checks: list[int] = []
+    monkeypatch.setattr(monitor.scheduler, "settle", lambda: frozen.append(len(checks)))
+    check = running.scheduler._settle
+
+    def counted(longest: float, tries: int) -> None:
+        checks.append(tries)
+        check(longest, tries)
+
+    monkeypatch.setattr(running.scheduler, "_settle", counted)
+    return checks, frozen
+
+
+async def test_the_freeze_waits_for_services_not_yet_judged_three_rounds_at_most(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that falls behind leaves services unjudged after its first round; their state,
+    made later, would be walked by every full collection. The freeze waits a round more for
+    them (99 % judged), three checks at most."""
+    checks, frozen = watch_the_freeze(ten, monkeypatch)
+    gate = asyncio.Event()
+    real = ten.pipeline.probe
+
+    async def held(ref: object) -> object:
+        if ref.service.id != "s0":  # type: ignore[attr-defined]
+            await gate.wait()  # nine of ten never judged before the freeze is due
+        return await real(ref)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ten.pipeline, "probe", held)
+    ten.scheduler.start()
+    try:
+        await async_wait_for(lambda: frozen, timeout=15, what="the freeze")
+        assert checks == [3, 2, 1] and frozen == [3], "frozen at the last check anyway"
+    finally:
+        gate.set()
+
+
+async def test_the_freeze_comes_after_one_round_when_every_service_is_judged(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks, frozen = watch_the_freeze(ten, monkeypatch)
+    ten.scheduler.start()
+    await async_wait_for(lambda: frozen, timeout=15, what="the freeze")
+    assert checks == [3] and frozen == [1]
+    assert len(ten.pipeline.states) == 10
