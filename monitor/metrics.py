@@ -213,18 +213,19 @@ class _Family:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    """What a scrape shows, taken on the event loop: the containers the loop changes are
-    copied (shallowly, so cheaply); the values in them are replaced, never changed, except the
-    counters and the judge's states (updated in place, `Pipeline._keep_state`), whose single
-    reads are safe and at worst one probe behind each other."""
+    """What a build needs besides the live tables: the instant it shows, the health samples,
+    and the plan's services in order with their labels (one list per plan, made once).
+
+    The tables (`last`, counters, states) are read as the build goes, between its slices on
+    the event loop, by walking the plan's services: no copy of them is made. A copy as lists of
+    `(key, value)` pairs was 500,000 tuples at 100,000 services, alive for the seconds a build
+    takes, and every full collection meanwhile walked them all. Values are replaced, never
+    changed, except the counters and the judge's states (updated in place), so a service's
+    series are at worst a probe apart from one another, as a scrape of any exporter is."""
 
     now: datetime
-    last: list[tuple[tuple[str, str], tuple[bool | None, int | None, float]]]
-    tls_expiry: list[tuple[tuple[str, str], float]]
-    durations: list[tuple[tuple[str, str], _Histogram]]
-    probes: list[tuple[tuple[str, str], list[int]]]
-    incidents: list[tuple[tuple[str, str], list[int]]]
-    states: dict
+    services: list[ServiceRef]
+    labels: list[str]
     health: bytes
 
 
@@ -279,6 +280,8 @@ class Metrics:
         #: working each out once per service cost 35 s of CPU at the first scrape.
         self._planned: dict[int, _Planned] = {}
         self._label_cache: dict[tuple[str, str], str] = {}
+        #: (plan, its services in order, their labels): made at the first build of a plan.
+        self._ordered: tuple[Plan, list[ServiceRef], list[str]] | None = None
         self._info_cache: dict[tuple[str, str], str] = {}
         self._le = [f',le="{b!r}"' for b in self.buckets] + [',le="+Inf"']
         self.registry = CollectorRegistry(auto_describe=False)
@@ -409,14 +412,15 @@ class Metrics:
 
     def snapshot(self) -> _Snapshot:
         """What the next exposition shows; on the event loop (or wherever the state changes)."""
+        if self._ordered is None or self._ordered[0] is not self.plan:
+            services = list(self.plan.services)
+            labels = [self._key_labels(ref.key) for ref in services]
+            self._ordered = (self.plan, services, labels)
+        _, services, labels = self._ordered
         return _Snapshot(
             now=self.clock.now().astimezone(UTC),  # absolute arithmetic, never wall-clock
-            last=list(self.last.items()),
-            tls_expiry=list(self.tls_expiry.items()),
-            durations=list(self.durations.items()),
-            probes=list(self.probes.items()),
-            incidents=list(self.incidents.items()),
-            states=dict(self.pipeline.states),
+            services=services,
+            labels=labels,
             health=generate_latest(self.registry),  # a dozen samples and /proc: cheap
         )
 
@@ -493,22 +497,24 @@ class Metrics:
 
     def _write(self, out: list[str], snap: _Snapshot, pace: _Pace) -> Iterator[None]:
         """Append the exposition to `out`, pausing (yielding) whenever `pace` says so."""
-        yield from self._write_plan(out, snap.now, pace)
+        yield from self._write_plan(out, snap, pace)
         yield from self._write_observed(out, snap, pace)
         yield from self._write_incidents(out, snap, pace)
 
-    def _write_plan(self, out: list[str], now: datetime, pace: _Pace) -> Iterator[None]:
+    def _write_plan(self, out: list[str], snap: _Snapshot, pace: _Pace) -> Iterator[None]:
+        now, services, labels = snap.now, snap.services, snap.labels
         info = _Family(
             out,
             "business_info",
             "gauge",
             "Names of every service of the plan (value 1), to join on channel and business.",
         )
-        rows = []
-        for ref in self.plan.services:
-            labels = self._key_labels(ref.key)
+        # one entry per group of services planned alike: a list of 100,000 references to a
+        # few objects, not 100,000 tuples for the collector to walk while the build runs
+        planned: list[_Planned] = []
+        for ref in services:
             info.add(self._info_labels(ref), 1)
-            rows.append((ref, labels, self.planned(ref, now)))
+            planned.append(self.planned(ref, now))
             if pace():
                 yield
         expected_up = _Family(
@@ -517,10 +523,10 @@ class Metrics:
             "gauge",
             "1 when the plan expects the service up, 0 when down; absent while it says any.",
         )
-        for _ref, labels, planned in rows:
-            state = planned.expectation.state
+        for label, plan in zip(labels, planned, strict=True):
+            state = plan.expectation.state
             if state != "any":
-                expected_up.add(labels, 1 if state == "up" else 0)
+                expected_up.add(label, 1 if state == "up" else 0)
             if pace():
                 yield
         enforced = _Family(
@@ -529,9 +535,9 @@ class Metrics:
             "gauge",
             "0 during the grace after a planned change or under an any expectation, else 1.",
         )
-        for _ref, labels, planned in rows:
-            in_grace = planned.grace_until is not None and now < planned.grace_until
-            enforced.add(labels, 0 if in_grace or planned.expectation.state == "any" else 1)
+        for label, plan in zip(labels, planned, strict=True):
+            in_grace = plan.grace_until is not None and now < plan.grace_until
+            enforced.add(label, 0 if in_grace or plan.expectation.state == "any" else 1)
             if pace():
                 yield
         next_transition = _Family(
@@ -540,11 +546,9 @@ class Metrics:
             "gauge",
             "When the plan next changes the expected state of the service, to which state.",
         )
-        for _ref, labels, planned in rows:
-            if planned.next_change is not None:
-                next_transition.add(
-                    f'{labels},to="{planned.next_state}"', planned.next_change.timestamp()
-                )
+        for label, plan in zip(labels, planned, strict=True):
+            if plan.next_change is not None:
+                next_transition.add(f'{label},to="{plan.next_state}"', plan.next_change.timestamp())
             if pace():
                 yield
         if not self.live:
@@ -552,14 +556,14 @@ class Metrics:
         interval = _Family(
             out, "probe_interval_seconds", "gauge", "How often the service is probed."
         )
-        for ref, labels, _planned in rows:
+        for ref, label in zip(services, labels, strict=True):
             if ref.service.probe is not None:
-                interval.add(labels, self.pipeline.interval(ref).total_seconds())
+                interval.add(label, self.pipeline.interval(ref).total_seconds())
             if pace():
                 yield
 
     def _write_observed(self, out: list[str], snap: _Snapshot, pace: _Pace) -> Iterator[None]:
-        last = snap.last
+        services, labels, last = snap.services, snap.labels, self.last
         family = _Family(
             out,
             "probe_success",
@@ -567,9 +571,10 @@ class Metrics:
             "Whether the last probe found the service serving (1) or not (0); absent while "
             "the last observation could not tell.",
         )
-        for key, (serving, _, _) in last:
-            if serving is not None:
-                family.add(self._key_labels(key), 1 if serving else 0)
+        for ref, label in zip(services, labels, strict=True):
+            seen = last.get(ref.key)
+            if seen is not None and seen[0] is not None:
+                family.add(label, 1 if seen[0] else 0)
             if pace():
                 yield
         family = _Family(
@@ -578,8 +583,10 @@ class Metrics:
             "gauge",
             "HTTP status code of the last probe; 0 when no answer came.",
         )
-        for key, (_, status_code, _) in last:
-            family.add(self._key_labels(key), status_code or 0)
+        for ref, label in zip(services, labels, strict=True):
+            seen = last.get(ref.key)
+            if seen is not None:
+                family.add(label, seen[1] or 0)
             if pace():
                 yield
         if self.live:
@@ -589,8 +596,10 @@ class Metrics:
                 "gauge",
                 "When the last probe of the service started.",
             )
-            for key, (_, _, at) in last:
-                family.add(self._key_labels(key), at)
+            for ref, label in zip(services, labels, strict=True):
+                seen = last.get(ref.key)
+                if seen is not None:
+                    family.add(label, seen[2])
                 if pace():
                     yield
         family = _Family(
@@ -599,23 +608,31 @@ class Metrics:
             "gauge",
             "End of validity of the last TLS certificate the service presented.",
         )
-        for key, expiry in snap.tls_expiry:
-            family.add(self._key_labels(key), expiry)
+        expiries = self.tls_expiry
+        if expiries:
+            for ref, label in zip(services, labels, strict=True):
+                expiry = expiries.get(ref.key)
+                if expiry is not None:
+                    family.add(label, expiry)
+                if pace():
+                    yield
         family = _Family(
             out,
             "probe_duration_seconds",
             "histogram",
             "Duration of whole probes, from connecting to the end of the capped body.",
         )
-        name, append = family.name, out.append
-        for key, histogram in snap.durations:  # the bulk of a scrape: kept tight
-            labels = self._key_labels(key)
+        name, append, durations = family.name, out.append, self.durations
+        for ref, labels_of in zip(services, labels, strict=True):  # the bulk: kept tight
+            histogram = durations.get(ref.key)
+            if histogram is None:
+                continue
             running = 0
             for le, count in zip(self._le, histogram.counts, strict=True):
                 running += count
-                append(f"{name}_bucket{{{labels}{le}}} {running}\n")
-            append(f"{name}_count{{{labels}}} {running}\n")
-            append(f"{name}_sum{{{labels}}} {_number(histogram.total)}\n")
+                append(f"{name}_bucket{{{labels_of}{le}}} {running}\n")
+            append(f"{name}_count{{{labels_of}}} {running}\n")
+            append(f"{name}_sum{{{labels_of}}} {_number(histogram.total)}\n")
             if pace():
                 yield
         family = _Family(
@@ -624,10 +641,13 @@ class Metrics:
             "counter",
             "Probes by result: serving, not_serving, or unknown (could not tell).",
         )
-        for key, counts in snap.probes:
-            labels = self._key_labels(key)
+        probes = self.probes
+        for ref, label in zip(services, labels, strict=True):
+            counts = probes.get(ref.key)
+            if counts is None:
+                continue
             for result, count in zip(RESULTS, counts, strict=True):
-                out.append(f'{family.name}{{{labels},result="{result}"}} {count}\n')
+                out.append(f'{family.name}{{{label},result="{result}"}} {count}\n')
             if pace():
                 yield
 
@@ -638,14 +658,15 @@ class Metrics:
             "gauge",
             "1 while an incident is open in this direction (unexpected_up, unexpected_down).",
         )
-        states = snap.states
-        for ref in self.pipeline.probed:
+        states = self.pipeline.states
+        for ref, label in zip(snap.services, snap.labels, strict=True):
+            if ref.service.probe is None:
+                continue
             state = states.get(ref.key)
             direction = state.incident.direction if state and state.incident else None
-            labels = self._key_labels(ref.key)
             for verdict in DIRECTIONS:
                 value = 1 if direction == verdict else 0
-                out.append(f'{family.name}{{{labels},direction="{verdict.value}"}} {value}\n')
+                out.append(f'{family.name}{{{label},direction="{verdict.value}"}} {value}\n')
             if pace():
                 yield
         family = _Family(
@@ -654,10 +675,13 @@ class Metrics:
             "counter",
             "Incidents opened, by direction (unexpected_up, unexpected_down).",
         )
-        for key, counts in snap.incidents:
-            labels = self._key_labels(key)
+        incidents = self.incidents
+        for ref, label in zip(snap.services, snap.labels, strict=True):
+            counts = incidents.get(ref.key)
+            if counts is None:
+                continue
             for value, count in zip(DIRECTION_VALUES, counts, strict=True):
-                out.append(f'{family.name}{{{labels},direction="{value}"}} {count}\n')
+                out.append(f'{family.name}{{{label},direction="{value}"}} {count}\n')
             if pace():
                 yield
 

@@ -555,3 +555,37 @@ async def test_the_last_observations_are_nothing_for_the_collector_to_walk(rig: 
     gc.collect()
     (kept,) = rig.metrics.last.values()
     assert not gc.is_tracked(kept)
+
+
+async def test_a_build_in_progress_holds_no_copy_per_service(tmp_path: Path) -> None:
+    """A build gives the loop back between slices for seconds at 100,000 services; whatever it
+    holds meanwhile is walked by every full collection. It reads the live tables as it goes:
+    the objects alive midway do not grow with the services observed."""
+    import gc
+
+    from test_metrics_load import many_services
+
+    plan = load_plan(tmp_path / "channels.toml", many_services("http://127.0.0.1:9/", 2000))
+    clock = ReplayClock(datetime(2022, 7, 1, 4, tzinfo=UTC))
+    store = Store(tmp_path / "monitor.db")
+    pipeline = Pipeline(plan, store, clock, Prober())
+    metrics = Metrics(plan, pipeline, clock, store=store, process=False)
+    pipeline.listeners.append(metrics)
+    try:
+        for ref in plan.services:
+            observation = Observation(at=clock.now(), serving=False, reason="refused")
+            await pipeline.judge(ref, observation)
+        metrics.render()  # the plan's ordered services and labels, made once per plan
+        gc.collect()
+        before = len(gc.get_objects())
+        out: list[str] = []
+        steps = metrics._write(out, metrics.snapshot(), lambda: True)  # pause at every service
+        for _ in range(2000 * 6):  # into the observed families
+            next(steps)
+        assert any(line.startswith("channel_monitor_probe_success") for line in out[-3:])
+        midway = len(gc.get_objects())
+        assert midway - before < 500, "no tuple, list or copy per service while a build runs"
+        for _ in steps:
+            pass
+    finally:
+        store.close()
