@@ -337,11 +337,12 @@ def tree_cpu_seconds(root: int) -> tuple[float, float]:
     return own, others
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """The peak resident set of a live process (VmHWM), KiB; 0 once it is gone."""
+def vm_hwm_kib(pid: int, field: str = "VmHWM") -> int:
+    """The peak resident set of a live process (VmHWM; or another `field` of its status, as
+    VmRSS for the resident set now), KiB; 0 once it is gone."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
 

@@ -250,12 +250,15 @@ class Watch:
             stderr=open(self.log, "wb"),  # noqa: SIM115 (closed with the process)
         )
         self.hwm: dict[int, int] = {}
+        #: The resident set at the last sample: what the tree holds once running, beside its peak.
+        self.rss: dict[int, int] = {}
         self.healthz: list[tuple[float, float, dict | None]] = []  # (at, seconds, body)
         self.scrapes: list[tuple[float, float, int]] = []  # (at, seconds, bytes)
 
     def sample_tree(self) -> None:
         for pid in process_tree(self.proc.pid):
             self.hwm[pid] = max(self.hwm.get(pid, 0), vm_hwm_kib(pid))
+            self.rss[pid] = vm_hwm_kib(pid, "VmRSS")
 
     async def ready(self, session: aiohttp.ClientSession) -> float:
         deadline = self.started + 300
@@ -394,6 +397,10 @@ async def run_process(args: argparse.Namespace, target: Target, directory: Path)
             "target_cpu_share": (target1 - target0) / seconds,
             "hwm_mib": sum(watch.hwm.values()) / 1024,
             "hwm_parts": sorted((v / 1024 for v in watch.hwm.values()), reverse=True),
+            "rss_parts": [
+                watch.rss.get(pid, 0) / 1024
+                for pid in sorted(watch.hwm, key=watch.hwm.__getitem__, reverse=True)
+            ],
             "store_growth_per_min_mib": (store1 - store0) / seconds * 60 / 2**20,
             "store_mib": store1 / 2**20,
             "skipped": log.count("maximum number of running instances"),
@@ -433,6 +440,10 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
         (
             "peak RSS, VmHWM summed over the tree",
             f"{r['hwm_mib']:.0f} MiB ({', '.join(f'{v:.0f}' for v in r['hwm_parts'])})",
+        ),
+        (
+            "RSS at the end of the window, same order",
+            f"{sum(r['rss_parts']):.0f} MiB ({', '.join(f'{v:.0f}' for v in r['rss_parts'])})",
         ),
         (
             "store files: growth a minute / size at the end",
