@@ -127,11 +127,7 @@ class Scheduler:
     def start(self) -> None:
         """Add the jobs and start; the first round of every interval begins now."""
         now = datetime.now(UTC)
-        loop = asyncio.get_running_loop()
-        self.workers = [
-            loop.create_task(self._work(), name=f"probe-worker-{number}")
-            for number in range(max(1, self.pipeline.concurrency))
-        ]
+        self._start_workers()
         for interval, refs in sorted(self.groups().items()):
             self._add_round(interval, refs, now)
         self.aps.add_job(
@@ -152,6 +148,16 @@ class Scheduler:
         self._schedule_after(now)
         self.aps.start()
         self._settle_after_a_round()
+
+    def _start_workers(self) -> None:
+        """The workers, once (a round started without `start`, as a benchmark does, too)."""
+        if self.workers or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        self.workers = [
+            loop.create_task(self._work(), name=f"probe-worker-{number}")
+            for number in range(max(1, self.pipeline.concurrency))
+        ]
 
     def _add_round(self, interval: timedelta, refs: list[ServiceRef], now: datetime) -> None:
         self.aps.add_job(
@@ -206,6 +212,7 @@ class Scheduler:
         self.last_tick = base
         spacing = interval.total_seconds() / max(1, len(refs))
         self.rounds[interval] = _Round(refs, base, started, spacing)
+        self._start_workers()
         if self._pacer is None or self._pacer.done():
             self._pacer = loop.create_task(self._pace())
         self._wake.set()
