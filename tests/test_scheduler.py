@@ -408,3 +408,12 @@ async def test_the_freeze_comes_after_one_round_when_every_service_is_judged(
     await async_wait_for(lambda: frozen, timeout=15, what="the freeze")
     assert checks == [3] and frozen == [1]
     assert len(ten.pipeline.states) == 10
+
+
+async def test_a_round_started_alone_has_workers_to_run_it(ten: Running) -> None:
+    """`bench/probe_cpu.py` starts rounds itself, without `start`: the workers come with the
+    first round."""
+    ((interval, refs),) = ten.scheduler.groups().items()
+    await ten.scheduler._round(refs, interval)
+    await async_wait_for(lambda: len(ten.recorder.results) >= 10, what="ten services probed")
+    assert len(ten.scheduler.workers) == ten.pipeline.concurrency
