@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -521,6 +522,109 @@ class _Current:
         return spacing / GAP_FACTOR <= at - self.until <= spacing * GAP_FACTOR
 
 
+#: `_Runs.latest` of a service whose row in `hour_now` was not looked up, or that has none.
+UNKNOWN, NO_ROW = -2, -1
+#: Distinct states (serving, reason, expected, mismatch) `_Runs` keeps before it forgets those
+#: no service is in any more (reasons are few, but nothing bounds them).
+MAX_STATES = 10_000
+
+
+class _Runs:
+    """The current run of every service, and the hour of its row in `hour_now`, by service
+    number in flat arrays of numbers: no object per service (the dict of `_Current` it replaces
+    held about 40 MiB at 100,000 services, and 100,000 objects for full collections to walk).
+    A state is kept once, by its index in `states`. A run's rowid 0 is none; status -1 None."""
+
+    def __init__(self) -> None:
+        #: The number of every service written since the store was opened, channel first.
+        self.ids: dict[str, dict[str, int]] = {}
+        self.rowid, self.count, self.gap, self.status, self.state, self.latest = (
+            array("q") for _ in range(6)
+        )
+        self.at, self.until, self.duration = (array("d") for _ in range(3))
+        self.states: list[tuple] = []
+        self._index: dict[tuple, int] = {}
+        self._compact_at = MAX_STATES
+
+    def service(self, key: tuple[str, str]) -> int | None:
+        """The number of a service seen before, None for a new one."""
+        inner = self.ids.get(key[0])
+        return None if inner is None else inner.get(key[1])
+
+    def current(self, service: int) -> _Current:
+        """A copy of the service's current run (count 0: none), for a flush to work on."""
+        if service >= len(self.count) or not self.count[service]:
+            return _Current(service)
+        return _Current(
+            service,
+            self.rowid[service] or None,
+            self.at[service],
+            self.until[service],
+            self.count[service],
+            self.gap[service],
+            self.states[self.state[service]],
+            None if self.status[service] < 0 else self.status[service],
+            self.duration[service],
+        )
+
+    def keep(self, key: tuple[str, str], run: _Current) -> None:
+        """Take a committed run as the service's current one."""
+        service = run.service
+        self.ids.setdefault(key[0], {})[key[1]] = service
+        self._grow(service)
+        index = self._index.get(run.state)
+        if index is None:
+            if len(self.states) >= self._compact_at:
+                self._compact()
+            index = self._index[run.state] = len(self.states)
+            self.states.append(run.state)
+        self.rowid[service] = run.rowid or 0
+        self.at[service], self.until[service] = run.at, run.until
+        self.count[service], self.gap[service] = run.count, run.gap
+        self.state[service] = index
+        self.status[service] = -1 if run.status_code is None else run.status_code
+        self.duration[service] = run.duration
+
+    def _grow(self, service: int) -> None:
+        more = service + 1 - len(self.count)
+        if more > 0:
+            more = max(more, len(self.count) // 4)  # amortised: a new service is not a copy
+            for column in (self.rowid, self.count, self.gap, self.status, self.state):
+                column.extend(array("q", bytes(8 * more)))
+            for column in (self.at, self.until, self.duration):
+                column.extend(array("d", bytes(8 * more)))
+            self.latest.extend(array("q", [UNKNOWN]) * more)
+
+    def _compact(self) -> None:
+        """Keep only the states some service's current run has, renumbered."""
+        used = sorted({self.state[s] for s in range(len(self.count)) if self.count[s]})
+        renumber = {old: new for new, old in enumerate(used)}
+        self.states = [self.states[old] for old in used]
+        self._index = {state: index for index, state in enumerate(self.states)}
+        for s in range(len(self.count)):
+            self.state[s] = renumber.get(self.state[s], 0) if self.count[s] else 0
+        self._compact_at = max(MAX_STATES, 2 * len(self.states))
+
+    def forget_before(self, stamp: float) -> None:
+        """Runs whose last observation is before `stamp` are current no more."""
+        count, until = self.count, self.until
+        for s in range(len(count)):
+            if count[s] and until[s] < stamp:
+                count[s] = 0
+
+    def latest_hour(self, service: int) -> int | None:
+        """The hour of the service's row in `hour_now` (NO_ROW, or UNKNOWN if not looked up)."""
+        return self.latest[service] if service < len(self.latest) else UNKNOWN
+
+    def set_latest(self, service: int, hour: int | None) -> None:
+        self._grow(service)
+        self.latest[service] = NO_ROW if hour is None else hour
+
+    def forget_latest(self) -> None:
+        """Every service's row in `hour_now` is to be looked up again."""
+        self.latest = array("q", [UNKNOWN]) * len(self.latest)
+
+
 #: What a slice of expiry deleted (runs, rollups, sent alerts), and whether it was the last.
 _Slice = tuple[tuple[int, int, int], bool]
 
@@ -584,10 +688,9 @@ class Store:
         self._today: float | None = None
         #: Times the store passed `size_limit` and dropped its oldest days of history.
         self.size_prunes = 0
-        #: The current run of every service written since the store was opened.
-        self._current: dict[tuple[str, str], _Current] = {}
-        #: The hour of every service's row in `hour_now` (None: none), once looked up.
-        self._latest: dict[int, int | None] = {}
+        #: The current run of every service written since the store was opened, and the hour
+        #: of its row in `hour_now` once looked up.
+        self._runs = _Runs()
         self.incident_hooks: list[IncidentHook] = []
         self._pending: deque[PendingObservation] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -721,27 +824,15 @@ class Store:
                 self._pending.extendleft(reversed(items))
                 self._trim()
             raise
-        self._keep_current(current)
-        self._latest.update(latest)
+        for key, run in current.items():
+            self._runs.keep(key, run)
+        for service, hour in latest.items():
+            self._runs.set_latest(service, hour)
         self._wrote()
         if self.checkpoints is not None:
             self.checkpoints.poke()
         self._expired(expired)
         return len(items)
-
-    def _keep_current(self, current: dict[tuple[str, str], _Current]) -> None:
-        """Take the committed runs as the services' current ones, copied into the objects
-        already kept where there are some: a service's object then lives as long as the store
-        and is frozen with the rest after the first round (`gc_watch.settle`), where a new
-        one a flush would be 100,000 more objects for every full collection to walk."""
-        kept = self._current
-        for key, run in current.items():
-            mine = kept.get(key)
-            if mine is None:
-                kept[key] = run
-                continue
-            for name in _Current.__slots__:
-                setattr(mine, name, getattr(run, name))
 
     def _write(
         self, items: list[PendingObservation]
@@ -765,12 +856,10 @@ class Store:
             )
             run = touched.get(key)
             if run is None:
-                known = self._current.get(key)
-                if known is None:
-                    run = _Current(self._service_id(key))
-                else:
-                    run = dataclasses.replace(known)
-                touched[key] = run
+                service = self._runs.service(key)
+                if service is None:
+                    service = self._service_id(key)
+                run = touched[key] = self._runs.current(service)
             if run.goes_on(at, state):
                 run.gap = max(run.gap, math.ceil((at - run.until) * 1000))
                 run.until = at
@@ -834,14 +923,14 @@ class Store:
         """Add a flush's sums to the rollups (inside the caller's transaction): the service's
         latest hour in `hour_now`, a new hour moving the one there into `hourly`, an hour
         older than it (a late observation) into `hourly` at once. Returns the latest hour of
-        every service touched (None: no row), for `_latest` once committed."""
+        every service touched (None: no row), for `_Runs.latest` once committed."""
         latest: dict[int, int | None] = {}
         db = self.db
         for (service, hour), sums in hours.items():  # a service's hours in time order
             if service in latest:
                 now = latest[service]
-            elif service in self._latest:
-                now = self._latest[service]
+            elif (known := self._runs.latest_hour(service)) != UNKNOWN:
+                now = None if known == NO_ROW else known
             else:
                 row = db.execute("SELECT hour FROM hour_now WHERE service = ?", (service,))
                 found = row.fetchone()
@@ -907,9 +996,7 @@ class Store:
         forgotten first (the next observation starts a new run rather than extend a row
         about to go)."""
         self._expiry = (raw, rolled, alerts)
-        for key, run in self._current.items():
-            if run.count and run.until < raw:
-                self._current[key] = _Current(run.service)
+        self._runs.forget_before(raw)
 
     def _expire(self, budget: int) -> _Slice | None:
         """Delete up to `budget` expired runs, as many rollups and as many sent alerts (in the
@@ -966,7 +1053,7 @@ class Store:
         """The latest hours of services not seen since `stamp` go too (a service the plan
         dropped); the next flush of any service looks its row up again."""
         if self.db.execute("DELETE FROM hour_now WHERE hour < ?", (stamp,)).rowcount:
-            self._latest.clear()
+            self._runs.forget_latest()
 
     def used_bytes(self) -> int:
         """Bytes of the file in use (its free pages are reused before it grows)."""
@@ -1051,7 +1138,7 @@ class Store:
                     "WHERE channel = ? AND business = ?)",
                     [(int(_ts(r.hour)), r.channel, r.business) for r in rows],
                 )
-                self._latest.clear()
+                self._runs.forget_latest()
             self.db.executemany(
                 "INSERT OR REPLACE INTO hourly SELECT id, ?, ?, ?, ?, ?, ?, ?, ? FROM services "
                 "WHERE channel = ? AND business = ?",

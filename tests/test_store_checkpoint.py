@@ -198,11 +198,12 @@ async def test_a_prune_holds_the_store_thread_for_one_slice_and_loses_nothing(
         pruned = asyncio.ensure_future(store.call(store.prune, START + timedelta(minutes=45)))
         flushed = asyncio.ensure_future(store.call(store.flush))
         await pruned
+        assert await flushed == 40
+        assert store.pruning
         left = store.db.execute(
             "SELECT count(*) FROM runs WHERE at < ?", (START.timestamp() + 900,)
         )
-        assert left.fetchone()[0] == 400 - 50  # one slice, then the flush's turn
-        assert await flushed == 40
+        assert left.fetchone()[0] == 400 - 50 - 20  # the prune's slice, then the flush's
         minute = 51
         while store.pruning:
             observe(store, 40, minute)
