@@ -22,9 +22,10 @@ the store takes it). In the paced minutes, as `run` would:
 Prints each flush's time from its start to its end (which includes waiting behind a prune on
 the store's thread), median / p99 / max, and how many would have been skipped, in each phase;
 the WAL's frames (read from its shared-memory index: its size in use and how much of it was
-copied back) and its file size; the checkpoints (a flush that copied the WAL back into the
-file did it inside its commit; after this change a thread of its own does them); the prune
-calls' times; the load average. Local files only; bounded by its arguments.
+copied back) and its file size; the flushes during which the WAL was copied back into the
+file (before `monitor.checkpoint`, by the flush's own commit; after it, by the checkpoint
+thread beside the flush) and the checkpoint thread's own times; the prune calls' times on the
+store's thread; the load average. Local files only; bounded by its arguments.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class Flush:
 
     @property
     def checkpointed(self) -> bool:
-        """Whether WAL frames were copied back while it ran (by it, before this change)."""
+        """Whether WAL frames were copied back while it ran: by its own commit before the
+        checkpoints had a thread of their own, by that thread (beside it) after."""
         return self.backfill_after > self.backfill_before and self.frames_after >= (
             self.frames_before
         )
@@ -234,18 +236,18 @@ async def main() -> None:
                 print(
                     f"  {phase.name}: {len(times)} flushes, median {ms(statistics.median(times))}"
                     f", p99 {ms(percentile(times, 0.99))}, max {ms(max(times))}; "
-                    f"{phase.skipped} skipped; {late} over {FLUSH_EVERY:.0f} s; checkpoint in "
-                    f"{sum(f.checkpointed for f in phase.flushes)}; slowest "
+                    f"{phase.skipped} skipped; {late} over {FLUSH_EVERY:.0f} s; WAL copied back "
+                    f"during {sum(f.checkpointed for f in phase.flushes)}; slowest "
                     + ", ".join(
-                        f"{ms(f.seconds)}{' (checkpoint)' if f.checkpointed else ''}" for f in slow
+                        f"{ms(f.seconds)}{' (copying)' if f.checkpointed else ''}" for f in slow
                     )
                 )
             inside = [f.seconds for f in everything if f.checkpointed]
             outside = [f.seconds for f in everything if not f.checkpointed]
             if inside and outside:
                 print(
-                    f"  flushes that checkpointed: median {ms(statistics.median(inside))}, "
-                    f"max {ms(max(inside))}; the others median "
+                    "  flushes while the WAL was copied back: median "
+                    f"{ms(statistics.median(inside))}, max {ms(max(inside))}; the others median "
                     f"{ms(statistics.median(outside))}, max {ms(max(outside))}"
                 )
             for name, seconds in prunes:
@@ -256,8 +258,8 @@ async def main() -> None:
                 if times:
                     print(
                         f"checkpoints on their own thread: {checkpoints.count}, median "
-                        f"{ms(statistics.median(times))}, max {ms(max(times))}, busy "
-                        f"{checkpoints.busy}"
+                        f"{ms(statistics.median(times))}, max {ms(max(times))}, unfinished "
+                        f"{checkpoints.unfinished}"
                     )
             print(
                 f"WAL: at most {wal_max:,} frames ({wal_max * page / 2**20:.1f} MiB) after a "

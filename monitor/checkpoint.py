@@ -38,9 +38,9 @@ class Checkpointer:
     """A thread that checkpoints one store file (PASSIVE) after each poke, or every `every`
     seconds, until `close`."""
 
-    def __init__(self, path: Path, every: float = CHECKPOINT_EVERY) -> None:
+    def __init__(self, path: Path, every: float | None = None) -> None:
         self.path = path
-        self.every = every
+        self.every = CHECKPOINT_EVERY if every is None else every
         # autocommit, and no busy handler: a PASSIVE checkpoint never waits for anyone
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
         #: Checkpoints done, those SQLite could not finish (a reader still needed the pages,

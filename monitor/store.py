@@ -5,7 +5,9 @@ service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service 
 history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
 first (`Store.prune_for_size`). The file is in WAL mode so readers (the
 site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
-worker thread through `Store.call`, so the event loop never blocks on the disk.
+worker thread through `Store.call`, so the event loop never blocks on the disk; the WAL is
+copied back into the file by a thread of its own (`monitor.checkpoint`), never inside a
+flush, and pruning deletes in slices that ride along with the flushes.
 
 The file carries its schema version (`PRAGMA user_version`); opening it as the writer runs the
 migrations it lacks, so a store written by an older version opens in a newer one, and one
@@ -829,7 +831,7 @@ class Store:
         for service, hour in latest.items():
             self._runs.set_latest(service, hour)
         self._wrote()
-        if self.checkpoints is not None:
+        if self.checkpoints is not None:  # copied back in the second before the next flush
             self.checkpoints.poke()
         self._expired(expired)
         return len(items)
