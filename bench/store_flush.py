@@ -121,7 +121,7 @@ def percentile(values: list[float], share: float) -> float:
 
 async def paced(
     store: Store, names: list[tuple[str, str]], args: argparse.Namespace
-) -> tuple[list[Phase], list[tuple[str, float]], int]:
+) -> tuple[list[Phase], list[tuple[str, float]], int, int]:
     """The paced minutes: a flush started each real second, skipped while one runs."""
     loop = asyncio.get_running_loop()
     total, interval = len(names), args.interval
@@ -137,6 +137,7 @@ async def paced(
     running: asyncio.Future | None = None
     pruning: set[asyncio.Task] = set()
     wal_max = 0
+    added = 0
     began = loop.time()
 
     async def timed_prune(name: str, now: datetime) -> None:
@@ -173,6 +174,7 @@ async def paced(
             at = at_second - timedelta(seconds=slot) + timedelta(seconds=index * interval / total)
             seen, expected, mismatch = observation(at, index not in down, 0.05 + (index % 7) / 100)
             store.add(PendingObservation(*names[index], seen, expected, mismatch))
+            added += at >= BOUNDARY
         if running is not None and not running.done():
             phase.skipped += 1  # APScheduler: "maximum number of running instances reached"
             continue
@@ -187,7 +189,8 @@ async def paced(
     for task in pruning:
         with contextlib.suppress(Exception):
             await task
-    return phases, prunes, wal_max
+    await store.call(store.flush)
+    return phases, prunes, wal_max, added
 
 
 def ms(seconds: float) -> str:
@@ -221,7 +224,7 @@ async def main() -> None:
                 f"{os.stat(path).st_size / 2**20:,.0f} MiB; load {loadavg()}"
             )
             cpu = time.process_time()
-            phases, prunes, wal_max = await paced(store, names, args)
+            phases, prunes, wal_max, added = await paced(store, names, args)
             cpu = time.process_time() - cpu
             _, _, page = wal_index(path)
             wal_file = os.stat(f"{path}-wal").st_size if os.path.exists(f"{path}-wal") else 0
@@ -266,6 +269,10 @@ async def main() -> None:
                 f"flush; file {wal_file / 2**20:.1f} MiB at the end; "
                 f"pruning left: {getattr(store, 'pruning', '?')}"
             )
+            kept = store.db.execute(
+                "SELECT sum(count) FROM runs WHERE at >= ?", (BOUNDARY.timestamp(),)
+            ).fetchone()[0]
+            print(f"observations from the hour boundary on: {added:,} added, {kept:,} stored")
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"CPU of the paced minutes {cpu:.1f} s; peak RSS {rss:.0f} MiB; load {loadavg()}")
         finally:

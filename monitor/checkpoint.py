@@ -6,7 +6,8 @@ takes the WAL past 1,000 pages does the checkpoint itself, inside the flush: at 
 services a minute that was every 25 flushes or so, and it made the flush late enough for the
 next one to be skipped. So the writer's connection never checkpoints (`wal_autocheckpoint=0`,
 set by `monitor.store.Store`) and this thread does, right after each flush (the store
-pokes it) and at least every `CHECKPOINT_EVERY` seconds.
+pokes it, so the copy is done in the rest of the second) and at least every
+`CHECKPOINT_EVERY` seconds.
 
 Its checkpoints are PASSIVE: SQLite copies what no reader still needs without waiting for the
 writer or for readers and never calls the busy handler, so a flush committing meanwhile neither
@@ -28,8 +29,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: At most this many seconds between two checkpoints, also when nothing pokes the thread.
-CHECKPOINT_EVERY = 1.0
+#: At most this many seconds between two checkpoints when nothing pokes the thread (commits
+#: other than flushes: incidents, alerts). Longer than a flush interval, so that while flushes
+#: poke it the timer never fires in the middle of the next flush.
+CHECKPOINT_EVERY = 5.0
 #: Bytes the WAL file is cut back to when it starts again (SQLite's `journal_size_limit`).
 WAL_LIMIT = 16 * 1024**2
 

@@ -41,11 +41,16 @@ def stored(db: sqlite3.Connection) -> int:
 def caught_up(store: Store) -> bool:
     """Whether a checkpoint begun after the last commit has copied the whole WAL back: two
     more than counted now (one may have been under way during the commit)."""
-    assert store.checkpoints is not None
-    goal = store.checkpoints.count + 2
-    store.checkpoints.poke()
-    wait_for(lambda: store.checkpoints.count >= goal, what="two more checkpoints")  # type: ignore[union-attr]
-    frames, copied = store.checkpoints.last
+    checkpoints = store.checkpoints
+    assert checkpoints is not None
+    goal = checkpoints.count + 2
+
+    def done() -> bool:
+        checkpoints.poke()
+        return checkpoints.count >= goal
+
+    wait_for(done, what="two more checkpoints")
+    frames, copied = checkpoints.last
     return frames == copied
 
 
