@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common import loadavg
-from store_growth import keys, observation
+from store_growth import fill, keys, observation
 
 import monitor.store
 from monitor.store import PendingObservation, Store
@@ -95,23 +95,6 @@ class Phase:
     name: str
     flushes: list[Flush] = field(default_factory=list)
     skipped: int = 0
-
-
-async def fill(store: Store, names: list[tuple[str, str]], hours: int, every: int) -> None:
-    """`hours` of history ending a minute before BOUNDARY, as fast as the store takes it."""
-    start = BOUNDARY - timedelta(hours=hours, minutes=1)
-    per_flush = max(1, len(names) // every)
-    count = 0
-    for tick in range(0, hours * 3600, every):
-        base = start + timedelta(seconds=tick)
-        for index, (channel, business) in enumerate(names):
-            at = base + timedelta(seconds=index * every / len(names))
-            seen, expected, mismatch = observation(at, True, 0.05 + (index % 7) / 100)
-            store.add(PendingObservation(channel, business, seen, expected, mismatch))
-            count += 1
-            if count % per_flush == 0:
-                await store.call(store.flush)
-    await store.call(store.flush)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -216,7 +199,9 @@ async def main() -> None:
         store = Store(path, retention=age, rollup_retention=age)
         try:
             started = time.perf_counter()
-            await fill(store, names, args.hours, args.fill_interval)
+            await fill(
+                store, names, args.hours, args.fill_interval, BOUNDARY - timedelta(minutes=1)
+            )
             store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             print(
                 f"fill: {args.hours} h of {args.services:,} services in "
