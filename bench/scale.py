@@ -404,6 +404,12 @@ async def run_process(args: argparse.Namespace, target: Target, directory: Path)
             "store_growth_per_min_mib": (store1 - store0) / seconds * 60 / 2**20,
             "store_mib": store1 / 2**20,
             "skipped": log.count("maximum number of running instances"),
+            # APScheduler names the job in the line: the store's flush is `Scheduler._flush`
+            "skipped_flush": sum(
+                "_flush" in line
+                for line in log.splitlines()
+                if "maximum number of running instances" in line
+            ),
             "tracebacks": log.count("Traceback"),
             "pending": last["store"]["pending_observations"],
         }
@@ -450,8 +456,8 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
             f"{r['store_growth_per_min_mib']:.1f} MiB / {r['store_mib']:.0f} MiB",
         ),
         (
-            "skipped runs (APScheduler) / tracebacks in the log",
-            f"{r['skipped']} / {r['tracebacks']}",
+            "skipped runs (APScheduler; of them the flush) / tracebacks",
+            f"{r['skipped']} ({r['skipped_flush']}) / {r['tracebacks']}",
         ),
         ("observations waiting to be written at the end", f"{r['pending']}"),
         ("stop: SIGTERM to exit", f"{r['stop_s']:.1f} s"),

@@ -85,10 +85,12 @@ async def timed_flush(store: Store) -> float:
     return await store.call(flush)
 
 
-async def fill(store: Store, names: list[tuple[str, str]], hours: int, every: int) -> None:
-    """`hours` of history before BOUNDARY, everyone observed every `every` seconds, flushed
+async def fill(
+    store: Store, names: list[tuple[str, str]], hours: int, every: int, end: datetime = BOUNDARY
+) -> None:
+    """`hours` of history before `end`, everyone observed every `every` seconds, flushed
     in batches of a simulated second's worth at the fill's rate."""
-    start = BOUNDARY - timedelta(hours=hours)
+    start = end - timedelta(hours=hours)
     per_flush = max(1, len(names) // every)
     count = 0
     for tick in range(0, hours * 3600, every):

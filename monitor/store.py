@@ -5,7 +5,9 @@ service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service 
 history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
 first (`Store.prune_for_size`). The file is in WAL mode so readers (the
 site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
-worker thread through `Store.call`, so the event loop never blocks on the disk.
+worker thread through `Store.call`, so the event loop never blocks on the disk; the WAL is
+copied back into the file by a thread of its own (`monitor.checkpoint`), never inside a
+flush, and pruning deletes in slices that ride along with the flushes.
 
 The file carries its schema version (`PRAGMA user_version`); opening it as the writer runs the
 migrations it lacks, so a store written by an older version opens in a newer one, and one
@@ -28,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from monitor.checkpoint import WAL_LIMIT, Checkpointer
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.probe import Observation
 
@@ -63,6 +67,8 @@ DAY = 86400
 #: each flush after it until none is left.
 PRUNE_SLICE = 5_000
 FLUSH_PRUNE_SLICE = 1_000
+#: How long `close` waits for a reader still in the WAL before it gives up emptying it, ms.
+CLOSE_WAIT_MS = 2000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -518,6 +524,126 @@ class _Current:
         return spacing / GAP_FACTOR <= at - self.until <= spacing * GAP_FACTOR
 
 
+#: `_Runs.latest` of a service whose row in `hour_now` was not looked up, or that has none.
+UNKNOWN, NO_ROW = -2, -1
+#: Distinct states (serving, reason, expected, mismatch) `_Runs` keeps before it forgets those
+#: no service is in any more (reasons are few, but nothing bounds them).
+MAX_STATES = 10_000
+
+
+class _Runs:
+    """The current run of every service, and the hour of its row in `hour_now`, by service
+    number in flat arrays of numbers: no object per service (the dict of `_Current` it replaces
+    held about 40 MiB at 100,000 services, and 100,000 objects for full collections to walk).
+    A state is kept once, by its index in `states`. A run's rowid 0 is none; status -1 None."""
+
+    def __init__(self) -> None:
+        #: The number of every service written since the store was opened, channel first.
+        self.ids: dict[str, dict[str, int]] = {}
+        self.rowid, self.count, self.gap, self.status, self.state, self.latest = (
+            array("q") for _ in range(6)
+        )
+        self.at, self.until, self.duration = (array("d") for _ in range(3))
+        self.states: list[tuple] = []
+        self._index: dict[tuple, int] = {}
+        self._compact_at = MAX_STATES
+
+    def service(self, key: tuple[str, str]) -> int | None:
+        """The number of a service seen before, None for a new one."""
+        inner = self.ids.get(key[0])
+        return None if inner is None else inner.get(key[1])
+
+    def current(self, service: int) -> _Current:
+        """A copy of the service's current run (count 0: none), for a flush to work on."""
+        if service >= len(self.count) or not self.count[service]:
+            return _Current(service)
+        return _Current(
+            service,
+            self.rowid[service] or None,
+            self.at[service],
+            self.until[service],
+            self.count[service],
+            self.gap[service],
+            self.states[self.state[service]],
+            None if self.status[service] < 0 else self.status[service],
+            self.duration[service],
+        )
+
+    def keep(self, key: tuple[str, str], run: _Current) -> None:
+        """Take a committed run as the service's current one."""
+        service = run.service
+        self.ids.setdefault(key[0], {})[key[1]] = service
+        self._grow(service)
+        index = self._index.get(run.state)
+        if index is None:
+            if len(self.states) >= self._compact_at:
+                self._compact()
+            index = self._index[run.state] = len(self.states)
+            self.states.append(run.state)
+        self.rowid[service] = run.rowid or 0
+        self.at[service], self.until[service] = run.at, run.until
+        self.count[service], self.gap[service] = run.count, run.gap
+        self.state[service] = index
+        self.status[service] = -1 if run.status_code is None else run.status_code
+        self.duration[service] = run.duration
+
+    def _grow(self, service: int) -> None:
+        more = service + 1 - len(self.count)
+        if more > 0:
+            more = max(more, len(self.count) // 4)  # amortised: a new service is not a copy
+            for column in (self.rowid, self.count, self.gap, self.status, self.state):
+                column.extend(array("q", bytes(8 * more)))
+            for column in (self.at, self.until, self.duration):
+                column.extend(array("d", bytes(8 * more)))
+            self.latest.extend(array("q", [UNKNOWN]) * more)
+
+    def _compact(self) -> None:
+        """Keep only the states some service's current run has, renumbered."""
+        used = sorted({self.state[s] for s in range(len(self.count)) if self.count[s]})
+        renumber = {old: new for new, old in enumerate(used)}
+        self.states = [self.states[old] for old in used]
+        self._index = {state: index for index, state in enumerate(self.states)}
+        for s in range(len(self.count)):
+            self.state[s] = renumber.get(self.state[s], 0) if self.count[s] else 0
+        self._compact_at = max(MAX_STATES, 2 * len(self.states))
+
+    def forget_before(self, stamp: float) -> None:
+        """Runs whose last observation is before `stamp` are current no more."""
+        count, until = self.count, self.until
+        for s in range(len(count)):
+            if count[s] and until[s] < stamp:
+                count[s] = 0
+
+    def latest_hour(self, service: int) -> int | None:
+        """The hour of the service's row in `hour_now` (NO_ROW, or UNKNOWN if not looked up)."""
+        return self.latest[service] if service < len(self.latest) else UNKNOWN
+
+    def set_latest(self, service: int, hour: int | None) -> None:
+        self._grow(service)
+        self.latest[service] = NO_ROW if hour is None else hour
+
+    def forget_latest(self) -> None:
+        """Every service's row in `hour_now` is to be looked up again."""
+        self.latest = array("q", [UNKNOWN]) * len(self.latest)
+
+
+#: What a slice of expiry deleted (runs, rollups, sent alerts), and whether it was the last.
+_Slice = tuple[tuple[int, int, int], bool]
+
+
+@dataclass(slots=True)
+class _Shrink:
+    """A drop of whole days past the size limit, under way: the bytes in use when it began,
+    the day it now keeps from, the days and rows dropped so far."""
+
+    before: int
+    keep_from: float = 0.0
+    days: int = 0
+    dropped: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"runs": 0, "hourly": 0, "alerts": 0}
+    )
+
+
 def _ts(value: datetime) -> float:
     return value.timestamp()
 
@@ -555,14 +681,18 @@ class Store:
         #: Rows of expired history `prune` deletes at once, and each flush after it.
         self.prune_slice = PRUNE_SLICE
         self.flush_prune_slice = FLUSH_PRUNE_SLICE
-        #: (raw, rollup) expiry instants while expired history is left to delete.
-        self._expiry: tuple[float, float] | None = None
+        #: (raw runs, rollups, sent alerts) instants before which history is being deleted,
+        #: a slice at a time, while some is left (alerts: None, only past the size limit).
+        self._expiry: tuple[float, float, float | None] | None = None
+        #: A drop of the oldest days past `size_limit` under way (see `prune_for_size`).
+        self._shrink: _Shrink | None = None
+        #: The start of the day of the last `prune`: the size limit never drops it.
+        self._today: float | None = None
         #: Times the store passed `size_limit` and dropped its oldest days of history.
         self.size_prunes = 0
-        #: The current run of every service written since the store was opened.
-        self._current: dict[tuple[str, str], _Current] = {}
-        #: The hour of every service's row in `hour_now` (None: none), once looked up.
-        self._latest: dict[int, int | None] = {}
+        #: The current run of every service written since the store was opened, and the hour
+        #: of its row in `hour_now` once looked up.
+        self._runs = _Runs()
         self.incident_hooks: list[IncidentHook] = []
         self._pending: deque[PendingObservation] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -582,6 +712,13 @@ class Store:
             if self._owner is not None:
                 self._owner.release()
             raise
+        #: The writer's checkpoints, on a thread of their own (None: read-only).
+        self.checkpoints: Checkpointer | None = None
+        if not readonly:
+            # the commits of the writer never checkpoint: a flush never does one inside it
+            self.db.execute("PRAGMA wal_autocheckpoint = 0")
+            self.db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+            self.checkpoints = Checkpointer(self.path)
 
     @property
     def healthy(self) -> bool:
@@ -614,7 +751,7 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
-        """Write what is buffered and close the file."""
+        """Write what is buffered, copy the WAL back into the file, and close it."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -628,10 +765,32 @@ class Store:
                     len(self._pending),
                     exc,
                 )
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+            self.checkpoints = None
+            self._checkpoint_at_close()
         self.db.close()
         if self._owner is not None:
             self._owner.release()
             self._owner = None
+
+    def _checkpoint_at_close(self) -> None:
+        """Copy the whole WAL back and empty it, so the file alone holds the store once `run`
+        stops. A reader still in the WAL (the page worker ending) is waited for a little; past
+        that, closing the last connection copies it back as well."""
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {CLOSE_WAIT_MS}")
+            busy, frames, copied = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("store %s: the checkpoint at close failed (%s)", self.path, exc)
+            return
+        if busy:
+            log.info(
+                "store %s: a reader held the WAL at close (%d of %d copied)",
+                self.path,
+                copied,
+                frames,
+            )
 
     # --- observations ----------------------------------------------------------------------
 
@@ -655,36 +814,27 @@ class Store:
         only once it is committed, so a failed write leaves them as the file has them."""
         with self._lock:
             items, self._pending = list(self._pending), deque()
-        if not items:
+        if not items and self._expiry is None:
             return 0
         try:
             with self.db:
                 current, latest = self._write(items)
-                self._expire(self.flush_prune_slice)
+                expired = self._expire(self.flush_prune_slice)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # keep them for the next attempt rather than lose them
                 self._pending.extendleft(reversed(items))
                 self._trim()
             raise
-        self._keep_current(current)
-        self._latest.update(latest)
-        self._wrote()
-        return len(items)
-
-    def _keep_current(self, current: dict[tuple[str, str], _Current]) -> None:
-        """Take the committed runs as the services' current ones, copied into the objects
-        already kept where there are some: a service's object then lives as long as the store
-        and is frozen with the rest after the first round (`gc_watch.settle`), where a new
-        one a flush would be 100,000 more objects for every full collection to walk."""
-        kept = self._current
         for key, run in current.items():
-            mine = kept.get(key)
-            if mine is None:
-                kept[key] = run
-                continue
-            for name in _Current.__slots__:
-                setattr(mine, name, getattr(run, name))
+            self._runs.keep(key, run)
+        for service, hour in latest.items():
+            self._runs.set_latest(service, hour)
+        self._wrote()
+        if self.checkpoints is not None:  # copied back in the second before the next flush
+            self.checkpoints.poke()
+        self._expired(expired)
+        return len(items)
 
     def _write(
         self, items: list[PendingObservation]
@@ -708,12 +858,10 @@ class Store:
             )
             run = touched.get(key)
             if run is None:
-                known = self._current.get(key)
-                if known is None:
-                    run = _Current(self._service_id(key))
-                else:
-                    run = dataclasses.replace(known)
-                touched[key] = run
+                service = self._runs.service(key)
+                if service is None:
+                    service = self._service_id(key)
+                run = touched[key] = self._runs.current(service)
             if run.goes_on(at, state):
                 run.gap = max(run.gap, math.ceil((at - run.until) * 1000))
                 run.until = at
@@ -777,14 +925,14 @@ class Store:
         """Add a flush's sums to the rollups (inside the caller's transaction): the service's
         latest hour in `hour_now`, a new hour moving the one there into `hourly`, an hour
         older than it (a late observation) into `hourly` at once. Returns the latest hour of
-        every service touched (None: no row), for `_latest` once committed."""
+        every service touched (None: no row), for `_Runs.latest` once committed."""
         latest: dict[int, int | None] = {}
         db = self.db
         for (service, hour), sums in hours.items():  # a service's hours in time order
             if service in latest:
                 now = latest[service]
-            elif service in self._latest:
-                now = self._latest[service]
+            elif (known := self._runs.latest_hour(service)) != UNKNOWN:
+                now = None if known == NO_ROW else known
             else:
                 row = db.execute("SELECT hour FROM hour_now WHERE service = ?", (service,))
                 found = row.fetchone()
@@ -826,23 +974,39 @@ class Store:
         limit, the oldest days of history (see `prune_for_size`).
 
         At most `prune_slice` rows of each go at once; the flushes that follow take the rest,
-        `flush_prune_slice` rows each, so an hour of 100,000 services' history expiring never
-        holds the store's thread (and the next flush) for long. They go oldest first: the
-        report sees the hour being pruned as incomplete and reads it from its rollups."""
-        raw = _ts(now - self.retention)
-        self._expiry = (raw, _ts(now - self.rollup_retention))
+        `flush_prune_slice` rows each (`pruning` says whether some is left), so an hour of
+        100,000 services' history expiring, or a day past the size limit, never holds the
+        store's thread (and the next flush) for long. They go oldest first: the report sees
+        the hour being pruned as incomplete and reads it from its rollups."""
+        raw, rolled, alerts = _ts(now - self.retention), _ts(now - self.rollup_retention), None
+        if self._expiry is not None:  # a drop under way (past the size limit) goes on
+            raw, rolled = max(raw, self._expiry[0]), max(rolled, self._expiry[1])
+            alerts = self._expiry[2]
+        self._today = _ts(now) - _ts(now) % DAY
+        self._expire_before(raw, rolled, alerts)
         with self.db:
-            self._expire(self.prune_slice)
-        self._forget_runs_before(raw)
-        if self.size_limit is not None:
-            self.prune_for_size(now)
+            expired = self._expire(self.prune_slice)
+        self._expired(expired)
 
-    def _expire(self, budget: int) -> None:
-        """Delete up to `budget` expired runs and as many rollups (in the caller's transaction);
-        forget the expiry once nothing is left of it."""
+    @property
+    def pruning(self) -> bool:
+        """Whether expired history (or history past the size limit) is left to delete."""
+        return self._expiry is not None
+
+    def _expire_before(self, raw: float, rolled: float, alerts: float | None) -> None:
+        """Set what the slices delete; the services' current runs older than that are
+        forgotten first (the next observation starts a new run rather than extend a row
+        about to go)."""
+        self._expiry = (raw, rolled, alerts)
+        self._runs.forget_before(raw)
+
+    def _expire(self, budget: int) -> _Slice | None:
+        """Delete up to `budget` expired runs, as many rollups and as many sent alerts (in the
+        caller's transaction); return how many of each and whether that was all, or None when
+        nothing is expiring."""
         if self._expiry is None:
-            return
-        raw, rolled = self._expiry
+            return None
+        raw, rolled, alerts = self._expiry
         # a run that reaches into the window stays whole
         runs = self.db.execute(
             "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE at < ? AND until < ? "
@@ -854,20 +1018,44 @@ class Store:
             "WHERE service IN (SELECT id FROM services) AND hour < ? LIMIT ?)",
             (rolled, budget),
         ).rowcount
-        if runs < budget and hours < budget:
-            self._expiry = None
+        sent = 0
+        if alerts is not None and self._has_outbox():
+            sent = self.db.execute(
+                "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox WHERE "
+                "created_at < ? AND (delivered_at IS NOT NULL OR failed_at IS NOT NULL) "
+                "LIMIT ?)",
+                (alerts, budget),
+            ).rowcount
+        last = max(runs, hours, sent) < budget
+        if last:  # the latest hours of services long gone go with the last slice
             self._drop_latest_before(rolled)
+        return (runs, hours, sent), last
+
+    def _has_outbox(self) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
+        return self.db.execute(query).fetchone() is not None
+
+    def _expired(self, done: _Slice | None) -> None:
+        """After a slice's commit: count it, and once nothing is left, end the expiry and look
+        at the size limit."""
+        if done is None:
+            return
+        deleted, last = done
+        if self._shrink is not None:
+            for name, count in zip(("runs", "hourly", "alerts"), deleted, strict=True):
+                self._shrink.dropped[name] += count
+        if not last:
+            return
+        self._expiry = None
+        if self._shrink is not None:
+            self._shrink.days += 1
+        self.prune_for_size()
 
     def _drop_latest_before(self, stamp: float) -> None:
         """The latest hours of services not seen since `stamp` go too (a service the plan
         dropped); the next flush of any service looks its row up again."""
         if self.db.execute("DELETE FROM hour_now WHERE hour < ?", (stamp,)).rowcount:
-            self._latest.clear()
-
-    def _forget_runs_before(self, stamp: float) -> None:
-        for key, run in self._current.items():
-            if run.count and run.until < stamp:
-                self._current[key] = _Current(run.service)
+            self._runs.forget_latest()
 
     def used_bytes(self) -> int:
         """Bytes of the file in use (its free pages are reused before it grows)."""
@@ -876,76 +1064,66 @@ class Store:
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * size)
 
-    def prune_for_size(self, now: datetime) -> int:
+    def prune_for_size(self) -> None:
         """Past `size_limit`, drop whole days of history, oldest first, until the store uses
         at most SIZE_LOW_WATER of it: rollups and runs before the day kept, and alerts
-        delivered (or given up) before it. Never today's, never an incident, never an alert
-        still to be sent. The freed pages are reused by what is written next, so the file
-        stops growing (it does not shrink: no VACUUM, which would hold the writer for minutes).
-        Logs once at warning what was dropped; returns how many days."""
-        limit = self.size_limit
+        delivered (or given up) before it. Never the day of the last `prune`, never an
+        incident, never an alert still to be sent. Called once an expiry is all deleted; sets
+        the next day to drop, which the slices of `prune` and the flushes then delete. The
+        freed pages are reused by what is written next, so the file stops growing (it does
+        not shrink: no VACUUM, which would hold the writer for minutes). Logs once at warning
+        what was dropped, and counts it in `size_prunes`."""
+        limit, today, shrink = self.size_limit, self._today, self._shrink
+        if limit is None or today is None:
+            self._shrink = None
+            return
         used = self.used_bytes()
-        if limit is None or used <= limit:
-            return 0
-        today = _ts(now) - _ts(now) % DAY
-        dropped = {"runs": 0, "hourly": 0, "alerts": 0}
-        days = 0
-        before = used
-        keep_from = None
-        while used > limit * SIZE_LOW_WATER:
-            oldest = [
-                v
-                for (v,) in (
-                    self.db.execute("SELECT min(at) FROM runs").fetchone(),
-                    self.db.execute(_OLDEST_HOUR).fetchone(),
+        if used <= (limit if shrink is None else limit * SIZE_LOW_WATER):
+            if shrink is not None:
+                self._shrunk(shrink, used)
+            return
+        oldest = [
+            v
+            for (v,) in (
+                self.db.execute("SELECT min(at) FROM runs").fetchone(),
+                self.db.execute(_OLDEST_HOUR).fetchone(),
+            )
+            if v is not None
+        ]
+        if not oldest or min(oldest) >= today:
+            if shrink is None or not shrink.days:
+                log.warning(
+                    "store %s: %d MiB in use passes --store-limit %d MiB, but only today's "
+                    "history is left; raise the limit",
+                    self.path,
+                    used >> 20,
+                    limit >> 20,
                 )
-                if v is not None
-            ]
-            if not oldest or min(oldest) >= today:
-                break
-            keep_from = min(min(oldest) - min(oldest) % DAY + DAY, today)
-            with self.db:
-                dropped["runs"] += self.db.execute(
-                    "DELETE FROM runs WHERE at < ? AND until < ?", (keep_from, keep_from)
-                ).rowcount
-                dropped["hourly"] += self.db.execute(_DELETE_HOURS, (keep_from,)).rowcount
-                self._drop_latest_before(keep_from)
-                if self.db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
-                ).fetchone():
-                    dropped["alerts"] += self.db.execute(
-                        "DELETE FROM alert_outbox WHERE created_at < ? AND "
-                        "(delivered_at IS NOT NULL OR failed_at IS NOT NULL)",
-                        (keep_from,),
-                    ).rowcount
-            self._forget_runs_before(keep_from)
-            days += 1
-            used = self.used_bytes()
-            if self._pending:  # a long prune must not hold the observations back
-                self.flush()
-        self.size_prunes += days > 0
-        if keep_from is None:
-            log.warning(
-                "store %s: %d MiB in use passes --store-limit %d MiB, but only today's history "
-                "is left; raise the limit",
-                self.path,
-                before >> 20,
-                limit >> 20,
-            )
-        else:
-            log.warning(
-                "store %s: %d MiB in use passed --store-limit %d MiB: dropped the history "
-                "before %s (%d runs, %d hourly rollups, %d sent alerts); now %d MiB",
-                self.path,
-                before >> 20,
-                limit >> 20,
-                _dt(keep_from).date().isoformat(),  # type: ignore[union-attr]
-                dropped["runs"],
-                dropped["hourly"],
-                dropped["alerts"],
-                used >> 20,
-            )
-        return days
+            else:
+                self._shrunk(shrink, used)
+            self._shrink = None
+            return
+        if shrink is None:
+            self._shrink = shrink = _Shrink(before=used)
+        shrink.keep_from = min(min(oldest) - min(oldest) % DAY + DAY, today)
+        self._expire_before(shrink.keep_from, shrink.keep_from, shrink.keep_from)
+
+    def _shrunk(self, shrink: _Shrink, used: int) -> None:
+        self._shrink = None
+        self.size_prunes += 1
+        assert self.size_limit is not None
+        log.warning(
+            "store %s: %d MiB in use passed --store-limit %d MiB: dropped the history "
+            "before %s (%d runs, %d hourly rollups, %d sent alerts); now %d MiB",
+            self.path,
+            shrink.before >> 20,
+            self.size_limit >> 20,
+            _dt(shrink.keep_from).date().isoformat(),  # type: ignore[union-attr]
+            shrink.dropped["runs"],
+            shrink.dropped["hourly"],
+            shrink.dropped["alerts"],
+            used >> 20,
+        )
 
     def add_rollups(self, rows: Iterable[Rollup]) -> None:
         """Insert whole hours at once (imports, tests that need long history)."""
@@ -962,7 +1140,7 @@ class Store:
                     "WHERE channel = ? AND business = ?)",
                     [(int(_ts(r.hour)), r.channel, r.business) for r in rows],
                 )
-                self._latest.clear()
+                self._runs.forget_latest()
             self.db.executemany(
                 "INSERT OR REPLACE INTO hourly SELECT id, ?, ?, ?, ?, ?, ?, ?, ? FROM services "
                 "WHERE channel = ? AND business = ?",
