@@ -79,16 +79,20 @@ class GcPauses:
         return out
 
 
-def settle() -> None:
+def settle(collect: bool = False) -> None:
     """After making what lives as long as the process (the plan at start; every service's
-    counters, locks and state after its first round): freeze it, so full collections never
-    walk it again and their pauses stay short, and hand the heap the work freed back to the OS.
+    counters and state after its first round): freeze it, so full collections never walk it
+    again and their pauses stay short, and hand the heap the work freed back to the OS.
 
-    No collection first: at 100,000 services one would hold the process for seconds. What is
-    cyclic garbage at this instant is frozen with the rest and never collected, which is
-    nothing much: refcounting frees everything else, and the plan's load makes no cycles.
-    Reading a plan of 100,000 services peaks hundreds of megabytes above what it keeps, and
-    glibc keeps freed heap unless asked (`malloc_trim`)."""
+    The first time, no collection first: at 100,000 services one would hold the process for
+    seconds. What is cyclic garbage at this instant is frozen with the rest and never
+    collected, which is nothing much: refcounting frees everything else, and the plan's load
+    makes no cycles. A later freeze (`collect`: the state of services first judged after the
+    first) collects first, which then walks only what was made since, as any full collection
+    does, so no garbage is frozen. Reading a plan of 100,000 services peaks hundreds of
+    megabytes above what it keeps, and glibc keeps freed heap unless asked (`malloc_trim`)."""
+    if collect:
+        gc.collect()
     gc.freeze()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):

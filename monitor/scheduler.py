@@ -226,18 +226,21 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         self._settling = loop.call_later(longest * 1.2 + 1, self._settle, longest, SETTLE_TRIES)
 
-    def _settle(self, longest: float, tries: int) -> None:
-        """Freeze, unless a round left services unjudged (skipped while the monitor was behind,
-        as at a start that shares the machine): then wait a round more, `tries` times at
-        most, so their state is frozen too rather than walked by every full collection."""
+    def _settle(self, longest: float, tries: int, again: bool = False) -> None:
+        """Freeze after the first round. A round that left services unjudged (skipped while
+        the monitor was behind, as at a start that shares the machine) has their state made
+        later, for every full collection to walk: then freeze once more when 99 % are judged,
+        a round at a time, `tries` checks at most."""
         probed = self.pipeline.probed
         judged = sum(1 for ref in probed if ref.key in self.pipeline.states)
-        if judged < SETTLED * len(probed) and tries > 1 and not self._stopped:
-            loop = asyncio.get_running_loop()
-            self._settling = loop.call_later(longest, self._settle, longest, tries - 1)
+        done = judged >= SETTLED * len(probed) or tries <= 1 or self._stopped
+        if not again or done:
+            settle(collect=again)
+        if done:
+            self._settling = None
             return
-        self._settling = None
-        settle()
+        loop = asyncio.get_running_loop()
+        self._settling = loop.call_later(longest, self._settle, longest, tries - 1, True)
 
     def slots(self) -> dict[tuple[str, str], float]:
         """When each service of the running rounds is due (the loop's clock), started or not."""

@@ -359,54 +359,80 @@ async def test_services_planned_alike_share_thresholds_and_keep_no_lock(ten: Run
 
 def watch_the_freeze(
     running: Running, monkeypatch: pytest.MonkeyPatch
-) -> tuple[list[int], list[int]]:
-    """(the tries left at each check before the freeze, the check at which it froze)."""
+) -> tuple[list[int], list[tuple[int, bool]]]:
+    """(the tries left at each check, (the check, collected first) of each freeze)."""
     import monitor.scheduler
 
-    frozen: list[int] = []
+    frozen: list[tuple[int, bool]] = []
     checks: list[int] = []
-    monkeypatch.setattr(monitor.scheduler, "settle", lambda: frozen.append(len(checks)))
+
+    def settle(collect: bool = False) -> None:
+        frozen.append((len(checks), collect))
+
+    monkeypatch.setattr(monitor.scheduler, "settle", settle)
     check = running.scheduler._settle
 
-    def counted(longest: float, tries: int) -> None:
+    def counted(longest: float, tries: int, again: bool = False) -> None:
         checks.append(tries)
-        check(longest, tries)
+        check(longest, tries, again)
 
     monkeypatch.setattr(running.scheduler, "_settle", counted)
     return checks, frozen
 
 
-async def test_the_freeze_waits_for_services_not_yet_judged_three_rounds_at_most(
+async def test_services_judged_after_the_freeze_are_frozen_once_more_when_judged(
     ten: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start that falls behind leaves services unjudged after its first round; their state,
-    made later, would be walked by every full collection. The freeze waits a round more for
-    them (99 % judged), three checks at most."""
+    made later, would be walked by every full collection. The first freeze comes after the
+    first round all the same; a second one (collecting first, so no garbage is frozen) once
+    99 % are judged, three checks at most."""
     checks, frozen = watch_the_freeze(ten, monkeypatch)
     gate = asyncio.Event()
     real = ten.pipeline.probe
 
     async def held(ref: object) -> object:
         if ref.service.id != "s0":  # type: ignore[attr-defined]
-            await gate.wait()  # nine of ten never judged before the freeze is due
+            await gate.wait()  # nine of ten not judged before the first freeze
         return await real(ref)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ten.pipeline, "probe", held)
     ten.scheduler.start()
     try:
-        await async_wait_for(lambda: frozen, timeout=15, what="the freeze")
-        assert checks == [3, 2, 1] and frozen == [3], "frozen at the last check anyway"
+        await async_wait_for(lambda: frozen, timeout=15, what="the first freeze")
+        assert checks == [3] and frozen == [(1, False)]
+        gate.set()
+        await async_wait_for(lambda: len(frozen) == 2, timeout=15, what="the second freeze")
+        assert checks == [3, 2] and frozen == [(1, False), (2, True)]
     finally:
         gate.set()
 
 
-async def test_the_freeze_comes_after_one_round_when_every_service_is_judged(
+async def test_services_never_judged_stop_the_checks_after_three(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks, frozen = watch_the_freeze(ten, monkeypatch)
+    gate = asyncio.Event()
+
+    async def stuck(_ref: object) -> None:
+        await gate.wait()
+
+    monkeypatch.setattr(ten.pipeline, "probe", stuck)
+    ten.scheduler.start()
+    try:
+        await async_wait_for(lambda: len(frozen) == 2, timeout=20, what="two freezes")
+        assert checks == [3, 2, 1] and frozen == [(1, False), (3, True)]
+    finally:
+        gate.set()
+
+
+async def test_the_freeze_comes_once_after_one_round_when_every_service_is_judged(
     ten: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checks, frozen = watch_the_freeze(ten, monkeypatch)
     ten.scheduler.start()
     await async_wait_for(lambda: frozen, timeout=15, what="the freeze")
-    assert checks == [3] and frozen == [1]
+    assert checks == [3] and frozen == [(1, False)]
     assert len(ten.pipeline.states) == 10
 
 
