@@ -227,3 +227,35 @@ def plan_texts(draw: st.DrawFn) -> str:
 def test_random_plans_read_in_parts_equal_the_whole(text: str) -> None:
     with tempfile.TemporaryDirectory() as directory:
         compare(text, Path(directory))
+
+
+def test_services_share_what_is_equal_and_copies_stay_apart(tmp_path: Path) -> None:
+    """At 100,000 services each model's own set of named fields, each probe's own empty
+    headers table held about 90 MB: equal ones are one object. Sharing must not leak: a copy
+    with a field changed names it in its own set, the others' stay as they were."""
+    import pickle
+
+    probe = '[channels.services.probe]\nurl = "https://api.example/q"\n'
+    path = tmp_path / "channels.toml"
+    path.write_text(
+        FREEZE
+        + channel("a", service("s", extra=probe), service("t", extra=probe))
+        + channel("b", service("s", extra=probe), service("t"))
+    )
+    config = load_config(path)
+    (s1, t1), (s2, t2) = (c.services for c in config.channels)
+    assert s1.model_fields_set is t1.model_fields_set is s2.model_fields_set
+    assert t2.model_fields_set == {"id", "name", "expect"}  # no probe: a set of its own
+    assert s1.probe.model_fields_set is s2.probe.model_fields_set
+    assert s1.probe.headers is s2.probe.headers == {}
+    assert s1.probe.url is s2.probe.url
+    assert config == validate_config(parse_toml(path.read_bytes(), path, "plan"), str(path))
+
+    copy = s1.model_copy(update={"note": "改"})
+    assert copy.model_fields_set == {"id", "name", "expect", "probe", "note"}
+    assert s2.model_fields_set == {"id", "name", "expect", "probe"}
+
+    again = pickle.loads(pickle.dumps(config))  # how the page's worker gets the plan
+    assert again == config
+    (s1, t1), (s2, _) = (c.services for c in again.channels)
+    assert s1.model_fields_set is s2.model_fields_set
