@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import functools
 import gc
+import itertools
 import json
 import os
 import re
@@ -1176,7 +1177,7 @@ def _load_in_parts(raw: bytes, filename: str, alerts: bool) -> PlanConfig:
     validated = []
     for index, channel in enumerate(channels):
         check.references(index, channel)
-        validated.append(check.channel(channel))
+        validated.append(check.channel(index, channel))
     data["channels"] = validated
     return check.finish(data)
 
@@ -1245,6 +1246,14 @@ class _Sharing:
             object.__setattr__(model, "__pydantic_fields_set__", shared)
 
 
+#: Where a channel validated alone had errors: the whole plan then has problems anyway.
+_STAND_IN = Channel.model_construct()
+#: The locations of the plan's fields before `channels`, whose errors come before a channel's.
+_BEFORE_CHANNELS = {
+    (name,) for name in itertools.takewhile(lambda n: n != "channels", PlanConfig.model_fields)
+}
+
+
 class _PlanCheck:
     """The checks of one plan: its channels' references one by one, then the whole.
 
@@ -1263,13 +1272,20 @@ class _PlanCheck:
         self.problems: list[str] = []
         self.channel_ids: dict[str, int] = {}
         self.sharing = _Sharing()
+        self.channel_errors: list[str] = []
 
-    def channel(self, raw: object) -> object:
-        """The channel validated alone, or `raw` itself when it has errors."""
+    def channel(self, index: int, raw: object) -> Channel:
+        """The channel at `index` validated alone; one with errors has them described now
+        (they come where the whole plan's validation puts a channel's) and a stand-in in its
+        place, so that neither its raw tables nor a second validation are needed later."""
         try:
             channel = Channel.model_validate(raw, context=self.context)
-        except ValidationError:
-            return raw
+        except ValidationError as exc:
+            where = {"channels": [None] * index + [raw]}
+            for error in exc.errors():
+                error["loc"] = ("channels", index, *error["loc"])
+                self.channel_errors.append(_describe(error, where, self.filename))
+            return _STAND_IN
         self.sharing.channel(channel)
         return channel
 
@@ -1326,7 +1342,11 @@ class _PlanCheck:
             config = PlanConfig.model_validate(data, context=self.context)
         except ValidationError as exc:
             for error in exc.errors():
+                if self.channel_errors and error["loc"][:1] not in _BEFORE_CHANNELS:
+                    problems.extend(self.channel_errors)  # pydantic's order: fields, then extras
+                    self.channel_errors = []
                 problems.append(_describe(error, data, self.filename))
+        problems.extend(self.channel_errors)
         for key in self.periods:
             if not ID_PATTERN.match(str(key)):
                 problems.append(

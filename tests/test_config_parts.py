@@ -92,7 +92,7 @@ SAFE = {
     )
     + FREEZE,
     "errors in several channels and at the top": (
-        '[monitor]\ninterval = "soon"\n'
+        'colour = 1\n[monitor]\ninterval = "soon"\n'
         + channel("a", service("s", during="frieze"), service("s"))
         + channel("a", service("t", extra="colour = 1\n"))
         + channel("c", service("u", extra='[channels.services.probe]\nurl = "ftp://tok@x/"\n'))
@@ -100,6 +100,7 @@ SAFE = {
         + '[periods.Bad]\nstart = "x"\n'
         + ALERTS
         + ALERTS
+        + '[[alerts]]\ntype = "pager"\nurl = "https://hooks.example/y"\n'
     ),
     "a channel without services, one that is not a table's shape": (
         FREEZE + channel("a") + channel("b", extra="services = 3\n") + channel("c", service("s"))
@@ -174,6 +175,8 @@ def test_errors_keep_their_key_paths_and_order(tmp_path: Path) -> None:
         "periods.Bad.start",
         'channels[1].services[0].colour (channel "a", service "t")',
         'channels[2].services[0].probe.url (channel "c", service "u")',
+        "alerts[2].type",
+        "colour",
         "periods.Bad",
         'channels[0].services[0].expect[0].during (channel "a", service "s")',
         'channels[0].services[1].id (channel "a", service "s")',
