@@ -1069,8 +1069,9 @@ def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
     The plan is read a `[[channels]]` table at a time where that provably gives the same
     result (`_plan_in_parts`), each channel validated and its raw tables dropped before the
     next is read: at 100,000 services the whole document's parse tree, its Python tables and
-    the plan objects were alive at once (805 MiB); now only the objects and one channel's
-    tables are. Any other file is read whole, as `validate` always did."""
+    the plan objects were alive at once (a peak of 765 MiB in a process that only loads the
+    plan, bench/plan_load.py); now only the objects and one channel's tables are (161 MiB).
+    Any other file is read whole, as it always was."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -1218,8 +1219,7 @@ class _Sharing:
     own headers table, though thousands of services name the same fields and most have no
     headers: at 100,000 services the sets alone held about 90 MB. The plan's models are
     frozen, and pydantic copies a model's set before it changes a copy's, so services can
-    share them; probes share their URL string where it repeats (one API for many services).
-    Pickling keeps what is shared shared, so the page's worker gets the same saving."""
+    share them; probes share their URL string where it repeats (one API for many services)."""
 
     def __init__(self) -> None:
         self.fields: dict[frozenset[str], set[str]] = {}
@@ -1259,8 +1259,9 @@ class _PlanCheck:
 
     A channel can be validated alone first (`channel`) so that its raw tables can be dropped
     while the rest is read: a valid one is put back into the document as a `Channel`, which
-    the whole plan's validation takes as it is; an invalid one stays raw and is validated
-    again with the whole, so its errors come in their place with their usual key paths."""
+    the whole plan's validation takes as it is; an invalid one's errors are described at once,
+    with the key paths the whole plan's validation gives, and `finish` puts them where that
+    validation would have (after the fields before `channels`, before the rest)."""
 
     def __init__(
         self, top: dict[str, Any], filename: str, env: Mapping[str, str] | None = None

@@ -61,6 +61,13 @@ def compare(text: str | bytes, directory: Path) -> bool:
     path.write_bytes(raw)
     whole = outcome(lambda: validate_config(parse_toml(raw, path, "plan file"), str(path)))
     assert outcome(lambda: load_config(path)) == whole
+
+    def without_alerts() -> PlanConfig:  # `run --no-alerts`
+        data = parse_toml(raw, path, "plan file")
+        data.pop("alerts", None)
+        return validate_config(data, str(path))
+
+    assert outcome(lambda: load_config(path, alerts=False)) == outcome(without_alerts)
     try:
         data, channels = _plan_in_parts(raw)
         data["channels"] = list(channels)
