@@ -1254,6 +1254,22 @@ _BEFORE_CHANNELS = {
 }
 
 
+class _OneAt(list):
+    """The channels as a key path sees them when one is read alone: `item` at `index`, as
+    long as the list up to it, without building that list (100,000 channels with problems
+    would make it quadratic)."""
+
+    def __init__(self, index: int, item: object) -> None:
+        super().__init__()
+        self.index, self.item = index, item
+
+    def __len__(self) -> int:
+        return self.index + 1
+
+    def __getitem__(self, index: typing.SupportsIndex | slice) -> Any:
+        return self.item if index == self.index else None
+
+
 class _PlanCheck:
     """The checks of one plan: its channels' references one by one, then the whole.
 
@@ -1282,7 +1298,7 @@ class _PlanCheck:
         try:
             channel = Channel.model_validate(raw, context=self.context)
         except ValidationError as exc:
-            where = {"channels": [None] * index + [raw]}
+            where = {"channels": _OneAt(index, raw)}
             for error in exc.errors():
                 error["loc"] = ("channels", index, *error["loc"])
                 self.channel_errors.append(_describe(error, where, self.filename))
@@ -1297,7 +1313,7 @@ class _PlanCheck:
         filename, periods = self.filename, self.periods
 
         def path(*loc: object) -> str:  # built only for a problem: the channel at its index
-            return key_path(("channels", index, *loc), {"channels": [None] * index + [channel]})
+            return key_path(("channels", index, *loc), {"channels": _OneAt(index, channel)})
 
         cid = channel.get("id")
         if isinstance(cid, str):
