@@ -11,6 +11,7 @@ another way) must be read whole, and are checked to be.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,9 @@ ALERTS = '[[alerts]]\ntype = "webhook"\nurl = "https://hooks.example/x"\n'
 MILESTONE = '[[milestones]]\nat = 2022-06-22T18:00:00+08:00\ntitle = "停机"\n'
 
 
-def outcome(read: object) -> tuple[str, object]:
+def outcome(read: Callable[[], PlanConfig]) -> tuple[str, object]:
     try:
-        config = read()  # type: ignore[operator]
+        config = read()
     except ConfigError as exc:
         return "problems", exc.problems
     assert isinstance(config, PlanConfig)
