@@ -127,7 +127,11 @@ class Pipeline:
     clock: Clock
     prober: Prober
     listeners: list[Listener] = field(default_factory=list)
-    concurrency: int = 100
+    #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
+    #: probes a second; on a busy loop each takes tens of milliseconds, so 100 slots made
+    #: probes wait for one (a standing queue of a second and more), and 100 hung targets
+    #: would have held every slot until their timeouts.
+    concurrency: int = 400
     probers: dict[str, KindProber] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

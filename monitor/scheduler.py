@@ -9,16 +9,18 @@ for the full garbage collections to walk). A one-shot job fires at every planned
 verdicts, metrics and the page change at the instant the plan does, and the affected services
 are probed right away.
 
-Probes are run by a fixed pool of worker tasks, as many as the pipeline's concurrency, fed
-from one queue: a due probe waiting for a worker is an entry in that queue, not a task of its
-own (a task, its coroutine, context and future are about ten objects for every full collection
-to walk; 10,000 waiting probes made those collections several times longer). Probes of a kind
-that limits itself (the browser's pages) run as their own tasks and wait at their own limit, so
-slow pages never hold the workers. When `MAX_WAITING` probes are already waiting or running, the
-monitor is behind and a probe that falls due is skipped (counted in `skipped`, `/healthz` and
-the metrics) rather than queued without bound: its service is probed at its next slot, and its
-verdict goes stale if that keeps happening, which is the truth. The lag of a probe is counted
-when a worker takes it up, so time spent waiting for a worker is lag too.
+Probes are run by a fixed pool of worker tasks, `WORKERS_PER_SLOT` for each slot of the
+pipeline's concurrency, fed from one queue: a due probe waiting for a worker is an entry in
+that queue, not a task of its own (a task, its coroutine, context and future are about ten
+objects for every full collection to walk; 10,000 waiting probes made those collections
+several times longer). A worker holds its probe through judging, which may wait for the store;
+the slot is free by then, and the other workers keep the slots busy. Probes of a kind that
+limits itself (the browser's pages) run as their own tasks and wait at their own limit, so
+slow pages never hold the workers. When `MAX_WAITING` probes are already waiting or running,
+the monitor is behind and a probe that falls due is skipped (counted in `skipped`, `/healthz`
+and the metrics) rather than queued without bound: its service is probed at its next slot, and
+its verdict goes stale if that keeps happening, which is the truth. The lag of a probe is
+counted when a worker takes it up, so time spent waiting for a worker is lag too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ ROUND = "probe-"
 FLUSH_EVERY = timedelta(seconds=1)
 #: Probes waiting for a slot (or running) beyond which a due probe is skipped.
 MAX_WAITING = 10_000
+#: Workers per slot of the pipeline's concurrency: a worker holds its probe through judging,
+#: which can wait for the store (an incident's transition is written before it is acted on),
+#: while the slot (the network part) is free again; more workers than slots keep the slots busy.
+WORKERS_PER_SLOT = 2
 #: At most this many probes are started in one turn of the event loop (a round that is behind,
 #: or a transition that concerns every service, starts in bursts, not in one long turn).
 BURST = 200
@@ -156,7 +162,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         self.workers = [
             loop.create_task(self._work(), name=f"probe-worker-{number}")
-            for number in range(max(1, self.pipeline.concurrency))
+            for number in range(max(1, self.pipeline.concurrency * WORKERS_PER_SLOT))
         ]
 
     def _add_round(self, interval: timedelta, refs: list[ServiceRef], now: datetime) -> None:

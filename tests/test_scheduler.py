@@ -20,7 +20,7 @@ from helpers import ChannelServer, async_wait_for, load_plan
 from monitor.clock import RealClock
 from monitor.pipeline import Pipeline, Result
 from monitor.probe import Prober
-from monitor.scheduler import Scheduler
+from monitor.scheduler import WORKERS_PER_SLOT, Scheduler
 from monitor.store import Store
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -291,10 +291,13 @@ async def test_a_monitor_that_is_behind_skips_due_probes_rather_than_queue_them(
 async def test_probes_waiting_for_a_worker_are_entries_of_a_queue_not_tasks(
     ten: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers, as many as the pipeline's concurrency, run the due probes; one waiting for a
+    """Workers (here one per slot of the concurrency) run the due probes; one waiting for a
     worker is an entry of a queue (a task of its own is about ten objects for every full
     collection to walk: 10,000 of them made those collections several times longer), and the
     time it waits counts as its lag."""
+    import monitor.scheduler
+
+    monkeypatch.setattr(monitor.scheduler, "WORKERS_PER_SLOT", 1)
     ten.pipeline.concurrency = 2
     gate = asyncio.Event()
     started: list[str] = []
@@ -327,6 +330,9 @@ async def test_probes_waiting_for_a_worker_are_entries_of_a_queue_not_tasks(
 async def test_stop_drops_the_probes_waiting_for_a_worker_and_ends_the_workers(
     ten: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import monitor.scheduler
+
+    monkeypatch.setattr(monitor.scheduler, "WORKERS_PER_SLOT", 1)
     ten.pipeline.concurrency = 2
     started: list[str] = []
 
@@ -442,4 +448,30 @@ async def test_a_round_started_alone_has_workers_to_run_it(ten: Running) -> None
     ((interval, refs),) = ten.scheduler.groups().items()
     await ten.scheduler._round(refs, interval)
     await async_wait_for(lambda: len(ten.recorder.results) >= 10, what="ten services probed")
-    assert len(ten.scheduler.workers) == ten.pipeline.concurrency
+    assert len(ten.scheduler.workers) == ten.pipeline.concurrency * WORKERS_PER_SLOT
+
+
+async def test_a_judgement_waiting_for_the_store_does_not_hold_the_probing_back(
+    ten: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker holds its probe through judging, which waits for the store when an incident
+    changes; the network slot is free by then, and other workers keep the slots busy."""
+    ten.pipeline.concurrency = 1
+    gate = asyncio.Event()
+    judged: list[str] = []
+    real = ten.pipeline.judge
+
+    async def judge(ref: object, observation: object, plan: object = None) -> object:
+        if ref.service.id == "s0":  # type: ignore[attr-defined]
+            await gate.wait()  # as an incident's write waiting behind a long flush
+        judged.append(ref.service.id)  # type: ignore[attr-defined]
+        return await real(ref, observation, plan)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ten.pipeline, "judge", judge)
+    ten.scheduler.start()
+    try:
+        others = {f"s{i}" for i in range(1, 10)}
+        await async_wait_for(lambda: others <= set(judged), what="the other nine judged")
+        assert "s0" not in judged
+    finally:
+        gate.set()

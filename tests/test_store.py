@@ -444,3 +444,53 @@ def test_a_store_that_refuses_writes_keeps_a_bounded_buffer_and_recovers(db: Pat
         assert kept == [(HOUR + timedelta(minutes=m)).timestamp() for m in (3, 4, 5)]
     finally:
         store.close()
+
+
+def test_a_flush_writes_its_runs_and_rollups_in_a_few_statements(tmp_path: Path) -> None:
+    """Every step of a statement hands the GIL to the event loop's thread and waits to take it
+    back; a flush of 1,000 services' observations as 2,000 steps took seconds while the loop
+    was busy. The runs extended and the hours added are one statement each, and what they
+    write is what one statement a row wrote, floats bit for bit."""
+    store = Store(tmp_path / "monitor.db")
+    try:
+        start = HOUR + timedelta(minutes=1)
+        durations = [0.1 + index / 7_000 for index in range(1_000)]  # not exact in decimal
+        for minute in range(3):  # started, then extended twice
+            for index in range(1_000):
+                at = start + timedelta(minutes=minute, microseconds=index * 7)
+                store.add(pending(at, True, duration=durations[index], business=f"s{index}"))
+            statements: list[str] = []
+            store.db.set_trace_callback(statements.append)
+            store.flush()
+            store.db.set_trace_callback(None)
+            updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+            if minute:
+                assert len(updates) == 2, f"{len(updates)} UPDATE statements in one flush"
+        rows = store.db.execute(
+            "SELECT s.business, r.until, r.count, r.duration FROM runs r "
+            "JOIN services s ON s.id = r.service"
+        ).fetchall()
+        assert len(rows) == 1_000
+        for business, until, count, duration in rows:
+            index = int(business[1:])
+            at = start + timedelta(minutes=2, microseconds=index * 7)
+            assert (until, count, duration) == (at.timestamp(), 3, durations[index])
+        probes = store.db.execute("SELECT sum(probes), count(*) FROM hour_now").fetchone()
+        assert probes == (3_000, 1_000)
+    finally:
+        store.close()
+
+
+def test_updates_from_values_go_in_chunks_the_connection_allows(tmp_path: Path) -> None:
+    from monitor.store import _update_from_values
+
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, n INTEGER)")
+    db.executemany("INSERT INTO t VALUES (?, 0.0, 1)", [(i,) for i in range(100)])
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 7)  # two rows of three a statement
+    rows = [(i, i / 3, i) for i in range(0, 100, 2)]
+    _update_from_values(db, "t", "id", ("x", "n"), rows, {"n": "n + {value}"})
+    got = dict(((i, (x, n)) for i, x, n in db.execute("SELECT id, x, n FROM t")))
+    for i in range(100):
+        assert got[i] == ((i / 3, 1 + i) if i % 2 == 0 else (0.0, 1))
+    db.close()
