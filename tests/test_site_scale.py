@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import real_plan
+from helpers import REAL_PLAN, real_plan
 from page_checks import check_site
 from site_data import DURING_LATE, add_incident, busy_store, fill_history, large_plan
 
+from monitor.config import load_config
 from monitor.judge import Verdict
 from monitor.notice import NoticesFile
 from monitor.plan import Plan
@@ -28,6 +29,7 @@ from monitor.site.render import (
     render,
     render_from,
 )
+from monitor.site.slim import unslim
 
 
 @pytest.fixture(scope="module")
@@ -264,23 +266,44 @@ def test_statuspage_files_are_compact_json_as_before(tmp_path: Path) -> None:
         assert data == again.encode("utf-8"), path
 
 
-def test_the_render_workers_slim_plan_gives_the_same_site(tmp_path: Path) -> None:
-    """The render worker gets the plan with each probe and push replaced by what the page asks
-    of it (`_page_config`): the same site as from the whole plan, and no probe's address or
-    headers in what is sent to the worker."""
-    config = real_plan().config
-    slim = _page_config(config)
+def test_the_render_workers_slim_plan_gives_the_same_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render worker gets the plan as plain tuples, each probe and push replaced by what
+    the page asks of it (`_page_config`, made whole again by `unslim`): the same site as from
+    the whole plan, and no probe's address or header, no push token and no alert sink in what
+    is sent to the worker."""
+    secrets = {  # some of the plan's variables set (the rest leave services waiting)
+        "EHUIBAN_API_URL": "http://127.0.0.1:9/ehuiban-4c2d7e",
+        "EHUIBAN_API_TOKEN": "header-token-91a0c3",
+        "GOV_HALL_PUSH_TOKEN": "push-token-0e6b5d2f81",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    text = REAL_PLAN.read_text("utf-8") + (
+        '\n[[alerts]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook-5d1e"\n'
+        'secret = "sink-secret-2b8e41"\n'
+    )
+    (tmp_path / "channels.toml").write_text(text, "utf-8")
+    config = load_config(tmp_path / "channels.toml")
+    sent = pickle.dumps(_page_config(config))
+    slim = unslim(pickle.loads(sent))
     db = busy_store(tmp_path / "monitor.db")
     for name, plan in (("whole", Plan(config)), ("slim", Plan(slim))):
         render_from(plan, tmp_path / name, DURING_LATE, db)
     assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "slim")
-    sent = pickle.dumps(slim)
-    urls = {s.probe.url for c in config.channels for s in c.services if s.probe is not None}
-    assert urls and not any(url.encode() in sent for url in urls)
+    services = [s for c in config.channels for s in c.services]
+    probes = [s.probe for s in services if s.probe is not None]
+    told = [p.url for p in probes] + [v for p in probes for v in p.headers.values()]
+    told += [s.push.token for s in services if s.push is not None]
+    told += [value for sink in config.alerts for value in (sink.url, sink.secret or "")]
+    assert all(any(value in t for t in told) for value in secrets.values())  # all were used
+    assert "sink-secret-2b8e41" in told and not any(value.encode() in sent for value in told)
+    assert not slim.alerts
 
     def asked(c) -> list[tuple]:
         return [(s.observed_by, s.unset, s.configured) for c in c.channels for s in c.services]
 
     assert asked(slim) == asked(config)
     assert {"http", "push"} <= {kind for kind, _, _ in asked(slim)}
-    assert any(unset for _, unset, _ in asked(slim))  # services waiting for a variable
+    assert any(s.probe.interval for c in slim.channels for s in c.services if s.probe)
