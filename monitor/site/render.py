@@ -545,43 +545,80 @@ def _json_chunks(data: dict) -> list[bytes]:
     return chunks
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_dumps = feeds.dumps
 
 
-def _dumps(value: object) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
+def _spliced(value: object) -> list[bytes]:
+    """`_dumps(value)` as pieces in which every `feeds.Encoded` is a piece of its own, never
+    copied (a pause's components are megabytes at 100,000 services, shared by its files)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, feeds.Encoded):
+            if small:
+                out.append(b"".join(small))
+                small.clear()
+            out.append(value)
+        elif isinstance(value, dict):
+            small.append(b"{")
+            for index, (key, item) in enumerate(value.items()):
+                small.append((b"," if index else b"") + _dumps(str(key)) + b":")
+                walk(item)
+            small.append(b"}")
+        elif isinstance(value, list) and any(isinstance(i, dict | feeds.Encoded) for i in value):
+            small.append(b"[")
+            for index, item in enumerate(value):
+                small.append(b"," if index else b"")
+                walk(item)
+            small.append(b"]")
+        else:
+            small.append(_dumps(value))
+
+    walk(value)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
     """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
-    once: the component list is in two files and every pause in up to three (at 10,000
-    services a pause names thousands of components, and encoding was most of a render). The
-    parts are encoded before the first file is given, so the caller may drop the dicts."""
-    done: dict[int, bytes] = {}
+    once: the component list is in two files and every pause in up to three, and the large
+    parts come encoded already (`feeds.Encoded`, written as they are). The parts are encoded
+    before the first file is given, so the caller may drop the dicts."""
+    done: dict[int, list[bytes]] = {}
 
-    def encode(value: object) -> bytes:
+    def encode(value: object) -> list[bytes]:
         key = id(value)  # the parts are alive in `files` while this runs
         if key not in done:
-            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+            done[key] = _spliced(value)
         return done[key]
 
     layouts = []
     for name, data in files.items():
-        parts = []
+        parts: list[tuple[bytes, list[list[bytes]] | list[bytes]]] = []
         for key, value in data.items():
-            head = json.dumps(key, ensure_ascii=False).encode() + b":"
-            if key in ("scheduled_maintenances", "incidents") and isinstance(value, list):
+            head = _dumps(key) + b":"
+            if isinstance(value, list):  # its items one by one: each may be shared
                 parts.append((head, [encode(item) for item in value]))
             else:
                 parts.append((head, encode(value)))
         layouts.append((name, parts))
-    files.clear()  # every part is encoded: the dicts (hundreds of MB at 100,000) can go
+    files.clear()  # every part is encoded: the dicts can go
     data = value = None
     for name, parts in layouts:
         chunks = [b"{"]
         for index, (head, value) in enumerate(parts):
             chunks += [b"," if index else b"", head]
-            chunks += [b"[", b",".join(value), b"]"] if isinstance(value, list) else [value]
+            if value and isinstance(value[0], list):
+                chunks.append(b"[")
+                for number, item in enumerate(value):
+                    chunks += [b",", *item] if number else item
+                chunks.append(b"]")
+            elif not value:
+                chunks.append(b"[]")
+            else:
+                chunks += value
         chunks.append(b"}\n")
         yield name, chunks  # written piece by piece: the file is never one more copy
 
@@ -600,7 +637,10 @@ def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[s
         for lang in (zh_lang, en_lang)
     }
     yield "status.json", _json_chunks(feeds.own_status(model, heads))
-    statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
+    comps = feeds.components(model, feeds.asked(model))
+    statuspage = feeds.statuspage(model, comps)
+    statuspage = site_notices.add_to_statuspage(statuspage, model, comps.by_id)
+    del comps  # its parts are in `statuspage`, dropped as they are encoded
     for name, data in _json_files(statuspage):
         yield f"api/v2/{name}", data
     yield "history.atom", atom(model).encode("utf-8")
