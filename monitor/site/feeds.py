@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
@@ -152,10 +153,10 @@ def dumps(value: object) -> bytes:
 
 @dataclass
 class Components:
-    """The Statuspage components of a render: the list encoded a channel at a time, and what
-    the rest of the files ask of it."""
+    """The Statuspage components of a render: the list, encoded, and what the rest of the
+    files ask of it."""
 
-    encoded: list[Encoded]  # a piece per channel: the group, then its services
+    encoded: list[Encoded]  # the list in runs (`_runs`)
     by_id: dict[str, dict]  # the components asked for (of incidents and notices)
     positions: dict[tuple[str, str], int]  # each service's position in the list
     statuses: set[str]  # the statuses of the services
@@ -174,35 +175,39 @@ def components(model: Model, wanted: set[str] = frozenset()) -> Components:  # t
         "only_show_if_degraded": False,
     }
     made = Components([], {}, {}, set(), base)
-    position = 0
     of_channel: dict[int, list[ServiceView]] = {}  # one pass, not one per channel
     for view in model.services:
         of_channel.setdefault(id(view.ref.channel), []).append(view)
-    for channel in model.plan.config.channels:
-        views = of_channel.get(id(channel), [])
-        statuses = [component_status(v) for v in views]
-        made.statuses.update(statuses)
-        position += 1
-        group = {
-            "id": channel.id,
-            "name": channel.name,
-            "status": group_status(statuses),
-            "position": position,
-            "description": channel.note or None,
-            "group_id": None,
-            "group": True,
-            "components": [component_id(v.ref) for v in views],
-            **base,
-        }
-        pieces = [dumps(group)]
-        for view, status in zip(views, statuses, strict=True):
+
+    def encoded() -> Iterator[bytes]:
+        position = 0
+        for channel in model.plan.config.channels:
+            views = of_channel.get(id(channel), [])
+            statuses = [component_status(v) for v in views]
+            made.statuses.update(statuses)
             position += 1
-            made.positions[view.key] = position
-            comp = _component(view.ref, status, position, base)
-            pieces.append(dumps(comp))
-            if comp["id"] in wanted:
-                made.by_id[comp["id"]] = comp
-        made.encoded.append(Encoded(b",".join(pieces)))
+            yield dumps(
+                {
+                    "id": channel.id,
+                    "name": channel.name,
+                    "status": group_status(statuses),
+                    "position": position,
+                    "description": channel.note or None,
+                    "group_id": None,
+                    "group": True,
+                    "components": [component_id(v.ref) for v in views],
+                    **base,
+                }
+            )
+            for view, status in zip(views, statuses, strict=True):
+                position += 1
+                made.positions[view.key] = position
+                comp = _component(view.ref, status, position, base)
+                if comp["id"] in wanted:
+                    made.by_id[comp["id"]] = comp
+                yield dumps(comp)
+
+    made.encoded = _runs(encoded())  # encoded as they are made: never a dict of each
     return made
 
 
@@ -411,17 +416,19 @@ def scheduled(
     return out
 
 
-def _paused(model: Model, item: Maintenance, comps: Components) -> tuple[str, Encoded, Encoded]:
+def _paused(
+    model: Model, item: Maintenance, comps: Components
+) -> tuple[str, list[Encoded], list[Encoded]]:
     """What every pause of the same services says alike, made once for all of them: the
     services' names, their components and the components' change, encoded (a hall's nightly
     closures name the same services night after night, a quarter of them at 100,000)."""
     names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
     views, positions, base = model.by_key, comps.positions, comps.base
-    listed = b",".join(
+    listed = _runs(
         dumps(_component(ref, component_status(views[ref.key]), positions[ref.key], base))
         for ref in item.services
     )
-    affected = b",".join(
+    affected = _runs(
         dumps(
             {
                 "code": component_id(ref),
@@ -432,11 +439,38 @@ def _paused(model: Model, item: Maintenance, comps: Components) -> tuple[str, En
         )
         for ref in item.services
     )
-    return names, Encoded(b"[" + listed + b"]"), Encoded(b"[" + affected + b"]")
+    return names, listed, affected
+
+
+#: The size of a run of encoded items (`_runs`): small enough not to be copied whole, large
+#: enough that a file of them is written in few pieces.
+RUN_BYTES = 1 << 16
+
+
+def _runs(items: Iterable[bytes]) -> list[Encoded]:
+    """Encoded items of an array joined into runs of about `RUN_BYTES`, comma-separated (see
+    `Encoded`): the array is made without ever being held twice."""
+    out: list[Encoded] = []
+    pending: list[bytes] = []
+    size = 0
+    for item in items:
+        pending.append(item)
+        size += len(item) + 1
+        if size >= RUN_BYTES:
+            out.append(Encoded(b",".join(pending)))
+            pending, size = [], 0
+    if pending:
+        out.append(Encoded(b",".join(pending)))
+    return out
 
 
 def _maintenance(
-    model: Model, item: Maintenance, state: str, names: str, listed: Encoded, affected: Encoded
+    model: Model,
+    item: Maintenance,
+    state: str,
+    names: str,
+    listed: list[Encoded],
+    affected: list[Encoded],
 ) -> dict:
     zone, at = model.plan.zone, model.at
     period = item.period
@@ -524,7 +558,7 @@ def statuspage(model: Model, comps: Components) -> dict[str, dict]:
 def own_status(model: Model, headline: dict[str, str]) -> dict:
     """Plan, expectations, verdicts and incidents; names from the plan, never a probe. Its
     `services` are an iterator, made one at a time while the file is written (100,000 of them
-    as dicts were 150 MB): encode it with `render._json_chunks`."""
+    as dicts were 150 MB): encode it with `render._json_stream`."""
     zone = model.plan.zone
     config = model.plan.config
     return {
