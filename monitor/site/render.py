@@ -565,32 +565,35 @@ def _spliced(value: object) -> list[bytes]:
     copied (a pause's components are megabytes at 100,000 services, shared by its files)."""
     out: list[bytes] = []
     small: list[bytes] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, feeds.Encoded):
-            if small:
-                out.append(b"".join(small))
-                small.clear()
-            out.append(value)
-        elif isinstance(value, dict):
-            small.append(b"{")
-            for index, (key, item) in enumerate(value.items()):
-                small.append((b"," if index else b"") + _dumps(str(key)) + b":")
-                walk(item)
-            small.append(b"}")
-        elif isinstance(value, list) and any(isinstance(i, dict | feeds.Encoded) for i in value):
-            small.append(b"[")
-            for index, item in enumerate(value):
-                small.append(b"," if index else b"")
-                walk(item)
-            small.append(b"]")
-        else:
-            small.append(_dumps(value))
-
-    walk(value)
+    _walk(value, out, small)
     if small:
         out.append(b"".join(small))
     return out
+
+
+def _walk(value: object, out: list[bytes], small: list[bytes]) -> None:
+    """`_spliced`'s step: small pieces gather in `small` until an `Encoded` comes. (A module
+    function: a nested one that calls itself is a reference cycle, which kept every file's
+    pieces alive until the next full collection.)"""
+    if isinstance(value, feeds.Encoded):
+        if small:
+            out.append(b"".join(small))
+            small.clear()
+        out.append(value)
+    elif isinstance(value, dict):
+        small.append(b"{")
+        for index, (key, item) in enumerate(value.items()):
+            small.append((b"," if index else b"") + _dumps(str(key)) + b":")
+            _walk(item, out, small)
+        small.append(b"}")
+    elif isinstance(value, list) and any(isinstance(i, dict | feeds.Encoded) for i in value):
+        small.append(b"[")
+        for index, item in enumerate(value):
+            small.append(b"," if index else b"")
+            _walk(item, out, small)
+        small.append(b"]")
+    else:
+        small.append(_dumps(value))
 
 
 def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
