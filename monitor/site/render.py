@@ -596,7 +596,7 @@ def _walk(value: object, out: list[bytes], small: list[bytes]) -> None:
         small.append(_dumps(value))
 
 
-def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
+def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, Iterator[bytes]]]:
     """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
     once: the component list is in two files and every pause in up to three, and the large
     parts come encoded already (`feeds.Encoded`, written as they are). The parts are encoded
@@ -635,7 +635,9 @@ def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
             else:
                 chunks += value
         chunks.append(b"}\n")
-        yield name, chunks  # written piece by piece: the file is never one more copy
+        # written piece by piece as it is made: the file is never whole, nor an `Encoded`
+        # part uncompressed for longer than its piece is written
+        yield name, (p.text() if isinstance(p, feeds.Encoded) else p for p in chunks)
 
 
 def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, Content]]:
