@@ -4,6 +4,7 @@ render worker's kept history gives the same page as a render from nothing."""
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import re
@@ -307,3 +308,73 @@ def test_the_render_workers_slim_plan_gives_the_same_site(
     assert asked(slim) == asked(config)
     assert {"http", "push"} <= {kind for kind, _, _ in asked(slim)}
     assert any(s.probe.interval for c in slim.channels for s in c.services if s.probe)
+
+
+def test_the_workers_plan_and_kept_days_are_compact(tmp_path: Path) -> None:
+    """What keeps the render worker small at 100,000 services: the plan `run` sends is plain
+    tuples (tens of bytes a service, where a pydantic copy of each service was a kilobyte),
+    made into slotted `PageService`s; the kept days are one tuple per distinct record of
+    days, shared by every service with that record (a list each was 70 MB)."""
+    plan = large_plan(10, 40)
+    sent = pickle.dumps(_page_config(plan.config))
+    assert len(sent) < 80 * len(plan.services)
+    slim = Plan(unslim(pickle.loads(sent)))
+    assert not any(hasattr(ref.service, "__dict__") for ref in slim.services)
+    db = tmp_path / "monitor.db"
+    fill_history(plan, db, DURING_LATE, days=6, bad_hours=5)
+    store = open_store(db)
+    kept = history.DayCache()
+    try:
+        for at in (DURING_LATE, DURING_LATE + timedelta(days=1), DURING_LATE + timedelta(days=2)):
+            kinds, _ = kept.day_kinds(slim, store, *history.window(at, slim.zone))
+            for found in (kinds, kept.kinds):
+                distinct = set(found.values())
+                assert len({id(days) for days in found.values()}) == len(distinct)
+                assert 1 < len(distinct) < len(found) / 10
+    finally:
+        store.db.close()
+
+
+def test_pauses_of_the_same_services_share_their_encoded_parts() -> None:
+    """The Statuspage files' large parts are encoded once and kept compressed until written:
+    the component list, and the components of a pause, shared by every pause of the same
+    services (a hall's nightly closures: at 100,000 services each names 25,000)."""
+    plan = large_plan(10, 40)
+    model = build(plan, DURING_LATE, Snapshot(), history.load(plan, None, DURING_LATE))
+    comps = feeds.components(model, feeds.asked(model))
+    pauses = feeds.statuspage(model, comps)["scheduled-maintenances.json"]
+    listed = feeds.listed(model)
+    assert len(pauses["scheduled_maintenances"]) == len(listed)
+    shared = {id(p["components"]) for p in pauses["scheduled_maintenances"]}
+    members = {tuple(ref.key for ref in item.services) for item in listed}
+    assert len(shared) == len(members) < len(listed)
+    for part in comps.encoded:
+        assert isinstance(part, feeds.Encoded) and len(part) * 5 < len(part.text())
+    text = b"[" + b",".join(part.text() for part in comps.encoded) + b"]"
+    assert len(json.loads(text)) == len(plan.services) + len(plan.config.channels)
+
+
+def test_the_worker_leaves_no_render_behind(tmp_path: Path) -> None:
+    """Each render in the worker is collected when it ends: a render leaves reference cycles
+    (Jinja's) holding its whole model, and with the worker's objects frozen a full collection
+    comes seldom, so models piled up render after render (tens of MB each at 100,000)."""
+    from monitor import site
+    from monitor.site.model import Model
+
+    site._worker.update(
+        plan=Plan(unslim(_page_config(large_plan(4, 40).config))),
+        site=tmp_path / "site",
+        db=tmp_path / "none.db",
+        store=None,
+        days=history.DayCache(),
+        pages=PageCache(),
+    )
+    gc.disable()  # only the worker's own collections
+    try:
+        for minutes in (0, 10, 20):
+            site._worker_render(DURING_LATE + timedelta(minutes=minutes), Snapshot())
+            assert not [o for o in gc.get_objects() if isinstance(o, Model)], minutes
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        site._worker.clear()
