@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -790,6 +791,27 @@ def test_publish_links_the_files_it_published_unchanged(tmp_path: Path) -> None:
     other = tmp_path / "other"
     publish(first, other)  # another target links nothing from this one
     assert (other / "badges/a.svg").stat().st_ino != (target / "badges/a.svg").stat().st_ino
+
+
+def test_publish_writes_pieces_made_while_it_writes(tmp_path: Path) -> None:
+    """A file given as an iterator of pieces (`status.json` and the Statuspage files: at
+    100,000 services tens of MB each) is written as its pieces are made, once through, and
+    recorded: the next publish links the same bytes given whole, and writes other bytes."""
+    target = tmp_path / "site"
+    made: list[int] = []
+
+    def pieces() -> Iterator[bytes]:
+        for number in range(3):
+            made.append(number)
+            yield f"[{number}]".encode()
+
+    publish({"status.json": pieces(), "index.html": b"one"}, target)
+    assert (target / "status.json").read_bytes() == b"[0][1][2]" and made == [0, 1, 2]
+    first = (target / "status.json").stat().st_ino
+    publish({"status.json": b"[0][1][2]", "index.html": b"two"}, target)
+    assert (target / "status.json").stat().st_ino == first  # the same bytes: linked
+    publish({"status.json": iter([b"[9]"]), "index.html": b"two"}, target)
+    assert (target / "status.json").read_bytes() == b"[9]"
 
 
 def test_readers_never_see_a_half_written_or_mixed_version(tmp_path: Path) -> None:

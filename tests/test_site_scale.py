@@ -4,6 +4,7 @@ render worker's kept history gives the same page as a render from nothing."""
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import re
@@ -11,10 +12,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import real_plan
+from helpers import REAL_PLAN, real_plan
 from page_checks import check_site
 from site_data import DURING_LATE, add_incident, busy_store, fill_history, large_plan
 
+from monitor.config import load_config
 from monitor.judge import Verdict
 from monitor.notice import NoticesFile
 from monitor.plan import Plan
@@ -28,6 +30,7 @@ from monitor.site.render import (
     render,
     render_from,
 )
+from monitor.site.slim import unslim
 
 
 @pytest.fixture(scope="module")
@@ -264,23 +267,114 @@ def test_statuspage_files_are_compact_json_as_before(tmp_path: Path) -> None:
         assert data == again.encode("utf-8"), path
 
 
-def test_the_render_workers_slim_plan_gives_the_same_site(tmp_path: Path) -> None:
-    """The render worker gets the plan with each probe and push replaced by what the page asks
-    of it (`_page_config`): the same site as from the whole plan, and no probe's address or
-    headers in what is sent to the worker."""
-    config = real_plan().config
-    slim = _page_config(config)
+def test_the_render_workers_slim_plan_gives_the_same_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render worker gets the plan as plain tuples, each probe and push replaced by what
+    the page asks of it (`_page_config`, made whole again by `unslim`): the same site as from
+    the whole plan, and no probe's address or header, no push token and no alert sink in what
+    is sent to the worker."""
+    secrets = {  # some of the plan's variables set (the rest leave services waiting)
+        "EHUIBAN_API_URL": "http://127.0.0.1:9/ehuiban-4c2d7e",
+        "EHUIBAN_API_TOKEN": "header-token-91a0c3",
+        "GOV_HALL_PUSH_TOKEN": "push-token-0e6b5d2f81",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    text = REAL_PLAN.read_text("utf-8") + (
+        '\n[[alerts]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook-5d1e"\n'
+        'secret = "sink-secret-2b8e41"\n'
+    )
+    (tmp_path / "channels.toml").write_text(text, "utf-8")
+    config = load_config(tmp_path / "channels.toml")
+    sent = pickle.dumps(_page_config(config))
+    slim = unslim(pickle.loads(sent))
     db = busy_store(tmp_path / "monitor.db")
     for name, plan in (("whole", Plan(config)), ("slim", Plan(slim))):
         render_from(plan, tmp_path / name, DURING_LATE, db)
     assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "slim")
-    sent = pickle.dumps(slim)
-    urls = {s.probe.url for c in config.channels for s in c.services if s.probe is not None}
-    assert urls and not any(url.encode() in sent for url in urls)
+    services = [s for c in config.channels for s in c.services]
+    probes = [s.probe for s in services if s.probe is not None]
+    told = [p.url for p in probes] + [v for p in probes for v in p.headers.values()]
+    told += [s.push.token for s in services if s.push is not None]
+    told += [value for sink in config.alerts for value in (sink.url, sink.secret or "")]
+    assert all(any(value in t for t in told) for value in secrets.values())  # all were used
+    assert "sink-secret-2b8e41" in told and not any(value.encode() in sent for value in told)
+    assert not slim.alerts
 
     def asked(c) -> list[tuple]:
         return [(s.observed_by, s.unset, s.configured) for c in c.channels for s in c.services]
 
     assert asked(slim) == asked(config)
     assert {"http", "push"} <= {kind for kind, _, _ in asked(slim)}
-    assert any(unset for _, unset, _ in asked(slim))  # services waiting for a variable
+    assert any(s.probe.interval for c in slim.channels for s in c.services if s.probe)
+
+
+def test_the_workers_plan_and_kept_days_are_compact(tmp_path: Path) -> None:
+    """What keeps the render worker small at 100,000 services: the plan `run` sends is plain
+    tuples (tens of bytes a service, where a pydantic copy of each service was a kilobyte),
+    made into slotted `PageService`s; the kept days are one tuple per distinct record of
+    days, shared by every service with that record (a list each was 70 MB)."""
+    plan = large_plan(10, 40)
+    sent = pickle.dumps(_page_config(plan.config))
+    assert len(sent) < 80 * len(plan.services)
+    slim = Plan(unslim(pickle.loads(sent)))
+    assert not any(hasattr(ref.service, "__dict__") for ref in slim.services)
+    db = tmp_path / "monitor.db"
+    fill_history(plan, db, DURING_LATE, days=6, bad_hours=5)
+    store = open_store(db)
+    kept = history.DayCache()
+    try:
+        for at in (DURING_LATE, DURING_LATE + timedelta(days=1), DURING_LATE + timedelta(days=2)):
+            kinds, _ = kept.day_kinds(slim, store, *history.window(at, slim.zone))
+            for found in (kinds, kept.kinds):
+                distinct = set(found.values())
+                assert len({id(days) for days in found.values()}) == len(distinct)
+                assert 1 < len(distinct) < len(found) / 10
+    finally:
+        store.db.close()
+
+
+def test_pauses_of_the_same_services_share_their_encoded_parts() -> None:
+    """The Statuspage files' large parts are encoded once and kept compressed until written:
+    the component list, and the components of a pause, shared by every pause of the same
+    services (a hall's nightly closures: at 100,000 services each names 25,000)."""
+    plan = large_plan(10, 40)
+    model = build(plan, DURING_LATE, Snapshot(), history.load(plan, None, DURING_LATE))
+    comps = feeds.components(model, feeds.asked(model))
+    pauses = feeds.statuspage(model, comps)["scheduled-maintenances.json"]
+    listed = feeds.listed(model)
+    assert len(pauses["scheduled_maintenances"]) == len(listed)
+    shared = {id(p["components"]) for p in pauses["scheduled_maintenances"]}
+    members = {tuple(ref.key for ref in item.services) for item in listed}
+    assert len(shared) == len(members) < len(listed)
+    for part in comps.encoded:
+        assert isinstance(part, feeds.Encoded) and len(part) * 5 < len(part.text())
+    text = b"[" + b",".join(part.text() for part in comps.encoded) + b"]"
+    assert len(json.loads(text)) == len(plan.services) + len(plan.config.channels)
+
+
+def test_the_worker_leaves_no_render_behind(tmp_path: Path) -> None:
+    """Each render in the worker is collected when it ends: a render leaves reference cycles
+    (Jinja's) holding its whole model, and with the worker's objects frozen a full collection
+    comes seldom, so models piled up render after render (tens of MB each at 100,000)."""
+    from monitor import site
+    from monitor.site.model import Model
+
+    site._worker.update(
+        plan=Plan(unslim(_page_config(large_plan(4, 40).config))),
+        site=tmp_path / "site",
+        db=tmp_path / "none.db",
+        store=None,
+        days=history.DayCache(),
+        pages=PageCache(),
+    )
+    gc.disable()  # only the worker's own collections
+    try:
+        for minutes in (0, 10, 20):
+            site._worker_render(DURING_LATE + timedelta(minutes=minutes), Snapshot())
+            assert not [o for o in gc.get_objects() if isinstance(o, Model)], minutes
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        site._worker.clear()

@@ -20,15 +20,16 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from monitor.site.slim import Slim
+from monitor.site.slim import slim as _page_config  # what `run` sends the render worker
 
 if TYPE_CHECKING:  # the server's libraries stay out of commands that only read (`report`)
     from aiohttp import web
 
-    from monitor.config import PlanConfig
     from monitor.daemon import Daemon
     from monitor.pipeline import Result
     from monitor.plan import Plan
@@ -59,49 +60,6 @@ CONTENT_TYPES = {
 _worker: dict = {}
 
 
-@dataclass(frozen=True)
-class _Observed:
-    """What the page asks of a service's probe or push (its kind, the unset variables it
-    waits for, how often it is observed), standing in for it in the render worker's plan."""
-
-    kind: str
-    unset: tuple[str, ...]
-    interval: timedelta | None = None
-    timeout: timedelta | None = None
-    within: timedelta | None = None
-
-
-def _page_config(config: PlanConfig) -> PlanConfig:
-    """The plan as the render worker needs it: every probe and push replaced by an `_Observed`
-    (services observed alike share one). A probe's settings are most of a plan's memory (at
-    100,000 services the worker held 370 MB of plan, most of it probes), and the page shows
-    none of them; nor does the worker then hold a probe's URL or headers at all."""
-    shared: dict[_Observed, _Observed] = {}
-    rules: dict[tuple, tuple] = {}  # services planned alike share one tuple of rules
-    channels = []
-    for channel in config.channels:
-        services = []
-        for service in channel.services:
-            probe, push = service.probe, service.push
-            expect = rules.setdefault(service.expect, service.expect)
-            if probe is None and push is None:
-                services.append(service.model_copy(update={"expect": expect}))
-                continue
-            found = _Observed(
-                probe.kind if probe is not None else "push",
-                service.unset,
-                probe.interval if probe is not None else None,
-                probe.timeout if probe is not None else None,
-                push.within if push is not None else None,
-            )
-            found = shared.setdefault(found, found)
-            update = {"probe": found if probe is not None else None, "expect": expect}
-            update["push"] = found if push is not None else None
-            services.append(service.model_copy(update=update))
-        channels.append(channel.model_copy(update={"services": tuple(services)}))
-    return config.model_copy(update={"channels": tuple(channels)})
-
-
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to end this worker when the monitor dies, even by SIGKILL (a worker left
     behind would hold the store open and render stale pages); elsewhere nothing to do."""
@@ -112,15 +70,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _worker_init(config, site: str, db: str, parent: int) -> None:
+def _worker_init(config: Slim, site: str, db: str, parent: int) -> None:
     from monitor.config import gc_paused
     from monitor.plan import Plan
     from monitor.site.history import DayCache
     from monitor.site.render import PageCache
+    from monitor.site.slim import unslim
 
     _die_with_parent(parent)
     with gc_paused():  # 100,000 services' plan: objects that all live on
-        plan = Plan(config)
+        plan = Plan(unslim(config))
     _worker.update(
         plan=plan,
         site=Path(site),
@@ -150,11 +109,15 @@ def _worker_render(at: datetime, snapshot, notices=None) -> float:
         days=w["days"],
         pages=w["pages"],
     ).seconds
+    # A render leaves reference cycles (Jinja's macros and their context) that hold its whole
+    # model; with the rest frozen, a full collection comes seldom, and the models of several
+    # renders piled up (at 100,000 services tens of MB each). Collected now: only what is not
+    # frozen is walked.
+    gc.collect()
     if not w.get("frozen"):
         # What the first render leaves (the plan, the kept days and pages: millions of
         # objects at 10,000 services) lives as long as the worker; the collector walked all of
         # it several times a render (a fifth of a later render's CPU). Frozen, it is not walked.
-        gc.collect()
         gc.freeze()
         w["frozen"] = True
     return seconds

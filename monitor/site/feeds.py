@@ -12,7 +12,11 @@ with their empty values, so strict clients find every key.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from monitor import reasons
@@ -131,58 +135,108 @@ def page(model: Model) -> dict:
     }
 
 
-def components(model: Model) -> list[dict]:
-    """Channels as group components, each followed by its services."""
-    created, updated = _created(model), iso(model.at, model.plan.zone)
-    out: list[dict] = []
-    position = 0
+class Encoded(bytes):
+    """JSON already encoded, compact as the files are written (`dumps`), and kept compressed
+    (zlib, fastest level) until it is written: the large parts of the Statuspage files (the
+    component list, the components a pause names), made once, their dicts dropped as they
+    are encoded, and spliced into every file and pause that holds them
+    (`render._json_files`). In a list, one `Encoded` may hold several of the array's items,
+    comma-separated. At 100,000 services the component list and the pauses as dicts were
+    250 MB of the render worker's peak, and as plain bytes still 65 MB; so, about 4 MB."""
+
+    @classmethod
+    def of(cls, text: bytes) -> Encoded:
+        return cls(zlib.compress(text, 1))
+
+    def text(self) -> bytes:
+        """The JSON itself."""
+        return zlib.decompress(self)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def dumps(value: object) -> bytes:
+    """`value` as compact JSON in UTF-8, as every JSON file of the site writes it."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+@dataclass
+class Components:
+    """The Statuspage components of a render: the list, encoded, and what the rest of the
+    files ask of it."""
+
+    encoded: list[Encoded]  # the list in runs (`_runs`)
+    by_id: dict[str, dict]  # the components asked for (of incidents and notices)
+    positions: dict[tuple[str, str], int]  # each service's position in the list
+    statuses: set[str]  # the statuses of the services
+    base: dict  # the fields every component has alike
+
+
+def components(model: Model, wanted: set[str] = frozenset()) -> Components:  # type: ignore[assignment]
+    """Channels as group components, each followed by its services; the components whose
+    ids are in `wanted` are also kept as dicts."""
+    base = {
+        "created_at": _created(model),
+        "updated_at": iso(model.at, model.plan.zone),
+        "showcase": False,
+        "start_date": None,
+        "page_id": PAGE_ID,
+        "only_show_if_degraded": False,
+    }
+    made = Components([], {}, {}, set(), base)
     of_channel: dict[int, list[ServiceView]] = {}  # one pass, not one per channel
     for view in model.services:
         of_channel.setdefault(id(view.ref.channel), []).append(view)
-    for channel in model.plan.config.channels:
-        views = of_channel.get(id(channel), [])
-        statuses = [component_status(v) for v in views]
-        position += 1
-        base = {
-            "created_at": created,
-            "updated_at": updated,
-            "showcase": False,
-            "start_date": None,
-            "page_id": PAGE_ID,
-            "only_show_if_degraded": False,
-        }
-        out.append(
-            {
-                "id": channel.id,
-                "name": channel.name,
-                "status": group_status(statuses),
-                "position": position,
-                "description": channel.note or None,
-                "group_id": None,
-                "group": True,
-                "components": [component_id(v.ref) for v in views],
-                **base,
-            }
-        )
-        for view, status in zip(views, statuses, strict=True):
+
+    def encoded() -> Iterator[bytes]:
+        position = 0
+        for channel in model.plan.config.channels:
+            views = of_channel.get(id(channel), [])
+            statuses = [component_status(v) for v in views]
+            made.statuses.update(statuses)
             position += 1
-            out.append(
+            yield dumps(
                 {
-                    "id": component_id(view.ref),
-                    "name": view.ref.service.name,
-                    "status": status,
+                    "id": channel.id,
+                    "name": channel.name,
+                    "status": group_status(statuses),
                     "position": position,
-                    "description": view.ref.service.note or None,
-                    "group_id": channel.id,
-                    "group": False,
+                    "description": channel.note or None,
+                    "group_id": None,
+                    "group": True,
+                    "components": [component_id(v.ref) for v in views],
                     **base,
                 }
             )
-    return out
+            for view, status in zip(views, statuses, strict=True):
+                position += 1
+                made.positions[view.key] = position
+                comp = _component(view.ref, status, position, base)
+                if comp["id"] in wanted:
+                    made.by_id[comp["id"]] = comp
+                yield dumps(comp)
+
+    made.encoded = _runs(encoded())  # encoded as they are made: never a dict of each
+    return made
 
 
-def status(model: Model, comps: list[dict]) -> dict:
-    statuses = [c["status"] for c in comps if not c["group"]]
+def _component(ref: ServiceRef, status: str, position: int, base: dict) -> dict:
+    """One service's component."""
+    return {
+        "id": component_id(ref),
+        "name": ref.service.name,
+        "status": status,
+        "position": position,
+        "description": ref.service.note or None,
+        "group_id": ref.channel.id,
+        "group": False,
+        **base,
+    }
+
+
+def status(model: Model, statuses: set[str]) -> dict:
+    """The page's indicator from the statuses of its services."""
     if "major_outage" in statuses:
         live = [s for s in statuses if s != "under_maintenance"]
         indicator = "critical" if all(s == "major_outage" for s in live) else "major"
@@ -346,14 +400,16 @@ def listed(model: Model) -> list[Maintenance]:
 
 
 def scheduled(
-    model: Model, by_id: dict[str, dict], states: tuple[str, ...], made: dict | None = None
+    model: Model,
+    comps: Components,
+    states: tuple[str, ...],
+    made: dict | None = None,
 ) -> list[dict]:
     """The listed pauses in `states`; `made` keeps each one's dict for the other files that
     list it (four files list the same pauses: at 10,000 services each names thousands of
-    components)."""
-    zone = model.plan.zone
+    components), and what the pauses of the same services share (`_paused`)."""
     made = {} if made is None else made
-    shorts = made.setdefault("", {})
+    shared = made.setdefault("", {})
     if "listed" not in made:
         made["listed"] = listed(model)
     out = []
@@ -362,33 +418,75 @@ def scheduled(
         if state not in states:
             continue
         if item.id not in made:
-            shortlink = link(model, "index.html", "/index.html")
-            made[item.id] = _maintenance(item, state, by_id, zone, model.at, shortlink, shorts)
+            found = shared.get(id(item.services))
+            if found is None:  # the tuple is held in `found`, so its id is not reused
+                found = shared[id(item.services)] = (item.services, *_paused(model, item, comps))
+            made[item.id] = _maintenance(model, item, state, *found[1:])
         out.append(made[item.id])
     return out
 
 
+def _paused(
+    model: Model, item: Maintenance, comps: Components
+) -> tuple[str, list[Encoded], list[Encoded]]:
+    """What every pause of the same services says alike, made once for all of them: the
+    services' names, their components and the components' change, encoded (a hall's nightly
+    closures name the same services night after night, a quarter of them at 100,000)."""
+    names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
+    views, positions, base = model.by_key, comps.positions, comps.base
+    listed = _runs(
+        dumps(_component(ref, component_status(views[ref.key]), positions[ref.key], base))
+        for ref in item.services
+    )
+    affected = _runs(
+        dumps(
+            {
+                "code": component_id(ref),
+                "name": ref.service.name,
+                "old_status": "operational",
+                "new_status": "under_maintenance",
+            }
+        )
+        for ref in item.services
+    )
+    return names, listed, affected
+
+
+#: The size of a run of encoded items (`_runs`): small enough not to be copied whole, large
+#: enough that a file of them is written in few pieces.
+RUN_BYTES = 1 << 16
+
+
+def _runs(items: Iterable[bytes]) -> list[Encoded]:
+    """Encoded items of an array joined into runs of about `RUN_BYTES`, comma-separated (see
+    `Encoded`): the array is made without ever being held twice."""
+    out: list[Encoded] = []
+    pending: list[bytes] = []
+    size = 0
+    for item in items:
+        pending.append(item)
+        size += len(item) + 1
+        if size >= RUN_BYTES:
+            out.append(Encoded.of(b",".join(pending)))
+            pending, size = [], 0
+    if pending:
+        out.append(Encoded.of(b",".join(pending)))
+    return out
+
+
 def _maintenance(
+    model: Model,
     item: Maintenance,
     state: str,
-    by_id: dict[str, dict],
-    zone,
-    at: datetime,
-    shortlink: str,
-    shorts: dict[str, dict] | None = None,
+    names: str,
+    listed: list[Encoded],
+    affected: list[Encoded],
 ) -> dict:
+    zone, at = model.plan.zone, model.at
     period = item.period
     title = (period.title or period.id) if period else "按计划暂停"
     title_en = (period.title_en or period.id) if period else "Planned pause"
-    names = "、".join(dict.fromkeys(ref.service.name for ref in item.services))
     body = f"{title}：{names}。 / {title_en}: {len(item.services)} service(s) paused as planned."
-    shorts = {} if shorts is None else shorts
-    comps = []
-    for ref in item.services:
-        cid = component_id(ref)
-        if cid not in shorts:
-            shorts[cid] = _short(by_id[cid])
-        comps.append(shorts[cid])
     update = _update(
         f"{item.id}-{state}",
         state,
@@ -399,15 +497,7 @@ def _maintenance(
         None,
         "under_maintenance",
     )
-    update["affected_components"] = [
-        {
-            "code": c["id"],
-            "name": c["name"],
-            "old_status": "operational",
-            "new_status": "under_maintenance",
-        }
-        for c in comps
-    ]
+    update["affected_components"] = affected
     return {
         "id": item.id,
         "name": title,
@@ -417,49 +507,57 @@ def _maintenance(
         "monitoring_at": None,
         "resolved_at": iso(item.end, zone) if state == "completed" else None,
         "impact": "maintenance",
-        "shortlink": shortlink,
+        "shortlink": link(model, "index.html", "/index.html"),
         "started_at": iso(item.start, zone),
         "page_id": PAGE_ID,
         "incident_updates": [update],
-        "components": comps,
+        "components": listed,
         "scheduled_for": iso(item.start, zone),
         "scheduled_until": iso(item.end, zone),
     }
 
 
-def statuspage(model: Model) -> dict[str, dict]:
-    """The Statuspage v2 files, by path under `api/v2/`."""
-    comps = components(model)
-    by_id = {c["id"]: c for c in comps}
+def asked(model: Model) -> set[str]:
+    """The ids of the components the incidents and the notices name (the Statuspage files
+    repeat them there)."""
+    keys = {(r.channel, r.business) for r in model.history.incidents}
+    keys.update(key for notice in model.notices for key in notice.service_keys())
+    return {f"{channel}.{service}" for channel, service in keys}
+
+
+def statuspage(model: Model, comps: Components) -> dict[str, dict]:
+    """The Statuspage v2 files, by path under `api/v2/`, of the components `comps` (made by
+    `components(model, asked(model))`)."""
     head = {"page": page(model)}
-    state = status(model, comps)
+    state = status(model, comps.statuses)
+    by_id = comps.by_id
     unresolved = incidents(model, by_id, unresolved_only=True)
     made: dict = {}
     return {
         "summary.json": {
             **head,
-            "components": comps,
+            "components": comps.encoded,
             "incidents": unresolved,
-            "scheduled_maintenances": scheduled(model, by_id, ("scheduled", "in_progress"), made),
+            "scheduled_maintenances": scheduled(model, comps, ("scheduled", "in_progress"), made),
             "status": state,
         },
         "status.json": {**head, "status": state},
-        "components.json": {**head, "components": comps},
+        "components.json": {**head, "components": comps.encoded},
         "incidents.json": {**head, "incidents": incidents(model, by_id, unresolved_only=False)},
         "incidents/unresolved.json": {**head, "incidents": unresolved},
         "scheduled-maintenances.json": {
             **head,
             "scheduled_maintenances": scheduled(
-                model, by_id, ("scheduled", "in_progress", "completed"), made
+                model, comps, ("scheduled", "in_progress", "completed"), made
             ),
         },
         "scheduled-maintenances/upcoming.json": {
             **head,
-            "scheduled_maintenances": scheduled(model, by_id, ("scheduled",), made),
+            "scheduled_maintenances": scheduled(model, comps, ("scheduled",), made),
         },
         "scheduled-maintenances/active.json": {
             **head,
-            "scheduled_maintenances": scheduled(model, by_id, ("in_progress",), made),
+            "scheduled_maintenances": scheduled(model, comps, ("in_progress",), made),
         },
     }
 
@@ -470,7 +568,7 @@ def statuspage(model: Model) -> dict[str, dict]:
 def own_status(model: Model, headline: dict[str, str]) -> dict:
     """Plan, expectations, verdicts and incidents; names from the plan, never a probe. Its
     `services` are an iterator, made one at a time while the file is written (100,000 of them
-    as dicts were 150 MB): encode it with `render._json_chunks`."""
+    as dicts were 150 MB): encode it with `render._json_stream`."""
     zone = model.plan.zone
     config = model.plan.config
     return {

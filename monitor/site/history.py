@@ -9,8 +9,10 @@ verdict change.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from operator import add
 
 from monitor.plan import Plan, ServiceRef
 from monitor.store import IncidentRecord, Store
@@ -204,15 +206,19 @@ def runs(kinds: list[str]) -> tuple[Run, ...]:
 
 def day_kinds(
     plan: Plan, store: Store, first: date, last: date
-) -> tuple[dict[tuple[str, str], list[str]], dict[tuple[str, str], date]]:
+) -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], date]]:
     """The kind of every day in `[first, last]` of every service, and for each service with
     rollups in those days the last such day. Summed a channel at a time: the sums of 90 days
-    of every service at once were 200 MB at 10,000 services on a worker's first render."""
+    of every service at once were 200 MB at 10,000 services on a worker's first render.
+    Services with the same days share one tuple (and one date): at 100,000 services a list
+    of 90 days each was 70 MB, yet most services have the same record."""
     count = (last - first).days + 1
-    kinds: dict[tuple[str, str], list[str]] = {}
+    kinds: dict[tuple[str, str], tuple[str, ...]] = {}
     seen: dict[tuple[str, str], date] = {}
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    dates = {index: first + timedelta(days=index) for index in range(count)}
     of_group: dict[int, set[int]] = {}  # services planned alike have the same planned days
-    blank: dict[int, list[str]] = {}
+    blank: dict[int, tuple[str, ...]] = {}
     of_channel: dict[str, list[ServiceRef]] = {}
     for ref in plan.services:
         of_channel.setdefault(ref.channel.id, []).append(ref)
@@ -226,12 +232,31 @@ def day_kinds(
             planned = of_group[alike]
             if not days:  # nothing observed: the plan alone decides, alike for the group
                 if alike not in blank:
-                    blank[alike] = [classify(None, i in planned) for i in range(count)]
-                kinds[ref.key] = list(blank[alike])
+                    found = tuple(classify(None, i in planned) for i in range(count))
+                    blank[alike] = shared.setdefault(found, found)
+                kinds[ref.key] = blank[alike]
                 continue
-            kinds[ref.key] = [classify(days.get(i), i in planned) for i in range(count)]
-        seen.update({key: first + timedelta(days=max(days)) for key, days in totals.items()})
+            found = tuple(classify(days.get(i), i in planned) for i in range(count))
+            kinds[ref.key] = shared.setdefault(found, found)
+            seen[ref.key] = dates[max(days)]  # the plan's key: its strings are kept already
     return kinds, seen
+
+
+def _combine(
+    parts: dict[tuple[str, str], tuple[tuple[str, ...], ...]],
+    make: Callable[..., tuple[str, ...]],
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """`{key: make(*parts[key])}`, made once per distinct parts: services share their tuples
+    of days (see `day_kinds`), and so they share what is made of them."""
+    made: dict[tuple[int, ...], tuple] = {}  # holds the parts, so their ids are not reused
+    out = {}
+    for key, args in parts.items():
+        ids = tuple(map(id, args))
+        found = made.get(ids)
+        if found is None:
+            found = made[ids] = (args, make(*args))
+        out[key] = found[1]
+    return out
 
 
 class DayCache:
@@ -240,39 +265,40 @@ class DayCache:
     Summing 90 days of hourly rollups is the render's largest cost (21.6 million hours at
     10,000 services: seconds of SQLite), yet only today's and yesterday's hours can still
     change: the store writes an hour's rollup while the hour runs and flushes what is left
-    soon after it ends. So the days before yesterday are worked out once and kept (one short
-    string per service per day: a few MB at 10,000 services), and a render sums only the last
-    two days. A render for an instant before what is kept (the page rendered for the past)
+    soon after it ends. So the days before yesterday are worked out once and kept (a tuple of
+    kinds per service, one tuple for all services with the same days), and a render sums only
+    the last two days. A render for an instant before what is kept (the page rendered for the past)
     starts again from nothing.
     """
 
     def __init__(self) -> None:
         self.first: date | None = None  # the first day kept
         self.until: date | None = None  # the first day not kept
-        self.kinds: dict[tuple[str, str], list[str]] = {}
+        self.kinds: dict[tuple[str, str], tuple[str, ...]] = {}
         self.seen: dict[tuple[str, str], date] = {}
 
     def day_kinds(
         self, plan: Plan, store: Store, first: date, last: date
-    ) -> tuple[dict[tuple[str, str], list[str]], dict[tuple[str, str], date]]:
+    ) -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], date]]:
         """As `day_kinds`, from what is kept plus the days not yet over."""
         settled = max(first, last - timedelta(days=1))  # days before it are over
         if self.first is None or self.until is None or first < self.first or self.until > settled:
             self.first = self.until = first
-            self.kinds = {ref.key: [] for ref in plan.services}
+            self.kinds = dict.fromkeys((ref.key for ref in plan.services), ())
             self.seen = {}
         if self.until < settled:
             new, seen = day_kinds(plan, store, self.until, settled - timedelta(days=1))
-            for key, kinds in new.items():
-                self.kinds.setdefault(key, []).extend(kinds)
+            kept = self.kinds
+            kept.update(_combine({k: (kept.get(k, ()), d) for k, d in new.items()}, add))
             self.seen.update(seen)
             self.until = settled
         if first > self.first:  # the window moved on: forget the days that left it
             drop = (first - self.first).days
-            self.kinds = {key: kinds[drop:] for key, kinds in self.kinds.items()}
+            self.kinds = _combine({k: (d,) for k, d in self.kinds.items()}, lambda d: d[drop:])
             self.first = first
         fresh, seen = day_kinds(plan, store, settled, last)
-        kinds = {key: self.kinds.get(key, []) + days for key, days in fresh.items()}
+        kept = self.kinds
+        kinds = _combine({k: (kept.get(k, ()), d) for k, d in fresh.items()}, add)
         return kinds, {**self.seen, **seen}
 
 
@@ -301,7 +327,7 @@ def load(
     for ref in plan.services:
         if seen.get(ref.key, first - timedelta(days=1)) < first and ref.service.probe is None:
             continue
-        days = tuple(kinds[ref.key])
+        days = kinds[ref.key]
         if days not in made:  # most services share a record: their runs are worked out once
             counts = Counter(days)
             made[days] = (runs(list(days)), {kind: counts[kind] for kind in KINDS})

@@ -65,14 +65,14 @@ def snapshot_from_pipeline(pipeline, at: datetime) -> Snapshot:
 
 
 def with_seen(snapshot: Snapshot) -> Snapshot:
-    """`snapshot` with its last observations as `Seen` (see `snapshot_from_pipeline`)."""
-    if not any(isinstance(value, tuple) for value in snapshot.seen.values()):
-        return snapshot
-    seen = {
-        key: Seen(*value) if isinstance(value, tuple) else value
-        for key, value in snapshot.seen.items()
-    }
-    return replace(snapshot, seen=seen)
+    """`snapshot` with its last observations as `Seen` (see `snapshot_from_pipeline`): in
+    place, as each is made its tuple is dropped (the render worker's own copy; at 100,000
+    services a second dict and the tuples beside the `Seen`s were 11 MB)."""
+    seen = snapshot.seen
+    for key, value in seen.items():
+        if isinstance(value, tuple):
+            seen[key] = Seen(*value)  # a value replaced, not a key added: safe while iterating
+    return snapshot
 
 
 def stale_after(plan: Plan, ref: ServiceRef) -> timedelta:
@@ -106,9 +106,9 @@ def snapshot_from_store(plan: Plan, store: Store | None, at: datetime) -> Snapsh
     return Snapshot(verdicts, seen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceView:
-    """One service as the page shows it."""
+    """One service as the page shows it (slotted: 100,000 of them at that scale)."""
 
     ref: ServiceRef
     expectation: Expectation
@@ -140,9 +140,10 @@ def page_state(expectation: Expectation, verdict: Verdict) -> str:
     return "open" if verdict == Verdict.OK else "unobserved"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
-    """One business in one page state, across the channels where it is in that state."""
+    """One business in one page state, across the channels where it is in that state
+    (slotted: with a name per service, 100,000 of them at that scale)."""
 
     state: str
     services: tuple[ServiceView, ...]

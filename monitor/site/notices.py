@@ -65,12 +65,14 @@ def statuspage_incident(model: Model, notice: Notice, by_id: dict[str, dict]) ->
     }
 
 
-def add_to_statuspage(files: dict[str, dict], model: Model) -> dict[str, dict]:
+def add_to_statuspage(
+    files: dict[str, dict], model: Model, by_id: dict[str, dict]
+) -> dict[str, dict]:
     """The Statuspage files (`feeds.statuspage`) with the notices added: every notice in
-    `incidents.json`, the active ones in `incidents/unresolved.json` and `summary.json`."""
+    `incidents.json`, the active ones in `incidents/unresolved.json` and `summary.json`
+    (`by_id`: the components they name, `feeds.asked`)."""
     if not model.notices:
         return files
-    by_id = {c["id"]: c for c in files["components.json"]["components"]}
     every = [statuspage_incident(model, n, by_id) for n in model.notices]
     active = [i for n, i in zip(model.notices, every, strict=True) if n.active(model.at)]
     files["incidents.json"]["incidents"] = every + files["incidents.json"]["incidents"]

@@ -157,7 +157,10 @@ _published: dict[str, tuple[tuple[int, int], dict[str, bytes]]] = {}
 _IDENTITY = struct.Struct("<QQQ")
 #: A file's bytes, whole or in pieces written one after another (a large JSON file is never
 #: joined into one more copy of itself).
-Content = bytes | list[bytes]
+#: A file's content: its bytes, its pieces, or pieces made while it is written (never linked,
+#: see `_write`: a file of tens of MB is then never held whole, as `status.json` at 100,000
+#: services).
+Content = bytes | list[bytes] | Iterator[bytes]
 
 
 def _identity(st: os.stat_result) -> bytes:
@@ -186,7 +189,12 @@ def _write(
         if parent not in directories:
             os.makedirs(parent, exist_ok=True)
             directories.add(parent)
+        if isinstance(data, Iterator):  # made as it is written: hashed on the way, never linked
+            records[name] = _write_one(path, data, durable)
+            data = None  # not held while the next file is made
+            continue
         pieces = (data,) if isinstance(data, bytes) else data
+        data = None
         hashing = hashlib.blake2b(digest_size=16)
         for piece in pieces:
             hashing.update(piece)
@@ -201,21 +209,35 @@ def _write(
                     continue
             except OSError:
                 pass  # gone or not linkable (another file system): write it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            for piece in pieces:
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-            records[name] = digest + _identity(os.fstat(fd))
-        finally:
-            os.close(fd)
+        records[name] = _write_one(path, pieces, durable, digest)
+        pieces = ()
     if durable:
         for directory in directories:
             _fsync(directory)
     return records
+
+
+def _write_one(
+    path: str, pieces: Iterable[bytes], durable: bool, digest: bytes | None = None
+) -> bytes:
+    """Write one file; its record (the digest of its bytes, worked out here when not given,
+    and the identity of the file as written)."""
+    hashing = hashlib.blake2b(digest_size=16) if digest is None else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        for piece in pieces:
+            if hashing is not None:
+                hashing.update(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+        if hashing is not None:
+            digest = hashing.digest()
+        return digest + _identity(os.fstat(fd))  # type: ignore[operator]
+    finally:
+        os.close(fd)
 
 
 def exchange(a: Path, b: Path) -> bool:

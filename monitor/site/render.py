@@ -287,7 +287,9 @@ class PageCache:
         self.pages: dict[tuple[str, str], tuple[tuple, bytes]] = {}
         self.hits = 0  # pages given from what was kept, over the cache's life
 
-    def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> str | None:
+    def get(self, epoch: tuple, name: tuple[str, str], key: tuple) -> bytes | None:
+        """The kept page, compressed (`text` makes it a page again: only when it is written,
+        2,000 pages at 100,000 services were 44 MB of text at once), or None."""
         if self.epoch != epoch:
             self.epoch, self.pages = epoch, {}
             return None
@@ -295,7 +297,11 @@ class PageCache:
         if found is None or found[0] != key:
             return None
         self.hits += 1
-        return zlib.decompress(found[1]).decode("utf-8")
+        return found[1]
+
+    @staticmethod
+    def text(kept: bytes) -> str:
+        return zlib.decompress(kept).decode("utf-8")
 
     def put(self, name: tuple[str, str], key: tuple, text: str) -> None:
         """Keep a page, compressed (2,000 pages at 100,000 services: 88 MB as text, 7 MB so);
@@ -355,7 +361,7 @@ def channel_pages(model: Model, cache: PageCache | None = None) -> Iterator[tupl
     """Every channel's page in both languages, as (path, bytes); with `cache`, a page whose
     channel's content is unchanged since the last render is the kept one (only the channels
     that changed are narrowed and rendered)."""
-    kept: dict[tuple[str, str], str] = {}
+    kept: dict[tuple[str, str], bytes] = {}
     epoch, keys = None, {}
     if cache is not None:
         epoch, keys = _epoch(model), _channel_keys(model)
@@ -370,7 +376,8 @@ def channel_pages(model: Model, cache: PageCache | None = None) -> Iterator[tupl
     for channel in model.plan.config.channels:
         for code in ("zh", "en"):
             lang = Lang(code, model.plan.zone, model.at)
-            text = kept.get((channel.id, code))
+            found = kept.pop((channel.id, code), None)
+            text = None if found is None else PageCache.text(found)
             if text is None:
                 text = _page(narrowed[channel.id], lang, channel)
                 if cache is not None:
@@ -529,61 +536,115 @@ def badge_svg(b: dict) -> str:
     )
 
 
-def _json_chunks(data: dict) -> list[bytes]:
-    """`_json(data)` as a list of pieces, a list or iterator value encoded item by item: an
-    iterator's items are made only as they are encoded, and no piece is the whole file."""
-    chunks = [b"{"]
+#: Pieces of a file made while it is written are joined up to about this size (one write each).
+_PIECE = 1 << 16
+
+
+def _json_stream(data: dict) -> Iterator[bytes]:
+    """`_json(data)` in pieces made as they are written (`publish`), a list or iterator value
+    encoded item by item: an iterator's items are made only as they are encoded, and the file
+    is never held whole (`status.json` at 100,000 services: 40 MB)."""
+    pending: list[bytes] = [b"{"]
+    size = 0
     for index, (key, value) in enumerate(data.items()):
-        chunks.append((b"," if index else b"") + _dumps(key) + b":")
-        if isinstance(value, list | Iterator):
-            chunks.append(b"[")
-            chunks += [(b"," if i else b"") + _dumps(item) for i, item in enumerate(value)]
-            chunks.append(b"]")
-        else:
-            chunks.append(_dumps(value))
-    chunks.append(b"}\n")
-    return chunks
+        pending.append((b"," if index else b"") + _dumps(key) + b":")
+        if not isinstance(value, list | Iterator):
+            pending.append(_dumps(value))
+            continue
+        pending.append(b"[")
+        for number, item in enumerate(value):
+            piece = (b"," if number else b"") + _dumps(item)
+            pending.append(piece)
+            size += len(piece)
+            if size >= _PIECE:
+                yield b"".join(pending)
+                pending, size = [], 0
+        pending.append(b"]")
+    pending.append(b"}\n")
+    yield b"".join(pending)
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_dumps = feeds.dumps
 
 
-def _dumps(value: object) -> bytes:
-    return _ENCODER.encode(value).encode("utf-8")
+def _spliced(value: object) -> list[bytes]:
+    """`_dumps(value)` as pieces in which every `feeds.Encoded` is a piece of its own, never
+    copied (a pause's components are megabytes at 100,000 services, shared by its files)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    _walk(value, out, small)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
-def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, list[bytes]]]:
+def _walk(value: object, out: list[bytes], small: list[bytes]) -> None:
+    """`_spliced`'s step: small pieces gather in `small` until an `Encoded` comes. (A module
+    function: a nested one that calls itself is a reference cycle, which kept every file's
+    pieces alive until the next full collection.)"""
+    if isinstance(value, feeds.Encoded):
+        if small:
+            out.append(b"".join(small))
+            small.clear()
+        out.append(value)
+    elif isinstance(value, dict):
+        small.append(b"{")
+        for index, (key, item) in enumerate(value.items()):
+            small.append((b"," if index else b"") + _dumps(str(key)) + b":")
+            _walk(item, out, small)
+        small.append(b"}")
+    elif isinstance(value, list) and any(isinstance(i, dict | feeds.Encoded) for i in value):
+        small.append(b"[")
+        for index, item in enumerate(value):
+            small.append(b"," if index else b"")
+            _walk(item, out, small)
+        small.append(b"]")
+    else:
+        small.append(_dumps(value))
+
+
+def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, Iterator[bytes]]]:
     """The Statuspage files as `_json` writes them, one at a time, each shared part encoded
-    once: the component list is in two files and every pause in up to three (at 10,000
-    services a pause names thousands of components, and encoding was most of a render). The
-    parts are encoded before the first file is given, so the caller may drop the dicts."""
-    done: dict[int, bytes] = {}
+    once: the component list is in two files and every pause in up to three, and the large
+    parts come encoded already (`feeds.Encoded`, written as they are). The parts are encoded
+    before the first file is given, so the caller may drop the dicts."""
+    done: dict[int, list[bytes]] = {}
 
-    def encode(value: object) -> bytes:
+    def encode(value: object) -> list[bytes]:
         key = id(value)  # the parts are alive in `files` while this runs
         if key not in done:
-            done[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+            done[key] = _spliced(value)
         return done[key]
 
     layouts = []
     for name, data in files.items():
-        parts = []
+        parts: list[tuple[bytes, list[list[bytes]] | list[bytes]]] = []
         for key, value in data.items():
-            head = json.dumps(key, ensure_ascii=False).encode() + b":"
-            if key in ("scheduled_maintenances", "incidents") and isinstance(value, list):
+            head = _dumps(key) + b":"
+            if isinstance(value, list):  # its items one by one: each may be shared
                 parts.append((head, [encode(item) for item in value]))
             else:
                 parts.append((head, encode(value)))
         layouts.append((name, parts))
-    files.clear()  # every part is encoded: the dicts (hundreds of MB at 100,000) can go
+    files.clear()  # every part is encoded: the dicts can go
     data = value = None
     for name, parts in layouts:
         chunks = [b"{"]
         for index, (head, value) in enumerate(parts):
             chunks += [b"," if index else b"", head]
-            chunks += [b"[", b",".join(value), b"]"] if isinstance(value, list) else [value]
+            if value and isinstance(value[0], list):
+                chunks.append(b"[")
+                for number, item in enumerate(value):
+                    chunks += [b",", *item] if number else item
+                chunks.append(b"]")
+            elif not value:
+                chunks.append(b"[]")
+            else:
+                chunks += value
         chunks.append(b"}\n")
-        yield name, chunks  # written piece by piece: the file is never one more copy
+        # written piece by piece as it is made: the file is never whole, nor an `Encoded`
+        # part uncompressed for longer than its piece is written
+        yield name, (p.text() if isinstance(p, feeds.Encoded) else p for p in chunks)
 
 
 def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, Content]]:
@@ -599,10 +660,14 @@ def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[s
         lang.code: " ".join(t.striptags() for t in headline(model, lang))
         for lang in (zh_lang, en_lang)
     }
-    yield "status.json", _json_chunks(feeds.own_status(model, heads))
-    statuspage = site_notices.add_to_statuspage(feeds.statuspage(model), model)
+    yield "status.json", _json_stream(feeds.own_status(model, heads))
+    comps = feeds.components(model, feeds.asked(model))
+    statuspage = feeds.statuspage(model, comps)
+    statuspage = site_notices.add_to_statuspage(statuspage, model, comps.by_id)
+    del comps  # its parts are in `statuspage`, dropped as they are encoded
     for name, data in _json_files(statuspage):
         yield f"api/v2/{name}", data
+    data = None  # the last file's parts are not held while the rest is made
     yield "history.atom", atom(model).encode("utf-8")
     yield "calendar.ics", feeds.calendar(model).encode("utf-8")
     for view in model.services:
@@ -627,8 +692,22 @@ def _sizes(
 ) -> Iterator[tuple[str, Content]]:
     """The pairs as they come, their sizes noted in `into`."""
     for name, data in pairs:
-        into[name] = len(data) if isinstance(data, bytes) else sum(map(len, data))
+        if isinstance(data, bytes):
+            into[name] = len(data)
+        elif isinstance(data, list):
+            into[name] = sum(map(len, data))
+        else:
+            data = _counted(data, into, name)
         yield name, data
+        data = None  # not held while the next file is made
+
+
+def _counted(pieces: Iterator[bytes], into: dict[str, int], name: str) -> Iterator[bytes]:
+    """The pieces as they come, their sizes summed into `into[name]`."""
+    into[name] = 0
+    for piece in pieces:
+        into[name] += len(piece)
+        yield piece
 
 
 def render(
