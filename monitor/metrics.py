@@ -531,8 +531,8 @@ class Metrics:
             "gauge",
             "1 when the plan expects the service up, 0 when down; absent while it says any.",
         )
-        for label, plan in zip(labels, planned, strict=True):
-            state = plan.expectation.state
+        for label, entry in zip(labels, planned, strict=True):
+            state = entry.expectation.state
             if state != "any":
                 expected_up.add(label, 1 if state == "up" else 0)
             if pace():
@@ -543,9 +543,9 @@ class Metrics:
             "gauge",
             "0 during the grace after a planned change or under an any expectation, else 1.",
         )
-        for label, plan in zip(labels, planned, strict=True):
-            in_grace = plan.grace_until is not None and now < plan.grace_until
-            enforced.add(label, 0 if in_grace or plan.expectation.state == "any" else 1)
+        for label, entry in zip(labels, planned, strict=True):
+            in_grace = entry.grace_until is not None and now < entry.grace_until
+            enforced.add(label, 0 if in_grace or entry.expectation.state == "any" else 1)
             if pace():
                 yield
         next_transition = _Family(
@@ -554,9 +554,10 @@ class Metrics:
             "gauge",
             "When the plan next changes the expected state of the service, to which state.",
         )
-        for label, plan in zip(labels, planned, strict=True):
-            if plan.next_change is not None:
-                next_transition.add(f'{label},to="{plan.next_state}"', plan.next_change.timestamp())
+        for label, entry in zip(labels, planned, strict=True):
+            if entry.next_change is not None:
+                at = entry.next_change.timestamp()
+                next_transition.add(f'{label},to="{entry.next_state}"', at)
             if pace():
                 yield
         if not self.live:

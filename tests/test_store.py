@@ -481,9 +481,16 @@ def test_a_flush_writes_its_runs_and_rollups_in_a_few_statements(tmp_path: Path)
         store.close()
 
 
-def test_updates_from_values_go_in_chunks_the_connection_allows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [None, (3, 32, 0)])
+def test_updates_from_values_go_in_chunks_the_connection_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: tuple[int, int, int] | None
+) -> None:
+    """In chunks of the rows the connection's variable limit allows; before SQLite 3.33 (no
+    UPDATE ... FROM), a row a step, with the same result."""
     from monitor.store import _update_from_values
 
+    if version is not None:
+        monkeypatch.setattr(sqlite3, "sqlite_version_info", version)
     db = sqlite3.connect(tmp_path / "t.db")
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, n INTEGER)")
     db.executemany("INSERT INTO t VALUES (?, 0.0, 1)", [(i,) for i in range(100)])
