@@ -1467,7 +1467,12 @@ def _describe(error: dict, data: dict, filename: str, root: type[BaseModel] | No
         msg = error["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
-        message = f"got {_quote(value)}: {msg[0].lower()}{msg[1:]}"
+        found = _quote(value)
+        if isinstance(value, dict | list | tuple) and _carries_secret(value):
+            # a table above a probe, push or alert sink, of the wrong shape: its tokens stay out
+            found = "a table" if isinstance(value, dict) else "a list"
+            found += " (its values are not repeated here)"
+        message = f"got {found}: {msg[0].lower()}{msg[1:]}"
         if kind == "value_error" and isinstance(value, dict | list | tuple) and not value:
             message = msg  # an empty table or list: "got []" says nothing
         elif kind == "value_error" and isinstance(value, dict):
@@ -1489,6 +1494,29 @@ def _may_hold_secret(loc: tuple) -> bool:
     if "probe" in loc:
         return loc[-1] in ("probe", "url", "headers", "body") or "headers" in loc
     return "push" in loc and loc[-1] in ("push", "token")
+
+
+#: Keys under which a plan holds what may carry a token: probes (URL, headers, body), pushes,
+#: alert sinks (URL, secret).
+_SECRET_KEYS = frozenset({"probe", "push", "url", "headers", "body", "token", "secret"})
+
+
+def _carries_secret(value: object, limit: int = 100_000) -> bool:
+    """Whether a table or list about to be quoted holds, at any depth, a key that may carry a
+    token. Walked without recursion (a hostile plan nests deep); past `limit` nodes, assumed."""
+    stack, seen = [value], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            if any(key in _SECRET_KEYS for key in node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return False
 
 
 def _expected_shape(loc: tuple) -> str:

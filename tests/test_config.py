@@ -1513,3 +1513,26 @@ def test_alert_sink_url_that_cannot_be_sent_is_refused_unquoted(
         f"({reason}; the URL is not repeated here)"
     )
     assert SECRET not in message and "70000" not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # `[channels.services.probe]` without `[[channels.services]]`: services is a table
+        '[monitor]\ntimezone = "Asia/Shanghai"\n\n[[channels]]\nid = "c"\nname = "C"\n'
+        'kind = "web"\ngroup = "online"\n\n[channels.services.probe]\n'
+        'url = "https://tok:PROBESECRET@x/"\nheaders = { Authorization = "Bearer HEADERSECRET" }\n',
+        # `[alerts]` instead of `[[alerts]]`: the sink's URL and secret one level down
+        '[monitor]\ntimezone = "Asia/Shanghai"\n\n[alerts]\ntype = "webhook"\n'
+        'url = "https://x/?token=SINKSECRET"\nsecret = "SECRETSECRETSECRET"\n',
+    ],
+)
+def test_a_table_above_a_probe_or_sink_of_the_wrong_shape_is_not_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = tmp_path / "channels.toml"
+    path.write_text(text, encoding="utf-8")
+    code, out, err = run_validate(path, capsys)
+    assert code == 2
+    assert "(its values are not repeated here)" in err
+    assert "SECRET" not in out + err
