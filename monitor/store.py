@@ -207,6 +207,9 @@ CREATE VIEW rollups AS
 #: both whole). Add a change as a new entry; never edit an old one.
 MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The oldest SQLite that can write the store: UPDATE ... FROM (3.33) and DELETE ... RETURNING
+#: (3.35). Reading it needs neither.
+MIN_SQLITE = (3, 35, 0)
 #: The tables (and views) a file must have to be read as a store.
 TABLES = ("runs", "hourly", "hour_now", "services", "observations", "rollups", "incidents")
 #: The tables of a version-0 file: one that has none of them is some other program's.
@@ -384,12 +387,22 @@ def open_writer(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(_os_problem(path.parent, exc)) from None
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} is too old to write the store {path}: it needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or later (UPDATE ... FROM, DELETE ... RETURNING); "
+            "use a Python linked against a newer SQLite"
+        )
     db = None
     try:
         db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         _migrate(db, path)
+        # the writer's commits never checkpoint (a flush never does one inside it): the
+        # store's Checkpointer does, on a thread and connection of its own
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
     except sqlite3.Error as exc:
         if db is not None:
             db.close()
@@ -661,7 +674,7 @@ def _update_from_values(
     flushes. One `UPDATE ... FROM (VALUES ...)` a few thousand rows at a time is one step each,
     with the values bound as they are (no text or JSON, so floats stay exact). Keys must be
     unique within `rows`. `assign` gives a column's new value in terms of `{value}` (the row's);
-    by default the value itself. SQLite before 3.33 (no UPDATE ... FROM) gets one row a step."""
+    by default the value itself."""
     if not rows:
         return
     sets = ", ".join(
@@ -669,13 +682,6 @@ def _update_from_values(
         for i, column in enumerate(columns)
     )
     width = len(columns) + 1
-    if sqlite3.sqlite_version_info < (3, 33, 0):
-        one = ", ".join(
-            f"{column} = " + (assign or {}).get(column, "{value}").format(value="?")
-            for column in columns
-        )
-        db.executemany(f"UPDATE {table} SET {one} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
-        return
     per = max(1, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
@@ -758,9 +764,6 @@ class Store:
         #: The writer's checkpoints, on a thread of their own (None: read-only).
         self.checkpoints: Checkpointer | None = None
         if not readonly:
-            # the commits of the writer never checkpoint: a flush never does one inside it
-            self.db.execute("PRAGMA wal_autocheckpoint = 0")
-            self.db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
             self.checkpoints = Checkpointer(self.path)
 
     @property
@@ -1353,8 +1356,6 @@ def read_runs(db: sqlite3.Connection, key: tuple[str, str], since: float) -> lis
     return [RawRun(*row) for row in rows]
 
 
-#: Hours before ?, and the oldest hour, sought service by service along the primary key
-#: (service, hour): a seek each instead of a scan of every rollup the store holds.
 #: Rollup sums: added to the row there (`hour_now`), or to the row an insert met (`hourly`).
 _SUMS = (
     "probes = probes + excluded.probes, serving = serving + excluded.serving, "
@@ -1394,7 +1395,8 @@ _MOVE_NOW = (
     "INSERT INTO hourly SELECT * FROM hour_now WHERE service = ? "
     "ON CONFLICT (service, hour) DO UPDATE SET " + _SUMS
 )
-_DELETE_HOURS = "DELETE FROM hourly WHERE service IN (SELECT id FROM services) AND hour < ?"
+#: The oldest hour, sought service by service along the primary key (service, hour): a seek
+#: each instead of a scan of every rollup the store holds.
 _OLDEST_HOUR = "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)) FROM services s"
 
 
