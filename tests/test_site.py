@@ -699,9 +699,27 @@ def test_a_tidy_cut_short_is_finished_by_the_next(tmp_path: Path) -> None:
     assert tidy(target, seconds=0) is False  # the deadline passes after one file
     (left,) = [p for p in work.iterdir() if p.is_dir()]
     assert left.name.startswith("trash-") and any(left.rglob("*.svg"))
+    assert (left / MARKER).is_file(), "the marker goes last: what is left is known as ours"
     assert tidy(target) is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
     assert (target / "index.html").read_bytes() == b"two"
+
+
+def test_a_folder_of_someones_own_by_a_trash_name_is_left_alone(tmp_path: Path) -> None:
+    """Only a folder with our marker (or an empty one by our trash name, whose marker had
+    just gone) is ours to remove from the work folder."""
+    target = tmp_path / "site"
+    publish({"index.html": b"one"}, target)
+    publish({"index.html": b"two"}, target)
+    own = work_folder(target) / "trash-notes"
+    own.mkdir()
+    (own / "mine.txt").write_text("keep")
+    empty = work_folder(target) / "trash-new-x"
+    empty.mkdir()
+    publish({"index.html": b"three"}, target)
+    tidy(target)
+    assert (own / "mine.txt").read_text() == "keep"
+    assert not empty.exists()
 
 
 def test_publish_never_replaces_what_it_did_not_publish(tmp_path: Path) -> None:

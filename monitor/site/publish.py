@@ -107,16 +107,21 @@ def _locked(target: Path) -> Iterator[None]:
 
 
 def _ours(folder: Path) -> bool:
-    """Whether `folder` in the work folder is one we wrote (a marker is written first), or
-    one we began to remove (`_discard` renames it first, as its marker may go before the rest)."""
+    """Whether `folder` in the work folder is one we wrote (a marker is written first and
+    removed last, see `_discard`), or one we were removing when its marker had just gone: an
+    empty folder by our `TRASH` name. Anything else there, a `trash-` folder with something in
+    it included, is someone's own and left alone."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    return folder.name.startswith(TRASH) or (folder / MARKER).is_file()
+    if (folder / MARKER).is_file():
+        return True
+    return folder.name.startswith(TRASH) and not any(folder.iterdir())
 
 
 def _discard(folder: Path, deadline: float | None = None) -> bool:
-    """Remove a folder of ours, renamed first to a `TRASH` name so that what is left of it
-    (a deadline passed, the process ended) is still known as ours and removed next time.
+    """Remove a folder of ours, renamed first to a `TRASH` name (it is no version any more)
+    and its marker removed last, so that what is left of it (a deadline passed, the process
+    ended) is still known as ours and removed next time.
     True when it is gone; with a `deadline` (`time.monotonic`) it stops there: a version of
     100,000 badges takes seconds to remove, and `run` must stop within ten."""
     if not folder.name.startswith(TRASH):
@@ -126,18 +131,21 @@ def _discard(folder: Path, deadline: float | None = None) -> bool:
         except OSError:
             trash = folder
         folder = trash
-    if deadline is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        return not folder.exists()
+    marker = os.path.join(folder, MARKER)
     for root, dirs, names in os.walk(folder, topdown=False):
         for name in names:
+            path = os.path.join(root, name)
+            if path == marker:
+                continue  # the last to go: what is left is known as ours by it
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(root, name))
-            if time.monotonic() > deadline:
+                os.unlink(path)
+            if deadline is not None and time.monotonic() > deadline:
                 return False
         for name in dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.unlink(marker)
     with contextlib.suppress(OSError):
         os.rmdir(folder)
     return not folder.exists()
