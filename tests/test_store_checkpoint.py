@@ -114,17 +114,19 @@ def test_the_wal_stays_bounded_by_the_checkpoints(
 
 
 def test_a_flush_is_not_held_by_a_checkpoint_under_way(tmp_path: Path) -> None:
-    """The checkpoint thread stopped in the middle of its checkpoint: flushes still commit."""
+    """The checkpoint thread held inside its checkpoint call (it has copied back and not
+    returned): flushes still commit, none waits for it."""
     store = Store(tmp_path / "monitor.db")
     checkpoints = store.checkpoints
     assert checkpoints is not None
-    inside, release = threading.Event(), threading.Event()
+    inside, release, returned = threading.Event(), threading.Event(), threading.Event()
     real = checkpoints.checkpoint
 
     def held() -> None:
         inside.set()
         real()
         release.wait(30)
+        returned.set()
 
     checkpoints.checkpoint = held  # type: ignore[method-assign]
     try:
@@ -134,7 +136,7 @@ def test_a_flush_is_not_held_by_a_checkpoint_under_way(tmp_path: Path) -> None:
         for minute in range(1, 4):
             observe(store, 100, minute, serving=minute % 2 == 0)
             assert store.flush() == 100
-        assert not release.is_set()  # all three committed while the checkpoint was under way
+        assert not returned.is_set()  # all three committed while the call was under way
         assert stored(store.db) == 400
     finally:
         release.set()
