@@ -3,9 +3,9 @@
 One APScheduler job per distinct probe interval; each run starts a round that spreads its
 services evenly over the interval, so 10,000 services do not fire in the same millisecond and
 APScheduler's per-job cost is paid once per interval, not once per probe (DESIGN.md). One pacer
-task walks the running rounds and starts each service at its slot: no timer object per service
-(at 100,000 services a round of timers was 100,000 objects made at once, each living a minute
-for the full garbage collections to walk). A one-shot job fires at every planned transition, so
+task walks the running rounds and starts each service at its slot, those due within a tick
+together: no timer object per service (at 100,000 services a round of timers was 100,000
+objects made at once, each living a minute for the full garbage collections to walk). A one-shot job fires at every planned transition, so
 verdicts, metrics and the page change at the instant the plan does, and the affected services
 are probed right away.
 
@@ -61,9 +61,11 @@ WORKERS_PER_SLOT = 2
 #: At most this many probes are started in one turn of the event loop (a round that is behind,
 #: or a transition that concerns every service, starts in bursts, not in one long turn).
 BURST = 200
-#: The pacer sleeps at least NAP seconds (the due services are then started together) and at
-#: most TICK (a round that begins meanwhile waits no longer for its first start).
-NAP = 0.005
+#: The pacer wakes once every TICK seconds and starts every service then due, together. A wake
+#: per slot (every 5 ms at 200 probes a second) cost a turn of the loop, a sleep and a context
+#: switch per probe, and the probes' connections then completed one per turn too; started
+#: together, they are handled a few per turn. A probe starts at most TICK after its slot (its
+#: lag counts it), as does the first of a round that begins while the pacer sleeps.
 TICK = 0.05
 PRUNE_EVERY = timedelta(hours=1)
 #: The share of probed services judged at least once before their state is frozen, and the
@@ -282,10 +284,9 @@ class Scheduler:
             if upcoming == math.inf:
                 await self._wake.wait()  # until the next round
             else:
-                # a plain sleep, between NAP and TICK seconds: at 100,000 services a minute the
-                # slots are 0.6 ms apart, and waiting on the event for each (a task and a timer
-                # every time) cost more than the launching; a new round is seen within TICK
-                await asyncio.sleep(min(TICK, max(NAP, upcoming - loop.time())))
+                # a plain sleep: waiting on the event (a task and a timer each time) cost more
+                # than the launching at 100,000 services a minute
+                await asyncio.sleep(TICK)
 
     def _launch(self, ref: ServiceRef, due: float) -> None:
         """Queue a probe of `ref` for a worker, due at `due` (`time.monotonic`); a kind that

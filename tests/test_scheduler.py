@@ -475,3 +475,33 @@ async def test_a_judgement_waiting_for_the_store_does_not_hold_the_probing_back(
         assert "s0" not in judged
     finally:
         gate.set()
+
+
+async def test_services_due_between_two_wakes_of_the_pacer_start_together(
+    tmp_path: Path, server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty services a second, 25 ms apart: the pacer starts the ones due since it last woke in
+    one turn of the loop (a wake per slot cost a sleep, a turn and a context switch per probe)
+    and still spreads the round over the interval."""
+    from monitor.scheduler import TICK
+
+    toml = HEAD + CHANNEL + "".join(service(f"s{i}", server.url(f"/s{i}")) for i in range(40))
+    running = Running(tmp_path, toml)
+    starts: list[float] = []
+    launch = running.scheduler._launch
+
+    def recorded(ref: object, due: float) -> None:
+        starts.append(time.monotonic())
+        launch(ref, due)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(running.scheduler, "_launch", recorded)
+    try:
+        running.scheduler.start()
+        await async_wait_for(lambda: len(starts) >= 80, timeout=15, what="two rounds started")
+        # starts in the same turn are microseconds apart; separate wakes at least a tick
+        turns = 1 + sum(1 for a, b in itertools.pairwise(starts[:80]) if b - a > TICK / 5)
+        assert turns <= 80 / 1.6, f"{turns} turns of the pacer for 80 starts"
+        # 0.975 s on an idle machine; timers that fire late on a loaded one shrink it
+        assert starts[39] - starts[0] >= 0.3, "the round is still spread over its second"
+    finally:
+        await running.close()
