@@ -144,6 +144,7 @@ class Daemon:
             "observations_judged": self.pipeline.judged,
             "scheduler_lag_p99_seconds": round(self.scheduler.lag_p99(), 4),
             "probes_skipped": self.scheduler.skipped,
+            "probes_lent": self.pipeline.slots.lent,
             "gc": self.gc_pauses.health(),
             "store": {
                 "healthy": store.healthy,

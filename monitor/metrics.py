@@ -52,7 +52,7 @@ Families (all `channel_monitor_`; per service unless marked):
   `probes_total{result="serving"|"not_serving"|"unknown"}`,
   `mismatch{direction}` (1 while an incident is open), `incidents_total{direction}`;
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
-  `scheduler_lag_max_seconds`, `probes_in_flight`, `probes_skipped_total`,
+  `scheduler_lag_max_seconds`, `probes_in_flight`, `probes_lent`, `probes_skipped_total`,
   `store_write_errors_total`,
   `store_healthy`, `store_last_write_timestamp_seconds`, `store_pending_observations`,
   `observations_dropped_total`, `store_size_prunes_total`,
@@ -750,6 +750,12 @@ class _Health:
             PREFIX + "probes_in_flight",
             "Probes running now.",
             value=len(metrics.pipeline.running),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "probes_lent",
+            "Probes running longer than their slot is held (a target slow to answer or hung): "
+            "they run on to their timeout without holding back the others.",
+            value=metrics.pipeline.slots.lent,
         )
         if scheduler is not None:
             yield CounterMetricFamily(

@@ -34,6 +34,7 @@ from monitor.keyed_locks import KeyedLocks
 from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.probe import Observation, Prober
 from monitor.reload import REMOVED
+from monitor.slots import Slots
 from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
 
 if TYPE_CHECKING:
@@ -129,8 +130,8 @@ class Pipeline:
     listeners: list[Listener] = field(default_factory=list)
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
     #: probes a second; on a busy loop each takes tens of milliseconds, so 100 slots made
-    #: probes wait for one (a standing queue of a second and more), and 100 hung targets
-    #: would have held every slot until their timeouts.
+    #: probes wait for one (a standing queue of a second and more). A probe of a hung target
+    #: gives its slot back after a while and runs on (`monitor/slots.py`).
     concurrency: int = 400
     probers: dict[str, KindProber] = field(default_factory=dict)
 
@@ -141,7 +142,7 @@ class Pipeline:
         self.judged = 0
         #: An incident transition could not be written (said once until one is written again).
         self._deferred = False
-        self._limit = asyncio.Semaphore(self.concurrency)
+        self.slots = Slots(self.concurrency)
         self.probers = {"http": self.prober, **self.probers}
         self._judging = KeyedLocks()
         self._set_plan(self.plan)
@@ -248,7 +249,7 @@ class Pipeline:
         # a queue of slow pages never takes the slots of the other probes.
         limits_itself = getattr(self.probers.get(ref.service.probe.kind), "limits_itself", False)
         try:
-            async with contextlib.nullcontext() if limits_itself else self._limit:
+            async with contextlib.nullcontext() if limits_itself else self.slots.hold():
                 at = self.clock.now()
                 plan = self.plan  # the plan in force at the probe's instant judges it
                 observation = await observe(self.probers, ref, self.timeout(ref), at)

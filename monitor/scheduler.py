@@ -5,18 +5,21 @@ services evenly over the interval, so 10,000 services do not fire in the same mi
 APScheduler's per-job cost is paid once per interval, not once per probe (DESIGN.md). One pacer
 task walks the running rounds and starts each service at its slot, those due within a tick
 together: no timer object per service (at 100,000 services a round of timers was 100,000
-objects made at once, each living a minute for the full garbage collections to walk). A one-shot job fires at every planned transition, so
-verdicts, metrics and the page change at the instant the plan does, and the affected services
-are probed right away.
+objects made at once, each living a minute for the full garbage collections to walk). A
+one-shot job fires at every planned transition, so verdicts, metrics and the page change at the
+instant the plan does, and the affected services are probed right away.
 
-Probes are run by a fixed pool of worker tasks, `WORKERS_PER_SLOT` for each slot of the
+Probes are run by a pool of worker tasks, `WORKERS_PER_SLOT` for each slot of the
 pipeline's concurrency, fed from one queue: a due probe waiting for a worker is an entry in
 that queue, not a task of its own (a task, its coroutine, context and future are about ten
 objects for every full collection to walk; 10,000 waiting probes made those collections
 several times longer). A worker holds its probe through judging, which may wait for the store;
 the slot is free by then, and the other workers keep the slots busy. Probes of a kind that
 limits itself (the browser's pages) run as their own tasks and wait at their own limit, so
-slow pages never hold the workers. When `MAX_WAITING` probes are already waiting or running,
+slow pages never hold the workers. A probe of a hung target gives its slot back after a while
+(`monitor/slots.py`) and a stand-in worker joins the pool while it runs on, so hung targets
+hold neither the slots nor the workers. When `MAX_WAITING` probes (not counting those of hung
+targets, which have their own bound) are already waiting or running,
 the monitor is behind and a probe that falls due is skipped (counted in `skipped`, `/healthz`
 and the metrics) rather than queued without bound: its service is probed at its next slot, and
 its verdict goes stale if that keeps happening, which is the truth. The lag of a probe is
@@ -101,6 +104,9 @@ class Scheduler:
         #: The services in `queue` (a service is never queued twice).
         self.queued: set[tuple[str, str]] = set()
         self.workers: list[asyncio.Task] = []
+        #: Workers kept when no probe is lent (`_start_workers`); a loan adds one more.
+        self.base_workers = 0
+        pipeline.slots.on_lend = self._stand_in
         #: Workers running a probe now.
         self.busy = 0
         #: The running round of each interval.
@@ -161,11 +167,21 @@ class Scheduler:
         """The workers, once (a round started without `start`, as a benchmark does, too)."""
         if self.workers or self._stopped:
             return
-        loop = asyncio.get_running_loop()
-        self.workers = [
-            loop.create_task(self._work(), name=f"probe-worker-{number}")
-            for number in range(max(1, self.pipeline.concurrency * WORKERS_PER_SLOT))
-        ]
+        self.base_workers = max(1, self.pipeline.concurrency * WORKERS_PER_SLOT)
+        for _ in range(self.base_workers):
+            self._add_worker()
+
+    def _add_worker(self) -> None:
+        number = len(self.workers)
+        self.workers.append(
+            asyncio.get_running_loop().create_task(self._work(), name=f"probe-worker-{number}")
+        )
+
+    def _stand_in(self) -> None:
+        """A probe was lent (`monitor/slots.py`): its worker stays with it, so another takes
+        its place; the pool shrinks back as lent probes end (`_work`)."""
+        if not self._stopped and self.workers:
+            self._add_worker()
 
     def _add_round(self, interval: timedelta, refs: list[ServiceRef], now: datetime) -> None:
         self.aps.add_job(
@@ -296,7 +312,7 @@ class Scheduler:
         key = ref.key
         if key in self.pipeline.running or key in self.queued:
             return  # the previous probe of this service still runs or waits: never two at once
-        if self.pending() >= MAX_WAITING:
+        if self.pending() - self.pipeline.slots.lent >= MAX_WAITING:  # lent ones have a bound
             self.skipped += 1
             if self.skipped == 1 or self.skipped % 10_000 == 0:
                 log.warning(
@@ -334,6 +350,10 @@ class Scheduler:
                 log.exception("probe of %s/%s failed", *ref.key)
             finally:
                 self.busy -= 1
+            if len(self.workers) > self.base_workers + self.pipeline.slots.lent:
+                with contextlib.suppress(ValueError):  # `stop` may have let go of the list
+                    self.workers.remove(asyncio.current_task())  # type: ignore[arg-type]
+                return  # a stand-in no longer needed
 
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)

@@ -329,10 +329,13 @@ def test_monitor_health(rig: Rig) -> None:
     rig.scheduler.lags.extend([0.001] * 98 + [0.5, 2.0])
     rig.store.write_errors = 3
     rig.pipeline.running.add(("portal", "pension"))
+    assert rig.value("channel_monitor_probes_lent") == 0
+    rig.pipeline.slots.lent = 1  # its target is slow to answer: its slot was given back
     assert rig.value("channel_monitor_scheduler_lag_seconds") == 0.5  # nearest-rank p99
     assert rig.value("channel_monitor_scheduler_lag_max_seconds") == 2.0
     assert rig.value("channel_monitor_store_write_errors_total") == 3
     assert rig.value("channel_monitor_probes_in_flight") == 1
+    assert rig.value("channel_monitor_probes_lent") == 1
     assert rig.value("channel_monitor_probes_skipped_total") == 7
     assert rig.value("process_resident_memory_bytes") is not None or not Path("/proc").exists()
 

@@ -505,3 +505,47 @@ async def test_services_due_between_two_wakes_of_the_pacer_start_together(
         assert starts[39] - starts[0] >= 0.3, "the round is still spread over its second"
     finally:
         await running.close()
+
+
+async def test_hung_targets_do_not_hold_back_the_other_services(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    """Six services whose target never answers (until their 20 s timeout) and two slots: the
+    hung probes give their slots back after `linger`, other workers stand in for the ones they
+    hold, and the quick services are probed round after round meanwhile."""
+    from monitor.slots import Slots
+
+    server.set("hold", "/held")
+    toml = HEAD + CHANNEL
+    toml += "".join(
+        service(f"held{i}", server.url("/held"), probe_extra='timeout = "20s"') for i in range(6)
+    )
+    toml += "".join(service(f"quick{i}", server.url(f"/quick{i}")) for i in range(3))
+    running = Running(tmp_path, toml)
+    running.pipeline.concurrency = 2  # two slots, four workers
+    running.pipeline.slots = Slots(2, linger=0.2, most_lent=10)
+    running.pipeline.slots.on_lend = running.scheduler._stand_in
+    try:
+        running.scheduler.start()
+        quick = [f"quick{i}" for i in range(3)]
+        await async_wait_for(
+            lambda: all(len(running.recorder.by_service[n]) >= 3 for n in quick),
+            timeout=15,
+            what="three rounds of the quick services while six targets hang",
+        )
+        assert server.hit_count("/held") == 6 and running.pipeline.slots.lent == 6
+        assert running.recorder.by_service["held0"] == []
+        assert len(running.scheduler.workers) == 4 + 6, "a stand-in for each lent probe"
+        server.release()
+        await async_wait_for(
+            lambda: (
+                running.pipeline.slots.lent == 0
+                and all(running.recorder.by_service[f"held{i}"] for i in range(6))
+            ),
+            what="the hung probes answered",
+        )
+        await async_wait_for(
+            lambda: len(running.scheduler.workers) == 4, what="the stand-ins gone again"
+        )
+    finally:
+        await running.close()

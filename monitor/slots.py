@@ -1,0 +1,99 @@
+"""The probes in flight at once, with room made for the ones a hung target holds.
+
+The pipeline runs at most `size` probes at once (their network part): the limit bounds the
+sockets and the event loop's work. A target that hangs (a firewall that drops the packets, a
+server that accepts and never answers) holds its probe's slot until the probe's timeout. With
+a 10 s timeout, 40 hung probes a second (2,400 of 100,000 services at 60 s) hold 400 slots, and
+every other service would wait behind them: one failing platform would stall the monitoring of
+all the others.
+
+So a probe that has held its slot for `linger` seconds gives the slot back and runs on *lent*:
+it goes on to its answer or its timeout, but no longer counts against the limit. A probe
+waiting on the network costs a socket and a few kilobytes, not CPU, so lending is safe up to
+`most_lent` at once, which leaves room in the file-descriptor limit for everything else; past
+that, probes wait for a slot again. The workers that run the probes are told of each loan
+(`on_lend`), so that a lent probe does not hold a worker that others wait for either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+#: Seconds a probe holds its slot before it is lent: a live page answers well within it.
+LINGER = 2.0
+#: Lent probes at most, whatever the file-descriptor limit (each is a socket and its buffers).
+MOST_LENT = 10_000
+#: Descriptors kept for what is not a probe: the store, the listeners, the page worker, logs.
+RESERVED_FDS = 512
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one (as Go programs such as Prometheus
+    do at start), so lent probes have room; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and soft != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # a container that forbids it: lend within the soft limit
+    return soft
+
+
+def lendable(size: int) -> int:
+    """How many probes may run lent beside `size` slots within this process's open-files
+    limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MOST_LENT
+    return max(0, min(MOST_LENT, soft - size - RESERVED_FDS))
+
+
+class Slots:
+    """`async with slots.hold():` around a probe's network part."""
+
+    def __init__(
+        self,
+        size: int,
+        linger: float = LINGER,
+        most_lent: int | None = None,
+        on_lend: Callable[[], None] | None = None,
+    ) -> None:
+        self.size = size
+        self.linger = linger
+        self.most_lent = lendable(size) if most_lent is None else most_lent
+        #: Told each time a probe is lent (the scheduler adds a worker).
+        self.on_lend = on_lend
+        #: Probes running on lent now, and lent since the start (`/metrics`, tests).
+        self.lent = 0
+        self.loans = 0
+        self._free = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        await self._free.acquire()
+        lent = False
+
+        def lend() -> None:
+            nonlocal lent
+            if self.lent >= self.most_lent:
+                return  # the descriptors are spoken for: this probe keeps its slot
+            lent = True
+            self.lent += 1
+            self.loans += 1
+            self._free.release()
+            if self.on_lend is not None:
+                self.on_lend()
+
+        timer = asyncio.get_running_loop().call_later(self.linger, lend)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            if lent:
+                self.lent -= 1
+            else:
+                self._free.release()
