@@ -205,6 +205,7 @@ def test_dashboards_are_well_formed() -> None:
                         or "scheduler" in target["expr"]
                         or (
                             "probes_in_flight" in target["expr"]
+                            or "probes_lent" in target["expr"]
                             or "store_write_errors" in target["expr"]
                         )
                     ), (path.name, panel["title"])
