@@ -18,9 +18,9 @@ that, probes wait for a slot again. The workers that run the probes are told of 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 #: Seconds a probe holds its slot before it is lent: a live page answers well within it.
 LINGER = 2.0
@@ -53,7 +53,13 @@ def lendable(size: int) -> int:
 
 
 class Slots:
-    """`async with slots.hold():` around a probe's network part."""
+    """`token = await slots.acquire()` before a probe's network part, `slots.release(token)`
+    after it.
+
+    A probe held is an entry of a dict (its token and when it took its slot: no object the
+    collector tracks, and no timer per probe); one timer, while anything is held, looks at the
+    oldest entries every quarter of `linger` and lends those past it, so a probe is lent after
+    `linger` to `1.25 * linger` seconds."""
 
     def __init__(
         self,
@@ -71,29 +77,43 @@ class Slots:
         self.lent = 0
         self.loans = 0
         self._free = asyncio.Semaphore(size)
+        #: token -> when its probe took its slot (the loop's clock), oldest first; lent
+        #: probes are no longer here.
+        self._held: dict[int, float] = {}
+        self._tokens = itertools.count()
+        self._sweep: asyncio.TimerHandle | None = None
 
-    @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def acquire(self) -> int:
+        """Wait for a slot; the token is what `release` takes."""
         await self._free.acquire()
-        lent = False
+        loop = asyncio.get_running_loop()
+        token = next(self._tokens)
+        self._held[token] = loop.time()
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.linger / 4, self._lend_the_lingering)
+        return token
 
-        def lend() -> None:
-            nonlocal lent
-            if self.lent >= self.most_lent:
-                return  # the descriptors are spoken for: this probe keeps its slot
-            lent = True
+    def release(self, token: int) -> None:
+        if self._held.pop(token, None) is None:
+            self.lent -= 1  # it ran on lent: its slot was given back then
+        else:
+            self._free.release()
+
+    def _lend_the_lingering(self) -> None:
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.linger
+        lingering = []
+        for token, since in self._held.items():
+            if since > cutoff or len(lingering) >= self.most_lent - self.lent:
+                break  # the rest came later (or the descriptors are spoken for)
+            lingering.append(token)
+        for token in lingering:
+            del self._held[token]
             self.lent += 1
             self.loans += 1
             self._free.release()
             if self.on_lend is not None:
                 self.on_lend()
-
-        timer = asyncio.get_running_loop().call_later(self.linger, lend)
-        try:
-            yield
-        finally:
-            timer.cancel()
-            if lent:
-                self.lent -= 1
-            else:
-                self._free.release()
+        self._sweep = (
+            loop.call_later(self.linger / 4, self._lend_the_lingering) if self._held else None
+        )
