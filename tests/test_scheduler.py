@@ -549,3 +549,25 @@ async def test_hung_targets_do_not_hold_back_the_other_services(
         )
     finally:
         await running.close()
+
+
+def test_the_pacer_wakes_about_once_per_ten_due_services_within_its_bounds(ten: Running) -> None:
+    """200 probes a second: a wake every 50 ms; 100,000 services a minute: every 6 ms (groups
+    of 83 held 20-30 MiB more at their peaks); never more often than every 5 ms, and a plan of
+    a few services is still looked at every 50 ms."""
+    from monitor.scheduler import _Round
+
+    def nap(*rates: float) -> float:
+        ten.scheduler.rounds = {
+            timedelta(seconds=index + 1): _Round([], 0.0, 0.0, 1 / rate)
+            for index, rate in enumerate(rates)
+        }
+        return ten.scheduler._nap()
+
+    assert nap(200) == pytest.approx(0.05)
+    assert nap(100_000 / 60) == pytest.approx(0.006)
+    assert nap(1_000, 2_000 / 3) == pytest.approx(0.006), "the rounds of every interval together"
+    assert nap(100_000) == 0.005
+    assert nap(73 / 60) == 0.05
+    ten.scheduler.rounds = {}
+    assert ten.scheduler._nap() == 0.05
