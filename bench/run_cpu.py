@@ -8,8 +8,8 @@ Both probe the same local target at the same time, at the same rate:
 - ours: `channel-monitor run` as a process (plan loaded and validated, scheduler, prober,
   judge, store, metrics, the page worker: everything `run` starts), with a plan of
   `rate x 10 s` services at a 10 s interval. Its CPU is the sum over the process tree (the run
-  process and every descendant, from /proc), and its probes are read from its own `/metrics`
-  (`probes_total`) at each window's ends.
+  process and every descendant, from /proc), and its probes are read from its own `/healthz`
+  (`observations_judged`) at each window's ends.
 - blackbox: the Debian `prometheus-blackbox-exporter`, driven by a scraper loop in this process
   that asks `/probe?target=...` `rate` times a second, evenly spaced (its module checks the body
   as our plan does). CPU of the exporter process.
@@ -81,14 +81,11 @@ class Run:
         wait_http(f"http://127.0.0.1:{self.port}/healthz", [self.proc], timeout=60)
 
     async def probes(self, session: aiohttp.ClientSession) -> int:
-        """Probes done so far, from its own `/metrics`."""
-        async with session.get(f"http://127.0.0.1:{self.port}/metrics") as response:
-            text = await response.text()
-        return sum(
-            int(float(line.rsplit(" ", 1)[1]))
-            for line in text.splitlines()
-            if "probes_total{" in line and not line.startswith("#")
-        )
+        """Probes done so far: the observations judged, from its own `/healthz`, which counts
+        live (`/metrics` answers at once with the last exposition while a slow build runs, and
+        one such answer made a window read no probes and the next twice as many)."""
+        async with session.get(f"http://127.0.0.1:{self.port}/healthz") as response:
+            return int((await response.json())["observations_judged"])
 
     def cpu(self) -> tuple[float, float]:
         """CPU seconds so far: (the run process, its descendants: the page worker)."""
@@ -164,9 +161,9 @@ async def measure(args, target: Target, directory: Path, ca: Path | None) -> dic
             driver = asyncio.create_task(blackbox.drive(session, args.rate, stop))
             await asyncio.sleep(args.warmup)
             windows: list[dict] = []
-            # `/metrics` is read just outside each CPU window: a scrape of thousands of series is
-            # the benchmark's own cost, not a probe's. Probes counted between the two scrapes are
-            # scaled to the CPU window's length (the rate is steady).
+            # The count is read just outside each CPU window (the reading is the benchmark's
+            # cost, not a probe's); probes counted between the two readings are scaled to the
+            # CPU window's length (the rate is steady).
             for index in range(args.windows):
                 counted0 = {run.name: (await run.probes(session), time.monotonic()) for run in runs}
                 cpu0 = {run.name: run.cpu() for run in runs}
