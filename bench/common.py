@@ -8,6 +8,7 @@ never counted as the monitor's. Everything listens on 127.0.0.1 only.
 Paths:
   /open    200, a small page of a channel that is serving
   /closed  200, the same page size with a maintenance notice (a channel switched off)
+  /hang    (`BENCH_RAW` only) read, never answered, the connection left open: a hung server
 
 With `BENCH_RAW=1` the target is not aiohttp but a bare asyncio protocol (on uvloop) that answers
 each request with the same bytes and closes: about a tenth of aiohttp's CPU per request, so that
@@ -101,13 +102,19 @@ def serve_raw(fds: list[int]) -> None:
             self.head = b""
 
         def data_received(self, data: bytes) -> None:
+            if self.head is None:
+                return  # /hang: read and never answered
             self.head += data
             if b"\r\n\r\n" not in self.head:
                 if len(self.head) > 65536:
                     self.transport.close()
                 return
             path = self.head.split(b" ", 2)[1] if self.head.count(b" ") >= 2 else b""
-            self.transport.write(answers.get(path.split(b"?", 1)[0], missing))
+            path = path.split(b"?", 1)[0]
+            if path == b"/hang":  # a hung server: the connection stays open, unanswered
+                self.head = None
+                return
+            self.transport.write(answers.get(path, missing))
             self.transport.close()
 
     async def main() -> None:
@@ -389,8 +396,15 @@ SERVICE_KINDS = (
 )
 
 
-def plan_toml(services: int, bases: list[str], interval: str = "30s", per_channel: int = 20) -> str:
-    """A plan with `services` probed services on channels of `per_channel`, at `urls_of`.
+def plan_toml(
+    services: int,
+    bases: list[str],
+    interval: str = "30s",
+    per_channel: int = 20,
+    hung: float = 0.0,
+) -> str:
+    """A plan with `services` probed services on channels of `per_channel`, at `urls_of`;
+    with `hung`, that share of them (spread evenly) at `/hang` instead.
 
     The freeze and the certificate window are placed around the current instant, so every
     expectation, grace and body check is live work, as during the real cutover.
@@ -399,6 +413,12 @@ def plan_toml(services: int, bases: list[str], interval: str = "30s", per_channe
 
     now = datetime.now(UTC).replace(microsecond=0)
     urls = urls_of(services, bases)
+    if hung > 0:
+        every = max(1, round(1 / hung))
+        urls = [
+            url.rsplit("/", 1)[0] + "/hang" if index % every == every - 1 else url
+            for index, url in enumerate(urls)
+        ]
 
     def instant(days: int) -> str:
         return (now + timedelta(days=days)).isoformat()

@@ -235,7 +235,9 @@ class Watch:
         self.args = args
         self.directory = directory
         config = directory / "channels.toml"
-        text = plan_toml(args.services, target.bases, f"{args.interval}s", per_channel=100)
+        text = plan_toml(
+            args.services, target.bases, f"{args.interval}s", per_channel=100, hung=args.hung
+        )
         config.write_text(text, encoding="utf-8")
         self.db = directory / "monitor.db"
         self.log = directory / "run.log"
@@ -412,6 +414,9 @@ async def run_process(args: argparse.Namespace, target: Target, directory: Path)
             ),
             "tracebacks": log.count("Traceback"),
             "pending": last["store"]["pending_observations"],
+            "probes_skipped": last["probes_skipped"] - first["probes_skipped"],
+            # a run from before the slots has no `probes_lent`
+            "lent_max": max((b.get("probes_lent", -1) for _, _, b in inside if b), default=-1),
         }
     )
     return out
@@ -423,7 +428,7 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
         f"channel-monitor run, {args.services} services at a {args.interval} s interval, "
         f"measured for {r['window_s']:.0f} s after {args.warmup:.0f} s; {info['cpus']} CPUs "
         f"({info['cpu']}), Python {info['python']}; bare target, 1 process on {args.hosts} "
-        "addresses"
+        f"addresses" + (f"; {args.hung:.0%} of the services at a hung target" if args.hung else "")
     )
     scrape_s = [s for s, n in r["scrapes"] if n >= 0]
     lag, health = r["lag_p99_ms"], r["healthz"]
@@ -460,6 +465,10 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
             f"{r['skipped']} ({r['skipped_flush']}) / {r['tracebacks']}",
         ),
         ("observations waiting to be written at the end", f"{r['pending']}"),
+        (
+            "due probes skipped (behind) / most probes lent at once",
+            f"{r['probes_skipped']} / {r['lent_max'] if r['lent_max'] >= 0 else 'n/a'}",
+        ),
         ("stop: SIGTERM to exit", f"{r['stop_s']:.1f} s"),
     ]
     rows.append(("load average (1 min) before / after", " / ".join(r["load"])))
@@ -497,6 +506,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--no-office-hours", action="store_true", help="three kinds of service, not four"
+    )
+    parser.add_argument(
+        "--hung",
+        type=float,
+        default=0.0,
+        help="--process: this share of the services at a target that never answers",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
