@@ -1029,8 +1029,11 @@ class Store:
         At most `prune_slice` rows of each go at once; the flushes that follow take the rest,
         `flush_prune_slice` rows each (`pruning` says whether some is left), so an hour of
         100,000 services' history expiring, or a day past the size limit, never holds the
-        store's thread (and the next flush) for long. They go oldest first: the report sees
-        the hour being pruned as incomplete and reads it from its rollups."""
+        store's thread (and the next flush) for long. Runs go oldest first: the report sees
+        the hour being pruned as incomplete and reads it from its rollups. Rollups go in their
+        key's order, service by service (ordering them by hour would sort every expired row
+        for each slice): while a prune lasts, an expiring hour may be gone for some services
+        and not yet for others, and only hours past the retention window differ."""
         raw, rolled, alerts = _ts(now - self.retention), _ts(now - self.rollup_retention), None
         if self._expiry is not None:  # a drop under way (past the size limit) goes on
             raw, rolled = max(raw, self._expiry[0]), max(rolled, self._expiry[1])
