@@ -185,14 +185,11 @@ def components(model: Model, wanted: set[str] = frozenset()) -> Components:  # t
         "only_show_if_degraded": False,
     }
     made = Components([], {}, {}, set(), base)
-    of_channel: dict[int, list[ServiceView]] = {}  # one pass, not one per channel
-    for view in model.services:
-        of_channel.setdefault(id(view.ref.channel), []).append(view)
 
     def encoded() -> Iterator[bytes]:
         position = 0
         for channel in model.plan.config.channels:
-            views = of_channel.get(id(channel), [])
+            views = model.of_channel.get(channel.id, [])
             statuses = [component_status(v) for v in views]
             made.statuses.update(statuses)
             position += 1

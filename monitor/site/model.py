@@ -292,6 +292,23 @@ class Model:
     def probed(self) -> int:
         return sum(1 for s in self.services if s.probed)
 
+    @cached_property
+    def of_channel(self) -> dict[str, list[ServiceView]]:
+        """The services shown, by channel id in the plan's order (every channel of the plan,
+        none left out): one pass, shared by the channels' pages, their keys and the feeds."""
+        out: dict[str, list[ServiceView]] = {c.id: [] for c in self.plan.config.channels}
+        for view in self.services:
+            out[view.ref.channel.id].append(view)
+        return out
+
+    @cached_property
+    def bars_of_channel(self) -> dict[str, list]:
+        """The history's bars by channel id, as `of_channel`."""
+        out: dict[str, list] = {c: [] for c in self.of_channel}
+        for bar in self.history.bars:
+            out[bar.ref.channel.id].append(bar)
+        return out
+
     @property
     def unobserved(self) -> list[tuple[ServiceRef, list[ServiceView], tuple[str, ...]]]:
         """Services nobody observes yet, by channel and cause: (the first service's ref, the
@@ -566,10 +583,8 @@ def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
     services, pauses, windows, bars and incidents (the page at scale links one such page per
     channel). One pass over each part, so 100 channels of 100 services cost little more than
     one page."""
-    ids = [c.id for c in model.plan.config.channels]
-    views: dict[str, list[ServiceView]] = {c: [] for c in ids}
-    for view in model.services:
-        views[view.ref.channel.id].append(view)
+    views = model.of_channel
+    ids = list(views)
 
     done: dict[int, dict[str, tuple[ServiceRef, ...]]] = {}  # pauses share their groups' tuples
 
@@ -591,9 +606,7 @@ def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
     for win in model.windows:
         for c, refs in split(win.services).items():
             windows[c].append(replace(win, services=refs))
-    bars: dict[str, list] = {c: [] for c in ids}
-    for bar in model.history.bars:
-        bars[bar.ref.channel.id].append(bar)
+    bars = model.bars_of_channel
     keys = {view.key: view.ref.channel.id for view in model.services}
     incidents: dict[str, list] = {c: [] for c in ids}
     for record in model.history.incidents:

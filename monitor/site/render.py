@@ -328,12 +328,11 @@ def _channel_keys(model: Model) -> dict[str, tuple]:
     """What each channel's page is made of beside `_epoch`: its services' plan and verdicts
     (not when each was last seen, which the page does not tell), bars and incidents. From
     these and the epoch `model.by_channel` narrows the model, so equal keys give equal pages."""
-    views: dict[str, list[tuple]] = {c.id: [] for c in model.plan.config.channels}
-    for v in model.services:
-        views[v.ref.channel.id].append((v.key, v.expectation, v.verdict, v.state, v.next_change))
-    bars: dict[str, list] = {c: [] for c in views}
-    for bar in model.history.bars:
-        bars[bar.ref.channel.id].append(bar)
+    views = {
+        c: [(v.key, v.expectation, v.verdict, v.state, v.next_change) for v in mine]
+        for c, mine in model.of_channel.items()
+    }
+    bars = model.bars_of_channel
     incidents: dict[str, list] = {c: [] for c in views}
     for record in model.history.incidents:
         if record.channel in incidents and model.view((record.channel, record.business)):
