@@ -353,10 +353,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.pipeline import Pipeline
     from monitor.slots import raise_fd_limit
     from monitor.store import StoreError
 
-    raise_fd_limit()  # room for the probes of hung targets (monitor/slots.py)
+    raise_fd_limit(Pipeline.concurrency)  # room for the probes of hung targets (slots.py)
     home = config_dir(args)
     notices = notices_file(args)
     load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does

@@ -249,14 +249,15 @@ class Pipeline:
         # a queue of slow pages never takes the slots of the other probes.
         limits_itself = getattr(self.probers.get(ref.service.probe.kind), "limits_itself", False)
         try:
-            token = None if limits_itself else await self.slots.acquire()
+            slots = self.slots
+            token = None if limits_itself else await slots.acquire()
             try:
                 at = self.clock.now()
                 plan = self.plan  # the plan in force at the probe's instant judges it
                 observation = await observe(self.probers, ref, self.timeout(ref), at)
             finally:
                 if token is not None:
-                    self.slots.release(token)
+                    slots.release(token)
             return None if observation is None else await self.judge(ref, observation, plan)
         finally:
             self.running.discard(key)

@@ -212,7 +212,8 @@ class Scheduler:
         now = datetime.now(UTC)
         jobs = {job.id for job in self.aps.get_jobs() if job.id.startswith(ROUND)}
         wanted = set()
-        for interval, refs in sorted(self.groups().items()):
+        kept = self.groups()
+        for interval, refs in sorted(kept.items()):
             job = f"{ROUND}{interval.total_seconds()}"
             wanted.add(job)
             if job in jobs:
@@ -221,6 +222,8 @@ class Scheduler:
                 self._add_round(interval, refs, now)
         for job in jobs - wanted:
             self.aps.remove_job(job)
+        for interval in [i for i in self.rounds if i not in kept]:
+            del self.rounds[interval]  # its services went or moved: it paces nothing now
         gone = change.removed | change.rescheduled
         for running in self.rounds.values():
             running.skip |= gone

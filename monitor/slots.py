@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import resource
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 #: Seconds a probe holds its slot before it is lent: a live page answers well within it.
 LINGER = 2.0
@@ -30,16 +33,21 @@ MOST_LENT = 10_000
 RESERVED_FDS = 512
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft limit of open files to the hard one (as Go programs such as Prometheus
-    do at start), so lent probes have room; returns the soft limit in force."""
+def raise_fd_limit(size: int) -> int:
+    """Raise the soft limit of open files to what `size` slots and the most lent probes need
+    (within the hard limit, as Go programs such as Prometheus raise theirs at start), so lent
+    probes have room; never lower it, and not to an unlimited or huge hard limit, which the
+    browser's processes would inherit. Returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard and soft != resource.RLIM_INFINITY:
+    wanted = size + MOST_LENT + RESERVED_FDS
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
         except (ValueError, OSError):
-            pass  # a container that forbids it: lend within the soft limit
+            pass  # a container that forbids it: lend within the soft limit (`Slots` says so)
     return soft
 
 
@@ -71,6 +79,15 @@ class Slots:
         self.size = size
         self.linger = linger
         self.most_lent = lendable(size) if most_lent is None else most_lent
+        if most_lent is None and self.most_lent < 100:
+            log.warning(
+                "room for %d probes of slow or hung targets beside %d slots (open-files limit "
+                "%d): more hung targets than that hold the slots the others wait for "
+                "/ 打开文件数上限过低，挂起的目标可能占满探测名额",
+                self.most_lent,
+                size,
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            )
         #: Told each time a probe is lent (the scheduler adds a worker).
         self.on_lend = on_lend
         #: Probes running on lent now, and lent since the start (`/metrics`, tests).
@@ -107,13 +124,15 @@ class Slots:
             if since > cutoff or len(lingering) >= self.most_lent - self.lent:
                 break  # the rest came later (or the descriptors are spoken for)
             lingering.append(token)
-        for token in lingering:
-            del self._held[token]
-            self.lent += 1
-            self.loans += 1
-            self._free.release()
-            if self.on_lend is not None:
-                self.on_lend()
-        self._sweep = (
-            loop.call_later(self.linger / 4, self._lend_the_lingering) if self._held else None
-        )
+        try:
+            for token in lingering:
+                del self._held[token]
+                self.lent += 1
+                self.loans += 1
+                self._free.release()
+                if self.on_lend is not None:
+                    self.on_lend()
+        finally:  # a failing `on_lend` must not end the lending for good
+            self._sweep = (
+                loop.call_later(self.linger / 4, self._lend_the_lingering) if self._held else None
+            )

@@ -571,3 +571,32 @@ def test_the_pacer_wakes_about_once_per_ten_due_services_within_its_bounds(ten: 
     assert nap(73 / 60) == 0.05
     ten.scheduler.rounds = {}
     assert ten.scheduler._nap() == 0.05
+
+
+async def test_a_reload_that_drops_an_interval_drops_its_round_and_its_pace(
+    tmp_path: Path, server: ChannelServer
+) -> None:
+    """300 services moved from 1 s to 60 s: the 1 s round goes with its job, and the pacer's
+    wakes follow the 60 s round alone (before, the dropped round set the pace until a
+    restart, and kept the old plan's services alive)."""
+    from monitor.reload import PlanChange
+
+    before = HEAD + CHANNEL + "".join(service(f"s{i}", server.url(f"/s{i}")) for i in range(300))
+    running = Running(tmp_path, before)
+    try:
+        running.scheduler.start()
+        await async_wait_for(lambda: bool(running.scheduler.rounds), what="the first round")
+        assert running.scheduler._nap() == pytest.approx(10 / 300)
+        after = load_plan(
+            tmp_path / "after.toml", before.replace('interval = "1s"', 'interval = "60s"')
+        )
+        change = PlanChange.between(running.plan, after, datetime.now(UTC))
+        running.pipeline.use_plan(change)
+        running.scheduler.use_plan(change)
+        await async_wait_for(
+            lambda: timedelta(seconds=60) in running.scheduler.rounds, what="the 60 s round"
+        )
+        assert set(running.scheduler.rounds) == {timedelta(seconds=60)}
+        assert running.scheduler._nap() == 0.05
+    finally:
+        await running.close()

@@ -80,32 +80,82 @@ def test_lending_leaves_room_in_the_open_files_limit(monkeypatch: pytest.MonkeyP
     assert lendable(400) == MOST_LENT
 
 
-def test_run_raises_its_open_files_limit_to_the_hard_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_raises_its_open_files_limit_to_what_lending_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to the hard limit, and no further than the slots, the most lent and the reserve:
+    a hard limit of 2**30 (some container runtimes) is not handed whole to the browser's
+    processes, and an unlimited one (macOS) still leaves room to lend."""
     from monitor.slots import raise_fd_limit
 
-    asked: list[tuple[int, int]] = []
-    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 65536))
-    monkeypatch.setattr(resource, "setrlimit", lambda _which, limits: asked.append(limits))
-    assert raise_fd_limit() == 65536 and asked == [(65536, 65536)]
+    wanted = 400 + MOST_LENT + RESERVED_FDS
+    limits = {"now": (1024, 65536)}
+
+    def setrlimit(_which: int, new: tuple[int, int]) -> None:
+        if new[0] == resource.RLIM_INFINITY:
+            raise ValueError("not allowed to raise maximum limit")
+        limits["now"] = new
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert raise_fd_limit(400) == wanted and limits["now"] == (wanted, 65536)
+    assert lendable(400) == MOST_LENT
+
+    limits["now"] = (1024, 4096)  # a low hard limit: all of it
+    assert raise_fd_limit(400) == 4096 and lendable(400) == 4096 - 400 - RESERVED_FDS
+
+    limits["now"] = (1024, 1 << 30)
+    assert raise_fd_limit(400) == wanted
+
+    limits["now"] = (256, resource.RLIM_INFINITY)
+    assert raise_fd_limit(400) == wanted and lendable(400) == MOST_LENT
+
+    limits["now"] = (1 << 20, 1 << 20)  # never lowered
+    assert raise_fd_limit(400) == 1 << 20
 
     def refused(_which: int, _limits: tuple[int, int]) -> None:
         raise ValueError("not allowed")
 
+    limits["now"] = (1024, 65536)
     monkeypatch.setattr(resource, "setrlimit", refused)
-    assert raise_fd_limit() == 1024, "refused: lending stays within the soft limit"
+    assert raise_fd_limit(400) == 1024, "refused: lending stays within the soft limit"
 
 
-async def test_holding_a_slot_makes_no_object_for_the_collector_and_no_timer_per_probe() -> None:
-    """100,000 services a minute are 1,667 probes a second: a probe held is a dict entry of
-    plain numbers, and a single timer looks for the lingering ones."""
-    import gc
+def test_too_little_room_to_lend_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (800, 800))
+    with caplog.at_level("WARNING", logger="monitor.slots"):
+        slots = Slots(400)
+    assert slots.most_lent == 0
+    assert "room for 0 probes of slow or hung targets" in caplog.text
 
-    slots = Slots(100, linger=60)
-    tokens = [await slots.acquire() for _ in range(50)]
+
+async def test_a_failing_on_lend_does_not_end_the_lending() -> None:
+    """`on_lend` runs in the sweep: if it raises, the sweep is still scheduled again, or no
+    probe would ever be lent again (the loop only logs the error)."""
+    calls: list[int] = []
+
+    def on_lend() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no stand-in")
+
     loop = asyncio.get_running_loop()
-    timers = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
-    assert len(timers) <= 1
-    assert not any(gc.is_tracked(v) for v in slots._held.values())
-    for token in tokens:
-        slots.release(token)
-    assert not slots._held and slots.lent == 0
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        slots = Slots(1, linger=0.02, most_lent=10, on_lend=on_lend)
+        first = await slots.acquire()
+        async with asyncio.timeout(10):
+            while slots.lent == 0:
+                await asyncio.sleep(0.01)
+        slots.release(first)
+        second = await slots.acquire()
+        async with asyncio.timeout(10):
+            while slots.lent == 0:
+                await asyncio.sleep(0.01)
+        slots.release(second)
+        assert slots.loans == 2 and len(errors) == 1
+    finally:
+        loop.set_exception_handler(None)
