@@ -31,6 +31,8 @@ from time import perf_counter
 import httptools
 from yarl import URL
 
+from monitor import resolver
+
 MAX_REDIRECTS = 10
 #: The status line and headers of one answer may take at most this many bytes (aiohttp allowed
 #: about 8 KiB a line); past it a server streaming endless headers is cut off, not buffered.
@@ -265,7 +267,7 @@ async def _connect(
         _check_labels(host)
         started = perf_counter()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await resolver.getaddrinfo(host, port)
         except (socket.gaierror, UnicodeError) as exc:
             raise DNSLookupError(type(exc).__name__) from None
         timings.dns = perf_counter() - started

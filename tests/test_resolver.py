@@ -1,0 +1,81 @@
+"""Host name lookups on a pool of their own: hung name servers for a few channels never hold
+back the probes of every other target named by host."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from helpers import ChannelServer
+from test_scheduler import CHANNEL, HEAD, Running, service
+
+from monitor import resolver
+
+
+def hanging_names(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> list[str]:
+    """`getaddrinfo` of names starting with `hung` blocks until `release` (as a resolver
+    whose name servers drop the queries), then fails; the names asked are recorded."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(str(host))
+        if str(host).startswith("hung"):
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+async def test_hung_lookups_of_forty_names_do_not_hold_back_a_healthy_named_target(
+    tmp_path: Path, server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty services on names whose lookups hang (the loop's default executor has at most
+    32 threads, six on two cores) and one healthy target named `localhost`: it is judged
+    serving within its 2 s timeout while the forty still wait."""
+    release = threading.Event()
+    asked = hanging_names(monkeypatch, release)
+    toml = HEAD + CHANNEL
+    toml += "".join(service(f"h{i}", f"http://hung{i}.example/") for i in range(40))
+    toml += service("ok", server.url("/ok").replace("127.0.0.1", "localhost"))
+    running = Running(tmp_path, toml)
+    try:
+        hung = [ref for ref in running.plan.services if ref.service.id != "ok"]
+        (healthy,) = [ref for ref in running.plan.services if ref.service.id == "ok"]
+        waiting = [asyncio.create_task(running.pipeline.probe(ref)) for ref in hung]
+        async with asyncio.timeout(10):  # the hung lookups are under way first
+            while len(asked) < 30:
+                await asyncio.sleep(0.01)
+        result = await running.pipeline.probe(healthy)
+        assert result is not None and result.observation.serving, result
+        assert not any(task.done() for task in waiting)
+    finally:
+        release.set()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await running.close()
+
+
+async def test_lookups_of_one_name_at_once_share_one_thread_and_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    asked = hanging_names(monkeypatch, release)
+    lookups = [asyncio.create_task(resolver.getaddrinfo("hung.example", 80)) for _ in range(20)]
+    try:
+        async with asyncio.timeout(10):
+            while not asked:
+                await asyncio.sleep(0.01)
+        lookups[0].cancel()  # one probe's timeout does not end the lookup of the others
+        release.set()
+        results = await asyncio.gather(*lookups, return_exceptions=True)
+    finally:
+        release.set()
+    assert asked == ["hung.example"], "one lookup for twenty probes"
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, socket.gaierror) for r in results[1:])
+    assert not resolver._under_way, "nothing is kept once the lookup is done"
