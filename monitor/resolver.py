@@ -12,26 +12,68 @@ name at the same time share one thread: one hung name costs one thread, not one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
 
 #: Lookups at once: distinct hung names each hold one until the resolver gives up.
 THREADS = 64
 
-_pool: ThreadPoolExecutor | None = None
+
+class _Pool:
+    """Daemon threads that take lookups in turn, started as needed up to `THREADS`.
+
+    Not `concurrent.futures`: its threads are joined at the interpreter's exit, so a lookup
+    that hangs for its resolver's timeout held up the end of `run` after SIGTERM for as long
+    (20 s in a test). A daemon thread does not: the process ends, and the lookup with it."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.started = 0
+        self._jobs: deque[tuple] = deque()
+        self._idle = 0
+        self._lock = threading.Condition()
+
+    def submit(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> asyncio.Future:
+        future = loop.create_future()
+        with self._lock:
+            self._jobs.append((loop, future, host, port))
+            if self._idle == 0 and self.started < self.threads:
+                self.started += 1
+                threading.Thread(target=self._work, name="resolve", daemon=True).start()
+            else:
+                self._lock.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs:
+                    self._idle += 1
+                    self._lock.wait()
+                    self._idle -= 1
+                loop, future, host, port = self._jobs.popleft()
+            try:
+                outcome: tuple = (True, socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except Exception as exc:  # gaierror, UnicodeError, ...: the probe says which
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)  # type: ignore[arg-type]
+
+
+_pool = _Pool(THREADS)
 #: (loop, host, port) -> the lookup under way, shared by every probe that asks meanwhile.
 _under_way: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Future] = {}
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="resolve")
-    return _pool
-
-
-def _lookup(host: str, port: int) -> list[tuple]:
-    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 async def getaddrinfo(host: str, port: int) -> list[tuple]:
@@ -41,7 +83,7 @@ async def getaddrinfo(host: str, port: int) -> list[tuple]:
     key = (loop, host, port)
     lookup = _under_way.get(key)
     if lookup is None:
-        lookup = _under_way[key] = loop.run_in_executor(_executor(), _lookup, host, port)
+        lookup = _under_way[key] = _pool.submit(loop, host, port)
         lookup.add_done_callback(lambda done: _finished(key, done))
     return await asyncio.shield(lookup)
 

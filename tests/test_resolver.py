@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,35 @@ async def test_lookups_of_one_name_at_once_share_one_thread_and_its_answer(
     assert isinstance(results[0], asyncio.CancelledError)
     assert all(isinstance(r, socket.gaierror) for r in results[1:])
     assert not resolver._under_way, "nothing is kept once the lookup is done"
+
+
+HUNG_AT_EXIT = """
+import asyncio, socket, time
+import uvloop
+from monitor import resolver
+
+def getaddrinfo(host, *args, **kwargs):
+    time.sleep(120)  # a name server that never answers, for longer than any stop may take
+
+socket.getaddrinfo = getaddrinfo
+
+async def main():
+    lookup = asyncio.create_task(resolver.getaddrinfo("hung.example", 80))
+    while resolver._pool.started == 0:
+        await asyncio.sleep(0.01)
+    lookup.cancel()  # the probe's timeout
+
+uvloop.run(main())
+print("done", flush=True)
+"""
+
+
+def test_a_hung_lookup_does_not_hold_up_the_exit_of_the_process() -> None:
+    """A pool of `concurrent.futures` joins its threads at exit: `run` stopped by SIGTERM
+    waited for a hung lookup as long as the resolver took (20 s in a trial)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_AT_EXIT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+    assert time.monotonic() - started < 30, "the process waited for the hung lookup"
