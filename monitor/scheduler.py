@@ -69,7 +69,7 @@ BURST = 200
 #: turn of the loop, a sleep and a context switch per probe, and the probes' connections then
 #: completed one per turn too; started a group at a time, they are handled a few per turn, for
 #: about half the CPU per probe at 200 a second (bench/RESULTS.md section 4). At 100,000
-#: services a minute a fixed 50 ms tick made groups of 83, whose peaks held 20-30 MiB more. A
+#: services a minute a fixed 50 ms tick made groups of 83, whose peaks held 15-35 MiB more. A
 #: probe starts at most a wake after its slot (its lag counts it), as does the first of a round
 #: that begins while the pacer sleeps.
 GROUP = 10

@@ -553,7 +553,7 @@ async def test_hung_targets_do_not_hold_back_the_other_services(
 
 def test_the_pacer_wakes_about_once_per_ten_due_services_within_its_bounds(ten: Running) -> None:
     """200 probes a second: a wake every 50 ms; 100,000 services a minute: every 6 ms (groups
-    of 83 held 20-30 MiB more at their peaks); never more often than every 5 ms, and a plan of
+    of 83 held 15-35 MiB more at their peaks); never more often than every 5 ms, and a plan of
     a few services is still looked at every 50 ms."""
     from monitor.scheduler import _Round
 
