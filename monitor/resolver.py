@@ -39,11 +39,12 @@ class _Pool:
         future = loop.create_future()
         with self._lock:
             self._jobs.append((loop, future, host, port))
-            if self._idle == 0 and self.started < self.threads:
+            # more lookups waiting than idle threads to take them (a thread woken a moment
+            # ago counts as idle until it takes one): another thread
+            if len(self._jobs) > self._idle and self.started < self.threads:
                 self.started += 1
                 threading.Thread(target=self._work, name="resolve", daemon=True).start()
-            else:
-                self._lock.notify()
+            self._lock.notify()
         return future
 
     def _work(self) -> None:

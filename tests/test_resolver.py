@@ -84,6 +84,26 @@ async def test_lookups_of_one_name_at_once_share_one_thread_and_its_answer(
     assert not resolver._under_way, "nothing is kept once the lookup is done"
 
 
+async def test_hung_lookups_each_get_a_thread_when_the_pool_has_idle_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads left idle by earlier lookups are woken for new ones, and more are started
+    while lookups wait: an idle thread, woken but not yet running, was counted as free for
+    every lookup asked in the same turn, and forty hung names then waited on one thread."""
+    await asyncio.gather(*(resolver.getaddrinfo("localhost", port) for port in range(3)))
+    release = threading.Event()
+    asked = hanging_names(monkeypatch, release)
+    lookups = [asyncio.create_task(resolver.getaddrinfo(f"hung{i}.example", 80)) for i in range(10)]
+    try:
+        async with asyncio.timeout(10):
+            while len(asked) < 10:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        await asyncio.gather(*lookups, return_exceptions=True)
+    assert sorted(asked) == sorted(f"hung{i}.example" for i in range(10))
+
+
 HUNG_AT_EXIT = """
 import asyncio, socket, time
 import uvloop
