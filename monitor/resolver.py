@@ -42,8 +42,11 @@ class _Pool:
             # more lookups waiting than idle threads to take them (a thread woken a moment
             # ago counts as idle until it takes one): another thread
             if len(self._jobs) > self._idle and self.started < self.threads:
-                self.started += 1
-                threading.Thread(target=self._work, name="resolve", daemon=True).start()
+                try:
+                    threading.Thread(target=self._work, name="resolve", daemon=True).start()
+                    self.started += 1
+                except RuntimeError:  # no thread to be had now: the running ones take it
+                    pass
             self._lock.notify()
         return future
 

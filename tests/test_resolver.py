@@ -134,3 +134,28 @@ def test_a_hung_lookup_does_not_hold_up_the_exit_of_the_process() -> None:
     )
     assert done.returncode == 0 and done.stdout == "done\n", done.stderr
     assert time.monotonic() - started < 30, "the process waited for the hung lookup"
+
+
+async def test_a_thread_that_cannot_be_started_is_not_counted_and_the_lookup_waits_its_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`can't start new thread` (a process at its limit): the lookup is queued for the
+    threads there are, and the next lookup tries to start one again."""
+    pool = resolver._Pool(2)
+    real_start = threading.Thread.start
+    refused = {"left": 1}
+
+    def start(self: threading.Thread) -> None:
+        if refused["left"]:
+            refused["left"] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    loop = asyncio.get_running_loop()
+    first = pool.submit(loop, "localhost", 80)
+    assert pool.started == 0
+    second = pool.submit(loop, "localhost", 81)
+    assert pool.started == 1
+    async with asyncio.timeout(10):
+        assert await first and await second
