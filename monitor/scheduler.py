@@ -116,6 +116,8 @@ class Scheduler:
         self.busy = 0
         #: The running round of each interval.
         self.rounds: dict[timedelta, _Round] = {}
+        #: Rounds a newer one replaced before all their services were started (`_round`).
+        self.draining: list[_Round] = []
         #: Probes not started because MAX_WAITING were waiting (the monitor is behind).
         self.skipped = 0
         self._pacer: asyncio.Task | None = None
@@ -225,7 +227,7 @@ class Scheduler:
         for interval in [i for i in self.rounds if i not in kept]:
             del self.rounds[interval]  # its services went or moved: it paces nothing now
         gone = change.removed | change.rescheduled
-        for running in self.rounds.values():
+        for running in [*self.draining, *self.rounds.values()]:
             running.skip |= gone
         self._schedule_after(change.at)
         self._settle_after_a_round()
@@ -236,13 +238,18 @@ class Scheduler:
 
     async def _round(self, refs: list[ServiceRef], interval: timedelta) -> None:
         """Start one round: each service gets its own slot within the interval. What the
-        previous round of this interval has not started yet is dropped: it is in this one."""
+        previous round of this interval has not started yet is still started, from `draining`:
+        the pacer sleeps up to a wake between slots, so the last slots of a round often come
+        after its last wake, and dropped they were the same services round after round."""
         if self._stopped:
             return  # a run APScheduler submitted just before `stop`: start nothing new
         loop = asyncio.get_running_loop()
         base, started = loop.time(), time.monotonic()
         self.last_tick = base
         spacing = interval.total_seconds() / max(1, len(refs))
+        previous = self.rounds.get(interval)
+        if previous is not None and previous.next < len(previous.refs):
+            self.draining.append(previous)
         self.rounds[interval] = _Round(refs, base, started, spacing)
         self._start_workers()
         if self._pacer is None or self._pacer.done():
@@ -290,7 +297,7 @@ class Scheduler:
             now = loop.time()
             upcoming = math.inf
             started = 0
-            for running in list(self.rounds.values()):
+            for running in [*self.draining, *self.rounds.values()]:
                 while running.next < len(running.refs) and started < BURST:
                     offset = running.next * running.spacing
                     if running.base + offset > now:
@@ -301,6 +308,8 @@ class Scheduler:
                     if ref.key not in running.skip:
                         self._launch(ref, running.started + offset)
                         started += 1
+            if self.draining:
+                self.draining = [r for r in self.draining if r.next < len(r.refs)]
             if started >= BURST:
                 await asyncio.sleep(0)  # more are due: let what waits run first
                 continue
@@ -421,6 +430,7 @@ class Scheduler:
         if self.aps.running:
             self.aps.shutdown(wait=False)
         self.rounds.clear()
+        self.draining.clear()
         if self._settling is not None:
             self._settling.cancel()
         if self._pacer is not None:

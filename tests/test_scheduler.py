@@ -600,3 +600,33 @@ async def test_a_reload_that_drops_an_interval_drops_its_round_and_its_pace(
         assert running.scheduler._nap() == 0.05
     finally:
         await running.close()
+
+
+async def test_every_service_is_started_once_a_round_even_the_last_of_a_round(
+    tmp_path: Path, server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty services a second: the pacer wakes every 50 ms, so the last slots of a round often
+    come after its last wake. A new round used to replace the old one then, and the services
+    of those slots went unprobed that round: the same ones round after round, whose verdicts
+    went stale (in `bench/run_cpu.py`, five services of 2,000 went 39 s without a probe at a
+    10 s interval)."""
+    toml = HEAD + CHANNEL + "".join(service(f"s{i}", server.url(f"/s{i}")) for i in range(40))
+    running = Running(tmp_path, toml)
+    started: dict[str, int] = defaultdict(int)
+    launch = running.scheduler._launch
+
+    def recorded(ref: object, due: float) -> None:
+        started[ref.service.id] += 1  # type: ignore[attr-defined]
+        launch(ref, due)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(running.scheduler, "_launch", recorded)
+    try:
+        running.scheduler.start()
+        # the first service of a round starts with the round, so its count is the rounds begun
+        await async_wait_for(lambda: started["s0"] >= 11, timeout=30, what="eleven rounds")
+        rounds_done = started["s0"] - 1
+        short = {name: count for name, count in started.items() if count < rounds_done}
+        assert len(started) == 40
+        assert not short, f"started fewer times than the {rounds_done} rounds done: {short}"
+    finally:
+        await running.close()
