@@ -25,6 +25,7 @@ from monitor.clock import RealClock, parse_instant
 from monitor.config import ConfigError, ObservedBy, check_probe_url, load_config
 from monitor.notice import Status
 from monitor.plan import Plan, report
+from monitor.resolver import OwnLookups
 from monitor.store import DEFAULT_SIZE_LIMIT
 from monitor.table import render_table
 
@@ -40,15 +41,19 @@ class UsageError(Exception):
     """Bad input on the command line; the message is shown as it is."""
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop of the long-running commands (`run`, `demo`): uvloop where it is
     installed (a dependency except on Windows), which spends less CPU per probe than asyncio's
-    own loop (bench/RESULTS.md); else None, asyncio's own."""
+    own loop (bench/RESULTS.md); else asyncio's own. Either way its host name lookups run on
+    `monitor.resolver`'s threads, so a hung one holds back no other (`OwnLookups`)."""
+    base: type[asyncio.AbstractEventLoop]
     try:
         import uvloop
+
+        base = uvloop.Loop
     except ImportError:
-        return None
-    return uvloop.new_event_loop
+        base = asyncio.ProactorEventLoop if sys.platform == "win32" else asyncio.SelectorEventLoop
+    return type("Loop", (OwnLookups, base), {})
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:

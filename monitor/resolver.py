@@ -7,6 +7,12 @@ resolver's whole timeout (glibc: 5 s per try and server). A few such names would
 every thread, and every other probe by host name would wait behind them, however healthy its
 target. So the lookups run on a pool of their own, `THREADS` wide, and lookups of the same
 name at the same time share one thread: one hung name costs one thread, not one per service.
+
+The loops of `run` and `demo` (`OwnLookups`) send every other lookup of the process here too:
+aiohttp (Prometheus queries) and httpx (alert sinks) ask `loop.getaddrinfo`, which under uvloop
+runs on libuv's four threads (asyncio's own loop: its default executor). Four lookups of a
+sink whose name servers drop queries would hold all four, and every Prometheus query and every
+other sink by host name would wait behind them until their own timeouts.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ class _Pool:
         self._idle = 0
         self._lock = threading.Condition()
 
-    def submit(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> asyncio.Future:
+    def submit(self, loop: asyncio.AbstractEventLoop, args: tuple) -> asyncio.Future:
+        """`socket.getaddrinfo(*args)` on a thread of the pool; its answer in the future."""
         future = loop.create_future()
         with self._lock:
-            self._jobs.append((loop, future, host, port))
+            self._jobs.append((loop, future, args))
             # more lookups waiting than idle threads to take them (a thread woken a moment
             # ago counts as idle until it takes one): another thread
             if len(self._jobs) > self._idle and self.started < self.threads:
@@ -57,9 +64,9 @@ class _Pool:
                     self._idle += 1
                     self._lock.wait()
                     self._idle -= 1
-                loop, future, host, port = self._jobs.popleft()
+                loop, future, args = self._jobs.popleft()
             try:
-                outcome: tuple = (True, socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+                outcome: tuple = (True, socket.getaddrinfo(*args))
             except Exception as exc:  # gaierror, UnicodeError, ...: the probe says which
                 outcome = (False, exc)
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
@@ -76,23 +83,48 @@ def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
 
 
 _pool = _Pool(THREADS)
-#: (loop, host, port) -> the lookup under way, shared by every probe that asks meanwhile.
-_under_way: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Future] = {}
+#: (loop, getaddrinfo's arguments) -> the lookup under way, shared by all who ask meanwhile.
+_under_way: dict[tuple, asyncio.Future] = {}
 
 
-async def getaddrinfo(host: str, port: int) -> list[tuple]:
-    """`socket.getaddrinfo(host, port, type=SOCK_STREAM)` off the loop. A probe whose timeout
-    ends the wait leaves the lookup running for the others that share it."""
+async def getaddrinfo(
+    host: str | bytes | None,
+    port: str | int | None,
+    family: int = 0,
+    type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+    flags: int = 0,
+) -> list[tuple]:
+    """`socket.getaddrinfo` off the loop, on the pool. A probe whose timeout ends the wait
+    leaves the lookup running for the others that share it."""
     loop = asyncio.get_running_loop()
-    key = (loop, host, port)
+    args = (host, port, family, type, proto, flags)
+    key = (loop, args)
     lookup = _under_way.get(key)
     if lookup is None:
-        lookup = _under_way[key] = _pool.submit(loop, host, port)
+        lookup = _under_way[key] = _pool.submit(loop, args)
         lookup.add_done_callback(lambda done: _finished(key, done))
     return await asyncio.shield(lookup)
 
 
-def _finished(key: tuple[asyncio.AbstractEventLoop, str, int], done: asyncio.Future) -> None:
+class OwnLookups:
+    """Mixed into an event loop class: `loop.getaddrinfo`, which aiohttp, httpx and the rest
+    ask, runs on this module's pool instead of the loop's own threads."""
+
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | int | None,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple]:
+        return await getaddrinfo(host, port, family, type, proto, flags)
+
+
+def _finished(key: tuple, done: asyncio.Future) -> None:
     if _under_way.get(key) is done:
         del _under_way[key]
     if not done.cancelled():

@@ -153,9 +153,50 @@ async def test_a_thread_that_cannot_be_started_is_not_counted_and_the_lookup_wai
 
     monkeypatch.setattr(threading.Thread, "start", start)
     loop = asyncio.get_running_loop()
-    first = pool.submit(loop, "localhost", 80)
+    first = pool.submit(loop, ("localhost", 80))
     assert pool.started == 0
-    second = pool.submit(loop, "localhost", 81)
+    second = pool.submit(loop, ("localhost", 81))
     assert pool.started == 1
     async with asyncio.timeout(10):
         assert await first and await second
+
+
+def test_the_loop_of_run_looks_up_every_clients_names_on_the_pool(
+    server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp (Prometheus queries) and httpx (alert sinks) ask `loop.getaddrinfo`; under
+    uvloop that ran on libuv's four threads, where four hung lookups for a sink would hold back
+    every query by host name. On the loop of `run` forty hung names (a sink whose name servers
+    drop queries, retried) hold back neither a query nor a sink on `localhost`."""
+    import aiohttp
+
+    from monitor.alerts.sender import new_client
+    from monitor.cli import loop_factory
+
+    release = threading.Event()
+    asked = hanging_names(monkeypatch, release)
+    url = server.url("/ok").replace("127.0.0.1", "localhost")
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        hung = [
+            asyncio.create_task(loop.getaddrinfo(f"hung{i}.example", 443, type=socket.SOCK_STREAM))
+            for i in range(40)
+        ]
+        try:
+            async with asyncio.timeout(10):  # the hung lookups are under way first
+                while len(asked) < 30:
+                    await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                async with new_client() as client:
+                    sink = (await client.get(url)).status_code
+                async with aiohttp.ClientSession() as session, session.get(url) as response:
+                    query = response.status
+            assert not any(task.done() for task in hung)
+            return sink, query
+        finally:
+            release.set()
+            await asyncio.gather(*hung, return_exceptions=True)
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        assert runner.run(main()) == (200, 200)
