@@ -121,6 +121,12 @@ class OwnLookups:
         proto: int = 0,
         flags: int = 0,
     ) -> list[tuple]:
+        """An IP address (and numeric port) is answered at once, as uvloop's own did: aiohttp's
+        `sock_connect` asks for the address it connects to, and queued behind hung names on
+        the pool, a query to an address waited for them. Anything else goes to the pool."""
+        numeric = flags | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV  # never a name server
+        with contextlib.suppress(socket.gaierror, UnicodeError):
+            return socket.getaddrinfo(host, port, family, type, proto, numeric)
         return await getaddrinfo(host, port, family, type, proto, flags)
 
 

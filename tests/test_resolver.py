@@ -20,11 +20,14 @@ from monitor import resolver
 
 def hanging_names(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> list[str]:
     """`getaddrinfo` of names starting with `hung` blocks until `release` (as a resolver
-    whose name servers drop the queries), then fails; the names asked are recorded."""
+    whose name servers drop the queries), then fails; the names asked are recorded. Asked for
+    a numeric address only (`AI_NUMERICHOST`), it answers at once, as a resolver does."""
     real = socket.getaddrinfo
     asked: list[str] = []
 
     def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if (args[4] if len(args) > 4 else kwargs.get("flags", 0)) & socket.AI_NUMERICHOST:
+            return real(host, *args, **kwargs)
         asked.append(str(host))
         if str(host).startswith("hung"):
             release.wait(30)
@@ -200,3 +203,41 @@ def test_the_loop_of_run_looks_up_every_clients_names_on_the_pool(
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         assert runner.run(main()) == (200, 200)
+
+
+def test_on_the_loop_of_run_a_query_to_an_address_waits_for_no_lookup(
+    server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp connects with `loop.sock_connect`, which under uvloop asks `loop.getaddrinfo`
+    for the address it already has; uvloop answered an IP address at once, but the pool queued
+    it behind the hung names: with every thread of the pool held (a name server that is down
+    hangs every name), a Prometheus query to 127.0.0.1 waited for them too."""
+    import aiohttp
+
+    from monitor.cli import loop_factory
+
+    release = threading.Event()
+    asked = hanging_names(monkeypatch, release)
+    monkeypatch.setattr(resolver, "_pool", resolver._Pool(2))  # `THREADS` hung names, in small
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        hung = [asyncio.create_task(loop.getaddrinfo(f"hung{i}.example", 443)) for i in range(2)]
+        try:
+            async with asyncio.timeout(10):  # every thread of the pool is held first
+                while len(asked) < 2:
+                    await asyncio.sleep(0.01)
+            async with (
+                asyncio.timeout(10),
+                aiohttp.ClientSession() as session,
+                session.get(server.url("/ok")) as response,
+            ):
+                status = response.status
+            assert not any(task.done() for task in hung)
+            return status
+        finally:
+            release.set()
+            await asyncio.gather(*hung, return_exceptions=True)
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        assert runner.run(main()) == 200
