@@ -243,6 +243,8 @@ class Scheduler:
         after its last wake, and dropped they were the same services round after round."""
         if self._stopped:
             return  # a run APScheduler submitted just before `stop`: start nothing new
+        if self.aps.running and self.aps.get_job(f"{ROUND}{interval.total_seconds()}") is None:
+            return  # a run submitted just before a reload removed its job: nothing to pace
         loop = asyncio.get_running_loop()
         base, started = loop.time(), time.monotonic()
         self.last_tick = base

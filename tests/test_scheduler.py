@@ -598,6 +598,11 @@ async def test_a_reload_that_drops_an_interval_drops_its_round_and_its_pace(
         )
         assert set(running.scheduler.rounds) == {timedelta(seconds=60)}
         assert running.scheduler._nap() == 0.05
+        # a run of the 1 s job that APScheduler had handed to the loop just before the reload
+        old_refs = list(running.scheduler.rounds[timedelta(seconds=60)].refs)
+        await running.scheduler._round(old_refs, timedelta(seconds=1))
+        assert set(running.scheduler.rounds) == {timedelta(seconds=60)}, "no round of a gone job"
+        assert running.scheduler._nap() == 0.05
     finally:
         await running.close()
 
