@@ -37,6 +37,7 @@ import collections
 import contextlib
 import gc
 import logging
+import re
 import resource
 import signal
 import statistics
@@ -377,8 +378,10 @@ async def run_process(args: argparse.Namespace, target: Target, directory: Path)
     lag_p99 = [b["scheduler_lag_p99_seconds"] for _, _, b in inside if b]
     scrapes = [(s, n) for at, s, n in watch.scrapes if at >= begin - args.warmup]
     log = watch.log.read_text(errors="replace")
+    stopped = re.search(r"stopped in [0-9.]+ s \((.*)\)", log)  # the daemon's steps
     out.update(
         {
+            "stop_steps": stopped.group(1) if stopped else "not logged",
             "window_s": seconds,
             "judged_per_s": judged_per_s,
             "due_per_s": args.services / args.interval,
@@ -473,7 +476,7 @@ def report_process(args: argparse.Namespace, r: dict) -> None:
             "due probes skipped (behind) / most probes lent at once",
             f"{r['probes_skipped']} / {r['lent_max'] if r['lent_max'] >= 0 else 'n/a'}",
         ),
-        ("stop: SIGTERM to exit", f"{r['stop_s']:.1f} s"),
+        ("stop: SIGTERM to exit", f"{r['stop_s']:.1f} s ({r['stop_steps']})"),
     ]
     rows.append(("load average (1 min) before / after", " / ".join(r["load"])))
     for label, value in rows:

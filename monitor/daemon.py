@@ -185,19 +185,26 @@ class Daemon:
         self.gc_pauses.install()
 
     async def stop(self) -> None:
-        """Stop in order, losing nothing that was observed."""
+        """Stop in order, losing nothing that was observed. How long each step took is
+        logged: a stop that is slow (a probe in flight, the page's last render, a large last
+        write) says which step held it."""
+        laps = _Laps()
         await self.scheduler.stop()
+        laps.lap("probes")
         self.gc_pauses.remove()
         for listener in self.listeners:
             close = getattr(listener, "close", None)
             if close is not None:
                 await close()
+        laps.lap("page and alerts")
         await self.pipeline.close()  # every kind's prober
         if self.runner is not None:
             await self.runner.cleanup()
         else:
             await self.push.stop()
+        laps.lap("probers and web server")
         self.store.close()  # writes what is buffered; says what a full disk made it lose
+        laps.lap("store")
         try:  # nothing publishes any more: no work folder left behind (what is left of it
             # after TIDY_SECONDS, of a version of 100,000 badges, goes with the next publish)
             if not tidy(self.site_dir, seconds=TIDY_SECONDS):
@@ -206,6 +213,26 @@ class Daemon:
                 )
         except OSError as exc:
             log.warning("could not remove the work folder beside %s: %s", self.site_dir, exc)
+        log.info("stopped in %.1f s (%s)", laps.total(), laps)
+
+
+class _Laps:
+    """Seconds taken by the steps of a stop, in order."""
+
+    def __init__(self) -> None:
+        self.began = self.mark = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self.steps.append((step, now - self.mark))
+        self.mark = now
+
+    def total(self) -> float:
+        return time.monotonic() - self.began
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f} s" for step, seconds in self.steps)
 
 
 async def serve(daemon: Daemon) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 import tomllib
@@ -415,6 +416,11 @@ def test_run_serves_healthz_stops_on_sigterm_and_resumes_its_incident(
     assert set(health["gc"]) == {"gen0", "gen1", "gen2"}
 
     assert first.stop() == 0, first.output()
+    # the log says how long the stop took, step by step (which one held a slow stop)
+    stopped = re.search(r"stopped in [0-9.]+ s \((.*)\)", first.output())
+    assert stopped is not None, first.output()
+    steps = [step.rsplit(" ", 2)[0] for step in stopped.group(1).split(", ")]
+    assert steps == ["probes", "page and alerts", "probers and web server", "store"]
     # nothing lost: every request the server answered is an observation in the store
     stored = db_rows(db, "SELECT coalesce(sum(count), 0) FROM observations")[0][0]
     assert stored >= 2
