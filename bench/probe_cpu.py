@@ -200,7 +200,8 @@ async def made(make: Callable[[], object]) -> object:
 def event_loops(choice: str) -> dict[str, asyncio.Runner]:
     """The loops to measure on, by name: the one `run` uses, asyncio's own, or both."""
     factory = loop_factory()
-    run_name = "asyncio" if factory is None else factory.__module__.split(".")[0]
+    uvloop = any(base.__module__.startswith("uvloop") for base in factory.__mro__)
+    run_name = "uvloop" if uvloop else "asyncio"
     loops: dict[str, asyncio.Runner] = {}
     if choice in ("both", "run"):
         loops[run_name] = asyncio.Runner(loop_factory=factory)
