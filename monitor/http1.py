@@ -291,7 +291,8 @@ async def _connect(
             continue
         timings.connect = perf_counter() - started
         if context is not None:
-            timings.certificate = _peer_certificate(transport.get_extra_info("ssl_object"))
+            ssl_object = transport.get_extra_info("ssl_object")
+            timings.certificate = ssl_object.getpeercert() if ssl_object is not None else None
         return transport  # type: ignore[return-value]
     raise error if error is not None else DNSLookupError("no address")
 
@@ -302,18 +303,25 @@ _CERTIFICATES: dict[bytes, dict] = {}
 _CERTIFICATES_KEPT = 4096
 
 
-def _peer_certificate(ssl_object: ssl.SSLObject | None) -> dict | None:
-    """The verified peer certificate of a connection as a `getpeercert()` dict."""
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
-        return None
-    certificate = _CERTIFICATES.get(der)
-    if certificate is None:
-        certificate = ssl_object.getpeercert()  # type: ignore[union-attr]
-        if len(_CERTIFICATES) >= _CERTIFICATES_KEPT:
-            _CERTIFICATES.clear()
-        _CERTIFICATES[der] = certificate
-    return certificate
+class _PeerCertificateOnce(ssl.SSLObject):
+    """The probes' TLS object (`SSLContext.sslobject_class`): its `getpeercert()` dict is
+    decoded once per certificate. uvloop's SSL protocol asks for that dict after every
+    handshake, as the probe does; decoding it was 2.4 % of `run`'s CPU at 200 HTTPS probes a
+    second, for a certificate of ten names (bench/RESULTS.md section 4)."""
+
+    def getpeercert(self, binary_form: bool = False) -> dict | bytes | None:  # type: ignore[override]
+        der = super().getpeercert(binary_form=True)
+        if binary_form or not der:
+            return der if binary_form else super().getpeercert()
+        certificate = _CERTIFICATES.get(der)
+        if certificate is None:
+            certificate = super().getpeercert()
+            if not certificate:  # not verified (a context that does not check): not kept
+                return certificate
+            if len(_CERTIFICATES) >= _CERTIFICATES_KEPT:
+                _CERTIFICATES.clear()
+            _CERTIFICATES[der] = certificate
+        return certificate
 
 
 def _request_bytes(
@@ -356,6 +364,8 @@ async def fetch(
     loop = asyncio.get_running_loop()
     target = URL(url)
     redirects = 0
+    if context.sslobject_class is not _PeerCertificateOnce:  # documented as settable
+        context.sslobject_class = _PeerCertificateOnce
     while True:
         if target.scheme not in ("http", "https"):
             raise BadRedirect("not an http(s) URL")
