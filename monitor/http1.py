@@ -26,12 +26,13 @@ import socket
 import ssl
 import zlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from time import perf_counter
 
 import httptools
 from yarl import URL
 
-from monitor import resolver
+from monitor import resolver, tls
 
 MAX_REDIRECTS = 10
 #: The status line and headers of one answer may take at most this many bytes (aiohttp allowed
@@ -70,11 +71,11 @@ class HeadersTooLarge(Exception):
 @dataclass(slots=True)
 class Timings:
     """What the probe wants timed: the last connection's DNS and connect (TCP and TLS) seconds,
-    its peer certificate (a `getpeercert()` dict), and when the last answer's headers came."""
+    the end date of its verified certificate, and when the last answer's headers came."""
 
     dns: float | None = None
     connect: float | None = None
-    certificate: dict | None = None
+    expiry: datetime | None = None
     headers_at: float | None = None
 
 
@@ -253,7 +254,7 @@ class _Exchange(asyncio.Protocol):
 async def _connect(
     loop: asyncio.AbstractEventLoop,
     url: URL,
-    context: ssl.SSLContext | None,
+    context: ssl.SSLContext | tls.ClientContext | None,
     exchange: _Exchange,
     timings: Timings,
 ) -> asyncio.Transport:
@@ -274,26 +275,35 @@ async def _connect(
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
     started = perf_counter()
     error: BaseException | None = None
+    timings.expiry = None
     for address in addresses:
         try:
-            transport, _ = await loop.create_connection(
-                lambda: exchange,
-                address,
-                port,
-                ssl=context,
-                # an IP literal is checked against the certificate's IP addresses
-                server_hostname=host if context is not None else None,
-            )
+            if isinstance(context, tls.ClientContext):
+                transport: asyncio.Transport = await tls.connect(
+                    loop, exchange, address, port, host, context
+                )
+            else:
+                transport, _ = await loop.create_connection(
+                    lambda: exchange,
+                    address,
+                    port,
+                    ssl=context,
+                    # an IP literal is checked against the certificate's IP addresses
+                    server_hostname=host if context is not None else None,
+                )
         except ssl.SSLError:
             raise  # the server answered; another address of it would answer the same
         except OSError as exc:
             error = exc
             continue
         timings.connect = perf_counter() - started
-        if context is not None:
+        if isinstance(transport, tls.TlsTransport):
+            timings.expiry = transport.expiry
+        elif context is not None:
             ssl_object = transport.get_extra_info("ssl_object")
-            timings.certificate = ssl_object.getpeercert() if ssl_object is not None else None
-        return transport  # type: ignore[return-value]
+            if ssl_object is not None:
+                timings.expiry = _certificate_expiry(ssl_object.getpeercert())
+        return transport
     raise error if error is not None else DNSLookupError("no address")
 
 
@@ -324,6 +334,20 @@ class _PeerCertificateOnce(ssl.SSLObject):
         return certificate
 
 
+def _certificate_expiry(cert: dict | None) -> datetime | None:
+    """The end date of a `getpeercert()` dict (empty when the certificate was not verified)."""
+    not_after = cert.get("notAfter") if cert else None
+    if not not_after:
+        return None
+    return _expiry_of(not_after)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expiry_of(not_after: str) -> datetime:
+    """`notAfter` read once per certificate, not once per probe (`strptime` is slow)."""
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
+
+
 def _request_bytes(
     method: str, url: URL, headers: dict[str, str], body: bytes | None, user_agent: str
 ) -> bytes:
@@ -352,7 +376,7 @@ async def fetch(
     *,
     headers: dict[str, str],
     body: bytes | None,
-    context: ssl.SSLContext,
+    context: ssl.SSLContext | tls.ClientContext,
     cap: int,
     follow_redirects: bool,
     user_agent: str,
@@ -364,8 +388,8 @@ async def fetch(
     loop = asyncio.get_running_loop()
     target = URL(url)
     redirects = 0
-    if context.sslobject_class is not _PeerCertificateOnce:  # documented as settable
-        context.sslobject_class = _PeerCertificateOnce
+    if isinstance(context, ssl.SSLContext) and context.sslobject_class is not _PeerCertificateOnce:
+        context.sslobject_class = _PeerCertificateOnce  # documented as settable
     while True:
         if target.scheme not in ("http", "https"):
             raise BadRedirect("not an http(s) URL")

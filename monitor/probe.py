@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from monitor import http1
+from monitor import http1, tls
 from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
 from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
@@ -160,9 +160,14 @@ class Prober:
     """
 
     def __init__(
-        self, body_cap: int = DEFAULT_BODY_CAP, ssl_context: ssl.SSLContext | None = None
+        self,
+        body_cap: int = DEFAULT_BODY_CAP,
+        ssl_context: ssl.SSLContext | tls.ClientContext | None = None,
     ) -> None:
-        """`ssl_context` replaces the default trust store (e.g. one that trusts a private CA)."""
+        """`ssl_context` replaces the default TLS context (e.g. one that trusts a private CA):
+        a `tls.ClientContext`, or Python's own `ssl.SSLContext` to make the handshakes with
+        Python's `ssl`. The default is `tls.system_context()` where `cryptography`'s OpenSSL
+        can be used, Python's `ssl.create_default_context()` where not."""
         self.body_cap = body_cap
         self._ssl = ssl_context
         self._matcher: ThreadPoolExecutor | None = None
@@ -175,9 +180,9 @@ class Prober:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _context(self) -> ssl.SSLContext:
+    def _context(self) -> ssl.SSLContext | tls.ClientContext:
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
-            self._ssl = ssl.create_default_context()
+            self._ssl = tls.system_context() or ssl.create_default_context()
         return self._ssl
 
     async def close(self) -> None:
@@ -200,7 +205,7 @@ class Prober:
             async with asyncio.timeout(timeout.total_seconds()):
                 answer = await self._request(spec, started, timings)
             status, first_byte, serving, reason, degraded = answer
-            expiry = _certificate_expiry(timings.certificate)
+            expiry = timings.expiry
         except TimeoutError:
             serving, reason = False, f"timeout after {format_duration(timeout)}"
         except Exception as exc:
@@ -347,17 +352,3 @@ def _as_utf8(body: bytes, charset: str | None) -> bytes:
     except (LookupError, ValueError):  # unknown codec, or one that is not bytes -> text
         text = body.decode("utf-8", errors="replace")
     return text.encode("utf-8", errors="replace")
-
-
-def _certificate_expiry(cert: dict | None) -> datetime | None:
-    """The end date of a `getpeercert()` dict (empty when the certificate was not verified)."""
-    not_after = cert.get("notAfter") if cert else None
-    if not not_after:
-        return None
-    return _expiry_of(not_after)
-
-
-@functools.lru_cache(maxsize=1024)
-def _expiry_of(not_after: str) -> datetime:
-    """`notAfter` read once per certificate, not once per probe (`strptime` is slow)."""
-    return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)

@@ -1,0 +1,435 @@
+"""TLS for HTTPS probes on the OpenSSL that `cryptography` ships, with the system's trust store.
+
+Why not Python's `ssl`: a probe makes a full handshake every time (a resumed session would not
+check the certificate again), and the handshake is most of an HTTPS probe's CPU. Python's `ssl`
+uses the system's OpenSSL, here 3.0, whose handshake costs about 200 us more than the newer
+OpenSSL in `cryptography`'s wheels: 766 against 561 us of client CPU for a handshake and a GET in
+a loop (bench/RESULTS.md section 4, "Sixth round").
+
+What a probe checks stays what `ssl.create_default_context()` checks: the same trust files
+(`ssl.get_default_verify_paths()`, so `SSL_CERT_FILE` and `SSL_CERT_DIR` apply), the certificate
+chain, the host name or IP address (OpenSSL's own check, no partial wildcards), TLS 1.2 at
+least, Python's cipher string, and the key-exchange groups OpenSSL 3.0 offers (an X25519 key
+share first; no post-quantum share that a server would then ask for in a second round trip).
+Failures are raised as Python's own exceptions (`ssl.SSLCertVerificationError` with its
+`verify_code`, `ssl.SSLError`, `ConnectionResetError`), so the probe's reasons do not change.
+
+Where `cryptography` is missing or its bindings lack a function used here, `system_context()`
+returns None and probes use Python's `ssl` as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import os
+import ssl
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Python's default cipher string (TLS 1.2; TLS 1.3's suites are OpenSSL's defaults in both).
+_CIPHERS = (
+    b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
+#: OpenSSL 3.0's default groups, in its order; the first gets the key share.
+_GROUPS = (
+    b"X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192",
+    b"X25519:P-256:P-384",  # a build without X448 or the finite-field groups
+)
+#: Plaintext and ciphertext move through one buffer of a TLS record's size at a time.
+_CHUNK = 16 * 1024
+#: What is used of the bindings; without any of them, Python's `ssl` is used instead.
+_NEEDED = (
+    "SSL_CTX_new",
+    "TLS_client_method",
+    "SSL_CTX_free",
+    "SSL_CTX_set_options",
+    "SSL_CTX_set_mode",
+    "SSL_CTX_set_min_proto_version",
+    "SSL_CTX_set_cipher_list",
+    "SSL_CTX_set1_curves_list",
+    "SSL_CTX_set_verify",
+    "SSL_CTX_get0_param",
+    "SSL_CTX_load_verify_locations",
+    "X509_VERIFY_PARAM_set_hostflags",
+    "X509_VERIFY_PARAM_set1_host",
+    "X509_VERIFY_PARAM_set1_ip",
+    "SSL_new",
+    "SSL_free",
+    "SSL_get0_param",
+    "SSL_set_tlsext_host_name",
+    "SSL_set_connect_state",
+    "SSL_set_bio",
+    "BIO_new",
+    "BIO_s_mem",
+    "BIO_set_mem_eof_return",
+    "BIO_read",
+    "BIO_write",
+    "SSL_do_handshake",
+    "SSL_read",
+    "SSL_write",
+    "SSL_get_error",
+    "SSL_get_verify_result",
+    "X509_verify_cert_error_string",
+    "SSL_get_peer_certificate",
+    "X509_free",
+    "X509_getm_notAfter",
+    "ASN1_TIME_to_generalizedtime",
+    "ASN1_GENERALIZEDTIME_free",
+    "ASN1_STRING_get0_data",
+    "ASN1_STRING_length",
+    "ERR_get_error",
+    "ERR_clear_error",
+    "ERR_reason_error_string",
+    "OpenSSL_version",
+)
+
+
+@functools.cache
+def _bindings() -> tuple[Any, Any] | None:
+    """`cryptography`'s (ffi, lib), or None where they cannot be used here."""
+    try:
+        from cryptography.hazmat.bindings.openssl.binding import Binding
+    except Exception:  # not installed, or a build that fails to load
+        return None
+    lib = Binding.lib
+    missing = [name for name in _NEEDED if not hasattr(lib, name)]
+    if missing:
+        log.info("cryptography's OpenSSL bindings lack %s: probes use Python's ssl", missing[0])
+        return None
+    return Binding.ffi, lib
+
+
+def _lib() -> tuple[Any, Any]:
+    bindings = _bindings()
+    if bindings is None:
+        raise RuntimeError("cryptography's OpenSSL bindings are not available")
+    return bindings
+
+
+def _last_error(ffi: Any, lib: Any) -> str:
+    """OpenSSL's reason for the last failure (its error queue emptied: the thread's queue is
+    shared with `cryptography`, which would read a stale entry as its own)."""
+    code = lib.ERR_get_error()
+    lib.ERR_clear_error()
+    text = lib.ERR_reason_error_string(code) if code else ffi.NULL
+    return ffi.string(text).decode("ascii", "replace") if text != ffi.NULL else "unknown error"
+
+
+class ClientContext:
+    """What every probe's TLS connection shares: the trust store and the settings above.
+
+    Built once (loading the system's trust store takes milliseconds); `cafile` and `capath` as
+    `ssl.SSLContext.load_verify_locations` takes them, none of either for the system's."""
+
+    def __init__(self, cafile: str | os.PathLike | None = None, capath: str | None = None) -> None:
+        ffi, lib = _lib()
+        self._ffi, self._lib = ffi, lib
+        ctx = lib.SSL_CTX_new(lib.TLS_client_method())
+        if ctx == ffi.NULL:
+            raise ssl.SSLError(f"cannot make a TLS context: {_last_error(ffi, lib)}")
+        self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
+        lib.SSL_CTX_set_options(
+            ctx,
+            lib.SSL_OP_ALL
+            | lib.SSL_OP_NO_SSLv2
+            | lib.SSL_OP_NO_SSLv3
+            | lib.SSL_OP_NO_COMPRESSION
+            | lib.SSL_OP_CIPHER_SERVER_PREFERENCE
+            | lib.SSL_OP_SINGLE_DH_USE
+            | lib.SSL_OP_SINGLE_ECDH_USE,
+        )
+        lib.SSL_CTX_set_mode(ctx, lib.SSL_MODE_AUTO_RETRY)
+        if lib.SSL_CTX_set_min_proto_version(ctx, lib.TLS1_2_VERSION) != 1:
+            raise ssl.SSLError(f"cannot require TLS 1.2: {_last_error(ffi, lib)}")
+        if lib.SSL_CTX_set_cipher_list(ctx, _CIPHERS) != 1:
+            raise ssl.SSLError(f"cannot set the ciphers: {_last_error(ffi, lib)}")
+        if not any(lib.SSL_CTX_set1_curves_list(ctx, groups) == 1 for groups in _GROUPS):
+            raise ssl.SSLError(f"cannot set the key-exchange groups: {_last_error(ffi, lib)}")
+        lib.ERR_clear_error()
+        lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_PEER, ffi.NULL)
+        lib.X509_VERIFY_PARAM_set_hostflags(
+            lib.SSL_CTX_get0_param(ctx), lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
+        )
+        if cafile is None and capath is None:
+            paths = ssl.get_default_verify_paths()
+            cafile, capath = paths.cafile, paths.capath
+        if cafile is not None or capath is not None:
+            file = os.fsencode(cafile) if cafile is not None else ffi.NULL
+            folder = os.fsencode(capath) if capath is not None else ffi.NULL
+            if lib.SSL_CTX_load_verify_locations(ctx, file, folder) != 1:
+                raise ssl.SSLError(f"cannot load the trust store: {_last_error(ffi, lib)}")
+        # else: no trust store on this system, so no certificate is trusted (as with `ssl`)
+
+    @property
+    def library(self) -> str:
+        """The OpenSSL that makes the handshakes, e.g. 'OpenSSL 4.0.0 14 Apr 2026'."""
+        return self._ffi.string(self._lib.OpenSSL_version(0)).decode("ascii", "replace")
+
+
+@functools.cache
+def system_context() -> ClientContext | None:
+    """The context of every probe that brings no trust store of its own; None where
+    `cryptography`'s bindings cannot be used (the caller then uses Python's `ssl`)."""
+    if _bindings() is None:
+        return None
+    context = ClientContext()
+    log.info("HTTPS probes make their handshakes with %s (cryptography's)", context.library)
+    return context
+
+
+_buffers = threading.local()
+
+
+def _buffer(ffi: Any) -> Any:
+    """A per-thread scratch buffer (the bindings release the GIL while OpenSSL runs)."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = ffi.new("char[]", _CHUNK)
+    return buffer
+
+
+@functools.lru_cache(maxsize=4096)
+def _generalized_time(text: bytes) -> datetime | None:
+    """'YYYYMMDDHHMMSSZ' as OpenSSL writes a certificate's end date; None for anything else."""
+    try:
+        return datetime.strptime(text.decode("ascii"), "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip(host: str) -> bytes | None:
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
+
+
+class TlsTransport(asyncio.Protocol):
+    """TLS on memory buffers between a TCP connection and the probe's protocol (`app`).
+
+    To the TCP transport it is the protocol; to `app` it is the transport (`write`, `close`,
+    `abort`). `handshake` resolves once the server is verified, or fails with the reason."""
+
+    def __init__(
+        self,
+        context: ClientContext,
+        host: str,
+        app: asyncio.Protocol,
+        handshake: asyncio.Future[None],
+    ) -> None:
+        ffi, lib = context._ffi, context._lib
+        self._ffi, self._lib = ffi, lib
+        self._app: asyncio.Protocol | None = app
+        self._handshake = handshake
+        self._tcp: asyncio.Transport | None = None
+        self._connected = False  # the app has been given this transport
+        #: The end date of the server's certificate, once verified.
+        self.expiry: datetime | None = None
+        ssl_ = lib.SSL_new(context._ctx)
+        if ssl_ == ffi.NULL:
+            raise ssl.SSLError(f"cannot make a TLS connection: {_last_error(ffi, lib)}")
+        self._ssl = ffi.gc(ssl_, lib.SSL_free)
+        incoming, outgoing = lib.BIO_new(lib.BIO_s_mem()), lib.BIO_new(lib.BIO_s_mem())
+        if incoming == ffi.NULL or outgoing == ffi.NULL:
+            raise MemoryError("cannot make TLS buffers")
+        lib.BIO_set_mem_eof_return(incoming, -1)  # empty means "wait for more", not EOF
+        lib.SSL_set_bio(ssl_, incoming, outgoing)  # the connection owns both from here
+        self._in, self._out = incoming, outgoing
+        param = lib.SSL_get0_param(ssl_)
+        name = host.rstrip(".") if host.endswith(".") else host
+        packed = _ip(name)
+        if packed is not None:  # an IP literal: checked against the certificate's addresses
+            ok = lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+        else:
+            encoded = host.encode("ascii")  # the URL's host, already IDNA-encoded
+            lib.SSL_set_tlsext_host_name(ssl_, encoded)  # declared void by the bindings
+            ok = lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
+        if not ok:
+            raise ssl.SSLError(f"cannot check the host name: {_last_error(ffi, lib)}")
+        lib.SSL_set_connect_state(ssl_)
+
+    # the TCP connection's events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport  # type: ignore[assignment]
+        self._step()
+
+    def data_received(self, data: bytes) -> None:
+        if self._ssl is None:
+            return
+        self._lib.BIO_write(self._in, data, len(data))
+        if self._connected:
+            self._read()
+        else:
+            self._step()
+
+    def eof_received(self) -> bool:
+        # Before the handshake ends it failed; after it, a close without close_notify ends the
+        # answer as a plain close would (a body without a length is cut there by the server).
+        if not self._connected:
+            self._fail_handshake(ConnectionResetError("connection closed during the TLS handshake"))
+        elif self._app is not None:
+            self._app.eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._connected:
+            self._fail_handshake(exc or ConnectionResetError("connection lost in TLS handshake"))
+        elif self._app is not None:
+            app, self._app = self._app, None
+            app.connection_lost(exc)
+        self._release()
+
+    # the app's transport
+    def write(self, data: bytes) -> None:
+        if self._ssl is None or self._tcp is None or self._tcp.is_closing():
+            return
+        if self._lib.SSL_write(self._ssl, data, len(data)) <= 0:
+            self._abort(ssl.SSLError(f"TLS write failed: {_last_error(self._ffi, self._lib)}"))
+            return
+        self._flush()
+
+    def abort(self) -> None:
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    def close(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+
+    def is_closing(self) -> bool:
+        return self._tcp is None or self._tcp.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._tcp.get_extra_info(name, default) if self._tcp is not None else default
+
+    # TLS
+    def _step(self) -> None:
+        """One turn of the handshake with what has come in so far."""
+        lib = self._lib
+        result = lib.SSL_do_handshake(self._ssl)
+        self._flush()
+        if result == 1:
+            self.expiry = self._expiry()
+            self._connected = True
+            if not self._handshake.done():
+                self._handshake.set_result(None)
+            if self._app is not None:
+                self._app.connection_made(self)
+            self._read()  # what came with the server's last handshake message
+            return
+        error = lib.SSL_get_error(self._ssl, result)
+        if error in (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE):
+            return
+        self._fail_handshake(self._handshake_error(error))
+
+    def _handshake_error(self, error: int) -> Exception:
+        ffi, lib = self._ffi, self._lib
+        code = lib.SSL_get_verify_result(self._ssl)
+        reason = _last_error(ffi, lib)
+        if code != lib.X509_V_OK:
+            message = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+            exc = ssl.SSLCertVerificationError(
+                1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}"
+            )
+            exc.verify_code, exc.verify_message = code, message
+            exc.reason, exc.library = "CERTIFICATE_VERIFY_FAILED", "SSL"
+            return exc
+        exc = ssl.SSLError(1, f"[SSL] {reason} (error {error})")
+        exc.reason, exc.library = reason.upper().replace(" ", "_"), "SSL"
+        return exc
+
+    def _fail_handshake(self, exc: BaseException) -> None:
+        if not self._handshake.done():
+            self._handshake.set_exception(exc)
+        self._app = None
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    def _read(self) -> None:
+        """Decrypt what has come in and hand it to the app, record by record."""
+        ffi, lib, buffer = self._ffi, self._lib, _buffer(self._ffi)
+        while self._ssl is not None and self._app is not None:
+            count = lib.SSL_read(self._ssl, buffer, _CHUNK)
+            if count > 0:
+                self._app.data_received(ffi.buffer(buffer, count)[:])
+                continue
+            error = lib.SSL_get_error(self._ssl, count)
+            self._flush()  # a key update or an alert to answer
+            if error == lib.SSL_ERROR_WANT_READ:
+                return
+            if error == lib.SSL_ERROR_ZERO_RETURN:  # the server's close_notify
+                self._app.eof_received()
+                return
+            self._abort(ssl.SSLError(f"TLS read failed: {_last_error(ffi, lib)}"))
+            return
+
+    def _flush(self) -> None:
+        """Send what OpenSSL has written to its outgoing buffer."""
+        if self._ssl is None or self._tcp is None:
+            return
+        ffi, lib, buffer = self._ffi, self._lib, _buffer(self._ffi)
+        while (count := lib.BIO_read(self._out, buffer, _CHUNK)) > 0:
+            self._tcp.write(ffi.buffer(buffer, count)[:])
+
+    def _abort(self, exc: Exception) -> None:
+        app, self._app = self._app, None
+        if self._tcp is not None:
+            self._tcp.abort()
+        if app is not None:
+            app.connection_lost(exc)
+
+    def _expiry(self) -> datetime | None:
+        """The verified certificate's end date (a probe records it as `tls_expiry`)."""
+        ffi, lib = self._ffi, self._lib
+        certificate = lib.SSL_get_peer_certificate(self._ssl)
+        if certificate == ffi.NULL:
+            return None
+        try:
+            when = lib.ASN1_TIME_to_generalizedtime(lib.X509_getm_notAfter(certificate), ffi.NULL)
+            if when == ffi.NULL:
+                lib.ERR_clear_error()
+                return None
+            try:
+                text = ffi.cast("ASN1_STRING *", when)
+                data = ffi.cast("char *", lib.ASN1_STRING_get0_data(text))
+                return _generalized_time(ffi.unpack(data, lib.ASN1_STRING_length(text)))
+            finally:
+                lib.ASN1_GENERALIZEDTIME_free(when)
+        finally:
+            lib.X509_free(certificate)
+
+    def _release(self) -> None:
+        """Free the connection's OpenSSL state now rather than at the next garbage collection."""
+        if self._ssl is not None:
+            ssl_, self._ssl = self._ssl, None
+            self._ffi.release(ssl_)
+        self._tcp = None
+
+
+async def connect(
+    loop: asyncio.AbstractEventLoop,
+    app: asyncio.Protocol,
+    address: str,
+    port: int,
+    host: str,
+    context: ClientContext,
+) -> TlsTransport:
+    """A verified TLS connection to `address`:`port` for `host`, with `app` as its protocol
+    (its `connection_made` is called once the handshake is done)."""
+    handshake = loop.create_future()
+    transport, tls = await loop.create_connection(
+        lambda: TlsTransport(context, host, app, handshake), address, port
+    )
+    try:
+        await handshake
+    except BaseException:
+        transport.abort()
+        raise
+    return tls
