@@ -25,6 +25,7 @@ import re
 import socket
 import ssl
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
@@ -376,27 +377,27 @@ async def fetch(
     *,
     headers: dict[str, str],
     body: bytes | None,
-    context: ssl.SSLContext | tls.ClientContext,
+    context: Callable[[], ssl.SSLContext | tls.ClientContext],
     cap: int,
     follow_redirects: bool,
     user_agent: str,
     timings: Timings,
 ) -> Response:
     """One request (and its redirects), each on a fresh connection; the last answer, its body
-    capped at `cap` bytes after decoding. `timings` is filled in as the phases pass, so the
-    caller still has them when its timeout cancels the fetch."""
+    capped at `cap` bytes after decoding. `context()` gives the TLS context, asked for only when
+    a URL is https (building one loads the trust store). `timings` is filled in as the phases
+    pass, so the caller still has them when its timeout cancels the fetch."""
     loop = asyncio.get_running_loop()
     target = URL(url)
     redirects = 0
-    if isinstance(context, ssl.SSLContext) and context.sslobject_class is not _PeerCertificateOnce:
-        context.sslobject_class = _PeerCertificateOnce  # documented as settable
     while True:
         if target.scheme not in ("http", "https"):
             raise BadRedirect("not an http(s) URL")
         exchange = _Exchange(cap, head=method == "HEAD")
-        transport = await _connect(
-            loop, target, context if target.scheme == "https" else None, exchange, timings
-        )
+        secure = context() if target.scheme == "https" else None
+        if isinstance(secure, ssl.SSLContext) and secure.sslobject_class is ssl.SSLObject:
+            secure.sslobject_class = _PeerCertificateOnce  # documented as settable
+        transport = await _connect(loop, target, secure, exchange, timings)
         try:
             transport.write(_request_bytes(method, target, headers, body, user_agent))
             await exchange.done

@@ -260,7 +260,7 @@ class Prober:
             spec.url,
             headers=headers,
             body=body,
-            context=self._context(),
+            context=self._context,
             cap=self.body_cap,
             follow_redirects=spec.follow_redirects,
             user_agent=USER_AGENT,
