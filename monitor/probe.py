@@ -182,7 +182,11 @@ class Prober:
 
     def _context(self) -> ssl.SSLContext | tls.ClientContext:
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
-            self._ssl = tls.system_context() or ssl.create_default_context()
+            self._ssl = tls.system_context()
+            if self._ssl is None:
+                library = ssl.OPENSSL_VERSION
+                log.info("HTTPS probes make their handshakes with Python's ssl (%s)", library)
+                self._ssl = ssl.create_default_context()
         return self._ssl
 
     async def close(self) -> None:
