@@ -182,7 +182,10 @@ class Prober:
 
     def _context(self) -> ssl.SSLContext | tls.ClientContext:
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
-            self._ssl = tls.system_context()
+            try:
+                self._ssl = tls.system_context()
+            except Exception as exc:  # a build of OpenSSL that refuses our settings
+                log.warning("cryptography's OpenSSL cannot make TLS contexts (%s)", exc)
             if self._ssl is None:
                 library = ssl.OPENSSL_VERSION
                 log.info("HTTPS probes make their handshakes with Python's ssl (%s)", library)

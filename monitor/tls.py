@@ -87,7 +87,25 @@ _NEEDED = (
     "ERR_clear_error",
     "ERR_reason_error_string",
     "OpenSSL_version",
+    # and the constants
+    "SSL_OP_ALL",
+    "SSL_OP_NO_SSLv2",
+    "SSL_OP_NO_SSLv3",
+    "SSL_OP_NO_COMPRESSION",
+    "SSL_OP_CIPHER_SERVER_PREFERENCE",
+    "SSL_OP_SINGLE_DH_USE",
+    "SSL_OP_SINGLE_ECDH_USE",
+    "SSL_MODE_AUTO_RETRY",
+    "TLS1_2_VERSION",
+    "SSL_VERIFY_PEER",
+    "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
+    "SSL_ERROR_WANT_READ",
+    "SSL_ERROR_WANT_WRITE",
+    "SSL_ERROR_ZERO_RETURN",
+    "X509_V_OK",
 )
+#: OpenSSL's code for a certificate that does not name the host.
+_HOSTNAME_MISMATCH = 62
 
 
 @functools.cache
@@ -157,14 +175,26 @@ class ClientContext:
             lib.SSL_CTX_get0_param(ctx), lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
         )
         if cafile is None and capath is None:
-            paths = ssl.get_default_verify_paths()
-            cafile, capath = paths.cafile, paths.capath
-        if cafile is not None or capath is not None:
+            self._load_system_trust()
+        else:
             file = os.fsencode(cafile) if cafile is not None else ffi.NULL
             folder = os.fsencode(capath) if capath is not None else ffi.NULL
             if lib.SSL_CTX_load_verify_locations(ctx, file, folder) != 1:
                 raise ssl.SSLError(f"cannot load the trust store: {_last_error(ffi, lib)}")
-        # else: no trust store on this system, so no certificate is trusted (as with `ssl`)
+
+    def _load_system_trust(self) -> None:
+        """The system's store as OpenSSL's default paths read it for Python's `ssl`: the file
+        and the folders (`SSL_CERT_DIR` may list several) each loaded if they can be, a missing
+        or unreadable one skipped. With neither, no certificate is trusted (as with `ssl`)."""
+        ffi, lib = self._ffi, self._lib
+        paths = ssl.get_default_verify_paths()
+        file = os.environ.get(paths.openssl_cafile_env, paths.openssl_cafile)
+        folders = os.environ.get(paths.openssl_capath_env, paths.openssl_capath)
+        if file:
+            lib.SSL_CTX_load_verify_locations(self._ctx, os.fsencode(file), ffi.NULL)
+        if folders:
+            lib.SSL_CTX_load_verify_locations(self._ctx, ffi.NULL, os.fsencode(folders))
+        lib.ERR_clear_error()
 
     @property
     def library(self) -> str:
@@ -211,6 +241,16 @@ def _ip(host: str) -> bytes | None:
         return None
 
 
+def _verification_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    """The exception Python's `ssl` raises for a certificate it does not trust."""
+    exc = ssl.SSLCertVerificationError(
+        1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}"
+    )
+    exc.verify_code, exc.verify_message = code, message
+    exc.reason, exc.library = "CERTIFICATE_VERIFY_FAILED", "SSL"
+    return exc
+
+
 class TlsTransport(asyncio.Protocol):
     """TLS on memory buffers between a TCP connection and the probe's protocol (`app`).
 
@@ -243,10 +283,14 @@ class TlsTransport(asyncio.Protocol):
         lib.SSL_set_bio(ssl_, incoming, outgoing)  # the connection owns both from here
         self._in, self._out = incoming, outgoing
         param = lib.SSL_get0_param(ssl_)
-        name = host.rstrip(".") if host.endswith(".") else host
-        packed = _ip(name)
+        packed = _ip(host)
+        #: A name that cannot be checked (OpenSSL 4 refuses a trailing dot, which Python's
+        #: OpenSSL took and then found on no certificate): not trusted, once connected.
+        self._unnamed = host.endswith(".")
         if packed is not None:  # an IP literal: checked against the certificate's addresses
             ok = lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+        elif self._unnamed:
+            ok = True
         else:
             encoded = host.encode("ascii")  # the URL's host, already IDNA-encoded
             lib.SSL_set_tlsext_host_name(ssl_, encoded)  # declared void by the bindings
@@ -258,6 +302,9 @@ class TlsTransport(asyncio.Protocol):
     # the TCP connection's events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = transport  # type: ignore[assignment]
+        if self._unnamed:
+            self._fail_handshake(_verification_error(_HOSTNAME_MISMATCH, "hostname mismatch"))
+            return
         self._step()
 
     def data_received(self, data: bytes) -> None:
@@ -288,7 +335,7 @@ class TlsTransport(asyncio.Protocol):
 
     # the app's transport
     def write(self, data: bytes) -> None:
-        if self._ssl is None or self._tcp is None or self._tcp.is_closing():
+        if not data or self._ssl is None or self._tcp is None or self._tcp.is_closing():
             return
         if self._lib.SSL_write(self._ssl, data, len(data)) <= 0:
             self._abort(ssl.SSLError(f"TLS write failed: {_last_error(self._ffi, self._lib)}"))
@@ -298,6 +345,10 @@ class TlsTransport(asyncio.Protocol):
     def abort(self) -> None:
         if self._tcp is not None:
             self._tcp.abort()
+
+    def detach(self) -> None:
+        """Tell the app nothing more: its caller has given up on it."""
+        self._app = None
 
     def close(self) -> None:
         if self._tcp is not None:
@@ -335,12 +386,7 @@ class TlsTransport(asyncio.Protocol):
         reason = _last_error(ffi, lib)
         if code != lib.X509_V_OK:
             message = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
-            exc = ssl.SSLCertVerificationError(
-                1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}"
-            )
-            exc.verify_code, exc.verify_message = code, message
-            exc.reason, exc.library = "CERTIFICATE_VERIFY_FAILED", "SSL"
-            return exc
+            return _verification_error(code, message)
         exc = ssl.SSLError(1, f"[SSL] {reason} (error {error})")
         exc.reason, exc.library = reason.upper().replace(" ", "_"), "SSL"
         return exc
@@ -356,6 +402,8 @@ class TlsTransport(asyncio.Protocol):
         """Decrypt what has come in and hand it to the app, record by record."""
         ffi, lib, buffer = self._ffi, self._lib, _buffer(self._ffi)
         while self._ssl is not None and self._app is not None:
+            if self._tcp is None or self._tcp.is_closing():  # the app is done with it
+                return
             count = lib.SSL_read(self._ssl, buffer, _CHUNK)
             if count > 0:
                 self._app.data_received(ffi.buffer(buffer, count)[:])
@@ -429,7 +477,8 @@ async def connect(
     )
     try:
         await handshake
-    except BaseException:
+    except BaseException:  # cancelled (the probe's timeout), perhaps just as the handshake ended
+        tls.detach()
         transport.abort()
         raise
     return tls
