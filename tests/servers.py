@@ -202,6 +202,23 @@ def _save(directory: Path, stem: str, cert: x509.Certificate, key) -> Issued:
     return Issued(cert, key, cert_path, key_path)
 
 
+def _sign(
+    directory: Path,
+    stem: str,
+    builder: x509.CertificateBuilder,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Issued | None,
+) -> Issued:
+    """Sign with the issuer's key (naming it), or self-sign when there is no issuer; saved."""
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
+    return _save(directory, stem, cert, key)
+
+
 def make_ca(
     directory: Path,
     common_name: str = "channel-monitor test CA",
@@ -237,13 +254,7 @@ def make_ca(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    return _save(directory, stem, cert, key)
+    return _sign(directory, stem, builder, key, issuer)
 
 
 def make_server_cert(
@@ -278,10 +289,4 @@ def make_server_cert(
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    return _save(directory, stem, cert, key)
+    return _sign(directory, stem, builder, key, issuer)

@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -121,6 +122,14 @@ async def test_sni_carries_a_host_name_and_never_an_ip(
         (("w*.portal.example",), (), "www.portal.example", NOT_TRUSTED),  # no partial wildcard
         (("local*",), (), "localhost", NOT_TRUSTED),
         (("LOCALHOST",), (), "localhost", OK),  # names compare without case
+        # OpenSSL 4.0 refuses to check these names at all (X509_VERIFY_PARAM_set1_host fails);
+        # Python's ssl (OpenSSL 3.0) checks them against the certificate
+        (("www.portal.example",), (), "www.portal.example.", NOT_TRUSTED),  # a trailing dot
+        (("a-.portal.example",), (), "a-.portal.example", OK),  # a label ending in "-"
+    ],
+    ids=[
+        *("dns-san-for-ip", "ip-san-for-name", "ip-as-dns-san", "wildcard", "wildcard-depth"),
+        *("partial-wildcard", "star-suffix", "case", "trailing-dot", "label-ends-in-hyphen"),
     ],
 )
 async def test_host_names_and_addresses_are_matched_alike(
@@ -136,7 +145,7 @@ async def test_host_names_and_addresses_are_matched_alike(
 
     async def loopback(name: str, port: int, *args, **kwargs):
         """Names under .example are this machine (only the probe's lookups are redirected)."""
-        if name.endswith(".example"):
+        if name.rstrip(".").endswith(".example"):
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (HOST, port))]
         return await real(name, port, *args, **kwargs)
 
@@ -225,6 +234,50 @@ async def test_a_server_of_tls_1_1_at_most(ca: Issued, cert: Issued) -> None:
     async with RawServer(server.serve) as raw:
         agree(await observe(f"https://{HOST}:{raw.port}/", ca), HANDSHAKE_FAILED)
     assert server.errors == ["UNSUPPORTED_PROTOCOL"] * 2, server.errors
+
+
+def settings(
+    ciphers: str | None = None, curve: str | None = None, client_cert: bool = False
+) -> Callable[[Issued, Issued], ssl.SSLContext]:
+    """A server context (TLS 1.2 at most when `ciphers` are given) for the parity table below."""
+
+    def make(cert: Issued, ca: Issued) -> ssl.SSLContext:
+        context = cert.server_context()
+        if ciphers is not None:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(ciphers)
+        if curve is not None:
+            context.set_ecdh_curve(curve)
+        if client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(ca.cert_path)
+        return context
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("server", "expected", "error"),
+    [
+        (settings(ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"), OK, None),
+        (settings(ciphers="ECDHE-ECDSA-AES128-SHA256"), OK, None),
+        (settings(ciphers="ECDHE-ECDSA-AES128-SHA"), HANDSHAKE_FAILED, "NO_SHARED_CIPHER"),
+        (settings(ciphers="ECDHE-ECDSA-AES128-CCM"), HANDSHAKE_FAILED, "NO_SHARED_CIPHER"),
+        (settings(curve="secp521r1"), OK, None),  # a second round trip for the key share
+        (settings(client_cert=True), HANDSHAKE_FAILED, "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    ],
+    ids=["gcm", "cbc-sha256", "cbc-sha1", "ccm", "p521-only", "client-cert-required"],
+)
+async def test_what_the_client_offers(
+    ca: Issued, cert: Issued, server: Callable, expected: tuple, error: str | None
+) -> None:
+    """Python's cipher string (TLS 1.2: no SHA-1 MACs, no CCM), OpenSSL 3.0's groups, and no
+    client certificate; the server's alert is a failed handshake, before or after it ends."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    tls_server = TlsServer(server(cert, ca), answer)
+    async with RawServer(tls_server.serve) as raw:
+        agree(await observe(f"https://localhost:{raw.port}/", ca), expected)
+    assert tls_server.errors == ([error] * 2 if error else []), tls_server.errors
 
 
 # --- after the handshake: how the answer ends --------------------------------------------------
