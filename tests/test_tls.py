@@ -51,14 +51,11 @@ TIMED_OUT = (False, "timeout after 1s", None)
 OK = (True, "HTTP 200", 200)
 
 
-async def observe(
-    url: str, ca: Issued, timeout: float = 5.0, body_cap: int | None = None, **fields
-) -> dict[str, Observation]:
+async def observe(url: str, ca: Issued, timeout: float = 5.0, **fields) -> dict[str, Observation]:
     """One probe of `url` with each engine, trusting `ca` only."""
     seen = {}
-    extra = {} if body_cap is None else {"body_cap": body_cap}
     for name, make in ENGINES.items():
-        async with Prober(ssl_context=make(ca), **extra) as prober:
+        async with Prober(ssl_context=make(ca)) as prober:
             spec = Probe(url=url, **fields)
             seen[name] = await prober.probe(spec, timedelta(seconds=timeout))
     return seen
@@ -165,6 +162,48 @@ async def test_a_certificate_named_only_by_its_common_name(tmp_path: Path, ca: I
     assert ssl.create_default_context().hostname_checks_common_name is True
     async with aiohttp_server(page(), cert.server_context()) as base:
         agree(await observe(f"{base.replace(HOST, 'localhost')}/", ca), OK)
+
+
+class TlsServer:
+    """A TLS server on memory buffers over a raw connection, so the test decides how the
+    connection ends: with close_notify (`close_notify=True`) or a bare TCP close (a ragged
+    EOF, as a server or middlebox that drops the connection sends). Records handshake errors."""
+
+    def __init__(self, context: ssl.SSLContext, answer: bytes, close_notify: bool = True) -> None:
+        self.context, self.answer, self.close_notify = context, answer, close_notify
+        self.errors: list[str] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls_ = self.context.wrap_bio(incoming, outgoing, server_side=True)
+
+        async def pump(step):  # run `step` until it needs no more of the client's bytes
+            while True:
+                try:
+                    return step()
+                except ssl.SSLWantReadError:
+                    writer.write(outgoing.read())  # what the client waits for
+                    data = await reader.read(65536)
+                    if not data:
+                        raise ConnectionResetError from None
+                    incoming.write(data)
+                finally:
+                    writer.write(outgoing.read())  # the alert of a failed handshake too
+
+        try:
+            await pump(tls_.do_handshake)
+        except ssl.SSLError as exc:
+            self.errors.append(exc.reason)
+            return
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await pump(lambda: tls_.read(65536))
+        tls_.write(self.answer)
+        if self.close_notify:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls_.unwrap()  # close_notify is sent; the client's own is not waited for
+        writer.write(outgoing.read())
+        await writer.drain()
 
 
 # --- servers that fail before or during the handshake ---------------------------------------
@@ -281,48 +320,6 @@ async def test_what_the_client_offers(
 
 
 # --- after the handshake: how the answer ends --------------------------------------------------
-
-
-class TlsServer:
-    """A TLS server on memory buffers over a raw connection, so the test decides how the
-    connection ends: with close_notify (`close_notify=True`) or a bare TCP close (a ragged
-    EOF, as a server or middlebox that drops the connection sends). Records handshake errors."""
-
-    def __init__(self, context: ssl.SSLContext, answer: bytes, close_notify: bool = True) -> None:
-        self.context, self.answer, self.close_notify = context, answer, close_notify
-        self.errors: list[str] = []
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls_ = self.context.wrap_bio(incoming, outgoing, server_side=True)
-
-        async def pump(step):  # run `step` until it needs no more of the client's bytes
-            while True:
-                try:
-                    return step()
-                except ssl.SSLWantReadError:
-                    writer.write(outgoing.read())
-                    data = await reader.read(65536)
-                    if not data:
-                        raise ConnectionResetError from None
-                    incoming.write(data)
-                finally:
-                    writer.write(outgoing.read())  # the alert of a failed handshake too
-
-        try:
-            await pump(tls_.do_handshake)
-        except ssl.SSLError as exc:
-            self.errors.append(exc.reason)
-            return
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await pump(lambda: tls_.read(65536))
-        tls_.write(self.answer)
-        if self.close_notify:
-            with contextlib.suppress(ssl.SSLWantReadError):
-                tls_.unwrap()  # close_notify is sent; the client's own is not waited for
-        writer.write(outgoing.read())
-        await writer.drain()
 
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
