@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from monitor import tls
+
 HOST = "127.0.0.1"
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -168,6 +170,19 @@ class Issued:
         """A client context that trusts this certificate (a CA) and nothing else."""
         return ssl.create_default_context(cafile=str(self.cert_path))
 
+    def tls_context(self) -> tls.ClientContext:
+        """The same for the probes' own TLS engine (`cryptography`'s OpenSSL)."""
+        return tls.ClientContext(cafile=self.cert_path)
+
+
+#: Who makes a probe's handshakes, by test id: `cryptography`'s OpenSSL (`monitor.tls`, the
+#: default where it loads) or Python's `ssl` (the fallback). Each makes a client context that
+#: trusts the given CA and nothing else; the TLS tests run on both and expect the same.
+ENGINES: dict[str, Callable[[Issued], ssl.SSLContext | tls.ClientContext]] = {
+    "cryptography-openssl": lambda ca: ca.tls_context(),
+    "python-ssl": lambda ca: ca.client_context(),
+}
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -187,13 +202,37 @@ def _save(directory: Path, stem: str, cert: x509.Certificate, key) -> Issued:
     return Issued(cert, key, cert_path, key_path)
 
 
-def make_ca(directory: Path, common_name: str = "channel-monitor test CA") -> Issued:
+def _sign(
+    directory: Path,
+    stem: str,
+    builder: x509.CertificateBuilder,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Issued | None,
+) -> Issued:
+    """Sign with the issuer's key (naming it), or self-sign when there is no issuer; saved."""
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
+    return _save(directory, stem, cert, key)
+
+
+def make_ca(
+    directory: Path,
+    common_name: str = "channel-monitor test CA",
+    *,
+    issuer: Issued | None = None,
+    stem: str = "ca",
+) -> Issued:
+    """A CA certificate: a root (self-signed) or, with `issuer`, an intermediate under it."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC).replace(microsecond=0)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
+        .issuer_name(issuer.cert.subject if issuer else _name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=365))
@@ -214,9 +253,8 @@ def make_ca(directory: Path, common_name: str = "channel-monitor test CA") -> Is
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return _save(directory, "ca", cert, key)
+    return _sign(directory, stem, builder, key, issuer)
 
 
 def make_server_cert(
@@ -228,11 +266,13 @@ def make_server_cert(
     dns_names: tuple[str, ...] = ("localhost",),
     ip_addresses: tuple[str, ...] = (HOST,),
     stem: str = "server",
+    common_name: str | None = None,
 ) -> Issued:
-    """A server certificate for the given names, signed by `issuer` (self-signed when None)."""
+    """A server certificate for the given names, signed by `issuer` (self-signed when None);
+    without names it has no subjectAltName at all, only its common name."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC).replace(microsecond=0)
-    subject = _name(dns_names[0] if dns_names else "server")
+    subject = _name(common_name or (dns_names[0] if dns_names else "server"))
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     builder = (
@@ -243,15 +283,10 @@ def make_server_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - timedelta(days=1))
         .not_valid_after(not_after or now + timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    return _save(directory, stem, cert, key)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return _sign(directory, stem, builder, key, issuer)

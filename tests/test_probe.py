@@ -14,7 +14,7 @@ import gzip
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +22,9 @@ import pytest
 from aiohttp import web
 from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
 from servers import (
+    ENGINES,
     HOST,
+    Issued,
     RawServer,
     aiohttp_server,
     closed_port,
@@ -35,6 +37,7 @@ from servers import (
     trickle_headers,
 )
 
+from monitor import tls
 from monitor.config import Probe
 from monitor.http1 import Response, Timings
 from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
@@ -449,6 +452,14 @@ async def test_response_slower_than_the_limit_is_serving_but_degraded(
 # --- TLS ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=list(ENGINES))
+def engine(
+    request: pytest.FixtureRequest,
+) -> Callable[[Issued], ssl.SSLContext | tls.ClientContext]:
+    """Every TLS test runs on both engines (servers.ENGINES) and expects the same."""
+    return ENGINES[request.param]
+
+
 def tls_app() -> web.Application:
     async def ok(_request: web.Request) -> web.Response:
         return web.Response(text=SERVING_TEXT, content_type="text/html")
@@ -458,15 +469,19 @@ def tls_app() -> web.Application:
     return app
 
 
-async def test_self_signed_certificate_is_not_trusted(prober: Prober, tmp_path: Path) -> None:
+async def test_self_signed_certificate_is_not_trusted(engine, tmp_path: Path) -> None:
+    other = make_ca(tmp_path)  # a CA the engine trusts, which signed nothing here
     cert = make_server_cert(tmp_path)
-    async with aiohttp_server(tls_app(), cert.server_context()) as base:
+    async with (
+        aiohttp_server(tls_app(), cert.server_context()) as base,
+        Prober(ssl_context=engine(other)) as prober,
+    ):
         observation, elapsed = await timed(run_probe(prober, f"{base}/"))
     check(observation, False, "TLS certificate not trusted", None)
     assert elapsed < 5.0
 
 
-async def test_expired_certificate_from_a_trusted_ca_is_expired(tmp_path: Path) -> None:
+async def test_expired_certificate_from_a_trusted_ca_is_expired(engine, tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     now = datetime.now(UTC)
     cert = make_server_cert(
@@ -474,18 +489,18 @@ async def test_expired_certificate_from_a_trusted_ca_is_expired(tmp_path: Path) 
     )
     async with (
         aiohttp_server(tls_app(), cert.server_context()) as base,
-        Prober(ssl_context=ca.client_context()) as prober,
+        Prober(ssl_context=engine(ca)) as prober,
     ):
         observation = await run_probe(prober, f"{base}/")
     check(observation, False, "TLS certificate expired", None)
 
 
-async def test_certificate_for_another_host_name_is_not_trusted(tmp_path: Path) -> None:
+async def test_certificate_for_another_host_name_is_not_trusted(engine, tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     cert = make_server_cert(tmp_path, issuer=ca, dns_names=("portal.example",), ip_addresses=())
     async with (
         aiohttp_server(tls_app(), cert.server_context()) as base,
-        Prober(ssl_context=ca.client_context()) as prober,
+        Prober(ssl_context=engine(ca)) as prober,
     ):
         observation = await run_probe(prober, f"{base}/")
     check(observation, False, "TLS certificate not trusted", None)
@@ -493,13 +508,13 @@ async def test_certificate_for_another_host_name_is_not_trusted(tmp_path: Path) 
 
 @pytest.mark.parametrize("host", [HOST, "localhost"])
 async def test_trusted_certificate_is_serving_and_records_its_expiry(
-    tmp_path: Path, host: str
+    engine, tmp_path: Path, host: str
 ) -> None:
     ca = make_ca(tmp_path)
     cert = make_server_cert(tmp_path, issuer=ca)
     async with (
         aiohttp_server(tls_app(), cert.server_context()) as base,
-        Prober(ssl_context=ca.client_context()) as prober,
+        Prober(ssl_context=engine(ca)) as prober,
     ):
         observation = await run_probe(prober, f"{base.replace(HOST, host)}/")
     check(observation, True, "HTTP 200", 200)
