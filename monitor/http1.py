@@ -395,6 +395,8 @@ async def fetch(
             raise BadRedirect("not an http(s) URL")
         exchange = _Exchange(cap, head=method == "HEAD")
         secure = context() if target.scheme == "https" else None
+        if isinstance(secure, tls.ClientContext) and not secure.checks(target.raw_host or ""):
+            secure = secure.python_context
         if isinstance(secure, ssl.SSLContext) and secure.sslobject_class is ssl.SSLObject:
             secure.sslobject_class = _PeerCertificateOnce  # documented as settable
         transport = await _connect(loop, target, secure, exchange, timings)

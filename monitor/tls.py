@@ -59,6 +59,8 @@ _NEEDED = (
     "X509_VERIFY_PARAM_set_hostflags",
     "X509_VERIFY_PARAM_set1_host",
     "X509_VERIFY_PARAM_set1_ip",
+    "X509_VERIFY_PARAM_new",
+    "X509_VERIFY_PARAM_free",
     "SSL_new",
     "SSL_free",
     "SSL_get0_param",
@@ -104,8 +106,6 @@ _NEEDED = (
     "SSL_ERROR_ZERO_RETURN",
     "X509_V_OK",
 )
-#: OpenSSL's code for a certificate that does not name the host.
-_HOSTNAME_MISMATCH = 62
 
 
 @functools.cache
@@ -174,6 +174,7 @@ class ClientContext:
         lib.X509_VERIFY_PARAM_set_hostflags(
             lib.SSL_CTX_get0_param(ctx), lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
         )
+        self._cafile, self._capath = cafile, capath
         if cafile is None and capath is None:
             self._load_system_trust()
         else:
@@ -195,6 +196,33 @@ class ClientContext:
         if folders:
             lib.SSL_CTX_load_verify_locations(self._ctx, ffi.NULL, os.fsencode(folders))
         lib.ERR_clear_error()
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (a context lives as long as its prober)
+    def checks(self, host: str) -> bool:
+        """Whether this OpenSSL can check a certificate against `host`. OpenSSL 4 refuses some
+        names that OpenSSL 3.0 checked (a trailing dot, a label ending in a hyphen); a probe
+        of such a name goes through Python's `ssl` (`python_context`), as before."""
+        ffi, lib = self._ffi, self._lib
+        if _ip(host) is not None:
+            return True
+        param = lib.X509_VERIFY_PARAM_new()
+        if param == ffi.NULL:
+            return False
+        try:
+            encoded = host.encode("ascii")
+            return lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)) == 1
+        except UnicodeEncodeError:
+            return False
+        finally:
+            lib.X509_VERIFY_PARAM_free(param)
+            lib.ERR_clear_error()
+
+    @functools.cached_property
+    def python_context(self) -> ssl.SSLContext:
+        """Python's own context with the same trust, for the names `checks` refuses."""
+        if self._cafile is None and self._capath is None:
+            return ssl.create_default_context()
+        return ssl.create_default_context(cafile=self._cafile, capath=self._capath)
 
     @property
     def library(self) -> str:
@@ -284,13 +312,8 @@ class TlsTransport(asyncio.Protocol):
         self._in, self._out = incoming, outgoing
         param = lib.SSL_get0_param(ssl_)
         packed = _ip(host)
-        #: A name that cannot be checked (OpenSSL 4 refuses a trailing dot, which Python's
-        #: OpenSSL took and then found on no certificate): not trusted, once connected.
-        self._unnamed = host.endswith(".")
         if packed is not None:  # an IP literal: checked against the certificate's addresses
             ok = lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
-        elif self._unnamed:
-            ok = True
         else:
             encoded = host.encode("ascii")  # the URL's host, already IDNA-encoded
             lib.SSL_set_tlsext_host_name(ssl_, encoded)  # declared void by the bindings
@@ -302,9 +325,6 @@ class TlsTransport(asyncio.Protocol):
     # the TCP connection's events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = transport  # type: ignore[assignment]
-        if self._unnamed:
-            self._fail_handshake(_verification_error(_HOSTNAME_MISMATCH, "hostname mismatch"))
-            return
         self._step()
 
     def data_received(self, data: bytes) -> None:
