@@ -403,10 +403,16 @@ def fresh_system_context(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize("bindings", [True, False], ids=["cryptography", "fallback"])
 async def test_the_default_prober_trusts_ssl_cert_file(
-    fresh_system_context: pytest.MonkeyPatch, ca: Issued, cert: Issued, bindings: bool
+    fresh_system_context: pytest.MonkeyPatch,
+    ca: Issued,
+    cert: Issued,
+    bindings: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """SSL_CERT_FILE names the trust store for either engine; without `cryptography`'s
-    bindings a default Prober makes its handshakes with Python's `ssl`, and sees the same."""
+    bindings a default Prober makes its handshakes with Python's `ssl`, and sees the same.
+    Which library makes them is said once, at info, at the first HTTPS probe."""
+    caplog.set_level("INFO")
     fresh_system_context.setenv("SSL_CERT_FILE", str(ca.cert_path))
     fresh_system_context.delenv("SSL_CERT_DIR", raising=False)
     if not bindings:
@@ -418,6 +424,9 @@ async def test_the_default_prober_trusts_ssl_cert_file(
             assert (observation.serving, observation.reason, observation.status_code) == expected
             assert observation.tls_expiry == cert.cert.not_valid_after_utc
         assert isinstance(prober._context(), engine)
+    said = [m for r in caplog.records if "make their handshakes with" in (m := r.getMessage())]
+    library = "(cryptography's)" if bindings else f"Python's ssl ({ssl.OPENSSL_VERSION})"
+    assert len(said) == 1 and library in said[0], said
 
 
 def test_a_missing_ca_file_is_an_ssl_error_that_names_no_path(tmp_path: Path) -> None:
