@@ -4,11 +4,11 @@ Why not aiohttp's client: a probe needs none of its pooling, cookie jars, tracin
 machinery, and on a fresh connection per GET that machinery is most of the CPU (DESIGN.md,
 "What a probe costs, and the floor"). Here the request is written by hand, the answer parsed by
 `httptools` (llhttp, the parser Node.js uses), on the event loop's own transports (uvloop's
-under `run`). What a probe needs and aiohttp gave is kept: DNS and connect timed apart, TLS with
-the probe's `SSLContext` and the peer certificate, redirects (at most `MAX_REDIRECTS`, relative
-`Location`, 301/302/303 become GET, credentials dropped on leaving the origin), gzip and deflate
-decoded, chunked bodies, and a body cap counted after decoding: past it the connection is closed
-and the rest never read.
+under `run`). What a probe needs and aiohttp gave is kept: DNS and connect timed apart, TLS
+with the probe's context (`monitor.tls`, or Python's `ssl`) and the certificate's end date,
+redirects (at most `MAX_REDIRECTS`, relative `Location`, 301/302/303 become GET, credentials
+dropped on leaving the origin), gzip and deflate decoded, chunked bodies, and a body cap counted
+after decoding: past it the connection is closed and the rest never read.
 
 The caller bounds the whole exchange with its own timeout (cancelling `fetch` closes the
 connection). Errors are the standard ones (`OSError` and its kinds, `ssl.SSLError`,
