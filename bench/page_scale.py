@@ -123,6 +123,7 @@ def prepare(
     sizes = [channels, per_channel, days]
     if meta.exists() and json.loads(meta.read_text())["services"] == sizes:
         at = datetime.fromisoformat(json.loads(meta.read_text())["at"])
+        Store(cache / "store.db").close()  # written by an older version: upgraded, as by `run`
         return Plan(_load(cache)), cache / "store.db", at
     cache.mkdir(parents=True, exist_ok=True)
     for name in ("store.db", "store.db-wal", "store.db-shm", "meta.json"):
