@@ -24,6 +24,7 @@ from monitor.clock import Clock, RealClock
 from monitor.gc_watch import GcPauses
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
+from monitor.plan_change import PlanChange, UsesPlan
 from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.site.publish import tidy
@@ -83,7 +84,7 @@ class Daemon:
         self.notice_board: notice_watch.NoticeBoard | None = None
         self.reloads = reload.ReloadStatus()
         #: The parts a reload swaps the new plan into, in order (`apply_plan`).
-        self.plan_users: list[reload.UsesPlan] = [self.pipeline]
+        self.plan_users: list[UsesPlan] = [self.pipeline]
         self.attach_parts()
 
     def attach_parts(self) -> None:
@@ -104,9 +105,7 @@ class Daemon:
         self.plan_users += [self.push, self.scheduler]  # the scheduler last: it probes at once
         self.plan_watch = reload.attach(self)  # the plan file, polled; SIGHUP nudges it
 
-    async def apply_plan(
-        self, plan: Plan, change: reload.PlanChange | None = None
-    ) -> reload.PlanChange:
+    async def apply_plan(self, plan: Plan, change: PlanChange | None = None) -> PlanChange:
         """Swap a validated plan into every part (monitor/reload.py says what that does).
 
         The removed services' open incidents are resolved first, while every part still
@@ -115,7 +114,7 @@ class Daemon:
         between, so no observation is judged against half a swap. `change` may be worked out
         beforehand (off the loop) from the plan running now."""
         if change is None or change.old is not self.plan or change.new is not plan:
-            change = reload.PlanChange.between(self.plan, plan, self.clock.now())
+            change = PlanChange.between(self.plan, plan, self.clock.now())
         async with self.pipeline.holding(change.removed):
             await self.pipeline.retire(change)
             self.plan = plan

@@ -85,7 +85,8 @@ if TYPE_CHECKING:
     from monitor.clock import Clock
     from monitor.daemon import Daemon
     from monitor.pipeline import Pipeline, Result
-    from monitor.reload import PlanChange, ReloadStatus
+    from monitor.plan_change import PlanChange
+    from monitor.reload import ReloadStatus
     from monitor.scheduler import Scheduler
     from monitor.store import Store
 

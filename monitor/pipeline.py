@@ -32,13 +32,13 @@ from monitor.judge import (
 )
 from monitor.keyed_locks import KeyedLocks
 from monitor.plan import Expectation, Plan, ServiceRef
+from monitor.plan_change import REMOVED
 from monitor.probe import Observation, Prober
-from monitor.reload import REMOVED
 from monitor.slots import Slots
 from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
 
 if TYPE_CHECKING:
-    from monitor.reload import PlanChange
+    from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
 

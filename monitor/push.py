@@ -58,7 +58,7 @@ from monitor.plan import Plan, ServiceRef
 from monitor.probe import Observation
 
 if TYPE_CHECKING:
-    from monitor.reload import PlanChange
+    from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from monitor.pipeline import Pipeline
 from monitor.plan import ServiceRef
 
 if TYPE_CHECKING:
-    from monitor.reload import PlanChange
+    from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
 

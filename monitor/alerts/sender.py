@@ -47,7 +47,7 @@ from monitor.plan import Plan
 from monitor.store import IncidentRecord, Store
 
 if TYPE_CHECKING:
-    from monitor.reload import PlanChange
+    from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
 

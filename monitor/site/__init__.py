@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the server's libraries stay out of commands that only read 
     from monitor.daemon import Daemon
     from monitor.pipeline import Result
     from monitor.plan import Plan
-    from monitor.reload import PlanChange
+    from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
 
