@@ -1,7 +1,10 @@
-"""`channel-monitor run`: the long-running monitor.
+"""`channel-monitor run`: the long-running monitor, and the one place that puts it together.
 
-Wires plan, store, prober, pipeline and scheduler together, serves `/healthz` (and whatever the
-listeners add: `/metrics`, the site) on one aiohttp server, swaps in an edited plan
+Builds the plan's store, probers, pipeline and scheduler, then each downstream part from narrow
+arguments (the plan source, the clock, the store, the pipeline's state): every part hands back
+a `Part` (monitor/part.py) with its listener, routes and hooks, and only this module wires
+them. It serves `/healthz` (and the parts' routes: `/metrics`, `/push`, the site) on one
+aiohttp server, swaps in an edited plan
 (`apply_plan`, on a change of the file or SIGHUP), and shuts down cleanly on SIGINT or SIGTERM:
 scheduling stops, running probes finish (bounded by their timeout), buffered
 observations are written, the store is closed.
@@ -20,8 +23,11 @@ from aiohttp import web
 
 import monitor.site
 from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
+from monitor.alerts.sender import AlertSender
 from monitor.clock import Clock, RealClock
 from monitor.gc_watch import GcPauses
+from monitor.notice import NoticesFile
+from monitor.part import Part
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
 from monitor.plan_change import PlanChange, UsesPlan
@@ -56,7 +62,6 @@ class Daemon:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     clock: Clock = field(default_factory=RealClock)
-    listeners: list[Listener] = field(default_factory=list)
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
@@ -72,38 +77,98 @@ class Daemon:
         self.store = Store(self.db_path, exclusive=True, size_limit=self.store_limit)
         probers = make_probers(self.plan.config.monitor.chromium)
         self.prober = probers["http"]
-        self.pipeline = Pipeline(
-            self.plan, self.store, self.clock, self.prober, self.listeners, probers=probers
-        )
+        self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, probers=probers)
         self.scheduler = Scheduler(self.pipeline)
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
         self.runner: web.AppRunner | None = None
         self.started = time.monotonic()
         self.gc_pauses = GcPauses()
-        self.notice_board: notice_watch.NoticeBoard | None = None
         self.reloads = reload.ReloadStatus()
-        #: The parts a reload swaps the new plan into, in order (`apply_plan`).
-        self.plan_users: list[UsesPlan] = [self.pipeline]
-        self.attach_parts()
+        self.wire(self.build_parts())
 
-    def attach_parts(self) -> None:
-        """Downstream parts hang themselves on the pipeline (`self.listeners`), the store
-        (`self.store.incident_hooks`) and the web app (`self.app`) here, one line each."""
-        metrics.attach(self)  # the metrics listener and GET /metrics
-        if self.alerts:
-            alerts.attach(self)  # the outbox hook on the store and the alert sender
-        monitor.site.attach(self)  # re-renders the page on changes; serves it at GET /
-        notice_watch.attach(self)  # operators' notices: on the page, to the robots
+    def current_plan(self) -> Plan:
+        """The plan source every part asks: the plan running now (a reload swaps it)."""
+        return self.plan
+
+    def build_parts(self) -> list[Part]:
+        """Every downstream part, built from narrow arguments, in the order they are told of
+        an observation and take up an edited plan."""
+        plan, clock, store = self.current_plan, self.clock, self.store
+        watched = self.plan_path is not None
+        self.metrics, metrics_part = metrics.build(
+            self.plan,
+            self.pipeline,
+            clock,
+            self.scheduler,
+            store,
+            self.reloads if watched else None,
+        )
+        self.sender: AlertSender | None = None
+        alerts_part = Part()
+        if self.alerts:  # the outbox hook on the store and the alert sender
+            self.sender, alerts_part = alerts.build(self.plan, store, clock)
+        # the page: re-rendered on changes, served at GET /; the notices: on the page and, with
+        # `notify`, to the robots (each asks the other through a callable, never by lookup)
+        self.site, site_part = monitor.site.build(
+            self.site_dir, self.db_path, clock, plan, self.pipeline, self._notices_shown
+        )
+        self.notice_board, notices_part = notice_watch.build(
+            self.notices_path,
+            plan,
+            clock,
+            store,
+            self.sender.enqueue if self.sender is not None else None,
+            self.site.request,
+        )
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
         # replayed one (the demo) the rate limit counts its seconds and the replay asks
         # `push.overdue(at)` at each step, with no wall-clock timers
-        real = isinstance(self.clock, RealClock)
-        on_clock = None if real else (lambda: self.clock.now().timestamp())
+        real = isinstance(clock, RealClock)
+        on_clock = None if real else (lambda: clock.now().timestamp())
         self.push = PushReceiver(self.pipeline, monotonic=on_clock, watch_silence=real)
-        self.push.attach(self.app)
-        self.plan_users += [self.push, self.scheduler]  # the scheduler last: it probes at once
-        self.plan_watch = reload.attach(self)  # the plan file, polled; SIGHUP nudges it
+        # the plan file, polled; SIGHUP nudges it
+        board = self.notice_board
+        self.plan_watch, watch_part = reload.build(
+            self.plan_path,
+            plan,
+            clock,
+            self.apply_plan,
+            self.reloads,
+            self.alerts,
+            board.validate_against if board is not None else None,
+        )
+        return [
+            metrics_part,
+            alerts_part,
+            site_part,
+            notices_part,
+            self.push.part(),
+            Part(plan_user=self.scheduler),  # the scheduler last: it probes at once
+            watch_part,
+        ]
+
+    def _notices_shown(self) -> NoticesFile | None:
+        return self.notice_board.current if self.notice_board is not None else None
+
+    def wire(self, parts: list[Part]) -> None:
+        """Connect the parts: one fixed tuple of listeners for the pipeline, the order in
+        which a reload swaps the plan in, the store's incident hooks, routes and hooks."""
+        self.listeners: tuple[Listener, ...] = tuple(
+            p.listener for p in parts if p.listener is not None
+        )
+        self.pipeline.listeners = self.listeners
+        #: The parts a reload swaps the new plan into, in order (`apply_plan`).
+        users = [p.plan_user for p in parts if p.plan_user is not None]
+        self.plan_users: tuple[UsesPlan, ...] = (self.pipeline, *users)
+        for part in parts:
+            if part.incident_hook is not None:
+                self.store.incident_hooks.append(part.incident_hook)
+            for method, path, handler in part.routes:
+                self.app.router.add_route(method, path, handler)
+            self.app.on_startup.extend(part.on_startup)
+            self.app.on_shutdown.extend(part.on_shutdown)
+            self.app.on_cleanup.extend(part.on_cleanup)
 
     async def apply_plan(self, plan: Plan, change: PlanChange | None = None) -> PlanChange:
         """Swap a validated plan into every part (monitor/reload.py says what that does).

@@ -79,11 +79,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from monitor.clock import RealClock
 from monitor.judge import DIRECTIONS
+from monitor.part import Part
 from monitor.plan import TICK, Expectation, Plan, ServiceRef
 
 if TYPE_CHECKING:
     from monitor.clock import Clock
-    from monitor.daemon import Daemon
     from monitor.pipeline import Pipeline, Result
     from monitor.plan_change import PlanChange
     from monitor.reload import ReloadStatus
@@ -815,24 +815,29 @@ class _Health:
         )
 
 
-def attach(daemon: Daemon) -> Metrics:
-    """Hang the metrics on a daemon: listen to its pipeline, serve `/metrics` on its app."""
+def build(
+    plan: Plan,
+    pipeline: Pipeline,
+    clock: Clock,
+    scheduler: Scheduler,
+    store: Store,
+    reloads: ReloadStatus | None,
+) -> tuple[Metrics, Part]:
+    """The metrics of a running monitor: a listener on the pipeline that also holds the plan,
+    `GET /metrics`, and a first build when the web server starts (`reloads`: the plan
+    watch's status, None when the plan file is not watched)."""
     metrics = Metrics(
-        daemon.plan,
-        daemon.pipeline,
-        daemon.clock,
-        scheduler=daemon.scheduler,
-        store=daemon.store,
-        live=isinstance(daemon.clock, RealClock),
+        plan, pipeline, clock, scheduler=scheduler, store=store, live=isinstance(clock, RealClock)
     )
-    if daemon.plan_path is not None:
-        metrics.reloads = daemon.reloads
-    daemon.listeners.append(metrics)
-    daemon.plan_users.append(metrics)
-    daemon.app.router.add_get("/metrics", metrics.handle)
+    if reloads is not None:
+        metrics.reloads = reloads
 
     async def prebuild(_app: object) -> None:
         metrics.prebuild()
 
-    daemon.app.on_startup.append(prebuild)
-    return metrics
+    return metrics, Part(
+        listener=metrics,
+        plan_user=metrics,
+        routes=(("GET", "/metrics", metrics.handle),),
+        on_startup=(prebuild,),
+    )

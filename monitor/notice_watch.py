@@ -1,6 +1,6 @@
 """The running monitor's side of operators' notices: watch the file, show it, send updates.
 
-`attach(daemon)` loads `notices.toml` once (a broken file stops the start, as a broken plan
+`build(...)` loads `notices.toml` once (a broken file stops the start, as a broken plan
 does) and then polls its modification time every couple of seconds: a changed file is
 validated first (also when the plan is reloaded: a plan that would break the notices is not
 applied), and only a good one replaces the notices shown (a broken edit is logged
@@ -18,6 +18,7 @@ fresh store does not page everyone with last week's updates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,10 +27,16 @@ from monitor.alerts.message import Alert, iso
 from monitor.config import ConfigError
 from monitor.file_watch import POLL, PolledFile
 from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, load_notices
+from monitor.part import Part
 
 if TYPE_CHECKING:
-    from monitor.daemon import Daemon
+    from monitor.clock import Clock
+    from monitor.part import PlanSource
     from monitor.plan import Plan
+    from monitor.store import Store
+
+#: Queues alerts in the outbox (`AlertSender.enqueue`): how many were new.
+Enqueue = Callable[[Sequence[Alert]], Awaitable[int]]
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +54,38 @@ class NoticeBoard(PolledFile):
 
     name = "notices"
 
-    def __init__(self, daemon: Daemon, path: Path, poll: float = POLL) -> None:
+    def __init__(
+        self,
+        path: Path,
+        plan: PlanSource,
+        clock: Clock,
+        store: Store,
+        enqueue: Enqueue | None = None,
+        render: Callable[[], None] | None = None,
+        poll: float = POLL,
+    ) -> None:
         super().__init__(path, poll)
-        self.daemon = daemon
+        #: The plan running now (a reload swaps it).
+        self.plan = plan
+        self.clock = clock
+        self.store = store
+        #: Where updates with `notify = true` go (the alert sender's outbox); None: nowhere.
+        self.enqueue = enqueue
+        #: Asks for a render of the page (the site's listener); None: no page.
+        self.render = render
         self.reloads = 0
         self.errors = 0
-        self.current: NoticesFile = load_notices(self.path, daemon.plan, self._incident_ids())
+        self.current: NoticesFile = load_notices(self.path, plan(), self._incident_ids())
         self._queued: set[str] = set()
         self._next_due: datetime | None = None
 
     def _incident_ids(self) -> set[int]:
-        return {record.id for record in self.daemon.store.incidents(limit=1_000_000)}
+        return {record.id for record in self.store.incidents(limit=1_000_000)}
 
     async def validate_against(self, plan: Plan) -> None:
         """ConfigError when the notices would not hold against `plan` (a reload checks this
         before it applies a plan: a notice must not name a service the plan dropped)."""
-        ids = await self.daemon.store.call(self._incident_ids)
+        ids = await self.store.call(self._incident_ids)
         load_notices(self.path, plan, ids)
 
     # --- one look at the file ---------------------------------------------------------------
@@ -72,7 +95,7 @@ class NoticeBoard(PolledFile):
         the updates that are due."""
         if self.changed():
             await self.reload()
-        now = self.daemon.clock.now()
+        now = self.clock.now()
         if self._next_due is not None and now >= self._next_due:
             self._request_render()
         self._next_due = self._upcoming(now)
@@ -84,16 +107,14 @@ class NoticeBoard(PolledFile):
         return min(later, default=None)
 
     def _request_render(self) -> None:
-        site = self._site()
-        if site is not None:
-            site.request()
+        if self.render is not None:
+            self.render()
 
     async def reload(self) -> bool:
         """Validate the file and show it; a broken one leaves the last good notices."""
-        store = self.daemon.store
         try:
-            ids = await store.call(self._incident_ids)
-            fresh = load_notices(self.path, self.daemon.plan, ids)
+            ids = await self.store.call(self._incident_ids)
+            fresh = load_notices(self.path, self.plan(), ids)
         except ConfigError as exc:
             self.errors += 1
             log.error(
@@ -110,10 +131,9 @@ class NoticeBoard(PolledFile):
 
     async def notify(self) -> int:
         """Queue every due update of a notice with `notify = true` that was not yet queued."""
-        sender = self._sender()
-        if sender is None:
+        if self.enqueue is None:
             return 0
-        now = self.daemon.clock.now()
+        now = self.clock.now()
         alerts = [
             self.alert(notice, index, update)
             for notice in self.current.notices
@@ -124,13 +144,13 @@ class NoticeBoard(PolledFile):
         ]
         if not alerts:
             return 0
-        count = await sender.enqueue(alerts)
+        count = await self.enqueue(alerts)
         self._queued.update(a.dedup_key for a in alerts)
         return count
 
     def alert(self, notice: Notice, index: int, update: NoticeUpdate) -> Alert:
         """The message of one update, in both languages, with the services by name."""
-        plan = self.daemon.plan
+        plan = self.plan()
         refs = [plan.service(*key) for key in notice.service_keys()]
         stamp = iso(update.at)
         return Alert(
@@ -158,24 +178,18 @@ class NoticeBoard(PolledFile):
             body_en=update.text_en,
         )
 
-    def _sender(self):
-        from monitor.alerts.sender import AlertSender
 
-        return next((x for x in self.daemon.listeners if isinstance(x, AlertSender)), None)
-
-    def _site(self):
-        from monitor.site import SiteListener
-
-        return next((x for x in self.daemon.listeners if isinstance(x, SiteListener)), None)
-
-
-def attach(daemon: Daemon) -> NoticeBoard | None:
-    """Hang the notices on the daemon (`daemon.notice_board`); None without a notices path."""
-    path = getattr(daemon, "notices_path", None)
+def build(
+    path: Path | None,
+    plan: PlanSource,
+    clock: Clock,
+    store: Store,
+    enqueue: Enqueue | None,
+    render: Callable[[], None] | None,
+) -> tuple[NoticeBoard | None, Part]:
+    """The notices of a running monitor, watched from the web server's start to its stop;
+    no board (and an empty part) without a notices path. A broken file raises ConfigError."""
     if path is None:
-        return None
-    board = NoticeBoard(daemon, Path(path))
-    daemon.notice_board = board
-    daemon.app.on_startup.append(board.on_startup)
-    daemon.app.on_cleanup.append(board.on_cleanup)
-    return board
+        return None, Part()
+    board = NoticeBoard(Path(path), plan, clock, store, enqueue, render)
+    return board, Part(on_startup=(board.on_startup,), on_cleanup=(board.on_cleanup,))

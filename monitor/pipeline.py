@@ -127,7 +127,8 @@ class Pipeline:
     store: Store
     clock: Clock
     prober: Prober
-    listeners: list[Listener] = field(default_factory=list)
+    #: Set once by the composition root (monitor/daemon.py), never appended to.
+    listeners: tuple[Listener, ...] = ()
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
     #: probes a second; on a busy loop each takes tens of milliseconds, so 100 slots made
     #: probes wait for one (a standing queue of a second and more). A probe of a hung target

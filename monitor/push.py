@@ -53,6 +53,7 @@ from aiohttp import web
 
 from monitor.config import format_duration
 from monitor.keyed_locks import KeyedLocks
+from monitor.part import Part
 from monitor.pipeline import Pipeline, Result, not_configured
 from monitor.plan import Plan, ServiceRef
 from monitor.probe import Observation
@@ -264,11 +265,15 @@ class PushReceiver:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def attach(self, app: web.Application) -> None:
-        """Serve the route on `app`; arm the timers when it starts, stop them when it stops."""
-        app.router.add_post(ROUTE, self.handle)
-        app.on_startup.append(self._on_startup)
-        app.on_shutdown.append(self._on_shutdown)
+    def part(self) -> Part:
+        """Serve the route; arm the timers when the web server starts, stop them when it
+        stops; take up an edited plan."""
+        return Part(
+            plan_user=self,
+            routes=(("POST", ROUTE, self.handle),),
+            on_startup=(self._on_startup,),
+            on_shutdown=(self._on_shutdown,),
+        )
 
     async def _on_startup(self, _app: web.Application) -> None:
         await self.start()

@@ -30,17 +30,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.config import ConfigError, load_config
 from monitor.file_watch import POLL, PolledFile
+from monitor.part import Part
 from monitor.plan import Plan
 from monitor.plan_change import PlanChange
 
 if TYPE_CHECKING:
-    from monitor.daemon import Daemon
+    from monitor.clock import Clock
+    from monitor.part import PlanSource
+
+#: Swaps a validated plan into every part (`Daemon.apply_plan`) and says what it changed.
+Apply = Callable[[Plan, PlanChange], Awaitable[PlanChange]]
+#: Raises ConfigError when something held beside the plan (the notices) would not hold.
+Check = Callable[[Plan], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +100,25 @@ class PlanWatch(PolledFile):
 
     name = "plan"
 
-    def __init__(self, daemon: Daemon, path: Path, poll: float = POLL) -> None:
+    def __init__(
+        self,
+        path: Path,
+        plan: PlanSource,
+        clock: Clock,
+        apply: Apply,
+        status: ReloadStatus,
+        alerts: bool = True,
+        check_also: Check | None = None,
+        poll: float = POLL,
+    ) -> None:
         super().__init__(path, poll)
-        self.daemon = daemon
+        self.plan = plan
+        self.clock = clock
+        self.apply = apply
+        self.status = status
+        #: False for `run --no-alerts`: `[[alerts]]` are left out of the plan read.
+        self.alerts = alerts
+        self.check_also = check_also
 
     async def check(self) -> None:
         if self.changed():
@@ -102,13 +126,11 @@ class PlanWatch(PolledFile):
 
     async def reload(self) -> bool:
         """Validate the file (and the notices against it); apply it when it is good."""
-        daemon = self.daemon
-        status = daemon.reloads
+        status = self.status
         try:
-            plan = await asyncio.to_thread(read_plan, self.path, daemon.alerts)
-            board = daemon.notice_board
-            if board is not None:
-                await board.validate_against(plan)
+            plan = await asyncio.to_thread(read_plan, self.path, self.alerts)
+            if self.check_also is not None:
+                await self.check_also(plan)
         except ConfigError as exc:
             status.failed(len(exc.problems))
             count = len(exc.problems)
@@ -121,19 +143,26 @@ class PlanWatch(PolledFile):
                 "s" if count != 1 else "",
             )
             return False
-        at = daemon.clock.now()
-        change = await asyncio.to_thread(PlanChange.between, daemon.plan, plan, at)
-        change = await daemon.apply_plan(plan, change)
+        at = self.clock.now()
+        change = await asyncio.to_thread(PlanChange.between, self.plan(), plan, at)
+        change = await self.apply(plan, change)
         status.succeeded()
         log.info("plan: %s reloaded: %s", self.path, change.summary())
         return True
 
 
-def attach(daemon: Daemon) -> PlanWatch | None:
-    """Watch the daemon's plan file (`daemon.plan_path`); None when it has none (the demo)."""
-    if daemon.plan_path is None:
-        return None
-    watch = PlanWatch(daemon, Path(daemon.plan_path))
-    daemon.app.on_startup.append(watch.on_startup)
-    daemon.app.on_cleanup.append(watch.on_cleanup)
-    return watch
+def build(
+    path: Path | None,
+    plan: PlanSource,
+    clock: Clock,
+    apply: Apply,
+    status: ReloadStatus,
+    alerts: bool,
+    check_also: Check | None,
+) -> tuple[PlanWatch | None, Part]:
+    """Watch the plan file from the web server's start to its stop; no watch (and an empty
+    part) without a plan file (the demo)."""
+    if path is None:
+        return None, Part()
+    watch = PlanWatch(Path(path), plan, clock, apply, status, alerts, check_also)
+    return watch, Part(on_startup=(watch.on_startup,), on_cleanup=(watch.on_cleanup,))

@@ -32,6 +32,7 @@ from monitor.cli import main
 from monitor.clock import ReplayClock
 from monitor.config import AlertSink, ConfigError, validate_config
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
+from monitor.part import Part
 from monitor.plan import Plan
 from monitor.store import Store
 
@@ -783,7 +784,7 @@ async def test_logs_never_hold_urls_or_secrets(
 # --- wiring and the command ------------------------------------------------------------------
 
 
-def test_attach_registers_hook_listener_and_startup(tmp_path: Path) -> None:
+def test_the_daemon_wires_the_hook_listener_and_startup_of_the_sender(tmp_path: Path) -> None:
     from monitor.daemon import Daemon
 
     plan = make_plan([{"type": "webhook", "url": HOOK_URL}])
@@ -803,7 +804,8 @@ def test_attach_registers_hook_listener_and_startup(tmp_path: Path) -> None:
     )
     try:
         assert not any(isinstance(x, AlertSender) for x in replay.listeners)
-        assert alerts.attach(replay) is None
+        assert replay.sender is None
+        assert alerts.build(plan, replay.store, replay.clock) == (None, Part())
     finally:
         replay.store.close()
 

@@ -107,7 +107,7 @@ async def test_not_configured_and_failed_queries_are_unknown_everywhere(
     probers = make_probers()
     pipeline = Pipeline(plan, store, clock, probers["http"], probers=probers)
     metrics = Metrics(plan, pipeline, clock, store=store, process=False)
-    pipeline.listeners.append(metrics)
+    pipeline.listeners = (metrics,)
     try:
         assert [ref.key for ref in pipeline.probed] == [APP_PENSION, APP_TAX]
         results = await pipeline.probe_all()

@@ -110,7 +110,7 @@ class Rig:
         self.metrics = Metrics(
             self.plan, self.pipeline, self.clock, scheduler=self.scheduler, store=self.store
         )
-        self.pipeline.listeners.append(self.metrics)
+        self.pipeline.listeners = (self.metrics,)
 
     def ref(self, channel: str, service: str):
         return self.plan.service(channel, service)
@@ -573,7 +573,7 @@ async def test_a_build_in_progress_holds_no_copy_per_service(tmp_path: Path) -> 
     store = Store(tmp_path / "monitor.db")
     pipeline = Pipeline(plan, store, clock, Prober())
     metrics = Metrics(plan, pipeline, clock, store=store, process=False)
-    pipeline.listeners.append(metrics)
+    pipeline.listeners = (metrics,)
     try:
         for ref in plan.services:
             observation = Observation(at=clock.now(), serving=False, reason="refused")

@@ -1,9 +1,10 @@
 """Alerts both ways (应停未停 / 应开未开) to Alertmanager, webhooks and WeCom, DingTalk and
 Feishu robots, through an outbox in the store that loses nothing.
 
-`attach(daemon)` is the one call the daemon makes: it registers the outbox hook (rows written in
-the incident's own transaction), and starts the sender with the daemon's web server and stops it
-with the daemon. One module per sink behind `base.Sink`.
+`build(...)` is the one call the daemon makes: it hands back the sender with the outbox hook
+(rows written in the incident's own transaction), the listener, and the hook that starts the
+sender with the web server; the daemon stops it with the other listeners. One module per sink
+behind `base.Sink`.
 """
 
 from __future__ import annotations
@@ -15,28 +16,32 @@ from monitor.alerts.base import Sink, SinkError
 from monitor.alerts.message import Alert
 from monitor.alerts.sender import AlertSender
 from monitor.clock import RealClock
+from monitor.part import Part
 
 if TYPE_CHECKING:
-    from monitor.daemon import Daemon
+    from monitor.clock import Clock
+    from monitor.plan import Plan
+    from monitor.store import Store
 
-__all__ = ["Alert", "AlertSender", "Sink", "SinkError", "attach"]
+__all__ = ["Alert", "AlertSender", "Sink", "SinkError", "build"]
 
 log = logging.getLogger(__name__)
 
 
-def attach(daemon: Daemon) -> AlertSender | None:
-    """Hang the alert sender on a daemon; None when no `[[alerts]]` are configured, or when
-    the daemon runs on a replayed clock (the demo never alerts anyone)."""
-    configs = daemon.plan.config.alerts
+def build(plan: Plan, store: Store, clock: Clock) -> tuple[AlertSender | None, Part]:
+    """The alert sender and its connections; no sender (and an empty part) when no
+    `[[alerts]]` are configured, or on a replayed clock (the demo never alerts anyone)."""
+    configs = plan.config.alerts
     if not configs:
-        return None
-    if not isinstance(daemon.clock, RealClock):
+        return None, Part()
+    if not isinstance(clock, RealClock):
         log.info("alerts: not sent on a replayed clock")
-        return None
-    sender = AlertSender(daemon.plan, daemon.store, configs)
-    daemon.store.incident_hooks.append(sender.hook)
-    daemon.listeners.append(sender)
-    daemon.plan_users.append(sender)
-    daemon.app.on_startup.append(sender.on_startup)
+        return None, Part()
+    sender = AlertSender(plan, store, configs)
     log.info("alerts: %s", ", ".join(f"{s.name} ({s.type})" for s in sender.sinks))
-    return sender
+    return sender, Part(
+        listener=sender,
+        plan_user=sender,
+        on_startup=(sender.on_startup,),
+        incident_hook=sender.hook,
+    )

@@ -1,8 +1,8 @@
 """The public status page: static files rendered from the plan and the store.
 
-`attach(daemon)` hangs the site on a running monitor: a pipeline listener that re-renders
+`build(...)` makes the site's part of a running monitor: a pipeline listener that re-renders
 after every verdict change and at every planned transition (coalesced, in a worker process),
-and a handler that serves the site folder on the daemon's web server (`/`, beside `/healthz`
+and a handler that serves the site folder on the monitor's web server (`/`, beside `/healthz`
 and `/metrics`, which match first).
 """
 
@@ -18,20 +18,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from monitor.part import Part
 from monitor.site.slim import Slim
 from monitor.site.slim import slim as _page_config  # what `run` sends the render worker
 
 if TYPE_CHECKING:  # the server's libraries stay out of commands that only read (`report`)
     from aiohttp import web
 
-    from monitor.daemon import Daemon
-    from monitor.pipeline import Result
+    from monitor.clock import Clock
+    from monitor.notice import NoticesFile
+    from monitor.part import PlanSource
+    from monitor.pipeline import Pipeline, Result
     from monitor.plan import Plan
     from monitor.plan_change import PlanChange
 
@@ -132,8 +136,25 @@ class SiteListener:
     render runs or within `min_interval` of the last one are coalesced into one render.
     """
 
-    def __init__(self, daemon: Daemon, min_interval: float = 2.0) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        site_dir: Path,
+        db_path: Path,
+        clock: Clock,
+        plan: PlanSource,
+        pipeline: Pipeline,
+        notices: Callable[[], NoticesFile | None] = lambda: None,
+        min_interval: float = 2.0,
+    ) -> None:
+        self.site_dir = Path(site_dir)
+        self.db_path = Path(db_path)
+        self.clock = clock
+        #: The plan running now (a reload swaps it).
+        self.plan = plan
+        #: Whose verdicts and last observations the page shows (read, never changed).
+        self.pipeline = pipeline
+        #: The operators' notices shown now (None: no notices file).
+        self.notices = notices
         self.min_interval = min_interval
         self.renders = 0
         self._pool: ProcessPoolExecutor | None = None
@@ -188,8 +209,8 @@ class SiteListener:
             initializer=_worker_init,
             initargs=(
                 _page_config(plan.config),
-                str(self.daemon.site_dir),
-                str(self.daemon.db_path),
+                str(self.site_dir),
+                str(self.db_path),
                 os.getpid(),
             ),
         )
@@ -209,18 +230,17 @@ class SiteListener:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
             self._dirty = False
-            at = self.daemon.clock.now()
+            at = self.clock.now()
             if self._not_before is not None and at < self._not_before:
                 at = self._not_before
-            snapshot = snapshot_from_pipeline(self.daemon.pipeline, at)
-            board = self.daemon.notice_board
-            notices = board.current if board is not None else None
+            snapshot = snapshot_from_pipeline(self.pipeline, at)
+            notices = self.notices()
             self._last = time.monotonic()
             try:
                 if self._pool is None:
-                    plan = self.daemon.plan
+                    plan = self.plan()
                     pool = await loop.run_in_executor(None, self._start, plan)
-                    if self.daemon.plan is not plan:  # reloaded meanwhile: start again
+                    if self.plan() is not plan:  # reloaded meanwhile: start again
                         pool.shutdown(wait=False)
                         self._dirty = True
                         continue
@@ -231,7 +251,7 @@ class SiteListener:
                 )
                 self._took = time.monotonic() - began
                 self.renders += 1
-                log.debug("site rendered in %.3f s to %s", seconds, self.daemon.site_dir)
+                log.debug("site rendered in %.3f s to %s", seconds, self.site_dir)
             except BrokenProcessPool:
                 log.error("the site render worker died; starting a new one")
                 self._pool = None
@@ -314,16 +334,24 @@ def _resolve(root: str, tail: str) -> str | None:
     return os.path.join(path, "") if os.path.isdir(path) else path
 
 
-def attach(daemon: Daemon) -> SiteListener:
-    """Hang the site on the daemon: a listener on its pipeline, a route on its web app, and a
-    first render when the web server starts."""
-    listener = SiteListener(daemon)
-    daemon.listeners.append(listener)
-    daemon.plan_users.append(listener)
+def build(
+    site_dir: Path,
+    db_path: Path,
+    clock: Clock,
+    plan: PlanSource,
+    pipeline: Pipeline,
+    notices: Callable[[], NoticesFile | None],
+) -> tuple[SiteListener, Part]:
+    """The site of a running monitor: a listener on the pipeline that holds the plan, the
+    route that serves the folder (matched last), and a first render when the server starts."""
+    listener = SiteListener(site_dir, db_path, clock, plan, pipeline, notices)
 
     async def first_render(_app: web.Application) -> None:
         listener.request()
 
-    daemon.app.on_startup.append(first_render)
-    daemon.app.router.add_get("/{tail:.*}", site_handler(Path(daemon.site_dir)))
-    return listener
+    return listener, Part(
+        listener=listener,
+        plan_user=listener,
+        routes=(("GET", "/{tail:.*}", site_handler(listener.site_dir)),),
+        on_startup=(first_render,),
+    )
