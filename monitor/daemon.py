@@ -118,7 +118,7 @@ class Daemon:
             plan,
             clock,
             store,
-            self.sender.enqueue if self.sender is not None else None,
+            self.sender.enqueue_notices if self.sender is not None else None,
             self.site.request,
         )
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a

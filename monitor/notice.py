@@ -164,6 +164,12 @@ class Notice(_Model):
         return [(ref.partition("/")[0], ref.partition("/")[2]) for ref in self.services]
 
 
+def dedup_key(notice: Notice, index: int, update: NoticeUpdate) -> str:
+    """The outbox key of one update of a notice sent to the sinks (`notify = true`): stable
+    while updates are only ever appended, so a restart never sends an update again."""
+    return f"notice-{notice.id}-{index}-{int(update.at.timestamp())}"
+
+
 class NoticesFile(_Model):
     """Everything in `notices.toml`."""
 

@@ -23,10 +23,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.alerts.message import Alert, iso
 from monitor.config import ConfigError
 from monitor.file_watch import POLL, PolledFile
-from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, load_notices
+from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, dedup_key, load_notices
 from monitor.part import Part
 
 if TYPE_CHECKING:
@@ -35,18 +34,14 @@ if TYPE_CHECKING:
     from monitor.plan import Plan
     from monitor.store import Store
 
-#: Queues alerts in the outbox (`AlertSender.enqueue`): how many were new.
-Enqueue = Callable[[Sequence[Alert]], Awaitable[int]]
+#: Queues updates of notices in the outbox as messages (`AlertSender.enqueue_notices`): how
+#: many were new. The board knows what is due, the sender how it is said.
+Enqueue = Callable[[Sequence[tuple[Notice, int, NoticeUpdate]]], Awaitable[int]]
 
 log = logging.getLogger(__name__)
 
 #: Updates older than this when the monitor first sees them are history, not news.
 NOTIFY_WINDOW = timedelta(hours=6)
-
-
-def dedup_key(notice: Notice, index: int, update: NoticeUpdate) -> str:
-    """The outbox key of one update: stable while updates are only ever appended."""
-    return f"notice-{notice.id}-{index}-{int(update.at.timestamp())}"
 
 
 class NoticeBoard(PolledFile):
@@ -134,49 +129,19 @@ class NoticeBoard(PolledFile):
         if self.enqueue is None:
             return 0
         now = self.clock.now()
-        alerts = [
-            self.alert(notice, index, update)
+        due = [
+            (notice, index, update)
             for notice in self.current.notices
             if notice.notify
             for index, update in enumerate(notice.updates)
             if now - NOTIFY_WINDOW <= update.at <= now
             and dedup_key(notice, index, update) not in self._queued
         ]
-        if not alerts:
+        if not due:
             return 0
-        count = await self.enqueue(alerts)
-        self._queued.update(a.dedup_key for a in alerts)
+        count = await self.enqueue(due)
+        self._queued.update(dedup_key(*item) for item in due)
         return count
-
-    def alert(self, notice: Notice, index: int, update: NoticeUpdate) -> Alert:
-        """The message of one update, in both languages, with the services by name."""
-        plan = self.plan()
-        refs = [plan.service(*key) for key in notice.service_keys()]
-        stamp = iso(update.at)
-        return Alert(
-            dedup_key=dedup_key(notice, index, update),
-            kind="notice",
-            direction="",
-            channel="",
-            channel_name="",
-            business="",
-            service_name="、".join(f"{r.channel.name} · {r.service.name}" for r in refs),
-            service_name_en="; ".join(
-                f"{r.channel.name_en or r.channel.name} / {r.service.name_en or r.service.name}"
-                for r in refs
-            ),
-            expected="",
-            reason="",
-            opened_at=stamp,
-            at=stamp,
-            timezone=plan.zone.key,
-            notice=notice.id,
-            notice_title=notice.title,
-            notice_title_en=notice.title_en,
-            status=update.status,
-            body=update.text,
-            body_en=update.text_en,
-        )
 
 
 def build(

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from monitor import reasons
-from monitor.notice import STATUS_EN, STATUS_ZH
+from monitor.notice import STATUS_EN, STATUS_ZH, Notice, NoticeUpdate, dedup_key
+
+if TYPE_CHECKING:
+    from monitor.plan import Plan
 
 #: The two directions in plain words; the Chinese ones are what operators say.
 DIRECTION_ZH = {"unexpected_up": "应停未停", "unexpected_down": "应开未开"}
@@ -229,6 +233,37 @@ class Alert:
         zh = "\n".join(f"> {line}" for line in self.lines_zh())
         en = "\n".join(f"> {line}" for line in self.lines_en())
         return f"### {self.title_zh()}\n{zh}\n\n**{self.title_en()}**\n{en}"
+
+
+def notice_alert(plan: Plan, notice: Notice, index: int, update: NoticeUpdate) -> Alert:
+    """The message of one update of an operators' notice, in both languages, with the
+    services by name."""
+    refs = [plan.service(*key) for key in notice.service_keys()]
+    stamp = iso(update.at)
+    return Alert(
+        dedup_key=dedup_key(notice, index, update),
+        kind="notice",
+        direction="",
+        channel="",
+        channel_name="",
+        business="",
+        service_name="、".join(f"{r.channel.name} · {r.service.name}" for r in refs),
+        service_name_en="; ".join(
+            f"{r.channel.name_en or r.channel.name} / {r.service.name_en or r.service.name}"
+            for r in refs
+        ),
+        expected="",
+        reason="",
+        opened_at=stamp,
+        at=stamp,
+        timezone=plan.zone.key,
+        notice=notice.id,
+        notice_title=notice.title,
+        notice_title_en=notice.title_en,
+        status=update.status,
+        body=update.text,
+        body_en=update.text_en,
+    )
 
 
 def test_alert(at: datetime, timezone: str) -> Alert:

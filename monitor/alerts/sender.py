@@ -38,7 +38,7 @@ from monitor.alerts.base import (
 )
 from monitor.alerts.dingtalk import DingTalkSink
 from monitor.alerts.feishu import FeishuSink
-from monitor.alerts.message import Alert, iso
+from monitor.alerts.message import Alert, iso, notice_alert
 from monitor.alerts.webhook import WebhookSink
 from monitor.alerts.wecom import WeComSink
 from monitor.config import AlertSink
@@ -47,6 +47,7 @@ from monitor.plan import Plan
 from monitor.store import IncidentRecord, Store
 
 if TYPE_CHECKING:
+    from monitor.notice import Notice, NoticeUpdate
     from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,11 @@ class AlertSender:
         delivery task and its outbox rows under its name, so an edited `[[alerts]]` list
         takes effect at the next restart (the daemon says so in the log)."""
         self.plan = change.new
+
+    async def enqueue_notices(self, updates: Sequence[tuple[Notice, int, NoticeUpdate]]) -> int:
+        """Queue updates of operators' notices (`notify = true`), said as the plan running
+        now names their services; how many were new."""
+        return await self.enqueue([notice_alert(self.plan, *update) for update in updates])
 
     async def enqueue(self, alerts: Sequence[Alert]) -> int:
         """Queue messages that are not incident transitions (updates of operators' notices)
