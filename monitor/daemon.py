@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 import monitor.site
 from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
 from monitor.alerts.sender import AlertSender
@@ -33,6 +31,7 @@ from monitor.plan import Plan
 from monitor.plan_change import PlanChange, UsesPlan
 from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
+from monitor.server import Server
 from monitor.site.publish import tidy
 from monitor.store import DEFAULT_SIZE_LIMIT, Store
 
@@ -79,9 +78,9 @@ class Daemon:
         self.prober = probers["http"]
         self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, probers=probers)
         self.scheduler = Scheduler(self.pipeline)
-        self.app = web.Application()
-        self.app.router.add_get("/healthz", self.healthz)
-        self.runner: web.AppRunner | None = None
+        self.server = Server(self.host, self.port, self.health)
+        #: The web application the parts' routes are served on (monitor/server.py).
+        self.app = self.server.app
         self.started = time.monotonic()
         self.gc_pauses = GcPauses()
         self.reloads = reload.ReloadStatus()
@@ -164,11 +163,7 @@ class Daemon:
         for part in parts:
             if part.incident_hook is not None:
                 self.store.incident_hooks.append(part.incident_hook)
-            for method, path, handler in part.routes:
-                self.app.router.add_route(method, path, handler)
-            self.app.on_startup.extend(part.on_startup)
-            self.app.on_shutdown.extend(part.on_shutdown)
-            self.app.on_cleanup.extend(part.on_cleanup)
+            self.server.add(part)
 
     async def apply_plan(self, plan: Plan, change: PlanChange | None = None) -> PlanChange:
         """Swap a validated plan into every part (monitor/reload.py says what that does).
@@ -193,7 +188,7 @@ class Daemon:
             )
         return change
 
-    async def healthz(self, _request: web.Request) -> web.Response:
+    def health(self) -> tuple[dict, int]:
         """The age of the last scheduler tick (seconds), so a watchdog can tell; 503 while the
         store refuses writes (a full disk): probing goes on, but nothing is kept. A refused
         edit of the plan shows in `config` and keeps 200: the previous plan still runs."""
@@ -226,7 +221,7 @@ class Daemon:
                 "the oldest are dropped / "
                 "存储无法写入（磁盘已满？）：观测结果暂存内存，最早的会被丢弃"
             )
-        return web.json_response(body, status=200 if store.healthy else 503)
+        return body, 200 if store.healthy else 503
 
     async def start(self, schedule: bool = True, serve: bool = True) -> None:
         """Resume open incidents, start serving, start scheduling (the demo drives the
@@ -235,13 +230,8 @@ class Daemon:
         if resumed:
             log.info("resumed %d open incident(s) from the store", resumed)
         if serve:
-            self.runner = web.AppRunner(self.app, access_log=None)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, self.host, self.port)
-            await site.start()
-            if self.port == 0:
-                self.port = self.runner.addresses[0][1]
-            log.info("listening on http://%s:%d", self.host, self.port)
+            await self.server.start()
+            self.port = self.server.port
         else:
             await self.push.start()  # (when serving, the app's start does it)
         if schedule:
@@ -262,8 +252,8 @@ class Daemon:
                 await close()
         laps.lap("page and alerts")
         await self.pipeline.close()  # every kind's prober
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.server.runner is not None:
+            await self.server.stop()
         else:
             await self.push.stop()
         laps.lap("probers and web server")
