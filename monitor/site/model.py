@@ -115,7 +115,8 @@ class ServiceView:
     verdict: Verdict
     state: str
     #: The plan's answers at the page's instant: when the expected state next changes (the
-    #: end of its span), and when the service is next expected up (its reopening time).
+    #: end of its span), and when the service is next expected up (its reopening time; None
+    #: while it is up, so an open service's page does not change with every render).
     next_change: datetime | None
     seen: Seen | None
     next_up: datetime | None = None
@@ -370,11 +371,9 @@ def build(
     for ref in plan.services:
         alike = plan.alike(ref)
         if alike not in planned:
-            planned[alike] = (
-                plan.expected(ref, at),
-                plan.span(ref, at).until,
-                plan.next_up(ref, at),
-            )
+            expectation = plan.expected(ref, at)
+            reopens = None if expectation.state == "up" else plan.next_up(ref, at)
+            planned[alike] = (expectation, plan.span(ref, at).until, reopens)
         expectation, next_change, next_up = planned[alike]
         verdict = snapshot.verdicts.get(ref.key, Verdict.UNKNOWN)
         views.append(
