@@ -41,6 +41,20 @@ def mismatch(expectation: Expectation, serving: bool | None) -> Verdict | None:
     return None
 
 
+def enforced(expectation: Expectation, in_grace: bool) -> bool:
+    """Whether a mismatch counts now: not inside the grace after a planned change (the plan
+    needs time to take effect), not under `any` (the plan does not say). Metrics export it and
+    the report counts agreement by it, so there is one rule for all three."""
+    return not in_grace and expectation.state != "any"
+
+
+def counted(expectation: Expectation, in_grace: bool, serving: bool | None) -> Verdict | None:
+    """The direction in which one observation breaks the expectation *and counts* (see
+    `enforced`); None when it agrees, cannot tell, or does not count."""
+    direction = mismatch(expectation, serving)
+    return direction if direction is not None and enforced(expectation, in_grace) else None
+
+
 def single_verdict(
     expectation: Expectation, in_grace: bool, observation: Observation | None
 ) -> Verdict:
@@ -137,7 +151,7 @@ def judge(
         )
         return Judgement(unknown, Verdict.UNKNOWN, None)
     direction = mismatch(expectation, observation.serving)
-    counts = direction is not None and not in_grace and expectation.state != "any"
+    counts = counted(expectation, in_grace, observation.serving) is not None
     events: list[IncidentEvent] = []
     incident = state.incident
     recovering = state.recovering

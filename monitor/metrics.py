@@ -78,9 +78,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from monitor.clock import RealClock
-from monitor.judge import DIRECTIONS
+from monitor.judge import DIRECTIONS, enforced
 from monitor.part import Part
-from monitor.plan import TICK, Expectation, Plan, ServiceRef
+from monitor.plan import Expectation, Plan, ServiceRef
 
 if TYPE_CHECKING:
     from monitor.clock import Clock
@@ -384,10 +384,9 @@ class Metrics:
         """The expectation of `ref` at `now`, cached (for its whole `Plan.alike` group) until
         its next planned change.
 
-        The expected state is constant until `next_change`, and grace is over at the last
-        transition within `grace` before the cache was filled, plus `grace`: so one entry
-        answers every scrape until the plan changes, exactly as `Plan.expected` and
-        `Plan.in_grace` would.
+        The expected state is constant until `next_change`, and the grace the entry was filled
+        in ends where `Plan.grace_until` says (a later change is past `next_change`): so one
+        entry answers every scrape until the plan changes, with the plan's own answers.
         """
         now = now.astimezone(UTC)
         group = self.plan.alike(ref)  # services planned alike share one entry
@@ -401,11 +400,7 @@ class Metrics:
         plan = self.plan
         expectation = plan.expected(ref, now)
         change = plan.next_change(ref, now)
-        grace_until = None
-        if plan.grace > timedelta(0):
-            recent = plan.transitions(now - plan.grace + TICK, now + TICK, [ref])
-            if recent:
-                grace_until = recent[-1].at.astimezone(UTC) + plan.grace
+        grace_until = plan.grace_until(ref, now)
         fresh = _Planned(
             since=now,
             until=change.astimezone(UTC) if change is not None else now + RECHECK,
@@ -538,7 +533,7 @@ class Metrics:
                 expected_up.add(label, 1 if state == "up" else 0)
             if pace():
                 yield
-        enforced = _Family(
+        enforcing = _Family(
             out,
             "expectation_enforced",
             "gauge",
@@ -546,7 +541,7 @@ class Metrics:
         )
         for label, entry in zip(labels, planned, strict=True):
             in_grace = entry.grace_until is not None and now < entry.grace_until
-            enforced.add(label, 0 if in_grace or entry.expectation.state == "any" else 1)
+            enforcing.add(label, 1 if enforced(entry.expectation, in_grace) else 0)
             if pace():
                 yield
         next_transition = _Family(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
@@ -44,6 +44,22 @@ class ServiceRef:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.channel.id, self.service.id))
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A stretch of time in which a service's expected *state* holds, whichever rules decide
+    it: the freeze handing over to the July batch pause, both `down`, is one span, because a
+    citizen is told one pause, not two. `[since, until)`; a bound the plan did not find
+    within the horizon it looked is None (held for longer than that)."""
+
+    state: str
+    since: datetime | None
+    until: datetime | None
+
+    def holds(self, at: datetime) -> bool:
+        """Whether `at` lies inside the span (an unknown bound counts as open)."""
+        return (self.since is None or self.since <= at) and (self.until is None or at < self.until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,8 @@ class Plan:
         }
         #: Per group: `(start, end, change instants)` computed by `in_grace`, see there.
         self._grace_windows: dict[int, tuple[datetime, datetime, list[datetime]]] = {}
+        #: Per group: the last span `span` found with both bounds, see there.
+        self._spans: dict[int, Span] = {}
 
     def service(self, channel: str, service: str) -> ServiceRef:
         """The service with these ids; KeyError when the plan has none."""
@@ -272,20 +290,106 @@ class Plan:
         self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON
     ) -> datetime | None:
         """The first instant after `at` at which the expected state of `ref` changes."""
+        found = self._first_after(ref, at, horizon, lambda t: True)
+        return found.at if found is not None else None
+
+    def until(self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON) -> datetime | None:
+        """Until when the state expected at `at` holds: the end of its span, which is the next
+        change of state (a change of rule that keeps the state is no end). None when it holds
+        past `horizon`."""
+        return self.next_change(ref, at, horizon)
+
+    def since(self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON) -> datetime | None:
+        """Since when the state expected at `at` has held: the last change of state at or
+        before `at`. None when it has held for longer than `horizon` before `at`."""
+        at = at.astimezone(ZoneInfo("UTC"))  # absolute, not wall-clock, arithmetic below
+        if not self._periods_of[ref.key]:
+            return None
+        window = timedelta(days=2)
+        while True:
+            lo = at - min(window, horizon)
+            found = self._service_transitions(ref, lo, at + TICK)
+            if found:
+                return found[-1].at
+            if window >= horizon:
+                return None
+            window *= 4
+
+    def span(self, ref: ServiceRef, at: datetime) -> Span:
+        """The span of the state expected at `at`: since when and until when it holds.
+
+        The page asks it for every group of services planned alike on every render, and a
+        span answers every instant inside it, so the last one found per group is kept (only
+        with both bounds known: an unknown bound depends on the instant asked)."""
+        at = at.astimezone(ZoneInfo("UTC"))
+        group = self._group_of[ref.key]
+        known = self._spans.get(group)
+        if known is not None and known.holds(at):
+            return known
+        found = Span(self.expected(ref, at).state, self.since(ref, at), self.until(ref, at))
+        if found.since is not None and found.until is not None:
+            self._spans[group] = found
+        return found
+
+    def spans(self, ref: ServiceRef, start: datetime, end: datetime) -> list[Span]:
+        """The spans that overlap `[start, end)`, in time order: the first reaches back to its
+        own beginning and the last forward to its own end (each as far as the horizon)."""
+        start, end = start.astimezone(ZoneInfo("UTC")), end.astimezone(ZoneInfo("UTC"))
+        if start >= end:
+            return []
+        first = self.span(ref, start)
+        if first.until is None or first.until >= end:
+            return [first]
+        out = [Span(first.state, first.since, first.until)]
+        changes = self._service_transitions(ref, first.until, end)
+        for index, change in enumerate(changes):
+            following = changes[index + 1].at if index + 1 < len(changes) else None
+            out.append(Span(change.to_state, change.at, following))
+        if out[-1].until is None:
+            last = out[-1]
+            out[-1] = Span(last.state, last.since, self.until(ref, last.since))  # type: ignore[arg-type]
+        return out
+
+    def next_up(
+        self, ref: ServiceRef, at: datetime, horizon: timedelta = HORIZON
+    ) -> datetime | None:
+        """When `ref` is next expected up: `at` itself when it is up then, else the first
+        change to `up` after it (passing over `any`); None when none comes within `horizon`.
+        This is the reopening time the page gives citizens."""
+        if self.expected(ref, at).state == "up":
+            return at
+        found = self._first_after(ref, at, horizon, lambda t: t.to_state == "up")
+        return found.at if found is not None else None
+
+    def _first_after(
+        self,
+        ref: ServiceRef,
+        at: datetime,
+        horizon: timedelta,
+        wanted: Callable[[Transition], bool],
+    ) -> Transition | None:
+        """The first change after `at` (within `horizon`) that `wanted` accepts, looked for in
+        windows that grow fourfold, so a near change costs little and a far one is bounded."""
         at = at.astimezone(ZoneInfo("UTC"))  # absolute, not wall-clock, arithmetic below
         window = timedelta(days=2)
         lo = at + TICK
         while True:
             hi = min(at + window, at + horizon)
-            found = self._service_transitions(ref, lo, hi)
-            if found:
-                return found[0].at
+            for change in self._service_transitions(ref, lo, hi):
+                if wanted(change):
+                    return change
             if hi >= at + horizon or not self._periods_of[ref.key]:
                 return None
             lo, window = hi, window * 4
 
     def in_grace(self, ref: ServiceRef, at: datetime) -> bool:
-        """Whether `at` lies within `grace` after a planned change of this service's state.
+        """Whether `at` lies within `grace` after a planned change of this service's state."""
+        return self.grace_until(ref, at) is not None
+
+    def grace_until(self, ref: ServiceRef, at: datetime) -> datetime | None:
+        """When the grace that `at` lies in ends (the last planned change at or before `at`,
+        plus `grace`); None when `at` is in no grace. Metrics and the report cut their time
+        here rather than work grace out again.
 
         Asked for every observation, so the transitions of the service's group are computed
         for a day ahead at once and kept: the changes inside a window do not depend on the
@@ -294,7 +398,7 @@ class Plan:
         """
         at = at.astimezone(ZoneInfo("UTC"))  # absolute, not wall-clock, arithmetic below
         if self.grace <= timedelta(0):
-            return False
+            return None
         start, end = at - self.grace + TICK, at + TICK
         group = self._group_of[ref.key]
         known = self._grace_windows.get(group)
@@ -303,8 +407,10 @@ class Plan:
             changes = [t.at for t in self._service_transitions(ref, start, until)]
             known = self._grace_windows[group] = (start, until, changes)
         changes = known[2]
-        index = bisect.bisect_left(changes, start)
-        return index < len(changes) and changes[index] < end
+        index = bisect.bisect_left(changes, end) - 1
+        if index < 0 or changes[index] < start:
+            return None
+        return changes[index] + self.grace
 
     def alike(self, ref: ServiceRef) -> int:
         """A number shared by the services planned alike (same default and rules), whose

@@ -30,7 +30,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from monitor.config import Channel
-from monitor.plan import Plan, ServiceRef
+from monitor.judge import counted
+from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.store import SCHEMA_VERSION, TABLES, RawRun, version_problem
 
 #: An observation covers at most this many probe intervals of its service.
@@ -60,27 +61,22 @@ class Piece:
 
 
 def plan_pieces(plan: Plan, ref: ServiceRef, start: datetime, end: datetime) -> list[Piece]:
-    """The range cut at every planned change of `ref` and at the end of every grace after one.
+    """The range cut at every planned change of `ref` and where the plan says a grace ends.
 
-    Changes up to `grace` before `start` are included, so a range starting inside a grace
-    window knows it.
+    A piece starting inside a grace (also one after a change before `start`) is cut at the
+    plan's `grace_until`, so grace is the plan's answer here as in the judge.
     """
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    grace = max(plan.grace, timedelta(0))
-    changes = plan.transitions(start - grace, end, [ref])
     cuts = {start, end}
-    for change in changes:
-        cuts.update(t for t in (change.at, change.at + grace) if start < t < end)
-    state_at = [(c.at, c.to_state) for c in changes]
-    graces = [(c.at, c.at + grace) for c in changes]
-    state = plan.expected(ref, start).state
+    cuts.update(change.at for change in plan.transitions(start, end, [ref]))
     pieces = []
-    ordered = sorted(cuts)
-    for a, b in pairwise(ordered):
-        while state_at and state_at[0][0] <= a:
-            state = state_at.pop(0)[1]
-        in_grace = any(lo <= a < hi for lo, hi in graces)
-        pieces.append(Piece(a, b, state, in_grace))
+    for a, b in pairwise(sorted(cuts)):
+        state = plan.expected(ref, a).state
+        grace_end = plan.grace_until(ref, a)
+        if grace_end is not None and grace_end < b:
+            pieces += [Piece(a, grace_end, state, True), Piece(grace_end, b, state, False)]
+        else:
+            pieces.append(Piece(a, b, state, grace_end is not None))
     return pieces
 
 
@@ -122,7 +118,8 @@ def _planned(pieces: Iterable[Piece], times: Times) -> None:
 
 
 def _agrees(piece: Piece, serving: bool) -> bool:
-    return piece.grace or piece.state == "any" or (piece.state == "up") == serving
+    """Whether observed time counts as matched: the judge's own rule (`judge.counted`)."""
+    return counted(Expectation(piece.state), piece.grace, serving) is None
 
 
 def covered(
@@ -504,14 +501,14 @@ def build_report(
     used = "raw" if split <= start else "hourly" if split >= end else "mixed"
     incidents = _incidents(db, start, end, now)
     #: Services with the same default and rules are planned alike: their pieces are shared.
-    alike: dict[tuple, list[Piece]] = {}
+    alike: dict[int, list[Piece]] = {}
     channels = []
     for channel in plan.config.channels:
         lines = []
         for service in channel.services:
             ref = plan.service(channel.id, service.id)
             times = Times()
-            group = (service.default, service.expect)
+            group = plan.alike(ref)
             pieces = alike.get(group)
             if pieces is None:
                 pieces = alike[group] = plan_pieces(plan, ref, start, end)

@@ -15,7 +15,7 @@ from functools import cached_property
 from monitor.config import Milestone, Period
 from monitor.judge import Verdict, thresholds_for
 from monitor.notice import Notice, NoticesFile
-from monitor.plan import TICK, Expectation, Plan, ServiceRef, period_boundaries
+from monitor.plan import TICK, Expectation, Plan, ServiceRef
 from monitor.site.history import History
 from monitor.store import Store
 
@@ -114,8 +114,12 @@ class ServiceView:
     expectation: Expectation
     verdict: Verdict
     state: str
+    #: The plan's answers at the page's instant: when the expected state next changes (the
+    #: end of its span), and when the service is next expected up (its reopening time; None
+    #: while it is up, so an open service's page does not change with every render).
     next_change: datetime | None
     seen: Seen | None
+    next_up: datetime | None = None
 
     @property
     def probed(self) -> bool:
@@ -178,6 +182,13 @@ class Item:
     def same_change(self) -> bool:
         return len({s.next_change for s in self.services}) == 1
 
+    @property
+    def next_up(self) -> datetime | None:
+        """When every service listed is next expected up, when the plan gives them one time
+        (None when it gives none, or several: the page then names no single time)."""
+        found = {s.next_up for s in self.services}
+        return found.pop() if len(found) == 1 else None
+
 
 @dataclass(frozen=True)
 class Headline:
@@ -219,11 +230,15 @@ class Change:
 
 @dataclass(frozen=True)
 class Window:
-    """A special window: a period that opens services inside a pause (certificate printing)."""
+    """A special window: a period that opens services inside a pause (certificate printing).
+    `start` and `end` are the plan's span of those services' `up` state in the period, which
+    is what citizens can count on (another rule may cut the period short)."""
 
     period: Period
     services: tuple[ServiceRef, ...]
     status: str  # upcoming, active, ended
+    start: datetime | None = None
+    end: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -351,12 +366,15 @@ def build(
     at = at.astimezone(UTC)
     pauses = maintenances(plan, at)
     views = []
-    planned: dict[int, tuple[Expectation, datetime | None]] = {}  # per group planned alike
+    # per group planned alike: the plan's expectation, span end and reopening time
+    planned: dict[int, tuple[Expectation, datetime | None, datetime | None]] = {}
     for ref in plan.services:
         alike = plan.alike(ref)
         if alike not in planned:
-            planned[alike] = (plan.expected(ref, at), plan.next_change(ref, at))
-        expectation, next_change = planned[alike]
+            expectation = plan.expected(ref, at)
+            reopens = None if expectation.state == "up" else plan.next_up(ref, at)
+            planned[alike] = (expectation, plan.span(ref, at).until, reopens)
+        expectation, next_change, next_up = planned[alike]
         verdict = snapshot.verdicts.get(ref.key, Verdict.UNKNOWN)
         views.append(
             ServiceView(
@@ -366,6 +384,7 @@ def build(
                 page_state(expectation, verdict),
                 next_change,
                 snapshot.seen.get(ref.key),
+                next_up,
             )
         )
     return Model(
@@ -373,7 +392,7 @@ def build(
         at=at,
         services=tuple(views),
         items=_items(views),
-        headline=_headline(at, views, pauses),
+        headline=_headline(plan, at, views, pauses),
         change=_next_change(plan, views),
         windows=_windows(plan, at, views),
         milestones=_milestones(plan, at),
@@ -404,18 +423,30 @@ def _items(views: list[ServiceView]) -> dict[str, tuple[Item, ...]]:
     return out
 
 
-def _headline(at: datetime, views: list[ServiceView], pauses: tuple[Maintenance, ...]) -> Headline:
+def _headline(
+    plan: Plan, at: datetime, views: list[ServiceView], pauses: tuple[Maintenance, ...]
+) -> Headline:
     """The main pause is the largest (most services) of those running now, over in the last
     `RECENT` or coming within `LOOKAHEAD`; a running one wins a tie. Other running pauses are
     named beside it, one sentence per period and end; the pieces of the main one (same
-    period, same end, such as certificate printing closing again) count as the main one."""
+    period, same end, such as certificate printing closing again) count as the main one.
+    A running pause is named after the period that decides it now (the plan's expectation:
+    the batch deductions' pause is the July batch pause in July, though it began with the
+    freeze); its times are its span's, as the plan gives them."""
     broken = sum(1 for v in views if v.state == "broken")
     known = Known(
         working=sum(1 for v in views if v.state == "open"),
         unobserved=sum(1 for v in views if v.state == "unobserved"),
         paused=sum(1 for v in views if v.state in ("closed", "leak")),
     )
-    running = [p for p in pauses if p.status(at) == "in_progress"]
+    deciding = {v.key: v.expectation.period for v in views}
+    periods = plan.config.periods
+
+    def now(p: Maintenance) -> Maintenance:
+        period = periods.get(deciding.get(p.services[0].key) or "")
+        return p if period is p.period else replace(p, period=period)
+
+    running = [now(p) for p in pauses if p.status(at) == "in_progress"]
     candidates = running + [
         p
         for p in pauses
@@ -457,8 +488,10 @@ def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:
 
 def _windows(plan: Plan, at: datetime, views: list[ServiceView]) -> tuple[Window, ...]:
     """Periods whose `up` rule overrides an earlier `down` rule of the same service (a window
-    inside a pause), absolute ones only. Shown until they end, and after that while their
-    services are still paused (so "closed on 07-19" stays visible until the pause ends)."""
+    inside a pause), absolute ones only, told by the plan's span of the services' `up` state
+    inside the period (services with different spans are separate windows). Shown until they
+    end, and after that while their services are still paused (so "closed on 07-19" stays
+    visible until the pause ends)."""
     found: dict[str, list[ServiceView]] = {}
     for view in views:
         rules = view.ref.service.expect
@@ -470,16 +503,27 @@ def _windows(plan: Plan, at: datetime, views: list[ServiceView]) -> tuple[Window
         period = plan.config.periods[period_id]
         if period.recurring or period.start is None or period.end is None:
             continue
-        if at < period.start:
-            status = "upcoming"
-        elif at < period.end:
-            status = "active"
-        else:
-            status = "ended"
-        if status == "ended" and not any(v.expectation.state == "down" for v in members):
-            continue
-        out.append(Window(period, tuple(v.ref for v in members), status))
-    out.sort(key=lambda w: (w.period.end, w.period.id))
+        by_span: dict[tuple[datetime | None, datetime | None], list[ServiceView]] = {}
+        spans: dict[int, tuple[datetime | None, datetime | None] | None] = {}
+        for view in members:
+            alike = plan.alike(view.ref)
+            if alike not in spans:
+                ups = [s for s in plan.spans(view.ref, period.start, period.end) if s.state == "up"]
+                spans[alike] = (ups[0].since, ups[0].until) if ups else None
+            if spans[alike] is not None and None not in spans[alike]:  # type: ignore[operator]
+                by_span.setdefault(spans[alike], []).append(view)  # type: ignore[arg-type]
+        for (start, end), mine in by_span.items():
+            if start is not None and at < start:
+                status = "upcoming"
+            elif end is None or at < end:
+                status = "active"
+            else:
+                status = "ended"
+            if status == "ended" and not any(v.expectation.state == "down" for v in mine):
+                continue
+            out.append(Window(period, tuple(v.ref for v in mine), status, start, end))
+    far = datetime.max.replace(tzinfo=UTC)
+    out.sort(key=lambda w: (w.end or far, w.period.id))
     return tuple(out)
 
 
@@ -504,60 +548,27 @@ def _milestones(plan: Plan, at: datetime) -> tuple[Milestone, ...]:
     return tuple(ahead)
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A stretch of time in which one service has one expectation decided by one period."""
-
-    state: str
-    period: str | None
-    start: datetime
-    end: datetime | None  # None: still going at the end of the span looked at
-
-
-def segments(plan: Plan, ref: ServiceRef, lo: datetime, hi: datetime) -> list[Segment]:
-    """The service's expectation over `[lo, hi)` as segments that split wherever the state or
-    the deciding period changes (so the July batch pause after the freeze is its own piece)."""
-    marks = {lo}
-    for period_id in dict.fromkeys(rule.during for rule in ref.service.expect):
-        marks.update(period_boundaries(plan.config.periods[period_id], lo, hi, plan.zone))
-    out: list[Segment] = []
-    for at in sorted(marks):
-        expectation = plan.expected(ref, at)
-        if out and (out[-1].state, out[-1].period) == (expectation.state, expectation.period):
-            continue
-        if out:
-            out[-1] = replace(out[-1], end=at)
-        out.append(Segment(expectation.state, expectation.period, at, None))
-    return out
-
-
 def maintenances(
     plan: Plan, at: datetime, before: timedelta = timedelta(days=90), after: timedelta = LOOKAHEAD
 ) -> tuple[Maintenance, ...]:
-    """Every planned pause overlapping `[at - before, at + after)`: the services paused by one
-    period from one instant to another. A service paused twice by a period (certificate
-    printing before and after its window) is in two pauses."""
+    """Every planned pause overlapping `[at - before, at + after)`: the plan's spans of the
+    `down` state, each from its own start to its own end (a pause handed from one rule to
+    another, the freeze to the July batch pause, is one pause). It is named after the period
+    that decides its first instant. A service paused twice (certificate printing before and
+    after its window) is in two pauses."""
     lo, hi = at - before, at + after
     members: dict[int, list[ServiceRef]] = {}  # services planned alike pause alike
     for ref in plan.services:
         members.setdefault(plan.alike(ref), []).append(ref)
-    found: dict[tuple[str | None, datetime, datetime | None], list[int]] = {}
+    found: dict[tuple[str | None, datetime, datetime | None, bool], list[int]] = {}
     for alike, refs in members.items():
-        for seg in segments(plan, refs[0], lo, hi):
-            if seg.state != "down":
+        for span in plan.spans(refs[0], lo, hi):
+            if span.state != "down":
                 continue
-            start = seg.start
-            period = plan.config.periods.get(seg.period or "")
-            began_before = (
-                start == lo
-                and period is not None
-                and period.start is not None
-                and not period.recurring
-                and period.start < lo
-            )
-            if began_before:
-                start = period.start  # the pause began before the span looked at
-            found.setdefault((seg.period, start, seg.end), []).append(alike)
+            began_earlier = span.since is None  # longer ago than the plan looks back
+            start = lo if span.since is None else span.since
+            period = plan.expected(refs[0], start).period
+            found.setdefault((period, start, span.until, began_earlier), []).append(alike)
     # One tuple per group, shared by its pauses (office hours: hundreds of nightly closures);
     # a pause of several groups lists their services in plan order, as one pass would.
     shared = {alike: tuple(refs) for alike, refs in members.items()}
@@ -570,9 +581,9 @@ def maintenances(
             shared[groups[0]]
             if len(groups) == 1
             else tuple(sorted((r for g in groups for r in members[g]), key=lambda r: order[r.key])),
-            start == lo,
+            began_earlier,
         )
-        for (p, start, end), groups in found.items()
+        for (p, start, end, began_earlier), groups in found.items()
     ]
     out.sort(key=lambda m: (m.start, -len(m.services), m.id))
     return tuple(out)
@@ -620,7 +631,7 @@ def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
             model,
             services=tuple(mine),
             items=_items(mine),
-            headline=_headline(model.at, mine, tuple(pauses[c])),
+            headline=_headline(model.plan, model.at, mine, tuple(pauses[c])),
             change=_next_change(model.plan, mine),
             windows=tuple(windows[c]),
             maintenances=tuple(pauses[c]),

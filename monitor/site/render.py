@@ -329,7 +329,7 @@ def _channel_keys(model: Model) -> dict[str, tuple]:
     (not when each was last seen, which the page does not tell), bars and incidents. From
     these and the epoch `model.by_channel` narrows the model, so equal keys give equal pages."""
     views = {
-        c: [(v.key, v.expectation, v.verdict, v.state, v.next_change) for v in mine]
+        c: [(v.key, v.expectation, v.verdict, v.state, v.next_change, v.next_up) for v in mine]
         for c, mine in model.of_channel.items()
     }
     bars = model.bars_of_channel

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
+from monitor.config import Service
+
 if TYPE_CHECKING:
-    from monitor.config import PlanConfig, Rule, Service
+    from monitor.config import PlanConfig, Rule
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,13 @@ class PageService:
         self.id, self.name, self.name_en, self.note, self.note_en = names
         self.default, self.expect, self.probe, self.push = default, expect, probe, push
 
-    @property
-    def observed_by(self) -> str:
-        if self.probe is not None:
-            return self.probe.kind
-        return "push" if self.push is not None else "schedule"
-
-    @property
-    def unset(self) -> tuple[str, ...]:
-        way = self.probe or self.push
-        return way.unset if way is not None else ()
-
-    @property
-    def configured(self) -> bool:
-        return self.observed_by != "schedule" and not self.unset
+    #: How the service is observed, what it waits for and whether it is configured:
+    #: `config.Service`'s own properties, reused (they read only `probe` and `push`, which a
+    #: `PageService` has; `unset` uncached, as a slotted object keeps no cache), so the page
+    #: and `plan --format json` cannot tell a service apart differently.
+    observed_by = Service.observed_by
+    unset = property(Service.unset.func)  # type: ignore[attr-defined]
+    configured = Service.configured
 
     def __repr__(self) -> str:
         return f"PageService(id={self.id!r})"
