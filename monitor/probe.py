@@ -18,7 +18,7 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `connection reset` | no | the server dropped the connection mid-answer |
 | `DNS lookup failed` | no | the host name does not resolve |
 | `TLS certificate expired` | no | the server's certificate is past its end date |
-| `TLS certificate not trusted` | no | self-signed, unknown issuer or wrong host name |
+| `TLS certificate not trusted` | no | self-signed, unknown issuer, host not in its SANs |
 | `TLS handshake failed` | no | TLS failed for another reason |
 | `too many redirects` | no | more than 10 redirects |
 | `connection failed` | no | any other network error |
