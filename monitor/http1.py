@@ -43,6 +43,23 @@ _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 #: A header name: an RFC 9110 token. A value: no control character but a tab.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: llhttp's leniencies, each set on every parser rather than left to the defaults of the llhttp
+#: that a release of `httptools` bundles: all off, which is what they have been so far.
+LENIENCIES = dict.fromkeys(
+    (
+        "lenient_headers",
+        "lenient_chunked_length",
+        "lenient_keep_alive",
+        "lenient_transfer_encoding",
+        "lenient_version",
+        "lenient_data_after_close",
+        "lenient_optional_lf_after_cr",
+        "lenient_optional_cr_before_lf",
+        "lenient_optional_crlf_after_chunk",
+        "lenient_spaces_after_chunk_size",
+    ),
+    False,
+)
 
 
 class TooManyRedirects(Exception):
@@ -144,6 +161,7 @@ class _Exchange(asyncio.Protocol):
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.parser.set_dangerous_leniencies(**LENIENCIES)
         self.headers: dict[str, str] = {}
         self.status = 0
         self.chunks: list[bytes] = []

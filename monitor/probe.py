@@ -18,7 +18,7 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `connection reset` | no | the server dropped the connection mid-answer |
 | `DNS lookup failed` | no | the host name does not resolve |
 | `TLS certificate expired` | no | the server's certificate is past its end date |
-| `TLS certificate not trusted` | no | self-signed, unknown issuer or wrong host name |
+| `TLS certificate not trusted` | no | self-signed, unknown issuer, host not in its SANs |
 | `TLS handshake failed` | no | TLS failed for another reason |
 | `too many redirects` | no | more than 10 redirects |
 | `connection failed` | no | any other network error |
@@ -167,7 +167,7 @@ class Prober:
         """`ssl_context` replaces the default TLS context (e.g. one that trusts a private CA):
         a `tls.ClientContext`, or Python's own `ssl.SSLContext` to make the handshakes with
         Python's `ssl`. The default is `tls.system_context()` where `cryptography`'s OpenSSL
-        can be used, Python's `ssl.create_default_context()` where not."""
+        can be used, Python's `ssl` with the same policy (`tls.python_context()`) where not."""
         self.body_cap = body_cap
         self._ssl = ssl_context
         self._matcher: ThreadPoolExecutor | None = None
@@ -189,7 +189,7 @@ class Prober:
             if self._ssl is None:
                 library = ssl.OPENSSL_VERSION
                 log.info("HTTPS probes make their handshakes with Python's ssl (%s)", library)
-                self._ssl = ssl.create_default_context()
+                self._ssl = tls.python_context()
         return self._ssl
 
     async def close(self) -> None:

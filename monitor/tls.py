@@ -6,11 +6,13 @@ uses the system's OpenSSL, here 3.0, whose handshake costs about 200 us more tha
 OpenSSL in `cryptography`'s wheels: 766 against 561 us of client CPU for a handshake and a GET in
 a loop (bench/RESULTS.md section 4, "Sixth round").
 
-What a probe checks stays what `ssl.create_default_context()` checks: the same trust files
-(`ssl.get_default_verify_paths()`, so `SSL_CERT_FILE` and `SSL_CERT_DIR` apply), the certificate
-chain, the host name or IP address (OpenSSL's own check, no partial wildcards), TLS 1.2 at
-least, Python's cipher string, and the key-exchange groups OpenSSL 3.0 offers (an X25519 key
-share first; no post-quantum share that a server would then ask for in a second round trip).
+What a probe checks is what `ssl.create_default_context()` checks, set explicitly on both
+engines (`python_context` for Python's `ssl`) so that no release of a library changes it: the
+same trust files (`ssl.get_default_verify_paths()`, so `SSL_CERT_FILE` and `SSL_CERT_DIR`
+apply), the certificate chain, the host name or IP address (OpenSSL's own check, no partial
+wildcards and never the subject's Common Name: `host_flags`), TLS 1.2 at least, Python's cipher
+string, and the key-exchange groups OpenSSL 3.0 offers (an X25519 key share first; no
+post-quantum share that a server would then ask for in a second round trip).
 Failures are raised as Python's own exceptions (`ssl.SSLCertVerificationError` with its
 `verify_code`, `ssl.SSLError`, `ConnectionResetError`), so the probe's reasons do not change.
 
@@ -101,11 +103,51 @@ _NEEDED = (
     "TLS1_2_VERSION",
     "SSL_VERIFY_PEER",
     "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
+    "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT",
     "SSL_ERROR_WANT_READ",
     "SSL_ERROR_WANT_WRITE",
     "SSL_ERROR_ZERO_RETURN",
     "X509_V_OK",
 )
+
+
+#: TLS 1.2 at least on both engines, whatever a library's own floor is.
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+#: The X509 flags Python's `ssl` gets from `create_default_context()` on 3.11: trusted
+#: certificates first, and neither `VERIFY_X509_STRICT` nor `VERIFY_X509_PARTIAL_CHAIN`, which
+#: Python 3.13 added to its defaults (a chain trusted today would be refused after an upgrade).
+VERIFY_FLAGS = ssl.VerifyFlags.VERIFY_X509_TRUSTED_FIRST
+
+
+def host_flags(lib: Any) -> int:
+    """The host-name policy of the probes' own engine: no partial wildcard (`w*.example`), and
+    the subject's Common Name never read, even when the certificate names no host in a subject
+    alternative name (as browsers, Go and RFC 9525 decide). OpenSSL 4.0 still fell back to the
+    Common Name and 4.1 does not: set explicitly, a certificate is trusted or not whichever
+    `cryptography` wheel is installed."""
+    return lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
+
+
+def python_context(
+    cafile: str | os.PathLike | None = None, capath: str | None = None
+) -> ssl.SSLContext:
+    """Python's own client context with the probes' policy set, not left to the defaults of a
+    Python or OpenSSL release: the same trust as `ClientContext` (the system's store, or
+    `cafile` and `capath`), the host name checked without the Common Name fallback that
+    Python's default still allows (`hostname_checks_common_name`), TLS 1.2 at least, Python's
+    cipher string and 3.11's verification flags. Used for the names OpenSSL 4 cannot check and
+    where `cryptography` cannot be used, so both engines trust the same certificates."""
+    if cafile is None and capath is None:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.create_default_context(cafile=cafile, capath=capath)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.hostname_checks_common_name = False
+    context.minimum_version = MINIMUM_VERSION
+    context.verify_flags = VERIFY_FLAGS
+    context.set_ciphers(_CIPHERS.decode("ascii"))
+    return context
 
 
 @functools.cache
@@ -171,9 +213,8 @@ class ClientContext:
             raise ssl.SSLError(f"cannot set the key-exchange groups: {_last_error(ffi, lib)}")
         lib.ERR_clear_error()
         lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_PEER, ffi.NULL)
-        lib.X509_VERIFY_PARAM_set_hostflags(
-            lib.SSL_CTX_get0_param(ctx), lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
-        )
+        # inherited by every connection's parameters (SSL_new), where the host is set
+        lib.X509_VERIFY_PARAM_set_hostflags(lib.SSL_CTX_get0_param(ctx), host_flags(lib))
         self._cafile, self._capath = cafile, capath
         if cafile is None and capath is None:
             self._load_system_trust()
@@ -219,10 +260,9 @@ class ClientContext:
 
     @functools.cached_property
     def python_context(self) -> ssl.SSLContext:
-        """Python's own context with the same trust, for the names `checks` refuses."""
-        if self._cafile is None and self._capath is None:
-            return ssl.create_default_context()
-        return ssl.create_default_context(cafile=self._cafile, capath=self._capath)
+        """Python's own context with the same trust and policy, for the names `checks`
+        refuses."""
+        return python_context(self._cafile, self._capath)
 
     @property
     def library(self) -> str:

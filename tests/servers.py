@@ -167,8 +167,9 @@ class Issued:
         return context
 
     def client_context(self) -> ssl.SSLContext:
-        """A client context that trusts this certificate (a CA) and nothing else."""
-        return ssl.create_default_context(cafile=str(self.cert_path))
+        """A client context that trusts this certificate (a CA) and nothing else, with the
+        probes' policy (`tls.python_context`, Python's `ssl` engine)."""
+        return tls.python_context(cafile=str(self.cert_path))
 
     def tls_context(self) -> tls.ClientContext:
         """The same for the probes' own TLS engine (`cryptography`'s OpenSSL)."""

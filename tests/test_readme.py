@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 from helpers import ROOT, load_plan
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 
 def test_readme_example_plan_validates(tmp_path: Path) -> None:
@@ -18,12 +21,109 @@ def test_readme_example_plan_validates(tmp_path: Path) -> None:
     assert [r.during for r in ref.service.expect] == ["freeze", "certificate-window"]
 
 
+LOCK_INSTALL = "python3 -m pip install --require-hashes -r requirements.lock"
+SELF_INSTALL = "python3 -m pip install --no-deps -e ."
+
+
+def _section(text: str, title: str) -> str:
+    """The README's text from the heading that starts with `title` to the next heading."""
+    start = text.index(f"\n{title}")
+    body = text.index("\n", start + 1)
+    end = text.find("\n#", body)
+    return text[body : end if end != -1 else len(text)]
+
+
 def test_readme_names_the_two_setup_commands() -> None:
+    """Set-up is two commands, a demo and the tests, and both install the locked releases
+    with their hashes before the project itself: a README that went back to resolving
+    whatever the registry holds today would let a fresh clone fail its tests."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "pip install -e . && channel-monitor demo" in text
-    assert "pip install -e '.[test]' && python3 -m pytest -q" in text
+    setup = _section(text, "## Set-up")
+    commands = re.findall(r"```sh\n(.*?)\n```", setup, flags=re.S)
+    assert commands == [
+        f"{LOCK_INSTALL} && {SELF_INSTALL} && channel-monitor demo",
+        f"{LOCK_INSTALL} && {SELF_INSTALL} && python3 -m pytest -q",
+    ]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "python3 -m pytest -q" in ci
+    lines = [line.strip() for line in ci.splitlines() if not line.lstrip().startswith("#")]
+    installs = [line for line in lines if "pip install" in line]
+    assert installs and all("requirements.lock" in line or "--no-deps" in line for line in installs)
+    assert any("--require-hashes -r requirements.lock" in line for line in installs)
+    assert "python3 -m pytest -q" in lines
+    assert "bash .ci/offline-install" in lines
+
+
+def _requirements() -> dict[str, Requirement]:
+    """Every dependency pyproject.toml names for the runtime and the test and browser extras."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    named = [*project["dependencies"], *extras["test"], *extras["browser"]]
+    return {canonicalize_name(Requirement(r).name): Requirement(r) for r in named}
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """The lock's pins: name -> (version, hashes)."""
+    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pins = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", block)
+        if match:
+            hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", block)
+            pins[canonicalize_name(match[1])] = (match[2], hashes)
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_its_bounds_with_hashes() -> None:
+    """A dependency added to pyproject.toml or a bound moved without writing the lock again
+    fails here; so does a pin without a hash (pip would refuse the whole file)."""
+    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    header = text.split("\n", 2)[:2]
+    assert "uv pip compile pyproject.toml" in header[1] and "--generate-hashes" in header[1]
+    locked = _locked()
+    assert all(hashes for _version, hashes in locked.values())
+    for name, requirement in _requirements().items():
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"sys_platform": "linux"}
+        ):
+            continue
+        assert name in locked, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(locked[name][0]), (requirement, locked[name][0])
+
+
+def test_every_dependency_is_bounded_above() -> None:
+    """Only tzdata, which is data, may take any later release."""
+    open_above = {
+        name
+        for name, requirement in _requirements().items()
+        if not any(spec.operator in ("<", "<=", "==", "~=") for spec in requirement.specifier)
+    }
+    assert open_above == {"tzdata"}
+
+
+def test_readme_offline_install_is_the_script_ci_runs() -> None:
+    """The offline section's two steps are the ones `.ci/offline-install` goes through."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"```sh\n(.*?)\n```", _section(text, "### Installing"), flags=re.S)
+    assert commands == [
+        "python3 -m pip download --require-hashes --only-binary=:all: -r requirements.lock"
+        " -d wheelhouse && python3 -m pip wheel --no-deps . -w wheelhouse",
+        "python3 -m pip install --no-index --find-links wheelhouse --require-hashes"
+        " -r requirements.lock && python3 -m pip install --no-index --find-links wheelhouse"
+        " --no-deps channel-monitor",
+    ]
+    script = (ROOT / ".ci" / "offline-install").read_text(encoding="utf-8")
+    flat = re.sub(r"\\\n\s*", "", script)
+    for step in (
+        "pip download --quiet --disable-pip-version-check --require-hashes --only-binary=:all:"
+        " -r requirements.lock",
+        "pip wheel --quiet --disable-pip-version-check --no-deps .",
+        "install --no-index --find-links",
+        "offline_pip --require-hashes -r requirements.lock",
+        "offline_pip --no-deps channel-monitor",
+        'channel-monitor" validate',
+        'channel-monitor" plan --at 2022-07-01T12:00',
+    ):
+        assert step in flat, step
 
 
 def test_readme_examples_of_each_kind_validate(tmp_path: Path) -> None:
