@@ -482,7 +482,7 @@ def test_a_flush_writes_its_runs_and_rollups_in_a_few_statements(tmp_path: Path)
 
 
 def test_updates_from_values_go_in_chunks_the_connection_allows(tmp_path: Path) -> None:
-    from monitor.store import _update_from_values
+    from monitor.store.writer import _update_from_values
 
     db = sqlite3.connect(tmp_path / "t.db")
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, n INTEGER)")

@@ -1,0 +1,79 @@
+"""History in one SQLite file: observations, hourly rollups, incidents.
+
+Raw observations are kept for a short retention window, as runs (a row for as long as a
+service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service for long
+history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
+first (`Store.prune_for_size`). The file is in WAL mode so readers (the
+site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
+worker thread through `Store.call`, so the event loop never blocks on the disk; the WAL is
+copied back into the file by a thread of its own (`monitor.store.checkpoints`), never inside a
+flush, and pruning deletes in slices that ride along with the flushes.
+
+The file carries its schema version (`PRAGMA user_version`); opening it as the writer runs the
+migrations it lacks, so a store written by an older version opens in a newer one, and one
+written by a newer version is refused rather than half understood. Only one writer may hold a
+store: `lock_store` takes an OS lock beside it that the kernel drops when the process dies.
+A store that cannot be opened raises `StoreError`, whose message says what is wrong and what
+to do, in both languages, so the command line can print it as it is.
+"""
+
+from monitor.store.errors import StoreBusy, StoreError
+from monitor.store.lock import StoreLock, lock_store
+from monitor.store.read import StoreReads, read_runs
+from monitor.store.records import (
+    IncidentRecord,
+    PendingObservation,
+    RawRun,
+    Rollup,
+    as_open_incident,
+)
+from monitor.store.schema import (
+    MIGRATIONS,
+    MIN_SQLITE,
+    SCHEMA,
+    SCHEMA_V2,
+    SCHEMA_VERSION,
+    TABLES,
+    V0_TABLES,
+    open_reader,
+    open_writer,
+    version_problem,
+)
+from monitor.store.writer import (
+    DEFAULT_RETENTION,
+    DEFAULT_ROLLUP_RETENTION,
+    DEFAULT_SIZE_LIMIT,
+    MAX_PENDING,
+    IncidentHook,
+    Store,
+)
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "DEFAULT_ROLLUP_RETENTION",
+    "DEFAULT_SIZE_LIMIT",
+    "MAX_PENDING",
+    "MIGRATIONS",
+    "MIN_SQLITE",
+    "SCHEMA",
+    "SCHEMA_V2",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "V0_TABLES",
+    "IncidentHook",
+    "IncidentRecord",
+    "PendingObservation",
+    "RawRun",
+    "Rollup",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "StoreLock",
+    "StoreReads",
+    "as_open_incident",
+    "lock_store",
+    "open_reader",
+    "open_writer",
+    "read_runs",
+    "version_problem",
+]
