@@ -263,16 +263,16 @@ def test_incident_hooks_run_in_the_same_transaction(store: Store, db: Path) -> N
     store.db.commit()
     seen: list[tuple[int, str, bool]] = []
 
-    def outbox(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
-        conn.execute("INSERT INTO outbox VALUES (?, ?)", (record.id, ev.kind))
-        seen.append((record.id, ev.kind, conn.in_transaction))
+    def outbox(record: IncidentRecord, ev: IncidentEvent) -> None:
+        store.db.execute("INSERT INTO outbox VALUES (?, ?)", (record.id, ev.kind))
+        seen.append((record.id, ev.kind, store.db.in_transaction))
 
     store.incident_hooks.append(outbox)
     opened = store.record_event("portal", "pension", event("opened", HOUR))
     assert seen == [(opened.id, "opened", True)], "the hook runs before the commit"
     assert query(db, "SELECT * FROM outbox") == [(opened.id, "opened")]
 
-    def broken(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
+    def broken(record: IncidentRecord, ev: IncidentEvent) -> None:
         raise RuntimeError("the alert sink's row cannot be written")
 
     store.incident_hooks.append(broken)

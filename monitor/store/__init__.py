@@ -19,6 +19,7 @@ to do, in both languages, so the command line can print it as it is.
 
 from monitor.store.errors import StoreBusy, StoreError
 from monitor.store.lock import StoreLock, lock_store
+from monitor.store.outbox import OUTBOX_SCHEMA, Delivery, Message, Outbox
 from monitor.store.read import StoreReads, read_runs
 from monitor.store.records import (
     IncidentRecord,
@@ -55,13 +56,17 @@ __all__ = [
     "MAX_PENDING",
     "MIGRATIONS",
     "MIN_SQLITE",
+    "OUTBOX_SCHEMA",
     "SCHEMA",
     "SCHEMA_V2",
     "SCHEMA_VERSION",
     "TABLES",
     "V0_TABLES",
+    "Delivery",
     "IncidentHook",
     "IncidentRecord",
+    "Message",
+    "Outbox",
     "PendingObservation",
     "RawRun",
     "Rollup",

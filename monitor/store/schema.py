@@ -9,6 +9,7 @@ from pathlib import Path
 
 from monitor.store.checkpoints import WAL_LIMIT
 from monitor.store.errors import StoreError, _check_file, _os_problem, _sqlite_problem
+from monitor.store.outbox import OUTBOX_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -144,14 +145,24 @@ CREATE VIEW rollups AS
 
 #: `MIGRATIONS[n]` takes a store from schema version n to n + 1. Version 0 is a new file or one
 #: written before versions were kept (its tables are exactly SCHEMA's, so `IF NOT EXISTS` makes
-#: both whole). Add a change as a new entry; never edit an old one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2)
+#: both whole). Add a change as a new entry; never edit an old one. Version 3 adds the alert
+#: outbox (`monitor.store.outbox`), which versions up to 2 created outside the migrations.
+MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2, OUTBOX_SCHEMA)
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The oldest SQLite that can write the store: UPDATE ... FROM (3.33) and DELETE ... RETURNING
 #: (3.35). Reading it needs neither.
 MIN_SQLITE = (3, 35, 0)
 #: The tables (and views) a file must have to be read as a store.
-TABLES = ("runs", "hourly", "hour_now", "services", "observations", "rollups", "incidents")
+TABLES = (
+    "runs",
+    "hourly",
+    "hour_now",
+    "services",
+    "observations",
+    "rollups",
+    "incidents",
+    "alert_outbox",
+)
 #: The tables of a version-0 file: one that has none of them is some other program's.
 V0_TABLES = ("observations", "rollups", "incidents")
 

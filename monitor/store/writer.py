@@ -24,6 +24,7 @@ from monitor.judge import IncidentEvent
 from monitor.store.checkpoints import Checkpointer
 from monitor.store.errors import _check_file
 from monitor.store.lock import lock_store
+from monitor.store.outbox import Outbox
 from monitor.store.read import StoreReads
 from monitor.store.records import (
     IncidentRecord,
@@ -244,8 +245,10 @@ def _update_from_values(
         )
 
 
-#: Hooks that run inside an incident's transaction (the alert outbox adds its rows here).
-IncidentHook = Callable[[sqlite3.Connection, IncidentRecord, IncidentEvent], None]
+#: Hooks that run inside an incident's transaction, on the store's thread: what they write
+#: through the store (the alert sender queues its rows in `Store.outbox`) commits or rolls
+#: back with the incident.
+IncidentHook = Callable[[IncidentRecord, IncidentEvent], None]
 
 
 class Store(StoreReads):
@@ -304,6 +307,8 @@ class Store(StoreReads):
             if self._owner is not None:
                 self._owner.release()
             raise
+        #: The alert outbox, on this store's connection.
+        self.outbox = Outbox(self.db)
         #: The writer's checkpoints, on a thread of their own (None: read-only).
         self.checkpoints: Checkpointer | None = None
         if not readonly:
@@ -618,21 +623,12 @@ class Store(StoreReads):
             (rolled, budget),
         ).rowcount
         sent = 0
-        if alerts is not None and self._has_outbox():
-            sent = self.db.execute(
-                "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox WHERE "
-                "created_at < ? AND (delivered_at IS NOT NULL OR failed_at IS NOT NULL) "
-                "LIMIT ?)",
-                (alerts, budget),
-            ).rowcount
+        if alerts is not None:
+            sent = self.outbox.delete_done_before(alerts, budget)
         last = max(runs, hours, sent) < budget
         if last:  # the latest hours of services long gone go with the last slice
             self._drop_latest_before(rolled)
         return (runs, hours, sent), last
-
-    def _has_outbox(self) -> bool:
-        query = "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
-        return self.db.execute(query).fetchone() is not None
 
     def _expired(self, done: _Slice | None) -> None:
         """After a slice's commit: count it, and once nothing is left, end the expiry and look
@@ -799,7 +795,7 @@ class Store(StoreReads):
                 )
             record = self._incident(incident_id)
             for hook in self.incident_hooks:
-                hook(self.db, record, event)
+                hook(record, event)
         self._wrote()
         return record
 
