@@ -431,11 +431,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Planned against observed from the store, read-only; every format to standard output."""
-    import sqlite3
-
     from monitor.config import parse_duration
     from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
     from monitor.report_formats import render
+    from monitor.store import SQLiteError
 
     plan = load_plan(args.config)
     db_path = Path(args.db) if args.db else config_dir(args) / "monitor.db"
@@ -462,7 +461,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             db.close()
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    except sqlite3.Error as exc:
+    except SQLiteError as exc:
         raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
     print(render(result, args.format))
     return EXIT_OK

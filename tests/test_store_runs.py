@@ -182,7 +182,7 @@ def test_a_version_1_store_migrates_keeping_its_history(tmp_path: Path) -> None:
         store.close()
     reader = reports.open_readonly(db)
     try:
-        assert reports.raw_from(reader) == at("10:00")
+        assert reader.raw_from() == at("10:00")
     finally:
         reader.close()
 
@@ -347,7 +347,7 @@ def test_a_large_expiry_is_deleted_a_slice_at_a_time_oldest_first(tmp_path: Path
             assert kept() == hours[first:]
         reader = reports.open_readonly(db)
         try:
-            assert reports.raw_from(reader) == start + timedelta(hours=6)
+            assert reader.raw_from() == start + timedelta(hours=6)
         finally:
             reader.close()
     finally:

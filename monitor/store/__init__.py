@@ -17,15 +17,16 @@ A store that cannot be opened raises `StoreError`, whose message says what is wr
 to do, in both languages, so the command line can print it as it is.
 """
 
-from monitor.store.errors import StoreBusy, StoreError
+from monitor.store.errors import SQLiteError, StoreBusy, StoreError
 from monitor.store.lock import StoreLock, lock_store
 from monitor.store.outbox import OUTBOX_SCHEMA, Delivery, Message, Outbox
-from monitor.store.read import StoreReads, read_runs
+from monitor.store.read import StoreReader, StoreReads, read_runs
 from monitor.store.records import (
     IncidentRecord,
     PendingObservation,
     RawRun,
     Rollup,
+    Sighting,
     as_open_incident,
 )
 from monitor.store.schema import (
@@ -70,10 +71,13 @@ __all__ = [
     "PendingObservation",
     "RawRun",
     "Rollup",
+    "SQLiteError",
+    "Sighting",
     "Store",
     "StoreBusy",
     "StoreError",
     "StoreLock",
+    "StoreReader",
     "StoreReads",
     "as_open_incident",
     "lock_store",

@@ -9,6 +9,11 @@ import os
 import sqlite3
 from pathlib import Path
 
+#: What a read or a write raises when SQLite fails after the store opened (a full disk, a file
+#: damaged under a reader): SQLite's own error, named here so that callers outside the store
+#: catch it without knowing the store is SQLite.
+SQLiteError = sqlite3.Error
+
 
 class StoreError(Exception):
     """The store cannot be used; the message says what is wrong and what to do."""

@@ -28,6 +28,14 @@ class IncidentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """One stored observation named as evidence: when, and the probe's reason."""
+
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rollup:
     """One hour of one service."""
 

@@ -239,19 +239,28 @@ def open_writer(path: Path) -> sqlite3.Connection:
     return db
 
 
-def open_reader(path: Path) -> sqlite3.Connection:
+def open_reader(path: Path, leave_no_files: bool = False) -> sqlite3.Connection:
     """A read-only connection that works on a read-only file or mount too.
 
     `mode=ro` still needs the WAL's shared-memory file beside the store, which a read-only
     folder cannot hold; then the file is opened `immutable`, which is right for it: nothing can
     be writing to a store on a read-only folder.
+
+    `leave_no_files` (the report) creates nothing beside the store either: `mode=ro` on a WAL
+    store makes its `-shm` and `-wal` files. A writer keeps both while it has the store open
+    and removes them when it closes, so when neither is there no one is writing, and the file
+    is opened `immutable` at once; when they are there, `mode=ro` reads the WAL too.
     """
     _check_file(path)
     uri = path.resolve().as_uri()  # percent-encodes `?`, `#`, `%`
+    queries = ("mode=ro", "immutable=1")
+    if leave_no_files and not any(Path(f"{path}{tail}").exists() for tail in ("-wal", "-shm")):
+        queries = ("immutable=1",)
     last: sqlite3.Error | None = None
-    for query in ("mode=ro", "immutable=1"):
+    for query in queries:
         db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
         try:
+            db.execute("PRAGMA query_only = 1")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             # a version-0 file is a store (of an old version) only if it has the old tables
             expected = {SCHEMA_VERSION: TABLES, 0: V0_TABLES}.get(version, ())
