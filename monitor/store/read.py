@@ -9,7 +9,7 @@ a table's name.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
 from monitor.probe import Observation
@@ -214,6 +214,47 @@ class StoreReads:
         ).fetchall()
         return [_incident_record(r) for r in rows]
 
+    # --- the page's reads -------------------------------------------------------------------
+
+    def day_sums(
+        self, keys: list[tuple[str, str]], zone: tzinfo, start: datetime, end: datetime
+    ) -> dict[tuple[str, str], dict[int, tuple[int, ...]]]:
+        """Rollup hours of these services in `[start, end)` summed per local day of `zone`,
+        by day index (0 is the day of `start`): probes, serving, expected_up,
+        expected_down, mismatches, and of those mismatches the ones up while expected down.
+
+        The sums are aggregate queries inside SQLite, not one object per rollup hour: 90 days
+        of 76 services is 164,000 hours, which `rollups` turns into objects in about two
+        seconds, and the page is rendered again after every verdict change."""
+        offset, offset_params = _offset_sql(zone, start, end)
+        base = start.timestamp() + start.utcoffset().total_seconds()  # type: ignore[union-attr]
+        # One query per channel (up to `_CHUNK` services at a time) seeks the primary key
+        # (channel, business, hour) once per service, so the cost follows the window, not the
+        # whole retained history, and 10,000 services cost 100 statements, not 10,000. An hour
+        # up while expected down can only come from its expected_down probes; in an hour that
+        # saw both expectations (a planned change inside it) the smaller count is taken.
+        by_channel: dict[str, list[str]] = {}
+        for channel, business in keys:
+            by_channel.setdefault(channel, []).append(business)
+        out: dict[tuple[str, str], dict[int, tuple[int, ...]]] = {}
+        for channel, names in by_channel.items():
+            for at in range(0, len(names), _CHUNK):
+                chunk = names[at : at + _CHUNK]
+                query = (
+                    f"SELECT business, CAST((hour + {offset} - ?) / 86400 AS INTEGER) AS day, "
+                    "sum(probes), sum(serving), sum(expected_up), sum(expected_down), "
+                    "sum(mismatches), sum(CASE WHEN mismatches = 0 OR expected_down = 0 THEN 0 "
+                    "WHEN expected_up = 0 THEN mismatches "
+                    "ELSE min(mismatches, expected_down, serving) END) "
+                    f"FROM rollups WHERE channel = ? AND business IN "
+                    f"({','.join('?' * len(chunk))}) AND hour >= ? AND hour < ? "
+                    "GROUP BY business, day"
+                )
+                params = [*offset_params, base, channel, *chunk, start.timestamp(), end.timestamp()]
+                for business, day, *sums in self.db.execute(query, params):
+                    out.setdefault((channel, business), {})[int(day)] = tuple(sums)
+        return out
+
 
 class StoreReader(StoreReads):
     """A store opened read-only: the read API and nothing that writes (`report`, `render`).
@@ -239,6 +280,41 @@ class StoreReader(StoreReads):
 
 
 _RUN = "SELECT at, until, count, gap, serving, reason, expected, mismatch FROM observations"
+
+
+#: Services of one channel summed by one statement.
+_CHUNK = 500
+
+
+def _offset_sql(zone: tzinfo, start: datetime, end: datetime) -> tuple[str, list[float]]:
+    """A SQL expression for the zone's UTC offset (seconds) at `hour`: one value, or a CASE
+    over the offset changes (DST) between `start` and `end`, found day by day and bisected."""
+
+    def offset(at: datetime) -> float:
+        return at.astimezone(zone).utcoffset().total_seconds()  # type: ignore[union-attr]
+
+    at, stop = start.astimezone(UTC), end.astimezone(UTC)
+    first = current = offset(at)
+    changes: list[tuple[float, float]] = []
+    while at < stop:
+        following = at + timedelta(days=1)
+        if offset(following) != current:
+            lo, hi = at, following
+            while hi - lo > timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
+            current = offset(following)
+            changes.append((hi.timestamp(), current))
+        at = following
+    if not changes:
+        return "?", [first]
+    params: list[float] = []
+    previous = first
+    for instant, value in changes:
+        params += [instant, previous]
+        previous = value
+    sql = "CASE " + " ".join("WHEN hour < ? THEN ?" for _ in changes) + " ELSE ? END"
+    return sql, [*params, previous]
 
 
 def _floor_hour(stamp: float) -> float:
