@@ -1,4 +1,14 @@
-"""History in one SQLite file: observations, hourly rollups, incidents.
+"""History in one SQLite file: observations, hourly rollups, incidents, the alert outbox.
+
+This package is the only place in `monitor` with SQL (`tests/test_store_owns_sql.py` checks
+it): everyone else asks it through named methods that return records.
+- `schema`: the tables, the `PRAGMA user_version` migrations, opening a file to write or read;
+- `writer`: `Store`, the writer (its worker thread, observations, incidents, pruning);
+- `read`: `StoreReads`, the queries of the report, the page and the command line, and
+  `StoreReader`, a store opened read-only (`report`, `render`);
+- `outbox`: the alert outbox, written in an incident's transaction (`Store.outbox`);
+- `checkpoints`: the WAL's checkpoints, on a thread of their own;
+- `records`, `errors`, `lock`: what the others hand back, raise and hold.
 
 Raw observations are kept for a short retention window, as runs (a row for as long as a
 service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service for long
