@@ -395,11 +395,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import sqlite3
-
     from monitor.notice import load_notices
     from monitor.site.render import render_from
-    from monitor.store import StoreError
+    from monitor.store import SQLiteError, StoreError
 
     plan = load_plan(args.config)
     at = instant(args, plan)
@@ -412,7 +410,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         result = render_from(plan, site, at, db, notices)
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
-    except sqlite3.DatabaseError as exc:
+    except SQLiteError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
     except OSError as exc:
         raise UsageError(f"--site {site}: {exc.strerror or exc}") from None
@@ -431,11 +429,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Planned against observed from the store, read-only; every format to standard output."""
-    import sqlite3
-
     from monitor.config import parse_duration
     from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
     from monitor.report_formats import render
+    from monitor.store import SQLiteError
 
     plan = load_plan(args.config)
     db_path = Path(args.db) if args.db else config_dir(args) / "monitor.db"
@@ -462,7 +459,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             db.close()
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    except sqlite3.Error as exc:
+    except SQLiteError as exc:
         raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
     print(render(result, args.format))
     return EXIT_OK
@@ -555,21 +552,19 @@ def demo_notices(args: argparse.Namespace) -> Path:
 
 def store_incidents(db: Path) -> set[int] | None:
     """Incident numbers in the store at `db` (None when there is no store to check against)."""
-    import sqlite3
-
-    from monitor.store import Store, StoreError
+    from monitor.store import SQLiteError, StoreError, StoreReader
 
     if not db.exists():
         return None
     try:
-        store = Store(db, readonly=True)
+        store = StoreReader(db)
         try:
             return {record.id for record in store.incidents(limit=1_000_000)}
         finally:
             store.close()
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
-    except sqlite3.DatabaseError as exc:
+    except SQLiteError as exc:
         raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
 
 

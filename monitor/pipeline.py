@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,7 +34,13 @@ from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.plan_change import REMOVED
 from monitor.probe import Observation, Prober
 from monitor.slots import Slots
-from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
+from monitor.store import (
+    IncidentRecord,
+    PendingObservation,
+    SQLiteError,
+    Store,
+    as_open_incident,
+)
 
 if TYPE_CHECKING:
     from monitor.plan_change import PlanChange
@@ -322,7 +327,7 @@ class Pipeline:
                     event.direction.value,
                 )
             self._deferred = False
-        except sqlite3.Error as exc:
+        except SQLiteError as exc:
             # The store refuses writes (a full disk): an incident transition that is not
             # written must not be acted on either, or its alert would be lost. Keeping the
             # previous state makes the next observation judge (and try to write) it again.

@@ -15,13 +15,12 @@ How time is counted (the README says the same):
   `min(hour, n * cover)`, split into serving and matched by the rollup's counts.
 
 Pure computation in the first half (tested without a store); the second half reads the store
-through a read-only SQLite connection with a few small queries and never writes to it.
+through its read API (`monitor.store.StoreReader`), opened read-only, and never writes to it.
 """
 
 from __future__ import annotations
 
 import bisect
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from zoneinfo import ZoneInfo
 from monitor.config import Channel
 from monitor.judge import counted
 from monitor.plan import Expectation, Plan, ServiceRef
-from monitor.store import SCHEMA_VERSION, TABLES, RawRun, version_problem
+from monitor.store import RawRun, Store, StoreError, StoreReader
 
 #: An observation covers at most this many probe intervals of its service.
 COVER_INTERVALS = 2
@@ -301,180 +300,58 @@ class Report:
 # --- reading the store -------------------------------------------------------------------------
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """The store opened read-only (SQLite refuses any write on this connection).
-
-    A report must not leave files beside the store either, and `mode=ro` on a WAL store
-    creates its `-shm` (and `-wal`) files. A writer keeps both while it has the store open and
-    removes them when it closes, so when neither is there no one is writing: the file is then
-    opened `immutable`, which creates nothing. When they are there (a running monitor, or a
-    crash left them) `mode=ro` reads the WAL too, and the files stay as they were.
-    """
+def open_readonly(path: Path) -> StoreReader:
+    """The store opened read-only through its read API, leaving no file beside it (see
+    `monitor.store.open_reader`); a file that is no store, or of another schema version, is
+    refused with the store's own sentence."""
     if not path.is_file():
         raise ReportError(f"--db {path}: no store there (run `channel-monitor run` first)")
-    busy = any(Path(f"{path}{tail}").exists() for tail in ("-wal", "-shm"))
     try:
-        query = "mode=ro" if busy else "immutable=1"
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
-        db.execute("PRAGMA query_only = 1")
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as exc:
-        raise ReportError(f"--db {path}: not a channel-monitor store ({exc})") from None
-    missing = set(TABLES) - tables
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if missing and version in (0, SCHEMA_VERSION):
-        db.close()
-        raise ReportError(
-            f"--db {path}: not a channel-monitor store (no table {', '.join(sorted(missing))})"
-        )
-    if version != SCHEMA_VERSION:
-        db.close()
-        raise ReportError(f"--db {version_problem(path, version)}")
-    return db
+        return StoreReader(path, leave_no_files=True)
+    except StoreError as exc:
+        raise ReportError(f"--db {exc}") from None
 
 
 def _dt(stamp: float) -> datetime:
     return datetime.fromtimestamp(stamp, UTC)
 
 
-def _floor_hour(stamp: float) -> float:
-    return stamp - stamp % 3600
-
-
-def raw_from(db: sqlite3.Connection) -> datetime | None:
-    """From when the raw observations are complete: the hour of the earliest one kept if its
-    hour still holds every probe its rollup counted, else the hour after (pruning cut into it).
-    None when no raw observation is kept."""
-    row = db.execute("SELECT min(at) FROM runs").fetchone()
-    if row[0] is None:
-        return None
-    hour = _floor_hour(row[0])
-    # a run stays inside one hour, so the hour's runs hold exactly its raw observations
-    raw = db.execute(
-        "SELECT coalesce(sum(count), 0) FROM runs WHERE at >= ? AND at < ?", (hour, hour + 3600)
-    ).fetchone()[0]
-    rolled = db.execute(  # a seek per service along the primary key (service, hour)
-        "SELECT coalesce(sum((SELECT probes FROM hourly WHERE service = s.id AND hour = ?)), 0) "
-        "+ (SELECT coalesce(sum(probes), 0) FROM hour_now WHERE hour = ?) FROM services s",
-        (hour, hour),
-    )
-    return _dt(hour if raw >= rolled.fetchone()[0] else hour + 3600)
-
-
-def stored_range(db: sqlite3.Connection) -> tuple[datetime, datetime] | None:
-    """Default range: from the first hour holding data to the end of the last one."""
-    lows, highs = [], []
-    for sql in (
-        # the last observation ends the newest run, which started within the hour before it
-        "SELECT min(at), (SELECT max(until) FROM runs WHERE at >= (SELECT max(at) FROM runs) "
-        "- 3600) FROM runs",
-        "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)), "
-        "max((SELECT max(hour) FROM hourly WHERE service = s.id)) FROM services s",
-        "SELECT min(hour), max(hour) FROM hour_now",
-        "SELECT min(opened_at), max(max(opened_at), coalesce(max(resolved_at), 0)) FROM incidents",
-    ):
-        lo, hi = db.execute(sql).fetchone()
-        if lo is not None:
-            lows.append(lo)
-            highs.append(hi)
-    if not lows:
-        return None
-    return _dt(_floor_hour(min(lows))), _dt(_floor_hour(max(highs)) + 3600)
-
-
-_RUN = "SELECT at, until, count, gap, serving, reason, expected, mismatch FROM observations"
-
-
-def _observations(
-    db: sqlite3.Connection, key: tuple[str, str], start: datetime, end: datetime
-) -> list[RawRun]:
-    """Runs starting in `[start, end)` and the last one starting before `start`."""
-    before = db.execute(
-        f"{_RUN} WHERE channel = ? AND business = ? AND at < ? ORDER BY at DESC LIMIT 1",
-        (*key, start.timestamp()),
-    ).fetchall()
-    rows = db.execute(
-        f"{_RUN} WHERE channel = ? AND business = ? AND at >= ? AND at < ? ORDER BY at",
-        (*key, start.timestamp(), end.timestamp()),
-    ).fetchall()
-    return [RawRun(*row) for row in before + rows]
-
-
-def _hours(
-    db: sqlite3.Connection, key: tuple[str, str], start: datetime, end: datetime
-) -> list[HourCounts]:
-    rows = db.execute(
-        "SELECT hour, probes, serving, mismatches FROM rollups WHERE channel = ? "
-        "AND business = ? AND hour >= ? AND hour < ? ORDER BY hour",
-        (*key, _floor_hour(start.timestamp()), end.timestamp()),
-    ).fetchall()
-    return [HourCounts(_dt(h), p, s, m) for h, p, s, m in rows]
-
-
-def _evidence(
-    db: sqlite3.Connection, key: tuple[str, str], direction: str, opened: float, until: float
-) -> tuple[Evidence | None, Evidence | None]:
-    """The first mismatching observation of the streak that opened the incident, and the last
-    mismatching one before it resolved (None when raw history no longer has them)."""
-    # Runs of one service do not overlap and a run is all mismatching or not, so the last
-    # calm observation up to the opening ends a calm run, the streak's first mismatching one
-    # starts a run, and the last one before the end is the last of a run's instants.
-    calm = db.execute(
-        "SELECT max(min(until, ?)) FROM observations WHERE channel = ? AND business = ? "
-        "AND at <= ? AND (mismatch IS NULL OR mismatch != ?)",
-        (opened, *key, opened, direction),
-    ).fetchone()[0]
-    first = db.execute(
-        "SELECT at, reason FROM observations WHERE channel = ? AND business = ? AND at > ? "
-        "AND at <= ? AND mismatch = ? ORDER BY at LIMIT 1",
-        (*key, calm if calm is not None else float("-inf"), until, direction),
-    ).fetchone()
-    row = db.execute(
-        f"{_RUN} WHERE channel = ? AND business = ? AND at <= ? AND until >= ? "
-        "AND mismatch = ? ORDER BY at DESC LIMIT 1",
-        (*key, until, opened, direction),
-    ).fetchone()
-    last = None
-    if row is not None:
-        run = RawRun(*row)
-        stamp = max(t for t in run.instants() if t <= until)
-        last = Evidence(_dt(stamp), run.reason)
-    return (Evidence(_dt(first[0]), first[1]) if first else None, last)
-
-
 def _incidents(
-    db: sqlite3.Connection, start: datetime, end: datetime, now: datetime
+    db: StoreReader | Store, start: datetime, end: datetime, now: datetime
 ) -> dict[tuple[str, str], list[IncidentLine]]:
-    rows = db.execute(
-        "SELECT id, channel, business, direction, opened_at, resolved_at, reason, "
-        "resolve_reason FROM incidents WHERE opened_at < ? "
-        "AND (resolved_at IS NULL OR resolved_at > ?) ORDER BY opened_at",
-        (end.timestamp(), start.timestamp()),
-    ).fetchall()
     out: dict[tuple[str, str], list[IncidentLine]] = {}
-    for ident, channel, business, direction, opened, resolved, reason, resolve_reason in rows:
-        key = (channel, business)
-        until = resolved if resolved is not None else min(end, now).timestamp()
-        first, last = _evidence(db, key, direction, opened, until)
+    for record in db.incidents_between(start, end):
+        key = (record.channel, record.business)
+        until = record.resolved_at or min(end, now)
+        first, last = db.mismatch_evidence(key, record.direction, record.opened_at, until)
         out.setdefault(key, []).append(
             IncidentLine(
-                id=ident,
-                direction=direction,
-                opened_at=_dt(opened),
-                resolved_at=_dt(resolved) if resolved is not None else None,
-                duration=timedelta(seconds=max(until - opened, 0.0)),
-                reason=reason,
-                resolve_reason=resolve_reason,
-                first=first,
-                last=last,
+                id=record.id,
+                direction=record.direction,
+                opened_at=record.opened_at,
+                resolved_at=record.resolved_at,
+                duration=timedelta(
+                    seconds=max(until.timestamp() - record.opened_at.timestamp(), 0.0)
+                ),
+                reason=record.reason,
+                resolve_reason=record.resolve_reason,
+                first=Evidence(first.at, first.reason) if first else None,
+                last=Evidence(last.at, last.reason) if last else None,
             )
         )
     return out
 
 
+def _hours(
+    db: StoreReader | Store, key: tuple[str, str], start: datetime, end: datetime
+) -> list[HourCounts]:
+    rows = db.service_rollups(key, start, end)
+    return [HourCounts(r.hour, r.probes, r.serving, r.mismatches) for r in rows]
+
+
 def build_report(
     plan: Plan,
-    db: sqlite3.Connection,
+    db: StoreReader | Store,
     start: datetime | None = None,
     end: datetime | None = None,
     *,
@@ -489,14 +366,14 @@ def build_report(
     """
     now = now or datetime.now(UTC)
     if start is None or end is None:
-        span = stored_range(db)
+        span = db.stored_range()
         if span is None:
             raise ReportError("the store holds no observations or incidents yet")
         start, end = start or span[0], end or span[1]
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         raise ReportError("--until must be after --from")
-    boundary = {"raw": start, "hourly": end}.get(resolution) or raw_from(db) or end
+    boundary = {"raw": start, "hourly": end}.get(resolution) or db.raw_from() or end
     split = min(max(boundary, start), end)
     used = "raw" if split <= start else "hourly" if split >= end else "mixed"
     incidents = _incidents(db, start, end, now)
@@ -521,7 +398,7 @@ def build_report(
                 hours = _hours(db, ref.key, start, split)
                 seen += tally_hourly(hours, length, start, split, times)
             if split < end:
-                found = _observations(db, ref.key, split, end)
+                found = db.runs_between(ref.key, split, end)
                 seen += tally_raw(pieces, covered_runs(found, length, split, end), times)
             times.unobserved = (end - start).total_seconds() - seen
             lines.append(ServiceLine(ref, times, incidents.pop(ref.key, [])))

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import sqlite3
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from monitor.gc_watch import settle
 from monitor.pipeline import Pipeline
 from monitor.plan import ServiceRef
+from monitor.store import SQLiteError
 
 if TYPE_CHECKING:
     from monitor.plan_change import PlanChange
@@ -419,11 +419,11 @@ class Scheduler:
         itself runs on (shielded) and `stop` flushes once more after it. A failed write (a full
         disk) is the store's to report (once, in the log, /healthz and the metrics); the
         observations wait for the next attempt."""
-        with contextlib.suppress(asyncio.CancelledError, sqlite3.Error):
+        with contextlib.suppress(asyncio.CancelledError, SQLiteError):
             await asyncio.shield(self.pipeline.flush())
 
     async def _prune(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # a full disk: pruning waits for the next hour
+        with contextlib.suppress(SQLiteError):  # a full disk: pruning waits for the next hour
             await self.pipeline.store.call(self.pipeline.store.prune, self.pipeline.clock.now())
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -453,5 +453,5 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.workers = []
-        with contextlib.suppress(sqlite3.Error):  # the store's close says what could not be kept
+        with contextlib.suppress(SQLiteError):  # the store's close says what could not be kept
             await self.pipeline.flush()

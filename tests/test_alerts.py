@@ -23,7 +23,7 @@ import respx
 from helpers import async_wait_for
 
 from monitor import alerts
-from monitor.alerts import dingtalk, feishu, outbox, webhook, wecom
+from monitor.alerts import dingtalk, feishu, webhook, wecom
 from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.base import Sink, SinkError
 from monitor.alerts.message import Alert, reason_en, reason_zh
@@ -540,7 +540,7 @@ def make_sender(store: Store, tables: list[dict], **options) -> AlertSender:
 
 
 def outbox_rows(store: Store) -> list[dict]:
-    return outbox.rows(store.db)
+    return store.outbox.rows()
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -615,7 +615,7 @@ def test_a_transition_is_queued_once_per_sink(store: Store) -> None:
     record = store.record_event("hbzwfw", "social-insurance", open_event())
     alert = alert_for(make_plan(), record, "opened", OPENED_AT, "HTTP 200")
     with store.db:
-        assert outbox.enqueue(store.db, ["webhook"], alert, time.time()) == 0
+        assert store.outbox.enqueue(["webhook"], alert.dedup_key, alert.to_json(), time.time()) == 0
     assert len(outbox_rows(store)) == 1
 
 

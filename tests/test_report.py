@@ -34,7 +34,6 @@ from monitor.report import (
     covered,
     open_readonly,
     plan_pieces,
-    raw_from,
     tally_hourly,
 )
 from monitor.report_formats import as_csv, as_html, as_json, as_text
@@ -226,7 +225,7 @@ def test_pruned_history_is_served_by_rollups_from_the_last_complete_hour(setup: 
     try:
         store.prune(at("10:25") + store.retention)  # cuts into the 10:00 hour
         reader = open_readonly(db)
-        assert raw_from(reader) == at("11:00")
+        assert reader.raw_from() == at("11:00")
         reader.close()
         store.prune(at("11:30") + store.retention)  # the 11:00 hour still has all its probes
     finally:

@@ -263,16 +263,16 @@ def test_incident_hooks_run_in_the_same_transaction(store: Store, db: Path) -> N
     store.db.commit()
     seen: list[tuple[int, str, bool]] = []
 
-    def outbox(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
-        conn.execute("INSERT INTO outbox VALUES (?, ?)", (record.id, ev.kind))
-        seen.append((record.id, ev.kind, conn.in_transaction))
+    def outbox(record: IncidentRecord, ev: IncidentEvent) -> None:
+        store.db.execute("INSERT INTO outbox VALUES (?, ?)", (record.id, ev.kind))
+        seen.append((record.id, ev.kind, store.db.in_transaction))
 
     store.incident_hooks.append(outbox)
     opened = store.record_event("portal", "pension", event("opened", HOUR))
     assert seen == [(opened.id, "opened", True)], "the hook runs before the commit"
     assert query(db, "SELECT * FROM outbox") == [(opened.id, "opened")]
 
-    def broken(conn: sqlite3.Connection, record: IncidentRecord, ev: IncidentEvent) -> None:
+    def broken(record: IncidentRecord, ev: IncidentEvent) -> None:
         raise RuntimeError("the alert sink's row cannot be written")
 
     store.incident_hooks.append(broken)
@@ -482,7 +482,7 @@ def test_a_flush_writes_its_runs_and_rollups_in_a_few_statements(tmp_path: Path)
 
 
 def test_updates_from_values_go_in_chunks_the_connection_allows(tmp_path: Path) -> None:
-    from monitor.store import _update_from_values
+    from monitor.store.writer import _update_from_values
 
     db = sqlite3.connect(tmp_path / "t.db")
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, n INTEGER)")

@@ -87,7 +87,7 @@ def test_the_wal_stays_bounded_by_the_checkpoints(
 ) -> None:
     """Each checkpoint copies the WAL back; the next commit then starts it again and cuts the
     file to `WAL_LIMIT`. Without the checkpoint thread it only grows."""
-    monkeypatch.setattr(monitor.store, "WAL_LIMIT", 64 * 1024)
+    monkeypatch.setattr(monitor.store.schema, "WAL_LIMIT", 64 * 1024)
     db = tmp_path / "monitor.db"
     store = Store(db)
     try:

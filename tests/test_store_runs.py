@@ -20,7 +20,6 @@ from helpers import load_plan, python_m, query
 from test_report import PLAN, SHANGHAI, at, observe
 
 from monitor import report as reports
-from monitor.alerts import outbox
 from monitor.cli import size_argument
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.plan import Plan
@@ -183,7 +182,7 @@ def test_a_version_1_store_migrates_keeping_its_history(tmp_path: Path) -> None:
         store.close()
     reader = reports.open_readonly(db)
     try:
-        assert reports.raw_from(reader) == at("10:00")
+        assert reader.raw_from() == at("10:00")
     finally:
         reader.close()
 
@@ -208,7 +207,6 @@ def test_past_its_size_limit_the_store_drops_the_oldest_days_only(
     db = tmp_path / "monitor.db"
     now = datetime(2022, 7, 31, 12, 0, tzinfo=UTC)
     store = Store(db)
-    outbox.ensure(store.db)
     try:
         _history(store, now, days=30)
         # an incident opened long ago and still open; an alert about it not yet sent, one sent
@@ -349,7 +347,7 @@ def test_a_large_expiry_is_deleted_a_slice_at_a_time_oldest_first(tmp_path: Path
             assert kept() == hours[first:]
         reader = reports.open_readonly(db)
         try:
-            assert reports.raw_from(reader) == start + timedelta(hours=6)
+            assert reader.raw_from() == start + timedelta(hours=6)
         finally:
             reader.close()
     finally:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from monitor.alerts import outbox
 from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.base import (
     DELIVERY_TIMEOUT,
@@ -44,7 +42,7 @@ from monitor.alerts.wecom import WeComSink
 from monitor.config import AlertSink
 from monitor.judge import IncidentEvent
 from monitor.plan import Plan
-from monitor.store import IncidentRecord, Store
+from monitor.store import Delivery, IncidentRecord, Message, Store
 
 if TYPE_CHECKING:
     from monitor.notice import Notice, NoticeUpdate
@@ -156,16 +154,15 @@ class AlertSender:
         self._started = False
         #: Delivered alerts per sink since start (for tests and diagnostics).
         self.delivered: dict[str, int] = {s.name: 0 for s in self.sinks}
-        outbox.ensure(store.db)
 
     # --- inside the incident's transaction (store thread) ----------------------------------
 
-    def hook(self, db: sqlite3.Connection, record: IncidentRecord, event: IncidentEvent) -> None:
+    def hook(self, record: IncidentRecord, event: IncidentEvent) -> None:
         """Queue the transition for every sink that wants it; runs before the commit."""
         alert = alert_for(self.plan, record, event.kind, event.at, event.reason)
         targets = [sink.name for sink in self.sinks if sink.wants(alert)]
         if targets:
-            outbox.enqueue(db, targets, alert, time.time())
+            self.store.outbox.enqueue(targets, alert.dedup_key, alert.to_json(), time.time())
             self._wake_soon()
 
     def use_plan(self, change: PlanChange) -> None:
@@ -185,14 +182,11 @@ class AlertSender:
         each is sent once, also across restarts. Returns how many rows are new."""
         await self.start()
 
-        def write(db: sqlite3.Connection) -> int:
-            with db:
-                return sum(
-                    outbox.enqueue(db, [s.name for s in self.sinks if s.wants(a)], a, time.time())
-                    for a in alerts
-                )
-
-        count = await self.store.call(write, self.store.db)
+        messages = [
+            Message(tuple(s.name for s in self.sinks if s.wants(a)), a.dedup_key, a.to_json())
+            for a in alerts
+        ]
+        count = await self.store.call(self.store.outbox.add, messages, time.time())
         if count:
             self._wake_all()
         return count
@@ -215,7 +209,7 @@ class AlertSender:
             return
         self._started = True  # before any await: on_startup and a listener call may race
         self._loop = asyncio.get_running_loop()
-        waiting = await self.store.call(outbox.pending, self.store.db)
+        waiting = await self.store.call(self.store.outbox.pending)
         names = {sink.name for sink in self.sinks}
         for name, count in sorted(waiting.items()):
             if name in names:
@@ -270,7 +264,7 @@ class AlertSender:
                     ok = await self.refresh(sink)
                     wait = self.resend_interval if ok else min(self.resend_interval, self.poll)
                     next_refresh = loop.time() + wait
-                upcoming = await self.store.call(outbox.next_attempt, self.store.db, sink.name)
+                upcoming = await self.store.call(self.store.outbox.next_attempt, sink.name)
             except Exception:  # never let one sink's task die
                 log.exception("alerts: sender of sink %s failed; going on", sink.name)
             delay = self.poll
@@ -284,19 +278,21 @@ class AlertSender:
 
     async def drain(self, sink: Sink) -> None:
         """Send every due row of one sink, in order, until one fails transiently."""
-        db = self.store.db
+        outbox = self.store.outbox
         while not self._closing:
-            rows = await self.store.call(outbox.due, db, sink.name, time.time())
+            rows = await self.store.call(outbox.due, sink.name, time.time())
             if not rows:
                 return
             for row in rows:
                 if self._closing:
                     return
                 try:
-                    answer = await within(sink.send(row.alert), self.delivery_timeout)
+                    answer = await within(
+                        sink.send(Alert.from_json(row.payload)), self.delivery_timeout
+                    )
                 except SinkError as exc:
                     if exc.permanent:
-                        await self.store.call(outbox.give_up, db, row.id, time.time(), str(exc))
+                        await self.store.call(outbox.give_up, row.id, time.time(), str(exc))
                         log.error(
                             "alerts: %s to sink %s given up after %d attempt(s): %s",
                             row.dedup_key,
@@ -311,17 +307,17 @@ class AlertSender:
                     log.exception("alerts: sink %s raised unexpectedly", sink.name)
                     await self._retry(sink, row, f"internal error ({type(exc).__name__})")
                     return
-                await self.store.call(outbox.delivered, db, row.id, time.time())
+                await self.store.call(outbox.delivered, row.id, time.time())
                 self.delivered[sink.name] = self.delivered.get(sink.name, 0) + 1
                 log.info("alerts: %s delivered to sink %s (%s)", row.dedup_key, sink.name, answer)
 
     async def _retry(
-        self, sink: Sink, row: outbox.Delivery, error: str, asked: float | None = None
+        self, sink: Sink, row: Delivery, error: str, asked: float | None = None
     ) -> None:
         delay = backoff(row.attempts + 1, self.backoff_base, self.backoff_cap, self.jitter)
         if asked is not None:  # never sooner than the sink asked (already capped at 5 minutes)
             delay = max(delay, asked)
-        await self.store.call(outbox.retry, self.store.db, row.id, time.time() + delay, error)
+        await self.store.call(self.store.outbox.retry, row.id, time.time() + delay, error)
         log.warning(
             "alerts: %s to sink %s failed (attempt %d: %s); next try in %.1f s",
             row.dedup_key,

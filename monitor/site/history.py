@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from operator import add
 
 from monitor.plan import Plan, ServiceRef
-from monitor.store import IncidentRecord, Store
+from monitor.store import IncidentRecord, StoreReads
 
 DAYS = 90
 
@@ -89,74 +89,14 @@ def _midnight(day: date, zone: tzinfo) -> datetime:
     return datetime.combine(day, time(), tzinfo=zone)
 
 
-def _offset_sql(zone: tzinfo, start: datetime, end: datetime) -> tuple[str, list[float]]:
-    """A SQL expression for the zone's UTC offset (seconds) at `hour`: one value, or a CASE
-    over the offset changes (DST) between `start` and `end`, found day by day and bisected."""
-
-    def offset(at: datetime) -> float:
-        return at.astimezone(zone).utcoffset().total_seconds()  # type: ignore[union-attr]
-
-    at, stop = start.astimezone(UTC), end.astimezone(UTC)
-    first = current = offset(at)
-    changes: list[tuple[float, float]] = []
-    while at < stop:
-        following = at + timedelta(days=1)
-        if offset(following) != current:
-            lo, hi = at, following
-            while hi - lo > timedelta(seconds=1):
-                mid = lo + (hi - lo) / 2
-                lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
-            current = offset(following)
-            changes.append((hi.timestamp(), current))
-        at = following
-    if not changes:
-        return "?", [first]
-    params: list[float] = []
-    previous = first
-    for instant, value in changes:
-        params += [instant, previous]
-        previous = value
-    sql = "CASE " + " ".join("WHEN hour < ? THEN ?" for _ in changes) + " ELSE ? END"
-    return sql, [*params, previous]
-
-
 def day_totals(
-    store: Store, keys: list[tuple[str, str]], zone: tzinfo, first: date, last: date
+    store: StoreReads, keys: list[tuple[str, str]], zone: tzinfo, first: date, last: date
 ) -> dict[tuple[str, str], dict[int, Day]]:
     """Rollup hours of these services summed per local day (index 0 is `first`)."""
     start = _midnight(first, zone)
     end = _midnight(last + timedelta(days=1), zone)
-    offset, offset_params = _offset_sql(zone, start, end)
-    base = start.timestamp() + start.utcoffset().total_seconds()  # type: ignore[union-attr]
-    # One query per channel (up to `_CHUNK` services at a time) seeks the primary key
-    # (channel, business, hour) once per service, so the cost follows the window, not the
-    # whole retained history, and 10,000 services cost 100 statements, not 10,000. An hour up
-    # while expected down can only come from its expected_down probes; in an hour that saw
-    # both expectations (a planned change inside it) the smaller count is taken.
-    by_channel: dict[str, list[str]] = {}
-    for channel, business in keys:
-        by_channel.setdefault(channel, []).append(business)
-    out: dict[tuple[str, str], dict[int, Day]] = {}
-    for channel, names in by_channel.items():
-        for at in range(0, len(names), _CHUNK):
-            chunk = names[at : at + _CHUNK]
-            query = (
-                f"SELECT business, CAST((hour + {offset} - ?) / 86400 AS INTEGER) AS day, "
-                "sum(probes), sum(serving), sum(expected_up), sum(expected_down), "
-                "sum(mismatches), sum(CASE WHEN mismatches = 0 OR expected_down = 0 THEN 0 "
-                "WHEN expected_up = 0 THEN mismatches "
-                "ELSE min(mismatches, expected_down, serving) END) "
-                f"FROM rollups WHERE channel = ? AND business IN ({','.join('?' * len(chunk))}) "
-                "AND hour >= ? AND hour < ? GROUP BY business, day"
-            )
-            params = [*offset_params, base, channel, *chunk, start.timestamp(), end.timestamp()]
-            for business, day, *sums in store.db.execute(query, params):
-                out.setdefault((channel, business), {})[int(day)] = Day(*sums)
-    return out
-
-
-#: Services of one channel summed by one statement.
-_CHUNK = 500
+    sums = store.day_sums(keys, zone, start, end)
+    return {key: {day: Day(*row) for day, row in days.items()} for key, days in sums.items()}
 
 
 def planned_down_days(plan: Plan, ref: ServiceRef, first: date, last: date) -> set[int]:
@@ -205,7 +145,7 @@ def runs(kinds: list[str]) -> tuple[Run, ...]:
 
 
 def day_kinds(
-    plan: Plan, store: Store, first: date, last: date
+    plan: Plan, store: StoreReads, first: date, last: date
 ) -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], date]]:
     """The kind of every day in `[first, last]` of every service, and for each service with
     rollups in those days the last such day. Summed a channel at a time: the sums of 90 days
@@ -278,7 +218,7 @@ class DayCache:
         self.seen: dict[tuple[str, str], date] = {}
 
     def day_kinds(
-        self, plan: Plan, store: Store, first: date, last: date
+        self, plan: Plan, store: StoreReads, first: date, last: date
     ) -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], date]]:
         """As `day_kinds`, from what is kept plus the days not yet over."""
         settled = max(first, last - timedelta(days=1))  # days before it are over
@@ -304,7 +244,7 @@ class DayCache:
 
 def load(
     plan: Plan,
-    store: Store | None,
+    store: StoreReads | None,
     at: datetime,
     incident_limit: int = 500,
     cache: DayCache | None = None,

@@ -17,7 +17,7 @@ from monitor.judge import Verdict, thresholds_for
 from monitor.notice import Notice, NoticesFile
 from monitor.plan import TICK, Expectation, Plan, ServiceRef
 from monitor.site.history import History
-from monitor.store import Store
+from monitor.store import StoreReads
 
 #: Page states of a service, in the order the page lists them. `open` is planned open and
 #: seen working; `unobserved` is planned open with nothing observed (schedule-only, or no fresh
@@ -80,7 +80,7 @@ def stale_after(plan: Plan, ref: ServiceRef) -> timedelta:
     return thresholds_for(plan, ref).stale_after
 
 
-def snapshot_from_store(plan: Plan, store: Store | None, at: datetime) -> Snapshot:
+def snapshot_from_store(plan: Plan, store: StoreReads | None, at: datetime) -> Snapshot:
     """Verdicts as of `at` from what the store holds: an incident open at `at` gives its
     direction, a fresh observation without one gives `ok`, anything else `unknown`."""
     if store is None:

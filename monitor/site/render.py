@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 import uuid
 import zlib
@@ -31,7 +30,7 @@ from monitor.site import notices as site_notices
 from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import Content, publish, tidy
 from monitor.site.words import WORDS, Lang, pick
-from monitor.store import Store
+from monitor.store import StoreReader, StoreReads
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -713,7 +712,7 @@ def render(
     plan: Plan,
     site: Path,
     at: datetime,
-    store: Store | None = None,
+    store: StoreReads | None = None,
     snapshot: Snapshot | None = None,
     durable: bool = False,
     notices: NoticesFile | None = None,
@@ -741,19 +740,12 @@ def render(
     return Rendered(folder, sizes, time.perf_counter() - started)
 
 
-def open_store(db: Path | None) -> Store | None:
-    """The store at `db`, read-only; None when there is none yet (no history, not an error).
-    Raises sqlite3.DatabaseError when the file is not a store."""
+def open_store(db: Path | None) -> StoreReader | None:
+    """The store at `db`, read-only through its read API; None when there is none yet (no
+    history, not an error). Raises StoreError when the file is not a store of this version."""
     if db is None or not Path(db).exists():
         return None
-    store = Store(db, readonly=True)
-    try:
-        store.db.execute("SELECT 1 FROM rollups LIMIT 1").fetchall()
-        store.db.execute("SELECT 1 FROM incidents LIMIT 1").fetchall()
-    except sqlite3.DatabaseError:
-        store.db.close()
-        raise
-    return store
+    return StoreReader(db)
 
 
 def render_from(
@@ -765,6 +757,6 @@ def render_from(
         rendered = render(plan, site, at, store, durable=True, notices=notices)
     finally:
         if store is not None:
-            store.db.close()
+            store.close()
     tidy(site)  # one publish and done: no work folder left beside the site
     return rendered

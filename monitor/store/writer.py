@@ -1,32 +1,13 @@
-"""History in one SQLite file: observations, hourly rollups, incidents.
-
-Raw observations are kept for a short retention window, as runs (a row for as long as a
-service keeps seeing the same thing, see SCHEMA_V2), hourly rollups per service for long
-history (the page's 90-day bars), incidents for ever; past a size limit the oldest days go
-first (`Store.prune_for_size`). The file is in WAL mode so readers (the
-site renderer, `channel-monitor render`) never wait for the writer. All writes run on one
-worker thread through `Store.call`, so the event loop never blocks on the disk; the WAL is
-copied back into the file by a thread of its own (`monitor.checkpoint`), never inside a
-flush, and pruning deletes in slices that ride along with the flushes.
-
-The file carries its schema version (`PRAGMA user_version`); opening it as the writer runs the
-migrations it lacks, so a store written by an older version opens in a newer one, and one
-written by a newer version is refused rather than half understood. Only one writer may hold a
-store: `lock_store` takes an OS lock beside it that the kernel drops when the process dies.
-A store that cannot be opened raises `StoreError`, whose message says what is wrong and what
-to do, in both languages, so the command line can print it as it is.
+"""The writer: buffered observations written as runs and hourly rollups on the store's own
+thread, incident transitions with their hooks in one transaction, and pruning.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import errno
-import fcntl
 import logging
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -35,13 +16,24 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from monitor.checkpoint import WAL_LIMIT, Checkpointer
-from monitor.judge import IncidentEvent, OpenIncident, Verdict
-from monitor.probe import Observation
+from monitor.judge import IncidentEvent
+from monitor.store.checkpoints import Checkpointer
+from monitor.store.errors import _check_file
+from monitor.store.lock import lock_store
+from monitor.store.outbox import Outbox
+from monitor.store.read import StoreReads
+from monitor.store.records import (
+    IncidentRecord,
+    PendingObservation,
+    Rollup,
+    _dt,
+    _ts,
+)
+from monitor.store.schema import open_reader, open_writer
 
 T = TypeVar("T")
 
@@ -69,446 +61,6 @@ PRUNE_SLICE = 5_000
 FLUSH_PRUNE_SLICE = 1_000
 #: How long `close` waits for a reader still in the WAL before it gives up emptying it, ms.
 CLOSE_WAIT_MS = 2000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS observations (
-    id INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    business TEXT NOT NULL,
-    at REAL NOT NULL,
-    serving INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    status_code INTEGER,
-    duration REAL NOT NULL,
-    expected TEXT NOT NULL,
-    mismatch TEXT
-);
-CREATE INDEX IF NOT EXISTS observations_service_at ON observations (channel, business, at);
-CREATE INDEX IF NOT EXISTS observations_at ON observations (at);
-CREATE TABLE IF NOT EXISTS rollups (
-    channel TEXT NOT NULL,
-    business TEXT NOT NULL,
-    hour REAL NOT NULL,
-    probes INTEGER NOT NULL,
-    serving INTEGER NOT NULL,
-    expected_up INTEGER NOT NULL,
-    expected_down INTEGER NOT NULL,
-    mismatches INTEGER NOT NULL,
-    duration_sum REAL NOT NULL,
-    duration_max REAL NOT NULL,
-    PRIMARY KEY (channel, business, hour)
-);
-CREATE TABLE IF NOT EXISTS incidents (
-    id INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    business TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    opened_at REAL NOT NULL,
-    resolved_at REAL,
-    reason TEXT NOT NULL,
-    resolve_reason TEXT,
-    expected TEXT NOT NULL,
-    period TEXT
-);
-CREATE INDEX IF NOT EXISTS incidents_open ON incidents (resolved_at);
-"""
-
-#: Version 2: raw history as runs, services by number, rollups keyed by that number.
-#:
-#: A row of `runs` stands for `count` observations of one service from `at` (the first) to
-#: `until` (the last) that saw the same thing (serving, reason, expected, mismatch), inside one
-#: hour, spaced evenly within half an interval either way, `gap` (ms, rounded up) the longest
-#: time between two of them; `status_code` and `duration` are the last one's. A service that
-#: keeps answering alike costs a row an hour instead of sixty, and the flush updates the run in
-#: place. `hourly` holds the rollups by service number and hour (seconds), durations in ms,
-#: except each service's latest hour, which is in `hour_now` (one row a service, in service
-#: order) until its next hour begins: a flush then adds to a few neighbouring pages instead of
-#: one page per service in a table of months of hours. The views `observations` (one row per
-#: run) and `rollups` (exactly the old rows) give readers the old names and columns, and their
-#: filters on channel, business, `at` and `hour` still reach the indexes. v1's raw rows become
-#: runs of one observation each.
-SCHEMA_V2 = """
-CREATE TABLE services (
-    id INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    business TEXT NOT NULL,
-    UNIQUE (channel, business)
-);
-INSERT INTO services (channel, business)
-    SELECT channel, business FROM observations UNION SELECT channel, business FROM rollups
-    ORDER BY 1, 2;
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
-    service INTEGER NOT NULL,
-    at REAL NOT NULL,
-    until REAL NOT NULL,
-    count INTEGER NOT NULL,
-    gap INTEGER NOT NULL,
-    serving INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    expected TEXT NOT NULL,
-    mismatch TEXT,
-    status_code INTEGER,
-    duration REAL NOT NULL
-);
-INSERT INTO runs (service, at, until, count, gap, serving, reason, expected, mismatch,
-                  status_code, duration)
-    SELECT s.id, o.at, o.at, 1, 0, o.serving, o.reason, o.expected, o.mismatch, o.status_code,
-           o.duration
-    FROM observations o JOIN services s USING (channel, business) ORDER BY o.at, o.id;
-CREATE INDEX runs_service_at ON runs (service, at);
-CREATE INDEX runs_at ON runs (at);
-CREATE TABLE hourly (
-    service INTEGER NOT NULL,
-    hour INTEGER NOT NULL,
-    probes INTEGER NOT NULL,
-    serving INTEGER NOT NULL,
-    expected_up INTEGER NOT NULL,
-    expected_down INTEGER NOT NULL,
-    mismatches INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL,
-    duration_max INTEGER NOT NULL,
-    PRIMARY KEY (service, hour)
-) WITHOUT ROWID;
-INSERT INTO hourly
-    SELECT s.id, CAST(r.hour AS INTEGER), r.probes, r.serving, r.expected_up, r.expected_down,
-           r.mismatches, CAST(round(r.duration_sum * 1000) AS INTEGER),
-           CAST(round(r.duration_max * 1000) AS INTEGER)
-    FROM rollups r JOIN services s USING (channel, business);
--- the columns of hourly, keyed by service alone
-CREATE TABLE hour_now (service INTEGER PRIMARY KEY, hour INTEGER NOT NULL,
-    probes INTEGER NOT NULL, serving INTEGER NOT NULL, expected_up INTEGER NOT NULL,
-    expected_down INTEGER NOT NULL, mismatches INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL, duration_max INTEGER NOT NULL);
-INSERT INTO hour_now
-    SELECT * FROM hourly WHERE (service, hour) IN (
-        SELECT service, max(hour) FROM hourly GROUP BY service);
-DELETE FROM hourly WHERE (service, hour) IN (SELECT service, hour FROM hour_now);
-DROP TABLE observations;
-DROP TABLE rollups;
-CREATE VIEW observations AS
-    SELECT s.channel, s.business, r.at, r.until, r.count, r.gap / 1000.0 AS gap, r.serving,
-           r.reason, r.expected, r.mismatch, r.status_code, r.duration
-    FROM runs r JOIN services s ON s.id = r.service;
-CREATE VIEW rollups AS
-    SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
-           h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
-           h.duration_max / 1000.0 AS duration_max
-    FROM hourly h JOIN services s ON s.id = h.service
-    UNION ALL
-    SELECT s.channel, s.business, h.hour, h.probes, h.serving, h.expected_up, h.expected_down,
-           h.mismatches, h.duration_sum / 1000.0 AS duration_sum,
-           h.duration_max / 1000.0 AS duration_max
-    FROM hour_now h JOIN services s ON s.id = h.service;
-"""
-
-#: `MIGRATIONS[n]` takes a store from schema version n to n + 1. Version 0 is a new file or one
-#: written before versions were kept (its tables are exactly SCHEMA's, so `IF NOT EXISTS` makes
-#: both whole). Add a change as a new entry; never edit an old one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2)
-SCHEMA_VERSION = len(MIGRATIONS)
-#: The oldest SQLite that can write the store: UPDATE ... FROM (3.33) and DELETE ... RETURNING
-#: (3.35). Reading it needs neither.
-MIN_SQLITE = (3, 35, 0)
-#: The tables (and views) a file must have to be read as a store.
-TABLES = ("runs", "hourly", "hour_now", "services", "observations", "rollups", "incidents")
-#: The tables of a version-0 file: one that has none of them is some other program's.
-V0_TABLES = ("observations", "rollups", "incidents")
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message says what is wrong and what to do."""
-
-
-class StoreBusy(StoreError):
-    """Another process holds the store (two writers would open every incident twice)."""
-
-    def __init__(self, path: Path, pid: int | None) -> None:
-        who = f"process {pid}" if pid else "another process"
-        super().__init__(
-            f"{path}: in use by {who} (another `channel-monitor run`); stop it or name another "
-            f"--db. / 存储正被{'进程 ' + str(pid) if pid else '另一个进程'}使用（另一个 run），"
-            "请先停止它或换一个 --db。"
-        )
-        self.pid = pid
-
-
-class StoreLock:
-    """The writer's lock on a store: `<store>.lock`, holding the owner's pid.
-
-    `flock` belongs to the open file, so the kernel releases it when the process ends, however
-    it ends (SIGKILL included): a stale lock file never blocks the next start.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(f"{path}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> StoreLock:
-        """Take the lock or raise StoreBusy (or StoreError when the file cannot be made)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StoreError(_os_problem(self.path, exc)) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise StoreBusy(self.path.with_suffix(""), holder) from None
-            raise StoreError(_os_problem(self.path, exc)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Drop the lock (the file stays: removing it would race with a new holder)."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
-
-
-def lock_store(path: str | Path) -> StoreLock:
-    """Take the one-writer lock of the store at `path`; raises StoreBusy when it is held."""
-    return StoreLock(Path(path)).acquire()
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _os_problem(path: Path, exc: OSError) -> str:
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (
-            f"{path}: cannot be written ({exc.strerror}); run needs a writable store: make the "
-            "folder writable or name another --db. / 无法写入，run 需要可写的存储：请让文件夹"
-            "可写或换一个 --db。"
-        )
-    return (
-        f"{path}: {exc.strerror or exc}; check the path or name another --db. / "
-        "无法使用该路径，请检查或换一个 --db。"
-    )
-
-
-def _sqlite_problem(path: Path, exc: sqlite3.Error, writing: bool) -> str:
-    """What an SQLite error at open means to the person who named the file."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    missing_table = not writing and name == "SQLITE_ERROR"  # "no such table"
-    if name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT") or missing_table:
-        return (
-            f"{path}: not a channel-monitor store, or a damaged one ({exc}); move it aside and "
-            "name a new --db (a new store starts empty). / 不是本程序的存储文件或已损坏：请移开"
-            "它并换一个新的 --db（新存储从空开始）。"
-        )
-    if writing and (name.startswith("SQLITE_READONLY") or not _writable(path)):
-        return (
-            f"{path}: read-only ({exc}); run needs to write its store: make the file and its "
-            "folder writable or name another --db (render can read a read-only store). / 存储"
-            "只读，run 需要写入：请让文件及其文件夹可写或换一个 --db（render 可以读取只读存储）。"
-        )
-    if name == "SQLITE_FULL":
-        return f"{path}: the disk is full ({exc}); free some space. / 磁盘已满，请腾出空间。"
-    return (
-        f"{path}: cannot be opened as a store ({exc}); check the file or name another --db. / "
-        "无法打开存储，请检查文件或换一个 --db。"
-    )
-
-
-def _writable(path: Path) -> bool:
-    target = path if path.exists() else path.parent
-    return os.access(target, os.W_OK) and os.access(path.parent, os.W_OK)
-
-
-def _check_file(path: Path) -> None:
-    """Refuse at once what SQLite would only half refuse (a folder, /dev/null, a FIFO)."""
-    if path.is_dir():
-        raise StoreError(
-            f"{path}: is a folder, not a store file; name a file, e.g. {path / 'monitor.db'}. / "
-            "这是一个文件夹而不是存储文件，请指定一个文件。"
-        )
-    if path.exists() and not path.is_file():
-        raise StoreError(
-            f"{path}: not a regular file; name a file for the store. / 不是普通文件，请为存储"
-            "指定一个文件。"
-        )
-
-
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Bring the file to SCHEMA_VERSION; refuse a file that is some other program's."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: written by a newer channel-monitor (schema {version}, this one knows up "
-            f"to {SCHEMA_VERSION}); upgrade, or name another --db. / 存储由更新版本写入，请升级"
-            "本程序或换一个 --db。"
-        )
-    if version == 0:
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if names and not names & set(V0_TABLES):
-            raise StoreError(
-                f"{path}: an SQLite file of another program (no observations, rollups or "
-                "incidents table); name another --db. / 这是其他程序的 SQLite 文件，请换一个 --db。"
-            )
-    for step in range(version, SCHEMA_VERSION):
-        # one transaction a step, with its version: a crash mid-way leaves the step undone
-        db.executescript(f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;")
-    # written every time: it is also the proof that the file takes writes
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    db.commit()
-
-
-def version_problem(path: Path | str, version: int) -> str:
-    """Why a reader cannot read a store of another schema version, and what to do."""
-    if version > SCHEMA_VERSION:
-        return (
-            f"{path}: written by a newer channel-monitor (schema {version}, this one reads "
-            f"{SCHEMA_VERSION}); upgrade. / 存储由更新版本写入，请升级本程序。"
-        )
-    return (
-        f"{path}: written by an older channel-monitor (schema {version}); `channel-monitor run` "
-        "with this version upgrades it when it opens it, keeping its history. / 存储由旧版本"
-        "写入：用本版本的 channel-monitor run 打开一次即可升级（历史保留）。"
-    )
-
-
-def open_writer(path: Path) -> sqlite3.Connection:
-    """The writer's connection, migrated; StoreError with the reason when it cannot be."""
-    _check_file(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(_os_problem(path.parent, exc)) from None
-    if sqlite3.sqlite_version_info < MIN_SQLITE:
-        raise StoreError(
-            f"SQLite {sqlite3.sqlite_version} is too old to write the store {path}: it needs "
-            f"{'.'.join(map(str, MIN_SQLITE))} or later (UPDATE ... FROM, DELETE ... RETURNING); "
-            "use a Python linked against a newer SQLite"
-        )
-    db = None
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        _migrate(db, path)
-        # the writer's commits never checkpoint (a flush never does one inside it): the
-        # store's Checkpointer does, on a thread and connection of its own
-        db.execute("PRAGMA wal_autocheckpoint = 0")
-        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
-    except sqlite3.Error as exc:
-        if db is not None:
-            db.close()
-        raise StoreError(_sqlite_problem(path, exc, writing=True)) from None
-    except StoreError:
-        if db is not None:
-            db.close()
-        raise
-    return db
-
-
-def open_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection that works on a read-only file or mount too.
-
-    `mode=ro` still needs the WAL's shared-memory file beside the store, which a read-only
-    folder cannot hold; then the file is opened `immutable`, which is right for it: nothing can
-    be writing to a store on a read-only folder.
-    """
-    _check_file(path)
-    uri = path.resolve().as_uri()  # percent-encodes `?`, `#`, `%`
-    last: sqlite3.Error | None = None
-    for query in ("mode=ro", "immutable=1"):
-        db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            # a version-0 file is a store (of an old version) only if it has the old tables
-            expected = {SCHEMA_VERSION: TABLES, 0: V0_TABLES}.get(version, ())
-            for table in expected:
-                db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            db.close()
-            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
-                raise StoreError(_sqlite_problem(path, exc, writing=False)) from None
-            last = exc
-            continue
-        if version != SCHEMA_VERSION:
-            db.close()
-            raise StoreError(version_problem(path, version))
-        return db
-    assert last is not None
-    raise StoreError(_sqlite_problem(path, last, writing=False))
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentRecord:
-    """An incident as stored."""
-
-    id: int
-    channel: str
-    business: str
-    direction: str
-    opened_at: datetime
-    resolved_at: datetime | None
-    reason: str
-    resolve_reason: str | None
-    expected: str
-    period: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rollup:
-    """One hour of one service."""
-
-    channel: str
-    business: str
-    hour: datetime
-    probes: int
-    serving: int
-    expected_up: int
-    expected_down: int
-    mismatches: int
-    duration_sum: float
-    duration_max: float
-
-
-@dataclass(frozen=True, slots=True)
-class PendingObservation:
-    """An observation waiting in the write buffer, with what the judge made of it."""
-
-    channel: str
-    business: str
-    observation: Observation
-    expected: str
-    mismatch: Verdict | None
-
-
-@dataclass(frozen=True, slots=True)
-class RawRun:
-    """A stored run: `count` observations alike from `at` to `until` (see SCHEMA_V2)."""
-
-    at: float
-    until: float
-    count: int
-    gap: float
-    serving: int
-    reason: str
-    expected: str
-    mismatch: str | None
-
-    def instants(self) -> list[float]:
-        """When its observations were made: the first and last exactly, those between at the
-        run's even spacing (exact for a steady interval, within half an interval always)."""
-        if self.count <= 1:
-            return [self.at]
-        step = (self.until - self.at) / (self.count - 1)
-        return [self.at + k * step for k in range(self.count - 1)] + [self.until]
 
 
 @dataclass(slots=True)
@@ -693,19 +245,13 @@ def _update_from_values(
         )
 
 
-def _ts(value: datetime) -> float:
-    return value.timestamp()
+#: Hooks that run inside an incident's transaction, on the store's thread: what they write
+#: through the store (the alert sender queues its rows in `Store.outbox`) commits or rolls
+#: back with the incident.
+IncidentHook = Callable[[IncidentRecord, IncidentEvent], None]
 
 
-def _dt(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-#: Hooks that run inside an incident's transaction (the alert outbox adds its rows here).
-IncidentHook = Callable[[sqlite3.Connection, IncidentRecord, IncidentEvent], None]
-
-
-class Store:
+class Store(StoreReads):
     """One SQLite file. Methods without `async` run on the caller's thread; use `call` from
     the event loop so they run on the store's own worker thread instead."""
 
@@ -761,6 +307,8 @@ class Store:
             if self._owner is not None:
                 self._owner.release()
             raise
+        #: The alert outbox, on this store's connection.
+        self.outbox = Outbox(self.db)
         #: The writer's checkpoints, on a thread of their own (None: read-only).
         self.checkpoints: Checkpointer | None = None
         if not readonly:
@@ -1075,21 +623,12 @@ class Store:
             (rolled, budget),
         ).rowcount
         sent = 0
-        if alerts is not None and self._has_outbox():
-            sent = self.db.execute(
-                "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox WHERE "
-                "created_at < ? AND (delivered_at IS NOT NULL OR failed_at IS NOT NULL) "
-                "LIMIT ?)",
-                (alerts, budget),
-            ).rowcount
+        if alerts is not None:
+            sent = self.outbox.delete_done_before(alerts, budget)
         last = max(runs, hours, sent) < budget
         if last:  # the latest hours of services long gone go with the last slice
             self._drop_latest_before(rolled)
         return (runs, hours, sent), last
-
-    def _has_outbox(self) -> bool:
-        query = "SELECT 1 FROM sqlite_master WHERE name = 'alert_outbox'"
-        return self.db.execute(query).fetchone() is not None
 
     def _expired(self, done: _Slice | None) -> None:
         """After a slice's commit: count it, and once nothing is left, end the expiry and look
@@ -1256,7 +795,7 @@ class Store:
                 )
             record = self._incident(incident_id)
             for hook in self.incident_hooks:
-                hook(self.db, record, event)
+                hook(record, event)
         self._wrote()
         return record
 
@@ -1271,92 +810,6 @@ class Store:
         if row is None:
             raise LookupError(f"no open {event.direction} incident for {channel}/{business}")
         return int(row[0])
-
-    def _incident(self, incident_id: int) -> IncidentRecord:
-        row = self.db.execute(
-            "SELECT id, channel, business, direction, opened_at, resolved_at, reason, "
-            "resolve_reason, expected, period FROM incidents WHERE id = ?",
-            (incident_id,),
-        ).fetchone()
-        return _incident_record(row)
-
-    def open_incidents(self) -> list[IncidentRecord]:
-        """Incidents not yet resolved: `run` resumes them after a restart."""
-        rows = self.db.execute(
-            "SELECT id, channel, business, direction, opened_at, resolved_at, reason, "
-            "resolve_reason, expected, period FROM incidents WHERE resolved_at IS NULL "
-            "ORDER BY opened_at"
-        ).fetchall()
-        return [_incident_record(r) for r in rows]
-
-    def incidents(self, since: datetime | None = None, limit: int = 500) -> list[IncidentRecord]:
-        """Incidents opened or still open since `since`, newest first."""
-        floor = _ts(since) if since else 0.0
-        rows = self.db.execute(
-            "SELECT id, channel, business, direction, opened_at, resolved_at, reason, "
-            "resolve_reason, expected, period FROM incidents "
-            "WHERE opened_at >= ? OR resolved_at IS NULL OR resolved_at >= ? "
-            "ORDER BY opened_at DESC LIMIT ?",
-            (floor, floor, limit),
-        ).fetchall()
-        return [_incident_record(r) for r in rows]
-
-    # --- reads -----------------------------------------------------------------------------
-
-    def rollups(self, since: datetime, until: datetime | None = None) -> list[Rollup]:
-        """Hourly rollups in `[since, until)`, ordered by service and hour."""
-        top = _ts(until) if until else float("inf")
-        rows = self.db.execute(
-            "SELECT channel, business, hour, probes, serving, expected_up, expected_down, "
-            "mismatches, duration_sum, duration_max FROM rollups WHERE hour >= ? AND hour < ? "
-            "ORDER BY channel, business, hour",
-            (_ts(since), top),
-        ).fetchall()
-        return [Rollup(r[0], r[1], _dt(r[2]), *r[3:]) for r in rows]  # type: ignore[arg-type]
-
-    def last_observations(self) -> dict[tuple[str, str], Observation]:
-        """The newest stored observation of every service (the last of its latest run)."""
-        rows = self.db.execute(
-            "SELECT s.channel, s.business, r.until, r.serving, r.reason, r.status_code, "
-            "r.duration FROM runs r JOIN (SELECT service, max(until) AS until FROM runs "
-            "GROUP BY service) last USING (service, until) JOIN services s ON s.id = r.service"
-        ).fetchall()
-        return {
-            (r[0], r[1]): Observation(
-                at=_dt(r[2]),  # type: ignore[arg-type]
-                serving=bool(r[3]),
-                reason=r[4],
-                status_code=r[5],
-                duration_seconds=r[6],
-            )
-            for r in rows
-        }
-
-    def runs(self, channel: str, business: str, since: datetime) -> list[RawRun]:
-        """The runs of one service holding observations since `since`, in time order."""
-        return read_runs(self.db, (channel, business), _ts(since))
-
-    def observations(self, channel: str, business: str, since: datetime) -> list[tuple]:
-        """Raw observations of one service since `since`: (at, serving, reason, expected,
-        mismatch), read out of their runs (see `RawRun.instants`)."""
-        floor = _ts(since)
-        return [
-            (stamp, run.serving, run.reason, run.expected, run.mismatch)
-            for run in self.runs(channel, business, since)
-            for stamp in run.instants()
-            if stamp >= floor
-        ]
-
-
-def read_runs(db: sqlite3.Connection, key: tuple[str, str], since: float) -> list[RawRun]:
-    """Runs of the service `key` with an observation at or after `since`, in time order (a
-    run starts within the hour before its last observation, which bounds the index range)."""
-    rows = db.execute(
-        "SELECT at, until, count, gap, serving, reason, expected, mismatch FROM observations "
-        "WHERE channel = ? AND business = ? AND at >= ? AND until >= ? ORDER BY at",
-        (*key, since - 3600, since),
-    ).fetchall()
-    return [RawRun(*row) for row in rows]
 
 
 #: Rollup sums: added to the row there (`hour_now`), or to the row an insert met (`hourly`).
@@ -1406,30 +859,3 @@ _OLDEST_HOUR = "SELECT min((SELECT min(hour) FROM hourly WHERE service = s.id)) 
 def _hour(at: datetime) -> float:
     stamp = at.timestamp()
     return stamp - stamp % 3600
-
-
-def _incident_record(row: tuple) -> IncidentRecord:
-    return IncidentRecord(
-        id=row[0],
-        channel=row[1],
-        business=row[2],
-        direction=row[3],
-        opened_at=_dt(row[4]),  # type: ignore[arg-type]
-        resolved_at=_dt(row[5]),
-        reason=row[6],
-        resolve_reason=row[7],
-        expected=row[8],
-        period=row[9],
-    )
-
-
-def as_open_incident(record: IncidentRecord) -> OpenIncident:
-    """A stored open incident, in the judge's terms (for resuming after a restart)."""
-    return OpenIncident(
-        id=record.id,
-        direction=Verdict(record.direction),
-        opened_at=record.opened_at,
-        reason=record.reason,
-        expected=record.expected,
-        period=record.period,
-    )
