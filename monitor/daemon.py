@@ -22,9 +22,9 @@ import monitor.site
 from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
 from monitor.clock import Clock, RealClock
 from monitor.gc_watch import GcPauses
+from monitor.kinds.push import PushReceiver
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
-from monitor.push import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.site.publish import tidy
 from monitor.store import DEFAULT_SIZE_LIMIT, Store

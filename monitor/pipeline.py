@@ -31,8 +31,9 @@ from monitor.judge import (
     with_incident_id,
 )
 from monitor.keyed_locks import KeyedLocks
+from monitor.kinds.http import Prober
+from monitor.observation import Observation
 from monitor.plan import Expectation, Plan, ServiceRef
-from monitor.probe import Observation, Prober
 from monitor.reload import REMOVED
 from monitor.slots import Slots
 from monitor.store import IncidentRecord, PendingObservation, Store, as_open_incident
@@ -64,8 +65,9 @@ class Result:
 
 
 class KindProber(Protocol):
-    """What observes one kind of probe (monitor/probe.py, monitor/query.py, ...): one
-    signature for all, and failures come back as an Observation with a reason, never raised."""
+    """What observes one kind of probe (monitor/kinds/http.py, monitor/kinds/prometheus.py,
+    ...): one signature for all, and failures come back as an Observation with a reason, never
+    raised."""
 
     async def probe(self, spec: Any, timeout: timedelta, at: datetime) -> Observation: ...
 
@@ -80,8 +82,8 @@ def not_configured(ref: ServiceRef, at: datetime) -> Observation:
 def make_probers(chromium: str | None = None) -> dict[str, KindProber]:
     """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
     `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
-    from monitor.browser import BrowserProber
-    from monitor.query import QueryProber
+    from monitor.kinds.browser import BrowserProber
+    from monitor.kinds.prometheus import QueryProber
 
     return {
         "http": Prober(),

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from monitor.checkpoint import WAL_LIMIT, Checkpointer
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
-from monitor.probe import Observation
+from monitor.observation import Observation
 
 T = TypeVar("T")
 

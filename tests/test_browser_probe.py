@@ -26,12 +26,12 @@ from aiohttp import web
 from helpers import async_wait_for, load_plan, missing, python_m, write_plan
 from servers import RawServer, aiohttp_server, closed_port, make_server_cert, never_answer
 
-from monitor.browser import BrowserProber, find_chromium, missing_parts
 from monitor.clock import RealClock
 from monitor.config import BrowserProbe
 from monitor.daemon import Daemon
+from monitor.kinds.browser import BrowserProber, find_chromium, missing_parts
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, make_probers
-from monitor.probe import Prober
 from monitor.store import Store
 
 NOTICE = "系统升级，暂停办理 · service paused for the upgrade"

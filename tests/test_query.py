@@ -37,8 +37,9 @@ from servers import RawServer, aiohttp_server, closed_port, never_answer
 
 from monitor import reasons
 from monitor.config import PrometheusProbe, _parse_comparison
-from monitor.probe import REASON_PHRASES, Observation
-from monitor.query import QueryProber, format_value, judged
+from monitor.kinds.http import REASON_PHRASES
+from monitor.kinds.prometheus import QueryProber, format_value, judged
+from monitor.observation import Observation
 
 #: The correctness bound on a query that ends by its timeout.
 SLACK = 2.0

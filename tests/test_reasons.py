@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor import probe, reasons
+from monitor import reasons
 from monitor.alerts.message import reason_en, reason_zh
+from monitor.kinds import http as probe
 from monitor.site.feeds import safe_reason
 from monitor.site.words import reason_text
 

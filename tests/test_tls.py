@@ -39,7 +39,8 @@ from servers import (
 
 from monitor import resolver, tls
 from monitor.config import Probe
-from monitor.probe import Observation, Prober
+from monitor.kinds.http import Prober
+from monitor.observation import Observation
 
 TIMEOUT = 1.0
 #: The correctness bound on a probe that must end by its timeout (generous: a shared machine).

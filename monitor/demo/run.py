@@ -139,7 +139,7 @@ def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
 
 def browser_line(plan: Plan) -> str | None:
     """One line on how the demo's browser services are judged here (None: there are none)."""
-    from monitor.browser import missing_parts
+    from monitor.kinds.browser import missing_parts
 
     count = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
     if not count:

@@ -26,9 +26,9 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `json condition failed: <expr>` | no | a `json` condition, as written, is not truthy |
 | `probe failed (<type>)` | no | a fault of the prober itself (logged once per type, at warning) |
 
-Other kinds add their own phrases (monitor/query.py). `serving` is None when an observation
-cannot tell either way (a query without data, a service not configured): the judge then says
-`unknown`, and such an observation neither opens nor resolves an incident.
+Other kinds add their own phrases (monitor/kinds/prometheus.py). `serving` is None when an
+observation cannot tell either way (a query without data, a service not configured): the judge
+then says `unknown`, and such an observation neither opens nor resolves an incident.
 
 A body condition is an RE2 pattern (`monitor.config.body_pattern`): matching takes time linear
 in the body, never the minutes a backtracking `(a+)+$` takes. A body and pattern small enough to
@@ -48,7 +48,6 @@ import json
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -58,10 +57,11 @@ import httptools
 from monitor import http1, tls
 from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
 from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
+from monitor.observation import Observation
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
 
 if TYPE_CHECKING:
-    import aiohttp  # read_capped serves the aiohttp clients of other kinds (monitor/query.py)
+    import aiohttp  # read_capped serves the aiohttp clients of other kinds (kinds/prometheus.py)
 
 log = logging.getLogger(__name__)
 
@@ -132,23 +132,6 @@ def _content_type(body: str) -> str:
     except ValueError:
         return "text/plain; charset=utf-8"
     return "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One probe's outcome. Holds no URL, header or body: it may be stored and published."""
-
-    at: datetime
-    #: True serving, False not serving, None when the observation could not tell.
-    serving: bool | None
-    reason: str
-    status_code: int | None = None
-    duration_seconds: float = 0.0
-    dns_seconds: float | None = None
-    connect_seconds: float | None = None
-    first_byte_seconds: float | None = None
-    tls_expiry: datetime | None = None
-    degraded: bool = False
 
 
 class Prober:

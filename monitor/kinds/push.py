@@ -53,9 +53,9 @@ from aiohttp import web
 
 from monitor.config import format_duration
 from monitor.keyed_locks import KeyedLocks
+from monitor.observation import Observation
 from monitor.pipeline import Pipeline, Result, not_configured
 from monitor.plan import Plan, ServiceRef
-from monitor.probe import Observation
 
 if TYPE_CHECKING:
     from monitor.reload import PlanChange

@@ -47,7 +47,7 @@ from monitor.config import format_duration
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
     from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, Route
 
-    from monitor.probe import Observation
+    from monitor.observation import Observation
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def unavailable_reason(what: str) -> str:
 def unavailable(at: datetime, what: str) -> Observation:
     """The observation of a browser probe that could not run: neither serving nor not (the
     service's verdict stays `unknown`), with the reason saying what to install."""
-    from monitor.probe import Observation  # (not at the top: `validate` imports this module)
+    from monitor.observation import Observation  # (not at the top: `validate` imports this module)
 
     return Observation(at, None, unavailable_reason(what))
 
@@ -277,7 +277,7 @@ class BrowserProber:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the page, the network or the browser
         does. Waiting for a free page slot is not counted in the timeout; loading is."""
-        from monitor.probe import Observation
+        from monitor.observation import Observation
 
         at = at or datetime.now(UTC)
         await self._pages.acquire()

@@ -31,7 +31,8 @@ from time import perf_counter
 import aiohttp
 
 from monitor.config import PrometheusProbe, format_duration
-from monitor.probe import USER_AGENT, Observation, read_capped
+from monitor.kinds.http import USER_AGENT, read_capped
+from monitor.observation import Observation
 
 #: An instant query for one value is small; a bigger answer is not one value anyway.
 ANSWER_CAP = 1024 * 1024
