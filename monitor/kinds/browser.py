@@ -42,7 +42,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from monitor.config import format_duration
+from monitor.fields import format_duration
 
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
     from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, Route
@@ -78,7 +78,7 @@ INSTALL_CHROMIUM = "install Chromium (apt-get install chromium) or set [monitor]
 _READ_TEXT = f"() => (document.body ? document.body.innerText : '').slice(0, {TEXT_CAP})"
 
 try:  # RE2 (time linear in the text, whatever the page shows) where the plan's patterns use it
-    from monitor.config import body_pattern as _compile  # type: ignore[attr-defined]
+    from monitor.fields import body_pattern as _compile  # type: ignore[attr-defined]
 except ImportError:  # (until the hardened probe's RE2 patterns are merged)
     _compile = re.compile
 #: A pattern compiled once, not looked up in a cache of `re` on every probe.

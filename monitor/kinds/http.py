@@ -30,14 +30,14 @@ Other kinds add their own phrases (monitor/kinds/prometheus.py). `serving` is No
 observation cannot tell either way (a query without data, a service not configured): the judge
 then says `unknown`, and such an observation neither opens nor resolves an incident.
 
-A body condition is an RE2 pattern (`monitor.config.body_pattern`): matching takes time linear
+A body condition is an RE2 pattern (`monitor.fields.body_pattern`): matching takes time linear
 in the body, never the minutes a backtracking `(a+)+$` takes. A body and pattern small enough to
 match in about a millisecond even in RE2's slowest case are matched on the event loop; larger
 ones in a worker thread (RE2 releases the GIL) while the probe's timeout keeps running, so the
 timeout bounds the whole probe, matching included, and a hostile body never stalls the loop.
 A match that outlives its probe ends by itself in its thread: RE2 cannot be interrupted, but its
 cost is bounded by the body cap times the pattern's size, which validation caps
-(`monitor.config.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
+(`monitor.fields.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from monitor import http1, tls
-from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
+from monitor.config import HttpProbe
+from monitor.fields import body_pattern, format_duration, pattern_program_size
 from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
 from monitor.observation import Observation
 from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)

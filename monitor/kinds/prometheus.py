@@ -30,7 +30,8 @@ from time import perf_counter
 
 import aiohttp
 
-from monitor.config import PrometheusProbe, format_duration
+from monitor.config import PrometheusProbe
+from monitor.fields import format_duration
 from monitor.kinds.http import USER_AGENT, read_capped
 from monitor.observation import Observation
 

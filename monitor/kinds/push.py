@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from monitor.config import format_duration
+from monitor.fields import format_duration
 from monitor.keyed_locks import KeyedLocks
 from monitor.observation import Observation
 from monitor.pipeline import Pipeline, Result, not_configured
