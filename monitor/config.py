@@ -31,7 +31,6 @@ from pydantic import (
     BeforeValidator,
     Discriminator,
     Field,
-    StrictBool,
     StrictInt,
     Tag,
     ValidationError,
@@ -46,16 +45,11 @@ from monitor.fields import (
     _ZONE_ERRORS,
     ID_PATTERN,
     GraceDuration,
-    Headers,
     Id,
     PositiveDuration,
-    ProbeEnv,
-    ProbeUrl,
-    Regex,
     Zone,
     _Model,
     _non_empty,
-    _unset_names,
     check_probe_url,
 )
 from monitor.fields import (  # re-exported: other modules import these from here
@@ -67,6 +61,8 @@ from monitor.fields import (
 from monitor.fields import (
     parse_duration as parse_duration,
 )
+from monitor.kinds import KINDS, probe_kinds
+from monitor.kinds.base import UrlProbe
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 #: A TOML bare key; any other key is written quoted in a key path.
@@ -294,195 +290,31 @@ class Rule(_Model):
     state: State
 
 
-#: How a service can be observed (DESIGN.md's "kind"); `schedule` means not at all.
-ObservedBy = Literal["http", "browser", "prometheus", "push", "schedule"]
+#: How a service can be observed (DESIGN.md's "kind"): a kind of the registry, or `schedule`
+#: (not at all).
+ObservedBy = Literal[(*KINDS, "schedule")]  # type: ignore[valid-type]
 #: The kinds a `[channels.services.probe]` table may name; `http` when `kind` is absent.
-PROBE_KINDS = ("http", "browser", "prometheus")
-_COMPARISON = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
-
-
-def _check_jmespath(value: str) -> str:
-    import jmespath  # only validation and JSON probes need it
-    from jmespath.exceptions import JMESPathError
-
-    try:
-        jmespath.compile(value)
-    except JMESPathError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"expected a JMESPath expression ({detail})") from None
-    return value
-
-
-JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
-
-
-class Comparison(typing.NamedTuple):
-    """`serving_if = "> 0"`: an operator and the number the query's value is compared with."""
-
-    op: str
-    number: float
-
-    def holds(self, value: float) -> bool:
-        """Whether `value <op> number` (a NaN never holds, as in PromQL)."""
-        return _OPERATORS[self.op](value, self.number)
-
-    def negated(self) -> Comparison:
-        """The comparison that holds exactly when this one does not (for numbers)."""
-        return Comparison(_NEGATION[self.op], self.number)
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.number:g}"
-
-
-_NEGATION = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
-_OPERATORS: dict[str, typing.Callable[[float, float], bool]] = {
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-}
-
-
-def _parse_comparison(value: object) -> Comparison:
-    if isinstance(value, Comparison):
-        return value
-    match = _COMPARISON.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(
-            'expected a comparison such as "> 0" or ">= 2" '
-            "(one of > >= < <= == != followed by a number)"
-        )
-    return Comparison(match.group(1), float(match.group(2)))
-
-
-class _ProbeBase(_Model):
-    """What every probe kind shares. Never shown anywhere outside the process."""
-
-    kind: str  # each kind narrows it to its own name
-    url: ProbeUrl
-    headers: Headers = Field(default_factory=dict)  # a `{}` default is deep-copied per probe
-    interval: PositiveDuration | None = None
-    timeout: PositiveDuration | None = None
-
-    def __repr__(self) -> str:  # keep URLs and headers out of any log line that prints a model
-        return f"{type(self).__name__}(kind={self.kind!r})"
-
-    __str__ = __repr__  # pydantic's own `str` (`%s`, f-strings) would list every field
-
-    @property
-    def unset(self) -> tuple[str, ...]:
-        """Names of the unset environment variables this probe refers to."""
-        return _unset_names(self.url, self.headers)
-
-
-class HttpProbe(_ProbeBase):
-    """One HTTP request: status, body conditions and, for APIs, conditions on the JSON answer."""
-
-    kind: Literal["http"] = "http"
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    body: Annotated[str, ProbeEnv] | None = None
-    json_conditions: tuple[JmesPath, ...] = Field(default=(), alias="json")
-    expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
-    follow_redirects: StrictBool = True
-    body_matches: Regex | None = None
-    body_not_matches: Regex | None = None
-    max_response_time: PositiveDuration | None = None
-
-    @model_validator(mode="after")
-    def _one_authorization(self) -> HttpProbe:
-        """`user:pass@` in the URL and an Authorization header: aiohttp refuses the request."""
-        from yarl import URL
-
-        if _ENV_REFERENCE.search(self.url):
-            return self  # not configured yet; checked once the variable is set
-        if URL(self.url).user is not None and any(
-            name.lower() == "authorization" for name in self.headers
-        ):
-            raise ValueError(
-                "expected credentials in one place: the URL holds user:password@ and the "
-                "headers an Authorization header; keep one of them"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _body_needs_post(self) -> HttpProbe:
-        if self.body is not None and self.method != "POST":
-            raise ValueError('expected `body` only with method = "POST"')
-        return self
-
-    @property
-    def unset(self) -> tuple[str, ...]:
-        return _unset_names(self.url, self.headers, self.body)
-
-
-#: Old name of the HTTP probe, kept for code written before the other kinds.
-Probe = HttpProbe
-
-
-class BrowserProbe(_ProbeBase):
-    """A page built by script: loaded in headless Chromium, judged on its rendered text."""
-
-    kind: Literal["browser"]
-    wait_for: str | None = None
-    text_matches: Regex | None = None
-    text_not_matches: Regex | None = None
-    # A browser is slow and costly: look less often and wait longer than for a GET.
-    interval: PositiveDuration | None = timedelta(minutes=5)
-    timeout: PositiveDuration | None = timedelta(seconds=30)
-
-
-class PrometheusProbe(_ProbeBase):
-    """An instant PromQL query whose single value says whether the service is serving."""
-
-    kind: Literal["prometheus"]
-    query: Annotated[str, ProbeEnv, Field(min_length=1)]
-    serving_if: Annotated[Comparison, BeforeValidator(_parse_comparison)]
-    no_data: Literal["unknown", "down", "up"] = "unknown"
-
-    @property
-    def unset(self) -> tuple[str, ...]:
-        return _unset_names(self.url, self.headers, self.query)
+PROBE_KINDS = probe_kinds()
+#: The kind a probe table without `kind` is (every plan written before the other kinds).
+DEFAULT_PROBE_KIND = "http"
 
 
 def _probe_kind(value: object) -> str | None:
     """The discriminator of a probe table: its `kind`, `http` when absent."""
     if isinstance(value, dict):
-        kind = value.get("kind", "http")
+        kind = value.get("kind", DEFAULT_PROBE_KIND)
         return kind if isinstance(kind, str) else None
-    return getattr(value, "kind", "http")
+    return getattr(value, "kind", DEFAULT_PROBE_KIND)
 
 
+#: Every probe kind's table, told apart by `kind`: built from the registry, so a new kind is
+#: one module and one registry line, never an edit here.
 AnyProbe = Annotated[
-    Annotated[HttpProbe, Tag("http")]
-    | Annotated[BrowserProbe, Tag("browser")]
-    | Annotated[PrometheusProbe, Tag("prometheus")],
+    typing.Union[tuple(Annotated[KINDS[name].config, Tag(name)] for name in PROBE_KINDS)],  # noqa: UP007
     Discriminator(_probe_kind),
 ]
-
-
-class Push(_Model):
-    """Observed from the inside: the channel's own systems send the monitor pushes."""
-
-    token: Annotated[str, ProbeEnv]
-    within: PositiveDuration = timedelta(minutes=5)
-
-    @field_validator("token")
-    @classmethod
-    def _long_enough(cls, value: str) -> str:
-        if not _ENV_REFERENCE.search(value) and len(value) < 16:
-            raise ValueError("expected a token of at least 16 characters")
-        return value
-
-    def __repr__(self) -> str:  # the token is a secret
-        return "Push(...)"
-
-    __str__ = __repr__
-
-    @property
-    def unset(self) -> tuple[str, ...]:
-        return _unset_names(self.token)
+#: The table of the kind whose observations arrive rather than being fetched.
+Push = next(kind.config for kind in KINDS.values() if kind.table == "push")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -504,7 +336,7 @@ class Service(_Model):
     default: State = "up"
     expect: Annotated[tuple[Rule, ...], AfterValidator(_shared_rules)] = ()
     probe: AnyProbe | None = None
-    push: Push | None = None
+    push: Push | None = None  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _one_way(self) -> Service:
@@ -877,7 +709,7 @@ class _Sharing:
             way = service.probe or service.push
             if way is not None:
                 self.model(way)
-            if isinstance(way, _ProbeBase):
+            if isinstance(way, UrlProbe):
                 values = way.__dict__
                 values["url"] = self.urls.setdefault(way.url, way.url)
                 headers = self.headers.setdefault(tuple(way.headers.items()), way.headers)

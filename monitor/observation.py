@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from monitor.plan import ServiceRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +29,10 @@ class Observation:
     first_byte_seconds: float | None = None
     tls_expiry: datetime | None = None
     degraded: bool = False
+
+
+def not_configured(ref: ServiceRef, at: datetime) -> Observation:
+    """The observation of a service whose probe or push needs unset environment variables.
+    Here rather than in the pipeline so a kind (push) can write it without importing the
+    pipeline that imports the kinds."""
+    return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from monitor.clock import Clock
 from monitor.judge import (
@@ -31,8 +31,10 @@ from monitor.judge import (
     with_incident_id,
 )
 from monitor.keyed_locks import KeyedLocks
-from monitor.kinds.http import Prober
-from monitor.observation import Observation
+from monitor.kinds import KINDS, ProberOptions
+from monitor.kinds.base import KindProber
+from monitor.kinds.base import make_probers as build_probers
+from monitor.observation import Observation, not_configured
 from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.reload import REMOVED
 from monitor.slots import Slots
@@ -64,32 +66,10 @@ class Result:
         return self.judgement.verdict
 
 
-class KindProber(Protocol):
-    """What observes one kind of probe (monitor/kinds/http.py, monitor/kinds/prometheus.py,
-    ...): one signature for all, and failures come back as an Observation with a reason, never
-    raised."""
-
-    async def probe(self, spec: Any, timeout: timedelta, at: datetime) -> Observation: ...
-
-    async def close(self) -> None: ...
-
-
-def not_configured(ref: ServiceRef, at: datetime) -> Observation:
-    """The observation of a service whose probe or push needs unset environment variables."""
-    return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
-
-
 def make_probers(chromium: str | None = None) -> dict[str, KindProber]:
-    """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
-    `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
-    from monitor.kinds.browser import BrowserProber
-    from monitor.kinds.prometheus import QueryProber
-
-    return {
-        "http": Prober(),
-        "prometheus": QueryProber(),
-        "browser": BrowserProber(chromium),
-    }
+    """One prober per probed kind of the registry, for `run` and `check` alike (`chromium`:
+    the `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
+    return build_probers(KINDS, ProberOptions(chromium=chromium))
 
 
 async def observe(
@@ -121,14 +101,15 @@ class Listener(Protocol):
 class Pipeline:
     """Probes services, judges the observations, stores them, tells the listeners.
 
-    `prober` probes `kind = "http"`; `probers` holds the probers of the other kinds by kind.
+    `prober` is one kind's prober, filed under its own `kind` (any kind's: none is special);
+    `probers` holds the probers of the other kinds by kind.
     A service whose probe needs unset environment variables is not probed: each time it is due
     it is judged `unknown`, reason `not configured: set NAME`, so every output says so."""
 
     plan: Plan
     store: Store
     clock: Clock
-    prober: Prober
+    prober: KindProber
     listeners: list[Listener] = field(default_factory=list)
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
     #: probes a second; on a busy loop each takes tens of milliseconds, so 100 slots made
@@ -145,7 +126,7 @@ class Pipeline:
         #: An incident transition could not be written (said once until one is written again).
         self._deferred = False
         self.slots = Slots(self.concurrency)
-        self.probers = {"http": self.prober, **self.probers}
+        self.probers = {self.prober.kind: self.prober, **self.probers}
         self._judging = KeyedLocks()
         self._set_plan(self.plan)
 

@@ -18,18 +18,17 @@ from hypothesis import strategies as st
 
 from monitor.cli import main
 from monitor.config import (
-    BrowserProbe,
     ConfigError,
-    HttpProbe,
     PlanConfig,
-    Probe,
-    PrometheusProbe,
     Service,
     format_duration,
     load_config,
     parse_duration,
     validate_config,
 )
+from monitor.kinds.browser import BrowserProbe
+from monitor.kinds.http import HttpProbe, Probe
+from monitor.kinds.prometheus import PrometheusProbe
 from monitor.plan import Plan
 
 # A small, valid plan. Every bad config below is this text with one mistake put in, so each

@@ -38,10 +38,10 @@ from servers import (
 )
 
 from monitor import tls
-from monitor.config import Probe
-from monitor.http1 import Response, Timings
-from monitor.kinds.http import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Prober
+from monitor.http1 import MAX_REDIRECTS, Response, Timings
+from monitor.kinds.http import DEFAULT_BODY_CAP, Probe, Prober
 from monitor.observation import Observation
+from monitor.reasons import PHRASES as REASON_PHRASES
 
 SERVING_PATTERN = "业务办理"
 

@@ -480,7 +480,7 @@ def test_the_token_never_shows_in_logs_page_metrics_or_store(tmp_path: Path) -> 
 )
 def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
     from monitor.alerts.message import reason_zh
-    from monitor.kinds.http import REASON_PHRASES
+    from monitor.reasons import PHRASES as REASON_PHRASES
     from monitor.site.words import reason_text
 
     assert any(reason.startswith(phrase) for phrase in REASON_PHRASES)

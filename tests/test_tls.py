@@ -38,8 +38,7 @@ from servers import (
 )
 
 from monitor import resolver, tls
-from monitor.config import Probe
-from monitor.kinds.http import Prober
+from monitor.kinds.http import Probe, Prober
 from monitor.observation import Observation
 
 TIMEOUT = 1.0

@@ -39,10 +39,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from monitor.fields import format_duration
+from monitor.fields import PositiveDuration, Regex, format_duration
+from monitor.kinds.base import Kind, ProberOptions, UrlProbe
+from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
     from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, Route
@@ -102,6 +104,18 @@ _NET_ERRORS = (
 )
 _NET_ERROR = re.compile(r"net::(ERR_[A-Z0-9_]+)")
 _TIMED_OUT = ("ERR_TIMED_OUT", "ERR_CONNECTION_TIMED_OUT")
+
+
+class BrowserProbe(UrlProbe):
+    """A page built by script: loaded in headless Chromium, judged on its rendered text."""
+
+    kind: Literal["browser"]
+    wait_for: str | None = None
+    text_matches: Regex | None = None
+    text_not_matches: Regex | None = None
+    # A browser is slow and costly: look less often and wait longer than for a GET.
+    interval: PositiveDuration | None = timedelta(minutes=5)
+    timeout: PositiveDuration | None = timedelta(seconds=30)
 
 
 class BrowserSpec(Protocol):
@@ -196,6 +210,8 @@ class _Visit:
 
 class BrowserProber:
     """Browser probes over one shared Chromium process (see the module docstring)."""
+
+    kind = "browser"
 
     #: At most `pages` at once, queued here: the pipeline's general limit is not taken.
     limits_itself = True
@@ -436,3 +452,34 @@ def _same_origin_headers(url: str, headers: dict[str, str]) -> Any:
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or ""), parts.port
+
+
+#: The browser kind's reasons (the network failures it shares with the http kind are in
+#: `monitor.reasons.SHARED`).
+REASONS: tuple[Reason, ...] = (
+    Reason(
+        "rendered text matches maintenance notice",
+        "浏览器打开的页面显示维护公告",
+        "the page, opened in a browser, shows a maintenance notice",
+    ),
+    Reason(
+        "rendered text does not match",
+        "浏览器打开的页面不是正常办理页面",
+        "the page, opened in a browser, is not the usual service page",
+    ),
+    Reason(
+        "browser not available: {what}",
+        "监测用的浏览器不可用：{what}",
+        "the monitoring browser is not available: {what}",
+        "监测用的浏览器不可用",
+        "the monitoring browser is not available",
+    ),
+)
+
+
+def _prober(options: ProberOptions) -> BrowserProber:
+    """The browser kind's prober; Chromium starts only when a browser probe first runs."""
+    return BrowserProber(options.chromium)
+
+
+KIND = Kind("browser", BrowserProbe, reasons=REASONS, prober=_prober)

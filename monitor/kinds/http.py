@@ -50,19 +50,30 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import httptools
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
 
-from monitor import http1, tls
-from monitor.config import HttpProbe
-from monitor.fields import body_pattern, format_duration, pattern_program_size
-from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
+from monitor.fields import (
+    _ENV_REFERENCE as ENV_REFERENCE,
+)
+from monitor.fields import (
+    PositiveDuration,
+    ProbeEnv,
+    Regex,
+    _unset_names,
+    body_pattern,
+    format_duration,
+    pattern_program_size,
+)
+from monitor.kinds.base import Kind, ProberOptions, UrlProbe
 from monitor.observation import Observation
-from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
+from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
     import aiohttp  # read_capped serves the aiohttp clients of other kinds (kinds/prometheus.py)
+
+    from monitor import http1, tls
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +146,65 @@ def _content_type(body: str) -> str:
     return "application/json"
 
 
+def _check_jmespath(value: str) -> str:
+    import jmespath  # only validation and JSON probes need it
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        jmespath.compile(value)
+    except JMESPathError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"expected a JMESPath expression ({detail})") from None
+    return value
+
+
+JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
+
+
+class HttpProbe(UrlProbe):
+    """One HTTP request: status, body conditions and, for APIs, conditions on the JSON answer."""
+
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    body: Annotated[str, ProbeEnv] | None = None
+    json_conditions: tuple[JmesPath, ...] = Field(default=(), alias="json")
+    expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
+    follow_redirects: StrictBool = True
+    body_matches: Regex | None = None
+    body_not_matches: Regex | None = None
+    max_response_time: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> HttpProbe:
+        """`user:pass@` in the URL and an Authorization header: aiohttp refuses the request."""
+        from yarl import URL
+
+        if ENV_REFERENCE.search(self.url):
+            return self  # not configured yet; checked once the variable is set
+        if URL(self.url).user is not None and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            raise ValueError(
+                "expected credentials in one place: the URL holds user:password@ and the "
+                "headers an Authorization header; keep one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _body_needs_post(self) -> HttpProbe:
+        if self.body is not None and self.method != "POST":
+            raise ValueError('expected `body` only with method = "POST"')
+        return self
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.url, self.headers, self.body)
+
+
+#: Old name of the HTTP probe, kept for code written before the other kinds.
+Probe = HttpProbe
+
+
 class Prober:
     """Probes HTTP services with the lean client of `monitor.http1`, a fresh connection per
     probe (so DNS, connect and TLS failures are seen, as blackbox_exporter sees them).
@@ -142,6 +212,8 @@ class Prober:
     aiohttp's client cost three to four times the CPU per probe for the same GET (DESIGN.md,
     "What a probe costs, and the floor"); a probe needs none of its pooling or streaming.
     """
+
+    kind = "http"
 
     def __init__(
         self,
@@ -165,6 +237,8 @@ class Prober:
         await self.close()
 
     def _context(self) -> ssl.SSLContext | tls.ClientContext:
+        from monitor import tls  # (not at the top: `validate` and `plan` load no TLS code)
+
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
             try:
                 self._ssl = tls.system_context()
@@ -186,6 +260,8 @@ class Prober:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the network or the server does."""
         at = at or datetime.now(UTC)
+        from monitor import http1  # (imported here, with the prober, not with the plan's schema)
+
         timings = http1.Timings()
         status: int | None = None
         first_byte: float | None = None
@@ -216,6 +292,10 @@ class Prober:
 
     def _reason(self, exc: Exception) -> str:
         """The reason phrase of a probe that got no usable answer."""
+        import httptools
+
+        from monitor import http1
+
         if isinstance(exc, ssl.SSLCertVerificationError):
             expired = exc.verify_code == _X509_EXPIRED
             reason = "TLS certificate expired" if expired else "TLS certificate not trusted"
@@ -240,6 +320,8 @@ class Prober:
 
     async def _fetch(self, spec: HttpProbe, timings: http1.Timings) -> http1.Response:
         """The last answer to the probe's request (redirects followed unless told otherwise)."""
+        from monitor import http1
+
         headers = spec.headers
         body = None
         if spec.body is not None:
@@ -343,3 +425,37 @@ def _as_utf8(body: bytes, charset: str | None) -> bytes:
     except (LookupError, ValueError):  # unknown codec, or one that is not bytes -> text
         text = body.decode("utf-8", errors="replace")
     return text.encode("utf-8", errors="replace")
+
+
+#: The http kind's reasons (the network failures it shares with the browser kind are in
+#: `monitor.reasons.SHARED`).
+REASONS: tuple[Reason, ...] = (
+    Reason("HTTP {code}", "服务器返回 HTTP {code}", "server answered HTTP {code}"),
+    Reason(
+        "response slower than {duration}", "响应慢于 {duration}", "response slower than {duration}"
+    ),
+    Reason(
+        "body matches maintenance notice",
+        "页面显示维护公告",
+        "the page shows a maintenance notice",
+    ),
+    Reason(
+        "body does not match", "页面内容不是正常办理页面", "the page is not the usual service page"
+    ),
+    Reason("body is not JSON", "返回内容不是 JSON", "the answer is not JSON"),
+    Reason(
+        "json condition failed: {expr}",
+        "返回的 JSON 不满足条件：{expr}",
+        "the JSON answer fails the condition: {expr}",
+        "返回内容不符合预期",
+        "the answer is not as expected",
+    ),
+)
+
+
+def _prober(options: ProberOptions) -> Prober:
+    """The http kind's prober: one for every http service (it holds no connections)."""
+    return Prober()
+
+
+KIND = Kind("http", HttpProbe, reasons=REASONS, prober=_prober)
