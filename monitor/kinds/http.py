@@ -454,7 +454,13 @@ REASONS: tuple[Reason, ...] = (
 
 
 def _prober(options: ProberOptions) -> Prober:
-    """The http kind's prober: one for every http service (it holds no connections)."""
+    """The http kind's prober: one for every http service (it holds no connections). Its
+    network code is loaded here, when `run` or `check` starts, rather than inside the first
+    probe's timeout; importing the kind for its plan table loads none of it."""
+    import httptools  # noqa: F401
+
+    from monitor import http1, tls  # noqa: F401
+
     return Prober()
 
 

@@ -260,7 +260,10 @@ REASONS: tuple[Reason, ...] = (
 
 
 def _prober(options: ProberOptions) -> QueryProber:
-    """The prometheus kind's prober: one client session for every query service."""
+    """The prometheus kind's prober: one client session for every query service. aiohttp is
+    loaded here, when `run` or `check` starts, not by importing the kind."""
+    import aiohttp  # noqa: F401
+
     return QueryProber()
 
 
