@@ -8,7 +8,7 @@ probers of `run` and `check` (`monitor.pipeline.make_probers`) and the table of 
 
 from __future__ import annotations
 
-from monitor.kinds import browser, http, prometheus, push
+from monitor.kinds import browser, dns, http, prometheus, push
 from monitor.kinds.base import Kind, KindProber, ProberOptions, registry
 
 #: Every kind by its word, in the order outputs list them.
@@ -17,6 +17,7 @@ KINDS: dict[str, Kind] = registry(
     browser.KIND,
     prometheus.KIND,
     push.KIND,
+    dns.KIND,
 )
 
 
