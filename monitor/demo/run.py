@@ -54,7 +54,8 @@ SIMULATED_ADDRESSES = {
     "HUBEI12333_API_URL": "/app/hubei-12333-wechat",
     "ETAX_PROMETHEUS_URL": "/prometheus",
 }
-#: Kinds of observation, in the order the demo names them.
+#: Kinds of observation, in the order the demo names them. Not the registry's: the demo replays
+#: the kinds its simulator serves, and it has no resolver to serve `dns` from.
 KINDS = ("http", "browser", "prometheus", "push")
 
 

@@ -119,7 +119,7 @@ class BrowserProbe(UrlProbe):
 
 
 class BrowserSpec(Protocol):
-    """What a browser probe needs of its plan entry (config.BrowserProbe)."""
+    """What a browser probe needs of its plan entry (`BrowserProbe`)."""
 
     url: str
     headers: dict[str, str]
