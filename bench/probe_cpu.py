@@ -62,8 +62,8 @@ from common import (
 
 from monitor.cli import loop_factory
 from monitor.clock import RealClock
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, Result
-from monitor.probe import Prober
 from monitor.scheduler import FLUSH_EVERY, Scheduler
 from monitor.store import Store
 

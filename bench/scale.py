@@ -67,8 +67,8 @@ from common import (
 
 from monitor.cli import loop_factory
 from monitor.clock import RealClock
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, Result
-from monitor.probe import Prober
 from monitor.scheduler import Scheduler
 from monitor.store import Store
 
@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace, target: Target, directory: Path) -> dict
     store = Store(directory / "monitor.db")
     prober = Prober()
     tally = Tally()
-    pipeline = Pipeline(plan, store, RealClock(), prober, [tally])
+    pipeline = Pipeline(plan, store, RealClock(), prober, (tally,))
     scheduler = Scheduler(pipeline)
     scheduler.lags = collections.deque(maxlen=args.services * (args.intervals + 2))
     out["rss_after_plan_kib"] = rss_kib()

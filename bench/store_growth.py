@@ -48,7 +48,7 @@ from common import loadavg
 
 import monitor.store
 from monitor.judge import Verdict
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store import PendingObservation, Store
 
 #: A fixed hour boundary: the end of the fill and the start of the steady minutes.

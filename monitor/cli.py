@@ -140,7 +140,7 @@ def coverage(plan: Plan) -> dict[str, int]:
 def warn_browser(plan: Plan) -> None:
     """Say (on stderr, exit code unchanged) when browser probes cannot run on this machine:
     those services would stay `unknown` until the missing part is installed."""
-    from monitor.browser import missing_parts
+    from monitor.kinds.browser import missing_parts
 
     browsers = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
     what = missing_parts(plan.config.monitor.chromium) if browsers else None

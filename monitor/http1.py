@@ -12,7 +12,7 @@ after decoding: past it the connection is closed and the rest never read.
 
 The caller bounds the whole exchange with its own timeout (cancelling `fetch` closes the
 connection). Errors are the standard ones (`OSError` and its kinds, `ssl.SSLError`,
-`socket.gaierror`) or the few defined here; `monitor.probe` turns each into a reason.
+`socket.gaierror`) or the few defined here; `monitor.kinds.http` turns each into a reason.
 """
 
 from __future__ import annotations

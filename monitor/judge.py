@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from monitor.observation import Observation
 from monitor.plan import Expectation, Plan, ServiceRef
-from monitor.probe import Observation
 
 
 class Verdict(StrEnum):

@@ -40,7 +40,8 @@ Operator adds a `service` target label to every scrape, so ours would arrive ren
 Families (all `channel_monitor_`; per service unless marked):
 
 - `business_info` (1, with `channel_name`, `business_name`, their English forms, `kind`,
-  `group`, `observed_by`: `http`, `browser`, `prometheus`, `push` or `schedule`, and
+  `group`, `observed_by`: a kind of `monitor.kinds.KINDS` (`http`, `browser`, `prometheus`,
+  `push`, `dns`) or `schedule`, and
   `configured`: `false` while a `${NAME}` its probe or push needs is unset),
   `expected_up` (1 up, 0 down, absent under `any`), `expectation_enforced` (0 in grace
   or under `any`), `next_transition_timestamp_seconds{to}`, `probe_interval_seconds`;

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from monitor.clock import Clock
 from monitor.judge import (
@@ -30,9 +30,12 @@ from monitor.judge import (
     with_incident_id,
 )
 from monitor.keyed_locks import KeyedLocks
+from monitor.kinds import KINDS, ProberOptions
+from monitor.kinds.base import KindProber
+from monitor.kinds.base import make_probers as build_probers
+from monitor.observation import Observation, not_configured
 from monitor.plan import Expectation, Plan, ServiceRef
 from monitor.plan_change import REMOVED
-from monitor.probe import Observation, Prober
 from monitor.slots import Slots
 from monitor.store import (
     IncidentRecord,
@@ -68,31 +71,10 @@ class Result:
         return self.judgement.verdict
 
 
-class KindProber(Protocol):
-    """What observes one kind of probe (monitor/probe.py, monitor/query.py, ...): one
-    signature for all, and failures come back as an Observation with a reason, never raised."""
-
-    async def probe(self, spec: Any, timeout: timedelta, at: datetime) -> Observation: ...
-
-    async def close(self) -> None: ...
-
-
-def not_configured(ref: ServiceRef, at: datetime) -> Observation:
-    """The observation of a service whose probe or push needs unset environment variables."""
-    return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")
-
-
 def make_probers(chromium: str | None = None) -> dict[str, KindProber]:
-    """One prober per kind of probe, for `run` and `check` alike (`chromium`: the
-    `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
-    from monitor.browser import BrowserProber
-    from monitor.query import QueryProber
-
-    return {
-        "http": Prober(),
-        "prometheus": QueryProber(),
-        "browser": BrowserProber(chromium),
-    }
+    """One prober per probed kind of the registry, for `run` and `check` alike (`chromium`:
+    the `[monitor] chromium` setting; the browser starts only when a browser probe first runs)."""
+    return build_probers(KINDS, ProberOptions(chromium=chromium))
 
 
 async def observe(
@@ -124,14 +106,15 @@ class Listener(Protocol):
 class Pipeline:
     """Probes services, judges the observations, stores them, tells the listeners.
 
-    `prober` probes `kind = "http"`; `probers` holds the probers of the other kinds by kind.
+    `prober` is one kind's prober, filed under its own `kind` (any kind's: none is special);
+    `probers` holds the probers of the other kinds by kind.
     A service whose probe needs unset environment variables is not probed: each time it is due
     it is judged `unknown`, reason `not configured: set NAME`, so every output says so."""
 
     plan: Plan
     store: Store
     clock: Clock
-    prober: Prober
+    prober: KindProber
     #: Set once by the composition root (monitor/daemon.py), never appended to.
     listeners: tuple[Listener, ...] = ()
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
@@ -149,7 +132,7 @@ class Pipeline:
         #: An incident transition could not be written (said once until one is written again).
         self._deferred = False
         self.slots = Slots(self.concurrency)
-        self.probers = {"http": self.prober, **self.probers}
+        self.probers = {self.prober.kind: self.prober, **self.probers}
         self._judging = KeyedLocks()
         self._set_plan(self.plan)
 

@@ -12,7 +12,9 @@ expressions, pushed text, setting names and exception types are for operators on
 such a tail also says what the page writes instead. Text that matches no row is never passed on
 to the page (it might be whatever a server answered).
 
-To add a reason: add one `Reason` row (both languages; a `public_*` pair if its tail is private).
+To add a reason: add one `Reason` row (both languages; a `public_*` pair if its tail is private)
+to the rows of the kind that writes it (`REASONS` in its module under `monitor/kinds/`), or to
+`SHARED` below when no one kind owns it; the table gathers the kinds' rows from the registry.
 `tests/test_reasons.py` checks that every row has both languages and that every reason the
 monitor's code writes resolves through this table.
 """
@@ -20,125 +22,15 @@ monitor's code writes resolves through this table.
 from __future__ import annotations
 
 import functools
-import re
-from dataclasses import dataclass, field
 
-_DURATION = r"\d+(?:ms|s|m|h|d)(?:\d+(?:ms|s|m|h|d))*"
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Inf|inf)|NaN|nan"
-#: One setting name, or several (`A, B`) when a probe needs more than one.
-_NAMES = r"[A-Za-z_]\w*(?:(?:, | and )[A-Za-z_]\w*)*"
+from monitor.kinds import KINDS
+from monitor.reason_rows import PARTS as PARTS
+from monitor.reason_rows import Part as Part
+from monitor.reason_rows import Reason
 
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """What one placeholder of a tail matches, and whether citizens may read it."""
-
-    pattern: str
-    public: bool
-
-
-#: Placeholder name -> what it matches. A new tail reuses one of these or adds its own here.
-PARTS: dict[str, Part] = {
-    "code": Part(r"\d{3}", public=True),
-    "duration": Part(_DURATION, public=True),
-    "value": Part(_NUMBER, public=True),
-    "limit": Part(_NUMBER, public=True),
-    "op": Part(r"<=|>=|==|!=|<|>", public=True),
-    "expr": Part(r".+", public=False),
-    "what": Part(r".+", public=False),
-    "text": Part(r".*", public=False),
-    "name": Part(_NAMES, public=False),
-    "type": Part(r"[A-Za-z_][\w.]*", public=False),
-}
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """One row: the probe's English phrase and its words for people.
-
-    `zh` and `en` are for operators (alerts, reports, `check`) and may use every placeholder;
-    `public_zh` / `public_en` are what the page writes when the tail holds a private part.
-    """
-
-    phrase: str
-    zh: str
-    en: str
-    public_zh: str = ""
-    public_en: str = ""
-    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        pattern, at = "", 0
-        for match in _PLACEHOLDER.finditer(self.phrase):
-            part = PARTS[match.group(1)]
-            pattern += re.escape(self.phrase[at : match.start()])
-            pattern += f"(?P<{match.group(1)}>{part.pattern})"
-            at = match.end()
-        pattern += re.escape(self.phrase[at:])
-        object.__setattr__(self, "regex", re.compile(pattern))
-
-    @property
-    def prefix(self) -> str:
-        """The fixed words the phrase starts with (what a probe's reason starts with)."""
-        return self.phrase.split("{", 1)[0].rstrip(" (:")
-
-    @property
-    def placeholders(self) -> tuple[str, ...]:
-        return tuple(_PLACEHOLDER.findall(self.phrase))
-
-    @property
-    def private(self) -> bool:
-        """Whether the tail holds something citizens must not read."""
-        return any(not PARTS[name].public for name in self.placeholders)
-
-    def words(self, lang: str, public: bool) -> str:
-        """The template in `lang` (`zh` or `en`); the page's own when `public` and private."""
-        if public and self.private:
-            return self.public_zh if lang == "zh" else self.public_en
-        return self.zh if lang == "zh" else self.en
-
-
-#: The table. Order matters only where two rows could match one text (none do today).
-REASONS: tuple[Reason, ...] = (
-    Reason("HTTP {code}", "服务器返回 HTTP {code}", "server answered HTTP {code}"),
-    Reason(
-        "response slower than {duration}", "响应慢于 {duration}", "response slower than {duration}"
-    ),
-    Reason(
-        "body matches maintenance notice",
-        "页面显示维护公告",
-        "the page shows a maintenance notice",
-    ),
-    Reason(
-        "body does not match", "页面内容不是正常办理页面", "the page is not the usual service page"
-    ),
-    Reason("body is not JSON", "返回内容不是 JSON", "the answer is not JSON"),
-    Reason(
-        "json condition failed: {expr}",
-        "返回的 JSON 不满足条件：{expr}",
-        "the JSON answer fails the condition: {expr}",
-        "返回内容不符合预期",
-        "the answer is not as expected",
-    ),
-    Reason(
-        "rendered text matches maintenance notice",
-        "浏览器打开的页面显示维护公告",
-        "the page, opened in a browser, shows a maintenance notice",
-    ),
-    Reason(
-        "rendered text does not match",
-        "浏览器打开的页面不是正常办理页面",
-        "the page, opened in a browser, is not the usual service page",
-    ),
-    Reason(
-        "browser not available: {what}",
-        "监测用的浏览器不可用：{what}",
-        "the monitoring browser is not available: {what}",
-        "监测用的浏览器不可用",
-        "the monitoring browser is not available",
-    ),
+#: The rows no one kind owns: network failures that the http and browser kinds both report,
+#: and the monitor's own words (not configured, removed, its own fault).
+SHARED: tuple[Reason, ...] = (
     Reason("timeout after {duration}", "{duration} 内无响应", "no answer within {duration}"),
     Reason("connection refused", "连接被拒绝", "connection refused"),
     Reason("connection reset", "连接被中断", "connection dropped"),
@@ -156,33 +48,6 @@ REASONS: tuple[Reason, ...] = (
         "connection failed",
     ),
     Reason(
-        "query value {value} {op} {limit}",
-        "监测指标 {value} {op} {limit}",
-        "monitored value {value} {op} {limit}",
-    ),
-    Reason("query returned no data", "监测指标查询无数据", "the metric query returned no data"),
-    Reason("query failed", "监测指标查询失败", "the metric query failed"),
-    Reason(
-        "query failed ({what})",
-        "监测指标查询失败（{what}）",
-        "the metric query failed ({what})",
-        "监测指标查询失败",
-        "the metric query failed",
-    ),
-    Reason(
-        "no push for {duration}",
-        "{duration} 内未收到渠道推送",
-        "no push from the channel for {duration}",
-    ),
-    Reason("push", "收到渠道推送", "the channel reported in"),
-    Reason(
-        "pushed: {text}",
-        "渠道推送：{text}",
-        "the channel pushed: {text}",
-        "渠道报告了状态",
-        "the channel reported its state",
-    ),
-    Reason(
         "not configured: set {name}",
         "未配置：请设置 {name}",
         "not configured: set {name}",
@@ -198,6 +63,10 @@ REASONS: tuple[Reason, ...] = (
         "the check itself failed",
     ),
 )
+
+#: The table: every kind's rows from the registry, then the shared ones. Order matters only
+#: where two rows could match one text (none do today).
+REASONS: tuple[Reason, ...] = (*(row for kind in KINDS.values() for row in kind.reasons), *SHARED)
 
 #: The fixed words every reason starts with (the probe's `REASON_PHRASES`).
 PHRASES: tuple[str, ...] = tuple(dict.fromkeys(r.prefix for r in REASONS))

@@ -26,12 +26,11 @@ from aiohttp import web
 from helpers import async_wait_for, load_plan, missing, python_m, write_plan
 from servers import RawServer, aiohttp_server, closed_port, make_server_cert, never_answer
 
-from monitor.browser import BrowserProber, find_chromium, missing_parts
 from monitor.clock import RealClock
-from monitor.config import BrowserProbe
 from monitor.daemon import Daemon
+from monitor.kinds.browser import BrowserProbe, BrowserProber, find_chromium, missing_parts
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, make_probers
-from monitor.probe import Prober
 from monitor.store import Store
 
 NOTICE = "系统升级，暂停办理 · service paused for the upgrade"
@@ -189,7 +188,7 @@ def at() -> datetime:
 async def test_notice_written_by_script_is_seen_where_an_http_probe_misses_it(
     prober: BrowserProber, portal: Portal
 ) -> None:
-    from monitor.config import Probe
+    from monitor.kinds.http import Probe
 
     portal.notice = NOTICE
     http = Probe(url=portal.base + "/", body_not_matches="系统升级|暂停办理")
@@ -335,7 +334,7 @@ async def test_one_browser_and_at_most_two_pages_at_once(
 async def test_an_http_probe_completes_while_a_browser_probe_is_in_flight(
     prober: BrowserProber, portal: Portal
 ) -> None:
-    from monitor.config import Probe
+    from monitor.kinds.http import Probe
 
     slow = asyncio.create_task(prober.probe(page_probe(portal.base + "/hold"), TIMEOUT, at()))
     await async_wait_for(lambda: portal.held == 1, what="the browser probe in flight")

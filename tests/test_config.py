@@ -18,18 +18,18 @@ from hypothesis import strategies as st
 
 from monitor.cli import main
 from monitor.config import (
-    BrowserProbe,
     ConfigError,
-    HttpProbe,
     PlanConfig,
-    Probe,
-    PrometheusProbe,
     Service,
     format_duration,
     load_config,
     parse_duration,
     validate_config,
 )
+from monitor.kinds import KINDS
+from monitor.kinds.browser import BrowserProbe
+from monitor.kinds.http import HttpProbe, Probe
+from monitor.kinds.prometheus import PrometheusProbe
 from monitor.plan import Plan
 
 # A small, valid plan. Every bad config below is this text with one mistake put in, so each
@@ -543,6 +543,13 @@ def test_validate_config_reports_field_and_reference_errors_together() -> None:
 # --- through the command line ----------------------------------------------------------------
 
 
+def coverage(**counts: int) -> str:
+    """`validate`'s coverage words: every kind of the registry in its order, then `schedule`,
+    so a new kind shows up here without an edit."""
+    kinds = [*KINDS, "schedule"]
+    return "coverage 观测方式: " + ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in kinds)
+
+
 def run_validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(["validate", "--config", str(path)])
     out, err = capsys.readouterr()
@@ -556,8 +563,7 @@ def test_cli_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert err == ""
     assert out == (
         f"{path}: OK: 1 channels, 1 services (1 probed), 1 periods, 0 milestones\n"
-        "coverage 观测方式: http 1, browser 0, prometheus 0, push 0, schedule 0 "
-        "(schedule = not observed 仅按计划)\n"
+        f"{coverage(http=1)} (schedule = not observed 仅按计划)\n"
     )
 
 
@@ -671,9 +677,7 @@ def test_minimal_config_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert (code, err) == (0, "")
     first, second = out.splitlines()
     assert first == f"{path}: OK: 1 channels, 1 services (0 probed), 0 periods, 0 milestones"
-    assert second.startswith(
-        "coverage 观测方式: http 0, browser 0, prometheus 0, push 0, schedule 1"
-    )
+    assert second.startswith(coverage(schedule=1))
 
 
 def test_shortest_interval_and_zero_grace_are_valid(tmp_path: Path) -> None:
@@ -1294,9 +1298,11 @@ def test_body_only_with_post_and_never_quoted(tmp_path: Path) -> None:
 
 def test_unknown_probe_kind(tmp_path: Path) -> None:
     path, message = only_problem(tmp_path, with_probe('kind = "grpc"\nurl = "https://a/"'))
+    probed = ", ".join(f'"{name}"' for name, kind in KINDS.items() if kind.table == "probe")
+    assert probed.startswith('"http", "browser", "prometheus"')  # the registry's, in its order
     assert message == (
         f'{path}: channels[0].services[0].probe.kind {PENSION}: got "grpc"; '
-        'expected one of "http", "browser", "prometheus"'
+        f"expected one of {probed}"
     )
 
 
@@ -1460,9 +1466,7 @@ def test_validate_summarises_coverage_and_unset_variables(
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"{path}: OK: 1 channels, 3 services (2 probed), 1 periods, 0 milestones"
-    assert lines[1].startswith(
-        "coverage 观测方式: http 1, browser 0, prometheus 1, push 1, schedule 0"
-    )
+    assert lines[1].startswith(coverage(http=1, prometheus=1, push=1))
     assert lines[2].startswith("not configured 未配置: 3 service(s) stay unknown")
     assert lines[2].endswith(
         "ZWFW_URL (1 service), ZWFW_TOKEN (1 service), KIOSK_TOKEN (1 service), JOB (1 service)"

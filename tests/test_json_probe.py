@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 from servers import aiohttp_server
 
-from monitor.config import HttpProbe
-from monitor.probe import DEFAULT_BODY_CAP, REASON_PHRASES, Observation, Prober, json_failure
+from monitor.kinds.http import DEFAULT_BODY_CAP, HttpProbe, Prober, json_failure
+from monitor.observation import Observation
+from monitor.reasons import PHRASES as REASON_PHRASES
 
 OPEN = {"code": 0, "data": {"open": True, "menu": ["pension", "medical"]}}
 PAUSED = {"code": 1001, "msg": "系统升级，暂停办理", "data": {"open": False, "menu": []}}

@@ -21,8 +21,8 @@ from monitor.judge import (
     single_verdict,
     with_incident_id,
 )
+from monitor.observation import Observation
 from monitor.plan import Expectation, Plan, ServiceRef
-from monitor.probe import Observation
 
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2022, 7, 1, 12, 0, tzinfo=TZ)

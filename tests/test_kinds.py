@@ -24,9 +24,9 @@ from monitor.cli import main
 from monitor.clock import ReplayClock
 from monitor.judge import ServiceState, Thresholds, Verdict, judge
 from monitor.metrics import Metrics
+from monitor.observation import Observation
 from monitor.pipeline import Pipeline, make_probers
 from monitor.plan import Expectation, Plan
-from monitor.probe import Observation
 from monitor.store import Store
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -24,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.clock import RealClock, ReplayClock
 from monitor.daemon import Daemon
+from monitor.kinds.http import Prober
 from monitor.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
+from monitor.observation import Observation
 from monitor.pipeline import Pipeline
 from monitor.plan import Plan
-from monitor.probe import Observation, Prober
 from monitor.scheduler import Scheduler
 from monitor.store import Store
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from servers import ENGINES, HOST, Issued, aiohttp_server, make_ca, make_server_cert
 
 from monitor import http1, tls
-from monitor.probe import Prober
+from monitor.kinds.http import Prober
 
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, the verify code of a certificate for another host.
 HOSTNAME_MISMATCH = 62

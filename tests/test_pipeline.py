@@ -16,9 +16,9 @@ from helpers import MAINTENANCE_PATTERN, ChannelServer, async_wait_for, load_pla
 
 from monitor.clock import ReplayClock
 from monitor.judge import Verdict
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, Result
 from monitor.plan import Plan
-from monitor.probe import Prober
 from monitor.store import Store
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -38,9 +38,10 @@ from servers import (
 )
 
 from monitor import tls
-from monitor.config import Probe
-from monitor.http1 import Response, Timings
-from monitor.probe import DEFAULT_BODY_CAP, MAX_REDIRECTS, REASON_PHRASES, Observation, Prober
+from monitor.http1 import MAX_REDIRECTS, Response, Timings
+from monitor.kinds.http import DEFAULT_BODY_CAP, Probe, Prober
+from monitor.observation import Observation
+from monitor.reasons import PHRASES as REASON_PHRASES
 
 SERVING_PATTERN = "业务办理"
 
@@ -277,7 +278,7 @@ async def test_any_fault_inside_a_probe_is_an_observation_logged_once(
     spec = Probe.model_construct(
         url=f"{site}/private/p4th-s3cret", headers={"X-Api-Key": "k3y-s3cret\x01"}
     )
-    with caplog.at_level("DEBUG", logger="monitor.probe"):
+    with caplog.at_level("DEBUG", logger="monitor.kinds.http"):
         first = await prober.probe(spec, timedelta(seconds=5))
         second = await prober.probe(spec, timedelta(seconds=5))
     for observation in (first, second):

@@ -24,7 +24,7 @@ from servers import closed_port
 from monitor.clock import ReplayClock
 from monitor.daemon import Daemon
 from monitor.judge import Verdict
-from monitor.push import MAX_BODY, PushRefused, RateLimit, parse_body
+from monitor.kinds.push import MAX_BODY, PushRefused, RateLimit, parse_body
 
 TOKEN = "kiosk-push-token-7f3a9c1e5b2d4f60"
 WRONG = "kiosk-push-token-0000000000000000"
@@ -480,7 +480,7 @@ def test_the_token_never_shows_in_logs_page_metrics_or_store(tmp_path: Path) -> 
 )
 def test_push_and_browser_reasons_have_both_languages(reason: str) -> None:
     from monitor.alerts.message import reason_zh
-    from monitor.probe import REASON_PHRASES
+    from monitor.reasons import PHRASES as REASON_PHRASES
     from monitor.site.words import reason_text
 
     assert any(reason.startswith(phrase) for phrase in REASON_PHRASES)

@@ -36,9 +36,15 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from servers import RawServer, aiohttp_server, closed_port, never_answer
 
 from monitor import reasons
-from monitor.config import PrometheusProbe, _parse_comparison
-from monitor.probe import REASON_PHRASES, Observation
-from monitor.query import QueryProber, format_value, judged
+from monitor.kinds.prometheus import (
+    PrometheusProbe,
+    QueryProber,
+    _parse_comparison,
+    format_value,
+    judged,
+)
+from monitor.observation import Observation
+from monitor.reasons import PHRASES as REASON_PHRASES
 
 #: The correctness bound on a query that ends by its timeout.
 SLACK = 2.0

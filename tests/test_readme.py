@@ -139,5 +139,5 @@ def test_readme_examples_of_each_kind_validate(tmp_path: Path) -> None:
     for index, block in enumerate(blocks):
         plan = load_plan(tmp_path / f"kind-{index}.toml", base + block)
         kinds.append(plan.service("c", "s").service.observed_by)
-    assert kinds == ["http", "browser", "prometheus", "push", "prometheus"]
+    assert kinds == ["http", "browser", "prometheus", "push", "dns", "prometheus"]
     assert "scrape_configs:" in section and "run --no-alerts" in section

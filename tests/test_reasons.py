@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor import probe, reasons
+from monitor import reasons
 from monitor.alerts.message import reason_en, reason_zh
+from monitor.kinds import KINDS
 from monitor.site.feeds import safe_reason
 from monitor.site.words import reason_text
 
@@ -64,7 +65,7 @@ def test_probe_page_status_and_alerts_resolve_every_row_through_the_table(
     text = instance(row)
     found = reasons.lookup(text)
     assert found is not None and found[0] is row, text
-    assert text.startswith(row.prefix) and row.prefix in probe.REASON_PHRASES
+    assert text.startswith(row.prefix) and row.prefix in reasons.PHRASES
     for lang in ("zh", "en"):
         assert reason_text(text, lang) == reasons.describe(text, lang, public=True)
     assert reason_zh(text) == reasons.describe(text, "zh")
@@ -83,8 +84,14 @@ def test_the_page_never_shows_a_private_tail(row: reasons.Reason) -> None:
             assert SAMPLES[name] not in safe_reason(text)
 
 
-def test_the_probe_phrases_are_the_tables() -> None:
-    assert probe.REASON_PHRASES is reasons.PHRASES
+def test_the_table_is_every_kinds_rows_and_the_shared_ones() -> None:
+    # One table, gathered from the registry: a kind's rows reach the page, the alerts and the
+    # report without an edit here, and no phrase is written by two kinds.
+    owned = [row for kind in KINDS.values() for row in kind.reasons]
+    assert all(kind.reasons for kind in KINDS.values())
+    assert set(reasons.REASONS) == set(owned) | set(reasons.SHARED)
+    phrases = [row.phrase for row in reasons.REASONS]
+    assert len(set(phrases)) == len(phrases)
     assert len(set(reasons.PHRASES)) == len(reasons.PHRASES)
 
 

@@ -49,7 +49,7 @@ def service(sid: str, url: str, name: str = "", default: str = "up", interval: s
     )
 
 
-#: A push service: the channel's own script reports in (monitor/push.py).
+#: A push service: the channel's own script reports in (monitor/kinds/push.py).
 KIOSK = """
 [[channels.services]]
 id = "kiosk"

@@ -22,8 +22,8 @@ from test_site_browser import browser  # noqa: F401  (the shared Chromium fixtur
 
 from monitor.cli import main
 from monitor.judge import ServiceState, judge, thresholds_for, with_incident_id
+from monitor.observation import Observation
 from monitor.plan import Plan, ServiceRef
-from monitor.probe import Observation
 from monitor.report import (
     Evidence,
     HourCounts,

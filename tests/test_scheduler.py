@@ -18,8 +18,8 @@ import pytest
 from helpers import ChannelServer, async_wait_for, load_plan
 
 from monitor.clock import RealClock
+from monitor.kinds.http import Prober
 from monitor.pipeline import Pipeline, Result
-from monitor.probe import Prober
 from monitor.scheduler import WORKERS_PER_SLOT, Scheduler
 from monitor.store import Store
 
@@ -78,7 +78,7 @@ class Running:
         self.store = Store(tmp_path / "monitor.db")
         self.prober = Prober()
         self.recorder = Recorder()
-        self.pipeline = Pipeline(self.plan, self.store, RealClock(), self.prober, [self.recorder])
+        self.pipeline = Pipeline(self.plan, self.store, RealClock(), self.prober, (self.recorder,))
         self.scheduler = Scheduler(self.pipeline)
         self.stopped = False
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import query
 
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store import (
     MIGRATIONS,
     SCHEMA_VERSION,

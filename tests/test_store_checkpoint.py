@@ -20,7 +20,7 @@ import pytest
 from helpers import wait_for
 
 import monitor.store
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store import PendingObservation, Store, open_reader
 
 START = datetime(2022, 7, 1, 4, 0, tzinfo=UTC)
@@ -232,7 +232,7 @@ async def test_a_prune_holds_the_store_thread_for_one_slice_and_loses_nothing(
 CRASH = """
 import os, signal, sys, time
 from datetime import datetime, timedelta, UTC
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store import PendingObservation, Store
 store = Store(sys.argv[1])
 start = datetime(2022, 7, 1, 4, 0, tzinfo=UTC)

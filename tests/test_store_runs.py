@@ -22,8 +22,8 @@ from test_report import PLAN, SHANGHAI, at, observe
 from monitor import report as reports
 from monitor.cli import size_argument
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
+from monitor.observation import Observation
 from monitor.plan import Plan
-from monitor.probe import Observation
 from monitor.site.model import snapshot_from_store
 from monitor.store import MIGRATIONS, SCHEMA_VERSION, PendingObservation, Rollup, Store
 
@@ -268,7 +268,7 @@ def test_past_its_size_limit_the_store_drops_the_oldest_days_only(
 CRASH = """
 import os, signal, sys
 from datetime import datetime, timedelta, UTC
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store import PendingObservation, Store
 store = Store(sys.argv[1])
 start = datetime(2022, 7, 1, 4, 0, tzinfo=UTC)

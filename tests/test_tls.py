@@ -38,8 +38,8 @@ from servers import (
 )
 
 from monitor import resolver, tls
-from monitor.config import Probe
-from monitor.probe import Observation, Prober
+from monitor.kinds.http import Probe, Prober
+from monitor.observation import Observation
 
 TIMEOUT = 1.0
 #: The correctness bound on a probe that must end by its timeout (generous: a shared machine).

@@ -54,7 +54,8 @@ SIMULATED_ADDRESSES = {
     "HUBEI12333_API_URL": "/app/hubei-12333-wechat",
     "ETAX_PROMETHEUS_URL": "/prometheus",
 }
-#: Kinds of observation, in the order the demo names them.
+#: Kinds of observation, in the order the demo names them. Not the registry's: the demo replays
+#: the kinds its simulator serves, and it has no resolver to serve `dns` from.
 KINDS = ("http", "browser", "prometheus", "push")
 
 
@@ -139,7 +140,7 @@ def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
 
 def browser_line(plan: Plan) -> str | None:
     """One line on how the demo's browser services are judged here (None: there are none)."""
-    from monitor.browser import missing_parts
+    from monitor.kinds.browser import missing_parts
 
     count = sum(1 for ref in plan.services if ref.service.observed_by == "browser")
     if not count:

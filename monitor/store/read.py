@@ -12,7 +12,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
-from monitor.probe import Observation
+from monitor.observation import Observation
 from monitor.store.records import (
     IncidentRecord,
     RawRun,

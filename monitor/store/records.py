@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from monitor.judge import OpenIncident, Verdict
-from monitor.probe import Observation
+from monitor.observation import Observation
 
 
 @dataclass(frozen=True, slots=True)

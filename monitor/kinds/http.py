@@ -26,18 +26,18 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `json condition failed: <expr>` | no | a `json` condition, as written, is not truthy |
 | `probe failed (<type>)` | no | a fault of the prober itself (logged once per type, at warning) |
 
-Other kinds add their own phrases (monitor/query.py). `serving` is None when an observation
-cannot tell either way (a query without data, a service not configured): the judge then says
-`unknown`, and such an observation neither opens nor resolves an incident.
+Other kinds add their own phrases (monitor/kinds/prometheus.py). `serving` is None when an
+observation cannot tell either way (a query without data, a service not configured): the judge
+then says `unknown`, and such an observation neither opens nor resolves an incident.
 
-A body condition is an RE2 pattern (`monitor.config.body_pattern`): matching takes time linear
+A body condition is an RE2 pattern (`monitor.fields.body_pattern`): matching takes time linear
 in the body, never the minutes a backtracking `(a+)+$` takes. A body and pattern small enough to
 match in about a millisecond even in RE2's slowest case are matched on the event loop; larger
 ones in a worker thread (RE2 releases the GIL) while the probe's timeout keeps running, so the
 timeout bounds the whole probe, matching included, and a hostile body never stalls the loop.
 A match that outlives its probe ends by itself in its thread: RE2 cannot be interrupted, but its
 cost is bounded by the body cap times the pattern's size, which validation caps
-(`monitor.config.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
+(`monitor.fields.MAX_PATTERN_PROGRAM`); at most `MATCH_WORKERS` such matches run at once.
 """
 
 from __future__ import annotations
@@ -48,20 +48,32 @@ import json
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import httptools
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
 
-from monitor import http1, tls
-from monitor.config import HttpProbe, body_pattern, format_duration, pattern_program_size
-from monitor.http1 import MAX_REDIRECTS  # noqa: F401 (the documented limit)
-from monitor.reasons import PHRASES as REASON_PHRASES  # noqa: F401 (the words reasons start with)
+from monitor.fields import (
+    _ENV_REFERENCE as ENV_REFERENCE,
+)
+from monitor.fields import (
+    PositiveDuration,
+    ProbeEnv,
+    Regex,
+    _unset_names,
+    body_pattern,
+    format_duration,
+    pattern_program_size,
+)
+from monitor.kinds.base import Kind, ProberOptions, UrlProbe
+from monitor.observation import Observation
+from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
-    import aiohttp  # read_capped serves the aiohttp clients of other kinds (monitor/query.py)
+    import aiohttp  # read_capped serves the aiohttp clients of other kinds (kinds/prometheus.py)
+
+    from monitor import http1, tls
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +146,63 @@ def _content_type(body: str) -> str:
     return "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One probe's outcome. Holds no URL, header or body: it may be stored and published."""
+def _check_jmespath(value: str) -> str:
+    import jmespath  # only validation and JSON probes need it
+    from jmespath.exceptions import JMESPathError
 
-    at: datetime
-    #: True serving, False not serving, None when the observation could not tell.
-    serving: bool | None
-    reason: str
-    status_code: int | None = None
-    duration_seconds: float = 0.0
-    dns_seconds: float | None = None
-    connect_seconds: float | None = None
-    first_byte_seconds: float | None = None
-    tls_expiry: datetime | None = None
-    degraded: bool = False
+    try:
+        jmespath.compile(value)
+    except JMESPathError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"expected a JMESPath expression ({detail})") from None
+    return value
+
+
+JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
+
+
+class HttpProbe(UrlProbe):
+    """One HTTP request: status, body conditions and, for APIs, conditions on the JSON answer."""
+
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    body: Annotated[str, ProbeEnv] | None = None
+    json_conditions: tuple[JmesPath, ...] = Field(default=(), alias="json")
+    expect_status: tuple[Annotated[StrictInt, Field(ge=100, le=599)], ...] | None = None
+    follow_redirects: StrictBool = True
+    body_matches: Regex | None = None
+    body_not_matches: Regex | None = None
+    max_response_time: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> HttpProbe:
+        """`user:pass@` in the URL and an Authorization header: aiohttp refuses the request."""
+        from yarl import URL
+
+        if ENV_REFERENCE.search(self.url):
+            return self  # not configured yet; checked once the variable is set
+        if URL(self.url).user is not None and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            raise ValueError(
+                "expected credentials in one place: the URL holds user:password@ and the "
+                "headers an Authorization header; keep one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _body_needs_post(self) -> HttpProbe:
+        if self.body is not None and self.method != "POST":
+            raise ValueError('expected `body` only with method = "POST"')
+        return self
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.url, self.headers, self.body)
+
+
+#: Old name of the HTTP probe, kept for code written before the other kinds.
+Probe = HttpProbe
 
 
 class Prober:
@@ -158,6 +212,8 @@ class Prober:
     aiohttp's client cost three to four times the CPU per probe for the same GET (DESIGN.md,
     "What a probe costs, and the floor"); a probe needs none of its pooling or streaming.
     """
+
+    kind = "http"
 
     def __init__(
         self,
@@ -181,6 +237,8 @@ class Prober:
         await self.close()
 
     def _context(self) -> ssl.SSLContext | tls.ClientContext:
+        from monitor import tls  # (not at the top: `validate` and `plan` load no TLS code)
+
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
             try:
                 self._ssl = tls.system_context()
@@ -202,6 +260,8 @@ class Prober:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the network or the server does."""
         at = at or datetime.now(UTC)
+        from monitor import http1  # (imported here, with the prober, not with the plan's schema)
+
         timings = http1.Timings()
         status: int | None = None
         first_byte: float | None = None
@@ -232,6 +292,10 @@ class Prober:
 
     def _reason(self, exc: Exception) -> str:
         """The reason phrase of a probe that got no usable answer."""
+        import httptools
+
+        from monitor import http1
+
         if isinstance(exc, ssl.SSLCertVerificationError):
             expired = exc.verify_code == _X509_EXPIRED
             reason = "TLS certificate expired" if expired else "TLS certificate not trusted"
@@ -256,6 +320,8 @@ class Prober:
 
     async def _fetch(self, spec: HttpProbe, timings: http1.Timings) -> http1.Response:
         """The last answer to the probe's request (redirects followed unless told otherwise)."""
+        from monitor import http1
+
         headers = spec.headers
         body = None
         if spec.body is not None:
@@ -359,3 +425,43 @@ def _as_utf8(body: bytes, charset: str | None) -> bytes:
     except (LookupError, ValueError):  # unknown codec, or one that is not bytes -> text
         text = body.decode("utf-8", errors="replace")
     return text.encode("utf-8", errors="replace")
+
+
+#: The http kind's reasons (the network failures it shares with the browser kind are in
+#: `monitor.reasons.SHARED`).
+REASONS: tuple[Reason, ...] = (
+    Reason("HTTP {code}", "服务器返回 HTTP {code}", "server answered HTTP {code}"),
+    Reason(
+        "response slower than {duration}", "响应慢于 {duration}", "response slower than {duration}"
+    ),
+    Reason(
+        "body matches maintenance notice",
+        "页面显示维护公告",
+        "the page shows a maintenance notice",
+    ),
+    Reason(
+        "body does not match", "页面内容不是正常办理页面", "the page is not the usual service page"
+    ),
+    Reason("body is not JSON", "返回内容不是 JSON", "the answer is not JSON"),
+    Reason(
+        "json condition failed: {expr}",
+        "返回的 JSON 不满足条件：{expr}",
+        "the JSON answer fails the condition: {expr}",
+        "返回内容不符合预期",
+        "the answer is not as expected",
+    ),
+)
+
+
+def _prober(options: ProberOptions) -> Prober:
+    """The http kind's prober: one for every http service (it holds no connections). Its
+    network code is loaded here, when `run` or `check` starts, rather than inside the first
+    probe's timeout; importing the kind for its plan table loads none of it."""
+    import httptools  # noqa: F401
+
+    from monitor import http1, tls  # noqa: F401
+
+    return Prober()
+
+
+KIND = Kind("http", HttpProbe, reasons=REASONS, prober=_prober)

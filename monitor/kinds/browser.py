@@ -39,15 +39,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from monitor.config import format_duration
+from monitor.fields import PositiveDuration, Regex, format_duration
+from monitor.kinds.base import Kind, ProberOptions, UrlProbe
+from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:  # only for annotations: importing Playwright is the first probe's job
     from playwright.async_api import Browser, BrowserContext, Page, Playwright, Response, Route
 
-    from monitor.probe import Observation
+    from monitor.observation import Observation
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ INSTALL_CHROMIUM = "install Chromium (apt-get install chromium) or set [monitor]
 _READ_TEXT = f"() => (document.body ? document.body.innerText : '').slice(0, {TEXT_CAP})"
 
 try:  # RE2 (time linear in the text, whatever the page shows) where the plan's patterns use it
-    from monitor.config import body_pattern as _compile  # type: ignore[attr-defined]
+    from monitor.fields import body_pattern as _compile  # type: ignore[attr-defined]
 except ImportError:  # (until the hardened probe's RE2 patterns are merged)
     _compile = re.compile
 #: A pattern compiled once, not looked up in a cache of `re` on every probe.
@@ -104,8 +106,20 @@ _NET_ERROR = re.compile(r"net::(ERR_[A-Z0-9_]+)")
 _TIMED_OUT = ("ERR_TIMED_OUT", "ERR_CONNECTION_TIMED_OUT")
 
 
+class BrowserProbe(UrlProbe):
+    """A page built by script: loaded in headless Chromium, judged on its rendered text."""
+
+    kind: Literal["browser"]
+    wait_for: str | None = None
+    text_matches: Regex | None = None
+    text_not_matches: Regex | None = None
+    # A browser is slow and costly: look less often and wait longer than for a GET.
+    interval: PositiveDuration | None = timedelta(minutes=5)
+    timeout: PositiveDuration | None = timedelta(seconds=30)
+
+
 class BrowserSpec(Protocol):
-    """What a browser probe needs of its plan entry (config.BrowserProbe)."""
+    """What a browser probe needs of its plan entry (`BrowserProbe`)."""
 
     url: str
     headers: dict[str, str]
@@ -157,7 +171,7 @@ def unavailable_reason(what: str) -> str:
 def unavailable(at: datetime, what: str) -> Observation:
     """The observation of a browser probe that could not run: neither serving nor not (the
     service's verdict stays `unknown`), with the reason saying what to install."""
-    from monitor.probe import Observation  # (not at the top: `validate` imports this module)
+    from monitor.observation import Observation  # (not at the top: `validate` imports this module)
 
     return Observation(at, None, unavailable_reason(what))
 
@@ -196,6 +210,8 @@ class _Visit:
 
 class BrowserProber:
     """Browser probes over one shared Chromium process (see the module docstring)."""
+
+    kind = "browser"
 
     #: At most `pages` at once, queued here: the pipeline's general limit is not taken.
     limits_itself = True
@@ -277,7 +293,7 @@ class BrowserProber:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the page, the network or the browser
         does. Waiting for a free page slot is not counted in the timeout; loading is."""
-        from monitor.probe import Observation
+        from monitor.observation import Observation
 
         at = at or datetime.now(UTC)
         await self._pages.acquire()
@@ -436,3 +452,34 @@ def _same_origin_headers(url: str, headers: dict[str, str]) -> Any:
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or ""), parts.port
+
+
+#: The browser kind's reasons (the network failures it shares with the http kind are in
+#: `monitor.reasons.SHARED`).
+REASONS: tuple[Reason, ...] = (
+    Reason(
+        "rendered text matches maintenance notice",
+        "浏览器打开的页面显示维护公告",
+        "the page, opened in a browser, shows a maintenance notice",
+    ),
+    Reason(
+        "rendered text does not match",
+        "浏览器打开的页面不是正常办理页面",
+        "the page, opened in a browser, is not the usual service page",
+    ),
+    Reason(
+        "browser not available: {what}",
+        "监测用的浏览器不可用：{what}",
+        "the monitoring browser is not available: {what}",
+        "监测用的浏览器不可用",
+        "the monitoring browser is not available",
+    ),
+)
+
+
+def _prober(options: ProberOptions) -> BrowserProber:
+    """The browser kind's prober; Chromium starts only when a browser probe first runs."""
+    return BrowserProber(options.chromium)
+
+
+KIND = Kind("browser", BrowserProbe, reasons=REASONS, prober=_prober)

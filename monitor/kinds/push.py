@@ -46,19 +46,24 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated
 
-from aiohttp import web
+from pydantic import field_validator
 
-from monitor.config import format_duration
+from monitor.fields import _ENV_REFERENCE as ENV_REFERENCE
+from monitor.fields import PositiveDuration, ProbeEnv, _Model, _unset_names, format_duration
 from monitor.keyed_locks import KeyedLocks
+from monitor.kinds.base import Kind
+from monitor.observation import Observation, not_configured
 from monitor.part import Part
-from monitor.pipeline import Pipeline, Result, not_configured
-from monitor.plan import Plan, ServiceRef
-from monitor.probe import Observation
+from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
+    from monitor.pipeline import Pipeline, Result
+    from monitor.plan import Plan, ServiceRef
     from monitor.plan_change import PlanChange
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,29 @@ _BODY_KEYS = ("serving", "reason", "count")
 Key = tuple[str, str]
 
 
+class Push(_Model):
+    """Observed from the inside: the channel's own systems send the monitor pushes."""
+
+    token: Annotated[str, ProbeEnv]
+    within: PositiveDuration = timedelta(minutes=5)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if not ENV_REFERENCE.search(value) and len(value) < 16:
+            raise ValueError("expected a token of at least 16 characters")
+        return value
+
+    def __repr__(self) -> str:  # the token is a secret
+        return "Push(...)"
+
+    __str__ = __repr__
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        return _unset_names(self.token)
+
+
 class PushRefused(Exception):
     """A push that is not accepted: its HTTP status and a sentence in both languages."""
 
@@ -88,6 +116,8 @@ class PushRefused(Exception):
         self.status, self.en, self.zh = status, en, zh
 
     def response(self) -> web.Response:
+        from aiohttp import web  # (the server's; importing the kind loads no HTTP stack)
+
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         if self.status == 429:
             headers = {"Retry-After": "1"}
@@ -323,6 +353,8 @@ class PushReceiver:
             "expected": result.expectation.state,
             "verdict": result.verdict.value,
         }
+        from aiohttp import web  # (the server's; importing the kind loads no HTTP stack)
+
         return web.json_response(body, status=202)
 
     async def _read(self, request: web.Request) -> bytes | None:
@@ -467,3 +499,24 @@ class PushReceiver:
 def _printable(key: Key) -> tuple[str, str]:
     """Ids from a request path, cut and cleaned for a log line (they are the caller's text)."""
     return tuple(_CONTROL.sub("?", part)[:64] for part in key)  # type: ignore[return-value]
+
+
+#: The push kind's reasons.
+REASONS: tuple[Reason, ...] = (
+    Reason(
+        "no push for {duration}",
+        "{duration} 内未收到渠道推送",
+        "no push from the channel for {duration}",
+    ),
+    Reason("push", "收到渠道推送", "the channel reported in"),
+    Reason(
+        "pushed: {text}",
+        "渠道推送：{text}",
+        "the channel pushed: {text}",
+        "渠道报告了状态",
+        "the channel reported its state",
+    ),
+)
+
+#: Pushes arrive (POST /push, `PushReceiver`): nothing is probed, so the kind has no prober.
+KIND = Kind("push", Push, table="push", reasons=REASONS)
