@@ -24,12 +24,12 @@ from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
 from monitor.alerts.sender import AlertSender
 from monitor.clock import Clock, RealClock
 from monitor.gc_watch import GcPauses
-from monitor.kinds.push import PushReceiver
 from monitor.notice import NoticesFile
 from monitor.part import Part
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
 from monitor.plan_change import PlanChange, UsesPlan
+from monitor.receiver import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.server import Server
 from monitor.site.publish import tidy

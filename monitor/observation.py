@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from monitor.plan import ServiceRef
+
+class _Unset(Protocol):
+    @property
+    def unset(self) -> tuple[str, ...]: ...
+
+
+class Configured(Protocol):
+    """What `not_configured` reads of a service reference (`plan.ServiceRef` is one): named
+    here, not imported, because the plan's schema imports the kinds that import this module."""
+
+    @property
+    def service(self) -> _Unset: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +41,7 @@ class Observation:
     degraded: bool = False
 
 
-def not_configured(ref: ServiceRef, at: datetime) -> Observation:
+def not_configured(ref: Configured, at: datetime) -> Observation:
     """The observation of a service whose probe or push needs unset environment variables.
-    Here rather than in the pipeline so a kind (push) can write it without importing the
-    pipeline that imports the kinds."""
+    Here rather than in the pipeline so the push receiver and the pipeline share it."""
     return Observation(at, None, f"not configured: set {', '.join(ref.service.unset)}")

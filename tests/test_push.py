@@ -24,7 +24,7 @@ from servers import closed_port
 from monitor.clock import ReplayClock
 from monitor.daemon import Daemon
 from monitor.judge import Verdict
-from monitor.kinds.push import MAX_BODY, PushRefused, RateLimit, parse_body
+from monitor.receiver import MAX_BODY, PushRefused, RateLimit, parse_body
 
 TOKEN = "kiosk-push-token-7f3a9c1e5b2d4f60"
 WRONG = "kiosk-push-token-0000000000000000"

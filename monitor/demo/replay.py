@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from monitor.clock import ReplayClock
-from monitor.kinds.push import PushReceiver
 from monitor.pipeline import Pipeline, Result
 from monitor.plan import TICK, Plan, ServiceRef, Transition
+from monitor.receiver import PushReceiver
 from monitor.report import plan_pieces
 from monitor.store import IncidentRecord
 

@@ -34,9 +34,9 @@ from aiohttp import web
 
 from monitor.clock import Clock
 from monitor.config import PlanConfig
-from monitor.kinds.push import MAX_BODY, PushReceiver, PushRefused
 from monitor.pipeline import Result
 from monitor.plan import Plan, ServiceRef
+from monitor.receiver import MAX_BODY, PushReceiver, PushRefused
 
 MAINTENANCE_TEXT = "系统切换中，本业务暂停办理 / Service suspended during the system cutover"
 MAINTENANCE_PATTERN = "暂停办理"

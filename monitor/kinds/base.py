@@ -37,6 +37,10 @@ class KindProber(Protocol):
     async def close(self) -> None: ...
 
 
+#: How every probe of every kind names itself to the channel.
+USER_AGENT = "channel-monitor/0.1 (+status probe)"
+
+
 @dataclass(frozen=True, slots=True)
 class ProberOptions:
     """The narrow settings a kind's prober may need, taken from the plan's `[monitor]` table.

@@ -66,19 +66,16 @@ from monitor.fields import (
     format_duration,
     pattern_program_size,
 )
-from monitor.kinds.base import Kind, ProberOptions, UrlProbe
+from monitor.kinds.base import USER_AGENT, Kind, ProberOptions, UrlProbe
 from monitor.observation import Observation
 from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
-    import aiohttp  # read_capped serves the aiohttp clients of other kinds (kinds/prometheus.py)
-
     from monitor import http1, tls
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BODY_CAP = 256 * 1024
-USER_AGENT = "channel-monitor/0.1 (+status probe)"
 
 _X509_EXPIRED = 10
 
@@ -393,20 +390,6 @@ class Prober:
                 type(exc).__name__,
             )
         log.debug("probe failed", exc_info=exc)
-
-
-async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """At most `cap` bytes of the body; the rest is never read (the connection is closed)."""
-    content = response.content
-    chunks: list[bytes] = []
-    remaining = cap
-    while remaining > 0 and not content.at_eof():
-        chunk = await content.read(min(remaining, 65536))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def _as_utf8(body: bytes, charset: str | None) -> bytes:

@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from monitor.fields import ProbeEnv, _unset_names, format_duration
-from monitor.kinds.base import Kind, ProberOptions, UrlProbe
-from monitor.kinds.http import USER_AGENT, read_capped
+from monitor.kinds.base import USER_AGENT, Kind, ProberOptions, UrlProbe
 from monitor.observation import Observation
 from monitor.reason_rows import Reason
 
@@ -43,6 +42,20 @@ if TYPE_CHECKING:
     import aiohttp
 
 _COMPARISON = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """At most `cap` bytes of the body; the rest is never read (the connection is closed)."""
+    content = response.content
+    chunks: list[bytes] = []
+    remaining = cap
+    while remaining > 0 and not content.at_eof():
+        chunk = await content.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 class Comparison(typing.NamedTuple):
