@@ -10,6 +10,13 @@ redirects (at most `MAX_REDIRECTS`, relative `Location`, 301/302/303 become GET,
 dropped on leaving the origin), gzip and deflate decoded, chunked bodies, and a body cap counted
 after decoding: past it the connection is closed and the rest never read.
 
+What a browser or curl accepts is accepted (DESIGN.md, "Choices already measured"): a folded
+header line (RFC 9112 section 5.2) and lines ended by a bare LF; content codings stacked in one
+`Content-Encoding` (each decoded in turn; one it cannot decode leaves the body unread and named
+in `Response.undecoded`); only the first answer on a connection is read; the header cap holds
+for the head as a whole, however TCP cut it into reads; and a name with several addresses is
+connected to as RFC 8305 says (the next address tried while the last still waits).
+
 The caller bounds the whole exchange with its own timeout (cancelling `fetch` closes the
 connection). Errors are the standard ones (`OSError` and its kinds, `ssl.SSLError`,
 `socket.gaierror`) or the few defined here; `monitor.probe` turns each into a reason.
@@ -43,6 +50,31 @@ _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 #: A header name: an RFC 9110 token. A value: no control character but a tab.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: llhttp's leniencies, all named so that a release of `httptools` cannot change them. Two are
+#: on because RFC 9112 and curl accept what they allow in an answer: `lenient_headers` reads a
+#: folded line as part of the field above it (section 5.2; the fold's CRLF is dropped, its
+#: spaces kept), `lenient_optional_cr_before_lf` a line ended by LF alone (section 2.2). The
+#: rest (chunk framing, a length beside `chunked`, versions) stay strict. What they would let a
+#: proxy be fooled by does not apply here: one request per connection, nothing reused.
+LENIENCIES = dict.fromkeys(
+    (
+        "lenient_headers",
+        "lenient_chunked_length",
+        "lenient_keep_alive",
+        "lenient_transfer_encoding",
+        "lenient_version",
+        "lenient_data_after_close",
+        "lenient_optional_lf_after_cr",
+        "lenient_optional_cr_before_lf",
+        "lenient_optional_crlf_after_chunk",
+        "lenient_spaces_after_chunk_size",
+    ),
+    False,
+) | {"lenient_headers": True, "lenient_optional_cr_before_lf": True}
+#: The content codings decoded here; `identity` is no coding at all.
+_ZLIB_CODINGS = frozenset(("gzip", "x-gzip", "deflate"))
+#: The most an outer coding of a stack hands on at a time: a bomb in a bomb stays bounded.
+_PIECE = 64 * 1024
 
 
 class TooManyRedirects(Exception):
@@ -69,6 +101,14 @@ class HeadersTooLarge(Exception):
     """An answer whose status line and headers run past `MAX_HEAD_BYTES`."""
 
 
+class InvalidAnswer(Exception):
+    """An answer the parser refused; the message is llhttp's own (`Duplicate Content-Length`)."""
+
+
+class _SecondAnswer(Exception):
+    """Raised inside the parser to stop it where a second answer begins."""
+
+
 @dataclass(slots=True)
 class Timings:
     """What the probe wants timed: the last connection's DNS and connect (TCP and TLS) seconds,
@@ -88,6 +128,9 @@ class Response:
     headers: dict[str, str]
     body: bytes = b""
     timings: Timings = field(default_factory=Timings)
+    #: A content coding of the answer this client cannot decode (`br`); the body is then empty,
+    #: so that nothing is ever matched against bytes still encoded.
+    undecoded: str | None = None
 
     @property
     def charset(self) -> str | None:
@@ -144,13 +187,17 @@ class _Exchange(asyncio.Protocol):
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.parser.set_dangerous_leniencies(**LENIENCIES)
         self.headers: dict[str, str] = {}
         self.status = 0
         self.chunks: list[bytes] = []
         self.size = 0
         self.headers_at: float | None = None
-        self.decoder: zlib._Decompress | None = None  # type: ignore[name-defined]
-        self.encoding = ""
+        #: The answer's content codings in the order they are undone (the last listed first),
+        #: and a decoder for each once its first bytes have come.
+        self.codings: tuple[str, ...] = ()
+        self.decoders: list[zlib._Decompress | None] = []  # type: ignore[name-defined]
+        self.undecoded: str | None = None
         self.delimited = False  # the body's end is known (Content-Length or chunked)
         self.head_bytes = 0
 
@@ -161,16 +208,34 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
+        if self.headers_at is None:
+            # Still in the head, which may take MAX_HEAD_BYTES of the answer in all: a read
+            # reaching past them is fed only up to there, so the verdict is the same however
+            # the head was cut into reads (one read of 120 KB or fifteen of 8 KiB).
+            room = MAX_HEAD_BYTES - self.head_bytes
+            if len(data) > room:
+                view = memoryview(data)
+                self.head_bytes = MAX_HEAD_BYTES
+                self._feed(view[:room])
+                if self.headers_at is None:
+                    self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
+                elif not self.done.done():
+                    self._feed(view[room:])
+                return
+            self.head_bytes += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._finish()
-        except Exception as exc:  # a malformed answer, or a body that does not decode
+        except httptools.HttpParserCallbackError as exc:  # a second answer, or a fault of ours
             self._fail(exc)
-        if self.headers_at is None:  # still in the headers: count what they have taken
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self._fail(HeadersTooLarge(f"more than {MAX_HEAD_BYTES} bytes of headers"))
+        except httptools.HttpParserError as exc:  # a malformed answer, in llhttp's own words
+            self._fail(InvalidAnswer(str(exc) or type(exc).__name__))
+        except Exception as exc:
+            self._fail(exc)
 
     def eof_received(self) -> bool:
         self._ended(None)
@@ -190,6 +255,12 @@ class _Exchange(asyncio.Protocol):
             self._fail(Disconnected("server closed the connection before the answer ended"))
 
     # parser events
+    def on_message_begin(self) -> None:
+        """Only the first answer counts: anything a server sends after it on the connection
+        (a second answer that would overwrite the status) stops the parser unread."""
+        if self.headers_at is not None:
+            raise _SecondAnswer()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
@@ -203,45 +274,78 @@ class _Exchange(asyncio.Protocol):
         self.delimited = "content-length" in headers or "chunked" in headers.get(
             "transfer-encoding", ""
         )
-        self.encoding = headers.get("content-encoding", "").strip().lower()
+        coding = headers.get("content-encoding")
+        if coding:
+            self._codings(coding)
         if self.head or self.status in (204, 304):
             self._finish()
+
+    def _codings(self, value: str) -> None:
+        """Read `Content-Encoding`: every listed coding is undone, the last listed first
+        (RFC 9110 section 8.4); `identity` is none. A coding not decoded here leaves the body
+        unkept and is named in `undecoded`."""
+        codings = []
+        for name in reversed(value.lower().split(",")):
+            name = name.strip()
+            if name in _ZLIB_CODINGS:
+                codings.append(name)
+            elif name and name != "identity":
+                self.undecoded = name
+                return
+        self.codings = tuple(codings)
+        self.decoders = [None] * len(codings)
 
     def on_body(self, body: bytes) -> None:
         if self.done.done():
             return
-        if self.encoding in ("gzip", "x-gzip", "deflate"):
+        if self.undecoded is not None:  # unreadable: counted against the cap, never kept
+            self.size += len(body)
+            if self.size >= self.cap:
+                self._finish()
+            return
+        if self.codings:
             try:
-                body = self._decode(body)
+                self._decode(0, body)
             except BadEncoding as exc:
                 self._fail(exc)
-                return
+            return
+        self._keep(body)
+
+    def _keep(self, body: bytes) -> bool:
+        """Keep decoded bytes up to the cap; False once it is reached (the answer is done)."""
         room = self.cap - self.size
         if len(body) >= room:
             self.chunks.append(body[:room])
             self.size = self.cap
             self._finish()  # the cap: the rest is never read
-            return
+            return False
         self.chunks.append(body)
         self.size += len(body)
+        return True
 
     def on_message_complete(self) -> None:
         if self.headers_at is not None:
             self._finish()
 
-    def _decode(self, data: bytes) -> bytes:
-        if self.decoder is None:
-            if self.encoding == "deflate":  # zlib-wrapped, or raw deflate as some servers send
-                header = len(data) >= 2 and (data[0] << 8 | data[1])
-                wrapped = bool(header) and data[0] & 0x0F == 8 and header % 31 == 0
-                self.decoder = zlib.decompressobj(15 if wrapped else -15)
-            else:
-                self.decoder = zlib.decompressobj(16 + 15)
-        try:
-            # never more than the cap needs: a small bomb cannot grow past it
-            return self.decoder.decompress(data, self.cap - self.size + 1)
-        except zlib.error as exc:
-            raise BadEncoding(str(exc)) from None
+    def _decode(self, layer: int, data: bytes) -> bool:
+        """Undo coding `layer` and those after it on `data`, keeping the result; False once
+        the cap is reached. No layer gives more at a time than the next needs: the innermost
+        never more than the cap needs (a small bomb cannot grow past it), an outer one
+        `_PIECE` bytes, the rest of its input held until the next layer has taken those."""
+        decoder = self.decoders[layer]
+        if decoder is None:
+            decoder = self.decoders[layer] = _decoder(self.codings[layer], data)
+        last = layer == len(self.codings) - 1
+        while data:
+            limit = self.cap - self.size + 1 if last else _PIECE
+            try:
+                piece = decoder.decompress(data, limit)
+            except zlib.error as exc:
+                raise BadEncoding(str(exc)) from None
+            data = decoder.unconsumed_tail
+            if piece and not (self._keep(piece) if last else self._decode(layer + 1, piece)):
+                return False
+        return True
 
     def _finish(self) -> None:
         if not self.done.done():
@@ -250,6 +354,16 @@ class _Exchange(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if not self.done.done():
             self.done.set_exception(exc)
+
+
+def _decoder(coding: str, first: bytes) -> zlib._Decompress:  # type: ignore[name-defined]
+    """A decoder for one coding; `deflate` is zlib-wrapped as RFC 9110 says, or raw deflate as
+    some servers send it, told apart by the first two bytes."""
+    if coding == "deflate":
+        header = len(first) >= 2 and (first[0] << 8 | first[1])
+        wrapped = bool(header) and first[0] & 0x0F == 8 and header % 31 == 0
+        return zlib.decompressobj(15 if wrapped else -15)
+    return zlib.decompressobj(16 + 15)
 
 
 async def _connect(
@@ -409,7 +523,8 @@ async def fetch(
         status = exchange.status
         location = exchange.headers.get("location")
         if not (follow_redirects and status in _REDIRECTS and location):
-            return Response(status, exchange.headers, b"".join(exchange.chunks), timings)
+            kept = b"".join(exchange.chunks)
+            return Response(status, exchange.headers, kept, timings, exchange.undecoded)
         redirects += 1
         if redirects > MAX_REDIRECTS:
             raise TooManyRedirects()

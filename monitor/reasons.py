@@ -146,6 +146,13 @@ REASONS: tuple[Reason, ...] = (
     Reason("TLS certificate expired", "证书已过期", "certificate expired"),
     Reason("TLS certificate not trusted", "证书不受信任", "certificate not trusted"),
     Reason("TLS handshake failed", "加密连接失败", "secure connection failed"),
+    Reason(
+        "TLS handshake failed ({what})",
+        "加密连接失败（{what}）",
+        "secure connection failed ({what})",
+        "加密连接失败",
+        "secure connection failed",
+    ),
     Reason("too many redirects", "重定向次数过多", "too many redirects"),
     Reason("connection failed", "连接失败", "connection failed"),
     Reason(
@@ -154,6 +161,20 @@ REASONS: tuple[Reason, ...] = (
         "connection failed ({type})",
         "连接失败",
         "connection failed",
+    ),
+    Reason(
+        "invalid HTTP answer ({what})",
+        "服务器的应答不合 HTTP 规范（{what}）",
+        "the server's answer is not valid HTTP ({what})",
+        "服务器的应答无法识别",
+        "the server's answer could not be read",
+    ),
+    Reason(
+        "content encoding not supported: {what}",
+        "应答内容的压缩方式无法解读：{what}",
+        "the answer's content encoding cannot be read: {what}",
+        "应答内容无法读取，无法判断",
+        "the answer's content could not be read, so the check cannot tell",
     ),
     Reason(
         "query value {value} {op} {limit}",
