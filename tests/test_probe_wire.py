@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator
@@ -18,11 +19,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
-from servers import Handler, RawServer, make_ca, make_server_cert, read_request
+from servers import Handler, RawServer, aiohttp_server, make_ca, make_server_cert, read_request
 from test_tls import TlsServer, agree, handshake_failed, observe
 
-from monitor import http1, reasons
+from monitor import http1, reasons, resolver
 from monitor.config import Probe
 from monitor.probe import REASON_PHRASES, Observation, Prober
 
@@ -351,3 +353,143 @@ async def test_a_tls_1_0_server_is_a_failed_handshake_in_openssl_words(tls_1_0_s
     reason = next(iter(seen.values())).reason
     assert reasons.describe(reason, "zh") == "加密连接失败（protocol version）"
     assert reasons.describe(reason, "zh", public=True) == "加密连接失败"
+
+
+# --- several addresses: Happy Eyeballs (RFC 8305) ----------------------------------------------
+
+BLACKHOLES = ("2001:db8::1", "2001:db8::2", "192.0.2.1")
+
+
+class Addresses:
+    """A name's addresses from a stubbed resolver, and a connect that never completes for the
+    documentation addresses in `BLACKHOLES` (as a host that drops SYNs): which were tried, in
+    what order, and which were given up."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
+        self.tried: list[str] = []
+        self.refused: set[str] = set()
+        self.hung: set[str] = set()
+        self.given_up: set[str] = set()
+        self.all_given_up = asyncio.Event()
+        real = http1._attempt
+
+        async def attempt(loop, address, port, host, context, exchange):
+            self.tried.append(address)
+            if address in self.refused:
+                raise ConnectionRefusedError(111, "refused")
+            if address not in BLACKHOLES:
+                return await real(loop, address, port, host, context, exchange)
+            self.hung.add(address)
+            try:
+                await loop.create_future()  # no SYN-ACK, ever
+            finally:
+                self.given_up.add(address)
+                if self.given_up == self.hung:
+                    self.all_given_up.set()
+
+        async def getaddrinfo(host, port, *args, **kwargs):
+            family = {True: socket.AF_INET6, False: socket.AF_INET}
+            return [(family[":" in a], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+        monkeypatch.setattr(http1, "_attempt", attempt)
+        monkeypatch.setattr(resolver, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[int]:
+    async with RawServer(answer(page(SERVING_TEXT))) as server:
+        yield server.port
+
+
+async def test_a_blackholed_first_address_costs_a_moment_not_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, site: int
+) -> None:
+    """Before, the probe waited on the first address for its whole timeout."""
+    names = Addresses(monkeypatch, "192.0.2.1", "127.0.0.1")
+    async with Prober() as prober:
+        spec = Probe(url=f"http://channel.test:{site}/", body_matches=SERVING_PATTERN)
+        observation = await prober.probe(spec, timedelta(seconds=10))
+    assert outcome(observation) == (True, "HTTP 200", 200)
+    assert observation.duration_seconds < 5  # a generous bound: the delay is 0.25 s
+    assert names.tried == ["192.0.2.1", "127.0.0.1"]
+    await asyncio.wait_for(names.all_given_up.wait(), 5)  # the hung attempt was ended
+
+
+async def test_the_families_alternate_and_every_loser_is_ended(
+    monkeypatch: pytest.MonkeyPatch, site: int
+) -> None:
+    names = Addresses(monkeypatch, "2001:db8::1", "2001:db8::2", "192.0.2.1", "127.0.0.1")
+    async with Prober() as prober:
+        observation = await prober.probe(
+            Probe(url=f"http://channel.test:{site}/"), timedelta(seconds=10)
+        )
+    assert outcome(observation) == (True, "HTTP 200", 200)
+    assert names.tried == ["2001:db8::1", "192.0.2.1", "2001:db8::2", "127.0.0.1"]
+    await asyncio.wait_for(names.all_given_up.wait(), 5)
+    assert names.given_up == set(BLACKHOLES)
+
+
+async def test_after_a_refusal_the_next_address_is_tried_at_once(
+    monkeypatch: pytest.MonkeyPatch, site: int
+) -> None:
+    """A delay as long as the timeout: only a failure can start the next attempt in time."""
+    monkeypatch.setattr(http1, "ATTEMPT_DELAY", 60.0)
+    names = Addresses(monkeypatch, "127.0.0.9", "127.0.0.1")
+    names.refused.add("127.0.0.9")
+    async with Prober() as prober:
+        observation = await prober.probe(
+            Probe(url=f"http://channel.test:{site}/"), timedelta(seconds=5)
+        )
+    assert outcome(observation) == (True, "HTTP 200", 200)
+    assert names.tried == ["127.0.0.9", "127.0.0.1"]
+
+
+async def test_when_every_address_fails_the_last_failure_is_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = Addresses(monkeypatch, "127.0.0.9", "127.0.0.8")
+    names.refused.update(("127.0.0.9", "127.0.0.8"))
+    async with Prober() as prober:
+        refused = await prober.probe(Probe(url="http://channel.test:81/"), timedelta(seconds=5))
+    assert outcome(refused) == (False, "connection refused", None)
+    assert names.tried == ["127.0.0.9", "127.0.0.8"]
+
+
+async def test_a_blackhole_left_alone_is_waited_for_until_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The others refused, but the blackholed address might still answer: the probe's timeout
+    is what ends the wait, and the reason says so."""
+    names = Addresses(monkeypatch, "127.0.0.9", "192.0.2.1")
+    names.refused.add("127.0.0.9")
+    async with Prober() as prober:
+        observation = await prober.probe(Probe(url="http://channel.test:81/"), timedelta(seconds=1))
+    assert outcome(observation) == (False, "timeout after 1s", None)
+    await asyncio.wait_for(names.all_given_up.wait(), 5)
+
+
+async def test_tls_through_the_race_on_both_engines(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = make_ca(tmp_path)
+    cert = make_server_cert(tmp_path, issuer=ca, dns_names=("channel.test",))
+    Addresses(monkeypatch, "192.0.2.1", "127.0.0.1")
+    async with aiohttp_server(tls_page(), cert.server_context()) as base:
+        port = base.rsplit(":", 1)[1]
+        seen = await observe(f"https://channel.test:{port}/", ca)
+    agree(seen, (True, "HTTP 200", 200))
+
+
+def tls_page() -> web.Application:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text=SERVING_TEXT, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    return app
+
+
+def test_addresses_are_interleaved_by_family() -> None:
+    assert http1._interleave(["a:1", "a:2", "b", "c", "a:3"]) == ["a:1", "b", "a:2", "c", "a:3"]
+    assert http1._interleave(["b", "a:1", "c"]) == ["b", "a:1", "c"]
+    assert http1._interleave(["b", "c"]) == ["b", "c"]
