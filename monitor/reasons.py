@@ -38,6 +38,13 @@ SHARED: tuple[Reason, ...] = (
     Reason("TLS certificate expired", "证书已过期", "certificate expired"),
     Reason("TLS certificate not trusted", "证书不受信任", "certificate not trusted"),
     Reason("TLS handshake failed", "加密连接失败", "secure connection failed"),
+    Reason(
+        "TLS handshake failed ({what})",
+        "加密连接失败（{what}）",
+        "secure connection failed ({what})",
+        "加密连接失败",
+        "secure connection failed",
+    ),
     Reason("too many redirects", "重定向次数过多", "too many redirects"),
     Reason("connection failed", "连接失败", "connection failed"),
     Reason(

@@ -27,6 +27,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import threading
 from datetime import UTC, datetime
@@ -319,6 +320,30 @@ def _verification_error(code: int, message: str) -> ssl.SSLCertVerificationError
     return exc
 
 
+#: The words OpenSSL puts before the name of an alert the peer sent ("tlsv1 alert protocol
+#: version"): the alert's own name is what is kept.
+_ALERT = re.compile(r"^(?:sslv3|tlsv1|tlsv13|tls|ssl/tls) alert ")
+
+
+def failure_words(exc: ssl.SSLError) -> str | None:
+    """Why a TLS connection failed, in OpenSSL's words, for the probe's reason: the name of the
+    alert the server sent (`protocol version`, `handshake failure`) or of what OpenSSL itself
+    refused (`wrong version number`, `unsupported protocol`). The same on both engines, as both
+    carry OpenSSL's reason code (`SSLError.reason`); None when there is none to tell."""
+    code = getattr(exc, "reason", None)
+    if not code or not isinstance(code, str) or code == "UNKNOWN_ERROR":
+        return None
+    return _ALERT.sub("", code.lower().replace("_", " ")) or None
+
+
+def _io_error(ffi: Any, lib: Any, what: str) -> ssl.SSLError:
+    """A failure after the handshake, with OpenSSL's reason code as Python's `ssl` gives it."""
+    reason = _last_error(ffi, lib)
+    exc = ssl.SSLError(1, f"TLS {what} failed: {reason}")
+    exc.reason, exc.library = reason.upper().replace(" ", "_"), "SSL"
+    return exc
+
+
 class TlsTransport(asyncio.Protocol):
     """TLS on memory buffers between a TCP connection and the probe's protocol (`app`).
 
@@ -398,7 +423,7 @@ class TlsTransport(asyncio.Protocol):
         if not data or self._ssl is None or self._tcp is None or self._tcp.is_closing():
             return
         if self._lib.SSL_write(self._ssl, data, len(data)) <= 0:
-            self._abort(ssl.SSLError(f"TLS write failed: {_last_error(self._ffi, self._lib)}"))
+            self._abort(_io_error(self._ffi, self._lib, "write"))
             return
         self._flush()
 
@@ -475,7 +500,7 @@ class TlsTransport(asyncio.Protocol):
             if error == lib.SSL_ERROR_ZERO_RETURN:  # the server's close_notify
                 self._app.eof_received()
                 return
-            self._abort(ssl.SSLError(f"TLS read failed: {_last_error(ffi, lib)}"))
+            self._abort(_io_error(ffi, lib, "read"))
             return
 
     def _flush(self) -> None:

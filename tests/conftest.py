@@ -31,7 +31,7 @@ def processes() -> Iterator[list[subprocess.Popen]]:
 #: Test modules whose every test runs on asyncio's own loop and on uvloop, the loop `run` uses:
 #: the probe's client is built on the loop's transports, and the two raise TLS and connection
 #: errors through different code.
-BOTH_LOOPS = ("test_probe.py", "test_json_probe.py", "test_tls.py")
+BOTH_LOOPS = ("test_probe.py", "test_json_probe.py", "test_tls.py", "test_probe_wire.py")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -19,9 +19,11 @@ Reasons start with one of these fixed phrases; the page and the robots translate
 | `DNS lookup failed` | no | the host name does not resolve |
 | `TLS certificate expired` | no | the server's certificate is past its end date |
 | `TLS certificate not trusted` | no | self-signed, unknown issuer, host not in its SANs |
-| `TLS handshake failed` | no | TLS failed for another reason |
+| `TLS handshake failed` | no | TLS failed for another reason (and the library's words) |
 | `too many redirects` | no | more than 10 redirects |
 | `connection failed` | no | any other network error |
+| `invalid HTTP answer (<words>)` | no | the parser refused the answer, in its own words |
+| `content encoding not supported: <c>` | None | a body check, the body in a coding not read |
 | `body is not JSON` | no | `json` conditions are set, but the (capped) body is not JSON |
 | `json condition failed: <expr>` | no | a `json` condition, as written, is not truthy |
 | `probe failed (<type>)` | no | a fault of the prober itself (logged once per type, at warning) |
@@ -291,13 +293,16 @@ class Prober:
         """The reason phrase of a probe that got no usable answer."""
         import httptools
 
-        from monitor import http1
+        from monitor import http1, tls
 
         if isinstance(exc, ssl.SSLCertVerificationError):
             expired = exc.verify_code == _X509_EXPIRED
             reason = "TLS certificate expired" if expired else "TLS certificate not trusted"
         elif isinstance(exc, ssl.SSLError):
-            reason = "TLS handshake failed"
+            words = tls.failure_words(exc)
+            reason = f"TLS handshake failed ({words})" if words else "TLS handshake failed"
+        elif isinstance(exc, http1.InvalidAnswer):
+            reason = f"invalid HTTP answer ({exc})"
         elif isinstance(exc, http1.DNSLookupError):
             reason = "DNS lookup failed"
         elif isinstance(exc, http1.TooManyRedirects):
@@ -339,7 +344,7 @@ class Prober:
 
     async def _request(
         self, spec: HttpProbe, started: float, timings: http1.Timings
-    ) -> tuple[int, float, bool, str, bool]:
+    ) -> tuple[int, float, bool | None, str, bool]:
         """(status, first byte, serving, reason, degraded) of a request that got an answer;
         the first byte is the time from `started` until the (last) answer's headers."""
         requested = perf_counter()
@@ -351,6 +356,13 @@ class Prober:
         expected = spec.expect_status
         if not (status in expected if expected else 200 <= status < 300):
             return status, first_byte, False, f"HTTP {status}", False
+        if response.undecoded is not None and (
+            spec.body_matches is not None
+            or spec.body_not_matches is not None
+            or spec.json_conditions
+        ):  # the body is needed and cannot be read: neither serving nor not, as far as we know
+            reason = f"content encoding not supported: {response.undecoded}"
+            return status, first_byte, None, reason, False
         if spec.body_matches is not None or spec.body_not_matches is not None:
             data = _as_utf8(body, response.charset)
             if spec.body_not_matches and await self._matches(spec.body_not_matches, data):
@@ -413,6 +425,20 @@ def _as_utf8(body: bytes, charset: str | None) -> bytes:
 #: The http kind's reasons (the network failures it shares with the browser kind are in
 #: `monitor.reasons.SHARED`).
 REASONS: tuple[Reason, ...] = (
+    Reason(
+        "invalid HTTP answer ({what})",
+        "服务器的应答不合 HTTP 规范（{what}）",
+        "the server's answer is not valid HTTP ({what})",
+        "服务器的应答无法识别",
+        "the server's answer could not be read",
+    ),
+    Reason(
+        "content encoding not supported: {what}",
+        "应答内容的压缩方式无法解读：{what}",
+        "the answer's content encoding cannot be read: {what}",
+        "应答内容无法读取，无法判断",
+        "the answer's content could not be read, so the check cannot tell",
+    ),
     Reason("HTTP {code}", "服务器返回 HTTP {code}", "server answered HTTP {code}"),
     Reason(
         "response slower than {duration}", "响应慢于 {duration}", "response slower than {duration}"
