@@ -8,7 +8,7 @@ Both clients drive TLS on memory buffers the same way, so what differs is the li
 
 - `python-ssl`: Python's `ssl` (the system's OpenSSL), as `ssl.create_default_context()` sets it;
 - `cryptography`: the OpenSSL in the `cryptography` wheel through its cffi bindings, with the
-  key-exchange groups `monitor/tls.py` offers (an X25519 share);
+  key-exchange groups `monitor/net/tls.py` offers (an X25519 share);
 - `cryptography-default-shares`: the same with that OpenSSL's default groups (OpenSSL 3.5 and
   newer send a post-quantum share as well).
 
@@ -124,7 +124,7 @@ def main() -> int:
     from cryptography.hazmat.bindings.openssl.binding import Binding
     from servers import make_ca, make_server_cert
 
-    from monitor.tls import _GROUPS
+    from monitor.net.tls import _GROUPS
 
     info = machine()
     library = Binding.ffi.string(Binding.lib.OpenSSL_version(0)).decode()

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import monitor.site
-from monitor import DEFAULT_PORT, alerts, metrics, notice_watch, reload
+from monitor import DEFAULT_PORT, alerts, metrics, reload
 from monitor.alerts.sender import AlertSender
 from monitor.clock import Clock, RealClock
 from monitor.gc_watch import GcPauses
-from monitor.notice import NoticesFile
+from monitor.notices import NoticesFile
+from monitor.notices import watch as notice_watch
 from monitor.part import Part
 from monitor.pipeline import Listener, Pipeline, make_probers
 from monitor.plan import Plan
-from monitor.plan_change import PlanChange, UsesPlan
+from monitor.plan.change import PlanChange, UsesPlan
 from monitor.receiver import PushReceiver
 from monitor.scheduler import Scheduler
 from monitor.server import Server
@@ -64,7 +65,7 @@ class Daemon:
     #: False for `run --no-alerts`: a monitor in one location of several, judged centrally
     #: through Prometheus, sends no alerts of its own.
     alerts: bool = True
-    #: Operators' notices (monitor/notice.py): shown on the page, watched while running.
+    #: Operators' notices (monitor/notices/__init__.py): shown on the page, watched while running.
     notices_path: Path | None = None
     #: The plan file, watched and reloaded while running (monitor/reload.py); None: never.
     plan_path: Path | None = None

@@ -1,7 +1,7 @@
 """The scalar field types every part of the plan's schema shares: durations, ids, time zones,
 body patterns, probe URLs and headers, and `${NAME}` references to the environment.
 
-They live apart from `monitor.config` so that each kind of observation (`monitor.kinds`) can
+They live apart from `monitor.plan.schema` so that each kind of observation (`monitor.kinds`) can
 declare its own table with them, while `config` gathers the kinds' tables from the registry:
 neither has to import the other's half.
 """

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from monitor.pipeline import Listener
     from monitor.plan import Plan
-    from monitor.plan_change import UsesPlan
+    from monitor.plan.change import UsesPlan
 
 #: The plan running now: a reload swaps it, so a part that needs the plan later asks this.
 PlanSource = Callable[[], "Plan"]

@@ -33,10 +33,10 @@ from monitor.keyed_locks import KeyedLocks
 from monitor.kinds import KINDS, ProberOptions
 from monitor.kinds.base import KindProber
 from monitor.kinds.base import make_probers as build_probers
+from monitor.net.slots import Slots
 from monitor.observation import Observation, not_configured
 from monitor.plan import Expectation, Plan, ServiceRef
-from monitor.plan_change import REMOVED
-from monitor.slots import Slots
+from monitor.plan.change import REMOVED
 from monitor.store import (
     IncidentRecord,
     PendingObservation,
@@ -46,7 +46,7 @@ from monitor.store import (
 )
 
 if TYPE_CHECKING:
-    from monitor.plan_change import PlanChange
+    from monitor.plan.change import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Pipeline:
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
     #: probes a second; on a busy loop each takes tens of milliseconds, so 100 slots made
     #: probes wait for one (a standing queue of a second and more). A probe of a hung target
-    #: gives its slot back after a while and runs on (`monitor/slots.py`).
+    #: gives its slot back after a while and runs on (`monitor/net/slots.py`).
     concurrency: int = 400
     probers: dict[str, KindProber] = field(default_factory=dict)
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from monitor.pipeline import Pipeline, Result
     from monitor.plan import Plan, ServiceRef
-    from monitor.plan_change import PlanChange
+    from monitor.plan.change import PlanChange
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ plan stays, the problems are logged line by line as `validate` prints them, and 
 
 A good plan is handed to `Daemon.apply_plan`, the one place that swaps it into every part
 (DESIGN.md, composition root). What a reload does to each service is worked out once, in a
-`PlanChange` (monitor/plan_change.py): which services were added, removed, changed (their
+`PlanChange` (monitor/plan/change.py): which services were added, removed, changed (their
 settings or probe), which now expect something else or are probed at another interval. The
 parts act on that:
 
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.config import ConfigError, load_config
 from monitor.file_watch import POLL, PolledFile
 from monitor.part import Part
 from monitor.plan import Plan
-from monitor.plan_change import PlanChange
+from monitor.plan.change import PlanChange
+from monitor.plan.schema import ConfigError, load_config
 
 if TYPE_CHECKING:
     from monitor.clock import Clock

@@ -17,7 +17,7 @@ several times longer). A worker holds its probe through judging, which may wait 
 the slot is free by then, and the other workers keep the slots busy. Probes of a kind that
 limits itself (the browser's pages) run as their own tasks and wait at their own limit, so
 slow pages never hold the workers. A probe of a hung target gives its slot back after a while
-(`monitor/slots.py`) and a stand-in worker joins the pool while it runs on, so hung targets
+(`monitor/net/slots.py`) and a stand-in worker joins the pool while it runs on, so hung targets
 hold neither the slots nor the workers. When `MAX_WAITING` probes (not counting those of hung
 targets, which have their own bound) are already waiting or running,
 the monitor is behind and a probe that falls due is skipped (counted in `skipped`, `/healthz`
@@ -48,7 +48,7 @@ from monitor.plan import ServiceRef
 from monitor.store import SQLiteError
 
 if TYPE_CHECKING:
-    from monitor.plan_change import PlanChange
+    from monitor.plan.change import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Scheduler:
         )
 
     def _stand_in(self) -> None:
-        """A probe was lent (`monitor/slots.py`): its worker stays with it, so another takes
+        """A probe was lent (`monitor/net/slots.py`): its worker stays with it, so another takes
         its place; the pool shrinks back as lent probes end (`_work`)."""
         if not self._stopped and self.workers:
             self._add_worker()

@@ -34,8 +34,8 @@ import pytest
 from aiohttp import web
 from servers import closed_port
 
-from monitor.config import load_config
 from monitor.plan import Plan
+from monitor.plan.schema import load_config
 
 T = TypeVar("T")
 

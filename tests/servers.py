@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from monitor import tls
+from monitor.net import tls
 
 HOST = "127.0.0.1"
 
@@ -176,7 +176,7 @@ class Issued:
         return tls.ClientContext(cafile=self.cert_path)
 
 
-#: Who makes a probe's handshakes, by test id: `cryptography`'s OpenSSL (`monitor.tls`, the
+#: Who makes a probe's handshakes, by test id: `cryptography`'s OpenSSL (`monitor.net.tls`, the
 #: default where it loads) or Python's `ssl` (the fallback). Each makes a client context that
 #: trusts the given CA and nothing else; the TLS tests run on both and expect the same.
 ENGINES: dict[str, Callable[[Issued], ssl.SSLContext | tls.ClientContext]] = {

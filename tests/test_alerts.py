@@ -30,10 +30,10 @@ from monitor.alerts.message import Alert, reason_en, reason_zh
 from monitor.alerts.sender import AlertSender, alert_for, backoff, build_sink
 from monitor.cli import main
 from monitor.clock import ReplayClock
-from monitor.config import AlertSink, ConfigError, validate_config
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.part import Part
 from monitor.plan import Plan
+from monitor.plan.schema import AlertSink, ConfigError, validate_config
 from monitor.store import Store
 
 OPENED_AT = datetime(2022, 6, 22, 10, 10, 5, tzinfo=UTC)  # 18:10:05 in Beijing

@@ -17,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.cli import main
-from monitor.config import (
+from monitor.kinds import KINDS
+from monitor.kinds.browser import BrowserProbe
+from monitor.kinds.http import HttpProbe, Probe
+from monitor.kinds.prometheus import PrometheusProbe
+from monitor.plan import Plan
+from monitor.plan.schema import (
     ConfigError,
     PlanConfig,
     Service,
@@ -26,11 +31,6 @@ from monitor.config import (
     parse_duration,
     validate_config,
 )
-from monitor.kinds import KINDS
-from monitor.kinds.browser import BrowserProbe
-from monitor.kinds.http import HttpProbe, Probe
-from monitor.kinds.prometheus import PrometheusProbe
-from monitor.plan import Plan
 
 # A small, valid plan. Every bad config below is this text with one mistake put in, so each
 # test shows exactly the one change that breaks it.
@@ -1170,7 +1170,7 @@ def test_toml_reads_exactly_as_the_standard_library(text: str) -> None:
     `tomllib`'s result, zones included, and what it refuses is `tomllib`'s to decide."""
     import tomllib
 
-    from monitor.config import parse_toml
+    from monitor.plan.schema import parse_toml
 
     try:
         expected = tomllib.loads(text)

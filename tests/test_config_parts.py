@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.config import (
+from monitor.plan.schema import (
     ConfigError,
     PlanConfig,
     _NotInParts,

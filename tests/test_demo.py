@@ -27,7 +27,6 @@ from helpers import missing
 from servers import closed_port
 
 from monitor.clock import ReplayClock
-from monitor.config import PlanConfig, load_config
 from monitor.demo.faults import scripted_faults
 from monitor.demo.replay import Cadence, instants, planned_downtime
 from monitor.demo.run import KINDS, REPLAY_END, REPLAY_START, DemoOptions, again, run_demo
@@ -35,6 +34,7 @@ from monitor.demo.simulator import MAINTENANCE_PATTERN, PAYMENTS, Simulator
 from monitor.kinds.browser import missing_parts
 from monitor.kinds.prometheus import QueryProber
 from monitor.plan import Plan
+from monitor.plan.schema import PlanConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "channels.toml"

@@ -17,8 +17,8 @@ import pytest
 from helpers import load_plan, python_m, write_plan
 
 from monitor.cli import main
-from monitor.diff import default_range, diff_plans
 from monitor.plan import Expectation
+from monitor.plan.diff import default_range, diff_plans
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SECRET_URL = "https://probe.example.gov.cn/cert?token=s3cr3t-token"

@@ -67,4 +67,4 @@ def test_a_part_that_looks_another_up_breaks_it(tmp_path: Path) -> None:
     board.write_text(board.read_text() + "\nimport monitor.site  # noqa\n")
     result = lint_imports(root)
     assert result.returncode != 0
-    assert "monitor.notice_watch is not allowed to import monitor.site" in result.stdout
+    assert "monitor.notices.watch is not allowed to import monitor.site" in result.stdout

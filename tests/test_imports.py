@@ -26,8 +26,8 @@ NETWORK = (
     "cryptography",
     "prometheus_client",
     "dns",
-    "monitor.http1",
-    "monitor.tls",
+    "monitor.net.http1",
+    "monitor.net.tls",
     "playwright",
 )
 
@@ -132,7 +132,7 @@ def test_plan_commands_load_no_network_stack(command: tuple[str, ...], plan: Pat
     args = [part.format(plan=plan, shipped=shipped) for part in command]
     code, modules = loaded_by(*args)
     assert code == 0
-    assert {"monitor.config", "monitor.kinds.http", "monitor.kinds.prometheus"} <= modules
+    assert {"monitor.plan.schema", "monitor.kinds.http", "monitor.kinds.prometheus"} <= modules
     assert network_in(modules) == []
 
 
@@ -141,4 +141,6 @@ def test_the_check_sees_a_network_stack_when_one_is_loaded() -> None:
     # would see it if a command loaded it.
     code, modules = loaded_by("--probers")
     assert code == 0
-    assert {"httptools", "monitor.http1", "monitor.tls", "aiohttp"} <= set(network_in(modules))
+    assert {"httptools", "monitor.net.http1", "monitor.net.tls", "aiohttp"} <= set(
+        network_in(modules)
+    )

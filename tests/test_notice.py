@@ -32,8 +32,8 @@ from helpers import (
 from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.message import Alert
 from monitor.alerts.webhook import WebhookSink
-from monitor.config import AlertSink, ConfigError
-from monitor.notice import add_notice, add_update, load_notices, validate_notices
+from monitor.notices import add_notice, add_update, load_notices, validate_notices
+from monitor.plan.schema import AlertSink, ConfigError
 
 PLAN = """\
 [monitor]

@@ -12,7 +12,7 @@ import pytest
 from helpers import REAL_PLAN, real_plan
 from test_site import at, page, render_at
 
-from monitor.config import Channel, Milestone, PlanConfig, Service
+from monitor.plan.schema import Channel, Milestone, PlanConfig, Service
 
 
 @pytest.fixture(scope="module")

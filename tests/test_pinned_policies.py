@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from servers import ENGINES, HOST, Issued, aiohttp_server, make_ca, make_server_cert
 
-from monitor import http1, tls
 from monitor.kinds.http import Prober
+from monitor.net import http1, tls
 
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, the verify code of a certificate for another host.
 HOSTNAME_MISMATCH = 62
@@ -77,7 +77,7 @@ async def test_the_fallback_prober_uses_the_policy(monkeypatch: pytest.MonkeyPat
 
 
 class _RecordingLib:
-    """`cryptography`'s lib, recording the host flags that `monitor.tls` sets."""
+    """`cryptography`'s lib, recording the host flags that `monitor.net.tls` sets."""
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib

@@ -22,8 +22,8 @@ from helpers import real_plan
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import WEEKDAYS, ConfigError, validate_config
 from monitor.plan import TICK, Plan, ServiceRef, Transition
+from monitor.plan.schema import WEEKDAYS, ConfigError, validate_config
 
 UTC = timezone.utc  # noqa: UP017
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "UTC"]

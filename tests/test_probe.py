@@ -37,9 +37,9 @@ from servers import (
     trickle_headers,
 )
 
-from monitor import tls
-from monitor.http1 import MAX_REDIRECTS, Response, Timings
 from monitor.kinds.http import DEFAULT_BODY_CAP, Probe, Prober
+from monitor.net import tls
+from monitor.net.http1 import MAX_REDIRECTS, Response, Timings
 from monitor.observation import Observation
 from monitor.reasons import PHRASES as REASON_PHRASES
 
@@ -625,7 +625,7 @@ async def test_malformed_host_name_is_a_dns_failure_not_an_exception() -> None:
             assert observation.reason == "DNS lookup failed"
 
 
-# --- the wire: encodings, chunks, methods on redirect, credentials (monitor/http1.py) -----------
+# --- the wire: encodings, chunks, methods on redirect, credentials (monitor/net/http1.py) ---
 
 
 class Wire:

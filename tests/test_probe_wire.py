@@ -24,8 +24,9 @@ from helpers import MAINTENANCE_PATTERN, MAINTENANCE_TEXT, SERVING_TEXT
 from servers import Handler, RawServer, aiohttp_server, make_ca, make_server_cert, read_request
 from test_tls import TlsServer, agree, handshake_failed, observe
 
-from monitor import http1, reasons, resolver
+from monitor import reasons
 from monitor.kinds.http import Probe, Prober
+from monitor.net import http1, resolver
 from monitor.observation import Observation
 from monitor.reasons import PHRASES as REASON_PHRASES
 

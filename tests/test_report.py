@@ -36,7 +36,7 @@ from monitor.report import (
     plan_pieces,
     tally_hourly,
 )
-from monitor.report_formats import as_csv, as_html, as_json, as_text
+from monitor.report.formats import as_csv, as_html, as_json, as_text
 from monitor.store import PendingObservation, Store
 
 if TYPE_CHECKING:

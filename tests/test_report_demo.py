@@ -16,11 +16,11 @@ from datetime import timedelta
 import pytest
 from helpers import MONITOR, ROOT
 
-from monitor.config import load_config
 from monitor.demo.faults import scripted_faults
 from monitor.demo.replay import planned_downtime
 from monitor.demo.run import REPLAY_END, REPLAY_START
 from monitor.plan import Plan
+from monitor.plan.schema import load_config
 
 PLAN = ROOT / "channels.toml"
 RANGE = ("--from", "2022-06-22T12:00", "--until", "2022-07-26T12:00", "--cover", "2h")

@@ -15,7 +15,7 @@ import pytest
 from helpers import ChannelServer
 from test_scheduler import CHANNEL, HEAD, Running, service
 
-from monitor import resolver
+from monitor.net import resolver
 
 
 def hanging_names(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> list[str]:
@@ -110,7 +110,7 @@ async def test_hung_lookups_each_get_a_thread_when_the_pool_has_idle_ones(
 HUNG_AT_EXIT = """
 import asyncio, socket, time
 import uvloop
-from monitor import resolver
+from monitor.net import resolver
 
 def getaddrinfo(host, *args, **kwargs):
     time.sleep(120)  # a name server that never answers, for longer than any stop may take

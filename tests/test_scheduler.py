@@ -513,7 +513,7 @@ async def test_hung_targets_do_not_hold_back_the_other_services(
     """Six services whose target never answers (until their 20 s timeout) and two slots: the
     hung probes give their slots back after `linger`, other workers stand in for the ones they
     hold, and the quick services are probed round after round meanwhile."""
-    from monitor.slots import Slots
+    from monitor.net.slots import Slots
 
     server.set("hold", "/held")
     toml = HEAD + CHANNEL
@@ -579,7 +579,7 @@ async def test_a_reload_that_drops_an_interval_drops_its_round_and_its_pace(
     """300 services moved from 1 s to 60 s: the 1 s round goes with its job, and the pacer's
     wakes follow the 60 s round alone (before, the dropped round set the pace until a
     restart, and kept the old plan's services alive)."""
-    from monitor.plan_change import PlanChange
+    from monitor.plan.change import PlanChange
 
     before = HEAD + CHANNEL + "".join(service(f"s{i}", server.url(f"/s{i}")) for i in range(300))
     running = Running(tmp_path, before)

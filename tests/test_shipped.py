@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import MONITOR, REAL_PLAN, ROOT
 
-from monitor.shipped import LABEL, shipped_text
+from monitor.plan.shipped import LABEL, shipped_text
 
 
 def monitor_in(cwd: Path, *args: str, code: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -23,10 +23,10 @@ from servers import aiohttp_server
 from site_data import DURING_LATE, add_incident, busy_store
 
 from monitor.cli import main
-from monitor.config import validate_config
 from monitor.daemon import Daemon
 from monitor.judge import Verdict
 from monitor.plan import Plan
+from monitor.plan.schema import validate_config
 from monitor.site import feeds
 from monitor.site import render as render_module
 from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store

@@ -16,8 +16,8 @@ import pytest
 from helpers import REAL_PLAN, missing, python_m, write_plan
 from site_data import add_incident
 
-from monitor.config import ConfigError, validate_config
 from monitor.plan import Plan
+from monitor.plan.schema import ConfigError, validate_config
 from monitor.site.render import render_from
 
 ATOM = "{http://www.w3.org/2005/Atom}"

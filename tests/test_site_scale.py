@@ -16,10 +16,10 @@ from helpers import REAL_PLAN, real_plan
 from page_checks import check_site
 from site_data import DURING_LATE, add_incident, busy_store, fill_history, large_plan
 
-from monitor.config import load_config
 from monitor.judge import Verdict
-from monitor.notice import NoticesFile
+from monitor.notices import NoticesFile
 from monitor.plan import Plan
+from monitor.plan.schema import load_config
 from monitor.site import _page_config, feeds, history
 from monitor.site.model import Snapshot, build
 from monitor.site.render import (

@@ -8,7 +8,7 @@ import resource
 
 import pytest
 
-from monitor.slots import MOST_LENT, RESERVED_FDS, Slots, lendable
+from monitor.net.slots import MOST_LENT, RESERVED_FDS, Slots, lendable
 
 
 async def hold_until(slots: Slots, gate: asyncio.Event, entered: list[int]) -> None:
@@ -86,7 +86,7 @@ def test_run_raises_its_open_files_limit_to_what_lending_needs(
     """Up to the hard limit, and no further than the slots, the most lent and the reserve:
     a hard limit of 2**30 (some container runtimes) is not handed whole to the browser's
     processes, and an unlimited one (macOS) still leaves room to lend."""
-    from monitor.slots import raise_fd_limit
+    from monitor.net.slots import raise_fd_limit
 
     wanted = 400 + MOST_LENT + RESERVED_FDS
     limits = {"now": (1024, 65536)}
@@ -125,7 +125,7 @@ def test_too_little_room_to_lend_is_said(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (800, 800))
-    with caplog.at_level("WARNING", logger="monitor.slots"):
+    with caplog.at_level("WARNING", logger="monitor.net.slots"):
         slots = Slots(400)
     assert slots.most_lent == 0
     assert "room for 0 probes of slow or hung targets" in caplog.text

@@ -1,6 +1,6 @@
-"""The probes' own TLS engine (`monitor.tls`, `cryptography`'s OpenSSL) against Python's `ssl`.
+"""The probes' own TLS engine (`monitor.net.tls`, `cryptography`'s OpenSSL) against Python's `ssl`.
 
-`monitor.tls` is meant to check what `ssl.create_default_context()` checks and to fail the same
+`monitor.net.tls` is meant to check what `ssl.create_default_context()` checks and to fail the same
 way, so that a probe's observation does not depend on which of the two made the handshake.
 Every scenario here probes with both engines and asserts that both give the observation stated
 in the test: equal to each other, and right (two engines broken the same way still fail).
@@ -37,8 +37,8 @@ from servers import (
     make_server_cert,
 )
 
-from monitor import resolver, tls
 from monitor.kinds.http import Probe, Prober
+from monitor.net import resolver, tls
 from monitor.observation import Observation
 
 TIMEOUT = 1.0
@@ -69,7 +69,7 @@ async def observe(url: str, ca: Issued, timeout: float = 5.0, **fields) -> dict[
 
 def agree(seen: dict[str, Observation], expected: tuple[bool, str, int | None]) -> None:
     """Both engines gave `expected` as (serving, reason, status) and the same certificate end
-    date, and `monitor.tls` left nothing in OpenSSL's error queue (shared with `cryptography`,
+    date, and `monitor.net.tls` left nothing in OpenSSL's error queue (shared with `cryptography`,
     which would read a stale entry as its own); the whole observations are in the message."""
     outcomes = {name: (o.serving, o.reason, o.status_code) for name, o in seen.items()}
     assert outcomes == dict.fromkeys(ENGINES, expected), seen
@@ -162,7 +162,7 @@ async def test_a_certificate_named_only_by_its_common_name(tmp_path: Path, ca: I
     """No subject alternative names: neither engine reads the Common Name instead, as browsers,
     Go and RFC 9525 do not. Left to the libraries, OpenSSL 4.0 (`cryptography` 48) and
     Python's `ssl` would trust it and OpenSSL 4.1 (`cryptography` 51) would not; the policy set
-    in `monitor.tls` makes it a host-name mismatch on every build."""
+    in `monitor.net.tls` makes it a host-name mismatch on every build."""
     cert = make_server_cert(
         tmp_path, issuer=ca, dns_names=(), ip_addresses=(), common_name="localhost"
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from monitor import reasons
-from monitor.notice import STATUS_EN, STATUS_ZH, Notice, NoticeUpdate, dedup_key
+from monitor.notices import STATUS_EN, STATUS_ZH, Notice, NoticeUpdate, dedup_key
 
 if TYPE_CHECKING:
     from monitor.plan import Plan

@@ -39,14 +39,14 @@ from monitor.alerts.feishu import FeishuSink
 from monitor.alerts.message import Alert, iso, notice_alert
 from monitor.alerts.webhook import WebhookSink
 from monitor.alerts.wecom import WeComSink
-from monitor.config import AlertSink
 from monitor.judge import IncidentEvent
 from monitor.plan import Plan
+from monitor.plan.schema import AlertSink
 from monitor.store import Delivery, IncidentRecord, Message, Store
 
 if TYPE_CHECKING:
-    from monitor.notice import Notice, NoticeUpdate
-    from monitor.plan_change import PlanChange
+    from monitor.notices import Notice, NoticeUpdate
+    from monitor.plan.change import PlanChange
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ The body (version 1; fields are only ever added):
 }
 ```
 
-An update of an operators' notice with `notify = true` (monitor/notice.py) comes as
+An update of an operators' notice with `notify = true` (monitor/notices/__init__.py) comes as
 `{"version": 1, "dedup_key": "notice-<id>-<n>-<unix time>", "kind": "notice", "notice": {"id",
 "title", "title_en", "status", "text", "text_en", "services", "services_en"}, "at",
 "timezone", "title", "title_en", "text"}`, once per update.

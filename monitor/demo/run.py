@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from monitor.clock import ReplayClock
-from monitor.config import Channel, PlanConfig, Service, fill_in, format_duration
 from monitor.daemon import Daemon
 from monitor.plan import Plan
+from monitor.plan.schema import Channel, PlanConfig, Service, fill_in, format_duration
 from monitor.report import build_report, open_readonly
-from monitor.report_formats import as_text
+from monitor.report.formats import as_text
 
 from .faults import scripted_faults
 from .replay import Cadence, Replay
@@ -185,7 +185,7 @@ class DemoOptions:
     serve: bool
     linger: bool
     cadence: Cadence
-    #: Operators' notices shown on the page (monitor/notice.py); no file, no notices.
+    #: Operators' notices shown on the page (monitor/notices/__init__.py); no file, no notices.
     notices: Path | None = None
     #: Where the replay stops (the tests stop a short replay early).
     end: datetime = field(default=REPLAY_END)

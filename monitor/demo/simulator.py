@@ -33,9 +33,9 @@ from typing import Any
 from aiohttp import web
 
 from monitor.clock import Clock
-from monitor.config import PlanConfig
 from monitor.pipeline import Result
 from monitor.plan import Plan, ServiceRef
+from monitor.plan.schema import PlanConfig
 from monitor.receiver import MAX_BODY, PushReceiver, PushRefused
 
 MAINTENANCE_TEXT = "系统切换中，本业务暂停办理 / Service suspended during the system cutover"

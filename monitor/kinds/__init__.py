@@ -1,7 +1,7 @@
 """The kinds of observation, one module each, and the registry that names them.
 
 Adding a kind is one module beside these (its plan table, prober and reasons; see
-`monitor.kinds.base.Kind`) and one line in `KINDS`. The plan's schema (`monitor.config`), the
+`monitor.kinds.base.Kind`) and one line in `KINDS`. The plan's schema (`monitor.plan.schema`), the
 probers of `run` and `check` (`monitor.pipeline.make_probers`) and the table of reasons
 (`monitor.reasons`) are built from this registry, so none of them names a kind.
 """

@@ -73,7 +73,7 @@ from monitor.observation import Observation
 from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
-    from monitor import http1, tls
+    from monitor.net import http1, tls
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ Probe = HttpProbe
 
 
 class Prober:
-    """Probes HTTP services with the lean client of `monitor.http1`, a fresh connection per
+    """Probes HTTP services with the lean client of `monitor.net.http1`, a fresh connection per
     probe (so DNS, connect and TLS failures are seen, as blackbox_exporter sees them).
 
     aiohttp's client cost three to four times the CPU per probe for the same GET (DESIGN.md,
@@ -293,7 +293,7 @@ class Prober:
         """The reason phrase of a probe that got no usable answer."""
         import httptools
 
-        from monitor import http1, tls
+        from monitor.net import http1, tls
 
         if isinstance(exc, ssl.SSLCertVerificationError):
             expired = exc.verify_code == _X509_EXPIRED
@@ -322,7 +322,7 @@ class Prober:
 
     async def _fetch(self, spec: HttpProbe, timings: http1.Timings) -> http1.Response:
         """The last answer to the probe's request (redirects followed unless told otherwise)."""
-        from monitor import http1
+        from monitor.net import http1
 
         headers = spec.headers
         body = None

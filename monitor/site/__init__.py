@@ -33,11 +33,11 @@ if TYPE_CHECKING:  # the server's libraries stay out of commands that only read 
     from aiohttp import web
 
     from monitor.clock import Clock
-    from monitor.notice import NoticesFile
+    from monitor.notices import NoticesFile
     from monitor.part import PlanSource
     from monitor.pipeline import Pipeline, Result
     from monitor.plan import Plan
-    from monitor.plan_change import PlanChange
+    from monitor.plan.change import PlanChange
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_init(config: Slim, site: str, db: str, parent: int) -> None:
-    from monitor.config import gc_paused
     from monitor.plan import Plan
+    from monitor.plan.schema import gc_paused
     from monitor.site.history import DayCache
     from monitor.site.render import PageCache
     from monitor.site.slim import unslim

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from monitor.config import Milestone, Period
 from monitor.judge import Verdict, thresholds_for
-from monitor.notice import Notice, NoticesFile
+from monitor.notices import Notice, NoticesFile
 from monitor.plan import TICK, Expectation, Plan, ServiceRef
+from monitor.plan.schema import Milestone, Period
 from monitor.site.history import History
 from monitor.store import StoreReads
 
@@ -300,7 +300,7 @@ class Model:
     milestones: tuple[Milestone, ...]
     maintenances: tuple[Maintenance, ...]
     history: History
-    #: Operators' notices out by `at`, the latest update first (monitor/notice.py).
+    #: Operators' notices out by `at`, the latest update first (monitor/notices/__init__.py).
     notices: tuple[Notice, ...] = ()
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from monitor.notice import Notice
+from monitor.notices import Notice
 from monitor.plan import ServiceRef
 from monitor.site.feeds import _short, _update, iso
 from monitor.site.model import Model

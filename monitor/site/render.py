@@ -22,9 +22,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from monitor.config import Channel
-from monitor.notice import NoticesFile
+from monitor.notices import NoticesFile
 from monitor.plan import Plan, ServiceRef
+from monitor.plan.schema import Channel
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
 from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
-from monitor.config import Service
+from monitor.plan.schema import Service
 
 if TYPE_CHECKING:
-    from monitor.config import PlanConfig, Rule
+    from monitor.plan.schema import PlanConfig, Rule
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from markupsafe import Markup, escape
 
 from monitor import reasons
-from monitor.notice import STATUS_EN, STATUS_ZH
+from monitor.notices import STATUS_EN, STATUS_ZH
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
 BEIJING_ZONES = frozenset(
@@ -233,7 +233,7 @@ WORDS: dict[str, dict[str, str]] = {
     },
 }
 
-#: Words of operators' notices (monitor/notice.py): the section, and each update's status.
+#: Words of operators' notices (monitor/notices/__init__.py): the section, and each update's status.
 NOTICE_WORDS: dict[str, dict[str, str]] = {
     "zh": {
         "notices": "运维公告",

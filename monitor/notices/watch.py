@@ -23,10 +23,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.config import ConfigError
 from monitor.file_watch import POLL, PolledFile
-from monitor.notice import EMPTY, Notice, NoticesFile, NoticeUpdate, dedup_key, load_notices
+from monitor.notices import EMPTY, Notice, NoticesFile, NoticeUpdate, dedup_key, load_notices
 from monitor.part import Part
+from monitor.plan.schema import ConfigError
 
 if TYPE_CHECKING:
     from monitor.clock import Clock

@@ -9,7 +9,7 @@ people who do not edit TOML: those append text to the file, so the operator's co
 and replace it in one rename, so a reader never sees half a file.
 
 Pure apart from reading and writing that one file; the running monitor's side (watching the
-file, notifying the sinks) is `monitor/notice_watch.py`.
+file, notifying the sinks) is `monitor/notices/watch.py`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pydantic import (
     field_validator,
 )
 
-from monitor.config import ConfigError, Id, _describe, _quote, key_path, parse_toml
 from monitor.plan import Plan
+from monitor.plan.schema import ConfigError, Id, _describe, _quote, key_path, parse_toml
 
 #: The file's name beside the plan, read when `--notices` is not given.
 DEFAULT_NAME = "notices.toml"

@@ -5,7 +5,7 @@ machinery, and on a fresh connection per GET that machinery is most of the CPU (
 "What a probe costs, and the floor"). Here the request is written by hand, the answer parsed by
 `httptools` (llhttp, the parser Node.js uses), on the event loop's own transports (uvloop's
 under `run`). What a probe needs and aiohttp gave is kept: DNS and connect timed apart, TLS
-with the probe's context (`monitor.tls`, or Python's `ssl`) and the certificate's end date,
+with the probe's context (`monitor.net.tls`, or Python's `ssl`) and the certificate's end date,
 redirects (at most `MAX_REDIRECTS`, relative `Location`, 301/302/303 become GET, credentials
 dropped on leaving the origin), gzip and deflate decoded, chunked bodies, and a body cap counted
 after decoding: past it the connection is closed and the rest never read.
@@ -41,7 +41,7 @@ from time import perf_counter
 import httptools
 from yarl import URL
 
-from monitor import resolver, tls
+from monitor.net import resolver, tls
 
 MAX_REDIRECTS = 10
 #: The status line and headers of one answer may take at most this many bytes (aiohttp allowed

@@ -22,10 +22,10 @@ from typing import Any, TypeVar, get_args
 
 from monitor import DEFAULT_PORT
 from monitor.clock import RealClock, parse_instant
-from monitor.config import ConfigError, ObservedBy, check_probe_url, load_config
-from monitor.notice import Status
+from monitor.net.resolver import OwnLookups
+from monitor.notices import Status
 from monitor.plan import Plan, report
-from monitor.resolver import OwnLookups
+from monitor.plan.schema import ConfigError, ObservedBy, check_probe_url, load_config
 from monitor.store import DEFAULT_SIZE_LIMIT
 from monitor.table import render_table
 
@@ -45,7 +45,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop of the long-running commands (`run`, `demo`): uvloop where it is
     installed (a dependency except on Windows), which spends less CPU per probe than asyncio's
     own loop (bench/RESULTS.md); else asyncio's own. Either way its host name lookups run on
-    `monitor.resolver`'s threads, so a hung one holds back no other (`OwnLookups`)."""
+    `monitor.net.resolver`'s threads, so a hung one holds back no other (`OwnLookups`)."""
     base: type[asyncio.AbstractEventLoop]
     try:
         import uvloop
@@ -157,7 +157,7 @@ def warn_browser(plan: Plan) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.example:
-        from monitor.shipped import shipped_text
+        from monitor.plan.shipped import shipped_text
 
         sys.stdout.write(shipped_text())
         return EXIT_OK
@@ -227,7 +227,7 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
 
 def cmd_plan_diff(args: argparse.Namespace) -> int:
     """Compare two plan files; both are validated first and every error of either is listed."""
-    from monitor.diff import as_json, as_text, default_range, diff_plans
+    from monitor.plan.diff import as_json, as_text, default_range, diff_plans
 
     plans, problems = [], []
     for path in (args.old, args.new):
@@ -342,10 +342,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from monitor.config import gc_paused
     from monitor.daemon import Daemon, parse_listen, serve
     from monitor.gc_watch import settle
-    from monitor.notice import load_notices
+    from monitor.notices import load_notices
+    from monitor.plan.schema import gc_paused
 
     with gc_paused():  # millions of objects that all live on (see gc_watch.settle)
         plan = Plan(load_config(args.config, alerts=not args.no_alerts))
@@ -358,8 +358,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.net.slots import raise_fd_limit
     from monitor.pipeline import Pipeline
-    from monitor.slots import raise_fd_limit
     from monitor.store import StoreError
 
     raise_fd_limit(Pipeline.concurrency)  # room for the probes of hung targets (slots.py)
@@ -395,7 +395,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from monitor.notice import load_notices
+    from monitor.notices import load_notices
     from monitor.site.render import render_from
     from monitor.store import SQLiteError, StoreError
 
@@ -429,9 +429,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Planned against observed from the store, read-only; every format to standard output."""
-    from monitor.config import parse_duration
+    from monitor.plan.schema import parse_duration
     from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
-    from monitor.report_formats import render
+    from monitor.report.formats import render
     from monitor.store import SQLiteError
 
     plan = load_plan(args.config)
@@ -472,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.daemon import parse_listen
     from monitor.demo.replay import Cadence
     from monitor.demo.run import DemoOptions, run_demo
-    from monitor.shipped import LABEL, load_shipped
+    from monitor.plan.shipped import LABEL, load_shipped
 
     # --config wins, then a channels.toml here, then the plan shipped inside the package
     if args.config is None and not Path("channels.toml").exists():
@@ -534,7 +534,7 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
 
 def notices_file(args: argparse.Namespace) -> Path:
     """`--notices`, else `notices.toml` in the plan's folder (which need not exist yet)."""
-    from monitor.notice import default_path
+    from monitor.notices import default_path
 
     if getattr(args, "notices", None):
         return Path(args.notices)
@@ -571,7 +571,7 @@ def store_incidents(db: Path) -> set[int] | None:
 def cmd_notice(args: argparse.Namespace) -> int:
     """Validate, list, add to or update the notices file; nothing is written unless the
     result validates."""
-    from monitor import notice
+    from monitor import notices
 
     plan = load_plan(args.config)
     path = notices_file(args)
@@ -579,7 +579,7 @@ def cmd_notice(args: argparse.Namespace) -> int:
     incidents = store_incidents(db)
     if args.notice_command == "add":
         incident = args.incident
-        notice.add_notice(
+        notices.add_notice(
             path,
             plan,
             ident=args.id,
@@ -594,7 +594,7 @@ def cmd_notice(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.notice_command == "update":
         at = instant(args, plan)
-        item, kept = notice.add_update(
+        item, kept = notices.add_update(
             path,
             plan,
             ident=args.id,
@@ -615,7 +615,7 @@ def cmd_notice(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return EXIT_OK
-    loaded = notice.load_notices(path, plan, incidents)
+    loaded = notices.load_notices(path, plan, incidents)
     if args.notice_command == "validate":
         print(f"{path}: OK: {len(loaded.notices)} notice(s)")
         return EXIT_OK

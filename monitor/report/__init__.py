@@ -28,9 +28,9 @@ from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from monitor.config import Channel
 from monitor.judge import counted
 from monitor.plan import Expectation, Plan, ServiceRef
+from monitor.plan.schema import Channel
 from monitor.store import RawRun, Store, StoreError, StoreReader
 
 #: An observation covers at most this many probe intervals of its service.

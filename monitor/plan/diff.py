@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from monitor.config import Milestone, Period, PlanConfig, format_duration
 from monitor.plan import Expectation, Plan, ServiceRef, period_boundaries
+from monitor.plan.schema import Milestone, Period, PlanConfig, format_duration
 
 UTC = ZoneInfo("UTC")
 #: Added on both sides of the instants the plans mention, for the default range.

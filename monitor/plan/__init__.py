@@ -15,7 +15,7 @@ from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
-from monitor.config import Channel, Period, PlanConfig, Service
+from monitor.plan.schema import Channel, Period, PlanConfig, Service
 
 TICK = timedelta(microseconds=1)
 #: How far ahead `next_change` looks for a recurring period before it gives up.

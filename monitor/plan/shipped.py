@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import as_file, files
 
-from monitor.config import PlanConfig, load_config
+from monitor.plan.schema import PlanConfig, load_config
 
 #: The file name of the shipped plan inside the `monitor` package.
 NAME = "channels.toml"
