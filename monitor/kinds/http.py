@@ -236,7 +236,7 @@ class Prober:
         await self.close()
 
     def _context(self) -> ssl.SSLContext | tls.ClientContext:
-        from monitor import tls  # (not at the top: `validate` and `plan` load no TLS code)
+        from monitor.net import tls  # (not at the top: `validate` and `plan` load no TLS code)
 
         if self._ssl is None:  # the system's trust store, built once (it costs milliseconds)
             try:
@@ -259,7 +259,7 @@ class Prober:
     ) -> Observation:
         """Probe `spec` once; never raises for anything the network or the server does."""
         at = at or datetime.now(UTC)
-        from monitor import http1  # (imported here, with the prober, not with the plan's schema)
+        from monitor.net import http1  # (here, with the prober: not with the plan's schema)
 
         timings = http1.Timings()
         status: int | None = None
@@ -468,7 +468,7 @@ def _prober(options: ProberOptions) -> Prober:
     probe's timeout; importing the kind for its plan table loads none of it."""
     import httptools  # noqa: F401
 
-    from monitor import http1, tls  # noqa: F401
+    from monitor.net import http1, tls  # noqa: F401
 
     return Prober()
 
