@@ -1,0 +1,251 @@
+"""`check`, `run`, `render`, `demo` and `alerts test`: the commands that observe channels,
+publish the page or send messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from monitor.cli.common import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    UsageError,
+    check_site,
+    config_dir,
+    demo_notices,
+    instant,
+    load_plan,
+    local,
+    notices_file,
+    run_async,
+    store_incidents,
+)
+from monitor.clock import RealClock
+from monitor.plan import Plan, report
+from monitor.plan.schema import load_config
+from monitor.table import render_table
+
+
+async def check(plan: Plan, at: datetime) -> dict:
+    """Observe every probed service once, concurrently, with the prober of its kind, and judge
+    each single observation against the expectation at `at`. The whole run takes about one
+    timeout. Services observed by push or not at all have no observation here."""
+    from monitor.judge import Verdict, single_verdict
+    from monitor.pipeline import make_probers, observe
+
+    data = report(plan, at)
+    probers = make_probers(chromium=plan.config.monitor.chromium)
+    try:
+        probed = [ref for ref in plan.services if ref.service.probe is not None]
+        now = RealClock().now()
+        observations = await asyncio.gather(
+            *(observe(probers, ref, plan.timeout(ref), now) for ref in probed)
+        )
+    finally:
+        for prober in probers.values():
+            await prober.close()
+    by_key = {ref.key: obs for ref, obs in zip(probed, observations, strict=True)}
+    for entry in data["services"]:
+        ref = plan.service(entry["channel"], entry["service"])
+        observation = by_key.get(ref.key)
+        expectation = plan.expected(ref, at)
+        entry["observed"] = (
+            None
+            if observation is None
+            else {
+                "serving": observation.serving,
+                "reason": observation.reason,
+                "status_code": observation.status_code,
+                "duration_seconds": round(observation.duration_seconds, 6),
+            }
+        )
+        verdict = single_verdict(expectation, entry["in_grace"], observation)
+        entry["verdict"] = verdict.value
+    data["mismatches"] = sum(
+        1
+        for s in data["services"]
+        if s["verdict"] in (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
+    )
+    return data
+
+
+_SEEN = {True: "serving", False: "not serving", None: "unknown"}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config)
+    data = asyncio.run(check(plan, instant(args, plan)))
+    if args.format == "json":
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        print(f"{plan.config.monitor.title} @ {local(plan, data['at'])} ({plan.zone.key})")
+        rows = []
+        for s in data["services"]:
+            observed = s["observed"]
+            seen = "-" if observed is None else _SEEN[observed["serving"]]
+            reason = "" if observed is None else observed["reason"]
+            rows.append(
+                [s["channel_name"], s["service_name"], s["expected"], seen, reason, s["verdict"]]
+            )
+        print(
+            render_table(["channel", "service", "expected", "observed", "reason", "verdict"], rows)
+        )
+        print(f"{data['mismatches']} mismatch(es)")
+    return EXIT_MISMATCH if data["mismatches"] else EXIT_OK
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon, parse_listen, serve
+    from monitor.gc_watch import settle
+    from monitor.notices import load_notices
+    from monitor.plan.schema import gc_paused
+
+    with gc_paused():  # millions of objects that all live on (see gc_watch.settle)
+        plan = Plan(load_config(args.config, alerts=not args.no_alerts))
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from monitor.net.slots import raise_fd_limit
+    from monitor.pipeline import Pipeline
+    from monitor.store import StoreError
+
+    raise_fd_limit(Pipeline.concurrency)  # room for the probes of hung targets (slots.py)
+    home = config_dir(args)
+    notices = notices_file(args)
+    load_notices(notices, plan)  # a broken notices file stops the start, as a broken plan does
+    site = Path(args.site) if args.site else home / "site"
+    check_site(site)
+    try:
+        with gc_paused():  # the per-service counters, states and caches: they live on too
+            daemon = Daemon(
+                plan,
+                notices_path=notices,
+                plan_path=Path(args.config),
+                db_path=Path(args.db) if args.db else home / "monitor.db",
+                site_dir=site,
+                host=host,
+                port=port,
+                alerts=not args.no_alerts,
+                store_limit=args.store_limit,
+            )
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
+    settle()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
+    try:
+        run_async(serve(daemon))
+    except OSError as exc:  # e.g. the listen address is in use: bad input, not a mismatch
+        raise UsageError(f"run: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+# --- render ----------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from monitor.notices import load_notices
+    from monitor.site.render import render_from
+    from monitor.store import SQLiteError, StoreError
+
+    plan = load_plan(args.config)
+    at = instant(args, plan)
+    home = config_dir(args)
+    db = Path(args.db) if args.db else home / "monitor.db"
+    site = Path(args.site) if args.site else home / "site"
+    check_site(site)
+    notices = load_notices(notices_file(args), plan, store_incidents(db))
+    try:
+        result = render_from(plan, site, at, db, notices)
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
+    except SQLiteError as exc:
+        raise UsageError(f"--db {db}: not a channel-monitor store ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"--site {site}: {exc.strerror or exc}") from None
+    size = result.files["index.html"] + result.files["style.css"]
+    print(
+        f"{site}: {len(result.files)} files as of {local(plan, at.isoformat())} "
+        f"({plan.zone.key}); index.html + style.css {size / 1024:.1f} KB; "
+        f"rendered in {result.seconds:.2f} s"
+        + ("" if db.exists() else f" (no store at {db}: no history yet)")
+    )
+    return EXIT_OK
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.daemon import parse_listen
+    from monitor.demo.replay import Cadence
+    from monitor.demo.run import DemoOptions, run_demo
+    from monitor.plan.shipped import LABEL, load_shipped
+
+    # --config wins, then a channels.toml here, then the plan shipped inside the package
+    if args.config is None and not Path("channels.toml").exists():
+        config, source, plan_path = load_shipped(), LABEL, None
+    else:
+        source = plan_path = args.config or "channels.toml"
+        config = load_config(source)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    check_site(Path(args.site))
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    options = DemoOptions(
+        config=config,
+        site=Path(args.site),
+        db=Path(args.db) if args.db else None,
+        host=host,
+        port=port,
+        serve=not args.no_serve,
+        linger=args.linger,
+        cadence=Cadence(),
+        notices=demo_notices(args),
+        plan_path=plan_path,
+    )
+    from monitor.store import StoreError
+
+    print(f"channel-monitor demo: {source}")
+    try:
+        run_async(run_demo(options))
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"demo: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """Send one clearly marked test message to every configured sink; report each answer."""
+    from monitor.alerts.test import send_test
+
+    plan = load_plan(args.config)
+    if not plan.config.alerts:
+        print(f"{args.config}: no [[alerts]] sinks are configured; nothing was sent.")
+        return EXIT_OK
+    results = asyncio.run(send_test(plan))
+    rows = [[r.name, r.type, "ok" if r.ok else "FAILED", r.answer] for r in results]
+    print(render_table(["sink", "type", "result", "answer"], rows))
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results) - failed} of {len(results)} sink(s) accepted the test message")
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+# --- notice --------------------------------------------------------------------------------
