@@ -471,7 +471,7 @@ def plan_toml(
 def load_plan(text: str, directory: Path):
     """Write the plan to `directory` and load it the way `run` does."""
     from monitor.plan import Plan
-    from monitor.plan.schema import load_config
+    from monitor.plan.load import load_config
 
     path = directory / "channels.toml"
     path.write_text(text, encoding="utf-8")

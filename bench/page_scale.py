@@ -142,7 +142,7 @@ def prepare(
 
 
 def _load(cache: Path):
-    from monitor.plan.schema import load_config
+    from monitor.plan.load import load_config
 
     return load_config(cache / "channels.toml")
 

@@ -38,7 +38,7 @@ def status():
                 found[key] = int(value.split()[0]) / 1024
     return found
 
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 
 trace = sys.argv[2] == "1"
 if trace:

@@ -39,7 +39,8 @@ from monitor.file_watch import POLL, PolledFile
 from monitor.part import Part
 from monitor.plan import Plan
 from monitor.plan.change import PlanChange
-from monitor.plan.schema import ConfigError, load_config
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import load_config
 
 if TYPE_CHECKING:
     from monitor.clock import Clock

@@ -35,7 +35,7 @@ from aiohttp import web
 from servers import closed_port
 
 from monitor.plan import Plan
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 
 T = TypeVar("T")
 

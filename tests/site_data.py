@@ -125,7 +125,7 @@ def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
     """A plan of `channels` channels of `per_channel` services in the shapes of the 2022
     cutover around `DURING_LATE` (paused by the freeze, kept open, reopened by a certificate
     window, office hours); every channel offers the same businesses, as channels do."""
-    from monitor.plan.schema import validate_config
+    from monitor.plan.load import validate_config
 
     shapes = [
         {"expect": [{"during": "freeze", "state": "down"}]},

@@ -33,7 +33,9 @@ from monitor.clock import ReplayClock
 from monitor.judge import IncidentEvent, OpenIncident, Verdict
 from monitor.part import Part
 from monitor.plan import Plan
-from monitor.plan.schema import AlertSink, ConfigError, validate_config
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import validate_config
+from monitor.plan.sinks import AlertSink
 from monitor.store import Store
 
 OPENED_AT = datetime(2022, 6, 22, 10, 10, 5, tzinfo=UTC)  # 18:10:05 in Beijing

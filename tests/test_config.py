@@ -17,20 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.cli import main
+from monitor.fields import format_duration, parse_duration
 from monitor.kinds import KINDS
 from monitor.kinds.browser import BrowserProbe
 from monitor.kinds.http import HttpProbe, Probe
 from monitor.kinds.prometheus import PrometheusProbe
 from monitor.plan import Plan
-from monitor.plan.schema import (
-    ConfigError,
-    PlanConfig,
-    Service,
-    format_duration,
-    load_config,
-    parse_duration,
-    validate_config,
-)
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import load_config, validate_config
+from monitor.plan.schema import PlanConfig, Service
 
 # A small, valid plan. Every bad config below is this text with one mistake put in, so each
 # test shows exactly the one change that breaks it.
@@ -1170,7 +1165,7 @@ def test_toml_reads_exactly_as_the_standard_library(text: str) -> None:
     `tomllib`'s result, zones included, and what it refuses is `tomllib`'s to decide."""
     import tomllib
 
-    from monitor.plan.schema import parse_toml
+    from monitor.plan.load import parse_toml
 
     try:
         expected = tomllib.loads(text)

@@ -18,15 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.plan.schema import (
-    ConfigError,
-    PlanConfig,
-    _NotInParts,
-    _plan_in_parts,
-    load_config,
-    parse_toml,
-    validate_config,
-)
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import _NotInParts, _plan_in_parts, load_config, parse_toml, validate_config
+from monitor.plan.schema import PlanConfig
 
 
 def channel(cid: str, *services: str, extra: str = "") -> str:

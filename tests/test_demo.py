@@ -34,7 +34,8 @@ from monitor.demo.simulator import MAINTENANCE_PATTERN, PAYMENTS, Simulator
 from monitor.kinds.browser import missing_parts
 from monitor.kinds.prometheus import QueryProber
 from monitor.plan import Plan
-from monitor.plan.schema import PlanConfig, load_config
+from monitor.plan.load import load_config
+from monitor.plan.schema import PlanConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "channels.toml"

@@ -33,7 +33,8 @@ from monitor.alerts.alertmanager import AlertmanagerSink
 from monitor.alerts.message import Alert
 from monitor.alerts.webhook import WebhookSink
 from monitor.notices import add_notice, add_update, load_notices, validate_notices
-from monitor.plan.schema import AlertSink, ConfigError
+from monitor.plan.errors import ConfigError
+from monitor.plan.sinks import AlertSink
 
 PLAN = """\
 [monitor]

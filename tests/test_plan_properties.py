@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from monitor.plan import TICK, Plan, ServiceRef, Transition
-from monitor.plan.schema import WEEKDAYS, ConfigError, validate_config
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import validate_config
+from monitor.plan.schema import WEEKDAYS
 
 UTC = timezone.utc  # noqa: UP017
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "UTC"]

@@ -20,7 +20,7 @@ from monitor.demo.faults import scripted_faults
 from monitor.demo.replay import planned_downtime
 from monitor.demo.run import REPLAY_END, REPLAY_START
 from monitor.plan import Plan
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 
 PLAN = ROOT / "channels.toml"
 RANGE = ("--from", "2022-06-22T12:00", "--until", "2022-07-26T12:00", "--cover", "2h")

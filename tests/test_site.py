@@ -26,7 +26,7 @@ from monitor.cli import main
 from monitor.daemon import Daemon
 from monitor.judge import Verdict
 from monitor.plan import Plan
-from monitor.plan.schema import validate_config
+from monitor.plan.load import validate_config
 from monitor.site import feeds
 from monitor.site import render as render_module
 from monitor.site.model import Seen, Snapshot, build, page_state, snapshot_from_store

@@ -27,7 +27,7 @@ from helpers import ROOT, missing, real_plan
 from site_data import DURING_LATE, busy_store, cutover, large_plan
 
 from monitor.plan import Plan
-from monitor.plan.schema import validate_config
+from monitor.plan.load import validate_config
 from monitor.site.render import render_from
 
 ARTIFACTS = ROOT / "tests" / "artifacts"

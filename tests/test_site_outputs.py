@@ -17,7 +17,8 @@ from helpers import REAL_PLAN, missing, python_m, write_plan
 from site_data import add_incident
 
 from monitor.plan import Plan
-from monitor.plan.schema import ConfigError, validate_config
+from monitor.plan.errors import ConfigError
+from monitor.plan.load import validate_config
 from monitor.site.render import render_from
 
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -19,7 +19,7 @@ from site_data import DURING_LATE, add_incident, busy_store, fill_history, large
 from monitor.judge import Verdict
 from monitor.notices import NoticesFile
 from monitor.plan import Plan
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 from monitor.site import _page_config, feeds, history
 from monitor.site.model import Snapshot, build
 from monitor.site.render import (

@@ -24,7 +24,7 @@ import httpx
 
 from monitor.alerts.base import Sink
 from monitor.alerts.message import DIRECTION_EN, DIRECTION_ZH, Alert, iso
-from monitor.plan.schema import AlertSink
+from monitor.plan.sinks import AlertSink
 
 ALERTNAME = {
     "unexpected_up": "ChannelUpWhileExpectedDown",

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 
 from monitor.alerts.message import Alert
-from monitor.plan.schema import AlertSink
+from monitor.plan.sinks import AlertSink
 
 USER_AGENT = "channel-monitor/0.1 (+alerts)"
 #: Per network operation; a sink that trickles its answer passes every one of them, so the

@@ -41,7 +41,7 @@ from monitor.alerts.webhook import WebhookSink
 from monitor.alerts.wecom import WeComSink
 from monitor.judge import IncidentEvent
 from monitor.plan import Plan
-from monitor.plan.schema import AlertSink
+from monitor.plan.sinks import AlertSink
 from monitor.store import Delivery, IncidentRecord, Message, Store
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from monitor.cli.push import PUSH_TOKEN_VARIABLE, cmd_push
 from monitor.cli.report import cmd_report
 from monitor.cli.run import cmd_alerts_test, cmd_check, cmd_demo, cmd_render, cmd_run
 from monitor.notices import Status
-from monitor.plan.schema import ConfigError
+from monitor.plan.errors import ConfigError
 from monitor.store import DEFAULT_SIZE_LIMIT
 
 __all__ = ["loop_factory", "main", "run_async", "size_argument"]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from monitor.clock import RealClock, parse_instant
 from monitor.net.resolver import OwnLookups
 from monitor.plan import Plan
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 #: The longest range `plan --transitions` lists and `plan diff` compares: ten years, which a

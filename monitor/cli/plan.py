@@ -21,7 +21,8 @@ from monitor.cli.common import (
 )
 from monitor.clock import RealClock
 from monitor.plan import Plan, report
-from monitor.plan.schema import ConfigError, ObservedBy
+from monitor.plan.errors import ConfigError
+from monitor.plan.schema import ObservedBy
 from monitor.table import render_table
 
 

@@ -13,7 +13,7 @@ from monitor.cli.common import (
     EXIT_OK,
     UsageError,
 )
-from monitor.plan.schema import check_probe_url
+from monitor.fields import check_probe_url
 
 PUSH_TOKEN_VARIABLE = "CHANNEL_MONITOR_PUSH_TOKEN"
 

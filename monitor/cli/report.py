@@ -16,7 +16,7 @@ from monitor.cli.common import (
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Planned against observed from the store, read-only; every format to standard output."""
-    from monitor.plan.schema import parse_duration
+    from monitor.fields import parse_duration
     from monitor.report import MAX_COVER, ReportError, build_report, open_readonly
     from monitor.report.formats import render
     from monitor.store import SQLiteError

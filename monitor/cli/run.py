@@ -26,7 +26,7 @@ from monitor.cli.common import (
 )
 from monitor.clock import RealClock
 from monitor.plan import Plan, report
-from monitor.plan.schema import load_config
+from monitor.plan.load import load_config
 from monitor.table import render_table
 
 
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon, parse_listen, serve
     from monitor.gc_watch import settle
     from monitor.notices import load_notices
-    from monitor.plan.schema import gc_paused
+    from monitor.plan.load import gc_paused
 
     with gc_paused():  # millions of objects that all live on (see gc_watch.settle)
         plan = Plan(load_config(args.config, alerts=not args.no_alerts))

@@ -27,8 +27,9 @@ from typing import Any
 
 from monitor.clock import ReplayClock
 from monitor.daemon import Daemon
+from monitor.fields import fill_in, format_duration
 from monitor.plan import Plan
-from monitor.plan.schema import Channel, PlanConfig, Service, fill_in, format_duration
+from monitor.plan.schema import Channel, PlanConfig, Service
 from monitor.report import build_report, open_readonly
 from monitor.report.formats import as_text
 

@@ -38,8 +38,10 @@ from pydantic import (
     field_validator,
 )
 
+from monitor.fields import Id
 from monitor.plan import Plan
-from monitor.plan.schema import ConfigError, Id, _describe, _quote, key_path, parse_toml
+from monitor.plan.errors import ConfigError, _describe, _quote, key_path
+from monitor.plan.load import parse_toml
 
 #: The file's name beside the plan, read when `--notices` is not given.
 DEFAULT_NAME = "notices.toml"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from monitor.file_watch import POLL, PolledFile
 from monitor.notices import EMPTY, Notice, NoticesFile, NoticeUpdate, dedup_key, load_notices
 from monitor.part import Part
-from monitor.plan.schema import ConfigError
+from monitor.plan.errors import ConfigError
 
 if TYPE_CHECKING:
     from monitor.clock import Clock

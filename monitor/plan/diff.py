@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
+from monitor.fields import format_duration
 from monitor.plan import Expectation, Plan, ServiceRef, period_boundaries
-from monitor.plan.schema import Milestone, Period, PlanConfig, format_duration
+from monitor.plan.schema import Milestone, Period, PlanConfig
 
 UTC = ZoneInfo("UTC")
 #: Added on both sides of the instants the plans mention, for the default range.

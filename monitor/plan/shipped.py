@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from importlib.resources import as_file, files
 
-from monitor.plan.schema import PlanConfig, load_config
+from monitor.plan.load import load_config
+from monitor.plan.schema import PlanConfig
 
 #: The file name of the shipped plan inside the `monitor` package.
 NAME = "channels.toml"

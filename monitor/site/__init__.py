@@ -76,7 +76,7 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_init(config: Slim, site: str, db: str, parent: int) -> None:
     from monitor.plan import Plan
-    from monitor.plan.schema import gc_paused
+    from monitor.plan.load import gc_paused
     from monitor.site.history import DayCache
     from monitor.site.render import PageCache
     from monitor.site.slim import unslim
