@@ -76,8 +76,7 @@ class Daemon:
         # StoreError: no traceback
         self.store = Store(self.db_path, exclusive=True, size_limit=self.store_limit)
         probers = make_probers(self.plan.config.monitor.chromium)
-        self.prober = probers["http"]
-        self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, probers=probers)
+        self.pipeline = Pipeline(self.plan, self.store, self.clock, probers=probers)
         self.scheduler = Scheduler(self.pipeline)
         self.server = Server(self.host, self.port, self.health)
         #: The web application the parts' routes are served on (monitor/server.py).

@@ -106,15 +106,15 @@ class Listener(Protocol):
 class Pipeline:
     """Probes services, judges the observations, stores them, tells the listeners.
 
-    `prober` is one kind's prober, filed under its own `kind` (any kind's: none is special);
-    `probers` holds the probers of the other kinds by kind.
+    `probers` holds a prober per kind of probe, by kind (`make_probers`); a test may hand one
+    `prober` instead, filed under its own `kind` (any kind's: none is special).
     A service whose probe needs unset environment variables is not probed: each time it is due
     it is judged `unknown`, reason `not configured: set NAME`, so every output says so."""
 
     plan: Plan
     store: Store
     clock: Clock
-    prober: KindProber
+    prober: KindProber | None = None
     #: Set once by the composition root (monitor/daemon.py), never appended to.
     listeners: tuple[Listener, ...] = ()
     #: Probes in flight at once (their network part). 100,000 services a minute are 1,667
@@ -132,7 +132,8 @@ class Pipeline:
         #: An incident transition could not be written (said once until one is written again).
         self._deferred = False
         self.slots = Slots(self.concurrency)
-        self.probers = {self.prober.kind: self.prober, **self.probers}
+        if self.prober is not None:
+            self.probers = {self.prober.kind: self.prober, **self.probers}
         self._judging = KeyedLocks()
         self._set_plan(self.plan)
 
