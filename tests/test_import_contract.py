@@ -63,7 +63,7 @@ def test_a_part_that_looks_another_up_breaks_it(tmp_path: Path) -> None:
     """The notices asked the site for a render by finding its listener; now the daemon hands
     them a callable, and an import of the site from the notices is refused."""
     root = _copy(tmp_path)
-    board = root / "monitor" / "notice_watch.py"
+    board = root / "monitor" / "notices" / "watch.py"
     board.write_text(board.read_text() + "\nimport monitor.site  # noqa\n")
     result = lint_imports(root)
     assert result.returncode != 0

@@ -71,7 +71,7 @@ def _validate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_passes_without_the_variables_and_names_them() -> None:
     done = _validate()
     assert done.returncode == 0, done.stderr
-    assert "http 31, browser 4, prometheus 4, push 34, schedule 0" in done.stdout
+    assert "http 31, browser 4, prometheus 4, push 34, dns 0, schedule 0" in done.stdout
     for name in ("EHUIBAN_API_URL", "KIOSK_PUSH_TOKEN", "ETAX_PROMETHEUS_URL", "HRSS_PLATFORM_URL"):
         assert name in done.stdout
     strict = _validate("--strict")
