@@ -742,10 +742,12 @@ def render(
 
 def open_store(db: Path | None) -> StoreReader | None:
     """The store at `db`, read-only through its read API; None when there is none yet (no
-    history, not an error). Raises StoreError when the file is not a store of this version."""
+    history, not an error). Raises StoreError when the file is not a store of this version.
+    Opened to leave nothing beside the store once closed (`open_reader`'s `leave_no_files`),
+    whether or not a `run` writes it meanwhile."""
     if db is None or not Path(db).exists():
         return None
-    return StoreReader(db)
+    return StoreReader(db, leave_no_files=True)
 
 
 def render_from(
