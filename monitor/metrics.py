@@ -47,9 +47,11 @@ Families (all `channel_monitor_`; per service unless marked):
   or under `any`), `next_transition_timestamp_seconds{to}`, `probe_interval_seconds`;
 - from the last probe: `probe_success` (absent while the last observation could not tell,
   e.g. a query without data or a service not configured), `probe_http_status_code` (0
-  without an answer), `last_probe_timestamp_seconds`, `tls_cert_expiry_timestamp_seconds`
+  without an answer; only for kinds whose observations have one, `Kind.has_status_code`:
+  http, browser), `last_probe_timestamp_seconds`, `tls_cert_expiry_timestamp_seconds`
   (last certificate seen);
-- `probe_duration_seconds` (histogram),
+- `probe_duration_seconds` (histogram; only for kinds that time what they observe,
+  `Kind.has_duration`: not push),
   `probes_total{result="serving"|"not_serving"|"unknown"}`,
   `mismatch{direction}` (1 while an incident is open), `incidents_total{direction}`;
 - the monitor itself: `scheduler_lag_seconds` (p99 of recent probe start lags),
@@ -80,6 +82,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from monitor.clock import RealClock
 from monitor.judge import DIRECTIONS, enforced
+from monitor.kinds import KINDS, Kind
 from monitor.part import Part
 from monitor.plan import Expectation, Plan, ServiceRef
 
@@ -121,6 +124,23 @@ SEND_SECONDS = 30.0
 SLICE_SECONDS = 0.005
 
 DIRECTION_VALUES = tuple(d.value for d in DIRECTIONS)
+
+
+def _kind(ref: ServiceRef) -> Kind | None:
+    """The kind that observes `ref` (None for a service observed by the schedule only)."""
+    return KINDS.get(ref.service.observed_by)
+
+
+def _timed(ref: ServiceRef) -> bool:
+    """Whether `ref`'s observations measure a duration worth a histogram (`Kind.has_duration`)."""
+    kind = _kind(ref)
+    return kind is not None and kind.has_duration
+
+
+def _has_status(ref: ServiceRef) -> bool:
+    """Whether `ref`'s observations carry an HTTP status (`Kind.has_status_code`)."""
+    kind = _kind(ref)
+    return kind is not None and kind.has_status_code
 
 
 @dataclass(slots=True)
@@ -277,7 +297,7 @@ class Metrics:
         self.durations: dict[tuple[str, str], _Histogram] = {}
         for ref in plan.services:
             if ref.service.probe is not None:
-                self._counters(ref.key)
+                self._counters(ref.key, _timed(ref))
         #: By `Plan.alike` group: 100,000 services fall into a few groups planned alike, and
         #: working each out once per service cost 35 s of CPU at the first scrape.
         self._planned: dict[int, _Planned] = {}
@@ -308,10 +328,12 @@ class Metrics:
         self.reloads: ReloadStatus | None = None
         self._senders = asyncio.Semaphore(SENDERS)
 
-    def _counters(self, key: tuple[str, str]) -> None:
+    def _counters(self, key: tuple[str, str], timed: bool = True) -> None:
+        """A service's counters; a duration histogram only when its kind times something."""
         self.probes[key] = [0] * len(RESULTS)
         self.incidents[key] = [0] * len(DIRECTIONS)
-        self.durations[key] = _Histogram([0] * (len(self.buckets) + 1))
+        if timed:
+            self.durations[key] = _Histogram([0] * (len(self.buckets) + 1))
 
     def _key_labels(self, key: tuple[str, str]) -> str:
         """`channel="…",business="…"`, escaped once per service."""
@@ -353,9 +375,11 @@ class Metrics:
         if observation.tls_expiry is not None:
             self.tls_expiry[key] = observation.tls_expiry.timestamp()
         if key not in self.probes:
-            self._counters(key)
+            self._counters(key, _timed(result.ref))
         self.probes[key][_RESULT_INDEX[observation.serving]] += 1
-        self.durations[key].observe(observation.duration_seconds, self.buckets)
+        histogram = self.durations.get(key)
+        if histogram is not None:
+            histogram.observe(observation.duration_seconds, self.buckets)
         for event in result.judgement.events:
             if event.kind == "opened":
                 self.incidents[key][DIRECTIONS.index(event.direction)] += 1
@@ -375,7 +399,7 @@ class Metrics:
                 table.pop(key, None)
         for ref in change.new.services:
             if ref.service.probe is not None and ref.key not in self.probes:
-                self._counters(ref.key)
+                self._counters(ref.key, _timed(ref))
         self._generation += 1
         self._fresh_until = float("-inf")
 
@@ -587,11 +611,12 @@ class Metrics:
             out,
             "probe_http_status_code",
             "gauge",
-            "HTTP status code of the last probe; 0 when no answer came.",
+            "HTTP status code of the last probe; 0 when no answer came. Only for services "
+            "of kinds that get one (http, browser).",
         )
         for ref, label in zip(services, labels, strict=True):
             seen = last.get(ref.key)
-            if seen is not None:
+            if seen is not None and _has_status(ref):
                 family.add(label, seen[1] or 0)
             if pace():
                 yield

@@ -301,7 +301,7 @@ def test_html_is_self_contained_bilingual_and_paged_by_channel(setup: tuple) -> 
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "url(" not in page and "@import" not in page
     assert "size: A4" in page and "break-before: page" in page
-    assert page.count('<section class="channel">') == 2
+    assert page.count('<section class="channel"') == 2
     for heading in (
         "对照计划报告",
         "report against the plan",

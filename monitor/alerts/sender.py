@@ -5,11 +5,13 @@ sink's nor the probing (which runs on its own tasks and only writes rows). Withi
 deliveries go out in the order their transitions happened; a transient failure holds that sink's
 queue until the row's next attempt (1 s, 2 s, 4 s ... up to 5 minutes, with a little jitter),
 a permanent one gives that row up and goes on. A sink that asks for time (429 or 503 with
-`Retry-After`) gets at least that, at most 5 minutes. Each delivery is bounded as a whole
-(`DELIVERY_TIMEOUT`), so a sink that trickles its answer a byte at a time cannot hold its queue
-for ever. Sinks that `refresh` (Alertmanager) also get
-every open incident re-sent every minute, from the same task, so a re-send can never overtake
-the resolution it races with.
+`Retry-After`, in seconds or as an HTTP date) gets at least that, at most 5 minutes
+(`RETRY_AFTER_CAP`), for every delivery: its task sends nothing to it, neither the refused row
+nor any queued after it nor a re-send, until then; the other sinks' tasks go on. Each delivery
+is bounded as a whole (`DELIVERY_TIMEOUT`), so a sink that trickles its answer a byte at a time
+cannot hold its queue for ever. Sinks that `refresh` (Alertmanager) also get every open incident
+re-sent every minute, from the same task, so a re-send can never overtake the resolution it
+races with.
 """
 
 from __future__ import annotations
@@ -154,6 +156,9 @@ class AlertSender:
         self._started = False
         #: Delivered alerts per sink since start (for tests and diagnostics).
         self.delivered: dict[str, int] = {s.name: 0 for s in self.sinks}
+        #: Per sink that asked for time (`Retry-After`): until when (wall clock) nothing at
+        #: all is sent to it. A robot that answers 429 refuses the next message as well.
+        self.paused_until: dict[str, float] = {}
 
     # --- inside the incident's transaction (store thread) ----------------------------------
 
@@ -260,7 +265,12 @@ class AlertSender:
             upcoming = None
             try:
                 await self.drain(sink)
-                if next_refresh is not None and loop.time() >= next_refresh and not self._closing:
+                if (
+                    next_refresh is not None
+                    and loop.time() >= next_refresh
+                    and not self._closing
+                    and self._pause_left(sink) <= 0
+                ):
                     ok = await self.refresh(sink)
                     wait = self.resend_interval if ok else min(self.resend_interval, self.poll)
                     next_refresh = loop.time() + wait
@@ -272,19 +282,34 @@ class AlertSender:
                 delay = min(delay, upcoming - time.time())
             if next_refresh is not None:
                 delay = min(delay, next_refresh - loop.time())
+            pause = self._pause_left(sink)
+            if pause > 0:  # nothing is due before the sink's pause ends, whatever is queued
+                delay = max(delay, pause)
             if not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(delay, 0.01))
 
+    def _pause_left(self, sink: Sink) -> float:
+        """Seconds until the sink's own `Retry-After` ends (0 or less: not paused)."""
+        return self.paused_until.get(sink.name, 0.0) - time.time()
+
+    def _pause(self, sink: Sink, asked: float | None) -> None:
+        """Hold every delivery to `sink` for the `asked` seconds (already capped at
+        `RETRY_AFTER_CAP` by `base.retry_after`)."""
+        if asked is not None and asked > 0:
+            until = time.time() + asked
+            self.paused_until[sink.name] = max(self.paused_until.get(sink.name, 0.0), until)
+
     async def drain(self, sink: Sink) -> None:
-        """Send every due row of one sink, in order, until one fails transiently."""
+        """Send every due row of one sink, in order, until one fails transiently or the sink
+        is paused by its own `Retry-After`."""
         outbox = self.store.outbox
-        while not self._closing:
+        while not self._closing and self._pause_left(sink) <= 0:
             rows = await self.store.call(outbox.due, sink.name, time.time())
             if not rows:
                 return
             for row in rows:
-                if self._closing:
+                if self._closing or self._pause_left(sink) > 0:
                     return
                 try:
                     answer = await within(
@@ -317,6 +342,7 @@ class AlertSender:
         delay = backoff(row.attempts + 1, self.backoff_base, self.backoff_cap, self.jitter)
         if asked is not None:  # never sooner than the sink asked (already capped at 5 minutes)
             delay = max(delay, asked)
+            self._pause(sink, asked)
         await self.store.call(self.store.outbox.retry, row.id, time.time() + delay, error)
         log.warning(
             "alerts: %s to sink %s failed (attempt %d: %s); next try in %.1f s",
@@ -338,6 +364,7 @@ class AlertSender:
         try:
             await within(sink.refresh(alerts), self.delivery_timeout)
         except SinkError as exc:
+            self._pause(sink, exc.retry_after)
             log.warning(
                 "alerts: re-sending %d open alert(s) to sink %s failed: %s",
                 len(alerts),

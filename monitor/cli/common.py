@@ -153,7 +153,7 @@ def store_incidents(db: Path) -> set[int] | None:
     if not db.exists():
         return None
     try:
-        store = StoreReader(db)
+        store = StoreReader(db, leave_no_files=True)  # a one-shot look: no files left
         try:
             return {record.id for record in store.incidents(limit=1_000_000)}
         finally:

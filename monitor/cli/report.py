@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from monitor.cli.common import (
@@ -48,7 +49,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except SQLiteError as exc:
         raise UsageError(f"--db {db_path}: cannot read the store ({exc})") from None
-    print(render(result, args.format))
+    text = render(result, args.format)
+    # written as made: `print` would add a bare LF after the CSV's last CRLF (an empty record)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK
 
 

@@ -68,6 +68,14 @@ class Kind:
     #: imported inside the prober's module or the factory, never by importing the kind, so
     #: `validate` and `plan` load none of them.
     prober: Callable[[ProberOptions], KindProber] | None = None
+    #: Whether its observations carry an HTTP status (an http or browser probe's answer):
+    #: `/metrics` exports `probe_http_status_code` only for such services, since a 0 for a
+    #: push or a query would read as "no answer" where no answer was ever asked for.
+    has_status_code: bool = False
+    #: Whether its observations measure how long the observing took: a push arrives with no
+    #: duration of ours, and its zeros in `probe_duration_seconds` would drag every quantile
+    #: down, so the histogram is kept only for kinds that time something.
+    has_duration: bool = True
 
     def default(self, name: str) -> timedelta | None:
         """The kind's own default for a duration setting (`interval`, `timeout`), taken from its

@@ -482,4 +482,4 @@ def _prober(options: ProberOptions) -> BrowserProber:
     return BrowserProber(options.chromium)
 
 
-KIND = Kind("browser", BrowserProbe, reasons=REASONS, prober=_prober)
+KIND = Kind("browser", BrowserProbe, reasons=REASONS, prober=_prober, has_status_code=True)

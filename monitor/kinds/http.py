@@ -473,4 +473,4 @@ def _prober(options: ProberOptions) -> Prober:
     return Prober()
 
 
-KIND = Kind("http", HttpProbe, reasons=REASONS, prober=_prober)
+KIND = Kind("http", HttpProbe, reasons=REASONS, prober=_prober, has_status_code=True)

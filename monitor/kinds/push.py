@@ -76,4 +76,4 @@ REASONS: tuple[Reason, ...] = (
 )
 
 #: Pushes arrive (POST /push, `PushReceiver`): nothing is probed, so the kind has no prober.
-KIND = Kind("push", Push, table="push", reasons=REASONS)
+KIND = Kind("push", Push, table="push", reasons=REASONS, has_duration=False)

@@ -78,6 +78,9 @@ class MonitorSettings(_Model):
     success_threshold: StrictInt = Field(default=2, ge=1)
     #: The Chromium binary for browser probes; default `chromium` (or `chromium-browser`) on PATH.
     chromium: str | None = None
+    #: The day the plan was published (its notice's own date), when the notice gives one: the
+    #: feeds date planned pauses by it. Unset, they carry no invented publication date.
+    published: date | None = None
 
     @property
     def tz(self) -> ZoneInfo:

@@ -184,9 +184,11 @@ CSV_COLUMNS = (
 
 def as_csv(report: Report) -> str:
     """One row per service, then one `channel` row with its channel's sums; every row says the
-    range and resolution, so a row pasted elsewhere keeps its meaning."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    range and resolution, so a row pasted elsewhere keeps its meaning. RFC 4180: every record
+    ends in CRLF, the last one included, and nothing follows it (a spreadsheet reads a blank
+    line after it as an empty record)."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)  # None (no availability) is written as an empty cell
     tail = [report.resolution, _iso(report, report.start), _iso(report, report.end)]
 
@@ -414,9 +416,12 @@ def as_html(report: Report) -> str:
             for s in line.services
         ]
         rows.append(f"<tr class='total'><td>合计 total</td>{_time_cells(line.times)}</tr>")
+        anchor = f"channel-{len(sections) + 1}"
         sections.append(
-            '<section class="channel">'
-            + _h(line.channel.name, line.channel.name_en, "h2")
+            f'<section class="channel" aria-labelledby="{anchor}">'
+            + _h(line.channel.name, line.channel.name_en, "h2").replace(
+                "<h2>", f'<h2 id="{anchor}">', 1
+            )
             + _h("服务", "Services", "h3")
             + f"<table>{_head([('服务', 'service')])}<tbody>{''.join(rows)}</tbody></table>"
             + _h("事件与证据", "Incidents and evidence", "h3")
@@ -435,7 +440,7 @@ def as_html(report: Report) -> str:
         '<!DOCTYPE html>\n<html lang="zh-CN">\n<head>\n<meta charset="utf-8">\n'
         '<link rel="icon" href="data:,">\n'
         f"<title>{escape(report.title)}：对照计划报告 / Report against the plan</title>\n"
-        f"<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<style>{CSS}</style>\n</head>\n<body>\n<header>\n"
         + _h(f"{report.title}：对照计划报告", f"{report.title_en}: report against the plan", "h1")
         + f'\n<p class="meta">时间范围 <span class="en">Range</span>: {escape(span)}</p>'
         + f'\n<p class="meta">数据精度 <span class="en">Resolution</span>: {escape(zh)} '
@@ -444,12 +449,14 @@ def as_html(report: Report) -> str:
         f'<span class="en">{escape(cover_en)}</span></p>\n'
         + '<p class="meta">符合率 = 符合计划的时间 ÷ 已观测时间（两个方向都计入）。 '
         '<span class="en">Availability = time matching the plan ÷ observed time (both '
-        "directions count).</span></p>\n"
-        + _h("各渠道汇总", "Channels", "h2")
+        "directions count).</span></p>\n</header>\n<main>\n"
+        + '<section class="summary" aria-labelledby="summary">'
+        + _h("各渠道汇总", "Channels", "h2").replace("<h2>", '<h2 id="summary">', 1)
         + f"\n<table>{head}<tbody>{''.join(summary_rows)}</tbody></table>\n"
         + orphans
+        + "</section>\n"
         + "\n".join(sections)
-        + "\n</body>\n</html>\n"
+        + "\n</main>\n</body>\n</html>\n"
     )
 
 

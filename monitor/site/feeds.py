@@ -119,7 +119,20 @@ def component_id(ref: ServiceRef) -> str:
     return f"{ref.channel.id}.{ref.service.id}"
 
 
+def published(model: Model) -> datetime | None:
+    """When the plan was published (`[monitor] published`, the start of that day in the plan's
+    zone); None when the plan does not say. Planned pauses are dated by it, never by a date
+    worked out from their start, which nobody published anything on."""
+    day = model.plan.config.monitor.published
+    if day is None:
+        return None
+    return datetime.combine(day, datetime.min.time(), model.plan.zone)
+
+
 def _created(model: Model) -> str | None:
+    known = published(model)
+    if known is not None:
+        return iso(known, model.plan.zone)
     starts = [p.start for p in model.plan.config.periods.values() if p.start is not None]
     return iso(min(starts, default=model.at), model.plan.zone)
 
@@ -269,7 +282,9 @@ def _incident(model: Model, record: IncidentRecord, by_id: dict[str, dict], zone
     comp = by_id.get(key)
     down = record.direction == "unexpected_down"
     name = _service_name(model, record)
-    title = f"{name}: {'应开放却无法使用' if down else '应暂停却仍在受理'}"
+    # citizens' words, both languages; the probe's reason stays in the operators' section
+    word = "incident_down" if down else "incident_up"
+    title = f"{name}: {WORDS['zh'][word]} / {WORDS['en'][word]}"
     updates = [
         _update(
             f"{record.id}-opened",
@@ -499,7 +514,9 @@ def _maintenance(
         "id": item.id,
         "name": title,
         "status": state,
-        "created_at": iso(item.announced, zone),
+        # Statuspage always gives `created_at` (clients read it as a string, never null): the
+        # plan's published day when it has one, else the pause's own start, a date of the plan
+        "created_at": iso(published(model) or item.start, zone),
         "updated_at": iso(item.changed(at), zone),
         "monitoring_at": None,
         "resolved_at": iso(item.end, zone) if state == "completed" else None,

@@ -452,8 +452,8 @@ def atom(model: Model) -> str:
             else f"{record.channel} · {record.business}"
         )
         down = record.direction == "unexpected_down"
+        # citizens' words only: the probe's reason is for the page's operators' section
         what = WORDS["zh"]["incident_down" if down else "incident_up"]
-        reason = WORDS["zh"]["reason"] + "：" + (Lang("zh", zone, model.at).reason(record.reason))
         state = "已恢复" if record.resolved_at else "仍在持续"
         entries.append(
             {
@@ -462,7 +462,7 @@ def atom(model: Model) -> str:
                 "published": feeds.iso(record.opened_at, zone),
                 "updated": feeds.iso(record.resolved_at or record.opened_at, zone),
                 "category": "incident",
-                "content": f"{name}：{what}。{reason}。",
+                "content": f"{name}：{what}。",
             }
         )
     for item in feeds.listed(model):
@@ -476,7 +476,8 @@ def atom(model: Model) -> str:
             {
                 "title": f"{title}：{lang.when_text(item.start, True)} – {end}（{state}）",
                 "id": _urn("maintenance", item.id),
-                "published": feeds.iso(item.announced, zone),
+                # optional in Atom: left out unless the plan says when it was published
+                "published": feeds.iso(feeds.published(model), zone),
                 "updated": feeds.iso(item.changed(model.at), zone),
                 "category": "planned",
                 "content": f"按计划暂停：{names}（共 {len(item.services)} 项）。",
@@ -742,10 +743,12 @@ def render(
 
 def open_store(db: Path | None) -> StoreReader | None:
     """The store at `db`, read-only through its read API; None when there is none yet (no
-    history, not an error). Raises StoreError when the file is not a store of this version."""
+    history, not an error). Raises StoreError when the file is not a store of this version.
+    Opened to leave nothing beside the store once closed (`open_reader`'s `leave_no_files`),
+    whether or not a `run` writes it meanwhile."""
     if db is None or not Path(db).exists():
         return None
-    return StoreReader(db)
+    return StoreReader(db, leave_no_files=True)
 
 
 def render_from(

@@ -4,6 +4,7 @@ file as the writer (migrated) or as a reader (refused unless it is of this versi
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -246,16 +247,22 @@ def open_reader(path: Path, leave_no_files: bool = False) -> sqlite3.Connection:
     folder cannot hold; then the file is opened `immutable`, which is right for it: nothing can
     be writing to a store on a read-only folder.
 
-    `leave_no_files` (the report) creates nothing beside the store either: `mode=ro` on a WAL
-    store makes its `-shm` and `-wal` files. A writer keeps both while it has the store open
-    and removes them when it closes, so when neither is there no one is writing, and the file
-    is opened `immutable` at once; when they are there, `mode=ro` reads the WAL too.
+    `leave_no_files` (the one-shot commands: `report`, `render`, `notice`) leaves the folder as
+    it was. A `mode=ro` connection to a WAL store makes its `-wal` and `-shm` files and, being
+    read-only, never removes them. So where the file and its folder take writes, the store is
+    opened `mode=rw` with `query_only` set: SQLite's own WAL protocol, correct however a `run`
+    writes and checkpoints meanwhile, and the last connection to close removes both files (a
+    writer that holds the store keeps them, as it always does). Not `immutable` when no files
+    are there: a `run` that starts during a long render would checkpoint pages into the file
+    under a reader that believes it never changes. Where the file or folder takes no writes,
+    nothing can be writing, and `immutable` is opened at once.
     """
     _check_file(path)
     uri = path.resolve().as_uri()  # percent-encodes `?`, `#`, `%`
-    queries = ("mode=ro", "immutable=1")
-    if leave_no_files and not any(Path(f"{path}{tail}").exists() for tail in ("-wal", "-shm")):
-        queries = ("immutable=1",)
+    queries: tuple[str, ...] = ("mode=ro", "immutable=1")
+    if leave_no_files:
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+        queries = ("mode=rw",) if writable else ("immutable=1",)
     last: sqlite3.Error | None = None
     for query in queries:
         db = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)

@@ -1,0 +1,73 @@
+"""What the public files say of planned pauses and incidents: no publication date the plan does
+not give (Atom `published` left out, Statuspage `created_at` the plan's published day or the
+pause's own start), and incidents in citizens' words, the probe's reason only in the page's
+operators' section."""
+
+from __future__ import annotations
+
+import html
+import json
+import xml.etree.ElementTree as ET
+from datetime import date
+from pathlib import Path
+
+from site_data import add_incident
+from test_site_outputs import ATOM, at, real_data, render_site
+
+from monitor.plan import Plan
+from monitor.plan.schema import validate_config
+
+NOW = "2022-07-01T12:00:00"
+
+
+def planned_entries(site: Path) -> list[ET.Element]:
+    feed = ET.parse(site / "history.atom").getroot()
+    return [
+        e for e in feed.iter(f"{ATOM}entry") if e.find(f"{ATOM}category").get("term") == "planned"
+    ]
+
+
+def maintenances(site: Path) -> list[dict]:
+    text = (site / "api/v2/scheduled-maintenances.json").read_text("utf-8")
+    return json.loads(text)["scheduled_maintenances"]
+
+
+def test_without_a_published_date_none_is_invented(tmp_path: Path) -> None:
+    plan = Plan(validate_config(real_data()))
+    assert plan.config.monitor.published is None  # the shipped notice gives no date
+    site = render_site(plan, tmp_path, at(NOW))
+    entries = planned_entries(site)
+    assert entries and all(e.find(f"{ATOM}published") is None for e in entries)
+    for item in maintenances(site):
+        assert item["created_at"] == item["scheduled_for"]  # the pause's own start
+
+
+def test_the_plans_published_day_dates_every_planned_pause(tmp_path: Path) -> None:
+    data = real_data()
+    data["monitor"] = {**data["monitor"], "published": date(2022, 6, 10)}
+    plan = Plan(validate_config(data))
+    site = render_site(plan, tmp_path, at(NOW))
+    day = "2022-06-10T00:00:00.000+08:00"
+    assert {e.findtext(f"{ATOM}published") for e in planned_entries(site)} == {day}
+    assert {item["created_at"] for item in maintenances(site)} == {day}
+
+
+def test_public_incidents_are_in_citizens_words(tmp_path: Path) -> None:
+    plan = Plan(validate_config(real_data()))
+    db = tmp_path / "monitor.db"
+    ref = plan.services[0]
+    reason = "query value 17 > 0"
+    opened = at("2022-06-23T10:00:00")
+    add_incident(db, *ref.key, "unexpected_up", opened, None, reason, "down", "freeze")
+    site = render_site(plan, tmp_path, at(NOW), db)
+    operators = "监测指标 17 > 0"
+    feed = (site / "history.atom").read_text("utf-8")
+    incidents = (site / "api/v2/incidents.json").read_text("utf-8")
+    page = html.unescape((site / "index.html").read_text("utf-8"))
+    for public in (feed, incidents):
+        assert "请勿在暂停期间办理" in public
+        assert operators not in public and "17 > 0" not in public and "运维信息）" not in public
+    public_part, _, ops_part = page.partition('<details id="ops"')
+    assert "请勿在暂停期间办理" in public_part and operators not in public_part
+    assert "运维信息）" not in public_part
+    assert operators in ops_part  # the detail for operators stays on the page, in their section
