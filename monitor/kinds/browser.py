@@ -20,6 +20,14 @@ Reasons (besides the HTTP probe's `HTTP <code>`, `timeout after <d>`, `connectio
 | `rendered text matches maintenance notice` | no | the visible text matched `text_not_matches` |
 | `rendered text does not match` | no | the visible text did not match `text_matches` |
 | `browser not available: install ...` | unknown | no Playwright, or no Chromium (says which) |
+| `browser page crashed (out of memory?)` | unknown | the page's renderer died, the browser lives |
+
+A page's memory is bounded: Chromium starts with a V8 heap limit (`HEAP_LIMIT_MB` per page),
+so a page that allocates without end has its renderer stopped in seconds instead of taking
+gigabytes from the machine the monitor shares with its other probes. The probe then says the
+page crashed and is `unknown`, not `down`: the limit is the observer's (a citizen's browser
+allows several times more), so the crash tells nothing about whether the channel serves. Only
+that page dies; the browser process and its other pages go on, and the next probe uses it.
 
 Playwright is an optional extra (`pip install 'channel-monitor[browser]'`); this module imports
 it only when a browser probe first runs, so nothing else pays for it, and `validate` imports
@@ -64,6 +72,13 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+#: V8's old-generation heap per renderer (`--max-old-space-size`), in MB. A portal's page
+#: needs a few tens; with two pages open this bounds script memory near 1 GB where an
+#: unbounded page took Chromium's processes past 4 GB before V8 gave up on its own. Memory
+#: outside V8's heap (ArrayBuffer contents, images, the DOM) is not counted by this limit.
+HEAP_LIMIT_MB = 512
+#: The reason of a probe whose page's renderer died (V8's heap limit, or killed).
+PAGE_CRASHED = "browser page crashed (out of memory?)"
 #: At most this many pages open at once (each costs a renderer process).
 DEFAULT_PAGES = 2
 #: How long starting Chromium may take, apart from any probe's own timeout.
@@ -206,6 +221,8 @@ class _Visit:
 
     status: int | None = None
     closing: asyncio.Task | None = None
+    #: The page's renderer died (Playwright's `crash` event): the page, not the browser.
+    crashed: bool = False
 
 
 class BrowserProber:
@@ -216,9 +233,16 @@ class BrowserProber:
     #: At most `pages` at once, queued here: the pipeline's general limit is not taken.
     limits_itself = True
 
-    def __init__(self, chromium: str | None = None, pages: int = DEFAULT_PAGES) -> None:
-        """`chromium` is the `[monitor] chromium` setting (None: look on PATH)."""
+    def __init__(
+        self,
+        chromium: str | None = None,
+        pages: int = DEFAULT_PAGES,
+        heap_limit_mb: int = HEAP_LIMIT_MB,
+    ) -> None:
+        """`chromium` is the `[monitor] chromium` setting (None: look on PATH);
+        `heap_limit_mb` bounds each page's script heap (see `HEAP_LIMIT_MB`)."""
         self.chromium = chromium
+        self.heap_limit_mb = heap_limit_mb
         self._pages = asyncio.Semaphore(pages)
         self._launching = asyncio.Lock()
         self._playwright: Playwright | None = None
@@ -247,6 +271,7 @@ class BrowserProber:
                 raise BrowserUnavailable(what)
             executable = find_chromium(self.chromium)
             assert executable is not None
+            heap_limit = f"--js-flags=--max-old-space-size={self.heap_limit_mb}"
             try:
                 if self._playwright is None:
                     from playwright.async_api import async_playwright
@@ -254,7 +279,7 @@ class BrowserProber:
                     self._playwright = await async_playwright().start()
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=executable,
-                    args=list(CHROMIUM_FLAGS),
+                    args=[*CHROMIUM_FLAGS, heap_limit],
                     timeout=LAUNCH_TIMEOUT.total_seconds() * 1000,
                 )
             except Exception as exc:
@@ -344,7 +369,7 @@ class BrowserProber:
 
     async def _visit(
         self, browser: Browser, spec: BrowserSpec, timeout: timedelta, visit: _Visit
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool | None, str]:
         """Load, settle, read, judge; in a fresh context that is closed whatever happens."""
         from playwright.async_api import Error as PlaywrightError
         from playwright.async_api import TimeoutError as PlaywrightTimeout
@@ -361,11 +386,14 @@ class BrowserProber:
                 if spec.headers:
                     await page.route("**/*", _same_origin_headers(spec.url, spec.headers))
                 page.on("response", functools.partial(_main_document, page, visit))
+                page.on("crash", functools.partial(_crashed, visit))
                 return await self._load(page, spec, timeout, deadline, visit)
         except PlaywrightTimeout:
             raise TimeoutError from None
         except PlaywrightError as exc:
             message = str(exc)
+            if browser.is_connected() and (visit.crashed or _CRASH_MESSAGE.search(message)):
+                return None, PAGE_CRASHED  # the renderer died; the browser did not
             if not browser.is_connected() or type(exc).__name__ == "TargetClosedError":
                 raise _BrowserGone from None  # Chromium or the page's renderer died
             if "ERR_HTTP_RESPONSE_CODE_FAILURE" in message and visit.status is not None:
@@ -433,6 +461,16 @@ def _main_document(page: Page, visit: _Visit, response: Response) -> None:
         visit.status = response.status
 
 
+def _crashed(visit: _Visit, _page: Page) -> None:
+    """Playwright's `crash` event: the page's renderer died (most often V8's heap limit)."""
+    visit.crashed = True
+
+
+#: Playwright's words when a call on a page fails because its renderer died (should the
+#: `crash` event arrive after the failed call).
+_CRASH_MESSAGE = re.compile(r"\b(Page|Target) crashed\b")
+
+
 def _same_origin_headers(url: str, headers: dict[str, str]) -> Any:
     """A route handler adding the probe's headers to requests to the probed origin only: a
     token meant for the portal must not travel to a CDN or an analytics host it embeds."""
@@ -466,6 +504,11 @@ REASONS: tuple[Reason, ...] = (
         "rendered text does not match",
         "浏览器打开的页面不是正常办理页面",
         "the page, opened in a browser, is not the usual service page",
+    ),
+    Reason(
+        PAGE_CRASHED,
+        "监测用浏览器中的页面崩溃（可能内存耗尽）",
+        "the page crashed in the monitoring browser (out of memory?)",
     ),
     Reason(
         "browser not available: {what}",

@@ -16,6 +16,11 @@ prober, failures come back as an Observation with a reason, never as an exceptio
 | `query returned no data` | `no_data` | an empty result (or NaN): `unknown` by default |
 | `query failed (<why>)` | unknown | Prometheus could not be asked or its answer is not one value |
 
+The probe's headers often carry a token meant for the Prometheus (or the proxy in front of it)
+they were written for: a redirect is followed only within the URL's origin (scheme, host,
+port); one to another origin is `query failed (redirect to another host)` and nothing is sent
+there.
+
 A query that fails says nothing about the service (the observer failed, not the channel), so
 it is `unknown`, never `down`.
 """
@@ -40,6 +45,7 @@ from monitor.reason_rows import Reason
 
 if TYPE_CHECKING:
     import aiohttp
+    import yarl
 
 _COMPARISON = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 
@@ -110,6 +116,20 @@ class PrometheusProbe(UrlProbe):
     @property
     def unset(self) -> tuple[str, ...]:
         return _unset_names(self.url, self.headers, self.query)
+
+
+#: Redirects followed within the origin before the query is given up (curl's default is 50,
+#: a browser's 20; a proxy needs one or two).
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin_of(url: yarl.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) as the web's same-origin rule compares them; an implicit port is
+    the scheme's own, so `http://h/` and `http://h:80/` are one origin."""
+    if not url.is_absolute() or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("not an http(s) URL")
+    return url.scheme, url.host.lower(), url.port
 
 
 #: An instant query for one value is small; a bigger answer is not one value anyway.
@@ -238,10 +258,7 @@ class QueryProber:
             "time": f"{at.timestamp():.3f}",
             "timeout": f"{max(timeout.total_seconds(), 0.001):.3f}",  # Prometheus stops too
         }
-        url = spec.url.rstrip("/") + "/api/v1/query"
-        async with self._client().post(url, data=form, headers=spec.headers or None) as response:
-            body = await read_capped(response, self.answer_cap + 1)
-            status = response.status
+        status, body = await self._post(spec.url.rstrip("/") + "/api/v1/query", form, spec)
         if len(body) > self.answer_cap:
             raise QueryFailed("answer too large")
         try:
@@ -251,6 +268,41 @@ class QueryProber:
         if status != 200 and isinstance(answer, dict) and answer.get("status") == "success":
             raise QueryFailed(f"HTTP {status}")
         return single_value(answer)
+
+    async def _post(
+        self, url: str, form: dict[str, str], spec: PrometheusProbe
+    ) -> tuple[int, bytes]:
+        """(status, capped body) of the query, following redirects within `url`'s origin only.
+
+        Prometheus' own API never redirects; a redirect comes from a proxy in front of it, and
+        the probe's headers (`X-Api-Key`, `Authorization`) are meant for that origin alone, so
+        one to another scheme, host or port is refused before anything is sent there (aiohttp
+        would drop `Authorization` but send every other header on). A 307 or 308 asks again
+        with the same form; a 301, 302 or 303 with GET, the form in the URL (which Prometheus'
+        API takes as well), rather than losing the query as a browser would."""
+        from yarl import URL
+
+        here = URL(url)
+        origin = _origin_of(here)
+        method = "POST"
+        for _ in range(MAX_REDIRECTS + 1):
+            send = {"data": form} if method == "POST" else {"params": form}
+            async with self._client().request(
+                method, here, headers=spec.headers or None, allow_redirects=False, **send
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status not in _REDIRECTS or not location:
+                    return response.status, await read_capped(response, self.answer_cap + 1)
+                status = response.status
+            try:
+                here = here.join(URL(location))
+                moved = _origin_of(here)
+            except ValueError:
+                raise QueryFailed("redirect to an invalid address") from None
+            if moved != origin:
+                raise QueryFailed("redirect to another host")
+            method = "POST" if status in (307, 308) else "GET"
+        raise QueryFailed("too many redirects")
 
 
 #: The prometheus kind's reasons.

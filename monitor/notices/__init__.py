@@ -88,6 +88,17 @@ _SERVICE_REF = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
 MAX_TEXT = 2000
 
 
+#: Notices one file may hold, and updates one notice may hold. Like `MAX_TEXT`, what the page,
+#: the feeds and the robots' messages carry must stay readable and small: 5,000 notices made
+#: `index.html` 1.18 MB and the Statuspage `incidents.json` 5.6 MB. A cutover month needs a
+#: few dozen; notices that are over can move to another file when the limit is near.
+MAX_NOTICES = 200
+MAX_UPDATES = 100
+#: Notices the page and the feeds show at most: every active one first, then the latest closed
+#: ones (Statuspage's own `incidents.json` lists the latest 50 as well).
+SHOWN = 50
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("expected some text, not an empty string")
@@ -178,10 +189,25 @@ class NoticesFile(_Model):
     notices: tuple[Notice, ...] = ()
 
     def shown(self, at: datetime) -> tuple[Notice, ...]:
-        """Notices with at least one update out by `at`, the latest update first."""
+        """Notices with at least one update out by `at`, the latest update first: at most
+        `SHOWN`, the active ones before the closed ones, so an old closed notice is what drops
+        out and the page and feeds stay small whatever the file holds."""
+        out = self.out(at)
+        if len(out) > SHOWN:
+            by_priority = [n for n in out if n.active(at)] + [n for n in out if not n.active(at)]
+            kept = {id(n) for n in by_priority[:SHOWN]}
+            out = [n for n in out if id(n) in kept]
+        return tuple(out)
+
+    def out(self, at: datetime) -> list[Notice]:
+        """Every notice with an update out by `at`, the latest update first (none left out)."""
         out = [n for n in self.notices if n.shown(at)]
         out.sort(key=lambda n: n.latest(at).at, reverse=True)  # type: ignore[union-attr]
-        return tuple(out)
+        return out
+
+    def not_shown(self, at: datetime) -> int:
+        """How many notices that are out by `at` `shown` leaves out (older, closed ones)."""
+        return len(self.out(at)) - len(self.shown(at))
 
 
 EMPTY = NoticesFile()
@@ -232,11 +258,36 @@ def validate_notices(
         result = NoticesFile.model_validate(data, context={"tz": plan.zone})
     except ValidationError as exc:
         problems += [_describe(e, data, filename, NoticesFile) for e in exc.errors()]
+    problems += _counts(data, filename)
     problems += _cross_references(data, filename, plan, incidents)
     if problems:
         raise ConfigError(problems)
     assert result is not None
     return result
+
+
+def _counts(data: dict[str, Any], filename: str) -> list[str]:
+    """Too many notices in the file, or too many updates in a notice (`MAX_NOTICES`,
+    `MAX_UPDATES`): checked here rather than as the model's length limit, whose message would
+    quote the start of the list instead of saying how many there are."""
+    problems: list[str] = []
+    notices = data.get("notices")
+    if not isinstance(notices, list):
+        return problems
+    if len(notices) > MAX_NOTICES:
+        problems.append(
+            f"{filename}: {key_path(('notices',), data)}: got {len(notices):,} notices: expected "
+            f"at most {MAX_NOTICES:,} in one file (move notices that are over to another file)"
+        )
+    for index, notice in enumerate(notices):
+        updates = notice.get("updates") if isinstance(notice, dict) else None
+        if isinstance(updates, list) and len(updates) > MAX_UPDATES:
+            problems.append(
+                f"{filename}: {key_path(('notices', index, 'updates'), data)}: got "
+                f"{len(updates):,} updates: expected at most {MAX_UPDATES:,} in one notice "
+                "(start a new notice for what follows)"
+            )
+    return problems
 
 
 def _cross_references(
