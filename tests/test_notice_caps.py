@@ -26,7 +26,7 @@ from test_notice import PLAN
 
 from monitor.notices import MAX_NOTICES, MAX_UPDATES, SHOWN, validate_notices
 from monitor.notices.watch import NoticeBoard
-from monitor.plan.schema import ConfigError
+from monitor.plan.errors import ConfigError
 
 T = TypeVar("T")
 ZONE = ZoneInfo("Asia/Shanghai")

@@ -15,7 +15,7 @@ from site_data import add_incident
 from test_site_outputs import ATOM, at, real_data, render_site
 
 from monitor.plan import Plan
-from monitor.plan.schema import validate_config
+from monitor.plan.load import validate_config
 
 NOW = "2022-07-01T12:00:00"
 
