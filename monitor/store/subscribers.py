@@ -189,7 +189,12 @@ class Subscribers:
                         "UPDATE subscribers SET lang = ?, created_at = ? WHERE id = ?",
                         (request.lang, now, ident),
                     )
-            self._queue_one(ident, f"confirm:{ident}:{turn}", {"kind": "confirm"}, now)
+            self._queue_one(
+                ident,
+                f"confirm:{ident}:{turn}",
+                {"kind": "confirm", "choices": list(request.choices)},
+                now,
+            )
         return QUEUED
 
     def add_confirmed(self, request: Request, now: float) -> int:
