@@ -329,3 +329,36 @@ def test_the_planner_answers_are_the_plans() -> None:
 
     (item,) = items_at(plan, plan.transitions(start, start + timedelta(seconds=1)))
     assert item["reopens"] == plan.next_up(ref, start).isoformat()
+
+
+def test_operators_commands_list_masked_export_and_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from monitor.cli import main
+    from monitor.store import Request
+
+    monkeypatch.setenv("CHANNEL_MONITOR_SUBSCRIPTION_KEY", KEY)
+    keys, db = Keys(KEY), tmp_path / "m.db"
+    store = Store(db)
+    nonce = keys.nonce()
+    store.subscribers.add_confirmed(
+        Request(
+            keys.lookup(ADDRESS),
+            keys.seal(ADDRESS.lower()),
+            "email",
+            "zh",
+            ("web",),
+            nonce,
+            keys.unsubscribe_hash(nonce),
+        ),
+        1.0,
+    )
+    store.close()
+    assert main(["subscription", "list", "--db", str(db)]) == 0
+    listed = capsys.readouterr().out
+    assert "c***@example.cn" in listed and "wang" not in listed
+    assert main(["subscription", "export", "--db", str(db), "--email", ADDRESS]) == 0
+    assert ADDRESS.lower() in capsys.readouterr().out
+    assert main(["subscription", "delete", "--db", str(db), "--email", ADDRESS]) == 0
+    assert main(["subscription", "list", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.strip().endswith("已删除")
