@@ -362,3 +362,37 @@ def test_operators_commands_list_masked_export_and_delete(
     assert main(["subscription", "delete", "--db", str(db), "--email", ADDRESS]) == 0
     assert main(["subscription", "list", "--db", str(db)]) == 0
     assert capsys.readouterr().out.strip().endswith("已删除")
+
+
+def test_every_page_carries_a_form_that_posts_to_the_api(tmp_path: Path) -> None:
+    from html.parser import HTMLParser
+
+    from monitor.site.render import render
+
+    plan = plan_with(25)
+    render(plan, tmp_path / "site", datetime(2022, 6, 24, tzinfo=ZONE))
+    pages = [p for p in (tmp_path / "site").rglob("*.html")]
+    assert len(pages) >= 2  # both languages (one channel: no channel pages of its own)
+
+    class Forms(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.forms: list[dict] = []
+            self.inputs: list[dict] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "form":
+                self.forms.append(dict(attrs))
+            elif tag == "input":
+                self.inputs.append(dict(attrs))
+
+    for page in pages:
+        parsed = Forms()
+        text = page.read_text()
+        parsed.feed(text)
+        (form,) = parsed.forms
+        assert form == {"method": "post", "action": "http://127.0.0.1:1/api/subscriptions"}
+        names = {i.get("name") for i in parsed.inputs}
+        assert {"email", "services", "lang"} <= names
+        assert "form-action http://127.0.0.1:1" in text
+        assert "<script" not in text.split('id="subscribe"')[1].split("</form>")[0]
