@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import monitor.site
+import monitor.subscriptions
 from monitor import DEFAULT_PORT, alerts, metrics, reload
 from monitor.alerts.sender import AlertSender
 from monitor.clock import Clock, RealClock
@@ -107,6 +108,11 @@ class Daemon:
         alerts_part = Part()
         if self.alerts:  # the outbox hook on the store and the alert sender
             self.sender, alerts_part = alerts.build(self.plan, store, clock)
+        # citizens' subscriptions: the API's routes (before the page's catch-all), the
+        # incident hook, the planner and the mail sender; none without [subscriptions]
+        self.subscriptions, subscriptions_part = monitor.subscriptions.build(
+            plan, self.plan.config.subscriptions, store, clock
+        )
         # the page: re-rendered on changes, served at GET /; the notices: on the page and, with
         # `notify`, to the robots (each asks the other through a callable, never by lookup)
         self.site, site_part = monitor.site.build(
@@ -140,6 +146,7 @@ class Daemon:
         return [
             metrics_part,
             alerts_part,
+            subscriptions_part,
             site_part,
             notices_part,
             self.push.part(),

@@ -39,7 +39,7 @@ def user_version(path: Path) -> int:
 
 def test_the_fixture_is_schema_2_and_this_version_is_newer(tmp_path: Path) -> None:
     assert user_version(v2_store(tmp_path / "old.db")) == 2
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
 
 
 def test_a_version_2_store_is_migrated_and_reads_back_the_same(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from monitor.cli.plan import cmd_plan, cmd_plan_diff, cmd_validate
 from monitor.cli.push import PUSH_TOKEN_VARIABLE, cmd_push
 from monitor.cli.report import cmd_report
 from monitor.cli.run import cmd_alerts_test, cmd_check, cmd_demo, cmd_render, cmd_run
+from monitor.cli.subscription import add_parser as add_subscription_parser
 from monitor.notices import Status
 from monitor.plan.errors import ConfigError
 from monitor.store import DEFAULT_SIZE_LIMIT
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "test", parents=[common], help="send a test message to every [[alerts]] sink"
     )
     p.set_defaults(func=cmd_alerts_test)
+    add_subscription_parser(sub, common)
     return parser
 
 

@@ -109,7 +109,7 @@ def _describe(error: dict, data: dict, filename: str, root: type[BaseModel] | No
     elif secret:
         # a probe's URL, headers and body and a push token may carry tokens: never quote them
         message = f"expected {_expected_shape(loc)} (the value is not repeated here)"
-    elif loc and loc[0] == "alerts" and loc[-1] in ("url", "secret"):
+    elif loc and loc[0] in ("alerts", "subscriptions") and loc[-1] in _SECRET_FIELDS:
         msg = error["msg"].removeprefix("Value error, ")  # never quote a URL or a secret
         message = msg if kind == "value_error" else f"expected a string ({msg[0].lower()}{msg[1:]})"
     elif kind == "string_pattern_mismatch" and loc and loc[0] == "alerts" and loc[-1] == "name":
@@ -150,6 +150,10 @@ def _may_hold_secret(loc: tuple) -> bool:
 #: Keys under which a plan holds what may carry a token: probes (URL, headers, body), pushes,
 #: alert sinks (URL, secret).
 _SECRET_KEYS = frozenset({"probe", "push", "url", "headers", "body", "token", "secret"})
+
+
+#: Fields of `[[alerts]]` and `[subscriptions]` whose values are never quoted in a message.
+_SECRET_FIELDS = ("url", "secret", "smtp", "username", "password")
 
 
 def _carries_secret(value: object, limit: int = 100_000) -> bool:

@@ -37,6 +37,7 @@ from monitor.fields import (
 )
 from monitor.kinds import KINDS, probe_kinds
 from monitor.plan.sinks import AlertSink
+from monitor.plan.subscriptions import SubscriptionSettings
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 #: A TOML bare key; any other key is written quoted in a key path.
@@ -367,6 +368,8 @@ class PlanConfig(_Model):
     milestones: tuple[Milestone, ...] = ()
     channels: Annotated[tuple[Channel, ...], AfterValidator(_non_empty)]
     alerts: tuple[AlertSink, ...] = ()
+    #: Citizens' subscriptions by mail (monitor/subscriptions/); None: none are taken.
+    subscriptions: SubscriptionSettings | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -51,6 +51,7 @@ from monitor.store.schema import (
     open_writer,
     version_problem,
 )
+from monitor.store.subscribers import Mail, Request, Subscriber, Subscribers
 from monitor.store.writer import (
     DEFAULT_RETENTION,
     DEFAULT_ROLLUP_RETENTION,
@@ -76,10 +77,12 @@ __all__ = [
     "Delivery",
     "IncidentHook",
     "IncidentRecord",
+    "Mail",
     "Message",
     "Outbox",
     "PendingObservation",
     "RawRun",
+    "Request",
     "Rollup",
     "SQLiteError",
     "Sighting",
@@ -89,6 +92,8 @@ __all__ = [
     "StoreLock",
     "StoreReader",
     "StoreReads",
+    "Subscriber",
+    "Subscribers",
     "as_open_incident",
     "lock_store",
     "open_reader",

@@ -11,6 +11,7 @@ from pathlib import Path
 from monitor.store.checkpoints import WAL_LIMIT
 from monitor.store.errors import StoreError, _check_file, _os_problem, _sqlite_problem
 from monitor.store.outbox import OUTBOX_SCHEMA
+from monitor.store.subscribers import SUBSCRIBERS_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -148,7 +149,8 @@ CREATE VIEW rollups AS
 #: written before versions were kept (its tables are exactly SCHEMA's, so `IF NOT EXISTS` makes
 #: both whole). Add a change as a new entry; never edit an old one. Version 3 adds the alert
 #: outbox (`monitor.store.outbox`), which versions up to 2 created outside the migrations.
-MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2, OUTBOX_SCHEMA)
+#: Version 4 adds citizens' subscriptions and their outbox (`monitor.store.subscribers`).
+MIGRATIONS: tuple[str, ...] = (SCHEMA, SCHEMA_V2, OUTBOX_SCHEMA, SUBSCRIBERS_SCHEMA)
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The oldest SQLite that can write the store: UPDATE ... FROM (3.33) and DELETE ... RETURNING
 #: (3.35). Reading it needs neither.
@@ -163,6 +165,8 @@ TABLES = (
     "rollups",
     "incidents",
     "alert_outbox",
+    "subscribers",
+    "subscription_outbox",
 )
 #: The tables of a version-0 file: one that has none of them is some other program's.
 V0_TABLES = ("observations", "rollups", "incidents")

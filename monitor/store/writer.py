@@ -34,6 +34,7 @@ from monitor.store.records import (
     _ts,
 )
 from monitor.store.schema import open_reader, open_writer
+from monitor.store.subscribers import Subscribers
 
 T = TypeVar("T")
 
@@ -309,6 +310,8 @@ class Store(StoreReads):
             raise
         #: The alert outbox, on this store's connection.
         self.outbox = Outbox(self.db)
+        #: Citizens' subscriptions and their outbox, on this store's connection.
+        self.subscribers = Subscribers(self.db)
         #: The writer's checkpoints, on a thread of their own (None: read-only).
         self.checkpoints: Checkpointer | None = None
         if not readonly:

@@ -1,0 +1,130 @@
+"""One outbox row made into what is sent: a mail in the subscriber's language, or a partner's
+JSON. Names and times come from the plan running now and from the event as queued, where the
+plan's own answers were written (`reopens` is `Plan.next_up`); nothing is worked out here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from monitor.subscriptions.keys import Keys
+from monitor.subscriptions.words import WORDS, when
+
+if TYPE_CHECKING:
+    from monitor.plan import Plan
+    from monitor.plan.subscriptions import SubscriptionSettings
+    from monitor.store import Mail
+
+
+def service_name(plan: Plan, key: str, lang: str) -> str:
+    """`channel/service` (or a whole channel) as the plan names it, in `lang`."""
+    channel_id, _, service_id = key.partition("/")
+    channel = next((c for c in plan.config.channels if c.id == channel_id), None)
+    if channel is None:
+        return key
+    channel_name = channel.name_en or channel.name if lang == "en" else channel.name
+    if not service_id:
+        return channel_name
+    service = next((s for s in channel.services if s.id == service_id), None)
+    if service is None:
+        return key
+    name = service.name_en or service.name if lang == "en" else service.name
+    return f"{channel_name} {name}" if lang == "zh" else f"{name} ({channel_name})"
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    confirm: str
+    unsubscribe: str
+
+
+def links(settings: SubscriptionSettings, keys: Keys, mail: Mail) -> Links:
+    base = f"{settings.public_url}/api/subscriptions"
+    return Links(
+        f"{base}/confirm/{keys.token('confirm', mail.nonce, mail.round)}",
+        f"{base}/unsubscribe/{keys.token('unsubscribe', mail.nonce)}",
+    )
+
+
+def content(plan: Plan, mail: Mail, link: Links) -> tuple[str, str]:
+    """Subject and text of the row's message in the subscriber's language."""
+    lang = mail.lang if mail.lang in WORDS else "zh"
+    w, zone = WORDS[lang], plan.zone
+    event = json.loads(mail.payload)
+    kind = event["kind"]
+    if kind == "confirm":
+        choices = event.get("choices", [])
+        listed = "\n".join(f"· {service_name(plan, c, lang)}" for c in choices) or "·"
+        return w["confirm_subject"], w["confirm_body"].format(services=listed, link=link.confirm)
+    if kind == "incident":
+        name = service_name(plan, f"{event['channel']}/{event['service']}", lang)
+        opened = event["state"] == "opened"
+        subject = w["subject_down" if opened else "subject_up"].format(service=name)
+        return subject, w["down_line" if opened else "up_line"].format(service=name)
+    items = event["items"]
+    chosen = [items[i] for i in mail.items] if mail.items else items
+    names = [service_name(plan, f"{i['channel']}/{i['service']}", lang) for i in chosen]
+    more = w["more"].format(count=len(names)) if len(names) > 1 else ""
+    changes = [i["change"] for i in chosen]
+    word = "/".join(w[c] for c in dict.fromkeys(changes))
+    lines = []
+    for item, name in zip(chosen, names, strict=True):
+        if kind == "reminder":
+            at = when(datetime.fromisoformat(event["at"]), zone, lang)
+            lines.append(w[f"remind_{item['change']}"].format(service=name, at=at))
+        elif item["change"] == "paused" and item.get("reopens"):
+            reopens = when(datetime.fromisoformat(item["reopens"]), zone, lang)
+            lines.append(w["paused_line"].format(service=name, reopens=reopens))
+        elif item["change"] == "paused":
+            lines.append(w["paused_open_end"].format(service=name))
+        else:
+            lines.append(w["reopened_line"].format(service=name))
+    if kind == "reminder":
+        subject = w["subject_remind"].format(
+            word=w["reminder"],
+            service=names[0],
+            more=more,
+            at=when(datetime.fromisoformat(event["at"]), zone, lang),
+            change=word,
+        )
+    else:
+        subject = w["subject_plan"].format(word=word, service=names[0], more=more)
+    return subject, "\n".join(lines)
+
+
+def email(
+    plan: Plan, settings: SubscriptionSettings, keys: Keys, mail: Mail, now: datetime
+) -> EmailMessage:
+    """The mail of one row, with RFC 8058 one-click unsubscribe headers and a visible link."""
+    link = links(settings, keys, mail)
+    subject, text = content(plan, mail, link)
+    w = WORDS[mail.lang if mail.lang in WORDS else "zh"]
+    message = EmailMessage()
+    message["From"] = settings.sender
+    message["To"] = keys.open(mail.address)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(now)
+    digest = hashlib.sha256(f"{mail.event_key}:{mail.subscriber}".encode()).hexdigest()[:32]
+    message["Message-ID"] = f"<{digest}@{urlsplit(settings.public_url).hostname}>"
+    message["List-Unsubscribe"] = f"<{link.unsubscribe}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text + w["footer"].format(link=link.unsubscribe))
+    return message
+
+
+def webhook_body(plan: Plan, mail: Mail) -> dict:
+    """What a partner's webhook receives: the event with the plan's names, both languages."""
+    event = json.loads(mail.payload)
+    if "items" in event and mail.items:
+        event["items"] = [event["items"][i] for i in mail.items]
+    for item in event.get("items", [event] if "service" in event else []):
+        key = f"{item['channel']}/{item['service']}"
+        item["name"], item["name_en"] = service_name(plan, key, "zh"), service_name(plan, key, "en")
+    return {"version": 1, "dedup_key": f"{mail.event_key}:{mail.subscriber}", **event}
