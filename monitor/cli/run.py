@@ -349,7 +349,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.daemon import parse_listen
     from monitor.demo.faults import FaultsError
     from monitor.demo.replay import Cadence
-    from monitor.demo.run import DemoOptions, faults_for, run_demo
+    from monitor.demo.run import DemoOptions, faults_for, is_shipped, run_demo
     from monitor.plan.shipped import LABEL, load_shipped
 
     # --config wins, then a channels.toml here, then the plan shipped inside the package
@@ -366,11 +366,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import NOTICES
 
     notices = demo_notices(args)
-    if notices == NOTICES and plan_path is not None and config != load_shipped():
+    if notices == NOTICES and plan_path is not None and not is_shipped(config):
         notices = None  # the demo's own notices name the 2022 plan's services
     faults_path = Path(args.faults) if args.faults else None
     try:  # read before anything starts: a bad file is refused with every problem in it
-        script = faults_for(config, faults_path)
+        script = faults_for(config, faults_path, shipped=plan_path is None)
     except FaultsError as exc:
         raise UsageError(str(exc)) from None
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

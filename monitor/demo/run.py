@@ -184,14 +184,23 @@ def plan_window(plan: Plan) -> tuple[datetime, datetime]:
     return start, min(max(bounds) + TAIL, start + LONGEST)
 
 
-def faults_for(config: PlanConfig, path: Path | None) -> FaultScript:
-    """The faults to play: the file given, else the 2022 ones for the shipped plan, else none."""
+def is_shipped(config: PlanConfig) -> bool:
+    """Whether `config` is the 2022 plan shipped with the package (a copy of it too), whatever
+    the machine's `[monitor] chromium` says."""
+    from monitor.plan.shipped import load_shipped
+
+    shipped = load_shipped()
+    monitor = config.monitor.model_copy(update={"chromium": shipped.monitor.chromium})
+    return config.model_copy(update={"monitor": monitor}) == shipped
+
+
+def faults_for(config: PlanConfig, path: Path | None, shipped: bool = False) -> FaultScript:
+    """The faults to play: the file given, else the 2022 ones for the shipped plan (`shipped`,
+    or a plan equal to it), else none."""
     plan = Plan(config)
     if path is not None:
         return load_faults(path, plan)
-    from monitor.plan.shipped import load_shipped
-
-    if config == load_shipped():
+    if shipped or is_shipped(config):
         return shipped_faults(plan)
     return FaultScript(())
 
@@ -317,7 +326,9 @@ def dns_line(plan: Plan) -> str | None:
 
 async def run_demo(options: DemoOptions) -> Replay:
     """Run the whole demo; returns the replay (its tallies and incidents) for tests."""
-    script = options.script or faults_for(options.config, options.faults_path)
+    script = options.script or faults_for(
+        options.config, options.faults_path, shipped=options.plan_path is None
+    )
     start, stop_at = options.window(script)
     faults: list[Fault] = list(script.faults)
     clock = ReplayClock(start)
