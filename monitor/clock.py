@@ -1,7 +1,11 @@
-"""Where "now" comes from: the real clock, or the replay clock of the demo and the tests.
+"""Where "now" comes from: the real clock, the shifted clock of a rehearsal, or the replay
+clock of the demo and the tests.
 
 Everything except APScheduler's own timers asks a clock for the time, so the same probe ->
-judge -> store path runs on real time in production and on simulated time in the demo.
+judge -> store path runs on real time in production, on the plan's time shifted and sped up in
+a rehearsal, and on simulated time in the demo. A rehearsal runs in real time (probes, pushes
+and alerts happen now) but dates everything in the plan's time: `to_real` says when an instant
+of the plan comes, for the timers that wait for it (`real_instant`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,49 @@ class RealClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class ShiftedClock:
+    """The plan's time in a rehearsal: `origin_plan` at the real instant `origin_real`, then
+    `speed` plan seconds per real second (60: a plan hour a real minute).
+
+    Real time is read from `time.monotonic`, so a step of the wall clock (NTP) moves neither
+    the rehearsal nor its timers."""
+
+    def __init__(self, origin_real: datetime, origin_plan: datetime, speed: float) -> None:
+        if origin_real.tzinfo is None or origin_plan.tzinfo is None:
+            raise ValueError("the shifted clock needs timezone-aware origins")
+        if not speed > 0:
+            raise ValueError("the shifted clock needs a speed above 0")
+        self.origin_real = origin_real
+        self.origin_plan = origin_plan
+        self.speed = speed
+        # the monotonic reading that stands for `origin_real`
+        self._mono = _time.monotonic() - (datetime.now(UTC) - origin_real).total_seconds()
+
+    def now(self) -> datetime:
+        return self.origin_plan + timedelta(seconds=(_time.monotonic() - self._mono) * self.speed)
+
+    def to_real(self, at: datetime) -> datetime:
+        """The real (wall clock) instant at which the plan's instant `at` comes."""
+        return self.origin_real + (at - self.origin_plan) / self.speed
+
+    def real_seconds(self, at: datetime) -> float:
+        """Real seconds from now until the plan's instant `at` (negative when it has passed)."""
+        return (at - self.now()).total_seconds() / self.speed
+
+
+def real_instant(clock: Clock, at: datetime) -> datetime:
+    """When an instant of `clock`'s time comes on the wall clock (APScheduler's timers): the
+    same instant, except on a shifted clock."""
+    to_real = getattr(clock, "to_real", None)
+    return at if to_real is None else to_real(at)
+
+
+def runs_in_real_time(clock: Clock) -> bool:
+    """Whether things happen now on `clock` (the real and the shifted one), as opposed to a
+    replay that moves its clock itself: only then are alerts sent and silences timed."""
+    return isinstance(clock, RealClock | ShiftedClock)
 
 
 class ReplayClock:

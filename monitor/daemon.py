@@ -23,7 +23,7 @@ import monitor.site
 import monitor.subscriptions
 from monitor import DEFAULT_PORT, alerts, metrics, reload
 from monitor.alerts.sender import AlertSender
-from monitor.clock import Clock, RealClock
+from monitor.clock import Clock, RealClock, runs_in_real_time
 from monitor.gc_watch import GcPauses
 from monitor.notices import NoticesFile
 from monitor.notices import watch as notice_watch
@@ -129,7 +129,7 @@ class Daemon:
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
         # replayed one (the demo) the rate limit counts its seconds and the replay asks
         # `push.overdue(at)` at each step, with no wall-clock timers
-        real = isinstance(clock, RealClock)
+        real = runs_in_real_time(clock)  # `run`, and `rehearse` on its shifted clock
         on_clock = None if real else (lambda: clock.now().timestamp())
         self.push = PushReceiver(self.pipeline, monotonic=on_clock, watch_silence=real)
         # the plan file, polled; SIGHUP nudges it

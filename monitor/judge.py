@@ -113,12 +113,14 @@ class Thresholds:
 
 
 def thresholds_for(plan: Plan, ref: ServiceRef) -> Thresholds:
-    """The plan's thresholds for one service; its data goes stale after two missed probes."""
+    """The plan's thresholds for one service; its data goes stale after two missed probes.
+    Intervals and timeouts are real seconds, observations are dated in the plan's time: in a
+    rehearsal (`Plan.pace` > 1) the staleness counts as many plan seconds as pass meanwhile."""
     settings = plan.config.monitor
     return Thresholds(
         failure=settings.failure_threshold,
         success=settings.success_threshold,
-        stale_after=2 * plan.interval(ref) + plan.timeout(ref),
+        stale_after=(2 * plan.interval(ref) + plan.timeout(ref)) * plan.pace,
     )
 
 

@@ -33,7 +33,8 @@ probed after it ends: `last_probe_timestamp_seconds` and `probe_interval_seconds
 mean something against the wall clock, are left out (`live=False`), so the shipped
 ChannelProbeStale rule, which needs one of them, never fires for a demo.
 
-Every series is labelled `channel` and `business` (the service id). Not `service`: Prometheus
+Every series is labelled `channel` and `business` (the service id), and in a rehearsal
+(`channel-monitor rehearse`) `rehearsal="true"`. Not `service`: Prometheus
 Operator adds a `service` target label to every scrape, so ours would arrive renamed
 `exported_service`. No label ever holds a URL. No counter has a `_created` series.
 
@@ -340,6 +341,9 @@ class Metrics:
         labels = self._label_cache.get(key)
         if labels is None:
             labels = self._label_cache[key] = _labels(channel=key[0], business=key[1])
+            if self.plan.config.rehearsal is not None:  # `rehearse`: every series says so
+                labels += ',rehearsal="true"'
+
         return labels
 
     def _info_labels(self, ref: ServiceRef) -> str:

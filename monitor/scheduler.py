@@ -42,6 +42,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.clock import real_instant
 from monitor.gc_watch import settle
 from monitor.pipeline import Pipeline
 from monitor.plan import ServiceRef
@@ -407,7 +408,7 @@ class Scheduler:
         if upcoming is not None:
             self.aps.add_job(
                 self._transition,
-                DateTrigger(run_date=upcoming, timezone=UTC),
+                DateTrigger(run_date=real_instant(self.pipeline.clock, upcoming), timezone=UTC),
                 args=[upcoming],
                 id="transition",
                 replace_existing=True,

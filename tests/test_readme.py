@@ -141,3 +141,45 @@ def test_readme_examples_of_each_kind_validate(tmp_path: Path) -> None:
         kinds.append(plan.service("c", "s").service.observed_by)
     assert kinds == ["http", "browser", "prometheus", "push", "dns", "prometheus"]
     assert "scrape_configs:" in section and "run --no-alerts" in section
+
+
+def test_your_own_plan_in_ten_minutes_runs_as_written(tmp_path: Path) -> None:
+    """Every command of "Your own plan in ten minutes", in order, in an empty folder, with the
+    plan the section writes: from `plan --example` to a rehearsal that `--until` ends. The
+    command is this checkout's (`python -m monitor`, not an installed `channel-monitor`), and
+    the rehearsal's `--listen` port is swapped for a free one (others may run beside us)."""
+    import os
+    import subprocess
+    import sys
+
+    from servers import closed_port
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = _section(text, "## Your own plan in ten minutes")
+    plans = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    commands = re.findall(r"```sh\n(.*?)\n```", section, flags=re.S)
+    assert len(plans) == 1
+    assert [c.split()[1] for c in commands] == ["plan", "validate", "plan", "demo", "rehearse"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PORTAL_URL", "HALL_PUSH_TOKEN")}
+    env["PYTHONPATH"] = str(ROOT)
+    outputs = []
+    for index, command in enumerate(commands):
+        if index == 1:  # "Then write your own channels.toml"
+            (tmp_path / "channels.toml").write_text(plans[0], encoding="utf-8")
+        line = command.replace("channel-monitor", f"{sys.executable} -m monitor", 1)
+        line = re.sub(r"--listen 127\.0\.0\.1:\d+", f"--listen 127.0.0.1:{closed_port()}", line)
+        done = subprocess.run(
+            line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stdout + done.stderr, command
+        outputs.append(done.stdout)
+    assert "[periods.freeze]" in (tmp_path / "example.toml").read_text(encoding="utf-8")
+    assert "OK: 2 channels, 3 services" in outputs[1]
+    assert "certificate" in outputs[2] and "up" in outputs[2]
+    assert "0 incident(s)" in outputs[3]
+    assert "rehearsal ended at plan time 2026-12-18 18:00" in outputs[4]
+    assert "report against the plan" in outputs[4]
+    assert (tmp_path / "rehearsal.db").exists() and not (tmp_path / "monitor.db").exists()
+    page = (tmp_path / "site-rehearsal" / "index.html").read_text(encoding="utf-8")
+    assert 'class="rehearsal"' in page

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from monitor.alerts.base import Sink, SinkError
 from monitor.alerts.message import Alert
 from monitor.alerts.sender import AlertSender
-from monitor.clock import RealClock
+from monitor.clock import runs_in_real_time
 from monitor.part import Part
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def build(plan: Plan, store: Store, clock: Clock) -> tuple[AlertSender | None, P
     configs = plan.config.alerts
     if not configs:
         return None, Part()
-    if not isinstance(clock, RealClock):
+    if not runs_in_real_time(clock):
         log.info("alerts: not sent on a replayed clock")
         return None, Part()
     sender = AlertSender(plan, store, configs)

@@ -76,6 +76,8 @@ class Alert:
     status: str = ""
     body: str = ""
     body_en: str = ""
+    #: Sent by `channel-monitor rehearse`: the titles say so (【演练】, [rehearsal]).
+    rehearsal: bool = False
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -136,6 +138,12 @@ class Alert:
     # --- words -----------------------------------------------------------------------------
 
     def title_zh(self) -> str:
+        return ("【演练】" if self.rehearsal else "") + self._title_zh()
+
+    def title_en(self) -> str:
+        return ("[rehearsal] " if self.rehearsal else "") + self._title_en()
+
+    def _title_zh(self) -> str:
         if self.test:
             return "【测试】渠道监测告警测试"
         if self.is_notice:
@@ -143,7 +151,7 @@ class Alert:
         state = "已恢复" if self.resolved else DIRECTION_ZH[self.direction]
         return f"【{state}】{self.where()}"
 
-    def title_en(self) -> str:
+    def _title_en(self) -> str:
         if self.test:
             return "[TEST] channel-monitor alert test"
         if self.is_notice:
@@ -263,6 +271,7 @@ def notice_alert(plan: Plan, notice: Notice, index: int, update: NoticeUpdate) -
         status=update.status,
         body=update.text,
         body_en=update.text_en,
+        rehearsal=plan.config.rehearsal is not None,
     )
 
 

@@ -117,6 +117,7 @@ def alert_for(plan: Plan, record: IncidentRecord, kind: str, at: datetime, reaso
         at=iso(at),
         timezone=plan.zone.key,
         incident=record.id,
+        rehearsal=plan.config.rehearsal is not None,
     )
 
 

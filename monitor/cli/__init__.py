@@ -28,7 +28,15 @@ from monitor.cli.notice import cmd_notice
 from monitor.cli.plan import cmd_plan, cmd_plan_diff, cmd_validate
 from monitor.cli.push import PUSH_TOKEN_VARIABLE, cmd_push
 from monitor.cli.report import cmd_report
-from monitor.cli.run import cmd_alerts_test, cmd_check, cmd_demo, cmd_render, cmd_run
+from monitor.cli.run import (
+    cmd_alerts_test,
+    cmd_check,
+    cmd_demo,
+    cmd_rehearse,
+    cmd_render,
+    cmd_run,
+    speed_argument,
+)
 from monitor.cli.subscription import add_parser as add_subscription_parser
 from monitor.notices import Status
 from monitor.plan.errors import ConfigError
@@ -128,6 +136,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "rehearse",
+        parents=[common, notices],
+        help="run the plan against real or staging channels on its own time, sped up (演练)",
+        description="Run the plan as `run` does, against the channels' real (or staging) "
+        "addresses, with the plan's time starting at --from now and running --speed times "
+        "faster. Probe intervals, timeouts, grace, thresholds and push `within` stay in real "
+        "seconds. The page, alerts and metrics say it is a rehearsal; the store is its own; "
+        "the report on it is printed at the end (--until, or Ctrl-C).",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="INSTANT",
+        help="the plan's instant the rehearsal starts at, e.g. 2026-12-18T16:30 (plan's zone)",
+    )
+    p.add_argument(
+        "--speed",
+        type=speed_argument,
+        default=60.0,
+        help="plan seconds per real second (default 60: a plan hour a real minute)",
+    )
+    p.add_argument("--until", metavar="INSTANT", help="the plan's instant it ends at")
+    p.add_argument("--db", help="SQLite store (default: rehearsal.db beside the config)")
+    p.add_argument(
+        "--site", help="output folder of the page (default: site-rehearsal/ beside the config)"
+    )
+    p.add_argument(
+        "--listen",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"HOST:PORT for /healthz, /metrics, /push and the page (default 127.0.0.1:"
+        f"{DEFAULT_PORT})",
+    )
+    p.add_argument("--no-alerts", action="store_true", help="send no alerts")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser(
         "render", parents=[common, notices], help="write the public page (site/) once"
     )
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
@@ -162,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
-        "demo", parents=[notices], help="replay the 2022 cutover on simulated channels"
+        "demo",
+        parents=[notices],
+        help="replay a plan (by default the 2022 cutover) on simulated channels",
     )
     p.add_argument(  # not `common`'s: its default would change for every command
         "--config",
@@ -179,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="do not serve /metrics and the site")
     p.add_argument(
         "--linger", action="store_true", help="keep serving after the replay until Ctrl-C"
+    )
+    p.add_argument(
+        "--faults",
+        metavar="FILE",
+        help="TOML of faults to play ([[faults]] service, from, until, behaviour = up|down|"
+        "slow|silent); default: the 2022 faults for the shipped plan, none for any other",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -1,10 +1,11 @@
-"""`check`, `run`, `render`, `demo` and `alerts test`: the commands that observe channels,
-publish the page or send messages."""
+"""`check`, `run`, `rehearse`, `render`, `demo` and `alerts test`: the commands that observe
+channels, publish the page or send messages."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import datetime
@@ -151,6 +152,163 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- rehearse --------------------------------------------------------------------------------
+
+#: The store of a rehearsal beside the plan when `--db` is not given (never `run`'s monitor.db).
+REHEARSAL_DB = "rehearsal.db"
+#: Its page, beside `run`'s site/ (never over it).
+REHEARSAL_SITE = "site-rehearsal"
+
+
+def speed_argument(text: str) -> float:
+    """`--speed`: plan seconds per real second, above 0 and at most a million."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a number such as 60') from None
+    if not 0 < value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text}: expected a speed above 0, at most 1000000")
+    return value
+
+
+def _fresh_store(db: Path, named: bool) -> None:
+    """A rehearsal starts from an empty store, so its report and incidents are its own: the
+    default store of an earlier rehearsal is replaced (unless one is still running on it); a
+    store named with `--db` that already exists is refused rather than touched."""
+    from monitor.store import StoreBusy, StoreError
+    from monitor.store.lock import lock_store
+
+    if not db.exists():
+        return
+    if named:
+        raise UsageError(
+            f"--db {db}: already exists; a rehearsal starts from an empty store "
+            "(remove it or name another)"
+        )
+    try:
+        lock = lock_store(db)
+    except (StoreBusy, StoreError) as exc:
+        raise UsageError(f"--db {exc}") from None
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    finally:
+        lock.release()
+    print(f"channel-monitor rehearse: the earlier rehearsal's store {db} was replaced")
+
+
+async def rehearse(daemon: object, clock: object, until: datetime | None) -> datetime:
+    """Serve the rehearsal until `until` (plan time), SIGINT or SIGTERM; return the plan's
+    instant it reached."""
+    import signal
+
+    from monitor.clock import ShiftedClock
+    from monitor.daemon import Daemon
+
+    assert isinstance(daemon, Daemon) and isinstance(clock, ShiftedClock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    print(f"channel-monitor rehearse: listening on http://{daemon.host}:{daemon.port}", flush=True)
+    try:
+        if until is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, clock.real_seconds(until)))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        reached = clock.now() if until is None else min(clock.now(), until)
+        await daemon.stop()
+    return reached
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Run the plan against the real (or staging) channels with its time shifted to start at
+    `--from` now and run `--speed` times faster, then print the report on what it saw.
+
+    Everything that describes the channels stays in real seconds: the scheduler paces probes
+    on the event loop's clock, timeouts and push silences (`within`) are real timers, and
+    grace and staleness, which the plan and the judge measure between instants of the plan,
+    count `speed` times as many plan seconds (`Plan.pace`). Only the plan's own instants (its
+    periods, transitions, milestones) come sooner."""
+    from datetime import UTC
+
+    from monitor.clock import ShiftedClock, parse_instant
+    from monitor.daemon import Daemon, parse_listen
+    from monitor.notices import load_notices
+    from monitor.plan.schema import Rehearsal
+    from monitor.report import build_report, open_readonly
+    from monitor.report.formats import as_text
+    from monitor.store import StoreError
+
+    config = load_config(args.config, alerts=not args.no_alerts)
+    zone = config.monitor.tz
+    try:
+        start = parse_instant(args.start, zone)
+        until = parse_instant(args.until, zone) if args.until else None
+    except ValueError as exc:
+        raise UsageError(f"--from/--until: {exc}") from None
+    if until is not None and until <= start:
+        raise UsageError("--until: expected an instant of the plan after --from")
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    plan = Plan(config.model_copy(update={"rehearsal": Rehearsal(speed=args.speed)}))
+    home = config_dir(args)
+    db = Path(args.db) if args.db else home / REHEARSAL_DB
+    if db.resolve() == (home / "monitor.db").resolve():
+        raise UsageError(f"--db {db}: that is `run`'s store; a rehearsal keeps its own")
+    site = Path(args.site) if args.site else home / REHEARSAL_SITE
+    check_site(site)
+    notices = notices_file(args)
+    load_notices(notices, plan)
+    _fresh_store(db, named=bool(args.db))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    clock = ShiftedClock(datetime.now(UTC), start, args.speed)
+    try:
+        daemon = Daemon(
+            plan,
+            db_path=db,
+            site_dir=site,
+            host=host,
+            port=port,
+            clock=clock,
+            alerts=not args.no_alerts,
+            notices_path=notices,
+        )
+    except StoreError as exc:
+        raise UsageError(f"--db {exc}") from None
+    end = f" until {local(plan, until.isoformat())}" if until is not None else " until Ctrl-C"
+    print(
+        f"channel-monitor rehearse 演练: plan time {local(plan, start.isoformat())}{end} "
+        f"({plan.zone.key}), {args.speed:g} times faster; store {db}, page {site}\n"
+        f"  plan time {start.isoformat()} was real time {clock.origin_real.isoformat()}",
+        flush=True,
+    )
+    try:
+        reached = run_async(rehearse(daemon, clock, until))
+    except OSError as exc:
+        raise UsageError(f"rehearse: {exc.strerror or exc}") from None
+    print(f"rehearsal ended at plan time {local(plan, reached.isoformat())}", flush=True)
+    if reached > start:
+        store = open_readonly(db)
+        try:
+            report = build_report(plan, store, start, reached)
+        finally:
+            store.close()
+        print(as_text(report))
+    return EXIT_OK
+
+
 # --- render ----------------------------------------------------------------------------------
 
 
@@ -189,8 +347,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.daemon import parse_listen
+    from monitor.demo.faults import FaultsError
     from monitor.demo.replay import Cadence
-    from monitor.demo.run import DemoOptions, run_demo
+    from monitor.demo.run import DemoOptions, faults_for, is_shipped, run_demo
     from monitor.plan.shipped import LABEL, load_shipped
 
     # --config wins, then a channels.toml here, then the plan shipped inside the package
@@ -204,6 +363,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--listen: {exc}") from None
     check_site(Path(args.site))
+    from monitor.demo import NOTICES
+
+    notices = demo_notices(args)
+    if notices == NOTICES and plan_path is not None and not is_shipped(config):
+        notices = None  # the demo's own notices name the 2022 plan's services
+    faults_path = Path(args.faults) if args.faults else None
+    try:  # read before anything starts: a bad file is refused with every problem in it
+        script = faults_for(config, faults_path, shipped=plan_path is None)
+    except FaultsError as exc:
+        raise UsageError(str(exc)) from None
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(
         config=config,
@@ -214,8 +383,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serve=not args.no_serve,
         linger=args.linger,
         cadence=Cadence(),
-        notices=demo_notices(args),
+        notices=notices,
         plan_path=plan_path,
+        faults_path=faults_path,
+        script=script,
     )
     from monitor.store import StoreError
 

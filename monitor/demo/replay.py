@@ -104,6 +104,9 @@ class Replay:
     push: PushReceiver | None = None
     #: Observations that saw something (serving or not), by kind of observation.
     seen_by: Counter[str] = field(default_factory=Counter)
+    #: The kinds of probe to make (None: all); the others are never probed (the demo's
+    #: simulator serves no DNS, so those services stay unknown).
+    served: frozenset[str] | None = None
 
     def every(self, ref: ServiceRef) -> timedelta | None:
         """How often the replay probes `ref` on its clock: its interval; for browser pages
@@ -118,6 +121,8 @@ class Replay:
         """The probed services to probe at `at`."""
         found = []
         for ref in self.pipeline.probed:
+            if self.served is not None and ref.service.observed_by not in self.served:
+                continue
             since = last.get(ref.key)
             every = self.every(ref)
             if (

@@ -1,27 +1,36 @@
-"""`channel-monitor demo`: load the real plan, set its `${NAME}` variables to the simulator's
-addresses and to fresh tokens (as an operator sets them to the channels' own), replay
-2022-06-22 12:00 to 2022-07-26 12:00 (Beijing time) through the same path as `run`, write the
-site, serve `/metrics` and the site while it runs, and tell the story as it goes.
+"""`channel-monitor demo`: replay a plan on simulated channels through the same path as `run`.
+
+The plan is the one given (`--config`, else `channels.toml` here, else the 2022 plan shipped
+with the package). The demo sets its `${NAME}` variables as an operator sets them to the real
+channels (addresses to the simulator, tokens to fresh random ones), points every probe at the
+simulator's route for its service, and replays the plan's window (the faults file's `[replay]`
+window, else from six hours before the plan's first dated period bound to a day after its
+last) on a replay clock: it writes the site, serves `/metrics` and the site while it runs, and
+tells the story as it goes. The simulated channels follow the plan exactly unless a faults
+file (`--faults`, `faults.py`) makes some depart from it; the shipped plan comes with its four
+2022 faults.
 
 Every kind of observation is exercised as the plan sets it: web pages and JSON back ends by
-HTTP, the script-built portal by browser (when Chromium and Playwright are here; else those
-services stay `unknown` and the demo says so), the tax system's payment counter through the
-simulator's Prometheus query endpoint, and the offline channels by pushes from their simulated
-systems through the push receiver."""
+HTTP, script-built portals by browser (when Chromium and Playwright are here; else those
+services stay `unknown` and the demo says so), counters through the simulator's Prometheus
+query endpoint, and offline channels by pushes from their simulated systems through the push
+receiver. The simulator serves no DNS: services observed by `dns` stay `unknown`, in one line.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shlex
 import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +42,29 @@ from monitor.plan.schema import Channel, PlanConfig, Service
 from monitor.report import build_report, open_readonly
 from monitor.report.formats import as_text
 
-from .faults import scripted_faults
+from .faults import FaultScript, load_faults, shipped_faults
 from .replay import Cadence, Replay
-from .simulator import Pushers, Simulator, SimulatorProcess
+from .simulator import SLOW_TIMEOUT, Fault, Pushers, Simulator, SimulatorProcess
 
 BEIJING_OFFSET = "+08:00"
+#: The 2022 window (also in the shipped faults file's `[replay]` table).
 REPLAY_START = datetime.fromisoformat("2022-06-22T12:00:00" + BEIJING_OFFSET)
 REPLAY_END = datetime.fromisoformat("2022-07-26T12:00:00" + BEIJING_OFFSET)
 #: Where the "same report again" command writes the shipped plan (never over channels.toml).
 SHIPPED_COPY = "plan-2022.toml"
+#: Around a plan's dated periods, the replay starts this much before the first bound...
+LEAD = timedelta(hours=6)
+#: ... and ends this much after the last one, replaying at most LONGEST in all.
+TAIL = timedelta(days=1)
+LONGEST = timedelta(days=400)
 
-
-#: What the simulator serves for each address variable of the shipped plan (under its base).
-SIMULATED_ADDRESSES = {
-    "SI12333_HUBEI_URL": "/page/si-12333",
-    "HUBEI_ZWFW_ITEMS_URL": "/page/hubei-zwfw",
-    "LOCAL_HALLS_STATUS_URL": "/page/local-online-halls",
-    "HRSS_PLATFORM_URL": "/portal/hrss-gov-platform",
-    "EHUIBAN_API_URL": "/app/ehuiban",
-    "ALIPAY_HRSS_API_URL": "/app/alipay-smart-hrss",
-    "HUBEI12333_API_URL": "/app/hubei-12333-wechat",
-    "ETAX_PROMETHEUS_URL": "/prometheus",
-}
-#: Kinds of observation, in the order the demo names them. Not the registry's: the demo replays
-#: the kinds its simulator serves, and it has no resolver to serve `dns` from.
+#: Kinds of observation, in the order the demo names them: the kinds its simulator serves
+#: (plus push, played by the channels' own simulated systems). No resolver: no `dns`.
 KINDS = ("http", "browser", "prometheus", "push")
+#: The kinds of probe the simulator answers; a probe of another kind is never made.
+SERVED = frozenset({"http", "browser", "prometheus"})
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def unset_names(config: PlanConfig) -> list[str]:
@@ -66,18 +73,42 @@ def unset_names(config: PlanConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def address_names(config: PlanConfig) -> set[str]:
+    """The variables named in a probe's address (the rest are tokens, keys and the like)."""
+    return {
+        name
+        for channel in config.channels
+        for service in channel.services
+        if service.probe is not None and isinstance(getattr(service.probe, "url", None), str)
+        for name in _VARIABLE.findall(service.probe.url)
+    }
+
+
 def simulator_tokens(config: PlanConfig) -> dict[str, str]:
-    """A fresh random value for every unset `..._TOKEN` variable of the plan."""
-    return {n: secrets.token_urlsafe(24) for n in unset_names(config) if n.endswith("_TOKEN")}
+    """A fresh random value for every unset variable of the plan that is not in an address
+    (push tokens, bearer tokens, keys in headers or bodies)."""
+    addresses = address_names(config)
+    return {n: secrets.token_urlsafe(24) for n in unset_names(config) if n not in addresses}
 
 
 def simulator_addresses(config: PlanConfig, base_url: str) -> dict[str, str]:
-    """The simulator's address for every unset address variable the demo knows."""
-    return {
-        name: base_url + SIMULATED_ADDRESSES[name]
-        for name in unset_names(config)
-        if name in SIMULATED_ADDRESSES
-    }
+    """The simulator's base address for every unset address variable (`simulated` then
+    gives each probe its own route there)."""
+    return {name: base_url for name in unset_names(config) if name in address_names(config)}
+
+
+def route(channel: Channel, service: Service) -> str:
+    """The simulator's path for a probed service (see simulator.py)."""
+    probe = service.probe
+    ids = f"{channel.id}/{service.id}"
+    if probe is None or probe.kind == "http":
+        if getattr(probe, "json_conditions", ()):
+            post = getattr(probe, "method", "GET") == "POST"
+            return f"/app/{ids}" if post else f"/app/{ids}/status"
+        return f"/page/{ids}"
+    if probe.kind == "browser":
+        return f"/portal/{ids}"
+    return "/prometheus"
 
 
 def each_service(config: PlanConfig, change: Callable[[Channel, Service], Service]) -> PlanConfig:
@@ -114,18 +145,65 @@ def with_environment(config: PlanConfig, env: Mapping[str, str]) -> PlanConfig:
     return each_service(config, change)
 
 
-def kept_home(config: PlanConfig, base_url: str) -> PlanConfig:
-    """The plan with every probe that names a real address (the portals' homepages) pointed at
-    the simulator's page of its service instead: the demo never reaches beyond this machine."""
+def kept_home(
+    config: PlanConfig, base_url: str, slow: Sequence[tuple[str, str]] = ()
+) -> PlanConfig:
+    """The plan with every probe the simulator serves pointed at its route for the service
+    (real addresses too, such as the portals' homepages: the demo never reaches beyond this
+    machine), and the services in `slow` (those with a `slow` fault) given a timeout of at
+    most SLOW_TIMEOUT, so the replay does not wait out their own."""
 
     def change(channel: Channel, service: Service) -> Service:
         probe = service.probe
-        if probe is None or service.unset or probe.url.startswith(base_url):
+        if probe is None or service.unset or probe.kind not in SERVED:
             return service
-        url = f"{base_url}/page/{channel.id}/{service.id}"
-        return service.model_copy(update={"probe": probe.model_copy(update={"url": url})})
+        update: dict[str, Any] = {"url": base_url + route(channel, service)}
+        if (channel.id, service.id) in slow:
+            timeout = probe.timeout or config.monitor.timeout
+            update["timeout"] = min(timeout, SLOW_TIMEOUT)
+        if update["url"] == probe.url and "timeout" not in update:
+            return service
+        return service.model_copy(update={"probe": probe.model_copy(update=update)})
 
     return each_service(config, change)
+
+
+def plan_window(plan: Plan) -> tuple[datetime, datetime]:
+    """The window a replay of `plan` covers without a faults file that names one: from LEAD
+    before the first dated bound of its periods to TAIL after the last (at most LONGEST);
+    a plan of recurring periods only gets a week from the start of today."""
+    bounds = [
+        bound
+        for period in plan.config.periods.values()
+        for bound in (period.start, period.end)
+        if bound is not None
+    ]
+    if not bounds:
+        today = datetime.now(plan.zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today, today + timedelta(days=7)
+    start = min(bounds) - LEAD
+    return start, min(max(bounds) + TAIL, start + LONGEST)
+
+
+def is_shipped(config: PlanConfig) -> bool:
+    """Whether `config` is the 2022 plan shipped with the package (a copy of it too), whatever
+    the machine's `[monitor] chromium` says."""
+    from monitor.plan.shipped import load_shipped
+
+    shipped = load_shipped()
+    monitor = config.monitor.model_copy(update={"chromium": shipped.monitor.chromium})
+    return config.model_copy(update={"monitor": monitor}) == shipped
+
+
+def faults_for(config: PlanConfig, path: Path | None, shipped: bool = False) -> FaultScript:
+    """The faults to play: the file given, else the 2022 ones for the shipped plan (`shipped`,
+    or a plan equal to it), else none."""
+    plan = Plan(config)
+    if path is not None:
+        return load_faults(path, plan)
+    if shipped or is_shipped(config):
+        return shipped_faults(plan)
+    return FaultScript(())
 
 
 def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
@@ -133,7 +211,7 @@ def bearer_tokens(config: PlanConfig) -> dict[tuple[str, str], str]:
     found = {}
     for channel in config.channels:
         for service in channel.services:
-            header = (service.probe.headers if service.probe else {}).get("Authorization", "")
+            header = (getattr(service.probe, "headers", None) or {}).get("Authorization", "")
             if header.startswith("Bearer ") and "${" not in header:
                 found[(channel.id, service.id)] = header.removeprefix("Bearer ")
     return found
@@ -158,7 +236,9 @@ def browser_line(plan: Plan) -> str | None:
     )
 
 
-def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str:
+def closing_report(
+    plan: Plan, db: Path, end: datetime, cadence: Cadence, start: datetime = REPLAY_START
+) -> str:
     """The demo's closing table: `channel-monitor report` on the replay's own store.
 
     The replay probes every `cadence.quiet` through quiet stretches, so an observation stands
@@ -168,7 +248,7 @@ def closing_report(plan: Plan, db: Path, end: datetime, cadence: Cadence) -> str
     """
     store = open_readonly(db)
     try:
-        report = build_report(plan, store, REPLAY_START, end, cover=cadence.quiet)
+        report = build_report(plan, store, start, end, cover=cadence.quiet)
     finally:
         store.close()
     return as_text(report)
@@ -188,13 +268,27 @@ class DemoOptions:
     cadence: Cadence
     #: Operators' notices shown on the page (monitor/notices/__init__.py); no file, no notices.
     notices: Path | None = None
-    #: Where the replay stops (the tests stop a short replay early).
-    end: datetime = field(default=REPLAY_END)
+    #: Where the replay stops (the tests stop a short replay early); None: the faults file's
+    #: `[replay]` window, else `plan_window`.
+    end: datetime | None = None
     #: The plan file as given on the command line; None: the plan shipped with the package.
     plan_path: str | None = None
+    #: Where the replay starts; None: as `end`.
+    start: datetime | None = None
+    #: `--faults FILE`; None: the 2022 faults for the shipped plan, no fault for any other.
+    faults_path: Path | None = None
+    #: The faults, when already read (the command reads them first, to refuse a bad file).
+    script: FaultScript | None = None
+
+    def window(self, script: FaultScript) -> tuple[datetime, datetime]:
+        """The replayed window: as chosen, else the faults file's, else the plan's."""
+        start, end = plan_window(Plan(self.config))
+        start = self.start or script.start or start
+        end = self.end or script.end or end
+        return start, max(end, start)
 
 
-def again(options: DemoOptions, end: datetime) -> str:
+def again(options: DemoOptions, end: datetime, start: datetime = REPLAY_START) -> str:
     """The command that prints the closing report again, runnable from the current folder.
 
     `report` reads `channels.toml` unless told otherwise, so any other plan is named with
@@ -208,7 +302,7 @@ def again(options: DemoOptions, end: datetime) -> str:
         )
     command = (
         f"channel-monitor report --db {shlex.quote(str(options.db))} "
-        f"--from {REPLAY_START:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
+        f"--from {start:%Y-%m-%dT%H:%M} --until {end:%Y-%m-%dT%H:%M} "
         f"--cover {format_duration(options.cadence.quiet)}"
     )
     if options.plan_path is None:
@@ -220,18 +314,36 @@ def again(options: DemoOptions, end: datetime) -> str:
     return f"the same report again / 再次输出本报告: {command}"
 
 
+def dns_line(plan: Plan) -> str | None:
+    """One line on the services observed by dns (None: there are none)."""
+    count = sum(1 for ref in plan.services if ref.service.observed_by == "dns")
+    if not count:
+        return None
+    return (
+        f"  dns: the simulator serves no DNS; the {count} services observed by dns stay "
+        "unknown 模拟器不提供 DNS，这些服务判定为 unknown"
+    )
+
+
 async def run_demo(options: DemoOptions) -> Replay:
     """Run the whole demo; returns the replay (its tallies and incidents) for tests."""
-    clock = ReplayClock(REPLAY_START)
-    faults = scripted_faults(Plan(options.config))
+    script = options.script or faults_for(
+        options.config, options.faults_path, shipped=options.plan_path is None
+    )
+    start, stop_at = options.window(script)
+    faults: list[Fault] = list(script.faults)
+    clock = ReplayClock(start)
     tokens = simulator_tokens(options.config)
     with_tokens = with_environment(options.config, tokens)
-    simulator = SimulatorProcess(with_tokens, faults, REPLAY_START, bearer_tokens(with_tokens))
+    # the simulator's process needs its address before the probes can be pointed at it, so
+    # it gets the plan with its tokens first; it finds each service by route, not by address
+    simulator = SimulatorProcess(with_tokens, faults, start, bearer_tokens(with_tokens))
     loop = asyncio.get_running_loop()
     sim_port = await loop.run_in_executor(None, simulator.start)
     base_url = f"http://127.0.0.1:{sim_port}"
     env = {**tokens, **simulator_addresses(options.config, base_url)}
-    probed = Plan(kept_home(with_environment(options.config, env), base_url))
+    slow = [(f.channel, f.service) for f in faults if f.behaviour == "slow"]
+    probed = Plan(kept_home(with_environment(options.config, env), base_url, slow))
 
     with contextlib.ExitStack() as stack:
         db = options.db
@@ -250,9 +362,8 @@ async def run_demo(options: DemoOptions) -> Replay:
             clock=clock,
             notices_path=options.notices,
         )
-        replay = Replay(
-            probed, daemon.pipeline, clock, REPLAY_START, options.end, faults, options.cadence
-        )
+        replay = Replay(probed, daemon.pipeline, clock, start, stop_at, faults, options.cadence)
+        replay.served = SERVED
         replay.follow = simulator.set
         replay.push = daemon.push
         replay.pushers = Pushers(Simulator(probed, clock, faults), daemon.push)
@@ -267,23 +378,30 @@ async def run_demo(options: DemoOptions) -> Replay:
         started = time.monotonic()
         try:
             await daemon.start(schedule=False, serve=options.serve)
-            window = f"{REPLAY_START:%Y-%m-%d %H:%M} to {options.end:%Y-%m-%d %H:%M}"
-            print(f"channel-monitor demo: replaying {window} (Beijing time)")
+            zone = probed.zone
+            window = (
+                f"{start.astimezone(zone):%Y-%m-%d %H:%M} to "
+                f"{stop_at.astimezone(zone):%Y-%m-%d %H:%M}"
+            )
+            print(f"channel-monitor demo: replaying {window} ({zone.key})")
             counts = f"{len(probed.services)} services on {len(probed.config.channels)} channels"
             print(f"  {counts}, simulated at 127.0.0.1:{sim_port}")
             kinds = Counter(ref.service.observed_by for ref in probed.services)
-            print("  observed by " + ", ".join(f"{k} {kinds[k]}" for k in (*KINDS, "schedule")))
+            shown = (*KINDS, *(k for k in kinds if k not in KINDS and k != "schedule"))
+            print("  observed by " + ", ".join(f"{k} {kinds[k]}" for k in (*shown, "schedule")))
             print(f"  variables set for the simulator: {', '.join(env) or 'none'}")
             waiting = unset_names(probed.config)
             if waiting:
                 print(f"  still unset (those services stay unknown): {', '.join(waiting)}")
-            line = browser_line(probed)
-            if line:
-                print(line)
+            for line in (browser_line(probed), dns_line(probed)):
+                if line:
+                    print(line)
             if options.serve:
                 print(f"  metrics and site: http://{daemon.host}:{daemon.port}/")
             for fault in faults:
                 print(f"  scripted fault: {fault.story_en}")
+            if not faults:
+                print("  no faults: every simulated channel follows the plan (--faults FILE)")
             print()
             await replay.run()
             await daemon.pipeline.planned_transition(clock.now())
@@ -292,9 +410,9 @@ async def run_demo(options: DemoOptions) -> Replay:
             if replay.stopped:
                 reached = clock.now().astimezone(probed.zone)
                 print(f"interrupted at {reached:%m-%d %H:%M}: the summary covers the replay so far")
-            end = options.end if not replay.stopped else clock.now()
-            if end > REPLAY_START:
-                print(closing_report(probed, db, end, options.cadence))
+            end = stop_at if not replay.stopped else clock.now()
+            if end > start:
+                print(closing_report(probed, db, end, options.cadence, start))
                 print()
             for record in replay.incidents:
                 ref = probed.service(record.channel, record.business)
@@ -312,7 +430,7 @@ async def run_demo(options: DemoOptions) -> Replay:
                 + f", {len(replay.incidents)} incident(s); observations by kind: {seen}; "
                 f"site written to {options.site}"
             )
-            print(again(options, end))
+            print(again(options, end, start))
             if options.serve and options.linger and not replay.stopped:
                 print(f"serving http://{daemon.host}:{daemon.port}/ until Ctrl-C")
                 await stop.wait()

@@ -191,7 +191,10 @@ class Plan:
     def __init__(self, config: PlanConfig) -> None:
         self.config = config
         self.zone = config.monitor.tz
-        self.grace = config.monitor.grace
+        #: Plan seconds per real second: 1, or a rehearsal's speed. Grace is measured between
+        #: the plan's instants but describes the channels (real seconds), so it is scaled here.
+        self.pace = config.rehearsal.speed if config.rehearsal is not None else 1.0
+        self.grace = config.monitor.grace * self.pace
         self.services = [ServiceRef(c, s) for c in config.channels for s in c.services]
         self._by_key = {ref.key: ref for ref in self.services}
         #: Services with the same default and rules have the same expectation at every instant,

@@ -359,6 +359,17 @@ class Channel(_Model):
 # --- alert sinks -----------------------------------------------------------------------------
 
 
+class Rehearsal(_Model):
+    """Set by `channel-monitor rehearse`, never read from a plan file: the plan's time runs
+    `speed` times faster than real time. Durations that describe channels (probe intervals,
+    timeouts, grace, thresholds, `within`) stay real seconds, so where the plan and the judge
+    measure them between instants of the plan they count `speed` times as much (`Plan.pace`).
+    It travels with the plan (to the page's render worker too), so the page, the alerts and
+    the metrics can all say that this is a rehearsal."""
+
+    speed: float = Field(gt=0)
+
+
 class PlanConfig(_Model):
     """Everything in `channels.toml`."""
 
@@ -370,6 +381,8 @@ class PlanConfig(_Model):
     alerts: tuple[AlertSink, ...] = ()
     #: Citizens' subscriptions by mail (monitor/subscriptions/); None: none are taken.
     subscriptions: SubscriptionSettings | None = None
+    #: Only `rehearse` sets it (see Rehearsal); a plan file that names it is refused.
+    rehearsal: Rehearsal | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -379,6 +392,15 @@ class PlanConfig(_Model):
             for key, value in data["periods"].items():
                 periods[key] = {**value, "id": key} if isinstance(value, dict) else value
             data = {**data, "periods": periods}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_rehearsal(cls, data: object) -> object:
+        if isinstance(data, dict) and "rehearsal" in data:
+            raise ValueError(
+                "rehearsal: set by `channel-monitor rehearse --speed`, never in a plan file"
+            )
         return data
 
 

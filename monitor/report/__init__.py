@@ -392,7 +392,7 @@ def build_report(
             _planned(pieces, times)
             # Whatever the store holds counts, probe or not: a plan that lost a probe (or the
             # demo, which probes schedule-only services too) still has its history.
-            length = cover or COVER_INTERVALS * plan.interval(ref)
+            length = cover or COVER_INTERVALS * plan.interval(ref) * plan.pace
             seen = 0.0
             if split > start:
                 hours = _hours(db, ref.key, start, split)

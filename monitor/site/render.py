@@ -419,6 +419,7 @@ def _page(model: Model, lang: Lang, channel: Channel | None, filled: bool = Fals
         limits=SUMMARY_ITEMS,
         channel_rows=channel_rows(model) if summary else (),
         title=pick(config.title, config.title_en, code),
+        rehearsal=model.plan.config.rehearsal,
         headline=sentences,
         headline_text=" ".join(t.striptags() for t in sentences),
         headline_state=headline_state(model),
