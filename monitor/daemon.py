@@ -32,7 +32,7 @@ from monitor.plan import Plan
 from monitor.plan.change import PlanChange, UsesPlan
 from monitor.receiver import PushReceiver
 from monitor.scheduler import Scheduler
-from monitor.server import Server
+from monitor.server import Server, connection_share
 from monitor.site.publish import tidy
 from monitor.store import DEFAULT_SIZE_LIMIT, Store
 
@@ -79,7 +79,10 @@ class Daemon:
         self.prober = probers["http"]
         self.pipeline = Pipeline(self.plan, self.store, self.clock, self.prober, probers=probers)
         self.scheduler = Scheduler(self.pipeline)
-        self.server = Server(self.host, self.port, self.health)
+        # the server keeps to its share of the open-files limit: the probes' slots and the
+        # most probes lent beside them keep their descriptors whatever the clients hold
+        kept = self.pipeline.concurrency + self.pipeline.slots.most_lent
+        self.server = Server(self.host, self.port, self.health, connection_share(kept))
         #: The web application the parts' routes are served on (monitor/server.py).
         self.app = self.server.app
         self.started = time.monotonic()
@@ -104,6 +107,8 @@ class Daemon:
             store,
             self.reloads if watched else None,
         )
+        server = self.server
+        self.metrics.connections_refused = lambda: server.refused
         self.sender: AlertSender | None = None
         alerts_part = Part()
         if self.alerts:  # the outbox hook on the store and the alert sender
