@@ -28,10 +28,13 @@ keeps to a share of it whatever its clients do (`Connections`):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import resource
 import socket
+import struct
 import sys
+import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,9 +56,9 @@ IDLE_TIMEOUT = 10.0
 #: costs no descriptor: a long queue means a flood of connections waits there to be accepted (and
 #: closed, or let in) instead of having its handshakes dropped, which would make a watchdog's
 #: connection wait a second for the retransmission behind it.
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 4096
 #: Connections accepted in one turn of the event loop at most (the rest on the next turns).
-ACCEPT_BATCH = 128
+ACCEPT_BATCH = 64
 #: Seconds accepting pauses when the process is out of descriptors or memory.
 ACCEPT_PAUSE = 1.0
 #: The fewest and the most connections the server keeps open at once, whatever the limit.
@@ -63,9 +66,19 @@ FEWEST_CONNECTIONS = 32
 MOST_CONNECTIONS = 10_000
 #: Refused connections are told in the log at most once per this many seconds (as a sum).
 LOG_EVERY = 60.0
-#: Idle connections looked at for one to close when a new one comes at the limit (those still
-#: writing an answer to a slow reader are passed over).
-EVICT_TRIES = 8
+#: Idle connections looked at for one to close when a new one comes at the limit (some are
+#: passed over, `Connections._close_idle`).
+EVICT_TRIES = 32
+#: Seconds a connection that began sending a request is not closed to make room, and a silent
+#: one is not displaced by another silent one.
+SPEAKING_GRACE = 1.0
+#: New silent connections held at the door at most, and for how long (seconds), waiting for
+#: their request when there is no room for a silent one.
+DOOR = 32
+DOOR_WAIT = 0.05
+#: Connections whose request is already waiting are let in this far past the limit when no
+#: idle one may be closed for them.
+OVERDRAFT = 32
 
 
 def connection_share(kept: int, files: int | None = None) -> int:
@@ -78,6 +91,16 @@ def connection_share(kept: int, files: int | None = None) -> int:
     if files == resource.RLIM_INFINITY:
         return MOST_CONNECTIONS
     return max(FEWEST_CONNECTIONS, min(MOST_CONNECTIONS, (files - kept) // 2))
+
+
+def _waiting_bytes(fd: int) -> int:
+    """Bytes received on socket `fd` and not read yet (0 when it cannot be told)."""
+    if fd < 0:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 class _RequestLog(logging.LoggerAdapter):
@@ -98,7 +121,17 @@ class _RequestLog(logging.LoggerAdapter):
 class _Guarded(asyncio.Protocol):
     """One accepted connection: aiohttp's request handler (`inner`) behind the limit."""
 
-    __slots__ = ("busy", "connections", "counted", "inner", "started", "transport")
+    __slots__ = (
+        "busy",
+        "connections",
+        "counted",
+        "fd",
+        "idle_since",
+        "inner",
+        "spoke_at",
+        "started",
+        "transport",
+    )
 
     def __init__(self, connections: Connections, inner: asyncio.Protocol) -> None:
         self.connections = connections
@@ -111,9 +144,16 @@ class _Guarded(asyncio.Protocol):
         self.counted = True
         #: Requests in progress on it (0: idle, may be closed for room).
         self.busy = 0
+        #: When it began sending its next request (the loop's clock), None while it is silent.
+        self.spoke_at: float | None = None
+        #: Since when it has had no request in progress (the loop's clock).
+        self.idle_since = 0.0
+        self.fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.connections.made(self)
         self.started = True
         self.inner.connection_made(transport)
@@ -124,6 +164,8 @@ class _Guarded(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.spoke_at is None:
+            self.spoke_at = asyncio.get_running_loop().time()
         if self.started:
             self.inner.data_received(data)
 
@@ -171,16 +213,26 @@ class Connections:
         assert self.factory is not None, "the server has not started"
         return _Guarded(self, self.factory())
 
-    def room(self) -> bool:
-        """Whether a connection just accepted may stay, counted from now on: at the limit, the
-        longest idle connection is closed to make room; when every open one is in a request,
-        False (the caller closes the new one)."""
-        if self.open >= self.most and not self._close_idle():
-            self.turned_away += 1
-            self._refused()
+    def room(self, speaking: bool = False) -> bool:
+        """Whether a connection just accepted may stay, counted from now on (False: the caller
+        waits a moment for its request, or closes it, before it costs a transport).
+
+        At the limit, the longest idle connection that may go is closed to make room. A new
+        connection that has sent nothing yet (`speaking` False) only displaces one silent for
+        SPEAKING_GRACE or longer, so a flood of silent connections is turned away at the door
+        instead of churning through the ones just let in. One whose request is already
+        waiting (a watchdog's `/healthz`) displaces any silent one, and is let in up to
+        OVERDRAFT past the limit when none may go."""
+        full = self.open >= self.most and not self._close_idle(speaking)
+        if full and (not speaking or self.open >= self.most + OVERDRAFT):
             return False
         self.open += 1
         return True
+
+    def turn_away(self) -> None:
+        """Count a new connection closed for want of room."""
+        self.turned_away += 1
+        self._refused()
 
     def unreserve(self) -> None:
         """A connection `room` let in failed before it had a protocol."""
@@ -189,6 +241,7 @@ class Connections:
     def made(self, conn: _Guarded) -> None:
         """A connection's transport is ready: it is idle until its first request."""
         if conn.counted:
+            conn.idle_since = asyncio.get_running_loop().time()
             self._idle[conn] = None
             self._of[conn.inner] = conn
 
@@ -200,20 +253,33 @@ class Connections:
             conn.counted = False
             self.open -= 1
 
-    def _close_idle(self) -> bool:
-        """Close the longest idle connection that is not still writing an answer; whether one
-        was found."""
+    def _close_idle(self, speaking: bool) -> bool:
+        """Close the longest idle connection that may go; whether one was found.
+
+        Passed over: a connection still writing an answer (a slow reader of /metrics), and one
+        whose request is arriving (bytes waiting in the kernel, or a request begun less than
+        SPEAKING_GRACE ago): under a flood of connections a watchdog's `/healthz`, already
+        sent, must not be closed in the turns before its request is read. A request begun
+        longer ago and still not complete may go (a client trickling its headers)."""
+        now = asyncio.get_running_loop().time()
         for tried, conn in enumerate(self._idle):
             if tried >= EVICT_TRIES:
                 break
             transport = conn.transport
-            if transport is None or transport.get_write_buffer_size() == 0:
-                self.release(conn)
-                if transport is not None:
-                    transport.abort()
-                self.closed_for_room += 1
-                self._refused()
-                return True
+            if transport is not None and transport.get_write_buffer_size():
+                continue
+            if conn.spoke_at is not None and now - conn.spoke_at < SPEAKING_GRACE:
+                continue
+            if conn.spoke_at is None and not speaking and now - conn.idle_since < SPEAKING_GRACE:
+                continue  # a silent newcomer does not displace a silent connection as young
+            if conn.spoke_at is None and _waiting_bytes(conn.fd):
+                continue
+            self.release(conn)
+            if transport is not None:
+                transport.abort()
+            self.closed_for_room += 1
+            self._refused()
+            return True
         return False
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -234,6 +300,8 @@ class Connections:
                 return await handler(request)
             finally:
                 conn.busy -= 1
+                conn.spoke_at = None  # silent until its next request
+                conn.idle_since = asyncio.get_running_loop().time()
                 if not conn.busy and conn.counted:
                     self._idle[conn] = None  # idle again, the most recently so
 
@@ -292,6 +360,10 @@ class Server:
         self.runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
         self._connecting: set[asyncio.Task] = set()
+        #: New connections that found no room and had sent nothing yet, given DOOR_WAIT for
+        #: their request to arrive (a client is often accepted before its first bytes).
+        self._door: list[socket.socket] = []
+        self._door_check: asyncio.TimerHandle | None = None
         #: Accepts that failed for want of descriptors or memory (each pauses accepting).
         self.accept_failures = 0
         self._accept_failure_told = float("-inf")
@@ -350,13 +422,35 @@ class Server:
             except OSError as exc:  # out of descriptors or memory: wait, do not spin
                 self._accept_failed(sock, exc)
                 return
-            if not self.connections.room():
+            speaking = _waiting_bytes(conn.fileno()) > 0
+            if self.connections.room(speaking):
+                self._let_in(conn)
+            elif not speaking and len(self._door) < DOOR:
+                # accepted before its request arrived? a moment to tell it from a silent one
+                self._door.append(conn)
+                if self._door_check is None:
+                    self._door_check = loop.call_later(DOOR_WAIT, self._check_door)
+            else:
+                self.connections.turn_away()
                 conn.close()
-                continue
-            conn.setblocking(False)
-            task = loop.create_task(self._connect(conn))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+
+    def _let_in(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    def _check_door(self) -> None:
+        """The connections kept at the door: in when their request has come meanwhile (and
+        there is room for one that speaks), else closed."""
+        self._door_check = None
+        waiting, self._door = self._door, []
+        for conn in waiting:
+            if _waiting_bytes(conn.fileno()) > 0 and self.connections.room(True):
+                self._let_in(conn)
+            else:
+                self.connections.turn_away()
+                conn.close()
 
     async def _connect(self, conn: socket.socket) -> None:
         """Give an accepted connection its transport and aiohttp's handler."""
@@ -403,6 +497,12 @@ class Server:
                 loop.remove_reader(sock.fileno())
                 sock.close()
             self._sockets = []
+            if self._door_check is not None:
+                self._door_check.cancel()
+                self._door_check = None
+            for conn in self._door:
+                conn.close()
+            self._door = []
             if self._connecting:
                 await asyncio.wait(list(self._connecting), timeout=1.0)
             self.connections.stop()
