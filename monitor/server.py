@@ -11,10 +11,12 @@ keeps to a share of it whatever its clients do (`Connections`):
 
 - at most `most` connections are open at once (the daemon gives it a share of the limit that
   leaves the probes their descriptors, `connection_share`);
-- at the limit, a new connection closes the oldest one that is not in a request (a client that
-  connected and never spoke, or one idle between requests), so a watchdog asking `/healthz` still
-  gets in while thousands of idle connections are held against the port; only when every open
-  connection is in a request is the new one turned away;
+- at the limit, room is made by closing the longest idle connection (one that connected and
+  never spoke, or one idle between requests), never one whose request is arriving, so a
+  watchdog asking `/healthz` still gets in while thousands of idle connections are held
+  against the port; a new connection that has not spoken yet only displaces one silent for a
+  second, is given 50 ms for its request, and is otherwise closed before it costs a transport
+  (`Connections.room`, `Server._accept`);
 - a connection without a request in progress is closed after `IDLE_TIMEOUT` seconds, from its
   opening (a client that connects and never sends a request) or from its last answer (aiohttp's
   keep-alive timeout, which also runs from the connection's start);
