@@ -33,7 +33,7 @@ from monitor.plan import Plan
 from monitor.plan.change import PlanChange, UsesPlan
 from monitor.receiver import PushReceiver
 from monitor.scheduler import Scheduler
-from monitor.server import Server
+from monitor.server import Server, connection_share
 from monitor.site.publish import tidy
 from monitor.store import DEFAULT_SIZE_LIMIT, Store
 
@@ -79,7 +79,10 @@ class Daemon:
         probers = make_probers(self.plan.config.monitor.chromium)
         self.pipeline = Pipeline(self.plan, self.store, self.clock, probers=probers)
         self.scheduler = Scheduler(self.pipeline)
-        self.server = Server(self.host, self.port, self.health)
+        # the server keeps to its share of the open-files limit: the probes' slots and the
+        # most probes lent beside them keep their descriptors whatever the clients hold
+        kept = self.pipeline.concurrency + self.pipeline.slots.most_lent
+        self.server = Server(self.host, self.port, self.health, connection_share(kept))
         #: The web application the parts' routes are served on (monitor/server.py).
         self.app = self.server.app
         self.started = time.monotonic()
@@ -104,6 +107,8 @@ class Daemon:
             store,
             self.reloads if watched else None,
         )
+        server = self.server
+        self.metrics.connections_refused = lambda: server.refused
         self.sender: AlertSender | None = None
         alerts_part = Part()
         if self.alerts:  # the outbox hook on the store and the alert sender
@@ -197,7 +202,9 @@ class Daemon:
 
     def health(self) -> tuple[dict, int]:
         """The age of the last scheduler tick (seconds), so a watchdog can tell; 503 while the
-        store refuses writes (a full disk): probing goes on, but nothing is kept. A refused
+        store refuses writes (a full disk, or any other failed write: `store.error` says
+        which): probing goes on, but nothing is kept. The web server's connections show how
+        close it is to its share of descriptors. A refused
         edit of the plan shows in `config` and keeps 200: the previous plan still runs."""
         tick = self.scheduler.last_tick
         age = None if tick is None else round(asyncio.get_running_loop().time() - tick, 3)
@@ -219,14 +226,22 @@ class Daemon:
                 "dropped_observations": store.dropped,
             },
         }
+        connections = self.server.connections
+        body["server"] = {  # the web server's share of the open-files limit (server.py)
+            "connections_open": connections.open,
+            "most_connections": connections.most,
+            "connections_refused": connections.refused,
+        }
         if self.plan_watch is not None:  # `run`: whether the last edit of the plan applied
             body["config"] = self.reloads.health()
         if not store.healthy:
             body["store"]["error"] = store.write_error
             body["message"] = (
-                "the store refuses writes (is the disk full?): observations wait in memory and "
-                "the oldest are dropped / "
-                "存储无法写入（磁盘已满？）：观测结果暂存内存，最早的会被丢弃"
+                "the store refuses writes (a full disk, or a value it could not encode: "
+                "store.error says which): observations wait in memory, are written again at "
+                "the next flush, and the oldest are dropped past the buffer / "
+                "存储无法写入（磁盘已满或数据无法编码，见 store.error）：观测结果暂存内存并重试，"
+                "超出缓冲的最早结果会被丢弃"
             )
         return body, 200 if store.healthy else 503
 

@@ -72,7 +72,7 @@ import bisect
 import math
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -267,6 +267,10 @@ class _Planned:
 class Metrics:
     """The pipeline listener that keeps last observations and counters, and the writer that
     turns them and the plan into the text exposition at scrape time."""
+
+    #: Connections the web server closed for lack of room since the start (`run` sets it;
+    #: monitor/server.py), read at a scrape; None: not shown.
+    connections_refused: Callable[[], int] | None = None
 
     def __init__(
         self,
@@ -789,6 +793,13 @@ class _Health:
                 "Due probes not started because too many were already waiting: the monitor is "
                 "behind (its services are probed at their next slot).",
                 value=scheduler.skipped,
+            )
+        if metrics.connections_refused is not None:
+            yield CounterMetricFamily(
+                PREFIX + "server_connections_refused",
+                "Connections the web server closed because it held its share of the open-files "
+                "limit: idle ones closed to make room, or new ones turned away.",
+                value=metrics.connections_refused(),
             )
         reloads = metrics.reloads
         if reloads is not None:

@@ -7,11 +7,18 @@ The receiver answers:
 | --- | --- | --- |
 | 202 | accepted and judged | yes: the observation |
 | 400 | not a JSON object of `serving` (bool), `reason` (<= 200 chars), `count` (>= 0) | no |
+| 400 | arrays or objects nested more than 32 deep (refused before parsing) | no |
 | 401 | no `Authorization: Bearer`, a wrong token, or a push whose token is not configured | no |
 | 404 | no such service, or it is probed or schedule-only | no |
 | 413 | the body is larger than 64 KiB (never read further) | no |
 | 429 | more than 10 pushes within one second for one service | no |
 | 408 | the body did not arrive within 10 seconds | no |
+| 503 | the push could not be judged now (a fault of the monitor, logged; try again) | no |
+
+Any text a client can send is kept: a lone UTF-16 surrogate in a reason (`"\\udc80"`, as an agent
+that cuts a UTF-16 string in the middle of a pair sends) becomes U+FFFD, the replacement
+character, where the body is parsed; a pair split over two escapes is joined. SQLite stores
+UTF-8, which has no lone surrogates: kept as they came, they made the store's write fail.
 
 Tokens are compared in constant time (`hmac.compare_digest`) and never logged, stored or shown.
 Reasons: `push` (a heartbeat), `pushed: <the pusher's reason>` (or `pushed: count <n>` when only
@@ -52,6 +59,9 @@ RATE_LIMIT = 10
 RATE_WINDOW = 1.0
 #: The longest `reason` a push may carry.
 MAX_REASON = 200
+#: The deepest nesting of arrays and objects a push body may have (a reason, a count and a flag
+#: need 1). Checked before parsing: JSON nested 30,000 deep exhausted the parser's recursion.
+MAX_DEPTH = 32
 #: How long a push body may take to arrive (408 after).
 BODY_TIMEOUT = 10.0
 ROUTE = "/push/{channel}/{service}"
@@ -101,13 +111,18 @@ def parse_body(raw: bytes) -> Report:
     still moves is business still taken); an empty body is a heartbeat: serving."""
     if not raw.strip():
         return Report()
+    if too_deep(raw):
+        raise _bad(
+            f"the body is nested more than {MAX_DEPTH} levels deep",
+            f"请求体嵌套超过 {MAX_DEPTH} 层",
+        )
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("the body is not JSON", "请求体不是 JSON") from None
     if not isinstance(data, dict):
         raise _bad("the body must be a JSON object", "请求体必须是 JSON 对象")
-    unknown = [key for key in data if key not in _BODY_KEYS]
+    unknown = [clean_text(key) for key in data if key not in _BODY_KEYS]
     if unknown:
         raise _bad(
             f"unknown field {json.dumps(unknown[0])[:60]}; expected serving, reason, count",
@@ -126,10 +141,46 @@ def parse_body(raw: bytes) -> Report:
         )
     if serving is None:
         serving = count > 0 if count is not None else True
-    text = _CONTROL.sub(" ", reason).strip() if reason else ""
+    text = _CONTROL.sub(" ", clean_text(reason)).strip() if reason else ""
     if not text and count is not None:
         text = f"count {count}"
     return Report(serving, f"pushed: {text}" if text else "push")
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (a pair split in two code points is
+    joined into its character). JSON's `\\uXXXX` escapes can say a lone surrogate, Python's
+    `str` holds it, and UTF-8 (the store's, the log's, the page's) cannot encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` deep in `raw` (brackets inside strings
+    do not count). One pass over the bytes, and none when there are too few brackets."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x5B or byte == 0x7B:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte == 0x5D or byte == 0x7D:  # ] }
+            depth -= 1
+    return False
 
 
 def _bad(en: str, zh: str) -> PushRefused:
@@ -297,6 +348,13 @@ class PushReceiver:
         except PushRefused as refused:
             log.debug("push to %s/%s refused: %d", *_printable(key), refused.status)
             return refused.response()
+        except Exception:  # the monitor's fault, not the pusher's: say so, and to retry
+            log.exception("push to %s/%s could not be judged", *_printable(key))
+            return PushRefused(
+                503,
+                "the monitor could not take the push now; send it again",
+                "监测程序暂时无法接收推送，请重新发送",
+            ).response()
         log.debug("push to %s/%s: %s", *_printable(key), result.observation.reason)
         body = {
             "accepted": True,
@@ -452,4 +510,4 @@ class PushReceiver:
 
 def _printable(key: Key) -> tuple[str, str]:
     """Ids from a request path, cut and cleaned for a log line (they are the caller's text)."""
-    return tuple(_CONTROL.sub("?", part)[:64] for part in key)  # type: ignore[return-value]
+    return tuple(_CONTROL.sub("?", clean_text(part))[:64] for part in key)  # type: ignore[return-value]

@@ -246,6 +246,23 @@ def _update_from_values(
         )
 
 
+class WriteFailed(sqlite3.Error):
+    """A write that failed for a reason other than SQLite's own (a value it could not take).
+
+    It is a `sqlite3.Error` on purpose: every caller already treats that as "the store refuses
+    writes now; what was written is kept in memory and tried again" (the scheduler's flush, the
+    pipeline's incident transitions), and this failure is handled the same way instead of
+    escaping as an error nobody expects (a push answered 500, a batch lost)."""
+
+
+def _said(exc: BaseException) -> str:
+    """What a failed write says in the log and /healthz: SQLite's words, or the error's type
+    and words for any other failure."""
+    if isinstance(exc, sqlite3.Error):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 #: Hooks that run inside an incident's transaction, on the store's thread: what they write
 #: through the store (the alert sender queues its rows in `Store.outbox`) commits or rolls
 #: back with the incident.
@@ -333,11 +350,12 @@ class Store(StoreReads):
             log.warning("store %s: writes succeed again", self.path)
         self.last_write = time.time()
 
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.write_errors += 1
+        said = _said(exc)
         if self.write_error is None:
-            log.error("store %s: writing failed (%s); observations wait in memory", self.path, exc)
-        self.write_error = str(exc)
+            log.error("store %s: writing failed (%s); observations wait in memory", self.path, said)
+        self.write_error = said
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -417,12 +435,17 @@ class Store(StoreReads):
             with self.db:
                 current, latest = self._write(items)
                 expired = self._expire(self.flush_prune_slice)
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            # whatever failed (a full disk, or a value SQLite could not take, such as text
+            # that is not UTF-8), the transaction rolled back: keep the batch for the next
+            # attempt rather than lose it, and say so in /healthz until a write succeeds
             self._failed(exc)
-            with self._lock:  # keep them for the next attempt rather than lose them
+            with self._lock:
                 self._pending.extendleft(reversed(items))
                 self._trim()
-            raise
+            if isinstance(exc, sqlite3.Error):
+                raise
+            raise WriteFailed(_said(exc)) from exc
         for key, run in current.items():
             self._runs.keep(key, run)
         for service, hour in latest.items():
@@ -772,6 +795,9 @@ class Store(StoreReads):
         except sqlite3.Error as exc:
             self._failed(exc)
             raise
+        except (ValueError, TypeError) as exc:  # e.g. text SQLite cannot encode: as above
+            self._failed(exc)
+            raise WriteFailed(_said(exc)) from exc
 
     def _record_event(self, channel: str, business: str, event: IncidentEvent) -> IncidentRecord:
         with self.db:
