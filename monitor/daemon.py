@@ -125,6 +125,8 @@ class Daemon:
             store,
             self.sender.enqueue_notices if self.sender is not None else None,
             self.site.request,
+            # updates of notices naming services, to the citizens subscribed to their channels
+            self.subscriptions.notices if self.subscriptions is not None else None,
         )
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
         # replayed one (the demo) the rate limit counts its seconds and the replay asks

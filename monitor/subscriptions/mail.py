@@ -62,6 +62,11 @@ def content(plan: Plan, mail: Mail, link: Links) -> tuple[str, str]:
         choices = event.get("choices", [])
         listed = "\n".join(f"· {service_name(plan, c, lang)}" for c in choices) or "·"
         return w["confirm_subject"], w["confirm_body"].format(services=listed, link=link.confirm)
+    if kind == "notice":
+        suffix = "_en" if lang == "en" else ""
+        title, text = event[f"title{suffix}"], event[f"text{suffix}"]
+        at = when(datetime.fromisoformat(event["at"]), zone, lang)
+        return w["subject_notice"].format(title=title), w["notice_body"].format(at=at, text=text)
     if kind == "incident":
         name = service_name(plan, f"{event['channel']}/{event['service']}", lang)
         opened = event["state"] == "opened"
