@@ -195,6 +195,12 @@ class Daemon:
                 "plan: [[alerts]] sinks and [monitor] chromium take effect at the next restart"
                 " / 告警接收方和 chromium 设置的修改在重启后生效"
             )
+        if old.subscriptions != new.subscriptions:  # the relay, pace, links and reminders
+            log.warning(
+                "plan: [subscriptions] changes take effect at the next restart; until then "
+                "mails go as the plan of the start says (services and times are the new plan's)"
+                " / 订阅设置的修改在重启后生效"
+            )
         return change
 
     def health(self) -> tuple[dict, int]:

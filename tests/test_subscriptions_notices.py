@@ -1,9 +1,11 @@
 """Operators' notices reach the citizens subscribed to the channels they name: once per
 update, in each subscriber's language, through the real local relay of test_subscriptions;
-the daemon hands the notices' watcher the subscriptions' queue as a callable."""
+the daemon hands the notices' watcher the subscriptions' queue as a callable, and says at a
+reload that `[subscriptions]` changes wait for a restart."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -117,5 +119,27 @@ async def test_the_daemon_hands_the_board_the_subscriptions_queue(
     try:
         assert daemon.subscriptions is not None and daemon.notice_board is not None
         assert daemon.notice_board.tell_subscribers == daemon.subscriptions.notices
+    finally:
+        daemon.store.close()
+
+
+async def test_a_reload_that_changes_subscriptions_says_they_wait_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitor.daemon import Daemon
+    from monitor.plan import Plan
+
+    monkeypatch.setenv(ENV, KEY)
+    plan = plan_with(1)
+    daemon = Daemon(plan, tmp_path / "m.db", tmp_path / "site", port=0)
+    try:
+        caplog.set_level(logging.WARNING, logger="monitor.daemon")
+        await daemon.apply_plan(Plan(plan.config))
+        assert "[subscriptions]" not in caplog.text, "unchanged: nothing to say"
+        settings = plan.config.subscriptions
+        assert settings is not None
+        moved = settings.model_copy(update={"public_url": "https://status.example.cn"})
+        await daemon.apply_plan(Plan(plan.config.model_copy(update={"subscriptions": moved})))
+        assert "[subscriptions] changes take effect at the next restart" in caplog.text
     finally:
         daemon.store.close()
