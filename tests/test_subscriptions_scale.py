@@ -83,3 +83,16 @@ def test_the_composer_writes_what_the_email_package_would(kind: str, lang: str) 
             assert str(fast[header]) == str(slow[header]), header
         assert fast.get_content() == slow.get_content()
     assert len(composer.shared) == (1 if kind == "plan" else 0)
+
+
+def test_an_address_that_needs_quoting_is_made_by_the_email_package() -> None:
+    plan = plan_with(25)
+    settings = plan.config.subscriptions
+    assert settings is not None
+    keys = Keys(KEY)
+    composer = Composer(settings, keys)
+    now = datetime(2022, 7, 19, 0, 30, 1, tzinfo=UTC)
+    odd = '"a b"@example.cn'
+    _, raw = composer.compose(plan, mail_of("plan", "zh", keys.seal(odd), 3), now)
+    assert composer.shared == {}, "not through the shared part"
+    assert message_from_bytes(raw, policy=default)["To"].addresses[0].addr_spec == odd

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -127,6 +128,10 @@ def email(
     return message
 
 
+#: An address that can stand in a To header as it is (no quoting, no encoded words).
+_PLAIN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\Z")
+
+
 class Composer:
     """Mails as the bytes sent, fast: the part every subscriber of an event shares (From and
     a Subject in encoded words, folded by the email package, the text) is made once per event,
@@ -135,8 +140,9 @@ class Composer:
 
     Folding headers with the email package was most of the sender's time on the bench
     machine (bench/RESULTS.md, "Subscribers mailed at 08:30"); 100,000 mails at one instant
-    share a handful of subjects. A confirmation (its link is its own), or an address that is not
-    ASCII, is made whole by `email` as before. The result parses as `email` would make it.
+    share a handful of subjects. A confirmation (its link is its own), or an address that
+    would need quoting or encoding, is made whole by `email` as before. The result parses
+    as `email` would make it.
     """
 
     #: Shared parts kept; more events than this at once start the cache afresh.
@@ -152,7 +158,7 @@ class Composer:
         """(recipient, the message's bytes with CRLF line ends) of one row."""
         to = self.keys.open(mail.address)
         link = links(self.settings, self.keys, mail)
-        if mail.event_key.startswith("confirm:") or not to.isascii():
+        if mail.event_key.startswith("confirm:") or not _PLAIN.match(to):
             message = email(plan, self.settings, self.keys, mail, now)
             return to, message.as_bytes(policy=SMTP_POLICY)
         key = (mail.event_key, mail.items, mail.lang)
