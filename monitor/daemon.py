@@ -130,6 +130,8 @@ class Daemon:
             store,
             self.sender.enqueue_notices if self.sender is not None else None,
             self.site.request,
+            # updates of notices naming services, to the citizens subscribed to their channels
+            self.subscriptions.notices if self.subscriptions is not None else None,
         )
         # POST /push/<channel>/<service>, and the silences: timed on the real clock; on a
         # replayed one (the demo) the rate limit counts its seconds and the replay asks
@@ -197,6 +199,12 @@ class Daemon:
             log.warning(
                 "plan: [[alerts]] sinks and [monitor] chromium take effect at the next restart"
                 " / 告警接收方和 chromium 设置的修改在重启后生效"
+            )
+        if old.subscriptions != new.subscriptions:  # the relay, pace, links and reminders
+            log.warning(
+                "plan: [subscriptions] changes take effect at the next restart; until then "
+                "mails go as the plan of the start says (services and times are the new plan's)"
+                " / 订阅设置的修改在重启后生效"
             )
         return change
 

@@ -36,6 +36,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     unset = coverage(plan)
     warn_browser(plan)
+    warn_subscription_key(plan)
     if unset and args.strict:
         print(
             f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
@@ -83,6 +84,19 @@ def warn_browser(plan: Plan) -> None:
             f"警告：{browsers} 个浏览器观测的服务在装好 Playwright 和 Chromium 之前判定为 unknown",
             file=sys.stderr,
         )
+
+
+def warn_subscription_key(plan: Plan) -> None:
+    """Say (on stderr, exit code unchanged) when `[subscriptions]` is set but its key is not
+    usable here: `run` would refuse to start, and validating the plan is the time to learn it."""
+    if plan.config.subscriptions is None:
+        return
+    from monitor.subscriptions.keys import KeyProblem, Keys
+
+    try:
+        Keys.from_environment()
+    except KeyProblem as exc:
+        print(f"warning: [subscriptions]: {exc}", file=sys.stderr)
 
 
 # --- plan ------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.net.slots import raise_fd_limit
     from monitor.pipeline import Pipeline
     from monitor.store import StoreError
+    from monitor.subscriptions.keys import KeyProblem
 
     raise_fd_limit(Pipeline.concurrency)  # room for the probes of hung targets (slots.py)
     home = config_dir(args)
@@ -144,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     except StoreError as exc:
         raise UsageError(f"--db {exc}") from None
+    except KeyProblem as exc:  # [subscriptions] without its key: a sentence, not a traceback
+        raise UsageError(f"{args.config}: [subscriptions]: {exc}") from None
     settle()  # the plan lives as long as the process: full GCs need not walk it (lag tail)
     try:
         run_async(serve(daemon))

@@ -43,6 +43,7 @@ from monitor.report import build_report, open_readonly
 from monitor.report.formats import as_text
 
 from .faults import FaultScript, load_faults, shipped_faults
+from .mails import start_mails
 from .replay import Cadence, Replay
 from .simulator import SLOW_TIMEOUT, Fault, Pushers, Simulator, SimulatorProcess
 
@@ -353,6 +354,7 @@ async def run_demo(options: DemoOptions) -> Replay:
                 / "demo.db"
             )
         stack.callback(simulator.stop)
+        probed, mails = await start_mails(probed, db, stack, options, start, stop_at)
         daemon = Daemon(
             probed,
             db_path=db,
@@ -420,6 +422,7 @@ async def run_demo(options: DemoOptions) -> Replay:
                     f"incident #{record.id} seen by [{ref.service.observed_by}]: "
                     f"{ref.channel.name} / {ref.service.name}, {record.direction}"
                 )
+            print(await mails.summary(daemon))
             seen = ", ".join(f"{k} {replay.seen_by[k]}" for k in KINDS)
             pushers = replay.pushers
             refused = sum(pushers.refused.values())

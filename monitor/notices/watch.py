@@ -13,6 +13,12 @@ sinks (not Alertmanager), through the alert outbox: one row per sink and update
 (`notice-<id>-<index>-<unix time>`), so a restart never sends it again. An update is sent
 when its `at` has come, and only within `NOTIFY_WINDOW` of it, so a monitor started on a
 fresh store does not page everyone with last week's updates.
+
+Every update of a notice that names services is also handed, `notify` or not, to the callable
+the daemon gives as `tell_subscribers` (the subscriptions' queue): the notice is public words
+for citizens already, and those who subscribed to one of its channels asked to be told. The
+board knows only the callable, never the subscriptions package (parts do not import each
+other); the subscriptions' store keeps each update once per subscriber across restarts.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class NoticeBoard(PolledFile):
         enqueue: Enqueue | None = None,
         render: Callable[[], None] | None = None,
         poll: float = POLL,
+        tell_subscribers: Enqueue | None = None,
     ) -> None:
         super().__init__(path, poll)
         #: The plan running now (a reload swaps it).
@@ -68,10 +75,14 @@ class NoticeBoard(PolledFile):
         self.enqueue = enqueue
         #: Asks for a render of the page (the site's listener); None: no page.
         self.render = render
+        #: Where every update of a notice naming services goes, `notify` or not: the citizens
+        #: subscribed to those channels (handed over by the daemon); None: no subscriptions.
+        self.tell_subscribers = tell_subscribers
         self.reloads = 0
         self.errors = 0
         self.current: NoticesFile = load_notices(self.path, plan(), self._incident_ids())
         self._queued: set[str] = set()
+        self._told: set[str] = set()
         self._next_due: datetime | None = None
 
     def _incident_ids(self) -> set[int]:
@@ -125,22 +136,32 @@ class NoticeBoard(PolledFile):
         return True
 
     async def notify(self) -> int:
-        """Queue every due update of a notice with `notify = true` that was not yet queued."""
-        if self.enqueue is None:
-            return 0
+        """Queue every due update not yet queued: those of notices with `notify = true` for
+        the sinks, those of notices naming services for the subscribers; how many were new."""
         now = self.clock.now()
+        count = 0
+        if self.enqueue is not None:
+            count += await self._hand(self.enqueue, self._queued, now, lambda n: n.notify)
+        if self.tell_subscribers is not None:
+            told = self._told
+            count += await self._hand(self.tell_subscribers, told, now, lambda n: bool(n.services))
+        return count
+
+    async def _hand(
+        self, to: Enqueue, sent: set[str], now: datetime, wanted: Callable[[Notice], bool]
+    ) -> int:
         due = [
             (notice, index, update)
             for notice in self.current.notices
-            if notice.notify
+            if wanted(notice)
             for index, update in enumerate(notice.updates)
             if now - NOTIFY_WINDOW <= update.at <= now
-            and dedup_key(notice, index, update) not in self._queued
+            and dedup_key(notice, index, update) not in sent
         ]
         if not due:
             return 0
-        count = await self.enqueue(due)
-        self._queued.update(dedup_key(*item) for item in due)
+        count = await to(due)
+        sent.update(dedup_key(*item) for item in due)
         return count
 
 
@@ -151,10 +172,13 @@ def build(
     store: Store,
     enqueue: Enqueue | None,
     render: Callable[[], None] | None,
+    tell_subscribers: Enqueue | None = None,
 ) -> tuple[NoticeBoard | None, Part]:
     """The notices of a running monitor, watched from the web server's start to its stop;
     no board (and an empty part) without a notices path. A broken file raises ConfigError."""
     if path is None:
         return None, Part()
-    board = NoticeBoard(Path(path), plan, clock, store, enqueue, render)
+    board = NoticeBoard(
+        Path(path), plan, clock, store, enqueue, render, tell_subscribers=tell_subscribers
+    )
     return board, Part(on_startup=(board.on_startup,), on_cleanup=(board.on_cleanup,))

@@ -231,6 +231,39 @@ class Subscribers:
             self._choose(ident, request.choices)
         return ident
 
+    def add_confirmed_many(self, requests: Iterable[Request], now: float) -> int:
+        """Many new subscribers confirmed at once, in one transaction (a migration from another
+        list, the scale bench): rows and choices inserted in bulk, not one `add_confirmed`
+        each. An address already kept is left as it is. Returns how many were added."""
+        db = self.db
+        added = 0
+        with db:
+            for request in requests:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO subscribers (lookup, address, medium, lang, choices, "
+                    "nonce, unsubscribe_hash, confirmed_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        request.lookup,
+                        request.address,
+                        request.medium,
+                        request.lang,
+                        json.dumps(list(request.choices)),
+                        request.nonce,
+                        request.unsubscribe_hash,
+                        now,
+                        now,
+                    ),
+                )
+                if cursor.rowcount:
+                    added += 1
+                    ident = int(cursor.lastrowid or 0)
+                    db.executemany(
+                        "INSERT OR IGNORE INTO subscriber_choices (channel, service, subscriber) "
+                        "VALUES (?,?,?)",
+                        [(*_split(choice), ident) for choice in request.choices],
+                    )
+        return added
+
     def confirm(self, confirm_hash: bytes, now: float, expires: float) -> bool:
         """Use a confirmation: its choices take effect. False for a token that is unknown,
         used already or older than `expires` seconds (an expired unconfirmed row goes)."""

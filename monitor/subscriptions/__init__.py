@@ -26,7 +26,10 @@ from monitor.subscriptions.keys import KeyProblem, Keys
 from monitor.subscriptions.sender import SubscriptionSender
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from monitor.clock import Clock
+    from monitor.notices import Notice, NoticeUpdate
     from monitor.plan import Plan
     from monitor.plan.subscriptions import SubscriptionSettings
     from monitor.store import Store
@@ -80,6 +83,15 @@ class Subscriptions:
         await self.store.call(subs.forget_sent, stamp - KEEP_SENT)
         if queued:
             log.info("subscriptions: %d message(s) queued", queued)
+            self.sender.nudge()
+        return queued
+
+    async def notices(self, updates: Sequence[tuple[Notice, int, NoticeUpdate]]) -> int:
+        """Queue updates of operators' notices for the subscribers of the channels they name
+        (the notices' watcher calls this, handed over by the daemon); how many rows are new."""
+        queued = await self.store.call(events.queue_notices, self.store, updates, time.time())
+        if queued:
+            log.info("subscriptions: %d notice message(s) queued", queued)
             self.sender.nudge()
         return queued
 

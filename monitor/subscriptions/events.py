@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from monitor.judge import IncidentEvent
+    from monitor.notices import Notice, NoticeUpdate
     from monitor.plan import Plan, Transition
     from monitor.store import IncidentRecord, Store
 
@@ -124,6 +125,46 @@ def next_wake(plan: Plan, at: datetime, reminders: Sequence[timedelta]) -> datet
         for lead in reminders
     ]
     return min((f for f in found if f is not None), default=None)
+
+
+def notice_key(notice: Notice, index: int, update: NoticeUpdate) -> str:
+    """The event key of one update of a notice: stable while updates are only appended, so an
+    update offered again (the watcher after a restart) is queued for no one twice."""
+    return f"notice:{notice.id}:{index}:{int(update.at.timestamp())}"
+
+
+def notice_payload(notice: Notice, update: NoticeUpdate) -> dict:
+    """An update of an operators' notice as kept for subscribers: the operators' public words
+    (both languages; each subscriber reads their own) and the channels it concerns."""
+    return {
+        "kind": "notice",
+        "at": update.at.isoformat(),
+        "title": notice.title,
+        "title_en": notice.title_en,
+        "text": update.text,
+        "text_en": update.text_en,
+        "channels": sorted({ref.partition("/")[0] for ref in notice.services}),
+    }
+
+
+def queue_notices(
+    store: Store, updates: Sequence[tuple[Notice, int, NoticeUpdate]], now: float
+) -> int:
+    """Offer updates of notices to the confirmed subscribers of any service of the channels
+    they name (store thread); a notice naming no service concerns no one in particular and
+    is left to the page. Returns how many rows are new."""
+    subs = store.subscribers
+    count = 0
+    for notice, index, update in updates:
+        payload = notice_payload(notice, update)
+        if not payload["channels"]:
+            continue
+        chosen = subs.choosers(payload["channels"])
+        if chosen:
+            text = json.dumps(payload, ensure_ascii=False)
+            offers: dict[int, Sequence[int]] = dict.fromkeys(chosen, ())
+            count += subs.offer(notice_key(notice, index, update), text, offers, now)
+    return count
 
 
 def incident_hook(plan: Callable[[], Plan], store: Store, wake: Callable[[], None]):

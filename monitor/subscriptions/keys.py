@@ -15,9 +15,11 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from monitor.store import Request
 
 ENV = "CHANNEL_MONITOR_SUBSCRIPTION_KEY"
 
@@ -92,6 +94,22 @@ class Keys:
 
     def unsubscribe_hash(self, nonce: bytes) -> bytes:
         return self.token_hash(self.token("unsubscribe", nonce))
+
+    def request(
+        self, address: str, choices: Sequence[str], lang: str = "zh", medium: str = "email"
+    ) -> Request:
+        """What the store keeps of a new subscription: the address sealed, its lookup hash,
+        a fresh nonce and the hash of its unsubscribe token (never the token itself)."""
+        nonce = self.nonce()
+        return Request(
+            lookup=self.lookup(address),
+            address=self.seal(normalise(address) if medium == "email" else address),
+            medium=medium,
+            lang=lang,
+            choices=tuple(choices),
+            nonce=nonce,
+            unsubscribe_hash=self.unsubscribe_hash(nonce),
+        )
 
     def webhook_secret(self, nonce: bytes) -> str:
         """The secret a partner's webhook checks signatures with (told once, at `add`)."""

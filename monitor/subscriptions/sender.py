@@ -20,12 +20,13 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
 import aiosmtplib
 import httpx
 
-from monitor.subscriptions.mail import email, webhook_body
+from monitor.subscriptions.mail import Composer, webhook_body
 
 if TYPE_CHECKING:
     from monitor.plan import Plan
@@ -73,6 +74,7 @@ class Session:
     def __init__(self, settings: SubscriptionSettings) -> None:
         self.settings = settings
         self.smtp: aiosmtplib.SMTP | None = None
+        self.sender = parseaddr(settings.sender)[1]
 
     async def _open(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -88,11 +90,11 @@ class Session:
             await smtp.login(s.username, s.password or "")
         return smtp
 
-    async def send(self, message: object) -> None:
+    async def send(self, recipient: str, message: bytes) -> None:
         try:
             if self.smtp is None or not self.smtp.is_connected:
                 self.smtp = await self._open()
-            await self.smtp.send_message(message)  # type: ignore[arg-type]
+            await self.smtp.sendmail(self.sender, [recipient], message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             raise Failed(f"refused ({codes})", all(c >= 500 for c in codes)) from None
@@ -133,6 +135,7 @@ class SubscriptionSender:
         self.poll = poll
         self.backoff_base = backoff_base
         self.sessions = [Session(settings) for _ in range(settings.sessions)]
+        self.composer = Composer(settings, keys)
         self.pace = Pace(settings.rate)
         self.client: httpx.AsyncClient | None = None
         self.wake = asyncio.Event()
@@ -230,9 +233,11 @@ class SubscriptionSender:
         if mail.medium == "webhook":
             await self._post(plan, mail)
             return
-        message = email(plan, self.settings, self.keys, mail, datetime.now(UTC))
-        log.debug("subscriptions: mailing %s", message["To"])
-        await session.send(message)
+        if self.composer.settings is not self.settings:  # settings replaced (tests)
+            self.composer = Composer(self.settings, self.keys)
+        recipient, message = self.composer.compose(plan, mail, datetime.now(UTC))
+        log.debug("subscriptions: mailing %s", recipient)
+        await session.send(recipient, message)
 
     async def _post(self, plan: Plan, mail: Mail) -> None:
         """A partner's webhook, signed as the webhook sink signs: HMAC-SHA256 over

@@ -29,6 +29,8 @@ WORDS: dict[str, dict[str, str]] = {
         "subject_remind": "【{word}】{service}{more}将于 {at} {change}",
         "subject_down": "【暂停】{service} 暂时无法办理",
         "subject_up": "【恢复】{service} 已恢复办理",
+        "subject_notice": "【通知】{title}",
+        "notice_body": "{at} 发布：\n{text}",
         "footer": "\n\n退订：{link}\n（打开链接后点击“退订”，将删除您的邮箱和全部订阅。）",
         "page_confirm": "确认订阅",
         "page_confirm_text": "点击下面的按钮确认订阅服务状态通知。",
@@ -62,6 +64,8 @@ WORDS: dict[str, dict[str, str]] = {
         "subject_remind": "[{word}] {service}{more} {change} at {at}",
         "subject_down": "[paused] {service} is not working",
         "subject_up": "[reopened] {service} is working again",
+        "subject_notice": "[notice] {title}",
+        "notice_body": "Posted {at}:\n{text}",
         "footer": "\n\nUnsubscribe: {link}\n(Open it and press “Unsubscribe”: your address and "
         "every subscription are deleted.)",
         "page_confirm": "Confirm",
