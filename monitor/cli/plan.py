@@ -16,6 +16,7 @@ from monitor.cli.common import (
     UsageError,
     instant,
     load_plan,
+    load_plan_warned,
     local,
     parse_option,
 )
@@ -27,7 +28,7 @@ from monitor.table import render_table
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = load_plan(args.config)
+    plan, warnings = load_plan_warned(args.config)
     probed = sum(1 for ref in plan.services if ref.service.probe)
     config = plan.config
     print(
@@ -36,10 +37,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     unset = coverage(plan)
     warn_browser(plan)
-    if unset and args.strict:
+    if (unset or warnings) and args.strict:
         print(
-            f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
-            "set them or remove the references / 有环境变量未设置",
+            f"{args.config}: --strict: {len(unset)} environment variable(s) not set for "
+            f"probes or pushes, {len(warnings)} warning(s); set the variables or fix the "
+            f"references / 有 {len(unset)} 个探测或推送的环境变量未设置，{len(warnings)} 条警告",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
