@@ -174,3 +174,159 @@ def test_a_quoted_notice_instant_is_read_in_the_plans_zone(tmp_path: Path) -> No
     )
     [notice] = load_notices(notices, plan).notices
     assert notice.updates[0].at == datetime(2026, 12, 18, 18, tzinfo=SHANGHAI)
+
+
+# --- 2. an unset alert secret is a warning, except for `run` and `validate --strict` ----------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("validate",),
+        ("plan", "--at", "2026-12-19T00:00"),
+        ("check", "--at", "2026-12-19T00:00", "--allow-unknown"),
+        ("notice", "list"),
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_unset_alert_secret_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    path = str(write(tmp_path, QUOTED_PLAN + SINK))
+    code, _, err = run(capsys, *command, "--config", path)
+    assert code == 0, err
+    assert 'alerts[0].secret: warning: environment variable "FH_WEBHOOK_SECRET" is not set' in err
+    assert "警告" in err and "hooks.example.test" not in err
+
+
+def test_report_and_render_warn_about_an_unset_alert_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write(tmp_path, QUOTED_PLAN + SINK))
+    code, _, err = run(capsys, "render", "--config", path, "--at", "2026-12-19T00:00")
+    assert code == 0 and "FH_WEBHOOK_SECRET" in err
+    code, _, err = run(capsys, "report", "--config", path, "--db", str(tmp_path / "none.db"))
+    assert "FH_WEBHOOK_SECRET" in err and "nothing was done" not in err
+
+
+def test_validate_strict_and_run_refuse_an_unset_alert_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FH_PORTAL_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("FH_HALL6_PUSH_TOKEN", "a-token-of-twenty-chars")
+    path = str(write(tmp_path, QUOTED_PLAN + SINK))
+    code, _, err = run(capsys, "validate", "--strict", "--config", path)
+    assert code == 2 and "1 warning(s)" in err
+    code, _, err = run(capsys, "run", "--config", path, "--db", str(tmp_path / "m.db"))
+    assert code == 2
+    assert 'alerts[0].secret: environment variable "FH_WEBHOOK_SECRET"' in err
+    assert "nothing was done" in err
+    assert not (tmp_path / "m.db").exists()
+
+
+# --- 4. `$NAME` without braces and misspelt variables ------------------------------------------
+
+
+def test_a_reference_without_braces_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = QUOTED_PLAN.replace('token = "${FH_HALL6_PUSH_TOKEN}"', 'token = "$FH_HALL6_PUSH_TOKEN"')
+    path = str(write(tmp_path, text))
+    code, _, err = run(capsys, "validate", "--config", path)
+    assert code == 0
+    assert (
+        'channels[1].services[0].push.token (channel "hall", service "fund"): warning: '
+        '"$FH_HALL6_PUSH_TOKEN" is not read from the environment'
+    ) in err
+    assert 'write "${FH_HALL6_PUSH_TOKEN}"' in err and "花括号" in err
+    assert run(capsys, "validate", "--strict", "--config", path)[0] == 2
+
+
+def test_a_misspelt_variable_gets_a_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FH_HALL6_PUSH_TOKEN", "a-token-of-twenty-chars")
+    monkeypatch.setenv("FH_PORTAL_URL", "http://127.0.0.1:9/")
+    text = QUOTED_PLAN.replace("${FH_HALL6_PUSH_TOKEN}", "${FH_HALL6_PUSH_TOKNE}")
+    path = str(write(tmp_path, text))
+    code, _, err = run(capsys, "validate", "--config", path)
+    assert code == 0
+    assert 'push.token (channel "hall", service "fund"): warning: environment variable ' in err
+    assert '"FH_HALL6_PUSH_TOKNE" is not set (did you mean "FH_HALL6_PUSH_TOKEN"?)' in err
+    assert run(capsys, "validate", "--strict", "--config", path)[0] == 2
+
+
+def test_names_that_differ_by_more_than_a_slip_are_not_misspellings() -> None:
+    from monitor.plan.hints import _misspelt
+
+    assert _misspelt("SI_HALL_PUSH_TOKEN", ["TAX_HALL_PUSH_TOKEN"]) == []
+    assert _misspelt("HALL2_TOKEN", ["HALL1_TOKEN"]) == []
+    assert _misspelt("PORTAL_URL", ["PORTAL_URI"]) == ["PORTAL_URI"]
+
+
+def test_two_spellings_of_one_variable_in_the_plan_are_pointed_out(tmp_path: Path) -> None:
+    text = QUOTED_PLAN.replace(
+        "[channels.services.probe]",
+        '[channels.services.probe]\nheaders = { X = "${FH_HALL6_PUSH_TOKNE}" }',
+    )
+    warnings: list[str] = []
+    load_config(write(tmp_path, text), warnings=warnings)
+    assert any('did you mean "FH_HALL6_PUSH_TOKEN"' in w for w in warnings), warnings
+
+
+def test_the_shipped_plan_has_no_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import REAL_PLAN
+
+    warnings: list[str] = []
+    load_config(REAL_PLAN, warnings=warnings)
+    assert warnings == []
+
+
+# --- 3. `check` fails when what it should observe could not be --------------------------------
+
+
+def test_check_fails_when_every_service_is_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing set: the portal's URL and the hall's token are both unset.
+    path = str(write(tmp_path, QUOTED_PLAN))
+    code, out, _ = run(capsys, "check", "--config", path, "--at", "2026-12-19T00:00")
+    assert code == 1
+    assert out.splitlines()[-1].startswith(
+        "0 mismatch(es), 2 not observed (unknown): exit 1 (--allow-unknown to pass)"
+    )
+    code, out, _ = run(
+        capsys, "check", "--config", path, "--at", "2026-12-19T00:00", "--allow-unknown"
+    )
+    assert code == 0 and "allowed by --allow-unknown" in out
+    code, out, _ = run(
+        capsys, "check", "--config", path, "--at", "2026-12-19T00:00", "--format", "json"
+    )
+    assert code == 1 and json.loads(out)["unobserved"] == 2
+
+
+def test_check_does_not_fail_for_a_configured_push_it_cannot_see(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FH_HALL6_PUSH_TOKEN", "a-token-of-twenty-chars")
+    text = QUOTED_PLAN.replace('[channels.services.probe]\nurl = "${FH_PORTAL_URL}"\n', "")
+    path = str(write(tmp_path, text))
+    code, out, _ = run(capsys, "check", "--config", path, "--at", "2026-12-19T00:00")
+    assert code == 0, out
+    assert "0 not observed (unknown); 1 push service(s) not checked" in out
+
+
+def test_check_fails_when_a_probe_cannot_reach_its_channel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servers import closed_port
+
+    monkeypatch.setenv("FH_HALL6_PUSH_TOKEN", "a-token-of-twenty-chars")
+    monkeypatch.setenv("FH_PORTAL_URL", f"http://127.0.0.1:{closed_port()}/")
+    path = str(write(tmp_path, QUOTED_PLAN))
+    code, out, _ = run(capsys, "check", "--config", path, "--at", "2026-12-19T00:00")
+    # A refused connection says "not serving": down as planned during the freeze, no unknown.
+    assert (code, out.splitlines()[-1].split(" / ")[0].split(";")[0]) == (
+        0,
+        "0 mismatch(es), 0 not observed (unknown)",
+    )

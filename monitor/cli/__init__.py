@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
     p.add_argument("--at", help="judge against the plan at this instant; default now")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="exit 0 even when a probed service, or a push whose token is unset, could not be "
+        "observed (default: exit 1)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
