@@ -330,3 +330,39 @@ def test_check_fails_when_a_probe_cannot_reach_its_channel(
         0,
         "0 mismatch(es), 0 not observed (unknown)",
     )
+
+
+# --- 12. output piped into a reader that stops early -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("validate", "--config", "channels.toml"), 120),
+        (("plan", "--example"), 120),
+        (("--help",), 0),
+        (("plan", "--help"), 0),
+    ],
+)
+def test_a_reader_that_left_gets_no_traceback(args: tuple[str, ...], code: int) -> None:
+    import os
+    import subprocess
+
+    from helpers import MONITOR, ROOT
+
+    read, write_end = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written (`| head -0`)
+    try:
+        done = subprocess.run(
+            [*MONITOR, *args],
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == code
