@@ -4,7 +4,7 @@ met, and what the tool says now instead of a traceback, a silent literal or a wr
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -366,3 +366,65 @@ def test_a_reader_that_left_gets_no_traceback(args: tuple[str, ...], code: int) 
         os.close(write_end)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == code
+
+
+# --- 5. `channel_monitor_mismatch` for every observed service ----------------------------------
+
+#: The quoted plan with its variables filled in: a probed portal and a push hall, both expected
+#: down during the freeze, and a hall service observed by nobody.
+OBSERVED_PLAN = (
+    QUOTED_PLAN.replace("${FH_PORTAL_URL}", "http://127.0.0.1:9/fund")
+    .replace("${FH_HALL6_PUSH_TOKEN}", "a-token-of-twenty-chars")
+    .replace(
+        "[channels.services.push]",
+        '[[channels.services]]\nid = "cards"\nname = "社保卡"\n\n[[channels.services]]\n'
+        'id = "loans"\nname = "贷款"\nexpect = [{ during = "freeze", state = "down" }]\n'
+        "[channels.services.push]",
+    )
+)
+
+
+async def test_a_push_service_has_mismatch_series_and_they_show_its_incident(
+    tmp_path: Path,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitor.clock import ReplayClock
+    from monitor.kinds.http import Prober
+    from monitor.metrics import Metrics
+    from monitor.observation import Observation
+    from monitor.pipeline import Pipeline
+    from monitor.store import Store
+
+    plan = Plan(load_config(write(tmp_path, OBSERVED_PLAN)))
+    clock = ReplayClock(datetime(2026, 12, 19, 12, tzinfo=SHANGHAI))
+    store = Store(tmp_path / "monitor.db")
+    try:
+        pipeline = Pipeline(plan, store, clock, Prober())
+        metrics = Metrics(plan, pipeline, clock, store=store)
+        pipeline.listeners = (metrics,)
+
+        def mismatch() -> dict[tuple[str, str, str], float]:
+            text = metrics.render().decode()
+            return {
+                (s.labels["channel"], s.labels["business"], s.labels["direction"]): s.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "channel_monitor_mismatch"
+                for s in family.samples
+            }
+
+        before = mismatch()
+        assert before[("hall", "loans", "unexpected_up")] == 0
+        assert before[("portal", "fund", "unexpected_up")] == 0
+        assert not any(key[1] == "cards" for key in before)  # observed by nobody
+        for _ in range(2):  # the hall says it is serving during the freeze, twice
+            await pipeline.judge(
+                plan.service("hall", "loans"),
+                Observation(at=clock.now(), serving=True, reason="the channel reported its state"),
+            )
+            clock.advance(timedelta(seconds=30))
+        after = mismatch()
+        assert after[("hall", "loans", "unexpected_up")] == 1
+        assert after[("hall", "loans", "unexpected_down")] == 0
+    finally:
+        store.close()
