@@ -428,3 +428,57 @@ async def test_a_push_service_has_mismatch_series_and_they_show_its_incident(
         assert after[("hall", "loans", "unexpected_down")] == 0
     finally:
         store.close()
+
+
+# --- 9. `plan --transitions` over the plan's whole span, grouped by instant ---------------------
+
+
+def test_transitions_default_to_the_plans_whole_span(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write(tmp_path, QUOTED_PLAN))
+    code, out, err = run(capsys, "plan", "--config", path, "--transitions", "--format", "json")
+    assert (code, err) == (0, ""), err
+    ats = [item["at"] for item in json.loads(out)["transitions"]]
+    assert ats[0] == "2026-12-18T17:00:00+08:00" and ats[-1] == "2026-12-21T08:00:00+08:00"
+    # one end given: the other is the plan's
+    code, out, _ = run(
+        capsys, "plan", "--config", path, "--transitions", "--from", "2026-12-19", "--format",
+        "json",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["transitions"][0]["at"][:16] == "2026-12-19T09:00"
+
+
+def test_transitions_of_one_instant_are_one_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(write(tmp_path, QUOTED_PLAN))
+    code, out, _ = run(capsys, "plan", "--config", path, "--transitions")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("2026-12-17 17:00 .. 2026-12-22 08:00 (Asia/Shanghai): ")
+    assert "6 change(s) at 4 instant(s)" in lines[0]
+    rows = lines[3:]
+    starts = [row for row in rows if row.startswith("2026-12-18 17:00")]
+    assert len(starts) == 1  # the freeze's start: named once for both services
+    following = rows[rows.index(starts[0]) + 1]
+    assert following.startswith(" ") and "up -> down" in following
+
+
+def test_a_recurring_plan_lists_a_capped_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = QUOTED_PLAN.replace(
+        '[periods.freeze]\ntitle = "核心系统升级"\ntitle_en = "Core system upgrade"\n'
+        'start = "2026-12-18T17:00:00"\nend = "2026-12-21T08:00:00"',
+        '[periods.freeze]\nweekdays = ["saturday:sunday"]',
+    )
+    path = str(write(tmp_path, text))
+    code, out, _ = run(capsys, "plan", "--config", path, "--transitions", "--from", "2020-01-01")
+    assert code == 0
+    assert out.splitlines()[0].startswith("2020-01-01 00:00 .. 2026-12-21 18:00")
+    # the plan's last instant is more than ten years after --from: ten years are listed
+    code, out, _ = run(capsys, "plan", "--config", path, "--transitions", "--from", "2000-01-01")
+    assert code == 0
+    assert out.splitlines()[0].startswith("2000-01-01 00:00 .. 2010-01-01 00:00")
