@@ -482,3 +482,25 @@ def test_a_recurring_plan_lists_a_capped_range(
     code, out, _ = run(capsys, "plan", "--config", path, "--transitions", "--from", "2000-01-01")
     assert code == 0
     assert out.splitlines()[0].startswith("2000-01-01 00:00 .. 2010-01-01 00:00")
+
+
+# --- 11. the headline never names the main pause as "another" ----------------------------------
+
+
+def test_the_headline_does_not_name_the_freeze_beside_itself(tmp_path: Path) -> None:
+    from monitor.site.history import History
+    from monitor.site.model import Snapshot, build
+    from monitor.site.render import headline
+    from monitor.site.words import Lang
+
+    plan = Plan(load_config(write(tmp_path, QUOTED_PLAN)))
+    # Inside the freeze, before the certificate window: the hall's service reopens earlier
+    # (its window) than the portal's (the freeze's end), both paused by the freeze.
+    when = datetime(2026, 12, 19, 8, tzinfo=SHANGHAI)
+    model = build(plan, when, Snapshot(), History(when.date(), when.date()))
+    assert model.headline.period is not None and model.headline.period.id == "freeze"
+    assert model.headline.others == ()
+    for code in ("zh", "en"):
+        text = " ".join(str(line) for line in headline(model, Lang(code, SHANGHAI, when)))
+        assert "核心系统升级" in text or "Core system upgrade" in text
+        assert "另有" not in text and "more service" not in text, text

@@ -428,8 +428,9 @@ def _headline(
 ) -> Headline:
     """The main pause is the largest (most services) of those running now, over in the last
     `RECENT` or coming within `LOOKAHEAD`; a running one wins a tie. Other running pauses are
-    named beside it, one sentence per period and end; the pieces of the main one (same
-    period, same end, such as certificate printing closing again) count as the main one.
+    named beside it, one sentence per period and end; the pieces of the main one (the same
+    period, whatever their end, such as certificate printing paused until its window opens)
+    count as the main one: a period is never "another" pause beside itself.
     A running pause is named after the period that decides it now (the plan's expectation:
     the batch deductions' pause is the July batch pause in July, though it began with the
     freeze); its times are its span's, as the plan gives them."""
@@ -457,9 +458,14 @@ def _headline(
         return Headline("ok", broken=broken, known=known)
     main = max(candidates, key=lambda p: (len(p.services), p in running))
     merged: dict[tuple[str | None, datetime | None], Maintenance] = {}
+    main_id = main.period.id if main.period else None
     for p in running:
         key = (p.period.id if p.period else None, p.end)
-        if p is main or key == (main.period.id if main.period else None, main.end):
+        if p is main or key == (main_id, main.end):
+            continue
+        if main.period is not None and key[0] == main_id:
+            # The main period's own services paused to another end (a window inside the
+            # freeze that opens earlier): the same pause, never "another" one beside it.
             continue
         seen = merged.get(key)
         merged[key] = p if seen is None else replace(seen, services=seen.services + p.services)
