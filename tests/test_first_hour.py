@@ -500,7 +500,70 @@ def test_the_headline_does_not_name_the_freeze_beside_itself(tmp_path: Path) -> 
     model = build(plan, when, Snapshot(), History(when.date(), when.date()))
     assert model.headline.period is not None and model.headline.period.id == "freeze"
     assert model.headline.others == ()
-    for code in ("zh", "en"):
-        text = " ".join(str(line) for line in headline(model, Lang(code, SHANGHAI, when)))
-        assert "核心系统升级" in text or "Core system upgrade" in text
-        assert "另有" not in text and "more service" not in text, text
+    assert [len(part.services) for part in model.headline.parts] == [1]
+    zh, en = (
+        " ".join(str(line) for line in headline(model, Lang(code, SHANGHAI, when)))
+        for code in ("zh", "en")
+    )
+    assert "核心系统升级" in zh and "另有" not in zh, zh
+    assert "其中 1 项业务预计 " in zh and "12月19日 09:00（北京时间）</time>恢复办理" in zh
+    assert "Core system upgrade" in en and "more service" not in en, en
+    assert "Of these, 1 service(s) are planned to reopen " in en
+
+
+# --- 7. a push's answer: the push and the incident apart --------------------------------------
+
+
+async def test_a_push_down_in_the_freeze_matches_the_plan_while_the_incident_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aiohttp
+
+    from monitor.clock import ReplayClock
+    from monitor.daemon import Daemon
+
+    token = "a-token-of-twenty-chars"
+    monkeypatch.setenv("FH_HALL6_PUSH_TOKEN", token)
+    monkeypatch.setenv("FH_PORTAL_URL", "http://127.0.0.1:9/")
+    plan = Plan(load_config(write(tmp_path, QUOTED_PLAN)))
+    clock = ReplayClock(datetime(2026, 12, 20, 12, tzinfo=SHANGHAI))  # frozen, no window
+    daemon = Daemon(plan, tmp_path / "monitor.db", tmp_path / "site", port=0, clock=clock)
+    await daemon.start(schedule=False)
+    try:
+        url = f"http://127.0.0.1:{daemon.port}/push/hall/fund"
+        headers = {"Authorization": f"Bearer {token}"}
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for body in ('{"serving": true}', '{"serving": true}', '{"serving": false}'):
+                async with session.post(url, data=body, headers=headers) as response:
+                    assert response.status == 202
+                    answers.append(await response.json())
+        opened, down = answers[1], answers[2]
+        assert opened["matches_plan"] is False
+        assert opened["incident"] == {"open": True, "direction": "unexpected_up"}
+        assert down["serving"] is False and down["expected"] == "down"
+        assert down["matches_plan"] is True
+        assert down["incident"] == {"open": True, "direction": "unexpected_up"}
+        assert down["verdict"] == "unexpected_up"  # kept for pushers written against it
+        assert down["accepted"] is True
+    finally:
+        await daemon.stop()
+
+
+def test_the_push_command_says_the_push_and_the_incident_apart() -> None:
+    from monitor.cli.push import _answer
+
+    said = _answer(
+        {
+            "serving": False,
+            "expected": "down",
+            "matches_plan": True,
+            "incident": {"open": True, "direction": "unexpected_up"},
+            "verdict": "unexpected_up",
+        }
+    )
+    assert said.startswith(
+        "this push: not serving, expected down, matches the plan; "
+        "incident still open (unexpected_up) / 本次推送符合计划"
+    )
+    assert _answer({"verdict": "ok"}) == "verdict ok"  # an older monitor's answer
