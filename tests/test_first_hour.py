@@ -567,3 +567,34 @@ def test_the_push_command_says_the_push_and_the_incident_apart() -> None:
         "incident still open (unexpected_up) / 本次推送符合计划"
     )
     assert _answer({"verdict": "ok"}) == "verdict ok"  # an older monitor's answer
+
+
+# --- 8. the reload log says what moved ---------------------------------------------------------
+
+
+def test_moving_the_freezes_end_is_told_in_the_reload_summary(tmp_path: Path) -> None:
+    from monitor.plan.change import PlanChange
+
+    old = Plan(load_config(write(tmp_path, QUOTED_PLAN, "old.toml")))
+    later = QUOTED_PLAN.replace('end = "2026-12-21T08:00:00"', 'end = "2026-12-22T08:00:00"')
+    new = Plan(load_config(write(tmp_path, later, "new.toml")))
+    # Two days before the old end: nothing is expected otherwise now, but within the week.
+    change = PlanChange.between(old, new, datetime(2026, 12, 19, 12, tzinfo=SHANGHAI))
+    assert change.expecting == frozenset()
+    assert change.expecting_soon == {("portal", "fund"), ("hall", "fund")}
+    assert [pid for pid, _, _ in change.moved] == ["freeze"]
+    summary = change.summary()
+    assert "0 now expected otherwise, 2 expected otherwise within 7 days" in summary
+    assert "(hall/fund, portal/fund)" in summary
+    assert (
+        "period freeze moved: 2026-12-18 17:00 .. 2026-12-21 08:00 -> "
+        "2026-12-18 17:00 .. 2026-12-22 08:00"
+    ) in summary
+    # A month before: the freeze still moved, though no service changes within the week.
+    early = PlanChange.between(old, new, datetime(2026, 11, 19, tzinfo=SHANGHAI))
+    assert early.expecting_soon == frozenset() and "period freeze moved" in early.summary()
+    # Only the titles changed: nothing moved.
+    retitled = Plan(
+        load_config(write(tmp_path, QUOTED_PLAN.replace("核心系统升级", "升级"), "t.toml"))
+    )
+    assert PlanChange.between(old, retitled, datetime(2026, 12, 19, tzinfo=SHANGHAI)).moved == ()
