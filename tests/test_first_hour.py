@@ -598,3 +598,79 @@ def test_moving_the_freezes_end_is_told_in_the_reload_summary(tmp_path: Path) ->
         load_config(write(tmp_path, QUOTED_PLAN.replace("核心系统升级", "升级"), "t.toml"))
     )
     assert PlanChange.between(old, retitled, datetime(2026, 12, 19, tzinfo=SHANGHAI)).moved == ()
+
+
+# --- 10. the report's default range ends now; its reasons are the operators' ---------------------
+
+
+def _pushed_store(tmp_path: Path, plan: Plan, times: list[datetime], reason: str) -> Path:
+    """A store with the hall's pushes at `times`, judged as the pipeline does."""
+    from monitor.judge import ServiceState, judge, thresholds_for, with_incident_id
+    from monitor.observation import Observation
+    from monitor.store import PendingObservation, Store
+
+    db = tmp_path / "monitor.db"
+    store = Store(db)
+    try:
+        ref = plan.service("hall", "loans")
+        state = ServiceState()
+        for when in times:
+            observation = Observation(at=when, serving=True, reason=reason)
+            expectation = plan.expected(ref, when)
+            result = judge(
+                state, expectation, plan.in_grace(ref, when), observation, thresholds_for(plan, ref)
+            )
+            store.add(PendingObservation(*ref.key, observation, expectation.state, result.counted))
+            state = result.state
+            for event in result.events:
+                record = store.record_event(*ref.key, event)
+                if event.kind == "opened":
+                    state = with_incident_id(state, record.id)
+        store.flush()
+    finally:
+        store.close()
+    return db
+
+
+def test_the_reports_default_range_ends_now_mid_hour(tmp_path: Path) -> None:
+    from monitor.report import build_report, open_readonly
+
+    plan = Plan(load_config(write(tmp_path, OBSERVED_PLAN)))
+    start = datetime(2026, 12, 19, 20, 0, tzinfo=SHANGHAI)
+    pushes = [start + timedelta(minutes=m) for m in range(0, 10)]
+    db = _pushed_store(tmp_path, plan, pushes, "pushed: count 3")
+    now = start + timedelta(minutes=10)  # ten minutes into the hour
+    store = open_readonly(db)
+    try:
+        report = build_report(plan, store, now=now)
+    finally:
+        store.close()
+    assert (report.start, report.end) == (start, now)
+    [line] = [s for ch in report.channels for s in ch.services if s.ref.key == ("hall", "loans")]
+    assert line.times.unobserved < 60, line.times.unobserved  # not the rest of the hour
+    # a store whose data lies in the past keeps its own end
+    store = open_readonly(db)
+    try:
+        later = build_report(plan, store, now=start + timedelta(days=3))
+    finally:
+        store.close()
+    assert later.end == start + timedelta(hours=1)
+
+
+def test_the_report_keeps_what_the_channel_pushed(tmp_path: Path) -> None:
+    from monitor.report import build_report, open_readonly
+    from monitor.report.formats import as_json, as_text
+
+    plan = Plan(load_config(write(tmp_path, OBSERVED_PLAN)))
+    start = datetime(2026, 12, 19, 20, 0, tzinfo=SHANGHAI)  # frozen: an incident opens
+    db = _pushed_store(tmp_path, plan, [start, start + timedelta(minutes=1)], "pushed: count 3")
+    store = open_readonly(db)
+    try:
+        report = build_report(plan, store, start, start + timedelta(hours=1), now=start)
+    finally:
+        store.close()
+    data = as_json(report)
+    incidents = [i for ch in data["channels"] for s in ch["services"] for i in s["incidents"]]
+    assert incidents and incidents[0]["reason_zh"] == "渠道推送：count 3"
+    assert incidents[0]["reason"] == "the channel pushed: count 3"
+    assert "the channel pushed: count 3" in as_text(report)
