@@ -699,8 +699,8 @@ class Metrics:
         )
         states = self.pipeline.states
         for ref, label in zip(snap.services, snap.labels, strict=True):
-            if ref.service.probe is None:
-                continue
+            if ref.service.observed_by == "schedule":
+                continue  # never observed, never an incident; a push's incidents count too
             state = states.get(ref.key)
             direction = state.incident.direction if state and state.incident else None
             for verdict in DIRECTIONS:

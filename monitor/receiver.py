@@ -356,15 +356,7 @@ class PushReceiver:
                 "监测程序暂时无法接收推送，请重新发送",
             ).response()
         log.debug("push to %s/%s: %s", *_printable(key), result.observation.reason)
-        body = {
-            "accepted": True,
-            "channel": result.ref.channel.id,
-            "service": result.ref.service.id,
-            "at": result.observation.at.isoformat(),
-            "serving": result.observation.serving,
-            "expected": result.expectation.state,
-            "verdict": result.verdict.value,
-        }
+        body = push_answer(result)
         from aiohttp import web  # (the server's; importing the kind loads no HTTP stack)
 
         return web.json_response(body, status=202)
@@ -511,3 +503,29 @@ class PushReceiver:
 def _printable(key: Key) -> tuple[str, str]:
     """Ids from a request path, cut and cleaned for a log line (they are the caller's text)."""
     return tuple(_CONTROL.sub("?", clean_text(part))[:64] for part in key)  # type: ignore[return-value]
+
+
+def push_answer(result: Result) -> dict:
+    """The body of an accepted push: what this push said and whether it agrees with the
+    plan, apart from the state of the service's incident. `verdict` (the service's
+    confirmed verdict, which follows the incident) stays for the pushers written against it;
+    a pusher that reports "down" during a freeze reads `matches_plan: true` even while the
+    incident its earlier "up" pushes opened is still `open` (it resolves after
+    `success_threshold` agreeing pushes)."""
+    from monitor.judge import mismatch
+
+    incident = result.judgement.state.incident
+    return {
+        "accepted": True,
+        "channel": result.ref.channel.id,
+        "service": result.ref.service.id,
+        "at": result.observation.at.isoformat(),
+        "serving": result.observation.serving,
+        "expected": result.expectation.state,
+        "matches_plan": mismatch(result.expectation, result.observation.serving) is None,
+        "incident": {
+            "open": incident is not None,
+            "direction": incident.direction.value if incident is not None else None,
+        },
+        "verdict": result.verdict.value,
+    }

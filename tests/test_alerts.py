@@ -872,10 +872,12 @@ def test_alerts_test_command_without_sinks_and_with_missing_variable(
         tmp_path / "env.toml",
         '[[alerts]]\ntype = "webhook"\nurl = "https://h.example.test/${CM_TEST_UNSET}"\n',
     )
-    assert main(["alerts", "test", "--config", str(plan)]) == 2
-    err = capsys.readouterr().err
-    assert 'alerts[0].url: environment variable "CM_TEST_UNSET"' in err
-    assert "h.example.test" not in err
+    # Not sent, and said so: a warning on stderr, a failed row, exit 1 (a sink failed).
+    assert main(["alerts", "test", "--config", str(plan)]) == 1
+    out, err = capsys.readouterr()
+    assert 'alerts[0].url: warning: environment variable "CM_TEST_UNSET" is not set' in err
+    assert "not sent: environment variable CM_TEST_UNSET is not set" in out
+    assert "h.example.test" not in err + out
 
 
 # --- the shipped plan ------------------------------------------------------------------------

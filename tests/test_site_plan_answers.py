@@ -213,13 +213,17 @@ def test_the_batch_deductions_reopen_on_08_01_everywhere(tmp_path: Path) -> None
     render_from(SHIPPED, site, at, None)
     zh = (site / "index.html").read_text("utf-8")
     en = (site / "en" / "index.html").read_text("utf-8")
-    assert "另有 2 项业务按计划暂停（社保系统停机切换（养老、工伤、失业业务暂停）），预计 " in zh
+    # the batch deductions are the freeze's own services, reopening later: not "another" pause
+    assert "另有 2 项业务按计划暂停（社保系统停机切换" not in zh
     assert (
-        '预计 <time datetime="2022-08-01T00:00+08:00">2022年8月1日 00:00（北京时间）</time>恢复'
-        in zh
+        '其中 2 项业务预计 <time datetime="2022-08-01T00:00+08:00">2022年8月1日 00:00（北京时间）'
+        "</time>恢复办理" in zh
     )
     assert "2022-07-01T00:00" not in zh
-    assert 'until <time datetime="2022-08-01T00:00+08:00">1 Aug 2022 00:00 (UTC+8)</time>' in en
+    assert (
+        'Of these, 2 service(s) are planned to reopen <time datetime="2022-08-01T00:00+08:00">'
+        "1 Aug 2022 00:00 (UTC+8)</time>" in en
+    )
     assert "2022-07-01T00:00" not in en
     atom = (site / "history.atom").read_text("utf-8")
     assert "2022年6月22日 18:00（北京时间） – 2022年8月1日 00:00（北京时间）（进行中）" in atom

@@ -25,8 +25,20 @@ class SinkAnswer:
 async def send_test(plan: Plan) -> list[SinkAnswer]:
     """Send the test message to every sink at once; never raises for a sink's failure."""
     alert = test_alert(datetime.now(UTC), plan.zone.key)
+    # A sink whose `${NAME}` is unset would send the reference itself: it is not sent to.
+    waiting = [
+        SinkAnswer(
+            config.name,
+            config.type,
+            False,
+            f"not sent: environment variable {', '.join(config.unset)} is not set / "
+            "未发送：环境变量未设置",
+        )
+        for config in plan.config.alerts
+        if config.unset
+    ]
     async with new_client() as client:
-        sinks = [build_sink(config, client) for config in plan.config.alerts]
+        sinks = [build_sink(c, client) for c in plan.config.alerts if not c.unset]
 
         async def one(sink) -> SinkAnswer:
             try:
@@ -40,4 +52,4 @@ async def send_test(plan: Plan) -> list[SinkAnswer]:
                 )
             return SinkAnswer(sink.name, sink.type, True, answer)
 
-        return list(await asyncio.gather(*(one(sink) for sink in sinks)))
+        return waiting + list(await asyncio.gather(*(one(sink) for sink in sinks)))

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common], help="probe every service once and judge it")
     p.add_argument("--at", help="judge against the plan at this instant; default now")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="exit 0 even when a probed service, or a push whose token is unset, could not be "
+        "observed (default: exit 1)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -299,7 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit code."""
+    """Run the command line; return the process exit code.
+
+    Output piped into a reader that stops early (`validate | head -1`, `--help | head`) ends
+    the command quietly: what was asked for has been read, so it is no error of the user's
+    and no traceback (the exit code is the one Python's own tools use, 120)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_left()
+
+
+#: The exit code when the reader of our output went away (as Python does at shutdown).
+EXIT_READER_LEFT = 120
+
+
+def _reader_left() -> int:
+    """Point stdout at /dev/null, so the interpreter's last flush meets no closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured in tests)
+        pass
+    return EXIT_READER_LEFT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -51,8 +51,21 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 def load_plan(path: str) -> Plan:
-    """Load and validate the plan file named on the command line."""
-    return Plan(load_config(path))
+    """Load and validate the plan file named on the command line, its warnings on stderr."""
+    return load_plan_warned(path)[0]
+
+
+def load_plan_warned(path: str) -> tuple[Plan, list[str]]:
+    """The plan and its warnings (`monitor.plan.hints`), printed on stderr as they are found.
+
+    The commands that read the plan but send no alert (all but `run`) accept an alert sink
+    whose `${NAME}` is unset and warn about it: a plan is checked, listed and reported on
+    machines that do not hold the secrets; only `run` needs them, and refuses without."""
+    warnings: list[str] = []
+    plan = Plan(load_config(path, unset_secrets=True, warnings=warnings))
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    return plan, warnings
 
 
 def instant(args: argparse.Namespace, plan: Plan, name: str = "at") -> datetime:

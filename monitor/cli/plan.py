@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import typing
+from datetime import datetime
 
 from monitor.cli.common import (
     EXIT_BAD_INPUT,
@@ -16,6 +17,7 @@ from monitor.cli.common import (
     UsageError,
     instant,
     load_plan,
+    load_plan_warned,
     local,
     parse_option,
 )
@@ -27,7 +29,7 @@ from monitor.table import render_table
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    plan = load_plan(args.config)
+    plan, warnings = load_plan_warned(args.config)
     probed = sum(1 for ref in plan.services if ref.service.probe)
     config = plan.config
     print(
@@ -37,10 +39,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     unset = coverage(plan)
     warn_browser(plan)
     warn_subscription_key(plan)
-    if unset and args.strict:
+    if (unset or warnings) and args.strict:
         print(
-            f"{args.config}: --strict: {len(unset)} environment variable(s) not set; "
-            "set them or remove the references / 有环境变量未设置",
+            f"{args.config}: --strict: {len(unset)} environment variable(s) not set for "
+            f"probes or pushes, {len(warnings)} warning(s); set the variables or fix the "
+            f"references / 有 {len(unset)} 个探测或推送的环境变量未设置，{len(warnings)} 条警告",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -130,17 +133,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def transitions_range(args: argparse.Namespace, plan: Plan) -> tuple[datetime, datetime]:
+    """`--from` and `--until` of `plan --transitions`, each defaulting to the plan's whole span
+    (a day before the first instant it names to a day after the last, as `plan diff` does;
+    a year from now for a plan of recurring periods only). A default range is cut to ten
+    years; one given in full that is longer is refused, as before."""
+    from monitor.plan.diff import UNDATED_RANGE, default_range
+
+    first, last = default_range(plan.config, plan.config, RealClock().now())
+    start = instant(args, plan, "from_") if args.from_ else None
+    end = instant(args, plan, "until") if args.until else None
+    if start is not None and end is not None:
+        if end <= start:
+            raise UsageError("--until must be after --from")
+        if end - start > MAX_TRANSITIONS_SPAN:
+            raise UsageError(
+                f"--from and --until are more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) "
+                "apart; ask for a shorter range (recurring periods are walked day by day)"
+            )
+        return start, end
+    if start is not None:
+        end = last if last > start else start + UNDATED_RANGE
+        return start, min(end, start + MAX_TRANSITIONS_SPAN)
+    if end is not None:
+        start = first if first < end else end - UNDATED_RANGE
+        return max(start, end - MAX_TRANSITIONS_SPAN), end
+    return first, min(last, first + MAX_TRANSITIONS_SPAN)
+
+
 def _transitions(args: argparse.Namespace, plan: Plan) -> int:
-    if not args.from_ or not args.until:
-        raise UsageError("--transitions needs --from and --until")
-    start, end = instant(args, plan, "from_"), instant(args, plan, "until")
-    if end <= start:
-        raise UsageError("--until must be after --from")
-    if end - start > MAX_TRANSITIONS_SPAN:
-        raise UsageError(
-            f"--from and --until are more than {MAX_TRANSITIONS_SPAN.days:,} days (ten years) "
-            "apart; ask for a shorter range (recurring periods are walked day by day)"
-        )
+    start, end = transitions_range(args, plan)
     names = {ref.key: ref for ref in plan.services}
     items = [
         {
@@ -156,18 +178,29 @@ def _transitions(args: argparse.Namespace, plan: Plan) -> int:
     if args.format == "json":
         print(json.dumps({"transitions": items}, ensure_ascii=False, indent=2))
         return EXIT_OK
-    rows = []
+    # One group per instant: the same change of many services is read once, as one block.
+    groups: dict[str, list[dict]] = {}
     for item in items:
-        ref = names[(item["channel"], item["service"])]
-        rows.append(
-            [
-                local(plan, item["at"]),
-                ref.channel.name,
-                ref.service.name,
-                f"{item['from']} -> {item['to']}",
-                item["period"] or "-",
-            ]
-        )
+        groups.setdefault(item["at"], []).append(item)
+    rows = []
+    for at, group in groups.items():
+        group.sort(key=lambda i: (i["from"], i["to"], i["period"] or ""))
+        for index, item in enumerate(group):
+            ref = names[(item["channel"], item["service"])]
+            rows.append(
+                [
+                    local(plan, at) if index == 0 else "",
+                    ref.channel.name,
+                    ref.service.name,
+                    f"{item['from']} -> {item['to']}",
+                    item["period"] or "-",
+                ]
+            )
+    print(
+        f"{local(plan, start.isoformat())} .. {local(plan, end.isoformat())} ({plan.zone.key}): "
+        f"{len(items)} change(s) at {len(groups)} instant(s) / "
+        f"{len(groups)} 个时刻共 {len(items)} 项变化"
+    )
     print(render_table(["at", "channel", "service", "change", "period"], rows))
     return EXIT_OK
 

@@ -85,8 +85,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         data = {}
     data = data if isinstance(data, dict) else {}
     if 200 <= status < 300:
-        verdict = data.get("verdict", "?")
-        print(f"{args.channel}/{args.service}: accepted (HTTP {status}), verdict {verdict}")
+        print(f"{args.channel}/{args.service}: accepted (HTTP {status}), {_answer(data)}")
         return EXIT_OK
     error = data.get("error") or "not accepted"
     error_zh = data.get("error_zh") or "未被接受"
@@ -95,6 +94,27 @@ def cmd_push(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_MISMATCH
+
+
+def _answer(data: dict) -> str:
+    """What the monitor made of the push, this push and the service's incident apart: a
+    "down" during a freeze agrees with the plan even while an earlier incident is open."""
+    if "matches_plan" not in data:  # a monitor from before the answer said so
+        return f"verdict {data.get('verdict', '?')}"
+    said = {True: "serving", False: "not serving"}.get(data.get("serving"), "?")
+    agrees = "matches the plan" if data["matches_plan"] else "does not match the plan"
+    agrees_zh = "符合计划" if data["matches_plan"] else "不符合计划"
+    incident = data.get("incident") or {}
+    if incident.get("open"):
+        state = f"incident still open ({incident.get('direction')})"
+        state_zh = "告警事件仍未解除"
+    else:
+        state, state_zh = "no incident open", "无未解除的事件"
+    expected = data.get("expected", "?")
+    return (
+        f"this push: {said}, expected {expected}, {agrees}; {state} / "
+        f"本次推送{agrees_zh}；{state_zh}"
+    )
 
 
 # --- parser ----------------------------------------------------------------------------------

@@ -71,7 +71,21 @@ async def check(plan: Plan, at: datetime) -> dict:
         for s in data["services"]
         if s["verdict"] in (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
     )
+    data["unobserved"] = sum(1 for s in data["services"] if _unobserved(s))
+    data["push_not_checked"] = sum(
+        1 for s in data["services"] if s["observed_by"] == "push" and not s["not_configured"]
+    )
     return data
+
+
+def _unobserved(entry: dict) -> bool:
+    """A service `check` should have observed and could not: a probe that could not tell
+    (unreachable in a way that says nothing, a browser missing, an unset variable), or a push
+    whose token is unset (no channel can ever push it). A configured push is not one: its
+    pushes arrive at `run`, never at a one-shot `check`."""
+    if entry["observed_by"] == "push":
+        return bool(entry["not_configured"])
+    return entry["observed_by"] != "schedule" and entry["verdict"] == "unknown"
 
 
 _SEEN = {True: "serving", False: "not serving", None: "unknown"}
@@ -95,8 +109,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(
             render_table(["channel", "service", "expected", "observed", "reason", "verdict"], rows)
         )
-        print(f"{data['mismatches']} mismatch(es)")
-    return EXIT_MISMATCH if data["mismatches"] else EXIT_OK
+        print(_summary(data, args.allow_unknown))
+    failed = data["mismatches"] or (data["unobserved"] and not args.allow_unknown)
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _summary(data: dict, allow_unknown: bool) -> str:
+    """The last line of `check`: mismatches, and the services that could not be observed,
+    which fail the check unless `--allow-unknown` (a gate must not pass a plan whose probes
+    were never able to look)."""
+    line = f"{data['mismatches']} mismatch(es), {data['unobserved']} not observed (unknown)"
+    if data["unobserved"]:
+        line += (
+            " allowed by --allow-unknown" if allow_unknown else ": exit 1 (--allow-unknown to pass)"
+        )
+    if data["push_not_checked"]:
+        line += f"; {data['push_not_checked']} push service(s) not checked (pushes arrive at `run`)"
+    zh = f"{data['mismatches']} 项不符，{data['unobserved']} 项无法观测"
+    if data["push_not_checked"]:
+        zh += f"，{data['push_not_checked']} 项推送服务不在 check 中检查"
+    return f"{line} / {zh}"
 
 
 # --- run -------------------------------------------------------------------------------------

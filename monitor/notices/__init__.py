@@ -138,6 +138,15 @@ class NoticeUpdate(_Model):
             value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
         return value
 
+    @field_validator("at")
+    @classmethod
+    def _quoted_local(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """A quoted instant (`at = "2022-07-06T13:20:00"`) is parsed only after `_local` has
+        seen a string: it is read in the plan's zone too, never left naive."""
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
+        return value
+
     @property
     def closed(self) -> bool:
         return self.status in CLOSED_STATUSES

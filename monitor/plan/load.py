@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import gc
 import itertools
+import os
 import re
 import tomllib
 import typing
@@ -26,6 +27,7 @@ from monitor.fields import (
 )
 from monitor.kinds.base import UrlProbe
 from monitor.plan.errors import ConfigError, _describe, _plan_zone, _quote, key_path
+from monitor.plan.hints import EnvHints
 from monitor.plan.schema import Channel, PlanConfig
 from monitor.plan.sinks import SIGNING_SINKS, SinkType
 
@@ -96,11 +98,20 @@ def _plain_zone(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC if not offset else timezone(offset))
 
 
-def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
+def load_config(
+    path: str | Path,
+    alerts: bool = True,
+    *,
+    unset_secrets: bool = False,
+    warnings: list[str] | None = None,
+) -> PlanConfig:
     """Read and validate a plan file; raise ConfigError listing every problem.
 
     `alerts=False` leaves out `[[alerts]]` (`run --no-alerts`): a monitor that sends none need
-    not have its sinks' secrets in its environment.
+    not have its sinks' secrets in its environment. `unset_secrets=True` keeps a sink whose
+    `${NAME}` is unset, as written (`AlertSink.unset`): the commands that read the plan but
+    send nothing warn about it instead of refusing the whole plan; `run` keeps refusing.
+    `warnings`, when given, receives what is valid but probably a slip (`hints.py`).
 
     The plan is read a `[[channels]]` table at a time where that provably gives the same
     result (`_plan_in_parts`), each channel validated and its raw tables dropped before the
@@ -115,13 +126,13 @@ def load_config(path: str | Path, alerts: bool = True) -> PlanConfig:
         raise ConfigError([f"{path}: cannot read the plan file ({exc.strerror or exc})"]) from None
     with gc_paused():
         try:
-            return _load_in_parts(raw, str(path), alerts)
+            return _load_in_parts(raw, str(path), alerts, unset_secrets, warnings)
         except _NotInParts:
             pass
         data = parse_toml(raw, path, "plan file")
         if not alerts:
             data.pop("alerts", None)
-        return validate_config(data, str(path))
+        return validate_config(data, str(path), unset_secrets=unset_secrets, warnings=warnings)
 
 
 class _NotInParts(Exception):
@@ -205,18 +216,24 @@ def _plan_in_parts(raw: bytes) -> tuple[dict[str, Any], typing.Iterator[Any]]:
     return data, channels()
 
 
-def _load_in_parts(raw: bytes, filename: str, alerts: bool) -> PlanConfig:
+def _load_in_parts(
+    raw: bytes,
+    filename: str,
+    alerts: bool,
+    unset_secrets: bool = False,
+    warnings: list[str] | None = None,
+) -> PlanConfig:
     """`validate_config` of the plan read in parts, each channel validated as it is read."""
     data, channels = _plan_in_parts(raw)
     if not alerts:
         data.pop("alerts", None)
-    check = _PlanCheck(data, filename)
+    check = _PlanCheck(data, filename, unset_secrets=unset_secrets)
     validated = []
     for index, channel in enumerate(channels):
         check.references(index, channel)
         validated.append(check.channel(index, channel))
     data["channels"] = validated
-    return check.finish(data)
+    return check.finish(data, warnings)
 
 
 @contextlib.contextmanager
@@ -235,17 +252,23 @@ def gc_paused() -> typing.Iterator[None]:
 
 
 def validate_config(
-    data: dict[str, Any], filename: str = "channels.toml", env: Mapping[str, str] | None = None
+    data: dict[str, Any],
+    filename: str = "channels.toml",
+    env: Mapping[str, str] | None = None,
+    *,
+    unset_secrets: bool = False,
+    warnings: list[str] | None = None,
 ) -> PlanConfig:
     """Validate parsed TOML; field errors and cross-reference errors are reported together.
 
-    `${NAME}` references in `[[alerts]]` are read from `env` (default: the process environment).
+    `${NAME}` references in `[[alerts]]` are read from `env` (default: the process environment);
+    an unset one is a problem unless `unset_secrets` (see `load_config`).
     """
-    check = _PlanCheck(data, filename, env)
+    check = _PlanCheck(data, filename, env, unset_secrets=unset_secrets)
     channels = data.get("channels")
     for index, channel in enumerate(channels if isinstance(channels, list) else ()):
         check.references(index, channel)
-    return check.finish(data)
+    return check.finish(data, warnings)
 
 
 class _Sharing:
@@ -316,10 +339,17 @@ class _PlanCheck:
     validation would have (after the fields before `channels`, before the rest)."""
 
     def __init__(
-        self, top: dict[str, Any], filename: str, env: Mapping[str, str] | None = None
+        self,
+        top: dict[str, Any],
+        filename: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        unset_secrets: bool = False,
     ) -> None:
         self.filename = filename
-        self.context = {"tz": _plan_zone(top), "env": env}
+        self.context = {"tz": _plan_zone(top), "env": env, "unset_secrets": unset_secrets}
+        self.unset_secrets = unset_secrets
+        self.hints = EnvHints(filename, os.environ if env is None else env)
         periods = top.get("periods")
         self.periods: dict[str, Any] = periods if isinstance(periods, dict) else {}
         self.problems: list[str] = []
@@ -374,6 +404,11 @@ class _PlanCheck:
                     )
                 else:
                     seen_services[sid] = si
+            for table in ("probe", "push"):
+                self.hints.way(
+                    service.get(table),
+                    lambda *loc, si=si, table=table: path("services", si, table, *loc),
+                )
             rules = service.get("expect") if isinstance(service.get("expect"), list) else []
             for ri, rule in enumerate(rules):
                 during = rule.get("during") if isinstance(rule, dict) else None
@@ -387,8 +422,9 @@ class _PlanCheck:
                         f"expected one of the periods defined under [periods]: {known}"
                     )
 
-    def finish(self, data: dict[str, Any]) -> PlanConfig:
-        """The whole plan validated; ConfigError with every problem found on the way."""
+    def finish(self, data: dict[str, Any], warnings: list[str] | None = None) -> PlanConfig:
+        """The whole plan validated; ConfigError with every problem found on the way. What is
+        valid but probably a slip goes to `warnings` (when the plan has no problem)."""
         problems: list[str] = []
         config: PlanConfig | None = None
         try:
@@ -412,6 +448,9 @@ class _PlanCheck:
         if problems:
             raise ConfigError(problems)
         assert config is not None
+        if warnings is not None:
+            self.hints.top(data, lambda *loc: key_path(loc, data), self.unset_secrets)
+            warnings.extend(self.hints.finish())
         return config
 
 

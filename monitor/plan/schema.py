@@ -202,8 +202,8 @@ class Period(_Model):
 
     @field_validator("start", "end")
     @classmethod
-    def _supported(cls, value: datetime | None) -> datetime | None:
-        return _in_years(value)
+    def _supported(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return _in_years(_in_plan_zone(value, info))
 
     @model_validator(mode="after")
     def _ordered(self) -> Period:
@@ -220,6 +220,18 @@ class Period(_Model):
 
 
 # --- milestones, channels, services -----------------------------------------------------------
+
+
+def _in_plan_zone(value: date | None, info: ValidationInfo) -> date | None:
+    """A datetime without an offset read in the plan's zone, however it was written.
+
+    TOML's local datetimes are zoned before parsing, but a quoted one (`start =
+    "2026-12-18T17:00:00"`) is a string that pydantic turns into a naive datetime only while it
+    validates the field; it is read the same way here, after that parsing, so the plan never
+    holds a naive instant that every later comparison with an aware one would fail on."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=(info.context or {}).get("tz") or ZoneInfo("UTC"))
+    return value
 
 
 def _in_years(value: date | None) -> date | None:
@@ -249,8 +261,8 @@ class Milestone(_Model):
 
     @field_validator("at", "until")
     @classmethod
-    def _supported(cls, value: date | None) -> date | None:
-        return _in_years(value)
+    def _supported(cls, value: date | None, info: ValidationInfo) -> date | None:
+        return _in_years(_in_plan_zone(value, info))
 
 
 class Rule(_Model):

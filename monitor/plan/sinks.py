@@ -17,9 +17,11 @@ from pydantic import (
 
 from monitor.fields import (
     _ENV_REFERENCE,
+    _URL_PATTERN,
     _Model,
     _non_empty,
     check_probe_url,
+    fill_in,
 )
 
 SinkType = Literal["alertmanager", "webhook", "wecom", "dingtalk", "feishu"]
@@ -31,12 +33,18 @@ SIGNING_SINKS = ("webhook", "dingtalk", "feishu")
 def _from_environment(value: object, info: ValidationInfo) -> object:
     """Replace every `${NAME}` in a string with the environment variable NAME.
 
-    A missing or empty variable is an error that names the variable, never the value."""
+    A missing or empty variable is an error that names the variable, never the value, where
+    the sinks will be used (`run`, the default); for the commands that only read the plan
+    (context `unset_secrets`), the reference stays as written and the sink says it is not
+    ready (`AlertSink.unset`), so a plan can be checked on a machine without the secrets."""
     if not isinstance(value, str) or "${" not in value:
         return value  # nothing to fill in (and `info.context` costs 17 us a read)
-    env = (info.context or {}).get("env")
+    context = info.context or {}
+    env = context.get("env")
     env = os.environ if env is None else env
     missing = [name for name in _ENV_REFERENCE.findall(value) if not env.get(name)]
+    if missing and context.get("unset_secrets"):
+        return fill_in(value, env)
     if missing:
         names = ", ".join(f'"{name}"' for name in dict.fromkeys(missing))
         plural = "s" if len(set(missing)) > 1 else ""
@@ -59,7 +67,7 @@ class AlertSink(_Model):
     type: SinkType
     #: Checked after `${NAME}` is replaced, as a probe's URL is: one that cannot be sent fails
     #: here, not at the first incident.
-    url: Annotated[str, Field(pattern=r"^https?://\S+$"), FromEnv, AfterValidator(check_probe_url)]
+    url: Annotated[str, Field(pattern=_URL_PATTERN), FromEnv, AfterValidator(check_probe_url)]
     name: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = ""
     secret: Annotated[str, FromEnv] | None = None
     directions: Annotated[tuple[AlertDirection, ...], AfterValidator(_non_empty)] = (
@@ -73,6 +81,13 @@ class AlertSink(_Model):
         if not self.name:
             object.__setattr__(self, "name", self.type)
         return self
+
+    @property
+    def unset(self) -> tuple[str, ...]:
+        """The environment variables its URL or secret still names, unset: such a sink
+        cannot send (`run` refuses to start it; the other commands warn)."""
+        texts = (self.url, self.secret or "")
+        return tuple(dict.fromkeys(n for t in texts for n in _ENV_REFERENCE.findall(t)))
 
     def __repr__(self) -> str:  # the URL and the secret may hold tokens
         return f"AlertSink(type={self.type!r}, name={self.name!r})"

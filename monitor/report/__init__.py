@@ -359,7 +359,8 @@ def build_report(
     resolution: str = "auto",
     now: datetime | None = None,
 ) -> Report:
-    """The report over `[start, end)` (default: the span the store holds) from an open store.
+    """The report over `[start, end)` (default: the span the store holds, up to `now`) from an
+    open store.
 
     `cover` overrides how long one observation stands for (default: twice each service's
     interval); `resolution` forces `raw` or `hourly` instead of choosing by what is kept.
@@ -369,7 +370,11 @@ def build_report(
         span = db.stored_range()
         if span is None:
             raise ReportError("the store holds no observations or incidents yet")
-        start, end = start or span[0], end or span[1]
+        # The stored span ends with its last hour; while that hour is still running (a report
+        # taken mid-run), the rest of it has not happened: the report ends now, or its last
+        # minutes would all count as unobserved.
+        last = now if span[0] < now < span[1] else span[1]
+        start, end = start or span[0], end or last
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         raise ReportError("--until must be after --from")

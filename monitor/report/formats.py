@@ -1,9 +1,12 @@
 """The report written out: a terminal table, CSV, JSON, and one printable HTML document.
 
 Every format carries the same numbers and says which resolution they came from. Probe
-reasons go through the page's one table of reason words (`reason_text`), so text a probe did
-not choose from its fixed phrases never reaches a report. The HTML is self-contained (inline
-CSS, no script, no request to anywhere) and laid out for A4 paper, one channel per page.
+reasons go through the one table of reason words (`monitor.reasons`), so text a probe did
+not choose from its fixed phrases never reaches a report; the report is the operators', so
+unlike the page it keeps the parts of a reason that are for operators only (what a
+channel pushed: `渠道推送：count 3`, not `the channel reported its state`). The HTML is
+self-contained (inline CSS, no script, no request to anywhere) and laid out for A4 paper,
+one channel per page.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 from datetime import datetime
 from html import escape
 
+from monitor import reasons
 from monitor.report import ChannelLine, Evidence, IncidentLine, Report, Times
 from monitor.site.words import reason_text
 from monitor.table import render_table
@@ -21,6 +25,12 @@ DIRECTIONS = {
     "unexpected_up": ("应停未停", "up while it should be down"),
     "unexpected_down": ("应开未开", "down while it should be up"),
 }
+
+
+def _reason(reason: str | None, lang: str) -> str:
+    """A reason in operators' words (`lang` zh or en): the table's full words, with the parts
+    the page leaves out; a reason the table does not know is "other reason", as on the page."""
+    return reasons.describe(reason, lang) or reason_text(reason, lang)
 
 
 def _local(report: Report, value: datetime | None) -> str:
@@ -99,8 +109,8 @@ def _evidence(report: Report, item: Evidence | None) -> dict | None:
         return None
     return {
         "at": _iso(report, item.at),
-        "reason": reason_text(item.reason, "en"),
-        "reason_zh": reason_text(item.reason, "zh"),
+        "reason": _reason(item.reason, "en"),
+        "reason_zh": _reason(item.reason, "zh"),
     }
 
 
@@ -111,9 +121,9 @@ def _incident(report: Report, item: IncidentLine) -> dict:
         "opened": _iso(report, item.opened_at),
         "resolved": _iso(report, item.resolved_at),
         "duration_seconds": round(item.duration.total_seconds(), 3),
-        "reason": reason_text(item.reason, "en"),
-        "reason_zh": reason_text(item.reason, "zh"),
-        "resolve_reason": reason_text(item.resolve_reason, "en") or None,
+        "reason": _reason(item.reason, "en"),
+        "reason_zh": _reason(item.reason, "zh"),
+        "resolve_reason": _reason(item.resolve_reason, "en") or None,
         "first_mismatch": _evidence(report, item.first),
         "last_mismatch": _evidence(report, item.last),
     }
@@ -241,7 +251,7 @@ def _cells(times: Times, incidents: list[IncidentLine]) -> list[str]:
 def _evidence_text(report: Report, item: Evidence | None) -> str:
     if item is None:
         return "(pruned)"
-    return f"{_local(report, item.at)} {reason_text(item.reason, 'en')}"
+    return f"{_local(report, item.at)} {_reason(item.reason, 'en')}"
 
 
 def as_text(report: Report) -> str:
@@ -280,7 +290,7 @@ def as_text(report: Report) -> str:
                     _local(report, item.opened_at),
                     _local(report, item.resolved_at) if item.resolved_at else "open",
                     span_text(item.duration.total_seconds()),
-                    reason_text(item.reason, "en"),
+                    _reason(item.reason, "en"),
                     _evidence_text(report, item.first),
                     _evidence_text(report, item.last),
                 ]
@@ -349,8 +359,7 @@ def _html_evidence(report: Report, item: Evidence | None) -> str:
     if item is None:
         return "原始观测已清理 pruned"
     return escape(
-        f"{_local(report, item.at)} {reason_text(item.reason, 'zh')} / "
-        f"{reason_text(item.reason, 'en')}"
+        f"{_local(report, item.at)} {_reason(item.reason, 'zh')} / {_reason(item.reason, 'en')}"
     )
 
 
@@ -381,7 +390,7 @@ def _html_incidents(report: Report, line: ChannelLine) -> str:
             escape(_local(report, item.opened_at)),
             escape(_local(report, item.resolved_at)) if item.resolved_at else "未结束 open",
             escape(span_text(item.duration.total_seconds())),
-            escape(f"{reason_text(item.reason, 'zh')} / {reason_text(item.reason, 'en')}"),
+            escape(f"{_reason(item.reason, 'zh')} / {_reason(item.reason, 'en')}"),
             _html_evidence(report, item.first),
             _html_evidence(report, item.last),
         ]

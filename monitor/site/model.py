@@ -202,6 +202,8 @@ class Headline:
     broken: int = 0
     others: tuple[Maintenance, ...] = ()
     known: Known | None = None
+    #: Services of the main period itself that reopen at another time than its end.
+    parts: tuple[Maintenance, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -429,7 +431,9 @@ def _headline(
     """The main pause is the largest (most services) of those running now, over in the last
     `RECENT` or coming within `LOOKAHEAD`; a running one wins a tie. Other running pauses are
     named beside it, one sentence per period and end; the pieces of the main one (same
-    period, same end, such as certificate printing closing again) count as the main one.
+    period, same end, such as certificate printing closing again) count as the main one, and
+    those of the same period with another end are its `parts` ("of these, n reopen at ..."):
+    a period is never "another" pause beside itself.
     A running pause is named after the period that decides it now (the plan's expectation:
     the batch deductions' pause is the July batch pause in July, though it began with the
     freeze); its times are its span's, as the plan gives them."""
@@ -457,13 +461,18 @@ def _headline(
         return Headline("ok", broken=broken, known=known)
     main = max(candidates, key=lambda p: (len(p.services), p in running))
     merged: dict[tuple[str | None, datetime | None], Maintenance] = {}
+    main_id = main.period.id if main.period else None
     for p in running:
         key = (p.period.id if p.period else None, p.end)
-        if p is main or key == (main.period.id if main.period else None, main.end):
+        if p is main or key == (main_id, main.end):
             continue
         seen = merged.get(key)
         merged[key] = p if seen is None else replace(seen, services=seen.services + p.services)
-    others = tuple(merged.values())
+    # The main period's own services paused to another end (the batch deductions handed on to
+    # August, a window inside the freeze that opens earlier) are part of the main pause, told
+    # as such: a period is never "another" pause beside itself.
+    others = tuple(m for (pid, _), m in merged.items() if main.period is None or pid != main_id)
+    parts = tuple(m for (pid, _), m in merged.items() if main.period is not None and pid == main_id)
     status = main.status(at)
     if status == "in_progress":
         kind = "down" if main.end else "down_open"
@@ -471,7 +480,7 @@ def _headline(
         kind = "upcoming" if main.end else "upcoming_open"
     else:
         kind = "past"
-    return Headline(kind, main.period, main.start, main.end, broken, others, known)
+    return Headline(kind, main.period, main.start, main.end, broken, others, known, parts)
 
 
 def _next_change(plan: Plan, views: list[ServiceView]) -> Change | None:

@@ -126,7 +126,7 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
     pauses running beside it, broken services, and what was seen."""
     h = model.headline
     title = _title(h.period, lang)
-    quiet = not h.others and not h.broken
+    quiet = not h.others and not h.parts and not h.broken
     seen = h.known is not None and h.known.all_seen
     out: list[Markup] = []
     if h.kind == "down":
@@ -143,6 +143,10 @@ def headline(model: Model, lang: Lang) -> list[Markup]:
         out.append(lang.fmt("headline_past", title=title, end=lang.when(h.end, True)))
     elif quiet:
         out.append(lang.fmt("headline_ok" if seen else "headline_ok_plan"))
+    for part in h.parts:
+        key = "headline_part" if part.end else "headline_part_open"
+        end = lang.when(part.end, True) if part.end else ""
+        out.append(lang.fmt(key, n=len(part.services), end=end))
     for other in h.others:
         key = "headline_other" if other.end else "headline_other_open"
         end = lang.when(other.end, True) if other.end else ""
