@@ -178,7 +178,10 @@ def test_check_plan_and_page_say_what_is_not_observed(
     plan: Plan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = str(tmp_path / "channels.toml")
-    assert main(["check", "--config", config, "--format", "json"]) == 0
+    # services that could not be observed fail `check` as a gate; --allow-unknown passes them
+    assert main(["check", "--config", config, "--format", "json"]) == 1
+    capsys.readouterr()
+    assert main(["check", "--config", config, "--format", "json", "--allow-unknown"]) == 0
     data = json.loads(capsys.readouterr().out)
     entries = {(s["channel"], s["service"]): s for s in data["services"]}
     pension = entries[APP_PENSION]
@@ -190,7 +193,7 @@ def test_check_plan_and_page_say_what_is_not_observed(
     assert entries[("hall", "kiosk")]["observed"] is None  # pushes arrive only at `run`
     assert entries[("hall", "cards")]["observed_by"] == "schedule"
 
-    assert main(["check", "--config", config]) == 0
+    assert main(["check", "--config", config, "--allow-unknown"]) == 0
     table = capsys.readouterr().out
     assert "unknown" in table and "not configured: set KINDS_API, KINDS_TOKEN" in table
 

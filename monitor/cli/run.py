@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 from datetime import datetime
@@ -247,16 +246,24 @@ async def rehearse(daemon: object, clock: object, until: datetime | None) -> dat
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
     print(f"channel-monitor rehearse: listening on http://{daemon.host}:{daemon.port}", flush=True)
+    timed_out = False
     try:
         if until is None:
             await stop.wait()
         else:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(stop.wait(), max(0.0, clock.real_seconds(until)))
+            except TimeoutError:
+                timed_out = True
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        reached = clock.now() if until is None else min(clock.now(), until)
+        # a timer may fire a little before the wall clock reaches `until` (at 3,600 times a
+        # millisecond is plan seconds): reaching it by the timer is reaching `until`
+        if until is not None and timed_out:
+            reached = until
+        else:
+            reached = clock.now() if until is None else min(clock.now(), until)
         await daemon.stop()
     return reached
 
