@@ -728,9 +728,10 @@ def render(
     """Render the site as of `at` and publish it at `site`.
 
     `store` gives the history (None: no history yet); `snapshot` the verdicts of a running
-    pipeline (None: worked out from the store as of `at`). `durable` also fsyncs every file
-    before the swap, so not even a power cut can leave `site` holding unwritten files;
-    the daemon leaves it off (it renders often, and renders again when it starts).
+    pipeline (None: worked out from the store as of `at`). `durable` also flushes the new
+    folder to the disk once before the swap (`publish`), so not even a power cut can leave
+    `site` holding unwritten files; the daemon leaves it off (it renders often, and renders
+    again when it starts).
     `days` keeps the history of the days that are over between renders, `pages` the channel
     pages (both the render worker's).
     """
