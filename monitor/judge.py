@@ -28,6 +28,27 @@ class Verdict(StrEnum):
 
 DIRECTIONS = (Verdict.UNEXPECTED_UP, Verdict.UNEXPECTED_DOWN)
 
+#: The resolve reason of an incident that ended because the plan changed, not the channel:
+#: every observation that resolved it still showed the channel as it was when the incident
+#: opened (still serving when the freeze ended). By the incident's direction and what the plan
+#: expects when it resolves; the rows of both languages are in monitor/reasons.py. Without it
+#: the resolution reads like a recovery ("HTTP 200") and hides that the portal never closed.
+PLAN_ENDED: dict[tuple[Verdict, str], str] = {
+    (Verdict.UNEXPECTED_UP, "up"): "plan now expects up; the channel never closed",
+    (Verdict.UNEXPECTED_UP, "any"): "plan no longer expects down; the channel never closed",
+    (Verdict.UNEXPECTED_DOWN, "down"): "plan now expects down; the channel never opened",
+    (Verdict.UNEXPECTED_DOWN, "any"): "plan no longer expects up; the channel never opened",
+}
+
+
+def ended_by_plan(reason: str | None) -> bool:
+    """Whether a resolve reason says the plan ended the incident (see `PLAN_ENDED`): alerts,
+    the page and the report then say "ended", not "recovered"."""
+    return reason in _PLAN_ENDED_REASONS
+
+
+_PLAN_ENDED_REASONS = frozenset(PLAN_ENDED.values())
+
 
 def mismatch(expectation: Expectation, serving: bool | None) -> Verdict | None:
     """The direction in which one observation breaks the expectation, None when it does not
@@ -97,6 +118,9 @@ class ServiceState:
     streak_direction: Verdict | None = None
     streak: int = 0
     recovering: int = 0
+    #: Whether every observation of the recovering run still shows the channel as it was when
+    #: the incident opened (only the expectation moved); meaningless while `recovering` is 0.
+    unchanged: bool = False
     incident: OpenIncident | None = None
     last_at: datetime | None = None
     last_serving: bool | None = None
@@ -156,24 +180,34 @@ def judge(
     counts = counted(expectation, in_grace, observation.serving) is not None
     events: list[IncidentEvent] = []
     incident = state.incident
-    recovering = state.recovering
+    recovering, unchanged = state.recovering, state.unchanged
 
     # Towards resolving the open incident: anything that no longer breaks it in its direction.
     if incident is not None:
-        recovering = 0 if direction == incident.direction else recovering + 1
+        if direction == incident.direction:
+            recovering = 0
+        else:
+            # The channel still as it was (serving for an `unexpected_up` incident): only the
+            # plan moved. One observation of the run that saw it switch makes it a recovery.
+            same = observation.serving == (incident.direction == Verdict.UNEXPECTED_UP)
+            unchanged = same if recovering == 0 else unchanged and same
+            recovering += 1
         if recovering >= thresholds.success:
+            reason = observation.reason
+            if unchanged:
+                reason = PLAN_ENDED.get((incident.direction, expectation.state), reason)
             events.append(
                 IncidentEvent(
                     "resolved",
                     incident.direction,
                     observation.at,
-                    observation.reason,
+                    reason,
                     incident.expected,
                     incident.period,
                     incident,
                 )
             )
-            incident, recovering = None, 0
+            incident, recovering, unchanged = None, 0, False
 
     # Towards opening a new one: consecutive counting mismatches in one direction.
     if counts and (incident is None or incident.direction != direction):
@@ -202,12 +236,13 @@ def judge(
                 incident,
             )
         )
-        streak, streak_direction, recovering = 0, None, 0
+        streak, streak_direction, recovering, unchanged = 0, None, 0, False
 
     new_state = ServiceState(
         streak_direction=streak_direction,
         streak=streak,
         recovering=recovering,
+        unchanged=unchanged,
         incident=incident,
         last_at=observation.at,
         last_serving=observation.serving,

@@ -29,7 +29,7 @@ from monitor.reason_rows import Part as Part
 from monitor.reason_rows import Reason
 
 #: The rows no one kind owns: network failures that the http and browser kinds both report,
-#: and the monitor's own words (not configured, removed, its own fault).
+#: and the monitor's own words (not configured, removed, ended by the plan, its own fault).
 SHARED: tuple[Reason, ...] = (
     Reason("timeout after {duration}", "{duration} 内无响应", "no answer within {duration}"),
     Reason("connection refused", "连接被拒绝", "connection refused"),
@@ -62,6 +62,28 @@ SHARED: tuple[Reason, ...] = (
         "monitoring is not configured yet",
     ),
     Reason("removed from the plan", "已从计划中移除", "removed from the plan"),
+    # An incident the plan ended, not the channel (`monitor.judge.PLAN_ENDED`). No tail: the
+    # words hold nothing private, so the page shows them as they are.
+    Reason(
+        "plan now expects up; the channel never closed",
+        "计划已改为开放，渠道始终未暂停",
+        "the plan now expects it up; the channel never closed",
+    ),
+    Reason(
+        "plan no longer expects down; the channel never closed",
+        "计划不再要求暂停，渠道始终未暂停",
+        "the plan no longer expects it down; the channel never closed",
+    ),
+    Reason(
+        "plan now expects down; the channel never opened",
+        "计划已改为暂停，渠道始终未开放",
+        "the plan now expects it down; the channel never opened",
+    ),
+    Reason(
+        "plan no longer expects up; the channel never opened",
+        "计划不再要求开放，渠道始终未开放",
+        "the plan no longer expects it up; the channel never opened",
+    ),
     Reason(
         "probe failed ({type})",
         "监测本身出错（{type}）",

@@ -75,6 +75,7 @@ def add_incident(
     reason: str = "HTTP 503",
     expected: str = "up",
     period: str | None = None,
+    resolve_reason: str = "HTTP 200",
 ) -> None:
     """One incident as the judge would record it."""
     store = Store(db)
@@ -91,7 +92,9 @@ def add_incident(
             store.record_event(
                 channel,
                 service,
-                IncidentEvent("resolved", verdict, resolved, "HTTP 200", expected, period, held),
+                IncidentEvent(
+                    "resolved", verdict, resolved, resolve_reason, expected, period, held
+                ),
             )
     finally:
         store.close()

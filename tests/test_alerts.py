@@ -30,7 +30,7 @@ from monitor.alerts.message import Alert, reason_en, reason_zh
 from monitor.alerts.sender import AlertSender, alert_for, backoff, build_sink
 from monitor.cli import main
 from monitor.clock import ReplayClock
-from monitor.judge import IncidentEvent, OpenIncident, Verdict
+from monitor.judge import PLAN_ENDED, IncidentEvent, OpenIncident, Verdict
 from monitor.part import Part
 from monitor.plan import Plan
 from monitor.plan.errors import ConfigError
@@ -246,6 +246,29 @@ def test_message_states_direction_plainly_in_chinese_then_english() -> None:
     assert "Resolved: 2022-06-22 18:52:05 (lasted 42m)" in resolved
     assert "[RESOLVED: UP WHILE EXPECTED DOWN]" in resolved
     assert "probe.example.test" not in up + down + resolved
+
+
+def test_an_incident_the_plan_ended_reads_ended_not_recovered() -> None:
+    # Still serving when the freeze ended: the portal never closed, and the alert says so.
+    up = resolved_alert()
+    up = Alert(**{**json.loads(up.to_json()), "reason": PLAN_ENDED[(Verdict.UNEXPECTED_UP, "up")]})
+    text = up.text()
+    assert up.ended_by_plan
+    assert text.startswith("【已结束】湖北政务服务网 · 社保缴费")
+    assert "已恢复" not in text and "RESOLVED" not in text
+    assert "结束原因：计划已改为开放，渠道始终未暂停" in text
+    assert "Why it ended: the plan now expects it up; the channel never closed" in text
+    assert "[ENDED BY THE PLAN: UP WHILE EXPECTED DOWN]" in text
+    assert "结束：2022-06-22 18:52:05（持续 42 分钟）" in text
+    assert webhook.body(up)["ended_by_plan"] is True
+    down = resolved_alert("unexpected_down")
+    down = Alert(
+        **{**json.loads(down.to_json()), "reason": PLAN_ENDED[(Verdict.UNEXPECTED_DOWN, "down")]}
+    )
+    assert "结束原因：计划已改为暂停，渠道始终未开放" in down.markdown()
+    # A recovery of the channel itself keeps its words.
+    assert not resolved_alert().ended_by_plan
+    assert webhook.body(resolved_alert())["ended_by_plan"] is False
 
 
 def test_reason_translation_is_the_tables() -> None:

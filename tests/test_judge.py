@@ -16,6 +16,7 @@ from monitor.judge import (
     Thresholds,
     Verdict,
     current_verdict,
+    ended_by_plan,
     judge,
     mismatch,
     single_verdict,
@@ -399,3 +400,70 @@ def test_incident_resolves_inside_grace_when_the_plan_catches_up(
     result = feed_plan(run, plan, ref, FREEZE_END + MINUTE, serving=True)
     assert [(e.kind, e.direction) for e in result.events] == [("resolved", Verdict.UNEXPECTED_UP)]
     assert result.verdict is Verdict.OK
+
+
+# --- incidents the plan ended, not the channel --------------------------------------------------
+
+
+def _resolved_reason(run: Run, expectation: Expectation, serving: bool, at: datetime) -> str:
+    """Feed until the open incident resolves; the reason its `resolved` event gives."""
+    for step in range(5):
+        result = run.feed(expectation, serving, at + step * MINUTE)
+        for event in result.events:
+            if event.kind == "resolved":
+                return event.reason
+    raise AssertionError("the incident did not resolve")
+
+
+@pytest.mark.parametrize(
+    ("opened_under", "serving", "ends_under", "reason"),
+    [
+        (DOWN, True, UP, "plan now expects up; the channel never closed"),
+        (DOWN, True, ANY, "plan no longer expects down; the channel never closed"),
+        (UP, False, DOWN, "plan now expects down; the channel never opened"),
+        (UP, False, ANY, "plan no longer expects up; the channel never opened"),
+    ],
+)
+def test_an_incident_the_plan_ends_says_the_plan_ended_it(
+    opened_under: Expectation, serving: bool, ends_under: Expectation, reason: str
+) -> None:
+    # The portal keeps answering through the freeze and after it: the incident ends because
+    # the plan changed, and its resolve reason says so instead of the probe's "HTTP 200".
+    run = Run()
+    run.feed(opened_under, serving, T0)
+    run.feed(opened_under, serving, T0 + MINUTE)
+    assert run.state.incident is not None
+    assert _resolved_reason(run, ends_under, serving, T0 + 2 * MINUTE) == reason
+    assert ended_by_plan(reason)
+    assert run.state.unchanged is False and run.state.recovering == 0
+
+
+def test_an_incident_the_channel_ends_keeps_the_observations_reason() -> None:
+    run = Run()
+    run.feed(DOWN, True, T0)
+    run.feed(DOWN, True, T0 + MINUTE)
+    assert _resolved_reason(run, DOWN, False, T0 + 2 * MINUTE) == "HTTP 503"
+    assert not ended_by_plan("HTTP 503")
+
+
+def test_a_channel_that_closed_during_the_recovery_is_a_recovery_not_a_plan_change() -> None:
+    # Closed once while the freeze still held, answering again after it ended: the incident
+    # was ended by the channel, so its reason is the observation's, not "never closed".
+    run = Run()
+    run.feed(DOWN, True, T0)
+    run.feed(DOWN, True, T0 + MINUTE)
+    run.feed(DOWN, False, T0 + 2 * MINUTE)
+    result = run.feed(UP, True, T0 + 3 * MINUTE)
+    assert [e.reason for e in result.events if e.kind == "resolved"] == ["HTTP 200"]
+
+
+def test_a_mismatch_in_the_recovery_restarts_the_plan_change_run() -> None:
+    # A closed observation, then the mismatch again, then the plan moves: the run that
+    # resolves it saw only the unchanged channel, so the plan ended it.
+    run = Run()
+    run.feed(DOWN, True, T0)
+    run.feed(DOWN, True, T0 + MINUTE)
+    run.feed(DOWN, False, T0 + 2 * MINUTE)
+    run.feed(DOWN, True, T0 + 3 * MINUTE)
+    assert run.state.recovering == 0 and run.state.incident is not None
+    assert _resolved_reason(run, UP, True, T0 + 4 * MINUTE).startswith("plan now expects up")

@@ -457,3 +457,47 @@ async def test_a_services_state_is_one_object_updated_in_place(
     assert kept.incident is not None and kept.incident.id == second.incidents[0].id
     assert first.judgement.state.incident is None, "a listener's state does not change"
     assert stack.pipeline.verdict(stack.pipeline.plan.service(*PENSION)) is Verdict.UNEXPECTED_UP
+
+
+async def test_an_incident_the_freezes_end_resolves_says_the_channel_never_closed(
+    plan: Plan, server: ChannelServer, tmp_path: Path
+) -> None:
+    # The portal answers 200 all through: an incident opens before the freeze ends and
+    # resolves after it, because the plan moved. The store, the report and the alert all say
+    # that the plan ended it and the portal never closed, not that it "recovered".
+    from monitor.alerts.sender import alert_for
+    from monitor.report import build_report
+    from monitor.report.formats import as_html, as_json, as_text
+
+    freeze_end = datetime(2022, 7, 25, 8, 30, tzinfo=TZ)
+    clock = ReplayClock(freeze_end - 3 * STEP, speed=0)
+    stack = Stack(plan, tmp_path / "monitor.db", clock)
+    try:
+        server.set("serving", "/pension")
+        results = [await step(stack, clock, PENSION) for _ in range(4)]
+        assert [r.expectation.state for r in results] == ["down", "down", "up", "up"]
+        assert all(r.observation.reason == "HTTP 200" for r in results)
+        (opened,) = results[1].incidents
+        (resolved,) = results[3].incidents
+        assert resolved.id == opened.id and resolved.resolved_at == freeze_end + STEP
+        assert resolved.resolve_reason == "plan now expects up; the channel never closed"
+        await stack.pipeline.flush()
+
+        reason = resolved.resolve_reason or ""
+        alert = alert_for(plan, resolved, "resolved", freeze_end + STEP, reason)
+        assert alert.title_zh() == "【已结束】门户 · 养老保险"
+        assert "结束原因：计划已改为开放，渠道始终未暂停" in alert.text()
+
+        report = build_report(
+            plan, stack.store, freeze_end - 3 * STEP, freeze_end + 2 * STEP, now=freeze_end
+        )
+        services = [s for c in as_json(report)["channels"] for s in c["services"]]
+        (line,) = [i for s in services for i in s["incidents"]]
+        assert line["ended_by_plan"] is True
+        assert line["resolve_reason"] == "the plan now expects it up; the channel never closed"
+        assert line["resolve_reason_zh"] == "计划已改为开放，渠道始终未暂停"
+        assert "resolve reason" in as_text(report)
+        assert "the plan now expects it up; the channel never closed" in as_text(report)
+        assert "<strong>计划已改为开放，渠道始终未暂停 / the plan now expects" in as_html(report)
+    finally:
+        await stack.close()

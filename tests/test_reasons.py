@@ -175,3 +175,13 @@ def test_every_reason_the_monitor_writes_is_in_the_table() -> None:
 )
 def test_tails_the_new_kinds_write(text: str, zh: str) -> None:
     assert reasons.describe(text, "zh") == zh
+
+
+def test_every_reason_the_judge_ends_an_incident_with_is_in_the_table() -> None:
+    # The judge writes these as constants, which the scan above does not see.
+    from monitor.judge import PLAN_ENDED, Verdict
+
+    for reason in PLAN_ENDED.values():
+        assert reasons.lookup(reason) is not None, reason
+        assert reason_text(reason, "zh") == reasons.describe(reason, "zh"), reason
+    assert reason_zh(PLAN_ENDED[(Verdict.UNEXPECTED_UP, "up")]) == "计划已改为开放，渠道始终未暂停"

@@ -1011,3 +1011,27 @@ def test_store_opened_read_only_is_not_written(tmp_path: Path, plan: Plan) -> No
     before = db.stat().st_mtime_ns
     render_from(plan, tmp_path / "site", DURING_LATE, db)
     assert db.stat().st_mtime_ns == before
+
+
+def test_the_operators_section_says_which_incidents_the_plan_ended(
+    plan: Plan, tmp_path: Path
+) -> None:
+    # One portal answered through the whole freeze: its incident ended when the freeze did,
+    # and the operators read that it never closed; one that closed reads as before.
+    db = tmp_path / "store.db"
+    ended = "plan now expects up; the channel never closed"
+    add_incident(
+        db, "ehuiban", "pension", "unexpected_up", at("2022-07-20T09:00:00"),
+        at("2022-07-25T08:31:00"), "HTTP 200", "down", "freeze", resolve_reason=ended,
+    )  # fmt: skip
+    add_incident(
+        db, "ehuiban", "work-injury", "unexpected_up", at("2022-07-21T09:00:00"),
+        at("2022-07-21T10:00:00"), "HTTP 200", "down", "freeze",
+    )  # fmt: skip
+    site = render_at(plan, tmp_path, at("2022-07-26T12:00:00"), db)
+    _, zh = page(site)
+    _, en = page(site, "en/index.html")
+    assert zh.text["ops"].count("因计划变更结束") == 1
+    assert "因计划变更结束：计划已改为开放，渠道始终未暂停" in zh.text["ops"]
+    assert en.text["ops"].count("ended by a change of the plan") == 1
+    assert "the plan now expects it up; the channel never closed" in en.text["ops"]

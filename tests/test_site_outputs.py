@@ -194,23 +194,43 @@ def test_every_feed_object_has_a_unique_id_that_stays_across_renders(tmp_path: P
     assert _atom_ids(_atom(first)) == _atom_ids(_atom(second))
 
 
-def test_no_atom_entry_is_dated_after_the_feed(tmp_path: Path) -> None:
-    plan = Plan(validate_config(real_data()))
+def _planned_starts(site: Path) -> set[datetime]:
+    """The starts of the pauses that have not started yet: a plan without `[monitor]
+    published` gives them no earlier date, so they are dated by their start."""
+    data = json.loads((site / "api/v2/scheduled-maintenances.json").read_text("utf-8"))
+    return {
+        datetime.fromisoformat(m["scheduled_for"])
+        for m in data["scheduled_maintenances"]
+        if m["status"] == "scheduled"
+    }
+
+
+@pytest.mark.parametrize("published", [None, date(2022, 6, 10)])
+def test_no_atom_entry_is_dated_after_the_feed(tmp_path: Path, published: date | None) -> None:
+    extra = (
+        {} if published is None else {"monitor": {**real_data()["monitor"], "published": published}}
+    )
+    plan = Plan(validate_config(real_data(**extra)))
     db = _incidents_db(tmp_path)
     for when in ("2022-06-20T12:00:00", "2022-07-01T12:00:00", "2022-08-01T12:00:00"):
-        site = render_site(plan, tmp_path, at(when), db)
+        site = render_site(plan, tmp_path / str(published), at(when), db)
         feed = _atom(site)
         updated = datetime.fromisoformat(feed.findtext(f"{ATOM}updated"))
         assert updated == at(when)
+        # Ahead of the feed only where the plan gives nothing earlier: an upcoming pause of a
+        # plan that does not say when it was published is dated by its own start.
+        ahead = _planned_starts(site) if published is None else set()
         for entry in feed.iter(f"{ATOM}entry"):
             changed = datetime.fromisoformat(entry.findtext(f"{ATOM}updated"))
             text = entry.findtext(f"{ATOM}published")  # optional: left out when not known
-            published = datetime.fromisoformat(text) if text else changed
-            assert published <= changed <= updated, (when, entry.findtext(f"{ATOM}title"))
+            first = datetime.fromisoformat(text) if text else changed
+            assert first <= changed, (when, entry.findtext(f"{ATOM}title"))
+            assert changed <= updated or changed in ahead, (when, entry.findtext(f"{ATOM}title"))
         for m in json.loads((site / "api/v2/scheduled-maintenances.json").read_text("utf-8"))[
             "scheduled_maintenances"
         ]:
-            assert datetime.fromisoformat(m["updated_at"]) <= updated, (when, m["id"])
+            changed = datetime.fromisoformat(m["updated_at"])
+            assert changed <= updated or changed in ahead, (when, m["id"])
         try:
             import feedparser
         except ImportError:
@@ -219,7 +239,73 @@ def test_no_atom_entry_is_dated_after_the_feed(tmp_path: Path) -> None:
         assert not parsed.bozo, parsed.get("bozo_exception")
         ids = [e.id for e in parsed.entries]
         assert len(ids) == len(set(ids)) == len(list(feed.iter(f"{ATOM}entry")))
-        assert all(e.updated_parsed <= parsed.feed.updated_parsed for e in parsed.entries)
+        assert parsed.feed.get("updated_parsed") and all(
+            e.get("updated_parsed") for e in parsed.entries
+        )
+
+
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})")
+
+
+def _earliest_named(plan: Plan) -> datetime:
+    """The earliest instant the plan names: a period's bounds, a milestone's (a day as its
+    first instant in the plan's zone)."""
+
+    def instant(value: date | datetime) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        return datetime.combine(value, datetime.min.time(), plan.zone)
+
+    config = plan.config
+    named = [t for p in config.periods.values() for t in (p.start, p.end) if t is not None]
+    named += [instant(t) for m in config.milestones for t in (m.at, m.until) if t is not None]
+    return min(named)
+
+
+def _feed_dates(site: Path) -> dict[str, list[datetime]]:
+    """Every instant written in the feeds: the Atom file and every Statuspage file."""
+    found: dict[str, list[datetime]] = {}
+    for path in [site / "history.atom", *sorted((site / "api/v2").rglob("*.json"))]:
+        text = path.read_text("utf-8")
+        stamps = [datetime.fromisoformat(s.replace("Z", "+00:00")) for s in _STAMP.findall(text)]
+        found[str(path.relative_to(site))] = stamps
+    return found
+
+
+@pytest.mark.parametrize("published", [None, date(2022, 6, 1)])
+def test_no_feed_date_lies_before_what_the_plan_names(
+    tmp_path: Path, published: date | None
+) -> None:
+    # Planned pauses were dated 180 days before their start (2021-12-24 for the 2022 freeze),
+    # a day nobody published anything on: every date of the feeds is now one the plan or the
+    # observations gave, and only `[monitor] published` may lie before the plan's instants.
+    monitor = {**real_data()["monitor"]}
+    if published is not None:
+        monitor["published"] = published
+    plan = Plan(validate_config(real_data(monitor=monitor)))
+    earliest = _earliest_named(plan)
+    allowed = set() if published is None else {_earliest_allowed(plan, published)}
+    db = _incidents_db(tmp_path)
+    for when in ("2022-06-20T12:00:00", "2022-07-01T12:00:00", "2022-08-01T12:00:00"):
+        site = render_site(plan, tmp_path / str(published), at(when), db)
+        dates = _feed_dates(site)
+        assert dates["history.atom"] and dates["api/v2/scheduled-maintenances.json"]
+        for name, stamps in dates.items():
+            early = sorted({t for t in stamps if t < earliest} - allowed)
+            assert not early, (when, name, early)
+        if published is not None:  # the plan's own date, both as published and as changed
+            planned = [
+                e
+                for e in _atom(site).iter(f"{ATOM}entry")
+                if e.find(f"{ATOM}category").get("term") == "planned"  # type: ignore[union-attr]
+            ]
+            assert planned
+            for entry in planned:
+                assert datetime.fromisoformat(entry.findtext(f"{ATOM}published")) in allowed
+
+
+def _earliest_allowed(plan: Plan, day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), plan.zone)
 
 
 # --- item 13: absolute addresses ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from monitor import reasons
+from monitor.judge import ended_by_plan
 from monitor.notices import STATUS_EN, STATUS_ZH, Notice, NoticeUpdate, dedup_key
 
 if TYPE_CHECKING:
@@ -101,6 +102,13 @@ class Alert:
         return self.kind == "resolved"
 
     @property
+    def ended_by_plan(self) -> bool:
+        """A resolution the plan brought, not the channel (still serving when the freeze
+        ended): it reads "ended", never "recovered", and names the plan's change, or the
+        operator would take the portal for one that closed."""
+        return self.resolved and ended_by_plan(self.reason)
+
+    @property
     def is_notice(self) -> bool:
         """An update of an operators' notice, not an incident transition."""
         return self.kind == "notice"
@@ -148,7 +156,10 @@ class Alert:
             return "【测试】渠道监测告警测试"
         if self.is_notice:
             return f"【公告·{STATUS_ZH.get(self.status, self.status)}】{self.notice_title}"
-        state = "已恢复" if self.resolved else DIRECTION_ZH[self.direction]
+        if self.ended_by_plan:
+            state = "已结束"
+        else:
+            state = "已恢复" if self.resolved else DIRECTION_ZH[self.direction]
         return f"【{state}】{self.where()}"
 
     def _title_en(self) -> str:
@@ -158,6 +169,8 @@ class Alert:
             status = STATUS_EN.get(self.status, self.status).upper()
             return f"[NOTICE: {status}] {self.notice_title_en}"
         words = DIRECTION_EN[self.direction].upper()
+        if self.ended_by_plan:
+            return f"[ENDED BY THE PLAN: {words}] {self.where(True)}"
         return f"[{'RESOLVED: ' + words if self.resolved else words}] {self.where(True)}"
 
     def lines_zh(self) -> list[str]:
@@ -177,6 +190,15 @@ class Alert:
             ]
         period = f"（时段：{self.period_title or self.period}）" if self.period else ""
         direction = DIRECTION_ZH[self.direction]
+        if self.ended_by_plan:
+            return [
+                f"事件：{direction}，因计划变更而结束",
+                f"结束原因：{reason_zh(self.reason)}",
+                f"原计划：{EXPECTED_ZH.get(self.expected, self.expected)}{period}",
+                f"开始：{self.local(self.opened_at)}",
+                f"结束：{self.local(self.resolved_at)}（持续 {self.duration(chinese=True)}）",
+                f"事件编号：#{self.incident}",
+            ]
         if self.resolved:
             return [
                 f"事件：{direction}，已恢复",
@@ -214,6 +236,15 @@ class Alert:
         period = f" (period: {self.period_title_en or self.period})" if self.period else ""
         direction = DIRECTION_EN[self.direction]
         expected = EXPECTED_EN.get(self.expected, self.expected)
+        if self.ended_by_plan:
+            return [
+                f"Incident: {direction}, ended by a change of the plan",
+                f"Why it ended: {reason_en(self.reason)}",
+                f"Plan when it opened: {expected}{period}",
+                f"Opened: {self.local(self.opened_at)}",
+                f"Ended: {self.local(self.resolved_at)} (lasted {self.duration()})",
+                f"Incident #{self.incident}",
+            ]
         if self.resolved:
             return [
                 f"Incident: {direction}, resolved",

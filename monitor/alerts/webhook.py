@@ -17,6 +17,7 @@ The body (version 1; fields are only ever added):
   "observed": {"serving": true, "reason": "HTTP 200"},
   "opened_at": "2022-06-22T10:10:05Z",
   "resolved_at": null,                // set when kind is "resolved"
+  "ended_by_plan": false,             // resolved by a change of the plan, the channel unchanged
   "at": "2022-06-22T10:10:05Z",       // the instant of this transition
   "timezone": "Asia/Shanghai",
   "title": "【应停未停】...", "title_en": "[UP WHILE EXPECTED DOWN] ...",
@@ -30,7 +31,9 @@ An update of an operators' notice with `notify = true` (monitor/notices/__init__
 "timezone", "title", "title_en", "text"}`, once per update.
 
 `observed.serving` is what the probes saw when the incident opened; on `resolved` it is null
-and `observed.reason` is the reason of the observation that resolved it. Instants are RFC 3339
+and `observed.reason` is the reason of the observation that resolved it, or, when
+`ended_by_plan` is true, the plan's change that ended it (`plan now expects up; the channel
+never closed`: the channel never did what the plan asked). Instants are RFC 3339
 UTC. Headers: `Idempotency-Key` (the `dedup_key`: a receiver that keeps them sees every
 transition once even when a delivery is repeated after a crash) and, when the sink has a
 `secret`, `X-Channel-Monitor-Timestamp` (Unix seconds) and `X-Channel-Monitor-Signature`:
@@ -77,6 +80,7 @@ def body(alert: Alert) -> dict:
         },
         "opened_at": alert.opened_at,
         "resolved_at": alert.resolved_at,
+        "ended_by_plan": alert.ended_by_plan,
         "at": alert.at,
         "timezone": alert.timezone,
         "title": alert.title_zh(),

@@ -17,6 +17,7 @@ from datetime import datetime
 from html import escape
 
 from monitor import reasons
+from monitor.judge import ended_by_plan
 from monitor.report import ChannelLine, Evidence, IncidentLine, Report, Times
 from monitor.site.words import reason_text
 from monitor.table import render_table
@@ -124,6 +125,9 @@ def _incident(report: Report, item: IncidentLine) -> dict:
         "reason": _reason(item.reason, "en"),
         "reason_zh": _reason(item.reason, "zh"),
         "resolve_reason": _reason(item.resolve_reason, "en") or None,
+        "resolve_reason_zh": _reason(item.resolve_reason, "zh") or None,
+        # the plan's change ended it, not the channel: it never did what the plan asked
+        "ended_by_plan": ended_by_plan(item.resolve_reason),
         "first_mismatch": _evidence(report, item.first),
         "last_mismatch": _evidence(report, item.last),
     }
@@ -291,12 +295,14 @@ def as_text(report: Report) -> str:
                     _local(report, item.resolved_at) if item.resolved_at else "open",
                     span_text(item.duration.total_seconds()),
                     _reason(item.reason, "en"),
+                    _reason(item.resolve_reason, "en") or "-",
                     _evidence_text(report, item.first),
                     _evidence_text(report, item.last),
                 ]
             )
         headers = ["id", "service", "direction", "opened", "resolved", "duration", "reason"]
-        lines.append(render_table([*headers, "first mismatch", "last mismatch"], table))
+        headers += ["resolve reason", "first mismatch", "last mismatch"]
+        lines.append(render_table(headers, table))
     if report.orphan_incidents:
         lines.append(f"({report.orphan_incidents} incident(s) of services no longer in the plan)")
     return "\n".join(lines)
@@ -363,6 +369,15 @@ def _html_evidence(report: Report, item: Evidence | None) -> str:
     )
 
 
+def _html_resolve_reason(item: IncidentLine) -> str:
+    """Why an incident ended, both languages; one the plan ended is marked, since the channel
+    then never did what the plan asked."""
+    if not item.resolve_reason:
+        return "-"
+    text = escape(f"{_reason(item.resolve_reason, 'zh')} / {_reason(item.resolve_reason, 'en')}")
+    return f"<strong>{text}</strong>" if ended_by_plan(item.resolve_reason) else text
+
+
 def _html_incidents(report: Report, line: ChannelLine) -> str:
     if not line.incidents:
         return "<p>无事件。 <span class='en'>No incidents.</span></p>"
@@ -375,6 +390,7 @@ def _html_incidents(report: Report, line: ChannelLine) -> str:
         ("结束", "resolved"),
         ("时长", "duration"),
         ("原因", "reason"),
+        ("结束原因", "resolve reason"),
         ("首次不符观测", "first mismatch"),
         ("最后不符观测", "last mismatch"),
     ]
@@ -391,6 +407,7 @@ def _html_incidents(report: Report, line: ChannelLine) -> str:
             escape(_local(report, item.resolved_at)) if item.resolved_at else "未结束 open",
             escape(span_text(item.duration.total_seconds())),
             escape(f"{_reason(item.reason, 'zh')} / {_reason(item.reason, 'en')}"),
+            _html_resolve_reason(item),
             _html_evidence(report, item.first),
             _html_evidence(report, item.last),
         ]

@@ -253,6 +253,10 @@ class Maintenance:
     services: tuple[ServiceRef, ...]
     #: Whether it began before the span looked at, at an instant not worked out.
     began_earlier: bool = False
+    #: The day the plan was published (`[monitor] published`, the start of that day in the
+    #: plan's zone), None when the plan does not say: the one date before its start on
+    #: which the pause can be said to have changed (it was announced).
+    published: datetime | None = None
 
     def status(self, at: datetime) -> str:
         if at < self.start:
@@ -275,17 +279,21 @@ class Maintenance:
         start = stamp(None if self.began_earlier else self.start, "before")
         return f"{name}-{start}-{stamp(self.end, 'open')}"
 
-    @property
-    def announced(self) -> datetime:
-        """When the page first lists it: `LOOKAHEAD` before it starts (its start when that is
-        not known)."""
-        return self.start if self.began_earlier else self.start - LOOKAHEAD
-
     def changed(self, at: datetime) -> datetime:
-        """Its last change as of `at` (listed, started, ended): never after `at`, and the same
-        in every render between two changes, so a feed entry is not dated in the future."""
-        marks = (self.announced, self.start, self.end)
-        return max((t for t in marks if t is not None and t <= at), default=at)
+        """Its last change as of `at`: the latest of its published day, start and end that is
+        not after `at`, the same in every render between two changes (a feed reader sees an
+        entry change only when the pause did).
+
+        Only dates the plan gives count: it once counted a listing date `LOOKAHEAD` before the
+        start, a day nobody published anything on. So a pause of a plan without `[monitor]
+        published` that has not started yet is dated by its start, ahead of `at`: the one date
+        the plan gives it (the render's own instant would move with every render)."""
+        start = None if self.began_earlier else self.start
+        marks = [t for t in (self.published, start, self.end) if t is not None]
+        if not marks:  # began before the span looked at and never ends: its known start
+            return self.start
+        past = [t for t in marks if t <= at]
+        return max(past) if past else min(marks)
 
 
 @dataclass(frozen=True)
@@ -582,6 +590,8 @@ def maintenances(
     # a pause of several groups lists their services in plan order, as one pass would.
     shared = {alike: tuple(refs) for alike, refs in members.items()}
     order = {ref.key: index for index, ref in enumerate(plan.services)}
+    day = plan.config.monitor.published
+    published = None if day is None else datetime.combine(day, datetime.min.time(), plan.zone)
     out = [
         Maintenance(
             plan.config.periods.get(p or ""),
@@ -591,6 +601,7 @@ def maintenances(
             if len(groups) == 1
             else tuple(sorted((r for g in groups for r in members[g]), key=lambda r: order[r.key])),
             began_earlier,
+            published,
         )
         for (p, start, end, began_earlier), groups in found.items()
     ]
@@ -621,7 +632,7 @@ def by_channel(model: Model, only: set[str] | None = None) -> dict[str, Model]:
     for p in model.maintenances:
         for c, refs in split(p.services).items():
             if only is None or c in only:
-                pauses[c].append(Maintenance(p.period, p.start, p.end, refs, p.began_earlier))
+                pauses[c].append(replace(p, services=refs))
     windows: dict[str, list[Window]] = {c: [] for c in ids}
     for win in model.windows:
         for c, refs in split(win.services).items():

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from markupsafe import Markup, escape
 
 from monitor import reasons
+from monitor.judge import ended_by_plan
 from monitor.notices import STATUS_EN, STATUS_ZH
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
@@ -86,6 +87,7 @@ WORDS: dict[str, dict[str, str]] = {
         "incident_down": "按计划应可办理，但暂时无法使用",
         "incident_up": "按计划已暂停，但仍能提交业务；请勿在暂停期间办理，待恢复后再办",
         "ops_incidents": "事件的监测原因",
+        "ops_ended": "；因计划变更结束：{why}",
         "ongoing": "仍在持续",
         "lasted": "持续",
         "reason": "原因",
@@ -193,6 +195,7 @@ WORDS: dict[str, dict[str, str]] = {
         "incident_up": "paused as planned, but still took submissions; please wait until it "
         "reopens",
         "ops_incidents": "What the monitoring saw in each incident",
+        "ops_ended": "; ended by a change of the plan: {why}",
         "ongoing": "ongoing",
         "lasted": "lasted",
         "reason": "reason",
@@ -356,6 +359,11 @@ class Lang:
 
     def reason(self, reason: str | None) -> str:
         return reason_text(reason, self.code)
+
+    def ended_by_plan(self, resolve_reason: str | None) -> str:
+        """The plan's change that ended an incident, in words; "" for one the channel ended.
+        Operators must see that a portal "resolved" when the freeze ended never closed."""
+        return reason_text(resolve_reason, self.code) if ended_by_plan(resolve_reason) else ""
 
     def fmt(self, key: str, **values: object) -> Markup:
         """A sentence from the word list with escaped (or already safe) values filled in."""
