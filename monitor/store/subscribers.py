@@ -207,19 +207,8 @@ class Subscribers:
             ).fetchone()
             if row is None:
                 cursor = db.execute(
-                    "INSERT INTO subscribers (lookup, address, medium, lang, choices, nonce, "
-                    "unsubscribe_hash, confirmed_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        request.lookup,
-                        request.address,
-                        request.medium,
-                        request.lang,
-                        json.dumps(list(request.choices)),
-                        request.nonce,
-                        request.unsubscribe_hash,
-                        now,
-                        now,
-                    ),
+                    "INSERT INTO subscribers " + _NEW_COLUMNS,
+                    _new_row(request, now),
                 )
                 ident = int(cursor.lastrowid or 0)
             else:
@@ -240,19 +229,8 @@ class Subscribers:
         with db:
             for request in requests:
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO subscribers (lookup, address, medium, lang, choices, "
-                    "nonce, unsubscribe_hash, confirmed_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        request.lookup,
-                        request.address,
-                        request.medium,
-                        request.lang,
-                        json.dumps(list(request.choices)),
-                        request.nonce,
-                        request.unsubscribe_hash,
-                        now,
-                        now,
-                    ),
+                    "INSERT OR IGNORE INTO subscribers " + _NEW_COLUMNS,
+                    _new_row(request, now),
                 )
                 if cursor.rowcount:
                     added += 1
@@ -513,3 +491,25 @@ class Subscribers:
 def _split(choice: str) -> tuple[str, str]:
     channel, _, service = choice.partition("/")
     return channel, service
+
+
+#: The columns of a confirmed subscriber's new row, in `_new_row`'s order.
+_NEW_COLUMNS = (
+    "(lookup, address, medium, lang, choices, nonce, unsubscribe_hash, confirmed_at, "
+    "created_at) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _new_row(request: Request, now: float) -> tuple:
+    """The values of a confirmed subscriber's new row (one place for both ways of adding)."""
+    return (
+        request.lookup,
+        request.address,
+        request.medium,
+        request.lang,
+        json.dumps(list(request.choices)),
+        request.nonce,
+        request.unsubscribe_hash,
+        now,
+        now,
+    )
