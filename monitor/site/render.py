@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 from pathlib import Path
+from typing import get_args
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from monitor.notices import NoticesFile
 from monitor.plan import Plan, ServiceRef
-from monitor.plan.schema import Channel
+from monitor.plan.schema import Channel, Group
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
-from monitor.site.model import RECENT, Model, Snapshot, build, by_channel, snapshot_from_store
+from monitor.site.model import RECENT, Item, Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import Content, publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import StoreReader, StoreReads
@@ -256,15 +257,40 @@ def _names(lang: Lang, summary: bool) -> dict[str, object]:
     def sname(ref: ServiceRef) -> object:
         return _finalize(lang.pick(ref.service.name, ref.service.name_en))
 
+    # Escaped once per page: a channel page names its own channel for each of its services.
+    sep = str(escape(_finalize(lang.w["sep"])))
+    colon = str(escape(_finalize(lang.w["colon"])))
+    escaped: dict[str, str] = {}
+    heads = {g: f'<p><span class="g">{escape(_finalize(lang.w[g]))}{colon}</span>' for g in GROUPS}
+
+    def escaped_name(ref: ServiceRef) -> str:
+        found = escaped.get(ref.channel.id)
+        if found is None:
+            found = escaped[ref.channel.id] = str(escape(cname(ref)))
+        return found
+
     def cnames(refs: list[ServiceRef] | tuple[ServiceRef, ...]) -> Markup:
         """Channel names in a list; the summary names the first few and counts them all."""
         cut = refs[: SUMMARY_ITEMS["channels"]] if summary else refs
-        text = escape(_finalize(lang.w["sep"])).join(escape(cname(ref)) for ref in cut)
+        text = sep.join([escaped_name(ref) for ref in cut])
         if len(cut) < len(refs):
-            text += lang.fmt("more_channels", n=len(refs))
+            text += str(lang.fmt("more_channels", n=len(refs)))
         return Markup(text)
 
-    return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames}
+    def channels(item: Item) -> Markup:
+        """An item's channels, a line for the online ones and one for the offline ones."""
+        lines = [
+            f"{heads[group]}{cnames(refs)}</p>"
+            for group in GROUPS
+            if (refs := item.channels(group))
+        ]
+        return Markup("".join(lines))
+
+    return {"icon": _icon, "cname": cname, "sname": sname, "cnames": cnames, "channels": channels}
+
+
+#: The channels' groups in the order an item lists them (the plan's own list).
+GROUPS: tuple[str, ...] = get_args(Group)
 
 
 #: Stand-ins for what changes with every render on every page (the instant, for the countdown

@@ -8,6 +8,7 @@ reach the page.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 
@@ -320,12 +321,8 @@ class Lang:
         return f"{text}（{zone}）" if self.code == "zh" else f"{text} ({zone})"
 
     def when(self, at: datetime, year: bool | None = None, countdown: bool = False) -> Markup:
-        """An instant as a `<time datetime>` element."""
-        stamp = self.local(at).isoformat(timespec="minutes")
-        extra = Markup(" data-countdown") if countdown else Markup("")
-        return Markup('<time datetime="{}"{}>{}</time>').format(
-            stamp, extra, self.when_text(at, year)
-        )
+        """An instant as a `<time datetime>` element (see `_when`)."""
+        return _when(self, at, year, countdown)
 
     def day(self, value: date | datetime, year: bool | None = None) -> Markup:
         """A date (or the date of an instant, with its time) as a `<time>` element."""
@@ -368,6 +365,15 @@ class Lang:
     def fmt(self, key: str, **values: object) -> Markup:
         """A sentence from the word list with escaped (or already safe) values filled in."""
         return escape(self.w[key]).format(**values) if values else escape(self.w[key])
+
+
+@functools.lru_cache(maxsize=4096)
+def _when(lang: Lang, at: datetime, year: bool | None, countdown: bool) -> Markup:
+    """`Lang.when`, kept: a channel page names the same few instants (when a pause ends) for
+    each of its hundred services, and formatting one was a tenth of the page's time."""
+    stamp = lang.local(at).isoformat(timespec="minutes")
+    extra = Markup(" data-countdown") if countdown else Markup("")
+    return Markup('<time datetime="{}"{}>{}</time>').format(stamp, extra, lang.when_text(at, year))
 
 
 def pick(zh: str, en: str, lang: str) -> str:
