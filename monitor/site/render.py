@@ -9,11 +9,12 @@ Templates are Jinja2 with autoescape on, so every name from the plan is text, ne
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
@@ -28,11 +29,13 @@ from monitor.plan import Plan, ServiceRef
 from monitor.plan.schema import Channel, Group
 from monitor.site import feeds, history
 from monitor.site import notices as site_notices
+from monitor.site.forked import Forked, ForkFailed, available
 from monitor.site.model import RECENT, Item, Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import Content, publish, tidy
 from monitor.site.words import WORDS, Lang, pick
 from monitor.store import StoreReader, StoreReads
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
@@ -677,11 +680,51 @@ def _json_files(files: dict[str, dict]) -> Iterator[tuple[str, Iterator[bytes]]]
         yield name, (p.text() if isinstance(p, feeds.Encoded) else p for p in chunks)
 
 
-def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, Content]]:
+def iter_files(
+    model: Model, pages: PageCache | None = None, helper: bool = False
+) -> Iterator[tuple[str, Content]]:
     """Every file of the site as (relative path, bytes or pieces of bytes), one at a time:
-    `publish` writes each
-    as it comes, so a render never holds the whole site (330 MB at 100,000 services). The
-    channel pages come from `pages` where what they show did not change."""
+    `publish` writes each as it comes, so a render never holds the whole site (330 MB at
+    100,000 services). The channel pages come from `pages` where what they show did not
+    change. With `helper` (and a second CPU) a forked process makes the pages meanwhile
+    (`forked`, about half of the CPU), and they are given as they arrive between the other
+    files."""
+    forked = None
+    if helper and split(model) and available():
+        try:
+            forked = Forked(lambda: _pages(model))
+        except OSError as exc:  # no process to be had (a limit on processes, memory)
+            log.warning("pages: no helper process (%s); making them here", exc)
+    if forked is None:
+        yield from _data_files(model, tuple)
+        yield from _pages(model, pages)
+        return
+    given: set[str] = set()  # the helper's files given so far
+
+    def arrived(made: Callable[[], Iterator[tuple[str, bytes]]]) -> Iterator[tuple[str, bytes]]:
+        for name, data in made():
+            given.add(name)
+            yield name, data
+
+    try:
+        yield from _data_files(model, lambda: arrived(forked.ready))
+        try:
+            yield from arrived(forked.rest)
+        except ForkFailed as exc:
+            log.warning("pages: %s; making the rest here", exc)
+            for name, data in _pages(model):
+                if name not in given:
+                    yield name, data
+    finally:
+        forked.close()
+
+
+def _data_files(
+    model: Model, arrived: Callable[[], Iterable[tuple[str, bytes]]]
+) -> Iterator[tuple[str, Content]]:
+    """Every file but the pages (`_pages`): the feeds, the JSON files and the badges. What
+    `arrived` gives (the pages a helper made meanwhile) is passed on between them, so that
+    they are written as they come, not held."""
     for name in ("style.css", "countdown.js"):
         yield name, (STATIC / name).read_bytes()
     zh_lang = Lang("zh", model.plan.zone, model.at)
@@ -691,18 +734,28 @@ def iter_files(model: Model, pages: PageCache | None = None) -> Iterator[tuple[s
         for lang in (zh_lang, en_lang)
     }
     yield "status.json", _json_stream(feeds.own_status(model, heads))
+    yield from arrived()
     comps = feeds.components(model, feeds.asked(model))
     statuspage = feeds.statuspage(model, comps)
     statuspage = site_notices.add_to_statuspage(statuspage, model, comps.by_id)
     del comps  # its parts are in `statuspage`, dropped as they are encoded
     for name, data in _json_files(statuspage):
         yield f"api/v2/{name}", data
+        yield from arrived()
     data = None  # the last file's parts are not held while the rest is made
     yield "history.atom", atom(model).encode("utf-8")
     yield "calendar.ics", feeds.calendar(model).encode("utf-8")
-    for view in model.services:
+    for number, view in enumerate(model.services):
         path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
         yield path, badge_svg(feeds.badge(view)).encode("utf-8")
+        if number % 1000 == 999:
+            yield from arrived()
+    yield from arrived()
+
+
+def _pages(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
+    """The HTML pages, the summary and each channel's: what a helper process makes (a few
+    hundred files, about half of a render's CPU at 10,000 services)."""
     yield "en/index.html", page(model, "en").encode("utf-8")
     yield "index.html", page(model, "zh").encode("utf-8")
     if split(model):
@@ -750,6 +803,7 @@ def render(
     notices: NoticesFile | None = None,
     days: history.DayCache | None = None,
     pages: PageCache | None = None,
+    helper: bool = False,
 ) -> Rendered:
     """Render the site as of `at` and publish it at `site`.
 
@@ -759,7 +813,8 @@ def render(
     `site` holding unwritten files; the daemon leaves it off (it renders often, and renders
     again when it starts).
     `days` keeps the history of the days that are over between renders, `pages` the channel
-    pages (both the render worker's).
+    pages (both the render worker's). `helper` makes the channel pages in a forked process
+    meanwhile (`iter_files`): what `render`, a new process with nothing kept, asks.
     """
     started = time.perf_counter()
     if at.tzinfo is None:
@@ -769,7 +824,7 @@ def render(
         snapshot = snapshot_from_store(plan, store, at)
     model = build(plan, at, snapshot, past, notices)
     sizes: dict[str, int] = {}
-    folder = publish(_sizes(iter_files(model, pages), sizes), Path(site), durable=durable)
+    folder = publish(_sizes(iter_files(model, pages, helper), sizes), Path(site), durable=durable)
     return Rendered(folder, sizes, time.perf_counter() - started)
 
 
@@ -789,7 +844,7 @@ def render_from(
     """`channel-monitor render`: the plan and the store file at `db` (if it exists)."""
     store = open_store(db)
     try:
-        rendered = render(plan, site, at, store, durable=True, notices=notices)
+        rendered = render(plan, site, at, store, durable=True, notices=notices, helper=True)
     finally:
         if store is not None:
             store.close()
