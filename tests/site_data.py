@@ -130,6 +130,11 @@ def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
     window, office hours); every channel offers the same businesses, as channels do."""
     from monitor.plan.load import validate_config
 
+    return Plan(validate_config(large_plan_data(channels, per_channel)))
+
+
+def large_plan_data(channels: int = 100, per_channel: int = 100) -> dict:
+    """`large_plan` as parsed TOML (for a plan file: `helpers.write_plan`)."""
     shapes = [
         {"expect": [{"during": "freeze", "state": "down"}]},
         {"expect": [{"during": "freeze", "state": "up"}]},
@@ -137,41 +142,35 @@ def large_plan(channels: int = 100, per_channel: int = 100) -> Plan:
         {"default": "down", "expect": [{"during": "office", "state": "up"},
                                        {"during": "freeze", "state": "down"}]},
     ]  # fmt: skip
-    return Plan(
-        validate_config(
+    return {
+        "periods": {
+            "freeze": cutover(DURING_LATE - timedelta(days=10), DURING_LATE + timedelta(days=20)),
+            "window": {
+                "start": DURING_LATE - timedelta(days=5),
+                "end": DURING_LATE + timedelta(days=10),
+            },
+            "office": {
+                "weekdays": ["monday:friday"],
+                "times": [{"start_time": "08:30", "end_time": "17:30"}],
+            },
+        },
+        "channels": [
             {
-                "periods": {
-                    "freeze": cutover(
-                        DURING_LATE - timedelta(days=10), DURING_LATE + timedelta(days=20)
-                    ),
-                    "window": {
-                        "start": DURING_LATE - timedelta(days=5),
-                        "end": DURING_LATE + timedelta(days=10),
-                    },
-                    "office": {
-                        "weekdays": ["monday:friday"],
-                        "times": [{"start_time": "08:30", "end_time": "17:30"}],
-                    },
-                },
-                "channels": [
+                "id": f"channel-{c}",
+                "name": f"渠道 {c}",
+                "name_en": f"Channel {c}",
+                "kind": "web",
+                "group": "online" if c % 3 else "offline",
+                "services": [
                     {
-                        "id": f"channel-{c}",
-                        "name": f"渠道 {c}",
-                        "name_en": f"Channel {c}",
-                        "kind": "web",
-                        "group": "online" if c % 3 else "offline",
-                        "services": [
-                            {
-                                "id": f"service-{s}",
-                                "name": f"业务 {s}",
-                                "name_en": f"Business {s}",
-                                **shapes[s % len(shapes)],
-                            }
-                            for s in range(per_channel)
-                        ],
+                        "id": f"service-{s}",
+                        "name": f"业务 {s}",
+                        "name_en": f"Business {s}",
+                        **shapes[s % len(shapes)],
                     }
-                    for c in range(channels)
+                    for s in range(per_channel)
                 ],
             }
-        )
-    )
+            for c in range(channels)
+        ],
+    }

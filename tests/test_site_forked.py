@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from site_data import DURING_LATE, fill_history, large_plan
+from helpers import python_m, write_plan
+from site_data import DURING_LATE, fill_history, large_plan, large_plan_data
 
 from monitor.judge import Verdict
 from monitor.site import forked as forked_module
@@ -186,3 +187,18 @@ def test_the_render_from_an_existing_store_is_unchanged(tmp_path: Path, monkeypa
         assert first.files == again.files
     finally:
         store.close()
+
+
+def test_the_render_command_as_a_process_says_what_it_wrote_and_ends(tmp_path: Path) -> None:
+    """`render` leaves the process at once when done (`cli._leave`): its line is still
+    printed whole and the site is published, with nothing beside it."""
+    config = write_plan(tmp_path / "channels.toml", large_plan_data(4, 40))
+    site = tmp_path / "site"
+    done = python_m("render", "--config", str(config), "--site", str(site),
+                    "--at", DURING_LATE.isoformat())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = [p for p in site.rglob("*") if p.is_file() and p.name != ".channel-monitor-site"]
+    assert len(written) == 160 + 8 + 15  # badges, channel pages, the rest
+    assert done.stdout.startswith(f"{site}: {len(written)} files as of "), done.stdout
+    assert done.stdout.endswith(f"(no store at {tmp_path / 'monitor.db'}: no history yet)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["channels.toml", "site"]

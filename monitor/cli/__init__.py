@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite store (default: monitor.db beside the config)")
     p.add_argument("--site", help="output folder of the page (default: site/ beside the config)")
     p.add_argument("--at", help="render the page as of this instant; default now")
-    p.set_defaults(func=cmd_render)
+    p.set_defaults(func=cmd_render, leave_at_once=True)
 
     p = sub.add_parser(
         "report", parents=[common], help="planned against observed per service and channel"
@@ -311,9 +311,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     the command quietly: what was asked for has been read, so it is no error of the user's
     and no traceback (the exit code is the one Python's own tools use, 120)."""
     try:
-        return _main(argv)
+        args = build_parser().parse_args(argv)
+        code = _main(args)
+        if argv is None and getattr(args, "leave_at_once", False):
+            _leave(code)
+        return code
     except BrokenPipeError:
         return _reader_left()
+
+
+def _leave(code: int) -> None:
+    """End the process now, without the interpreter tearing down every object: after
+    `render` of 10,000 services that took 0.15 s of a command meant to take under 2 s, and
+    nothing is left to do (the store is closed, the helper reaped, the site published).
+    Only for a command run as a process (`argv` None): in-process callers get their code."""
+    import logging
+    import os
+
+    sys.stdout.flush()  # a reader gone away raises BrokenPipeError here, as at shutdown
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 #: The exit code when the reader of our output went away (as Python does at shutdown).
@@ -333,8 +351,7 @@ def _reader_left() -> int:
     return EXIT_READER_LEFT
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
