@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from monitor.clock import RealClock, parse_instant
 from monitor.net.resolver import OwnLookups
 from monitor.plan import Plan
-from monitor.plan.load import load_config
+from monitor.plan.load import gc_paused, load_config
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 #: The longest range `plan --transitions` lists and `plan diff` compares: ten years, which a
@@ -62,7 +62,8 @@ def load_plan_warned(path: str) -> tuple[Plan, list[str]]:
     whose `${NAME}` is unset and warn about it: a plan is checked, listed and reported on
     machines that do not hold the secrets; only `run` needs them, and refuses without."""
     warnings: list[str] = []
-    plan = Plan(load_config(path, unset_secrets=True, warnings=warnings))
+    with gc_paused():  # millions of objects that all live on (as `run` loads it)
+        plan = Plan(load_config(path, unset_secrets=True, warnings=warnings))
     for warning in warnings:
         print(warning, file=sys.stderr)
     return plan, warnings

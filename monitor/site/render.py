@@ -8,6 +8,7 @@ Templates are Jinja2 with autoescape on, so every name from the plan is text, ne
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -691,6 +692,9 @@ def iter_files(
     files."""
     forked = None
     if helper and split(model) and available():
+        # The model and the plan outlive the render: frozen, no collection in either process
+        # walks them again, and the child's collections copy none of their pages of memory.
+        gc.freeze()
         try:
             forked = Forked(lambda: _pages(model))
         except OSError as exc:  # no process to be had (a limit on processes, memory)
@@ -843,9 +847,13 @@ def render_from(
 ) -> Rendered:
     """`channel-monitor render`: the plan and the store file at `db` (if it exists)."""
     store = open_store(db)
+    # The plan (millions of objects at 10,000 services) lives to the end of the render: each
+    # full collection walked all of it again, 0.25 s of a `render` of 2 s. Frozen, it is not.
+    gc.freeze()
     try:
         rendered = render(plan, site, at, store, durable=True, notices=notices, helper=True)
     finally:
+        gc.unfreeze()
         if store is not None:
             store.close()
     tidy(site)  # one publish and done: no work folder left beside the site
