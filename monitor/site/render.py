@@ -726,7 +726,7 @@ def iter_files(
 def _data_files(
     model: Model, arrived: Callable[[], Iterable[tuple[str, bytes]]]
 ) -> Iterator[tuple[str, Content]]:
-    """Every file but the pages (`_pages`): the feeds, the JSON files and the badges. What
+    """Every file but the pages and feeds (`_pages`): the JSON files and the badges. What
     `arrived` gives (the pages a helper made meanwhile) is passed on between them, so that
     they are written as they come, not held."""
     for name in ("style.css", "countdown.js"):
@@ -747,8 +747,6 @@ def _data_files(
         yield f"api/v2/{name}", data
         yield from arrived()
     data = None  # the last file's parts are not held while the rest is made
-    yield "history.atom", atom(model).encode("utf-8")
-    yield "calendar.ics", feeds.calendar(model).encode("utf-8")
     for number, view in enumerate(model.services):
         path = f"badges/{view.ref.channel.id}/{view.ref.service.id}.svg"
         yield path, badge_svg(feeds.badge(view)).encode("utf-8")
@@ -758,8 +756,10 @@ def _data_files(
 
 
 def _pages(model: Model, pages: PageCache | None = None) -> Iterator[tuple[str, bytes]]:
-    """The HTML pages, the summary and each channel's: what a helper process makes (a few
-    hundred files, about half of a render's CPU at 10,000 services)."""
+    """The HTML pages, the summary and each channel's, and the feeds: what a helper process
+    makes (a few hundred files, about half of a render's CPU at 10,000 services)."""
+    yield "history.atom", atom(model).encode("utf-8")
+    yield "calendar.ics", feeds.calendar(model).encode("utf-8")
     yield "en/index.html", page(model, "en").encode("utf-8")
     yield "index.html", page(model, "zh").encode("utf-8")
     if split(model):
