@@ -378,3 +378,28 @@ def test_the_worker_leaves_no_render_behind(tmp_path: Path) -> None:
         gc.unfreeze()
         gc.enable()
         site._worker.clear()
+
+
+def test_each_days_kind_is_what_its_sums_and_the_plan_say(tmp_path: Path) -> None:
+    """`history.day_kinds` works out only the observed days of a service and takes the rest
+    from its group's days with nothing observed; every day equals `classify` of that day's
+    sums and plan, over a window partly observed (10 of 90 days, some hours broken)."""
+    plan = large_plan(3, 12)
+    db = tmp_path / "monitor.db"
+    fill_history(plan, db, DURING_LATE, days=10, bad_hours=40)
+    store = open_store(db)
+    try:
+        first, last = history.window(DURING_LATE, plan.zone)
+        kinds, seen = history.day_kinds(plan, store, first, last)
+        count = (last - first).days + 1
+        kinds_seen = set()
+        for ref in plan.services:
+            days = history.day_totals(store, [ref.key], plan.zone, first, last).get(ref.key, {})
+            planned = history.planned_down_days(plan, ref, first, last)
+            expected = tuple(history.classify(days.get(i), i in planned) for i in range(count))
+            assert kinds[ref.key] == expected, ref.key
+            assert (ref.key in seen) == bool(days)
+            kinds_seen.update(expected)
+        assert {"down", "planned", "ok", "none"} <= kinds_seen  # every case was met
+    finally:
+        store.close()

@@ -170,13 +170,19 @@ def day_kinds(
             if alike not in of_group:
                 of_group[alike] = planned_down_days(plan, ref, first, last)
             planned = of_group[alike]
-            if not days:  # nothing observed: the plan alone decides, alike for the group
-                if alike not in blank:
-                    found = tuple(classify(None, i in planned) for i in range(count))
-                    blank[alike] = shared.setdefault(found, found)
+            if alike not in blank:  # the days nothing was observed: the plan alone decides
+                found = tuple(classify(None, i in planned) for i in range(count))
+                blank[alike] = shared.setdefault(found, found)
+            if not days:
                 kinds[ref.key] = blank[alike]
                 continue
-            found = tuple(classify(days.get(i), i in planned) for i in range(count))
+            # only the observed days differ from the group's blank days: a window of 90 days
+            # with two of them observed was 900,000 days classified at 10,000 services
+            patched = list(blank[alike])
+            for index, day in days.items():
+                if 0 <= index < count:
+                    patched[index] = classify(day, index in planned)
+            found = tuple(patched)
             kinds[ref.key] = shared.setdefault(found, found)
             seen[ref.key] = dates[max(days)]  # the plan's key: its strings are kept already
     return kinds, seen
