@@ -15,8 +15,9 @@ keeps to a share of it whatever its clients do (`Connections`):
   never spoke, or one idle between requests), never one whose request is arriving, so a
   watchdog asking `/healthz` still gets in while thousands of idle connections are held
   against the port; a new connection that has not spoken yet only displaces one silent for a
-  second, is given 50 ms for its request, and is otherwise closed before it costs a transport
-  (`Connections.room`, `Server._accept`);
+  second, is given 50 ms for its request, and is otherwise closed before it costs a transport;
+  of those waiting so, the longest waiting is closed first when more come (`Connections.room`,
+  `Server._accept`, `Server._make_room_at_door`);
 - a connection without a request in progress is closed after `IDLE_TIMEOUT` seconds, from its
   opening (a client that connects and never sends a request) or from its last answer (aiohttp's
   keep-alive timeout, which also runs from the connection's start);
@@ -427,14 +428,34 @@ class Server:
             speaking = _waiting_bytes(conn.fileno()) > 0
             if self.connections.room(speaking):
                 self._let_in(conn)
-            elif not speaking and len(self._door) < DOOR:
+            elif not speaking:
                 # accepted before its request arrived? a moment to tell it from a silent one
+                self._make_room_at_door()
                 self._door.append(conn)
                 if self._door_check is None:
                     self._door_check = loop.call_later(DOOR_WAIT, self._check_door)
             else:
                 self.connections.turn_away()
                 conn.close()
+
+    def _make_room_at_door(self) -> None:
+        """Room at the door for one more: when it is full, those in it whose request came
+        meanwhile go in (if there is room for one that speaks), and the one waiting longest
+        is turned away. A flood of silent connections then passes through the door without
+        shutting out a client accepted a moment before its request (a watchdog asking
+        `/healthz` just as a flood's connections are being closed: turned away at once when
+        a full door refused every newcomer)."""
+        if len(self._door) < DOOR:
+            return
+        waiting, self._door = self._door, []
+        for conn in waiting:
+            if _waiting_bytes(conn.fileno()) > 0 and self.connections.room(True):
+                self._let_in(conn)
+            else:
+                self._door.append(conn)
+        while len(self._door) >= DOOR:
+            self.connections.turn_away()
+            self._door.pop(0).close()
 
     def _let_in(self, conn: socket.socket) -> None:
         conn.setblocking(False)

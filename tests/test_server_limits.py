@@ -10,6 +10,7 @@ server turned away must show in `/metrics`. Malformed requests must get a 400 an
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -25,6 +26,9 @@ from pathlib import Path
 import pytest
 from helpers import FAST_MONITOR, MONITOR, ROOT, ChannelServer, MonitorRun, db_rows, write_plan
 from servers import closed_port
+
+from monitor import server as server_module
+from monitor.server import DOOR, Server
 
 #: The open-files limit `run` gets here (soft and hard), as in the hostile run that found it.
 RUN_FILES = 1024
@@ -249,3 +253,47 @@ def test_malformed_requests_get_400_and_no_traceback_in_the_log(run: LimitedRun)
     assert "ERROR" not in added, added[:3000]
     # 20 malformed requests used to add 11 KB of tracebacks to the log
     assert len(added.encode()) < 1000, added[:3000]
+
+
+async def test_a_request_a_moment_behind_its_connection_gets_past_a_full_door(
+    monkeypatch,
+) -> None:
+    """At the limit, a connection accepted before its request arrived waits at the door. With
+    the door full of a flood's silent connections, a watchdog's connection accepted just
+    before its `GET /healthz` was closed at once; now the longest waiting is let go for it,
+    and it is answered once its request is there."""
+    monkeypatch.setattr(server_module, "DOOR_WAIT", 2.0)  # the door holds still meanwhile
+    server = Server("127.0.0.1", 0, lambda: ({"ok": True}, 200), most_connections=2)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    held: list[socket.socket] = []
+    writer = None
+    try:
+        for _ in range(2 + server_module.DOOR):  # the limit, then the door, all silent
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            held.append(sock)
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await until(lambda: server.connections.open == 2 and len(server._door) == DOOR)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        mine = writer.get_extra_info("sockname")
+        # accepted, and waiting at the door (it has not spoken yet)
+        await until(lambda: any(conn.getpeername() == mine for conn in server._door))
+        assert server.connections.turned_away == 1  # the longest waiting made room
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        if writer is not None:
+            writer.close()
+        for sock in held:
+            sock.close()
+        await server.stop()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll `condition` on the running loop until it holds; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
