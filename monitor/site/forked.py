@@ -65,6 +65,7 @@ class Forked:
         self._done = False  # the end mark arrived
         self._closed = False  # the reader stopped (end mark, end of pipe or a bad frame)
         self._lock = threading.Condition()
+        self._status: int | None = None  # the child's exit code, once reaped
         self.most_held = 0  # the most bytes held at once (what the tests read)
         read, write = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # Linux: fewer waits on a full pipe
@@ -155,21 +156,16 @@ class Forked:
                 pair = self._take()
             yield pair
         self._reader.join()
-        status = self._reap(wait=True)
+        status = self._reap()
         if not self._done or status != 0:
             raise ForkFailed(f"the helper process ended with status {status} before its end")
 
-    def _reap(self, wait: bool) -> int | None:
-        """The child's exit code (negative: killed by that signal), None while it runs."""
-        if self.pid <= 0:
-            return self._status
-        pid, status = os.waitpid(self.pid, 0 if wait else os.WNOHANG)
-        if pid == 0:
-            return None
-        self.pid, self._status = -1, os.waitstatus_to_exitcode(status)
+    def _reap(self) -> int | None:
+        """Wait for the child to end: its exit code (negative: killed by that signal)."""
+        if self.pid > 0:
+            _, status = os.waitpid(self.pid, 0)
+            self.pid, self._status = -1, os.waitstatus_to_exitcode(status)
         return self._status
-
-    _status: int | None = None
 
     def close(self) -> None:
         """Stop the child if it still runs, reap it and stop the reader."""
@@ -177,7 +173,7 @@ class Forked:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
-                self._reap(wait=True)
+                self._reap()
         with self._lock:
             self._closed = True
             self._lock.notify_all()
