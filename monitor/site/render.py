@@ -817,7 +817,7 @@ def render(
     `site` holding unwritten files; the daemon leaves it off (it renders often, and renders
     again when it starts).
     `days` keeps the history of the days that are over between renders, `pages` the channel
-    pages (both the render worker's). `helper` makes the channel pages in a forked process
+    pages (both the render worker's). `helper` has a forked process make the pages and feeds
     meanwhile (`iter_files`): what `render`, a new process with nothing kept, asks.
     """
     started = time.perf_counter()
