@@ -51,10 +51,23 @@ def _dnsmasq_binary() -> str:
     return found
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+def _free_dns_port() -> int:
+    """A port free for both UDP and TCP on HOST: dnsmasq listens on both and gives up if either
+    is taken. The TCP side is chosen by the kernel, which knows the ports held by connections
+    in TIME_WAIT (the tests before this one leave some 19,000 of them, most of the ephemeral
+    range); a UDP socket knows nothing of those, and a port chosen for UDP alone was taken for
+    TCP two times in three."""
+    for _attempt in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((HOST, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    pytest.fail("no port free for both UDP and TCP on 127.0.0.1 in 100 tries")
 
 
 def _answers(port: int) -> bool:
@@ -76,8 +89,8 @@ def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
     binary = _dnsmasq_binary()
     user = pwd.getpwuid(os.getuid()).pw_name  # run as ourselves: root must not drop to nobody
     log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    for _attempt in range(3):  # a port taken between choosing and binding: choose again
-        port = _free_udp_port()
+    for _attempt in range(5):  # a port taken between choosing and binding: choose again
+        port = _free_dns_port()
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [
