@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from monitor.observation import Observation
 from monitor.plan import Expectation, Plan, ServiceRef
+from monitor.plan.change import REMOVED
 
 
 class Verdict(StrEnum):
@@ -42,12 +43,13 @@ PLAN_ENDED: dict[tuple[Verdict, str], str] = {
 
 
 def ended_by_plan(reason: str | None) -> bool:
-    """Whether a resolve reason says the plan ended the incident (see `PLAN_ENDED`): alerts,
-    the page and the report then say "ended", not "recovered"."""
+    """Whether a resolve reason says the plan ended the incident (see `PLAN_ENDED`, and
+    `REMOVED` for a service an edit of the plan took out): alerts, the page and the report then
+    say "ended", not "recovered". Nothing was seen of the channel in either case."""
     return reason in _PLAN_ENDED_REASONS
 
 
-_PLAN_ENDED_REASONS = frozenset(PLAN_ENDED.values())
+_PLAN_ENDED_REASONS = frozenset((*PLAN_ENDED.values(), REMOVED))
 
 
 def mismatch(expectation: Expectation, serving: bool | None) -> Verdict | None:

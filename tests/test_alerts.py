@@ -266,6 +266,12 @@ def test_an_incident_the_plan_ended_reads_ended_not_recovered() -> None:
         **{**json.loads(down.to_json()), "reason": PLAN_ENDED[(Verdict.UNEXPECTED_DOWN, "down")]}
     )
     assert "结束原因：计划已改为暂停，渠道始终未开放" in down.markdown()
+    # A service an edit of the plan removed: ended, nothing seen of the channel.
+    gone = Alert(**{**json.loads(resolved_alert().to_json()), "reason": "removed from the plan"})
+    assert gone.ended_by_plan
+    assert gone.text().startswith("【已结束】湖北政务服务网 · 社保缴费")
+    assert "结束原因：已从计划中移除" in gone.text() and "已恢复" not in gone.text()
+    assert "Why it ended: removed from the plan" in gone.text()
     # A recovery of the channel itself keeps its words.
     assert not resolved_alert().ended_by_plan
     assert webhook.body(resolved_alert())["ended_by_plan"] is False

@@ -176,6 +176,7 @@ def test_an_edited_plan_applies_at_once_and_keeps_what_it_should(tmp_path: Path)
             )
             assert [(b["incident"], b["business"]) for b in resolved] == [(opened["gone"], "gone")]
             assert resolved[0]["observed"]["reason"] == "removed from the plan"
+            assert resolved[0]["ended_by_plan"] is True  # "ended", not "recovered"
             assert resolved[0]["service_name"] == "gone"  # named although no longer planned
 
             server.wait_hits(1, "/fresh", timeout=15)  # a new service is probed
