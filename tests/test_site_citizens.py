@@ -14,8 +14,11 @@ from pathlib import Path
 from site_data import add_incident
 from test_site_outputs import ATOM, at, real_data, render_site
 
+from monitor.judge import PLAN_ENDED, Verdict
 from monitor.plan import Plan
+from monitor.plan.change import REMOVED
 from monitor.plan.load import validate_config
+from monitor.site.feeds import component_id
 
 NOW = "2022-07-01T12:00:00"
 
@@ -71,3 +74,51 @@ def test_public_incidents_are_in_citizens_words(tmp_path: Path) -> None:
     assert "请勿在暂停期间办理" in public_part and operators not in public_part
     assert "运维信息）" not in public_part
     assert operators in ops_part  # the detail for operators stays on the page, in their section
+
+
+def test_an_incident_the_plan_ended_is_not_called_recovered(tmp_path: Path) -> None:
+    # One service kept taking business until the freeze ended, one was removed from the plan:
+    # the plan ended both incidents, the channel was never seen to change. A third was down
+    # and came back. The feeds say which is which.
+    plan = Plan(validate_config(real_data()))
+    db = tmp_path / "monitor.db"
+    kept, back, gone = plan.services[:3]
+    opened, ended = at("2022-06-23T10:00:00"), at("2022-06-23T11:00:00")
+    never_closed = PLAN_ENDED[(Verdict.UNEXPECTED_UP, "up")]
+    add_incident(
+        db,
+        *kept.key,
+        "unexpected_up",
+        opened,
+        ended,
+        "HTTP 200",
+        "down",
+        resolve_reason=never_closed,
+    )
+    add_incident(db, *back.key, "unexpected_down", opened, ended, resolve_reason="HTTP 200")
+    add_incident(db, *gone.key, "unexpected_down", opened, ended, resolve_reason=REMOVED)
+    site = render_site(plan, tmp_path, at(NOW), db)
+    feed = ET.parse(site / "history.atom").getroot()
+    titles = {
+        title.partition("：")[0]: title.rpartition("（")[2].rstrip("）")
+        for e in feed.iter(f"{ATOM}entry")
+        if e.find(f"{ATOM}category").get("term") == "incident"
+        for title in [e.findtext(f"{ATOM}title")]
+    }
+    incidents = json.loads((site / "api/v2/incidents.json").read_text("utf-8"))["incidents"]
+    bodies = {
+        i["components"][0]["id"]: i["incident_updates"][0]["body"].partition(": ")[2]
+        for i in incidents
+    }
+    ended = "已随计划调整结束 / ended by a change of the plan"
+    name = lambda ref: f"{ref.channel.name} · {ref.service.name}"  # noqa: E731
+    assert titles == {
+        name(kept): "已随计划调整结束",
+        name(gone): "已随计划调整结束",
+        name(back): "已恢复正常",
+    }
+    assert bodies == {
+        component_id(kept): ended,
+        component_id(gone): ended,
+        component_id(back): "已恢复正常 / back to plan",
+    }

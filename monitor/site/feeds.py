@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from monitor import reasons
 from monitor.plan import Plan, ServiceRef, period_active, period_boundaries
 from monitor.site.model import Maintenance, Model, ServiceView, milestone_start
-from monitor.site.words import WORDS
+from monitor.site.words import WORDS, incident_state
 from monitor.store import IncidentRecord
 
 PAGE_ID = "channel-monitor"
@@ -303,7 +303,7 @@ def _incident(model: Model, record: IncidentRecord, by_id: dict[str, dict], zone
             _update(
                 f"{record.id}-resolved",
                 "resolved",
-                f"{name}: 已恢复正常 / back to plan",
+                f"{name}: {incident_state(record, 'zh')} / {incident_state(record, 'en')}",
                 record.id,
                 record.resolved_at,
                 zone,

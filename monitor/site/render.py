@@ -33,7 +33,7 @@ from monitor.site import notices as site_notices
 from monitor.site.forked import Forked, ForkFailed, available
 from monitor.site.model import RECENT, Item, Model, Snapshot, build, by_channel, snapshot_from_store
 from monitor.site.publish import Content, publish, tidy
-from monitor.site.words import WORDS, Lang, pick
+from monitor.site.words import WORDS, Lang, incident_state, pick
 from monitor.store import StoreReader, StoreReads
 
 log = logging.getLogger(__name__)
@@ -489,7 +489,7 @@ def atom(model: Model) -> str:
         down = record.direction == "unexpected_down"
         # citizens' words only: the probe's reason is for the page's operators' section
         what = WORDS["zh"]["incident_down" if down else "incident_up"]
-        state = "已恢复" if record.resolved_at else "仍在持续"
+        state = incident_state(record, "zh")
         entries.append(
             {
                 "title": f"{name}：{what}（{state}）",

@@ -17,6 +17,7 @@ from markupsafe import Markup, escape
 from monitor import reasons
 from monitor.judge import ended_by_plan
 from monitor.notices import STATUS_EN, STATUS_ZH
+from monitor.store import IncidentRecord
 
 #: Zones whose clock is Beijing time (the page says 北京时间 rather than an offset).
 BEIJING_ZONES = frozenset(
@@ -90,6 +91,8 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_incidents": "事件的监测原因",
         "ops_ended": "；因计划变更结束：{why}",
         "ongoing": "仍在持续",
+        "incident_recovered": "已恢复正常",
+        "incident_ended": "已随计划调整结束",
         "lasted": "持续",
         "reason": "原因",
         "ops": "运维信息",
@@ -198,6 +201,8 @@ WORDS: dict[str, dict[str, str]] = {
         "ops_incidents": "What the monitoring saw in each incident",
         "ops_ended": "; ended by a change of the plan: {why}",
         "ongoing": "ongoing",
+        "incident_recovered": "back to plan",
+        "incident_ended": "ended by a change of the plan",
         "lasted": "lasted",
         "reason": "reason",
         "ops": "For operators",
@@ -274,6 +279,16 @@ def reason_text(reason: str | None, lang: str) -> str:
     if text is None:
         return "其他原因" if lang == "zh" else "other reason"
     return text
+
+
+def incident_state(record: IncidentRecord, lang: str) -> str:
+    """How an incident stands, in citizens' words, for the feeds' titles: ongoing, back to
+    plan, or ended by a change of the plan. The last is not a recovery: the channel was seen
+    as it was all along (still taking business when the freeze ended, or removed from the plan)."""
+    if record.resolved_at is None:
+        return WORDS[lang]["ongoing"]
+    ended = ended_by_plan(record.resolve_reason)
+    return WORDS[lang]["incident_ended" if ended else "incident_recovered"]
 
 
 def zone_label(at: datetime, zone: tzinfo, lang: str) -> str:
