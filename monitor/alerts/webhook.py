@@ -33,7 +33,8 @@ An update of an operators' notice with `notify = true` (monitor/notices/__init__
 `observed.serving` is what the probes saw when the incident opened; on `resolved` it is null
 and `observed.reason` is the reason of the observation that resolved it, or, when
 `ended_by_plan` is true, the plan's change that ended it (`plan now expects up; the channel
-never closed`: the channel never did what the plan asked). Instants are RFC 3339
+never closed`: the channel never did what the plan asked; or `removed from the plan`: an edit
+took the service out, and nothing more was seen of it). Instants are RFC 3339
 UTC. Headers: `Idempotency-Key` (the `dedup_key`: a receiver that keeps them sees every
 transition once even when a delivery is repeated after a crash) and, when the sink has a
 `secret`, `X-Channel-Monitor-Timestamp` (Unix seconds) and `X-Channel-Monitor-Signature`:
