@@ -90,8 +90,7 @@ from monitor.plan import Expectation, Plan, ServiceRef
 if TYPE_CHECKING:
     from monitor.clock import Clock
     from monitor.pipeline import Pipeline, Result
-    from monitor.plan.change import PlanChange
-    from monitor.reload import ReloadStatus
+    from monitor.plan.change import PlanChange, ReloadStatus
     from monitor.scheduler import Scheduler
     from monitor.store import Store
 

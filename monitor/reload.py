@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.file_watch import POLL, PolledFile
 from monitor.part import Part
 from monitor.plan import Plan
-from monitor.plan.change import PlanChange
+from monitor.plan.change import PlanChange, ReloadStatus
 from monitor.plan.errors import ConfigError
 from monitor.plan.load import load_config
 
@@ -52,43 +50,6 @@ Apply = Callable[[Plan, PlanChange], Awaitable[PlanChange]]
 Check = Callable[[Plan], Awaitable[None]]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReloadStatus:
-    """The outcome of the last reload, for /metrics and /healthz. The plan read at start
-    counts as the first good load (as Prometheus counts its own configuration)."""
-
-    successful: bool = True
-    last_success: float = field(default_factory=time.time)
-    problems: int = 0
-    reloads: int = 0
-    failures: int = 0
-
-    def succeeded(self) -> None:
-        self.successful, self.last_success, self.problems = True, time.time(), 0
-        self.reloads += 1
-
-    def failed(self, problems: int) -> None:
-        self.successful, self.problems = False, problems
-        self.failures += 1
-
-    def health(self) -> dict:
-        """The `config` part of /healthz."""
-        body: dict = {
-            "last_reload_successful": self.successful,
-            "last_reload_success_timestamp_seconds": round(self.last_success, 3),
-            "reloads": self.reloads,
-            "failed_reloads": self.failures,
-        }
-        if not self.successful:
-            body["problems"] = self.problems
-            body["message"] = (
-                "the edited plan has problems and was not applied; the previous plan is still "
-                "running (the log lists the problems) / 修改后的计划有错误，未生效，"
-                "仍按原计划监测（错误见日志）"
-            )
-        return body
 
 
 def read_plan(path: Path, alerts: bool) -> Plan:

@@ -1,4 +1,5 @@
-"""What one change of the plan changes, service by service, and the parts that hold the plan.
+"""What one change of the plan changes, service by service, the parts that hold the plan, and
+how the last reload went (`ReloadStatus`, which /metrics and /healthz read).
 
 A reload (monitor/reload.py) works a `PlanChange` out once; the pipeline, the scheduler, the
 push receiver and every downstream part act on it (`UsesPlan.use_plan`). It lives below all of
@@ -7,7 +8,8 @@ them, beside the plan, so none of them imports the reload's file watching or the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -167,3 +169,40 @@ class UsesPlan(Protocol):
     one step of the event loop, so no observation meets half a swap."""
 
     def use_plan(self, change: PlanChange) -> None: ...
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of the last reload, for /metrics and /healthz. The plan read at start
+    counts as the first good load (as Prometheus counts its own configuration)."""
+
+    successful: bool = True
+    last_success: float = field(default_factory=time.time)
+    problems: int = 0
+    reloads: int = 0
+    failures: int = 0
+
+    def succeeded(self) -> None:
+        self.successful, self.last_success, self.problems = True, time.time(), 0
+        self.reloads += 1
+
+    def failed(self, problems: int) -> None:
+        self.successful, self.problems = False, problems
+        self.failures += 1
+
+    def health(self) -> dict:
+        """The `config` part of /healthz."""
+        body: dict = {
+            "last_reload_successful": self.successful,
+            "last_reload_success_timestamp_seconds": round(self.last_success, 3),
+            "reloads": self.reloads,
+            "failed_reloads": self.failures,
+        }
+        if not self.successful:
+            body["problems"] = self.problems
+            body["message"] = (
+                "the edited plan has problems and was not applied; the previous plan is still "
+                "running (the log lists the problems) / 修改后的计划有错误，未生效，"
+                "仍按原计划监测（错误见日志）"
+            )
+        return body
