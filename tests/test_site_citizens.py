@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import json
 import xml.etree.ElementTree as ET
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from site_data import add_incident
@@ -121,4 +121,50 @@ def test_an_incident_the_plan_ended_is_not_called_recovered(tmp_path: Path) -> N
         component_id(kept): ended,
         component_id(gone): ended,
         component_id(back): "已恢复正常 / back to plan",
+    }
+
+
+def test_an_incident_leaves_its_component_as_the_plan_expects_when_it_ends(tmp_path: Path) -> None:
+    # The freeze ends 2022-07-25 08:30. A portal that took business to the last minute: the
+    # plan ends its incident, and the component is open again, not paused. One that stopped
+    # taking business during the freeze: paused, as planned. One that was down after the
+    # freeze and came back: open.
+    plan = Plan(validate_config(real_data()))
+    db = tmp_path / "monitor.db"
+    kept, closed, back = plan.services[:3]
+    reopened = at("2022-07-25T08:30:00")
+    assert plan.expected(kept, reopened).state == "up"
+    never_closed = PLAN_ENDED[(Verdict.UNEXPECTED_UP, "up")]
+    during, later = at("2022-07-20T10:00:00"), at("2022-07-26T09:00:00")
+    add_incident(
+        db,
+        *kept.key,
+        "unexpected_up",
+        during,
+        reopened,
+        "HTTP 200",
+        "down",
+        resolve_reason=never_closed,
+    )
+    add_incident(
+        db,
+        *closed.key,
+        "unexpected_up",
+        during,
+        during + timedelta(hours=1),
+        "HTTP 200",
+        "down",
+        resolve_reason="HTTP 503",
+    )
+    add_incident(db, *back.key, "unexpected_down", later, later + timedelta(hours=1))
+    site = render_site(plan, tmp_path, at("2022-07-26T12:00:00"), db)
+    incidents = json.loads((site / "api/v2/incidents.json").read_text("utf-8"))["incidents"]
+    after = {
+        i["components"][0]["id"]: i["incident_updates"][0]["affected_components"][0]["new_status"]
+        for i in incidents
+    }
+    assert after == {
+        component_id(kept): "operational",
+        component_id(closed): "under_maintenance",
+        component_id(back): "operational",
     }

@@ -308,7 +308,7 @@ def _incident(model: Model, record: IncidentRecord, by_id: dict[str, dict], zone
                 record.resolved_at,
                 zone,
                 comp,
-                "under_maintenance" if record.expected == "down" else "operational",
+                _status_after(model, record),
             ),
         )
     updated = record.resolved_at or record.opened_at
@@ -356,6 +356,18 @@ def _update(uid, state, body, parent, at, zone, comp, new_status) -> dict:
         "custom_tweet": None,
         "tweet_id": None,
     }
+
+
+def _status_after(model: Model, record: IncidentRecord) -> str:
+    """The component's status once the incident ended: what the plan expects then. An incident
+    the plan ended leaves the service in the other state than the one it opened under (the
+    freeze over, a portal that kept taking business is `operational`, not paused)."""
+    view = model.view((record.channel, record.business))
+    if view is None or record.resolved_at is None:
+        expected = record.expected
+    else:
+        expected = model.plan.expected(view.ref, record.resolved_at).state
+    return "under_maintenance" if expected == "down" else "operational"
 
 
 def _service_name(model: Model, record: IncidentRecord) -> str:
