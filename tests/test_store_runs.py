@@ -386,6 +386,15 @@ def test_rollups_add_up_across_the_latest_hour_a_late_observation_and_an_import(
         again.flush()
         rows = [(r.hour, r.probes, r.mismatches) for r in again.rollups(start)]
         assert rows == [(start, 12, 0), (start + 60 * MINUTE, 3, 1)]
+        # The page's day sums add the hour in `hourly` and the one in `hour_now` (probes,
+        # serving, expected up, expected down, mismatches, of them up while expected down).
+        day = datetime(2022, 7, 1, tzinfo=UTC)
+        sums = again.day_sums([("portal", "pension")], UTC, day, day + timedelta(days=1))
+        assert sums == {("portal", "pension"): {0: (15, 14, 15, 0, 1, 0)}}
+        # ... and a window holding only the latest hour sees it alone.
+        later = start + 60 * MINUTE
+        sums = again.day_sums([("portal", "pension")], UTC, later, later + timedelta(hours=1))
+        assert sums == {("portal", "pension"): {0: (3, 2, 3, 0, 1, 0)}}
     finally:
         again.close()
 
